@@ -127,6 +127,7 @@ impl ExtensionValue {
     /// Checks the value against the rules for extension `name`.
     pub(crate) fn check(&self, name: &ExtensionName) -> Result<(), Error> {
         match self {
+            ExtensionValue::String(s) => check_string(name.as_str(), s),
             ExtensionValue::Integer(i) if i32::try_from(*i).is_err() => {
                 Err(Error::IntegerOutOfRange {
                     name: name.to_string(),
@@ -180,12 +181,31 @@ fn invalid(name: &str, reason: impl Into<String>) -> Error {
     }
 }
 
-/// `value` must not be empty.
-pub(crate) fn check_non_empty(name: &'static str, value: &str) -> Result<(), Error> {
+/// `value` must not be empty, and must be a CloudEvents String (see [`check_string`]).
+pub(crate) fn check_non_empty(name: &str, value: &str) -> Result<(), Error> {
     if value.is_empty() {
         return Err(invalid(name, "it is empty"));
     }
-    Ok(())
+    check_string(name, value)
+}
+
+/// `value` must hold only characters the CloudEvents type system allows in a String: no control
+/// characters (U+0000–U+001F, U+007F–U+009F) and no Unicode noncharacters.
+pub(crate) fn check_string(name: &str, value: &str) -> Result<(), Error> {
+    let forbidden = |c: char| {
+        let cp = u32::from(c);
+        c.is_control() || (0xFDD0..=0xFDEF).contains(&cp) || cp & 0xFFFE == 0xFFFE
+    };
+    match value.chars().find(|c| forbidden(*c)) {
+        Some(c) => Err(invalid(
+            name,
+            format!(
+                "it contains U+{:04X}: control characters and noncharacters are not allowed",
+                u32::from(c)
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Characters that can never appear in an RFC 3986 URI-reference (non-ASCII is let through, as
@@ -199,7 +219,7 @@ fn forbidden_in_uri(c: char) -> bool {
 }
 
 /// `value` must be a non-empty URI-reference.
-pub(crate) fn check_uri_reference(name: &'static str, value: &str) -> Result<(), Error> {
+pub(crate) fn check_uri_reference(name: &str, value: &str) -> Result<(), Error> {
     check_non_empty(name, value)?;
     if let Some(c) = value.chars().find(|c| forbidden_in_uri(*c)) {
         return Err(invalid(
@@ -211,7 +231,7 @@ pub(crate) fn check_uri_reference(name: &'static str, value: &str) -> Result<(),
 }
 
 /// `value` must be an absolute URI: a scheme (`[A-Za-z][A-Za-z0-9+.-]*`) followed by `:`.
-pub(crate) fn check_absolute_uri(name: &'static str, value: &str) -> Result<(), Error> {
+pub(crate) fn check_absolute_uri(name: &str, value: &str) -> Result<(), Error> {
     check_uri_reference(name, value)?;
     let scheme_ok = match value.split_once(':') {
         Some((scheme, _)) => {
@@ -231,7 +251,7 @@ pub(crate) fn check_absolute_uri(name: &'static str, value: &str) -> Result<(), 
 }
 
 /// `value` must look like an RFC 2046 media type: `type/subtype`, printable ASCII.
-pub(crate) fn check_media_type(name: &'static str, value: &str) -> Result<(), Error> {
+pub(crate) fn check_media_type(name: &str, value: &str) -> Result<(), Error> {
     check_non_empty(name, value)?;
     if !value
         .bytes()

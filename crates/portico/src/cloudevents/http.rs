@@ -124,14 +124,10 @@ pub fn encode_binary(ev: &CloudEvent) -> (HeaderMap, Bytes) {
 /// for a `text/*` type when it is UTF-8, bytes otherwise (and when there is no `Content-Type`); an
 /// empty body is no data. Extension values arrive as strings.
 pub fn decode(headers: &HeaderMap, body: Bytes) -> Result<Option<Decoded>, Error> {
-    let content_type = match headers.get(CONTENT_TYPE) {
-        Some(v) => Some(v.to_str().map_err(|_| Error::InvalidHeader {
-            name: CONTENT_TYPE.to_string(),
-            reason: "it is not printable ASCII".to_owned(),
-        })?),
-        None => None,
-    };
-    if let Some(ct) = content_type {
+    // A Content-Type that is not printable ASCII is no CloudEvents format; it only matters below
+    // if the request turns out to be in binary mode.
+    let content_type = headers.get(CONTENT_TYPE).map(HeaderValue::to_str);
+    if let Some(Ok(ct)) = content_type {
         let mt = media_type(ct);
         if mt.eq_ignore_ascii_case(STRUCTURED_CONTENT_TYPE) {
             return CloudEvent::from_json_bytes(&body).map(|ev| Some(Decoded::Single(ev)));
@@ -139,9 +135,11 @@ pub fn decode(headers: &HeaderMap, body: Bytes) -> Result<Option<Decoded>, Error
         if mt.eq_ignore_ascii_case(BATCH_CONTENT_TYPE) {
             return batch_from_json_bytes(&body).map(|evs| Some(Decoded::Batch(evs)));
         }
-        let prefix = "application/cloudevents";
-        if mt.len() >= prefix.len()
-            && mt.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+        let prefix = b"application/cloudevents";
+        if mt
+            .as_bytes()
+            .get(..prefix.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
         {
             return Err(Error::UnsupportedFormat(ct.to_owned()));
         }
@@ -149,6 +147,10 @@ pub fn decode(headers: &HeaderMap, body: Bytes) -> Result<Option<Decoded>, Error
     if !headers.contains_key("ce-specversion") {
         return Ok(None);
     }
+    let content_type = content_type.transpose().map_err(|_| Error::InvalidHeader {
+        name: CONTENT_TYPE.to_string(),
+        reason: "it is not printable ASCII".to_owned(),
+    })?;
     decode_binary(headers, content_type, body).map(|ev| Some(Decoded::Single(ev)))
 }
 

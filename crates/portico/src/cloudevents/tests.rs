@@ -169,6 +169,37 @@ fn validate_rejects_empty_required_attributes() {
 }
 
 #[test]
+fn validate_rejects_control_characters_and_noncharacters() {
+    let mut ev = sample();
+    ev.subject = Some("line\nbreak".into());
+    assert_eq!(
+        ev.validate().unwrap_err().to_string(),
+        "attribute `subject` is invalid: it contains U+000A: control characters and noncharacters are not allowed"
+    );
+    let mut ev = sample();
+    ev.ty = "t\u{85}".into();
+    assert!(ev.validate().unwrap_err().to_string().contains("`type`"));
+    let mut ev = sample();
+    ev.extensions.insert(
+        ExtensionName::new("x").unwrap(),
+        ExtensionValue::from("\u{FFFF}"),
+    );
+    assert!(
+        ev.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("attribute `x`")
+    );
+    let e = err_text(CloudEvent::from_json(
+        br#"{"specversion":"1.0","id":"a\u0000b","source":"s","type":"t"}"#,
+    ));
+    assert!(
+        e.contains("attribute `id` is invalid: it contains U+0000"),
+        "{e}"
+    );
+}
+
+#[test]
 fn validate_checks_uris_and_media_type() {
     let mut ev = sample();
     ev.source = "has space".into();
@@ -654,6 +685,15 @@ fn decode_recognises_modes() {
         decode(&h, b).unwrap(),
         Some(Decoded::Batch(vec![sample(), sample()]))
     );
+
+    let mut odd = HeaderMap::new();
+    odd.insert(CONTENT_TYPE, HeaderValue::from_bytes(b"text/\xE9").unwrap());
+    assert_eq!(decode(&odd, Bytes::new()).unwrap(), None);
+    odd.insert("ce-specversion", HeaderValue::from_static("1.0"));
+    assert!(matches!(
+        decode(&odd, Bytes::new()),
+        Err(Error::InvalidHeader { .. })
+    ));
 
     let mut other = HeaderMap::new();
     other.insert(
