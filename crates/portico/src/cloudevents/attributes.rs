@@ -192,6 +192,10 @@ pub(crate) fn check_non_empty(name: &str, value: &str) -> Result<(), Error> {
 /// `value` must hold only characters the CloudEvents type system allows in a String: no control
 /// characters (U+0000–U+001F, U+007F–U+009F) and no Unicode noncharacters.
 pub(crate) fn check_string(name: &str, value: &str) -> Result<(), Error> {
+    // Fast path: printable ASCII, the usual case, needs no per-character decoding.
+    if value.bytes().all(|b| (b' '..b'\x7f').contains(&b)) {
+        return Ok(());
+    }
     let forbidden = |c: char| {
         let cp = u32::from(c);
         c.is_control() || (0xFDD0..=0xFDEF).contains(&cp) || cp & 0xFFFE == 0xFFFE

@@ -244,8 +244,9 @@ impl CloudEvent {
         Ok(())
     }
 
-    /// [`validate`](Self::validate) without re-parsing JSON data (for decoders that already did).
-    pub(crate) fn validate_attributes(&self) -> Result<(), Error> {
+    /// [`validate`](Self::validate) without re-parsing [`Data::Json`]: for the hot path, when the
+    /// data came from [`Data::from_payload`], [`Data::json`] or a decoder, which already checked it.
+    pub fn validate_attributes(&self) -> Result<(), Error> {
         attributes::check_non_empty("id", &self.id)?;
         attributes::check_non_empty("type", &self.ty)?;
         attributes::check_uri_reference("source", &self.source)?;
