@@ -1,1 +1,150 @@
-fn main() {}
+//! `portico`: run, validate and serve Portico gateways (SPEC §10).
+//!
+//! `portico run FILE` runs a gateway file on a laptop or in a pod; `portico validate FILE`
+//! checks one and lists every problem; `portico transformer FILE` runs only the transformer
+//! (for framework-independent gateways that post their own events).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use portico::cli::{GatewayArgs, LogArgs};
+use portico::runtime::{Processor, run_gateway, shutdown_signal};
+use portico::spec::{Gateway, GatewayFile};
+use portico::{ConfigContext, Configuration};
+
+#[derive(Debug, Parser)]
+#[command(name = "portico", version, about = "Portico: an event-gateway framework", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a gateway file: its configurations, the transformer and the watchers.
+    Run {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Check a gateway file and every configuration in it; exit non-zero listing every problem.
+    Validate {
+        /// The gateway file.
+        file: std::path::PathBuf,
+    },
+    /// Run only the transformer of a gateway file: for gateways that post their own events.
+    Transformer {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+}
+
+/// Picks the processor of a gateway from its spec (SPEC §2).
+fn processor_for(gateway: &Gateway) -> Result<Processor, String> {
+    let spec = &gateway.spec;
+    if spec.rpc_port.is_some() {
+        return Err(format!(
+            "gateway `{}` sets rpcPort (gRPC style), which this version of portico does not run yet",
+            gateway.metadata.name
+        ));
+    }
+    if spec.http_server_port.is_some() {
+        return Err(format!(
+            "gateway `{}` sets httpServerPort (HTTP style), which this version of portico does not run yet",
+            gateway.metadata.name
+        ));
+    }
+    Ok(match portico_gateways::builtin(&spec.gateway_type) {
+        Some(executor) => Processor::Core(executor),
+        None => Processor::Independent,
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli.log.init();
+    match cli.command {
+        Command::Validate { file } => validate(&file),
+        Command::Run { gateway } => serve(gateway, processor_for),
+        Command::Transformer { gateway } => serve(gateway, |_| Ok(Processor::Independent)),
+    }
+}
+
+fn serve(
+    args: GatewayArgs,
+    choose: impl FnOnce(&Gateway) -> Result<Processor, String>,
+) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run_gateway(args.options(), choose, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `portico validate FILE`.
+fn validate(file: &std::path::Path) -> ExitCode {
+    let loaded = match GatewayFile::load(file) {
+        Ok(f) => f,
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            eprintln!("{}: {} problem(s)", file.display(), errors.0.len());
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut problems = Vec::new();
+    match processor_for(&loaded.gateway) {
+        Err(e) => problems.push(e),
+        Ok(Processor::Independent) => {}
+        Ok(Processor::Core(executor)) => {
+            // A context needs a pipeline; a harness gives one that goes nowhere.
+            let harness = portico::testing::Harness::new(
+                &loaded.gateway.metadata.name,
+                &loaded.gateway.spec.gateway_type,
+            );
+            for (src, value) in &loaded.configurations {
+                let ctx = ConfigContext::new(
+                    Configuration::new(src.clone(), value.clone()),
+                    harness.gateway.clone(),
+                    harness.board.clone(),
+                );
+                if let Err(e) = executor.dyn_validate(&ctx) {
+                    problems.push(format!(
+                        "{}: configuration `{src}`: {}",
+                        file.display(),
+                        e.message()
+                    ));
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        println!(
+            "{}: gateway `{}` is valid ({} configuration(s))",
+            file.display(),
+            loaded.gateway.metadata.name,
+            loaded.configurations.len()
+        );
+        ExitCode::SUCCESS
+    } else {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        eprintln!("{}: {} problem(s)", file.display(), problems.len());
+        ExitCode::FAILURE
+    }
+}

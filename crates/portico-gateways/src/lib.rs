@@ -1,0 +1,19 @@
+//! The built-in gateways of Portico. Each is one core-style [`portico::ConfigExecutor`],
+//! written exactly the way a user writes theirs: read them as examples to copy.
+
+pub mod calendar;
+
+use std::sync::Arc;
+
+use portico::SharedExecutor;
+
+/// The types of the built-in gateways.
+pub const BUILTIN_TYPES: &[&str] = &["calendar"];
+
+/// The executor of built-in gateway `gateway_type`, if there is one.
+pub fn builtin(gateway_type: &str) -> Option<SharedExecutor> {
+    match gateway_type {
+        "calendar" => Some(Arc::new(calendar::Calendar::default())),
+        _ => None,
+    }
+}

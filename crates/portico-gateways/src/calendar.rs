@@ -1,0 +1,500 @@
+//! The `calendar` gateway: events on a schedule (SPEC §8).
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `schedule` | cron: 5 fields, 6 with seconds first, or `@hourly`, `@daily`, … |
+//! | `interval` | a fixed period instead (`10s`, `5m`, `1h30m`) |
+//! | `timezone` | IANA name the schedule and date-only exclusions are read in (default UTC) |
+//! | `exclusionDates` | dates (`2026-12-25`, the whole day) or instants (RFC 3339) to skip |
+//! | `recurrence` | RFC 5545 lines; `EXDATE:` / `EXDATE;TZID=…:` lines add exclusions |
+//! | `userPayload` | any JSON, copied into every event |
+//!
+//! Payload: `{"eventTime": "<RFC 3339>", "userPayload": …}` as `application/json`.
+//!
+//! Time is read through a [`Clock`], so the schedule logic is tested with a manual clock
+//! instead of by waiting. Times are computed in the configured zone, so daylight-saving
+//! changes are handled the way cron users expect: a time skipped by a spring-forward gap runs
+//! at the first valid time after it; a time repeated by a fall-back runs once.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use croner::parser::{CronParser, Seconds};
+use portico::{ConfigContext, ConfigError, ConfigExecutor, Event};
+use serde::Deserialize;
+
+/// A source of time: the system clock, or a manual one in tests.
+pub trait Clock: Send + Sync + 'static {
+    /// Now.
+    fn now(&self) -> DateTime<Utc>;
+    /// Resolves at `deadline` (or soon after).
+    fn sleep_until(&self, deadline: DateTime<Utc>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+
+    fn sleep_until(&self, deadline: DateTime<Utc>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            // Sleep in steps of at most a minute so that a wall-clock jump (NTP, suspend)
+            // does not make a tick hours late.
+            loop {
+                let left = deadline - Utc::now();
+                let Ok(left) = left.to_std() else { return };
+                if left.is_zero() {
+                    return;
+                }
+                tokio::time::sleep(left.min(Duration::from_secs(60))).await;
+            }
+        })
+    }
+}
+
+/// A calendar configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CalendarConfig {
+    /// Cron expression.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// Fixed period.
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// IANA time zone.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Dates or instants to skip.
+    #[serde(default)]
+    pub exclusion_dates: Vec<String>,
+    /// RFC 5545 lines (`EXDATE:` ones are used).
+    #[serde(default)]
+    pub recurrence: Vec<String>,
+    /// JSON copied into every event.
+    #[serde(default)]
+    pub user_payload: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone)]
+enum Rule {
+    Cron(Box<Cron>),
+    Every(Duration),
+}
+
+/// A parsed, checked schedule: when the next events are due.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    rule: Rule,
+    tz: Tz,
+    excluded_days: Vec<NaiveDate>,
+    excluded_instants: Vec<DateTime<Utc>>,
+}
+
+fn invalid(field: &str, what: impl std::fmt::Display) -> ConfigError {
+    ConfigError::invalid(format!("{field}: {what}"))
+}
+
+impl Schedule {
+    /// Checks `config` and builds its schedule; errors name the field.
+    pub fn parse(config: &CalendarConfig) -> Result<Schedule, ConfigError> {
+        let tz: Tz = match config.timezone.as_deref().map(str::trim) {
+            None | Some("") => Tz::UTC,
+            Some(name) => name.parse().map_err(|_| {
+                invalid(
+                    "timezone",
+                    format!("`{name}` is not an IANA time zone (like `Europe/Paris`)"),
+                )
+            })?,
+        };
+        let rule = match (&config.schedule, &config.interval) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "schedule and interval are both set: give one",
+                ));
+            }
+            (None, None) => {
+                return Err(ConfigError::invalid(
+                    "expected `schedule` (cron) or `interval` (like `10s`)",
+                ));
+            }
+            (Some(expr), None) => {
+                let parser = CronParser::builder().seconds(Seconds::Optional).build();
+                let fields = expr.split_whitespace().count();
+                if !expr.trim().starts_with('@') && !(5..=6).contains(&fields) {
+                    return Err(invalid(
+                        "schedule",
+                        format!(
+                            "`{expr}` has {fields} fields: expected 5 (minute hour day month weekday), 6 (seconds first) or a nickname like @hourly"
+                        ),
+                    ));
+                }
+                let cron = parser.parse(expr).map_err(|e| {
+                    invalid(
+                        "schedule",
+                        format!("`{expr}` is not a valid cron expression: {e}"),
+                    )
+                })?;
+                Rule::Cron(Box::new(cron))
+            }
+            (None, Some(text)) => {
+                let d = humantime::parse_duration(text.trim()).map_err(|e| {
+                    invalid(
+                        "interval",
+                        format!("`{text}` is not a duration like `10s` or `5m`: {e}"),
+                    )
+                })?;
+                if d < Duration::from_millis(10) {
+                    return Err(invalid(
+                        "interval",
+                        format!("`{text}` is shorter than 10ms"),
+                    ));
+                }
+                Rule::Every(d)
+            }
+        };
+        let mut s = Schedule {
+            rule,
+            tz,
+            excluded_days: Vec::new(),
+            excluded_instants: Vec::new(),
+        };
+        for (i, d) in config.exclusion_dates.iter().enumerate() {
+            s.add_exclusion(d, tz)
+                .map_err(|e| invalid(&format!("exclusionDates[{i}]"), e))?;
+        }
+        for (i, line) in config.recurrence.iter().enumerate() {
+            s.add_recurrence_line(line)
+                .map_err(|e| invalid(&format!("recurrence[{i}]"), e))?;
+        }
+        Ok(s)
+    }
+
+    fn add_exclusion(&mut self, text: &str, tz: Tz) -> Result<(), String> {
+        let t = text.trim();
+        if let Ok(day) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+            self.excluded_days.push(day);
+            return Ok(());
+        }
+        if let Ok(at) = DateTime::parse_from_rfc3339(t) {
+            self.excluded_instants.push(at.with_timezone(&Utc));
+            return Ok(());
+        }
+        if let Ok(naive) = NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S") {
+            let at = local(tz, naive)
+                .ok_or_else(|| format!("`{t}` does not exist in {tz} (a daylight-saving gap)"))?;
+            self.excluded_instants.push(at);
+            return Ok(());
+        }
+        Err(format!(
+            "`{t}` is not a date (2026-12-25) or a time (2026-12-25T08:00:00Z)"
+        ))
+    }
+
+    fn add_recurrence_line(&mut self, line: &str) -> Result<(), String> {
+        let line = line.trim();
+        let Some((head, values)) = line.split_once(':') else {
+            return Err(format!(
+                "`{line}` is not an RFC 5545 line (NAME[;PARAMS]:VALUE)"
+            ));
+        };
+        let mut parts = head.split(';');
+        let name = parts.next().unwrap_or_default().to_ascii_uppercase();
+        if name != "EXDATE" {
+            // RRULE, RDATE, …: the schedule itself comes from `schedule`/`interval`.
+            return Err(format!(
+                "`{name}` lines are not supported: only EXDATE (use `schedule` for the rule)"
+            ));
+        }
+        let mut tz = self.tz;
+        let mut date_only = false;
+        for p in parts {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            match k.to_ascii_uppercase().as_str() {
+                "TZID" => {
+                    tz = v
+                        .parse()
+                        .map_err(|_| format!("TZID `{v}` is not an IANA time zone"))?
+                }
+                "VALUE" if v.eq_ignore_ascii_case("DATE") => date_only = true,
+                _ => {}
+            }
+        }
+        for v in values.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+            if date_only || v.len() == 8 {
+                let day = NaiveDate::parse_from_str(v, "%Y%m%d")
+                    .map_err(|_| format!("`{v}` is not a date like 20261225"))?;
+                self.excluded_days.push(day);
+            } else if let Some(utc) = v.strip_suffix('Z') {
+                let naive = NaiveDateTime::parse_from_str(utc, "%Y%m%dT%H%M%S")
+                    .map_err(|_| format!("`{v}` is not a time like 20261225T080000Z"))?;
+                self.excluded_instants.push(Utc.from_utc_datetime(&naive));
+            } else {
+                let naive = NaiveDateTime::parse_from_str(v, "%Y%m%dT%H%M%S")
+                    .map_err(|_| format!("`{v}` is not a time like 20261225T080000"))?;
+                let at = local(tz, naive).ok_or_else(|| {
+                    format!("`{v}` does not exist in {tz} (a daylight-saving gap)")
+                })?;
+                self.excluded_instants.push(at);
+            }
+        }
+        Ok(())
+    }
+
+    fn excluded(&self, t: DateTime<Utc>) -> bool {
+        self.excluded_instants.contains(&t)
+            || self
+                .excluded_days
+                .contains(&t.with_timezone(&self.tz).date_naive())
+    }
+
+    /// The first due time strictly after `after`, skipping exclusions. `start` anchors an
+    /// interval (ticks at `start + k × interval`).
+    pub fn next_after(&self, start: DateTime<Utc>, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let mut t = after;
+        // Bounded: exclusions are finite, so a few thousand steps always get past them.
+        for _ in 0..100_000 {
+            let next = match &self.rule {
+                Rule::Cron(cron) => cron
+                    .find_next_occurrence(&t.with_timezone(&self.tz), false)
+                    .ok()?
+                    .with_timezone(&Utc),
+                Rule::Every(d) => {
+                    let step = i64::try_from(d.as_nanos()).ok()?;
+                    let elapsed = (t - start).num_nanoseconds()?;
+                    let n = if elapsed < 0 { 0 } else { elapsed / step };
+                    start + chrono::Duration::nanoseconds(step.checked_mul(n.checked_add(1)?)?)
+                }
+            };
+            if !self.excluded(next) {
+                return Some(next);
+            }
+            t = next;
+        }
+        None
+    }
+}
+
+fn local(tz: Tz, naive: NaiveDateTime) -> Option<DateTime<Utc>> {
+    tz.from_local_datetime(&naive)
+        .earliest()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// The calendar executor.
+#[derive(Clone)]
+pub struct Calendar {
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for Calendar {
+    fn default() -> Self {
+        Calendar {
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl Calendar {
+    /// A calendar reading time from `clock`.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Calendar {
+        Calendar { clock }
+    }
+
+    fn config(ctx: &ConfigContext) -> Result<(CalendarConfig, Schedule), ConfigError> {
+        let config: CalendarConfig = ctx.parse()?;
+        let schedule = Schedule::parse(&config)?;
+        Ok((config, schedule))
+    }
+}
+
+impl ConfigExecutor for Calendar {
+    fn validate(&self, ctx: &ConfigContext) -> Result<(), ConfigError> {
+        Self::config(ctx).map(|_| ())
+    }
+
+    async fn start_config(&self, ctx: ConfigContext) -> Result<(), ConfigError> {
+        let (config, schedule) = Self::config(&ctx)?;
+        let user_payload = config.user_payload.unwrap_or(serde_json::Value::Null);
+        let start = self.clock.now();
+        let mut last = start;
+        ctx.running();
+        loop {
+            let Some(due) = schedule.next_after(start, last) else {
+                tracing::info!("the schedule has no further occurrence");
+                return Ok(());
+            };
+            tokio::select! {
+                _ = ctx.stopped() => return Ok(()),
+                _ = self.clock.sleep_until(due) => {}
+            }
+            let payload = serde_json::json!({
+                "eventTime": due.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                "userPayload": user_payload,
+            });
+            let event = Event::json(&payload)?.with_time(due);
+            ctx.dispatch(event).await?;
+            // Ticks that fell due while the event waited for room are missed, not queued.
+            let now = self.clock.now();
+            let mut missed = 0u64;
+            last = due;
+            while let Some(next) = schedule.next_after(start, last) {
+                if next > now {
+                    break;
+                }
+                missed += 1;
+                last = next;
+                if missed >= 1_000_000 {
+                    break;
+                }
+            }
+            if missed > 0 {
+                tracing::warn!(
+                    missed,
+                    "calendar ticks missed while the dispatcher was full"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(yaml: &str) -> CalendarConfig {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn next_n(s: &Schedule, start: &str, n: usize) -> Vec<String> {
+        let start = utc(start);
+        let mut t = start;
+        (0..n)
+            .map(|_| {
+                t = s.next_after(start, t).unwrap();
+                t.to_rfc3339()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn five_six_fields_and_nicknames() {
+        let s = Schedule::parse(&cfg("schedule: '*/15 * * * *'")).unwrap();
+        assert_eq!(
+            next_n(&s, "2026-01-01T10:07:00Z", 2),
+            ["2026-01-01T10:15:00+00:00", "2026-01-01T10:30:00+00:00"]
+        );
+        let s = Schedule::parse(&cfg("schedule: '*/20 * * * * *'")).unwrap();
+        assert_eq!(
+            next_n(&s, "2026-01-01T10:07:00Z", 2),
+            ["2026-01-01T10:07:20+00:00", "2026-01-01T10:07:40+00:00"]
+        );
+        let s = Schedule::parse(&cfg("schedule: '@hourly'")).unwrap();
+        assert_eq!(
+            next_n(&s, "2026-01-01T10:07:00Z", 1),
+            ["2026-01-01T11:00:00+00:00"]
+        );
+    }
+
+    #[test]
+    fn interval_ticks_from_the_start() {
+        let s = Schedule::parse(&cfg("interval: 90s")).unwrap();
+        assert_eq!(
+            next_n(&s, "2026-01-01T00:00:00Z", 3),
+            [
+                "2026-01-01T00:01:30+00:00",
+                "2026-01-01T00:03:00+00:00",
+                "2026-01-01T00:04:30+00:00"
+            ]
+        );
+        // Anchored: asking from the middle of a period gives the end of that period.
+        let start = utc("2026-01-01T00:00:00Z");
+        assert_eq!(
+            s.next_after(start, utc("2026-01-01T00:02:00Z")).unwrap(),
+            utc("2026-01-01T00:03:00Z")
+        );
+    }
+
+    #[test]
+    fn timezone_is_honoured() {
+        let s = Schedule::parse(&cfg("schedule: '0 9 * * *'\ntimezone: Europe/Paris")).unwrap();
+        // Winter: UTC+1; summer: UTC+2.
+        assert_eq!(
+            next_n(&s, "2026-01-10T00:00:00Z", 1),
+            ["2026-01-10T08:00:00+00:00"]
+        );
+        assert_eq!(
+            next_n(&s, "2026-07-10T00:00:00Z", 1),
+            ["2026-07-10T07:00:00+00:00"]
+        );
+    }
+
+    #[test]
+    fn spring_forward_gap_runs_once_after_the_gap() {
+        // 2026-03-29 in Paris: 02:00 jumps to 03:00; 02:30 does not exist that day.
+        let s = Schedule::parse(&cfg("schedule: '30 2 * * *'\ntimezone: Europe/Paris")).unwrap();
+        let got = next_n(&s, "2026-03-28T12:00:00Z", 2);
+        assert_eq!(got[0], "2026-03-29T01:00:00+00:00", "{got:?}"); // 03:00 CEST
+        assert_eq!(got[1], "2026-03-30T00:30:00+00:00", "{got:?}"); // 02:30 CEST
+    }
+
+    #[test]
+    fn fall_back_overlap_runs_once() {
+        // 2026-10-25 in Paris: 03:00 CEST falls back to 02:00 CET; 02:30 happens twice.
+        let s = Schedule::parse(&cfg("schedule: '30 2 * * *'\ntimezone: Europe/Paris")).unwrap();
+        let got = next_n(&s, "2026-10-24T12:00:00Z", 2);
+        assert_eq!(got[0], "2026-10-25T00:30:00+00:00", "{got:?}"); // first 02:30 (CEST)
+        assert_eq!(got[1], "2026-10-26T01:30:00+00:00", "{got:?}"); // next day 02:30 CET
+    }
+
+    #[test]
+    fn exclusions_skip_days_and_instants() {
+        let s = Schedule::parse(&cfg(
+            "schedule: '0 12 * * *'\nexclusionDates: ['2026-01-02']\nrecurrence: ['EXDATE:20260103T120000Z', 'EXDATE;VALUE=DATE:20260105']",
+        ))
+        .unwrap();
+        assert_eq!(
+            next_n(&s, "2026-01-01T13:00:00Z", 2),
+            ["2026-01-04T12:00:00+00:00", "2026-01-06T12:00:00+00:00"]
+        );
+        let s = Schedule::parse(&cfg(
+            "interval: 1h\nrecurrence: ['EXDATE;TZID=Europe/Paris:20260101T020000']",
+        ))
+        .unwrap();
+        // 02:00 Paris = 01:00 UTC is skipped.
+        assert_eq!(
+            next_n(&s, "2026-01-01T00:00:00Z", 2),
+            ["2026-01-01T02:00:00+00:00", "2026-01-01T03:00:00+00:00"]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = |y: &str| Schedule::parse(&cfg(y)).unwrap_err().to_string();
+        assert!(
+            e("schedule: '* * bogus * *'").starts_with("schedule: "),
+            "{}",
+            e("schedule: '* * bogus * *'")
+        );
+        assert!(e("schedule: '* * *'").contains("has 3 fields"));
+        assert!(e("interval: soon").starts_with("interval: "));
+        assert!(e("interval: 1s\ntimezone: Mars/Base").starts_with("timezone: "));
+        assert!(e("interval: 1s\nexclusionDates: [tomorrow]").starts_with("exclusionDates[0]: "));
+        assert!(e("interval: 1s\nrecurrence: ['RRULE:FREQ=DAILY']").starts_with("recurrence[0]: "));
+        assert!(e("timezone: UTC").contains("expected `schedule`"));
+        assert!(e("interval: 1s\nschedule: '@hourly'").contains("both set"));
+    }
+}

@@ -1,0 +1,84 @@
+//! Command-line arguments and logging shared by the `portico` binary and every user gateway
+//! built on [`crate::run`]: the same flags, the same environment variables, the same logs.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::runtime::RunOptions;
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+/// Logging flags.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log line format.
+    #[arg(long, env = "PORTICO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// What to log, as a tracing filter (`info`, `portico=debug,info`).
+    #[arg(long, env = "PORTICO_LOG", default_value = "info", global = true)]
+    pub log: String,
+}
+
+impl LogArgs {
+    /// Installs the global subscriber; logs go to stderr so that stdout stays for events.
+    pub fn init(&self) {
+        let filter = tracing_subscriber::EnvFilter::try_new(&self.log)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        // A second init (tests) keeps the first subscriber.
+        let _ = match self.log_format {
+            LogFormat::Text => builder.try_init(),
+            LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        };
+    }
+}
+
+/// Flags of a running gateway.
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    /// The gateway file: a Gateway and the ConfigMap it names, as multi-document YAML.
+    #[arg(env = "PORTICO_GATEWAY_FILE")]
+    pub file: PathBuf,
+    /// Port of the transformer's HTTP API (ingest, health, metrics, status); 0 picks a free one.
+    #[arg(long, env = "TRANSFORMER_PORT", default_value_t = crate::env::DEFAULT_TRANSFORMER_PORT)]
+    pub transformer_port: u16,
+    /// Address the transformer's HTTP API listens on.
+    #[arg(long, env = "TRANSFORMER_ADDRESS", default_value = "127.0.0.1")]
+    pub listen: IpAddr,
+    /// Largest body the ingest API takes, in bytes.
+    #[arg(long, env = "PORTICO_BODY_LIMIT", default_value_t = crate::server::DEFAULT_BODY_LIMIT)]
+    pub body_limit: usize,
+    /// How long events in flight may take to be delivered at shutdown.
+    #[arg(long, env = "PORTICO_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// How long a stopping configuration may take before its tasks are dropped.
+    #[arg(long, env = "PORTICO_STOP_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub stop_grace: Duration,
+}
+
+impl GatewayArgs {
+    /// These flags as run options.
+    pub fn options(&self) -> RunOptions {
+        RunOptions {
+            file: self.file.clone(),
+            listen: self.listen,
+            transformer_port: self.transformer_port,
+            body_limit: self.body_limit,
+            drain_timeout: self.drain_timeout,
+            stop_grace: self.stop_grace,
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The retry policy of deliveries: capped exponential backoff with jitter (backon).
+//!
+//! Only failures that another attempt may cure are retried: connection errors, timeouts,
+//! 408, 429 and 5xx. A delivery that runs out of attempts is given up on, and the dispatcher
+//! says so in a log line and a metric — never silently.
+
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use tokio_util::sync::CancellationToken;
+
+use super::{DeliveryError, Sender};
+use crate::cloudevents::CloudEvent;
+use crate::spec::RetrySettings;
+
+/// How often and how patiently a delivery is retried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (at least 1).
+    pub max_attempts: usize,
+    /// Wait before the first retry.
+    pub initial_backoff: Duration,
+    /// Longest wait between two attempts.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// This policy with the fields `settings` gives replaced.
+    pub fn merged(&self, settings: Option<&RetrySettings>) -> RetryPolicy {
+        let Some(s) = settings else {
+            return self.clone();
+        };
+        RetryPolicy {
+            max_attempts: s.max_attempts.unwrap_or(self.max_attempts).max(1),
+            initial_backoff: s.initial_backoff.unwrap_or(self.initial_backoff),
+            max_backoff: s.max_backoff.unwrap_or(self.max_backoff),
+        }
+    }
+
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.initial_backoff)
+            .with_max_delay(self.max_backoff.max(self.initial_backoff))
+            .with_max_times(self.max_attempts.saturating_sub(1))
+            .with_jitter()
+    }
+}
+
+/// Delivers `event` through `sender`, retrying per `policy` until it succeeds, fails for good,
+/// runs out of attempts, or `abort` is cancelled. `on_retry` hears of every retry.
+pub async fn deliver_with_retry(
+    sender: &dyn Sender,
+    event: &CloudEvent,
+    policy: &RetryPolicy,
+    abort: &CancellationToken,
+    mut on_retry: impl FnMut(&DeliveryError, Duration),
+) -> Result<(), DeliveryError> {
+    let attempts = (|| sender.send(event))
+        .retry(policy.backoff())
+        .sleep(tokio::time::sleep)
+        .when(|e: &DeliveryError| e.retryable)
+        .notify(|e, d| on_retry(e, d));
+    tokio::select! {
+        biased;
+        _ = abort.cancelled() => Err(DeliveryError::permanent("abandoned: the gateway is shutting down")),
+        r = attempts => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::BoxFuture;
+    use std::sync::Mutex;
+
+    struct Script(Mutex<Vec<Result<(), DeliveryError>>>);
+    impl Sender for Script {
+        fn send<'a>(&'a self, _: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {
+            let next = self.0.lock().unwrap().remove(0);
+            Box::pin(async move { next })
+        }
+    }
+
+    fn event() -> CloudEvent {
+        crate::transform::Transformer::new("g", "t", "1")
+            .transform("s", crate::Event::new(&b"x"[..]))
+            .unwrap()
+    }
+
+    fn fast(max_attempts: usize) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(2),
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_retryable_failures_until_success() {
+        let s = Script(Mutex::new(vec![
+            Err(DeliveryError::retryable("503")),
+            Err(DeliveryError::retryable("503")),
+            Ok(()),
+        ]));
+        let mut retries = 0;
+        let r = deliver_with_retry(&s, &event(), &fast(5), &CancellationToken::new(), |_, _| {
+            retries += 1
+        })
+        .await;
+        assert_eq!(r, Ok(()));
+        assert_eq!(retries, 2);
+    }
+
+    #[tokio::test]
+    async fn does_not_retry_permanent_failures() {
+        let s = Script(Mutex::new(vec![
+            Err(DeliveryError::permanent("400")),
+            Ok(()),
+        ]));
+        let r =
+            deliver_with_retry(&s, &event(), &fast(5), &CancellationToken::new(), |_, _| {}).await;
+        assert_eq!(r, Err(DeliveryError::permanent("400")));
+    }
+
+    #[tokio::test]
+    async fn gives_up_after_max_attempts() {
+        let s = Script(Mutex::new(
+            (0..3)
+                .map(|_| Err(DeliveryError::retryable("503")))
+                .collect(),
+        ));
+        let r =
+            deliver_with_retry(&s, &event(), &fast(3), &CancellationToken::new(), |_, _| {}).await;
+        assert_eq!(r, Err(DeliveryError::retryable("503")));
+        assert!(s.0.lock().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,326 @@
+//! Which watchers a gateway has, resolved from its spec and the environment.
+//!
+//! In a cluster a sensor `name` is `http://<name>-sensor-svc.<namespace>.svc:9300/` and a
+//! gateway `{name, port, endpoint}` is `http://<name>-gateway-svc.<namespace>.svc:<port><endpoint>`
+//! (the original looked gateways up under the sensor name). Outside one, both need a `url`.
+//! `K_SINK` is one more URL watcher. With no watcher at all, events go to stdout.
+
+use std::time::Duration;
+
+use super::{QueueSettings, RetryPolicy};
+use crate::spec::{DispatchMechanism, Encoding, Gateway, GatewaySpec, UrlWatcher, WatcherSettings};
+
+/// Port of a sensor's service in a cluster.
+pub const SENSOR_PORT: u16 = 9300;
+
+/// Where one watcher's events go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// An HTTP endpoint.
+    Http {
+        /// The URL.
+        url: String,
+        /// How events are written.
+        encoding: Encoding,
+        /// Timeout of one attempt.
+        timeout: Duration,
+    },
+    /// One JSON line per event on stdout.
+    Stdout,
+}
+
+/// One resolved watcher.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatcherDef {
+    /// Its name in metrics and logs: `sensor:<name>`, `gateway:<name>`, `url:<url>`,
+    /// `k_sink:<url>`, `stdout`.
+    pub name: String,
+    /// Where its events go.
+    pub target: Target,
+    /// Its queue and retries.
+    pub queue: QueueSettings,
+}
+
+/// What the environment tells about where the gateway runs.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    /// Inside a Kubernetes pod.
+    pub in_cluster: bool,
+    /// Knative's `K_SINK`.
+    pub k_sink: Option<String>,
+}
+
+impl Environment {
+    /// Read from the process environment.
+    pub fn from_process() -> Environment {
+        Environment {
+            in_cluster: crate::env::in_cluster(),
+            k_sink: crate::env::var(crate::env::K_SINK),
+        }
+    }
+}
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn queue_settings(gateway: &WatcherSettings, own: &WatcherSettings) -> QueueSettings {
+    let d = QueueSettings::default();
+    let retry = RetryPolicy::default()
+        .merged(gateway.retry.as_ref())
+        .merged(own.retry.as_ref());
+    QueueSettings {
+        queue_size: own
+            .queue_size
+            .or(gateway.queue_size)
+            .unwrap_or(d.queue_size),
+        concurrency: own
+            .concurrency
+            .or(gateway.concurrency)
+            .unwrap_or(d.concurrency),
+        retry,
+    }
+}
+
+fn http(url: String, gateway: &WatcherSettings, own: &WatcherSettings) -> Target {
+    Target::Http {
+        url,
+        encoding: own.encoding.or(gateway.encoding).unwrap_or_default(),
+        timeout: own.timeout.or(gateway.timeout).unwrap_or(DEFAULT_TIMEOUT),
+    }
+}
+
+fn check_url(what: &str, url: &str) -> Result<(), String> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Ok(()),
+        Ok(u) => Err(format!(
+            "{what}: url `{url}` has scheme `{}`: expected http or https",
+            u.scheme()
+        )),
+        Err(e) => Err(format!("{what}: url `{url}` is not a valid URL: {e}")),
+    }
+}
+
+/// The watchers of `gateway` in `env`, or every problem found.
+pub fn resolve_watchers(
+    gateway: &Gateway,
+    env: &Environment,
+) -> Result<Vec<WatcherDef>, Vec<String>> {
+    let spec = &gateway.spec;
+    let ns = gateway.namespace();
+    let defaults = &spec.delivery;
+    let mut problems = Vec::new();
+    let mut out = Vec::new();
+    match spec.dispatch_mechanism {
+        DispatchMechanism::Http => {}
+        other => problems.push(format!(
+            "dispatchMechanism `{other:?}` is not available in this version of portico: use HTTP"
+        )),
+    }
+    for (i, s) in spec.watchers.sensors.iter().enumerate() {
+        let what = format!("watchers.sensors[{i}] `{}`", s.name);
+        let url = match (&s.url, env.in_cluster) {
+            (Some(u), _) => u.clone(),
+            (None, true) => format!("http://{}-sensor-svc.{ns}.svc:{SENSOR_PORT}/", s.name),
+            (None, false) => {
+                problems.push(format!(
+                    "{what}: `url` is required outside a cluster (no Kubernetes service to resolve `{}` to)",
+                    s.name
+                ));
+                continue;
+            }
+        };
+        if let Err(p) = check_url(&what, &url) {
+            problems.push(p);
+            continue;
+        }
+        out.push(WatcherDef {
+            name: format!("sensor:{}", s.name),
+            target: http(url, defaults, &s.settings),
+            queue: queue_settings(defaults, &s.settings),
+        });
+    }
+    for (i, g) in spec.watchers.gateways.iter().enumerate() {
+        let what = format!("watchers.gateways[{i}] `{}`", g.name);
+        let url = match (&g.url, env.in_cluster, g.port) {
+            (Some(u), _, _) => u.clone(),
+            (None, true, Some(port)) => {
+                let endpoint = g.endpoint.as_deref().unwrap_or("/");
+                let sep = if endpoint.starts_with('/') { "" } else { "/" };
+                format!(
+                    "http://{}-gateway-svc.{ns}.svc:{port}{sep}{endpoint}",
+                    g.name
+                )
+            }
+            (None, true, None) => {
+                problems.push(format!("{what}: `port` is required to reach a gateway"));
+                continue;
+            }
+            (None, false, _) => {
+                problems.push(format!(
+                    "{what}: `url` is required outside a cluster (no Kubernetes service to resolve `{}` to)",
+                    g.name
+                ));
+                continue;
+            }
+        };
+        if let Err(p) = check_url(&what, &url) {
+            problems.push(p);
+            continue;
+        }
+        out.push(WatcherDef {
+            name: format!("gateway:{}", g.name),
+            target: http(url, defaults, &g.settings),
+            queue: queue_settings(defaults, &g.settings),
+        });
+    }
+    for (i, u) in spec.watchers.urls.iter().enumerate() {
+        let (url, own) = match u {
+            UrlWatcher::Url(url) => (url.clone(), WatcherSettings::default()),
+            UrlWatcher::Detailed { url, settings } => (url.clone(), settings.clone()),
+        };
+        if let Err(p) = check_url(&format!("watchers.urls[{i}]"), &url) {
+            problems.push(p);
+            continue;
+        }
+        out.push(WatcherDef {
+            name: format!("url:{url}"),
+            target: http(url, defaults, &own),
+            queue: queue_settings(defaults, &own),
+        });
+    }
+    if let Some(sink) = &env.k_sink {
+        match check_url("K_SINK", sink) {
+            Ok(()) => out.push(WatcherDef {
+                name: format!("k_sink:{sink}"),
+                target: http(sink.clone(), defaults, &WatcherSettings::default()),
+                queue: queue_settings(defaults, &WatcherSettings::default()),
+            }),
+            Err(p) => problems.push(p),
+        }
+    }
+    if out.is_empty() && problems.is_empty() {
+        out.push(WatcherDef {
+            name: "stdout".to_string(),
+            target: Target::Stdout,
+            queue: queue_settings(defaults, &WatcherSettings::default()),
+        });
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Every problem with the watchers of `spec` in this process's environment.
+pub fn watcher_problems(spec: &GatewaySpec) -> Vec<String> {
+    let gateway = Gateway {
+        api_version: String::new(),
+        kind: String::new(),
+        metadata: Default::default(),
+        spec: spec.clone(),
+    };
+    resolve_watchers(&gateway, &Environment::from_process())
+        .err()
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{GatewayWatcher, ObjectMeta, Port, SensorWatcher};
+
+    fn gateway(watchers: crate::spec::Watchers) -> Gateway {
+        Gateway {
+            api_version: "portico.dev/v1alpha1".into(),
+            kind: "Gateway".into(),
+            metadata: ObjectMeta {
+                name: "g".into(),
+                namespace: Some("ns".into()),
+                ..Default::default()
+            },
+            spec: GatewaySpec {
+                gateway_type: "t".into(),
+                watchers,
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn cluster_names_follow_the_convention() {
+        let g = gateway(crate::spec::Watchers {
+            sensors: vec![SensorWatcher {
+                name: "s".into(),
+                url: None,
+                settings: Default::default(),
+            }],
+            gateways: vec![GatewayWatcher {
+                name: "relay".into(),
+                port: Some(Port(9330)),
+                endpoint: Some("/in".into()),
+                url: None,
+                settings: Default::default(),
+            }],
+            urls: vec![],
+        });
+        let env = Environment {
+            in_cluster: true,
+            k_sink: Some("http://sink.ns.svc/".into()),
+        };
+        let w = resolve_watchers(&g, &env).unwrap();
+        let urls: Vec<_> = w
+            .iter()
+            .map(|w| match &w.target {
+                Target::Http { url, .. } => url.clone(),
+                Target::Stdout => "stdout".into(),
+            })
+            .collect();
+        assert_eq!(
+            urls,
+            vec![
+                "http://s-sensor-svc.ns.svc:9300/",
+                "http://relay-gateway-svc.ns.svc:9330/in",
+                "http://sink.ns.svc/"
+            ]
+        );
+    }
+
+    #[test]
+    fn outside_a_cluster_names_need_urls_and_no_watchers_means_stdout() {
+        let g = gateway(crate::spec::Watchers {
+            sensors: vec![SensorWatcher {
+                name: "s".into(),
+                url: None,
+                settings: Default::default(),
+            }],
+            ..Default::default()
+        });
+        let e = resolve_watchers(&g, &Environment::default()).unwrap_err();
+        assert!(
+            e[0].contains("watchers.sensors[0] `s`: `url` is required"),
+            "{e:?}"
+        );
+        let g = gateway(Default::default());
+        let w = resolve_watchers(&g, &Environment::default()).unwrap();
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].target, Target::Stdout);
+    }
+
+    #[test]
+    fn a_bad_url_is_named() {
+        let g = gateway(crate::spec::Watchers {
+            urls: vec![
+                UrlWatcher::Url("ftp://x/".into()),
+                UrlWatcher::Url("::".into()),
+            ],
+            ..Default::default()
+        });
+        let e = resolve_watchers(&g, &Environment::default()).unwrap_err();
+        assert_eq!(e.len(), 2);
+        assert!(
+            e[0].contains("watchers.urls[0]") && e[0].contains("scheme `ftp`"),
+            "{e:?}"
+        );
+        assert!(e[1].contains("watchers.urls[1]"), "{e:?}");
+    }
+}

@@ -1,0 +1,103 @@
+//! The environment contract of SPEC §3, in one place.
+//!
+//! The controller sets these variables on every container of a gateway pod, and
+//! `portico run FILE -- COMMAND…` sets them on the user's process. Names are the seed's; every
+//! default lives here and nowhere else.
+
+/// HTTP port of the transformer (ingest, health, metrics, status).
+pub const TRANSFORMER_PORT: &str = "TRANSFORMER_PORT";
+/// Namespace of the gateway.
+pub const GATEWAY_NAMESPACE: &str = "GATEWAY_NAMESPACE";
+/// ConfigMap holding the configurations.
+pub const GATEWAY_PROCESSOR_CONFIG_MAP: &str = "GATEWAY_PROCESSOR_CONFIG_MAP";
+/// Name of the gateway.
+pub const GATEWAY_NAME: &str = "GATEWAY_NAME";
+/// Instance id of the controller that owns the gateway.
+pub const GATEWAY_CONTROLLER_INSTANCE_ID: &str = "GATEWAY_CONTROLLER_INSTANCE_ID";
+/// gRPC style: port of the user's gRPC server.
+pub const GATEWAY_PROCESSOR_GRPC_SERVER_PORT: &str = "GATEWAY_PROCESSOR_GRPC_SERVER_PORT";
+/// HTTP style: port of the user's HTTP server.
+pub const GATEWAY_PROCESSOR_SERVER_HTTP_PORT: &str = "GATEWAY_PROCESSOR_SERVER_HTTP_PORT";
+/// HTTP style: port of the framework's HTTP server.
+pub const GATEWAY_PROCESSOR_CLIENT_HTTP_PORT: &str = "GATEWAY_PROCESSOR_CLIENT_HTTP_PORT";
+/// HTTP style: user endpoint that starts a configuration.
+pub const GATEWAY_HTTP_CONFIG_START: &str = "GATEWAY_HTTP_CONFIG_START";
+/// HTTP style: user endpoint that stops a configuration.
+pub const GATEWAY_HTTP_CONFIG_STOP: &str = "GATEWAY_HTTP_CONFIG_STOP";
+/// HTTP style: framework endpoint that takes events.
+pub const GATEWAY_HTTP_CONFIG_EVENT: &str = "GATEWAY_HTTP_CONFIG_EVENT";
+/// HTTP style: framework endpoint told that a configuration runs.
+pub const GATEWAY_HTTP_CONFIG_RUNNING: &str = "GATEWAY_HTTP_CONFIG_RUNNING";
+/// HTTP style: framework endpoint told that a configuration failed.
+pub const GATEWAY_HTTP_CONFIG_ERROR: &str = "GATEWAY_HTTP_CONFIG_ERROR";
+/// Knative: one more watcher URL.
+pub const K_SINK: &str = "K_SINK";
+/// Knative: `{"extensions":{…}}` set on every outgoing event.
+pub const K_CE_OVERRIDES: &str = "K_CE_OVERRIDES";
+/// Set by Kubernetes in every pod: tells that the process runs in a cluster.
+pub const KUBERNETES_SERVICE_HOST: &str = "KUBERNETES_SERVICE_HOST";
+
+/// Default of [`TRANSFORMER_PORT`].
+pub const DEFAULT_TRANSFORMER_PORT: u16 = 9300;
+/// Default of [`GATEWAY_PROCESSOR_CLIENT_HTTP_PORT`].
+pub const DEFAULT_PROCESSOR_CLIENT_HTTP_PORT: u16 = 9393;
+/// Default of [`GATEWAY_HTTP_CONFIG_START`].
+pub const DEFAULT_HTTP_CONFIG_START: &str = "/start";
+/// Default of [`GATEWAY_HTTP_CONFIG_STOP`].
+pub const DEFAULT_HTTP_CONFIG_STOP: &str = "/stop";
+/// Default of [`GATEWAY_HTTP_CONFIG_EVENT`].
+pub const DEFAULT_HTTP_CONFIG_EVENT: &str = "/event";
+/// Default of [`GATEWAY_HTTP_CONFIG_RUNNING`].
+pub const DEFAULT_HTTP_CONFIG_RUNNING: &str = "/activated";
+/// Default of [`GATEWAY_HTTP_CONFIG_ERROR`].
+pub const DEFAULT_HTTP_CONFIG_ERROR: &str = "/error";
+
+/// A variable's value, when it is set and not empty.
+pub fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// True when the process runs inside a Kubernetes pod.
+pub fn in_cluster() -> bool {
+    var(KUBERNETES_SERVICE_HOST).is_some()
+}
+
+/// The variables a gateway's user process gets, for a gateway of this name and spec
+/// (SPEC §3): the controller puts them on containers, `portico run -- COMMAND` on the child.
+pub fn contract(
+    gateway: &crate::spec::Gateway,
+    transformer_port: u16,
+    instance_id: Option<&str>,
+) -> Vec<(&'static str, String)> {
+    let spec = &gateway.spec;
+    let mut vars = vec![
+        (TRANSFORMER_PORT, transformer_port.to_string()),
+        (GATEWAY_NAMESPACE, gateway.namespace().to_string()),
+        (GATEWAY_NAME, gateway.metadata.name.clone()),
+    ];
+    if let Some(cm) = &spec.config_map {
+        vars.push((GATEWAY_PROCESSOR_CONFIG_MAP, cm.clone()));
+    }
+    if let Some(id) = instance_id {
+        vars.push((GATEWAY_CONTROLLER_INSTANCE_ID, id.to_string()));
+    }
+    if let Some(p) = spec.rpc_port {
+        vars.push((GATEWAY_PROCESSOR_GRPC_SERVER_PORT, p.to_string()));
+    }
+    if let Some(p) = spec.http_server_port {
+        vars.push((GATEWAY_PROCESSOR_SERVER_HTTP_PORT, p.to_string()));
+        vars.push((
+            GATEWAY_PROCESSOR_CLIENT_HTTP_PORT,
+            DEFAULT_PROCESSOR_CLIENT_HTTP_PORT.to_string(),
+        ));
+        vars.push((GATEWAY_HTTP_CONFIG_START, DEFAULT_HTTP_CONFIG_START.into()));
+        vars.push((GATEWAY_HTTP_CONFIG_STOP, DEFAULT_HTTP_CONFIG_STOP.into()));
+        vars.push((GATEWAY_HTTP_CONFIG_EVENT, DEFAULT_HTTP_CONFIG_EVENT.into()));
+        vars.push((
+            GATEWAY_HTTP_CONFIG_RUNNING,
+            DEFAULT_HTTP_CONFIG_RUNNING.into(),
+        ));
+        vars.push((GATEWAY_HTTP_CONFIG_ERROR, DEFAULT_HTTP_CONFIG_ERROR.into()));
+    }
+    vars
+}

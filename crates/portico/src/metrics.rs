@@ -1,0 +1,202 @@
+//! Portico's internal metrics: one typed vocabulary, so names never drift.
+//!
+//! Everything a gateway counts is declared here and registered once in a
+//! `prometheus_client` registry that `GET /metrics` encodes. Code on the hot path fetches its
+//! label set once (per configuration, per watcher) and keeps the handles.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of a per-configuration metric.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SrcLabels {
+    /// The configuration key.
+    pub src: String,
+}
+
+/// Labels of a per-watcher metric.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatcherLabels {
+    /// The watcher's name (`url:http://…`, `sensor:name`, `stdout`).
+    pub watcher: String,
+}
+
+/// Labels of a rejected event.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    /// The configuration key.
+    pub src: String,
+    /// Why: `full`, `invalid`, `stopped`.
+    pub reason: String,
+}
+
+/// Labels of the nodes-by-phase gauge.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    /// The phase.
+    pub phase: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs … ~26 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 19))
+}
+
+/// Every metric of a gateway.
+pub struct Metrics {
+    registry: Registry,
+    /// Events produced by configurations (or posted to the ingest API).
+    pub received: Family<SrcLabels, Counter>,
+    /// Events turned into CloudEvents.
+    pub transformed: Family<SrcLabels, Counter>,
+    /// Events refused before acceptance.
+    pub rejected: Family<RejectLabels, Counter>,
+    /// Events a watcher took (2xx).
+    pub delivered: Family<WatcherLabels, Counter>,
+    /// Events a watcher never took after every attempt.
+    pub failed: Family<WatcherLabels, Counter>,
+    /// Attempts repeated after a retryable failure.
+    pub retried: Family<WatcherLabels, Counter>,
+    /// Time from acceptance to delivery.
+    pub delivery_latency: Family<WatcherLabels, Histogram, fn() -> Histogram>,
+    /// Events waiting or in flight per watcher.
+    pub queue_depth: Family<WatcherLabels, Gauge>,
+    /// Nodes per phase.
+    pub nodes: Family<PhaseLabels, Gauge>,
+}
+
+impl Metrics {
+    /// A fresh set of metrics in its own registry.
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("portico");
+        let m = Metrics {
+            received: Family::default(),
+            transformed: Family::default(),
+            rejected: Family::default(),
+            delivered: Family::default(),
+            failed: Family::default(),
+            retried: Family::default(),
+            delivery_latency: Family::new_with_constructor(latency_histogram),
+            queue_depth: Family::default(),
+            nodes: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "events_received",
+            "Events produced by configurations or posted to the ingest API",
+            m.received.clone(),
+        );
+        registry.register(
+            "events_transformed",
+            "Events turned into CloudEvents",
+            m.transformed.clone(),
+        );
+        registry.register(
+            "events_rejected",
+            "Events refused before acceptance, by reason",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "events_delivered",
+            "Events a watcher accepted",
+            m.delivered.clone(),
+        );
+        registry.register(
+            "events_failed",
+            "Events a watcher never accepted after every attempt",
+            m.failed.clone(),
+        );
+        registry.register(
+            "events_retried",
+            "Delivery attempts repeated after a retryable failure",
+            m.retried.clone(),
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "Time from acceptance to delivery",
+            m.delivery_latency.clone(),
+        );
+        registry.register(
+            "watcher_queue_depth",
+            "Events waiting or in flight per watcher",
+            m.queue_depth.clone(),
+        );
+        registry.register("nodes", "Nodes per phase", m.nodes.clone());
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// The counters of one configuration.
+    pub fn for_src(&self, src: &str) -> SrcMetrics {
+        let labels = SrcLabels {
+            src: src.to_string(),
+        };
+        SrcMetrics {
+            src: src.to_string(),
+            received: self.received.get_or_create(&labels).clone(),
+            transformed: self.transformed.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// The metrics of one watcher.
+    pub fn for_watcher(&self, watcher: &str) -> WatcherMetrics {
+        let labels = WatcherLabels {
+            watcher: watcher.to_string(),
+        };
+        WatcherMetrics {
+            delivered: self.delivered.get_or_create(&labels).clone(),
+            failed: self.failed.get_or_create(&labels).clone(),
+            retried: self.retried.get_or_create(&labels).clone(),
+            latency: self.delivery_latency.get_or_create(&labels).clone(),
+            queue_depth: self.queue_depth.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Counts an event refused for `reason`.
+    pub fn reject(&self, src: &str, reason: &str) {
+        self.rejected
+            .get_or_create(&RejectLabels {
+                src: src.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+}
+
+/// Handles of one configuration's counters.
+#[derive(Debug, Clone)]
+pub struct SrcMetrics {
+    pub(crate) src: String,
+    /// Events produced.
+    pub received: Counter,
+    /// Events transformed.
+    pub transformed: Counter,
+}
+
+/// Handles of one watcher's metrics.
+#[derive(Debug, Clone)]
+pub struct WatcherMetrics {
+    /// Delivered.
+    pub delivered: Counter,
+    /// Given up on.
+    pub failed: Counter,
+    /// Retried.
+    pub retried: Counter,
+    /// Acceptance → delivery.
+    pub latency: Histogram,
+    /// Waiting or in flight.
+    pub queue_depth: Gauge,
+}

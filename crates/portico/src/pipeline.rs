@@ -1,0 +1,85 @@
+//! The pipeline: where every processor hands its events. Transform, then accept for delivery.
+//!
+//! Core executors reach it through their `ConfigContext`; the ingest API of the transformer,
+//! the gRPC and HTTP processor clients call it directly. It counts what comes in and what is
+//! refused, and answers only once the dispatcher has accepted the event, so a source can
+//! acknowledge its own sender at the right moment.
+
+use std::sync::Arc;
+
+use crate::cloudevents::CloudEvent;
+use crate::dispatch::Dispatcher;
+use crate::event::Event;
+use crate::executor::{Admission, DispatchError};
+use crate::metrics::{Metrics, SrcMetrics};
+use crate::transform::Transformer;
+
+/// Transformer and dispatcher of one gateway.
+pub struct Pipeline {
+    transformer: Transformer,
+    dispatcher: Dispatcher,
+    metrics: Arc<Metrics>,
+}
+
+impl Pipeline {
+    /// A pipeline from its parts.
+    pub fn new(
+        transformer: Transformer,
+        dispatcher: Dispatcher,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Pipeline> {
+        Arc::new(Pipeline {
+            transformer,
+            dispatcher,
+            metrics,
+        })
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The dispatcher.
+    pub fn dispatcher(&self) -> &Dispatcher {
+        &self.dispatcher
+    }
+
+    /// Transforms `event` of configuration `src` and waits until it is accepted.
+    pub async fn dispatch(
+        &self,
+        src: &SrcMetrics,
+        event: Event,
+        admission: Admission<'_>,
+    ) -> Result<(), DispatchError> {
+        src.received.inc();
+        let ce = match self.transformer.transform(&src.src, event) {
+            Ok(ce) => ce,
+            Err(reason) => {
+                self.metrics.reject(&src.src, "invalid");
+                return Err(DispatchError::Invalid(reason));
+            }
+        };
+        src.transformed.inc();
+        self.relay(&src.src, ce, admission).await
+    }
+
+    /// Accepts a CloudEvent that is already made (a CloudEvent posted to the ingest API).
+    pub async fn relay(
+        &self,
+        src: &str,
+        ce: CloudEvent,
+        admission: Admission<'_>,
+    ) -> Result<(), DispatchError> {
+        let r = self.dispatcher.accept(ce, admission).await;
+        if let Err(e) = &r {
+            let reason = match e {
+                DispatchError::Full { .. } => "full",
+                DispatchError::Invalid(_) => "invalid",
+                DispatchError::Stopped => "stopped",
+            };
+            self.metrics.reject(src, reason);
+        }
+        r
+    }
+}

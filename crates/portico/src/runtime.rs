@@ -1,0 +1,264 @@
+//! One gateway process, put together: source → supervisor → processor → pipeline → watchers,
+//! and the transformer's HTTP API beside them.
+//!
+//! [`run_gateway`] reads the gateway file, resolves the watchers, starts the dispatcher and the
+//! API, applies the configurations and follows the file until the shutdown signal. Then it
+//! stops every configuration, drains the events in flight and closes the API, in that order.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::dispatch::http::{HttpSender, shared_client};
+use crate::dispatch::stdout::StdoutSender;
+use crate::dispatch::watchers::{Environment, Target};
+use crate::dispatch::{Dispatcher, Sender, resolve_watchers};
+use crate::executor::{GatewayConfig, SharedExecutor};
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::server::{AppState, GatewayInfo};
+use crate::source::SourceEvent;
+use crate::spec::{Gateway, GatewayFile};
+use crate::status::{LogSink, StatusBoard, StatusSink};
+use crate::supervisor::Supervisor;
+use crate::transform::{Transformer, parse_overrides};
+
+/// What runs a gateway's configurations.
+#[derive(Clone)]
+pub enum Processor {
+    /// A Rust executor in this process (built-in or the user's).
+    Core(SharedExecutor),
+    /// Nothing: the user's program posts events to the transformer.
+    Independent,
+}
+
+impl Processor {
+    fn name(&self) -> &'static str {
+        match self {
+            Processor::Core(_) => "core",
+            Processor::Independent => "independent",
+        }
+    }
+}
+
+/// How a gateway process runs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The gateway file.
+    pub file: PathBuf,
+    /// Address of the transformer's API.
+    pub listen: IpAddr,
+    /// Port of the transformer's API (0: any free port, logged at start).
+    pub transformer_port: u16,
+    /// Body size limit of the ingest API.
+    pub body_limit: usize,
+    /// How long events in flight may take to drain at shutdown.
+    pub drain_timeout: Duration,
+    /// How long a stopping configuration may take.
+    pub stop_grace: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            file: PathBuf::new(),
+            listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            transformer_port: crate::env::DEFAULT_TRANSFORMER_PORT,
+            body_limit: crate::server::DEFAULT_BODY_LIMIT,
+            drain_timeout: Duration::from_secs(10),
+            stop_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a gateway could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The gateway file is not valid.
+    #[error("{0}")]
+    Spec(#[from] crate::spec::SpecErrors),
+    /// Anything else that stops the gateway from starting.
+    #[error("{0}")]
+    Start(String),
+}
+
+/// Builds the pipeline of `gateway`: its transformer and its watchers' dispatcher.
+pub fn build_pipeline(
+    gateway: &Gateway,
+    env: &Environment,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<Pipeline>, RunError> {
+    let defs = resolve_watchers(gateway, env).map_err(|p| {
+        RunError::Start(format!(
+            "gateway `{}`: {}",
+            gateway.metadata.name,
+            p.join("; ")
+        ))
+    })?;
+    let client = shared_client().map_err(RunError::Start)?;
+    let version = Some(gateway.spec.event_version.clone());
+    let mut watchers = Vec::with_capacity(defs.len());
+    for def in defs {
+        let sender: Arc<dyn Sender> = match &def.target {
+            Target::Http {
+                url,
+                encoding,
+                timeout,
+            } => Arc::new(
+                HttpSender::new(client.clone(), url, *encoding, *timeout, version.clone())
+                    .map_err(RunError::Start)?,
+            ),
+            Target::Stdout => Arc::new(StdoutSender),
+        };
+        watchers.push((def.name, sender, def.queue));
+    }
+    let dispatcher = Dispatcher::start(watchers, &metrics);
+    let mut transformer = Transformer::new(
+        &gateway.metadata.name,
+        &gateway.spec.gateway_type,
+        &gateway.spec.event_version,
+    );
+    if let Some(text) = crate::env::var(crate::env::K_CE_OVERRIDES) {
+        transformer = transformer.with_overrides(parse_overrides(&text).map_err(RunError::Start)?);
+    }
+    Ok(Pipeline::new(transformer, dispatcher, metrics))
+}
+
+/// Runs the gateway of `opts.file` with the processor `choose` picks for it, until
+/// `shutdown` resolves.
+pub async fn run_gateway(
+    opts: RunOptions,
+    choose: impl FnOnce(&Gateway) -> Result<Processor, String>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), RunError> {
+    let file = GatewayFile::load(&opts.file)?;
+    let gateway = file.gateway.clone();
+    let processor = choose(&gateway).map_err(RunError::Start)?;
+    let metrics = Metrics::new();
+    let env = Environment::from_process();
+    let pipeline = build_pipeline(&gateway, &env, metrics.clone())?;
+    let sinks: Vec<Arc<dyn StatusSink>> = vec![Arc::new(LogSink)];
+    let board = Arc::new(StatusBoard::new(metrics.clone(), sinks));
+    let state = Arc::new(AppState {
+        info: GatewayInfo {
+            name: gateway.metadata.name.clone(),
+            namespace: gateway.namespace().to_string(),
+            gateway_type: gateway.spec.gateway_type.clone(),
+            processor: processor.name().to_string(),
+            watchers: pipeline
+                .dispatcher()
+                .watcher_names()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            started_at: Utc::now(),
+        },
+        board: board.clone(),
+        pipeline: pipeline.clone(),
+        ready: Default::default(),
+    });
+    let listener = crate::server::bind(SocketAddr::new(opts.listen, opts.transformer_port))
+        .await
+        .map_err(RunError::Start)?;
+    let server_stop = CancellationToken::new();
+    let server = tokio::spawn(crate::server::serve(
+        listener,
+        crate::server::router(state.clone(), opts.body_limit),
+        server_stop.clone(),
+    ));
+    tracing::info!(
+        gateway = %gateway.metadata.name, r#type = %gateway.spec.gateway_type,
+        processor = processor.name(), watchers = ?state.info.watchers,
+        "gateway starting"
+    );
+
+    let source_stop = CancellationToken::new();
+    let (tx, mut rx) = mpsc::channel::<SourceEvent>(4);
+    let initial = file.configurations.clone();
+    let source = tokio::spawn(crate::source::file::watch(file, tx, source_stop.clone()));
+
+    let gateway_config = GatewayConfig::new(
+        &gateway.metadata.name,
+        gateway.namespace(),
+        pipeline.clone(),
+    );
+    let mut supervisor = match &processor {
+        Processor::Core(executor) => Some(
+            Supervisor::new(executor.clone(), gateway_config, board.clone())
+                .with_stop_grace(opts.stop_grace),
+        ),
+        Processor::Independent => None,
+    };
+    if let Some(s) = supervisor.as_mut() {
+        s.apply(&initial).await;
+    }
+    state.ready.store(true, Ordering::Release);
+
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            ev = rx.recv() => match ev {
+                Some(SourceEvent::Map(map)) => {
+                    if let Some(s) = supervisor.as_mut() { s.apply(&map).await; }
+                }
+                Some(SourceEvent::Gone) => {
+                    if let Some(s) = supervisor.as_mut() { s.stop_all().await; }
+                }
+                None => {
+                    tracing::warn!("the configuration source ended; the configurations keep running");
+                    (&mut shutdown).await;
+                    break;
+                }
+            },
+        }
+    }
+
+    tracing::info!("shutting down: stopping configurations");
+    state.ready.store(false, Ordering::Release);
+    source_stop.cancel();
+    if let Some(s) = supervisor.as_mut() {
+        s.stop_all().await;
+    }
+    let left = pipeline.dispatcher().drain(opts.drain_timeout).await;
+    if left == 0 {
+        tracing::info!("every accepted event was delivered or given up on");
+    }
+    server_stop.cancel();
+    let _ = server.await;
+    if let Ok(Err(e)) = source.await {
+        tracing::error!("the configuration source failed: {e}");
+    }
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutdown signal received");
+}

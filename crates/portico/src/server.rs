@@ -1,0 +1,207 @@
+//! The transformer's HTTP API on `TRANSFORMER_PORT` (SPEC §5).
+//!
+//! | request | answer |
+//! |---|---|
+//! | `POST /` `{"src", "payload": "<base64>"}` | 200 once accepted; 400 with a reason; 413 over the limit; 503 + `Retry-After` when full |
+//! | `GET /readiness` | 200 once the first configurations are applied, else 503 |
+//! | `GET /healthz` | 200 while the process serves |
+//! | `GET /status` | the gateway and every node, as JSON |
+//! | `GET /metrics` | Prometheus text format |
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::event::Event;
+use crate::executor::{Admission, DispatchError};
+use crate::pipeline::Pipeline;
+use crate::status::{Node, StatusBoard};
+
+/// Default body size limit of the ingest API.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+/// What the gateway tells about itself on `/status`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayInfo {
+    /// Name of the gateway.
+    pub name: String,
+    /// Namespace of the gateway.
+    pub namespace: String,
+    /// `spec.type`.
+    #[serde(rename = "type")]
+    pub gateway_type: String,
+    /// `core`, `grpc`, `http` or `independent`.
+    pub processor: String,
+    /// Names of the watchers.
+    pub watchers: Vec<String>,
+    /// When the process started.
+    pub started_at: DateTime<Utc>,
+}
+
+/// Shared state of the handlers.
+pub struct AppState {
+    /// The gateway.
+    pub info: GatewayInfo,
+    /// Its nodes.
+    pub board: Arc<StatusBoard>,
+    /// Where ingested events go.
+    pub pipeline: Arc<Pipeline>,
+    /// Set once the first configurations are applied.
+    pub ready: AtomicBool,
+}
+
+/// The router of the transformer's API.
+pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
+    Router::new()
+        .route("/", post(ingest))
+        .route("/healthz", get(healthz))
+        .route("/readiness", get(readiness))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `stop` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}
+
+/// Binds the transformer's address, saying which port it got (port 0 picks a free one).
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the address of {addr}: {e}"))?;
+    tracing::info!(addr = %local, "transformer listening");
+    Ok(listener)
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readiness(State(s): State<Arc<AppState>>) -> Response {
+    if s.ready.load(Ordering::Acquire) {
+        "ready".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response()
+    }
+}
+
+#[derive(Serialize)]
+struct StatusBody<'a> {
+    gateway: &'a GatewayInfo,
+    nodes: Vec<Node>,
+}
+
+async fn status(State(s): State<Arc<AppState>>) -> Response {
+    axum::Json(StatusBody {
+        gateway: &s.info,
+        nodes: s.board.nodes(),
+    })
+    .into_response()
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        s.pipeline.metrics().encode(),
+    )
+        .into_response()
+}
+
+/// The original's ingest body.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OriginalEvent {
+    src: Option<String>,
+    #[serde(default)]
+    payload: Option<String>,
+    /// Not in the original: what the payload is, when the caller knows.
+    #[serde(default)]
+    content_type: Option<String>,
+}
+
+fn bad_request(reason: impl Into<String>) -> Response {
+    (StatusCode::BAD_REQUEST, reason.into()).into_response()
+}
+
+/// The answer to a refused event.
+pub fn dispatch_error_response(e: &DispatchError) -> Response {
+    match e {
+        DispatchError::Full { retry_after } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(
+                header::RETRY_AFTER,
+                retry_after.as_secs().max(1).to_string(),
+            )],
+            e.to_string(),
+        )
+            .into_response(),
+        DispatchError::Invalid(_) => bad_request(e.to_string()),
+        DispatchError::Stopped => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1".to_string())],
+            e.to_string(),
+        )
+            .into_response(),
+    }
+}
+
+async fn ingest(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
+    let original: OriginalEvent = match serde_json::from_slice(&body) {
+        Ok(o) => o,
+        Err(e) => {
+            return bad_request(format!(
+                "body is not the expected JSON {{\"src\", \"payload\"}}: {e}"
+            ));
+        }
+    };
+    let Some(src) = original.src.filter(|s| !s.trim().is_empty()) else {
+        return bad_request(
+            "`src` is missing or empty: it names the configuration the event comes from",
+        );
+    };
+    let payload = match original.payload.as_deref() {
+        None => Vec::new(),
+        Some(p) => match base64::engine::general_purpose::STANDARD.decode(p) {
+            Ok(b) => b,
+            Err(e) => return bad_request(format!("`payload` is not valid base64: {e}")),
+        },
+    };
+    let mut event = Event::new(payload);
+    event.content_type = original.content_type;
+    let metrics = s.pipeline.metrics().for_src(&src);
+    match s
+        .pipeline
+        .dispatch(&metrics, event, Admission::NoWait)
+        .await
+    {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => dispatch_error_response(&e),
+    }
+}

@@ -1,0 +1,112 @@
+//! The file configuration source: a gateway file, watched live.
+//!
+//! The file is watched through its directory, not by itself: editors save by writing a new
+//! file and renaming it over the old one, and Kubernetes ConfigMap volumes swap a `..data`
+//! symlink, so a watch on the file's own inode would go stale. Any event in the directory
+//! makes the source re-read the file; an unchanged text is ignored. A file that no longer
+//! parses is reported with every problem and the last good map keeps running.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify_debouncer_full::notify::RecursiveMode;
+use notify_debouncer_full::{DebounceEventResult, new_debouncer};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::SourceEvent;
+use crate::spec::GatewayFile;
+
+/// How long changes are gathered before the file is read again.
+pub const DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// Watches `file` (already loaded once as `loaded`) and sends every new map to `tx` until
+/// `stop` is cancelled.
+pub async fn watch(
+    loaded: GatewayFile,
+    tx: mpsc::Sender<SourceEvent>,
+    stop: CancellationToken,
+) -> Result<(), String> {
+    let path = loaded.path.clone();
+    let dir = watched_dir(&path);
+    let (changed_tx, mut changed) = mpsc::channel::<()>(1);
+    let mut debouncer = new_debouncer(DEBOUNCE, None, move |r: DebounceEventResult| {
+        if let Err(errors) = &r {
+            for e in errors {
+                tracing::warn!(error = %e, "watching the gateway file");
+            }
+        }
+        // A full channel already holds a pending re-read; that is enough.
+        let _ = changed_tx.try_send(());
+    })
+    .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+    debouncer
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+    tracing::info!(file = %path.display(), "watching the gateway file for changes");
+
+    let mut last_good = loaded;
+    let mut last_text = std::fs::read_to_string(&path).ok();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            c = changed.recv() => if c.is_none() { return Ok(()) },
+        }
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                if last_text.is_some() {
+                    tracing::error!(
+                        file = %path.display(), error = %e,
+                        "cannot read the gateway file; the last good configurations keep running"
+                    );
+                }
+                last_text = None;
+                continue;
+            }
+        };
+        if last_text.as_deref() == Some(text.as_str()) {
+            continue;
+        }
+        last_text = Some(text.clone());
+        match GatewayFile::parse(&path, &text) {
+            Ok(new) => {
+                if new.gateway != last_good.gateway {
+                    tracing::warn!(
+                        file = %path.display(),
+                        "the Gateway itself changed (type, watchers, delivery…): that takes effect \
+                         when portico restarts; configuration changes apply now"
+                    );
+                }
+                let changed_map = new.configurations != last_good.configurations;
+                let map = new.configurations.clone();
+                last_good = new;
+                if changed_map {
+                    tracing::info!(
+                        file = %path.display(), configurations = map.len(),
+                        "gateway file changed"
+                    );
+                    if tx.send(SourceEvent::Map(map)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            Err(errors) => {
+                for e in &errors.0 {
+                    tracing::error!(
+                        file = %path.display(), line = e.line, column = e.column,
+                        "the gateway file does not parse; the last good configurations keep running: {}",
+                        e.message
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn watched_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}

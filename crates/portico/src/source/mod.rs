@@ -1,0 +1,15 @@
+//! Where configurations come from: a gateway file ([`file`]) or, in a cluster, the
+//! gateway's ConfigMap. Every source sends the same [`SourceEvent`]s to the same supervisor.
+
+pub mod file;
+
+use crate::spec::ConfigMapData;
+
+/// What a configuration source reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceEvent {
+    /// The whole current map (not a delta): the supervisor diffs it against what runs.
+    Map(ConfigMapData),
+    /// The map is gone (its ConfigMap was deleted): every configuration stops.
+    Gone,
+}

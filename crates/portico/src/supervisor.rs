@@ -1,0 +1,247 @@
+//! The supervisor: the life of every configuration and its node.
+//!
+//! Each new map from the configuration source is diffed against what runs, by configuration
+//! id: removed configurations are stopped; new ones are validated, then started; a changed value
+//! (a new id under the same key) stops the old and starts the new. A configuration that fails
+//! validation becomes an `Error` node with the reason and is not started. One that fails while
+//! running (or panics) shows `Error` and is restarted with capped exponential backoff; one that
+//! ends by itself is `Completed`.
+//!
+//! Stopping a configuration cancels its context, waits for its task and every task it spawned
+//! through the context for a grace period, then drops whatever is left: a stopped
+//! configuration leaves nothing running.
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use tokio::task::JoinHandle;
+
+use crate::configuration::{ConfigId, Configuration};
+use crate::executor::{ConfigContext, ConfigErrorKind, GatewayConfig, SharedExecutor};
+use crate::spec::ConfigMapData;
+use crate::status::{Phase, StatusBoard};
+
+/// Backoff between restarts of a failed configuration.
+#[derive(Debug, Clone)]
+pub struct RestartPolicy {
+    /// Wait before the first restart.
+    pub initial: Duration,
+    /// Longest wait.
+    pub max: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RestartPolicy {
+    fn delay(&self, failures: u32) -> Duration {
+        let exp = self
+            .initial
+            .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)));
+        let capped = exp.min(self.max);
+        // ±20 % jitter so that many configurations failing together do not restart together.
+        let jitter = rand::random_range(0.8..1.2);
+        capped.mul_f64(jitter)
+    }
+}
+
+struct Running {
+    id: ConfigId,
+    ctx: ConfigContext,
+    task: Option<JoinHandle<()>>,
+}
+
+/// Runs the configurations of one gateway with one processor.
+pub struct Supervisor {
+    executor: SharedExecutor,
+    gateway: GatewayConfig,
+    board: Arc<StatusBoard>,
+    restart: RestartPolicy,
+    grace: Duration,
+    running: BTreeMap<String, Running>,
+}
+
+impl Supervisor {
+    /// A supervisor running configurations with `executor`.
+    pub fn new(executor: SharedExecutor, gateway: GatewayConfig, board: Arc<StatusBoard>) -> Self {
+        Supervisor {
+            executor,
+            gateway,
+            board,
+            restart: RestartPolicy::default(),
+            grace: Duration::from_secs(10),
+            running: BTreeMap::new(),
+        }
+    }
+
+    /// Sets the restart backoff.
+    pub fn with_restart_policy(mut self, restart: RestartPolicy) -> Self {
+        self.restart = restart;
+        self
+    }
+
+    /// Sets how long a stopping configuration may take before its tasks are dropped.
+    pub fn with_stop_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// The status board.
+    pub fn board(&self) -> &Arc<StatusBoard> {
+        &self.board
+    }
+
+    /// The ids of the configurations the supervisor holds (running or invalid), by key.
+    pub fn ids(&self) -> BTreeMap<String, ConfigId> {
+        self.running
+            .iter()
+            .map(|(k, r)| (k.clone(), r.id))
+            .collect()
+    }
+
+    /// Brings what runs in line with `map`.
+    pub async fn apply(&mut self, map: &ConfigMapData) {
+        let stale: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(src, r)| map.get(*src).map(|v| ConfigId::of(src, v)) != Some(r.id))
+            .map(|(src, _)| src.clone())
+            .collect();
+        let stopping: Vec<Running> = stale
+            .iter()
+            .filter_map(|src| self.running.remove(src))
+            .collect();
+        futures::future::join_all(stopping.into_iter().map(|r| self.stop_one(r))).await;
+        for (src, value) in map {
+            if self.running.contains_key(src) {
+                continue;
+            }
+            let configuration = Configuration::new(src.clone(), value.clone());
+            let r = self.start_one(configuration);
+            self.running.insert(src.clone(), r);
+        }
+    }
+
+    /// Stops every configuration.
+    pub async fn stop_all(&mut self) {
+        let all = std::mem::take(&mut self.running);
+        futures::future::join_all(all.into_values().map(|r| self.stop_one(r))).await;
+    }
+
+    fn start_one(&self, configuration: Configuration) -> Running {
+        let id = configuration.id;
+        let src = configuration.src.clone();
+        let ctx = ConfigContext::new(configuration, self.gateway.clone(), self.board.clone());
+        if let Err(e) = self.executor.dyn_validate(&ctx) {
+            self.board
+                .set(id, &src, Phase::Error, e.message().to_string());
+            return Running {
+                id,
+                ctx,
+                task: None,
+            };
+        }
+        self.board.set(id, &src, Phase::Initialized, "");
+        let span = tracing::info_span!("configuration", src = %src, id = %id);
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            run_configuration(self.executor.clone(), ctx.clone(), self.restart.clone()),
+            span,
+        ));
+        Running {
+            id,
+            ctx,
+            task: Some(task),
+        }
+    }
+
+    async fn stop_one(&self, r: Running) {
+        let Running { id, ctx, task } = r;
+        if let Some(task) = task {
+            self.executor.dyn_stop(&ctx).await;
+            ctx.stop();
+            let tasks = ctx.tasks().clone();
+            tasks.close();
+            let all_done = async {
+                let _ = task.await;
+                tasks.wait().await;
+            };
+            let mut all_done = std::pin::pin!(all_done);
+            if tokio::time::timeout(self.grace, &mut all_done)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    src = %ctx.src(), id = %id,
+                    grace_ms = self.grace.as_millis() as u64,
+                    "configuration did not stop within its grace period: dropping its tasks"
+                );
+                ctx.hard_stop().cancel();
+                all_done.await;
+            }
+        }
+        self.board.remove(id);
+    }
+}
+
+/// One configuration's life: start, and restart with backoff after failures, until stopped.
+async fn run_configuration(executor: SharedExecutor, ctx: ConfigContext, restart: RestartPolicy) {
+    let mut failures: u32 = 0;
+    loop {
+        let started = Instant::now();
+        let attempt = AssertUnwindSafe(executor.dyn_start(ctx.clone())).catch_unwind();
+        let outcome = tokio::select! {
+            biased;
+            _ = ctx.hard_stop().cancelled() => return,
+            o = attempt => o,
+        };
+        if ctx.is_stopped() {
+            return;
+        }
+        let message = match outcome {
+            Ok(Ok(())) => {
+                ctx.set_phase(Phase::Completed, "");
+                return;
+            }
+            Ok(Err(e)) if e.kind() == ConfigErrorKind::Invalid => {
+                ctx.set_phase(Phase::Error, e.message().to_string());
+                return;
+            }
+            Ok(Err(e)) => e.message().to_string(),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_string());
+                format!("the configuration's task panicked: {what}")
+            }
+        };
+        if started.elapsed() > restart.max {
+            failures = 0;
+        }
+        failures += 1;
+        let wait = restart.delay(failures);
+        ctx.set_phase(
+            Phase::Error,
+            format!(
+                "{message} (restart {failures} in {})",
+                humantime::format_duration(Duration::from_millis(wait.as_millis() as u64))
+            ),
+        );
+        ctx.board().restarted(ctx.id());
+        tokio::select! {
+            _ = ctx.stopped() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        ctx.set_phase(Phase::Initialized, "");
+    }
+}

@@ -1,0 +1,177 @@
+//! The transformer: a raw event of a configuration becomes a CloudEvent (SPEC §6).
+//!
+//! | attribute | value |
+//! |---|---|
+//! | `id` | a fresh UUID v4, kept on every retry |
+//! | `source` | `<gateway name>/<configuration key>` |
+//! | `type` | `spec.type` |
+//! | `subject` | the configuration key |
+//! | `time` | when the event happened (now, when the executor does not say) |
+//! | `datacontenttype` | what the executor says the payload is; never a guess |
+//! | `eventtypeversion` | `spec.eventVersion` |
+//!
+//! Knative's `K_CE_OVERRIDES` extensions are set on every event last, so they win.
+
+use std::collections::BTreeMap;
+
+use chrono::Utc;
+
+use crate::cloudevents::{CloudEvent, Data, ExtensionName, ExtensionValue};
+use crate::event::Event;
+
+/// Turns raw events into CloudEvents for one gateway.
+#[derive(Debug, Clone)]
+pub struct Transformer {
+    gateway: String,
+    event_type: String,
+    event_version: ExtensionValue,
+    overrides: Vec<(ExtensionName, ExtensionValue)>,
+}
+
+/// The name of the extension that carries `spec.eventVersion`.
+pub const EVENT_TYPE_VERSION: &str = "eventtypeversion";
+
+impl Transformer {
+    /// A transformer for gateway `gateway` of type `event_type` and version `event_version`.
+    pub fn new(gateway: &str, event_type: &str, event_version: &str) -> Transformer {
+        Transformer {
+            gateway: gateway.to_string(),
+            event_type: event_type.to_string(),
+            event_version: ExtensionValue::String(event_version.to_string()),
+            overrides: Vec::new(),
+        }
+    }
+
+    /// Sets extensions on every event, after all others (`K_CE_OVERRIDES`).
+    pub fn with_overrides(mut self, overrides: Vec<(ExtensionName, ExtensionValue)>) -> Self {
+        self.overrides = overrides;
+        self
+    }
+
+    /// The CloudEvent of `event`, produced by configuration `src`.
+    pub fn transform(&self, src: &str, event: Event) -> Result<CloudEvent, String> {
+        let mut extensions = BTreeMap::new();
+        if let Ok(name) = ExtensionName::new(EVENT_TYPE_VERSION) {
+            extensions.insert(name, self.event_version.clone());
+        }
+        for (name, value) in event.extensions {
+            let Some(valid) = ExtensionName::new(&name)
+                .ok()
+                .or_else(|| ExtensionName::sanitize(&name))
+            else {
+                return Err(format!(
+                    "extension name `{name}` cannot be made valid (a–z and 0–9 only)"
+                ));
+            };
+            extensions.insert(valid, ExtensionValue::String(value));
+        }
+        for (name, value) in &self.overrides {
+            extensions.insert(name.clone(), value.clone());
+        }
+        let data = Data::from_payload(event.payload, event.content_type.as_deref());
+        Ok(CloudEvent {
+            id: uuid::Uuid::new_v4().to_string(),
+            source: format!("{}/{}", self.gateway, src),
+            ty: self.event_type.clone(),
+            datacontenttype: event.content_type,
+            dataschema: None,
+            subject: Some(src.to_string()),
+            time: Some(event.time.unwrap_or_else(Utc::now)),
+            extensions,
+            data: Some(data),
+        })
+    }
+}
+
+/// Parses `K_CE_OVERRIDES` (`{"extensions": {"name": value, …}}`).
+pub fn parse_overrides(text: &str) -> Result<Vec<(ExtensionName, ExtensionValue)>, String> {
+    #[derive(serde::Deserialize)]
+    struct Overrides {
+        #[serde(default)]
+        extensions: BTreeMap<String, serde_json::Value>,
+    }
+    let o: Overrides = serde_json::from_str(text)
+        .map_err(|e| format!("K_CE_OVERRIDES is not `{{\"extensions\": {{…}}}}` JSON: {e}"))?;
+    o.extensions
+        .into_iter()
+        .map(|(name, value)| {
+            let n = ExtensionName::new(&name)
+                .map_err(|e| format!("K_CE_OVERRIDES: extension `{name}`: {e}"))?;
+            let v = match value {
+                serde_json::Value::String(s) => ExtensionValue::String(s),
+                serde_json::Value::Bool(b) => ExtensionValue::Boolean(b),
+                serde_json::Value::Number(n) if n.as_i64().is_some() => {
+                    ExtensionValue::Integer(n.as_i64().unwrap_or_default())
+                }
+                other => ExtensionValue::String(other.to_string()),
+            };
+            Ok((n, v))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_the_attributes_of_spec_6() {
+        let t = Transformer::new("cal", "calendar", "1.0");
+        let ev = Event::json(&serde_json::json!({"a": 1}))
+            .unwrap()
+            .with_extension("Routing-Key", "x.y");
+        let a = t.transform("every2s", ev.clone()).unwrap();
+        let b = t.transform("every2s", ev).unwrap();
+        assert_ne!(a.id, b.id);
+        assert_eq!(a.source, "cal/every2s");
+        assert_eq!(a.ty, "calendar");
+        assert_eq!(a.subject.as_deref(), Some("every2s"));
+        assert_eq!(a.datacontenttype.as_deref(), Some("application/json"));
+        assert!(a.time.is_some());
+        assert!(matches!(a.data, Some(Data::Json(_))));
+        let ext: BTreeMap<String, ExtensionValue> = a
+            .extensions
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.clone()))
+            .collect();
+        assert_eq!(
+            ext.get("eventtypeversion"),
+            Some(&ExtensionValue::String("1.0".into()))
+        );
+        assert_eq!(
+            ext.get("routingkey"),
+            Some(&ExtensionValue::String("x.y".into()))
+        );
+        a.validate().unwrap();
+    }
+
+    #[test]
+    fn a_payload_without_content_type_is_not_guessed() {
+        let t = Transformer::new("g", "t", "1.0");
+        let a = t.transform("s", Event::new(&b"{}"[..])).unwrap();
+        assert_eq!(a.datacontenttype, None);
+        assert!(matches!(a.data, Some(Data::Binary(_))));
+    }
+
+    #[test]
+    fn overrides_win() {
+        let o =
+            parse_overrides(r#"{"extensions":{"eventtypeversion":"9","team":"a","n":3}}"#).unwrap();
+        let t = Transformer::new("g", "t", "1.0").with_overrides(o);
+        let a = t.transform("s", Event::new(&b"x"[..])).unwrap();
+        let get = |n: &str| {
+            a.extensions
+                .iter()
+                .find(|(k, _)| k.as_str() == n)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            get("eventtypeversion"),
+            Some(ExtensionValue::String("9".into()))
+        );
+        assert_eq!(get("team"), Some(ExtensionValue::String("a".into())));
+        assert_eq!(get("n"), Some(ExtensionValue::Integer(3)));
+        assert!(parse_overrides("{").is_err());
+        assert!(parse_overrides(r#"{"extensions":{"Bad_Name":"x"}}"#).is_err());
+    }
+}
