@@ -4,6 +4,9 @@
 //! checks one and lists every problem; `portico transformer FILE` runs only the transformer
 //! (for framework-independent gateways that post their own events).
 
+mod child;
+mod grpc;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +30,10 @@ enum Command {
     Run {
         #[command(flatten)]
         gateway: GatewayArgs,
+        /// The user's server to start beside the gateway (`-- COMMAND ARGS…`), with the
+        /// environment of SPEC §3; stopped when portico exits.
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
     },
     /// Check a gateway file and every configuration in it; exit non-zero listing every problem.
     Validate {
@@ -43,11 +50,8 @@ enum Command {
 /// Picks the processor of a gateway from its spec (SPEC §2).
 fn processor_for(gateway: &Gateway) -> Result<Processor, String> {
     let spec = &gateway.spec;
-    if spec.rpc_port.is_some() {
-        return Err(format!(
-            "gateway `{}` sets rpcPort (gRPC style), which this version of portico does not run yet",
-            gateway.metadata.name
-        ));
+    if let Some(port) = grpc::server_port(gateway)? {
+        return grpc::processor(gateway, port);
     }
     if spec.http_server_port.is_some() {
         return Err(format!(
@@ -66,7 +70,16 @@ fn main() -> ExitCode {
     cli.log.init();
     match cli.command {
         Command::Validate { file } => validate(&file),
-        Command::Run { gateway } => serve(gateway, processor_for),
+        Command::Run {
+            mut gateway,
+            command,
+        } => {
+            if command.is_empty() {
+                serve(gateway, processor_for)
+            } else {
+                child::serve_with(&mut gateway, &command, |g| serve(g, processor_for))
+            }
+        }
         Command::Transformer { gateway } => serve(gateway, |_| Ok(Processor::Independent)),
     }
 }
@@ -110,6 +123,8 @@ fn validate(file: &std::path::Path) -> ExitCode {
     match processor_for(&loaded.gateway) {
         Err(e) => problems.push(e),
         Ok(Processor::Independent) => {}
+        // Only the user's server knows its configurations; it is asked when they start.
+        Ok(Processor::Grpc(_)) => {}
         Ok(Processor::Core(executor)) => {
             // A context needs a pipeline; a harness gives one that goes nowhere.
             let harness = portico::testing::Harness::new(

@@ -54,6 +54,14 @@ pub struct GatewaySpec {
     /// gRPC style: port of the user's gRPC server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpc_port: Option<Port>,
+    /// gRPC style: which contract the user's server speaks. `portico` (the default) is
+    /// `proto/portico/v1/gateway.proto` (`GatewayProcessor.RunGateway`, optional
+    /// `ValidateGateway`); `argo-generic` is Argo Events' generic event source
+    /// (`generic.Eventing.StartEventSource`, `proto/argo/generic.proto`), so that servers
+    /// written for Argo run unchanged: each configuration is sent as `{name: key, config:
+    /// value}` and each `Event.payload` becomes a CloudEvent's data (no content type).
+    #[serde(default, skip_serializing_if = "GrpcProtocol::is_default")]
+    pub grpc_protocol: GrpcProtocol,
     /// HTTP style: port of the user's HTTP server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_server_port: Option<Port>,
@@ -81,6 +89,24 @@ pub struct GatewaySpec {
     /// Original field kept for compatibility with Argo manifests; unused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processor_port: Option<Port>,
+}
+
+/// The gRPC contract a gRPC-style gateway's server speaks (`spec.grpcProtocol`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum GrpcProtocol {
+    /// Portico's `GatewayProcessor` service (`proto/portico/v1/gateway.proto`).
+    #[default]
+    #[serde(rename = "portico")]
+    Portico,
+    /// Argo Events' generic event source (`proto/argo/generic.proto`).
+    #[serde(rename = "argo-generic")]
+    ArgoGeneric,
+}
+
+impl GrpcProtocol {
+    fn is_default(&self) -> bool {
+        *self == GrpcProtocol::Portico
+    }
 }
 
 fn default_event_version() -> String {
