@@ -10,7 +10,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use portico::cli::GatewayArgs;
@@ -71,10 +72,12 @@ pub fn serve_with(
     tracing::info!(pid, command = %command.join(" "), "started the gateway's server process");
     forward(child.stdout.take());
     forward(child.stderr.take());
-    let exited = watch(child, command.join(" "));
+    let stopping = Arc::new(AtomicBool::new(false));
+    let exited = watch(child, command.join(" "), stopping.clone());
 
     let code = run(args.clone());
 
+    stopping.store(true, Ordering::Release);
     stop(pid, &exited, args.stop_grace);
     code
 }
@@ -101,9 +104,17 @@ fn forward<R: Read + Send + 'static>(from: Option<R>) {
 }
 
 /// Waits for the child in a thread; logs its exit and reports it on the returned channel.
-fn watch(mut child: Child, command: String) -> mpsc::Receiver<ExitStatus> {
+fn watch(
+    mut child: Child,
+    command: String,
+    stopping: Arc<AtomicBool>,
+) -> mpsc::Receiver<ExitStatus> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || match child.wait() {
+        Ok(status) if stopping.load(Ordering::Acquire) => {
+            tracing::info!(command = %command, %status, "the gateway's server process stopped");
+            let _ = tx.send(status);
+        }
         Ok(status) => {
             tracing::error!(
                 command = %command, %status,
