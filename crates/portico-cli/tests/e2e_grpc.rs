@@ -310,6 +310,13 @@ async fn argo_generic_servers_run_unchanged_with_grpc_protocol_argo_generic() {
     }
     portico.wait_for_phase("one", "Running", WAIT).await;
     portico.wait_for_phase("two", "Running", WAIT).await;
+    // Stopping portico stops the server it started.
+    assert_eq!(portico.terminate().await, Some(0));
+    let closed = eventually(WAIT, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err().then_some(())
+    })
+    .await;
+    assert!(closed.is_some(), "the server still listens on {port} after portico exited");
 }
 
 /// Waits until node `src` satisfies `check`.
@@ -413,4 +420,51 @@ impl CloneWith for GatewayFileBuilder {
         }
         b
     }
+}
+
+#[tokio::test]
+async fn run_gives_the_command_the_contract_environment_and_logs_its_exit() {
+    let port = free_port();
+    let (_dir, file) = GatewayFileBuilder::new("envg", "python")
+        .spec_lines(&format!("  rpcPort: \"{port}\""))
+        .config("alpha", "interval: 1s")
+        .write();
+    let portico = Portico::start(
+        &[
+            "run",
+            file.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "echo \"contract $GATEWAY_NAME $GATEWAY_NAMESPACE $TRANSFORMER_PORT $GATEWAY_PROCESSOR_GRPC_SERVER_PORT\"; exit 3",
+        ],
+        &[],
+    )
+    .await;
+    // Its output is forwarded (to portico's stderr), with the environment of SPEC §3.
+    let expected = format!(
+        "contract envg default {} {port}",
+        portico.addr.port()
+    );
+    eventually(WAIT, || {
+        (!portico.stderr.containing(&expected).is_empty()).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("`{expected}` in {:?}", portico.stderr.containing("contract")));
+    // Its exit is logged, and the gateway keeps running, waiting for a server.
+    let exit = eventually(WAIT, || {
+        portico
+            .stderr
+            .containing("the gateway's server process exited")
+            .first()
+            .cloned()
+    })
+    .await
+    .expect("the exit is logged");
+    assert!(exit.contains("ERROR") && exit.contains('3'), "{exit}");
+    let health = portico.http.get(portico.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let node = portico.wait_for_phase("alpha", "Error", WAIT).await;
+    assert!(node["message"].as_str().unwrap().contains("Unavailable"), "{node}");
+    assert_eq!(portico.terminate().await, Some(0));
 }
