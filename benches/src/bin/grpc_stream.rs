@@ -42,7 +42,9 @@ fn cpu_seconds(pid: u32) -> f64 {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let portico = args.next().ok_or("usage: grpc_stream PORTICO_BIN [SECONDS]")?;
+    let portico = args
+        .next()
+        .ok_or("usage: grpc_stream PORTICO_BIN [SECONDS]")?;
     let seconds: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(10);
 
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -75,7 +77,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
     )?;
     let mut child = tokio::process::Command::new(&portico)
-        .args(["run", file.to_str().ok_or("temp path")?, "--transformer-port", "0", "--log", "warn"])
+        .args([
+            "run",
+            file.to_str().ok_or("temp path")?,
+            "--transformer-port",
+            "0",
+            "--log",
+            "warn",
+        ])
         .kill_on_drop(true)
         .spawn()?;
     let pid = child.id().ok_or("portico exited")?;
@@ -89,9 +98,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (n0, c0, t0) = (count.load(Ordering::Relaxed), cpu_seconds(pid), Instant::now());
+    let (n0, c0, t0) = (
+        count.load(Ordering::Relaxed),
+        cpu_seconds(pid),
+        Instant::now(),
+    );
     tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let (n1, c1, t1) = (count.load(Ordering::Relaxed), cpu_seconds(pid), Instant::now());
+    let (n1, c1, t1) = (
+        count.load(Ordering::Relaxed),
+        cpu_seconds(pid),
+        Instant::now(),
+    );
     let _ = child.kill().await;
 
     let events = (n1 - n0) as f64;
@@ -99,6 +116,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cpu = (c1 - c0) / events * 100_000.0;
     println!("| path | events/s | portico CPU-s per 100k events |");
     println!("|---|---|---|");
-    println!("| 1 gRPC stream (256 B JSON) → portico → HTTP watcher (structured) | {rate:.0} | {cpu:.2} |");
+    println!(
+        "| 1 gRPC stream (256 B JSON) → portico → HTTP watcher (structured) | {rate:.0} | {cpu:.2} |"
+    );
     Ok(())
 }

@@ -122,7 +122,9 @@ fn watch(
             );
             let _ = tx.send(status);
         }
-        Err(e) => tracing::error!(command = %command, "cannot wait for the gateway's server process: {e}"),
+        Err(e) => {
+            tracing::error!(command = %command, "cannot wait for the gateway's server process: {e}")
+        }
     });
     rx
 }

@@ -54,14 +54,16 @@ fn server_log(path: &Path) -> Vec<String> {
 }
 
 async fn wait_log(path: &Path, line: &str) {
-    eventually(WAIT, || server_log(path).iter().any(|l| l == line).then_some(()))
-        .await
-        .unwrap_or_else(|| {
-            panic!(
-                "the server never logged `{line}`; it logged: {:?}",
-                server_log(path)
-            )
-        });
+    eventually(WAIT, || {
+        server_log(path).iter().any(|l| l == line).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "the server never logged `{line}`; it logged: {:?}",
+            server_log(path)
+        )
+    });
 }
 
 /// The Python example server on `port`, as our own child (killed on drop).
@@ -123,7 +125,12 @@ async fn python_server_runs_two_configurations_and_follows_removal_and_change() 
         (s.iter().any(|s| s == "pyg/alpha") && s.iter().any(|s| s == "pyg/beta")).then_some(e)
     })
     .await
-    .unwrap_or_else(|| panic!("events of both configurations; got {:?}", sources(&sink.events())));
+    .unwrap_or_else(|| {
+        panic!(
+            "events of both configurations; got {:?}",
+            sources(&sink.events())
+        )
+    });
     for e in &events {
         assert_eq!(e["type"], "python");
         assert_eq!(e["datacontenttype"], "application/json");
@@ -150,7 +157,9 @@ async fn python_server_runs_two_configurations_and_follows_removal_and_change() 
     .expect("beta's node removed");
     assert!(portico.node("beta").await.is_none());
     assert!(
-        !server_log(&log).iter().any(|l| l.starts_with("cancelled alpha")),
+        !server_log(&log)
+            .iter()
+            .any(|l| l.starts_with("cancelled alpha")),
         "alpha kept running: {:?}",
         server_log(&log)
     );
@@ -256,7 +265,10 @@ async fn a_configuration_the_server_rejects_is_an_error_node_with_its_reason() {
     let portico = Portico::run(&file).await;
     // (It may show the server as unreachable first, while the server starts.)
     let reason = "interval: missing (e.g. `interval: 1s`)";
-    wait_for_node(&portico, "bad", |n| n["phase"] == "Error" && n["message"] == reason).await;
+    wait_for_node(&portico, "bad", |n| {
+        n["phase"] == "Error" && n["message"] == reason
+    })
+    .await;
     portico.wait_for_phase("good", "Running", WAIT).await;
     let events = sink.wait_for_events(3, WAIT).await;
     assert!(events.iter().all(|e| e["subject"] == "good"));
@@ -275,7 +287,9 @@ async fn argo_generic_servers_run_unchanged_with_grpc_protocol_argo_generic() {
     let port = free_port();
     let (_dir, file) = GatewayFileBuilder::new("argo", "generic")
         .watchers(&[sink.url()])
-        .spec_lines(&format!("  rpcPort: \"{port}\"\n  grpcProtocol: argo-generic"))
+        .spec_lines(&format!(
+            "  rpcPort: \"{port}\"\n  grpcProtocol: argo-generic"
+        ))
         .config("one", "interval: 0.1\nmessage: first")
         .config("two", "interval: 0.1\nmessage: second")
         .write();
@@ -304,19 +318,30 @@ async fn argo_generic_servers_run_unchanged_with_grpc_protocol_argo_generic() {
         assert!(e.get("datacontenttype").is_none(), "{e}");
         let data = base64_decode(e["data_base64"].as_str().expect("data_base64"));
         let payload: serde_json::Value = serde_json::from_slice(&data).unwrap();
-        assert_eq!(payload["name"], src, "the server got the configuration key as name");
+        assert_eq!(
+            payload["name"], src,
+            "the server got the configuration key as name"
+        );
         let expected = if src == "one" { "first" } else { "second" };
-        assert_eq!(payload["message"], expected, "the server got the configuration");
+        assert_eq!(
+            payload["message"], expected,
+            "the server got the configuration"
+        );
     }
     portico.wait_for_phase("one", "Running", WAIT).await;
     portico.wait_for_phase("two", "Running", WAIT).await;
     // Stopping portico stops the server it started.
     assert_eq!(portico.terminate().await, Some(0));
     let closed = eventually(WAIT, || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_err().then_some(())
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .is_err()
+            .then_some(())
     })
     .await;
-    assert!(closed.is_some(), "the server still listens on {port} after portico exited");
+    assert!(
+        closed.is_some(),
+        "the server still listens on {port} after portico exited"
+    );
 }
 
 /// Waits until node `src` satisfies `check`.
@@ -326,7 +351,10 @@ async fn wait_for_node(portico: &Portico, src: &str, check: impl Fn(&serde_json:
     })
     .await;
     if found.is_none() {
-        panic!("node `{src}` never got as expected; status: {}", portico.status().await);
+        panic!(
+            "node `{src}` never got as expected; status: {}",
+            portico.status().await
+        );
     }
 }
 
@@ -442,15 +470,17 @@ async fn run_gives_the_command_the_contract_environment_and_logs_its_exit() {
     )
     .await;
     // Its output is forwarded (to portico's stderr), with the environment of SPEC §3.
-    let expected = format!(
-        "contract envg default {} {port}",
-        portico.addr.port()
-    );
+    let expected = format!("contract envg default {} {port}", portico.addr.port());
     eventually(WAIT, || {
         (!portico.stderr.containing(&expected).is_empty()).then_some(())
     })
     .await
-    .unwrap_or_else(|| panic!("`{expected}` in {:?}", portico.stderr.containing("contract")));
+    .unwrap_or_else(|| {
+        panic!(
+            "`{expected}` in {:?}",
+            portico.stderr.containing("contract")
+        )
+    });
     // Its exit is logged, and the gateway keeps running, waiting for a server.
     let exit = eventually(WAIT, || {
         portico
@@ -462,9 +492,17 @@ async fn run_gives_the_command_the_contract_environment_and_logs_its_exit() {
     .await
     .expect("the exit is logged");
     assert!(exit.contains("ERROR") && exit.contains('3'), "{exit}");
-    let health = portico.http.get(portico.url("/healthz")).send().await.unwrap();
+    let health = portico
+        .http
+        .get(portico.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
     let node = portico.wait_for_phase("alpha", "Error", WAIT).await;
-    assert!(node["message"].as_str().unwrap().contains("Unavailable"), "{node}");
+    assert!(
+        node["message"].as_str().unwrap().contains("Unavailable"),
+        "{node}"
+    );
     assert_eq!(portico.terminate().await, Some(0));
 }

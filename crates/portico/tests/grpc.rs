@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use portico::cloudevents::{Data, ExtensionName, ExtensionValue};
 use portico::grpc_server::{EventSender, GrpcGateway};
 use portico::processor::grpc::GrpcProcessor;
 use portico::proto::v1::GatewayConfig;
 use portico::spec::{ConfigMapData, GrpcProtocol};
 use portico::testing::Harness;
-use portico::cloudevents::{Data, ExtensionName, ExtensionValue};
 use portico::{Event, Phase};
 use tonic::Status;
 
@@ -48,7 +48,10 @@ impl GrpcGateway for Scripted {
         if config.config.contains("bad-argument") {
             return Err(Status::invalid_argument("the server says no"));
         }
-        let count: Option<u32> = config.config.strip_prefix("count ").and_then(|n| n.parse().ok());
+        let count: Option<u32> = config
+            .config
+            .strip_prefix("count ")
+            .and_then(|n| n.parse().ok());
         let mut n = 0;
         loop {
             n += 1;
@@ -121,7 +124,11 @@ async fn events_carry_content_type_and_extensions_and_a_finished_stream_complete
             Some(Data::Json(format!("{{\"n\":{n}}}").into_bytes().into()))
         );
     }
-    assert!(h.wait_for_phase("three", Phase::Completed, WAIT).await.is_some());
+    assert!(
+        h.wait_for_phase("three", Phase::Completed, WAIT)
+            .await
+            .is_some()
+    );
     sup.stop_all().await;
 }
 
@@ -153,12 +160,25 @@ async fn invalid_configurations_stay_in_error_and_are_not_restarted() {
     let (port, _stop) = server(gateway).await;
     let h = Harness::new("g", "t");
     let mut sup = h.supervisor(processor(port));
-    sup.apply(&map(&[("rejected", "reject"), ("argument", "bad-argument")]))
-        .await;
-    let node = h.wait_for_phase("rejected", Phase::Error, WAIT).await.unwrap();
+    sup.apply(&map(&[
+        ("rejected", "reject"),
+        ("argument", "bad-argument"),
+    ]))
+    .await;
+    let node = h
+        .wait_for_phase("rejected", Phase::Error, WAIT)
+        .await
+        .unwrap();
     assert_eq!(node.message, "rejected by the server");
-    let node = h.wait_for_phase("argument", Phase::Error, WAIT).await.unwrap();
-    assert!(node.message.contains("the server says no"), "{}", node.message);
+    let node = h
+        .wait_for_phase("argument", Phase::Error, WAIT)
+        .await
+        .unwrap();
+    assert!(
+        node.message.contains("the server says no"),
+        "{}",
+        node.message
+    );
     // Neither is retried: over several restart periods of the harness (50 ms), the node
     // keeps its error and the server saw one run.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -179,12 +199,26 @@ async fn a_server_that_is_not_up_is_waited_for() {
     sup.apply(&map(&[("late", "forever")])).await;
     let node = h.wait_for_phase("late", Phase::Error, WAIT).await.unwrap();
     assert!(node.message.contains("Unavailable"), "{}", node.message);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
     let (_tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(portico::grpc_server::serve(Scripted::default(), listener, async {
-        let _ = rx.await;
-    }));
-    assert!(h.wait_for_phase("late", Phase::Running, WAIT).await.is_some());
-    assert_eq!(h.node("late").unwrap().restarts, 0, "waiting is not a restart");
+    tokio::spawn(portico::grpc_server::serve(
+        Scripted::default(),
+        listener,
+        async {
+            let _ = rx.await;
+        },
+    ));
+    assert!(
+        h.wait_for_phase("late", Phase::Running, WAIT)
+            .await
+            .is_some()
+    );
+    assert_eq!(
+        h.node("late").unwrap().restarts,
+        0,
+        "waiting is not a restart"
+    );
     sup.stop_all().await;
 }

@@ -142,8 +142,8 @@ impl GrpcProcessor {
                 Ok(EventStream::Portico(stream))
             }
             GrpcProtocol::ArgoGeneric => {
-                let mut client = EventingClient::new(self.channel())
-                    .max_decoding_message_size(usize::MAX);
+                let mut client =
+                    EventingClient::new(self.channel()).max_decoding_message_size(usize::MAX);
                 let source = EventSource {
                     name: req.src.clone(),
                     config: req.config.clone().into_bytes(),
@@ -235,9 +235,7 @@ fn classify(status: &Status) -> Next {
     match status.code() {
         // A refused or broken connection comes as UNAVAILABLE, or as UNKNOWN/CANCELLED
         // when the connection dropped under an open stream (the server was killed).
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
-            Next::Retry
-        }
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => Next::Retry,
         Code::ResourceExhausted | Code::Aborted => Next::Retry,
         Code::InvalidArgument
         | Code::FailedPrecondition
