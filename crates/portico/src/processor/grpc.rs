@@ -301,7 +301,13 @@ impl ConfigExecutor for GrpcProcessor {
                     Err(status) => status,
                 },
             };
-            let reason = format!("{what} at {}: {}", self.target, describe(&status));
+            let mut reason = format!("{what} at {}: {}", self.target, describe(&status));
+            if status.code() == Code::Unimplemented {
+                reason.push_str(match self.protocol {
+                    GrpcProtocol::Portico => " (does the server implement portico.v1.GatewayProcessor? Servers written for Argo Events' generic event source need `spec.grpcProtocol: argo-generic`)",
+                    GrpcProtocol::ArgoGeneric => " (does the server implement generic.Eventing? Portico servers need no `spec.grpcProtocol`)",
+                });
+            }
             match classify(&status) {
                 Next::Invalid => return Err(ConfigError::invalid(reason)),
                 Next::Fail => return Err(ConfigError::failed(reason)),
