@@ -54,13 +54,14 @@ pub fn serve_with(
         }
     }
     let program = &command[0];
-    let child = Command::new(program)
-        .args(&command[1..])
+    let mut cmd = Command::new(program);
+    cmd.args(&command[1..])
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
+        .stderr(Stdio::piped());
+    tie_to_portico(&mut cmd);
+    let child = cmd.spawn();
     let mut child = match child {
         Ok(c) => c,
         Err(e) => {
@@ -81,6 +82,37 @@ pub fn serve_with(
     stop(pid, &exited, args.stop_grace);
     code
 }
+
+/// Keeps the child's life inside portico's. In its own process group, a Ctrl-C on the
+/// terminal reaches portico only, which stops the configurations and then the child, in that
+/// order. On Linux, the child also gets SIGTERM if portico dies without stopping it (SIGKILL),
+/// so it is never left behind.
+#[cfg(unix)]
+fn tie_to_portico(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    #[cfg(target_os = "linux")]
+    {
+        let portico = std::process::id();
+        // SAFETY: between fork and exec the closure only makes two system calls (prctl,
+        // getppid), which are async-signal-safe; it allocates nothing and takes no lock.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
+                // Portico may have died before the call above: then nobody would signal.
+                if nix::unistd::getppid().as_raw() as u32 != portico {
+                    return Err(std::io::Error::other(
+                        "portico exited while starting the command",
+                    ));
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn tie_to_portico(_cmd: &mut Command) {}
 
 /// Copies a child's output to our stderr, one whole line at a time.
 fn forward<R: Read + Send + 'static>(from: Option<R>) {
