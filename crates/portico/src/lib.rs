@@ -19,6 +19,11 @@
 //! }
 //! ```
 //!
+//! A gateway written as a gRPC server (any language) implements
+//! `proto/portico/v1/gateway.proto`; the framework drives it with
+//! [`processor::grpc::GrpcProcessor`]. In Rust, [`grpc_server`] makes such a server a trait
+//! impl and one call.
+//!
 //! One event's way through the house: [`source`] → [`supervisor`] → executor →
 //! [`pipeline`] ([`transform`], then [`dispatch`]) → watchers. Status flows back through
 //! [`status`] to `GET /status` ([`server`]).

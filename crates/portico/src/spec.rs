@@ -671,6 +671,14 @@ impl<'a> Checker<'a> {
                 ),
             );
         }
+        if spec.grpc_protocol != GrpcProtocol::Portico && spec.rpc_port.is_none() {
+            self.err(
+                Some(at),
+                format!(
+                    "Gateway `{name}`: `grpcProtocol` is set but `rpcPort` is not: set `rpcPort` to the gRPC server's port, or drop `grpcProtocol`"
+                ),
+            );
+        }
         let problems = crate::dispatch::watcher_problems(spec);
         for p in problems {
             self.err(Some(at), format!("Gateway `{name}`: {p}"));
@@ -743,6 +751,35 @@ data:
             );
         let f = parse(&text).unwrap();
         assert_eq!(f.gateway.spec.rpc_port, Some(Port(9898)));
+    }
+
+    #[test]
+    fn grpc_protocol_selects_the_argo_generic_contract_and_needs_rpc_port() {
+        let text = GOOD.replace(
+            "  configMap: cal-cm",
+            "  configMap: cal-cm\n  rpcPort: 9898\n  grpcProtocol: argo-generic",
+        );
+        let f = parse(&text).unwrap();
+        assert_eq!(f.gateway.spec.grpc_protocol, GrpcProtocol::ArgoGeneric);
+        assert_eq!(
+            parse(GOOD).unwrap().gateway.spec.grpc_protocol,
+            GrpcProtocol::Portico
+        );
+        let text = GOOD.replace(
+            "  configMap: cal-cm",
+            "  configMap: cal-cm\n  grpcProtocol: argo-generic",
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("`rpcPort` is not"), "{e}");
+        let text = GOOD.replace(
+            "  configMap: cal-cm",
+            "  configMap: cal-cm\n  rpcPort: 9898\n  grpcProtocol: grpc-web",
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("argo-generic"),
+            "the error lists the choices: {e}"
+        );
     }
 
     #[test]
