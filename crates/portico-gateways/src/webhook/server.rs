@@ -53,7 +53,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stopping server waits for requests in flight before dropping them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long attaching waits for a port that a stopping server of ours still holds.
-const REBIND_WAIT: Duration = Duration::from_secs(5);
+const REBIND_WAIT: Duration = Duration::from_secs(2);
 
 /// What a [`Gate`] decides about one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
