@@ -30,8 +30,12 @@ async fn three_configurations_on_two_ports_each_owning_its_endpoint_and_method()
     let one = format!("port: {pa}\nendpoint: /a\nmethod: POST");
     let two = format!("port: \"{pa}\"\nendpoint: /b\nmethod: PUT");
     let three = format!("port: {pb}\nendpoint: /a\nmethod: POST");
-    sup.apply(&map(&[("hook.one", &one), ("hook.two", &two), ("hook.three", &three)]))
-        .await;
+    sup.apply(&map(&[
+        ("hook.one", &one),
+        ("hook.two", &two),
+        ("hook.three", &three),
+    ]))
+    .await;
     running(&h, &["hook.one", "hook.two", "hook.three"]).await;
 
     let c = client();
@@ -59,12 +63,24 @@ async fn three_configurations_on_two_ports_each_owning_its_endpoint_and_method()
         assert_eq!(d["header"]["x-test"][0], *src);
     }
     // A method no configuration of the endpoint takes; an unknown endpoint.
-    let r = c.get(format!("http://127.0.0.1:{pa}/a")).send().await.unwrap();
+    let r = c
+        .get(format!("http://127.0.0.1:{pa}/a"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 405);
     assert_eq!(r.headers()["allow"], "POST");
-    let r = c.post(format!("http://127.0.0.1:{pa}/b")).send().await.unwrap();
+    let r = c
+        .post(format!("http://127.0.0.1:{pa}/b"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 405);
-    let r = c.post(format!("http://127.0.0.1:{pa}/nope")).send().await.unwrap();
+    let r = c
+        .post(format!("http://127.0.0.1:{pa}/nope"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert!(h.try_next_event().is_none());
 
@@ -91,7 +107,11 @@ async fn three_configurations_on_two_ports_each_owning_its_endpoint_and_method()
     tokio::time::sleep(Duration::from_millis(50)).await; // let the load start
     sup.apply(&map(&[("hook.one", &one), ("hook.three", &three)]))
         .await;
-    let r = c.put(format!("http://127.0.0.1:{pa}/b")).send().await.unwrap();
+    let r = c
+        .put(format!("http://127.0.0.1:{pa}/b"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404, "hook.two's route is gone");
     stop.store(true, Ordering::Relaxed);
     let mut ok = 0usize;
@@ -132,14 +152,23 @@ async fn one_endpoint_two_methods_two_configurations() {
     let c = client();
     let url = format!("http://127.0.0.1:{p}/x");
     assert_eq!(c.put(&url).body("1").send().await.unwrap().status(), 200);
-    assert_eq!(h.next_event(WAIT).await.unwrap().subject.as_deref(), Some("put"));
+    assert_eq!(
+        h.next_event(WAIT).await.unwrap().subject.as_deref(),
+        Some("put")
+    );
     assert_eq!(c.post(&url).body("2").send().await.unwrap().status(), 200);
-    assert_eq!(h.next_event(WAIT).await.unwrap().subject.as_deref(), Some("post"));
+    assert_eq!(
+        h.next_event(WAIT).await.unwrap().subject.as_deref(),
+        Some("post")
+    );
     sup.apply(&map(&[("post", &post)])).await;
     let r = c.put(&url).send().await.unwrap();
     assert_eq!(r.status(), 405);
     assert_eq!(c.post(&url).body("3").send().await.unwrap().status(), 200);
-    assert_eq!(h.next_event(WAIT).await.unwrap().subject.as_deref(), Some("post"));
+    assert_eq!(
+        h.next_event(WAIT).await.unwrap().subject.as_deref(),
+        Some("post")
+    );
     // Changing a configuration's value moves its route without touching the port's others.
     let moved = format!("port: {p}\nendpoint: /y");
     sup.apply(&map(&[("post", &moved), ("put", &put)])).await;
@@ -148,7 +177,10 @@ async fn one_endpoint_two_methods_two_configurations() {
     assert_eq!(c.post(&url).send().await.unwrap().status(), 405);
     let y = format!("http://127.0.0.1:{p}/y");
     assert_eq!(c.post(&y).body("4").send().await.unwrap().status(), 200);
-    assert_eq!(h.next_event(WAIT).await.unwrap().subject.as_deref(), Some("post"));
+    assert_eq!(
+        h.next_event(WAIT).await.unwrap().subject.as_deref(),
+        Some("post")
+    );
     sup.stop_all().await;
     assert!(port_is_free(p));
 }
@@ -166,12 +198,34 @@ async fn body_forms_and_size_limit() {
     let r = c.post(&url).body(vec![b'x'; 17]).send().await.unwrap();
     assert_eq!(r.status(), 413);
     assert!(r.text().await.unwrap().contains("maxBodySize"));
-    assert_eq!(c.post(&url).body(vec![0xffu8, 0, 1]).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.post(&url)
+            .body(vec![0xffu8, 0, 1])
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let d = data(&h.next_event(WAIT).await.unwrap());
-    assert_eq!((d["body"].as_str(), d["bodyEncoding"].as_str()), (Some("/wAB"), Some("base64")));
-    assert_eq!(c.post(&url).body("plain text").send().await.unwrap().status(), 200);
+    assert_eq!(
+        (d["body"].as_str(), d["bodyEncoding"].as_str()),
+        (Some("/wAB"), Some("base64"))
+    );
+    assert_eq!(
+        c.post(&url)
+            .body("plain text")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let d = data(&h.next_event(WAIT).await.unwrap());
-    assert_eq!((d["body"].as_str(), d["bodyEncoding"].as_str()), (Some("plain text"), Some("text")));
+    assert_eq!(
+        (d["body"].as_str(), d["bodyEncoding"].as_str()),
+        (Some("plain text"), Some("text"))
+    );
     assert!(h.try_next_event().is_none());
     sup.stop_all().await;
 }
@@ -235,7 +289,13 @@ async fn tls_request_with_a_test_certificate_is_accepted() {
     let d = data(&h.next_event(WAIT).await.unwrap());
     assert_eq!(d["body"]["over"], "tls");
     // Plain HTTP to the TLS port gets no answer and no event.
-    assert!(client().post(format!("http://127.0.0.1:{p}/secure")).send().await.is_err());
+    assert!(
+        client()
+            .post(format!("http://127.0.0.1:{p}/secure"))
+            .send()
+            .await
+            .is_err()
+    );
     assert!(h.try_next_event().is_none());
     sup.stop_all().await;
     assert!(port_is_free(p));
@@ -247,10 +307,22 @@ async fn a_port_taken_by_someone_else_is_an_error_node() {
     let mut sup = h.supervisor(builtin("webhook").unwrap());
     let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let p = taken.local_addr().unwrap().port();
-    sup.apply(&map(&[("busy", &format!("port: {p}\nendpoint: /x"))])).await;
-    let node = h.wait_for_phase("busy", Phase::Error, WAIT).await.expect("Error node");
-    assert!(node.message.contains(&format!("port {p}")), "{}", node.message);
+    sup.apply(&map(&[("busy", &format!("port: {p}\nendpoint: /x"))]))
+        .await;
+    let node = h
+        .wait_for_phase("busy", Phase::Error, WAIT)
+        .await
+        .expect("Error node");
+    assert!(
+        node.message.contains(&format!("port {p}")),
+        "{}",
+        node.message
+    );
     drop(taken);
-    assert!(h.wait_for_phase("busy", Phase::Running, WAIT).await.is_some());
+    assert!(
+        h.wait_for_phase("busy", Phase::Running, WAIT)
+            .await
+            .is_some()
+    );
     sup.stop_all().await;
 }

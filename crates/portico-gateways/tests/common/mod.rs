@@ -30,7 +30,11 @@ pub fn map(pairs: &[(&str, &str)]) -> ConfigMapData {
 
 /// The JSON payload of an event.
 pub fn data(ce: &CloudEvent) -> serde_json::Value {
-    let bytes = ce.data.as_ref().map(|d| d.as_bytes().to_vec()).unwrap_or_default();
+    let bytes = ce
+        .data
+        .as_ref()
+        .map(|d| d.as_bytes().to_vec())
+        .unwrap_or_default();
     serde_json::from_slice(&bytes).expect("a JSON payload")
 }
 
