@@ -111,7 +111,19 @@ fn validate(file: &std::path::Path) -> ExitCode {
         Err(e) => problems.push(e),
         Ok(Processor::Independent) => {}
         Ok(Processor::Core(executor)) => {
-            // A context needs a pipeline; a harness gives one that goes nowhere.
+            // A context needs a pipeline; a harness gives one that goes nowhere. Its
+            // dispatcher spawns tasks, so it needs a runtime to be entered.
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let _runtime = rt.enter();
             let harness = portico::testing::Harness::new(
                 &loaded.gateway.metadata.name,
                 &loaded.gateway.spec.gateway_type,

@@ -182,21 +182,20 @@ impl Hook {
 
     /// Checks `config` under `rules`.
     pub fn check(config: &HookConfig, rules: HookRules) -> Result<Hook, ConfigError> {
-        let port = match &config.port {
+        let (port, written) = match &config.port {
             None => {
                 return Err(invalid(
                     "port",
                     "required: the port to listen on, like 12000",
                 ));
             }
-            Some(NumberOrText::Number(n)) => u16::try_from(*n).ok(),
-            Some(NumberOrText::Text(t)) => t.trim().parse::<u16>().ok(),
-        }
-        .filter(|p| *p != 0)
-        .ok_or_else(|| {
+            Some(NumberOrText::Number(n)) => (u16::try_from(*n).ok(), n.to_string()),
+            Some(NumberOrText::Text(t)) => (t.trim().parse::<u16>().ok(), t.clone()),
+        };
+        let port = port.filter(|p| *p != 0).ok_or_else(|| {
             invalid(
                 "port",
-                format!("{:?} is not a port number from 1 to 65535", config.port),
+                format!("`{written}` is not a port number from 1 to 65535 (a webhook names its port: 0 cannot be used)"),
             )
         })?;
         let endpoint = match config.endpoint.as_deref().map(str::trim) {
