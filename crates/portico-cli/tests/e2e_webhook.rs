@@ -263,3 +263,38 @@ async fn the_file_example_runs_as_it_is() {
     assert_eq!(portico.terminate().await, Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_gateway_answers_503_with_retry_after() {
+    // A watcher that never answers and room for one event: the second request finds it full.
+    let sink = Sink::start(Behaviour::Hang).await;
+    let port = free_port();
+    let (_dir, file) = GatewayFileBuilder::new("full", "webhook")
+        .spec_lines(&format!(
+            "  delivery:\n    queueSize: 1\n    timeout: 60s\n  watchers:\n    urls: [\"{}\"]",
+            sink.url()
+        ))
+        .config("hook", &format!("port: {port}\nendpoint: /in"))
+        .write();
+    let portico = Portico::run(&file).await;
+    portico.wait_for_phase("hook", "Running", WAIT).await;
+    let c = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/in");
+    assert_eq!(c.post(&url).body("1").send().await.unwrap().status(), 200);
+    let r = c.post(&url).body("2").send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let metrics = c
+        .get(portico.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("portico_events_rejected_total{src=\"hook\",reason=\"full\"} 1"),
+        "{metrics}"
+    );
+    drop(portico);
+}
