@@ -268,8 +268,13 @@ impl ConfigExecutor for File {
         let watch = Self::config(&ctx)?;
         loop {
             if !watch.directory.is_dir() {
+                let what = if watch.directory.exists() {
+                    "is not a directory"
+                } else {
+                    "does not exist (yet)"
+                };
                 ctx.report_error(format!(
-                    "directory {} does not exist (yet); looking for it every {}",
+                    "directory {} {what}; looking for it every {}",
                     watch.directory.display(),
                     humantime::format_duration(watch.poll)
                 ));
@@ -313,10 +318,12 @@ async fn watch_directory(ctx: &ConfigContext, watch: &FileWatch) -> Result<Ended
     }
     tracing::info!(directory = %watch.directory.display(), "watching");
     ctx.running();
+    let mut check = tokio::time::interval(watch.poll);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ctx.stopped() => return Ok(Ended::Stopped),
-            _ = tokio::time::sleep(watch.poll) => {
+            _ = check.tick() => {
                 if !watch.directory.is_dir() {
                     return Ok(Ended::DirectoryGone);
                 }

@@ -255,6 +255,7 @@ async fn run_case(gateway_type: &str, case: Case) {
             .num_alive_tasks()
     };
     let baseline = tasks();
+    let fds_baseline = sockets_and_watches();
     let mut sup = h.supervisor(executor.clone());
 
     // start → Running → events; then a changed value → Running → events.
@@ -284,6 +285,12 @@ async fn run_case(gateway_type: &str, case: Case) {
         if round == 0 {
             // The check below can fail: a running configuration holds tasks.
             assert!(tasks() > baseline, "{gateway_type}: no task while running?");
+            if gateway_type != "calendar" {
+                assert!(
+                    sockets_and_watches() > fds_baseline,
+                    "{gateway_type}: no socket or watch while running?"
+                );
+            }
         }
         if round == 1 {
             for p in &case.valid.ports {
@@ -310,6 +317,24 @@ async fn run_case(gateway_type: &str, case: Case) {
             "{gateway_type}: port {p} is released after stop"
         );
     }
+    let closed = wait_until(WAIT, || async { sockets_and_watches() <= fds_baseline }).await;
+    assert!(
+        closed,
+        "{gateway_type}: {} sockets and file watches open after stop, {fds_baseline} before",
+        sockets_and_watches()
+    );
+}
+
+/// Open sockets and inotify instances of this process.
+fn sockets_and_watches() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| {
+            let t = target.to_string_lossy();
+            t.starts_with("socket:") || t.contains("inotify")
+        })
+        .count()
 }
 
 #[test]
