@@ -4,10 +4,10 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{client, data, free_port, map, port_is_free};
+use common::{client, data, free_port, map, port_is_free, wait_until};
 use portico::Phase;
 use portico::testing::Harness;
 use portico_gateways::builtin;
@@ -84,27 +84,35 @@ async fn three_configurations_on_two_ports_each_owning_its_endpoint_and_method()
     assert_eq!(r.status(), 404);
     assert!(h.try_next_event().is_none());
 
-    // Remove hook.two while requests to the others are in flight: all of them are answered.
+    // Remove hook.two while requests are in flight, to it and to the others: every request is
+    // answered (the others' with 200; hook.two's with 200 before the change, 404 after).
     let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
     let mut load = Vec::new();
-    for (port, src) in [(pa, "hook.one"), (pb, "hook.three")] {
-        let stop = stop.clone();
+    for (method, port, path, src) in [
+        (reqwest::Method::POST, pa, "/a", "hook.one"),
+        (reqwest::Method::POST, pb, "/a", "hook.three"),
+        (reqwest::Method::PUT, pa, "/b", "hook.two"),
+    ] {
+        let (stop, sent) = (stop.clone(), sent.clone());
         let c = client();
         load.push(tokio::spawn(async move {
             let mut answered = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let r = c
-                    .post(format!("http://127.0.0.1:{port}/a"))
+                    .request(method.clone(), format!("http://127.0.0.1:{port}{path}"))
                     .body(src)
                     .send()
                     .await
                     .map(|r| r.status().as_u16());
                 answered.push(r.map_err(|e| e.to_string()));
+                sent.fetch_add(1, Ordering::Relaxed);
             }
-            answered
+            (src, answered)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(50)).await; // let the load start
+    let started = wait_until(WAIT, || async { sent.load(Ordering::Relaxed) >= 6 }).await;
+    assert!(started, "the load runs");
     sup.apply(&map(&[("hook.one", &one), ("hook.three", &three)]))
         .await;
     let r = c
@@ -113,15 +121,23 @@ async fn three_configurations_on_two_ports_each_owning_its_endpoint_and_method()
         .await
         .unwrap();
     assert_eq!(r.status(), 404, "hook.two's route is gone");
+    let after = sent.load(Ordering::Relaxed);
+    let went_on = wait_until(WAIT, || async { sent.load(Ordering::Relaxed) >= after + 6 }).await;
+    assert!(went_on, "the load goes on after the change");
     stop.store(true, Ordering::Relaxed);
     let mut ok = 0usize;
+    let mut two_404 = 0usize;
     for l in load {
-        for answer in l.await.unwrap() {
-            assert_eq!(answer, Ok(200), "a request in flight during the change");
-            ok += 1;
+        let (src, answers) = l.await.unwrap();
+        for answer in answers {
+            match (src, answer) {
+                (_, Ok(200)) => ok += 1,
+                ("hook.two", Ok(404)) => two_404 += 1,
+                (src, other) => panic!("a request to {src} during the change got {other:?}"),
+            }
         }
     }
-    assert!(ok > 2, "the load ran ({ok} requests)");
+    assert!(two_404 > 0, "hook.two's requests after the change got 404");
     // Each accepted request made exactly one event, under the configuration that owns it.
     let mut events = 0usize;
     while events < ok {
