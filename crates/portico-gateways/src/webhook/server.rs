@@ -50,8 +50,9 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a stopping server waits for requests in flight before dropping them.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopping server waits for requests in flight before dropping them (under the
+/// supervisor's default stop grace of 10 s, so a stop never leaves the server behind).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long attaching waits for a port that a stopping server of ours still holds.
 const REBIND_WAIT: Duration = Duration::from_secs(2);
 
