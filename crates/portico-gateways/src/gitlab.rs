@@ -27,6 +27,7 @@ const RULES: HookRules = HookRules {
     gateway_type: "gitlab",
     secret_required: true,
     takes_events: true,
+    takes_register: false,
 };
 
 const TOKEN: HeaderName = HeaderName::from_static("x-gitlab-token");

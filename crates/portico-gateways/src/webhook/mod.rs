@@ -75,6 +75,9 @@ pub struct HookConfig {
     /// Event types to keep (`github`, `gitlab`).
     #[serde(default)]
     pub events: Option<Vec<String>>,
+    /// Provider-specific: register the hook through the provider's API (`github`).
+    #[serde(default)]
+    pub register: Option<serde_json::Value>,
 }
 
 /// What a hook type requires of its configuration.
@@ -86,6 +89,8 @@ pub struct HookRules {
     pub secret_required: bool,
     /// `events` may be given.
     pub takes_events: bool,
+    /// `register` may be given.
+    pub takes_register: bool,
 }
 
 /// Where a secret comes from.
@@ -294,6 +299,15 @@ impl Hook {
             }
             None => Vec::new(),
         };
+        if config.register.is_some() && !rules.takes_register {
+            return Err(invalid(
+                "register",
+                format!(
+                    "a {} configuration cannot register its hook (github can)",
+                    rules.gateway_type
+                ),
+            ));
+        }
         Ok(Hook {
             listen: Listen { port, tls },
             endpoint,
@@ -387,14 +401,14 @@ pub fn filter_event(
     }
 }
 
-/// Runs one hook configuration: attaches its route, reports `Running`, and releases the route
-/// (and the port, if it was the last route there) once the configuration is stopped.
-pub async fn run_hook(
+/// Attaches a hook configuration's route to the server of its port (starting the server if
+/// needed). `None` when the configuration was stopped meanwhile.
+pub async fn attach_hook(
     servers: &Arc<Servers>,
     ctx: &ConfigContext,
     hook: &Hook,
     gate: Arc<dyn Gate>,
-) -> Result<(), ConfigError> {
+) -> Result<Option<RouteGuard>, ConfigError> {
     let route = Route {
         endpoint: hook.endpoint.clone(),
         method: hook.method.clone(),
@@ -403,7 +417,7 @@ pub async fn run_hook(
         ctx: ctx.clone(),
     };
     let guard = tokio::select! {
-        _ = ctx.stopped() => return Ok(()),
+        _ = ctx.stopped() => return Ok(None),
         g = servers.attach(&hook.listen, route) => g?,
     };
     tracing::info!(
@@ -412,6 +426,20 @@ pub async fn run_hook(
         method = %hook.method,
         "webhook route ready"
     );
+    Ok(Some(guard))
+}
+
+/// Runs one hook configuration: attaches its route, reports `Running`, and releases the route
+/// (and the port, if it was the last route there) once the configuration is stopped.
+pub async fn run_hook(
+    servers: &Arc<Servers>,
+    ctx: &ConfigContext,
+    hook: &Hook,
+    gate: Arc<dyn Gate>,
+) -> Result<(), ConfigError> {
+    let Some(guard) = attach_hook(servers, ctx, hook, gate).await? else {
+        return Ok(());
+    };
     ctx.running();
     ctx.stopped().await;
     guard.release().await;
@@ -422,6 +450,7 @@ const WEBHOOK: HookRules = HookRules {
     gateway_type: "webhook",
     secret_required: false,
     takes_events: false,
+    takes_register: false,
 };
 
 /// The plain webhook's gate: everything, or only deliveries signed with its secret.
