@@ -26,10 +26,12 @@
 pub mod cli;
 pub mod cloudevents;
 pub mod configuration;
+pub mod controller;
 pub mod dispatch;
 pub mod env;
 pub mod event;
 pub mod executor;
+pub mod kube_status;
 pub mod metrics;
 pub mod pipeline;
 pub mod runtime;
