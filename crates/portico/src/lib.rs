@@ -25,6 +25,7 @@
 
 pub mod cli;
 pub mod cloudevents;
+pub mod cluster;
 pub mod configuration;
 pub mod controller;
 pub mod dispatch;

@@ -124,8 +124,7 @@ impl JsonSchema for Port {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "description": "A TCP port (1 to 65535), as a number or a string.",
-            "x-kubernetes-int-or-string": true,
-            "anyOf": [{"type": "integer"}, {"type": "string"}]
+            "x-kubernetes-int-or-string": true
         })
     }
 }
