@@ -53,7 +53,7 @@ pub struct GatewayArgs {
     /// Without it, in a cluster (`GATEWAY_NAMESPACE`, `GATEWAY_NAME` and
     /// `GATEWAY_PROCESSOR_CONFIG_MAP` set), the Gateway and its ConfigMap are read from the
     /// API server (in-cluster config or `KUBECONFIG`).
-    #[arg(env = "PORTICO_GATEWAY_FILE", default_value = "", hide_default_value = true)]
+    #[arg(env = "PORTICO_GATEWAY_FILE", default_value = "", hide_default_value = true, value_parser = path_or_empty)]
     pub file: PathBuf,
     /// Port of the transformer's HTTP API (ingest, health, metrics, status); 0 picks a free one.
     #[arg(long, env = "TRANSFORMER_PORT", default_value_t = crate::env::DEFAULT_TRANSFORMER_PORT)]
@@ -70,6 +70,11 @@ pub struct GatewayArgs {
     /// How long a stopping configuration may take before its tasks are dropped.
     #[arg(long, env = "PORTICO_STOP_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub stop_grace: Duration,
+}
+
+/// A path, or the empty path that means "no file" (clap's own path parser refuses it).
+fn path_or_empty(s: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(s))
 }
 
 impl GatewayArgs {
