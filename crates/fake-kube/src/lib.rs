@@ -20,6 +20,9 @@
 //! Writes that change nothing do not bump the `resourceVersion` nor make a watch event, as on
 //! a real API server. Tests also read and write the store directly, as another client would.
 
+// Handlers return ready error responses as `Err`; their size does not matter in a test server.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -241,9 +244,7 @@ fn parse_query(q: &str) -> BTreeMap<String, String> {
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            let dec = |s: &str| {
-                percent_decode(&s.replace('+', " "))
-            };
+            let dec = |s: &str| percent_decode(&s.replace('+', " "));
             (dec(k), dec(v))
         })
         .collect()
@@ -339,7 +340,11 @@ enum Route {
 fn route(path: &str) -> Option<Route> {
     let seg: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let (group, version, rest) = match seg.as_slice() {
-        ["api"] => return Some(Route::Discovery(json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}))),
+        ["api"] => {
+            return Some(Route::Discovery(
+                json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}),
+            ));
+        }
         ["apis"] => {
             let mut groups: Vec<Value> = Vec::new();
             for k in KINDS.iter().filter(|k| !k.group.is_empty()) {
@@ -348,7 +353,9 @@ fn route(path: &str) -> Option<Route> {
                     groups.push(json!({"name": k.group, "versions": [gv], "preferredVersion": gv}));
                 }
             }
-            return Some(Route::Discovery(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})));
+            return Some(Route::Discovery(
+                json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
+            ));
         }
         ["api", v, rest @ ..] => ("", *v, rest),
         ["apis", g, v, rest @ ..] => (*g, *v, rest),
@@ -378,7 +385,9 @@ fn route(path: &str) -> Option<Route> {
         } else {
             format!("{group}/{version}")
         };
-        return Some(Route::Discovery(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})));
+        return Some(Route::Discovery(
+            json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+        ));
     }
     let (namespace, rest) = match rest {
         ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
@@ -416,7 +425,9 @@ impl Store {
     }
 
     fn record(&mut self, kind: &'static KindInfo, event: &'static str, object: Value) {
-        let namespace = meta_str(&object, "namespace").unwrap_or_default().to_string();
+        let namespace = meta_str(&object, "namespace")
+            .unwrap_or_default()
+            .to_string();
         let rv = self.rv;
         self.log.push(LogEntry {
             rv,
@@ -435,14 +446,22 @@ impl Store {
         mut obj: Value,
     ) -> Result<Value, Response> {
         if !obj.is_object() {
-            return Err(status_error(400, "BadRequest", "the body is not a JSON object"));
+            return Err(status_error(
+                400,
+                "BadRequest",
+                "the body is not a JSON object",
+            ));
         }
         let name = match meta_str(&obj, "name") {
             Some(n) if !n.is_empty() => n.to_string(),
             _ => match meta_str(&obj, "generateName") {
                 Some(g) => format!("{g}{:05x}", self.uid + 1),
                 None => {
-                    return Err(status_error(422, "Invalid", "metadata.name: Required value"));
+                    return Err(status_error(
+                        422,
+                        "Invalid",
+                        "metadata.name: Required value",
+                    ));
                 }
             },
         };
@@ -482,7 +501,13 @@ impl Store {
         let Some(old) = self.objects.get(&key).cloned() else {
             return new;
         };
-        for f in ["uid", "creationTimestamp", "name", "namespace", "generation"] {
+        for f in [
+            "uid",
+            "creationTimestamp",
+            "name",
+            "namespace",
+            "generation",
+        ] {
             if let Some(v) = old["metadata"].get(f) {
                 new["metadata"][f] = v.clone();
             }
@@ -610,12 +635,22 @@ fn answer(
                 503 => "ServiceUnavailable",
                 _ => "Injected",
             };
-            return status_error(code, reason, format!("injected failure {code} for {method} {path}"));
+            return status_error(
+                code,
+                reason,
+                format!("injected failure {code} for {method} {path}"),
+            );
         }
     }
     let route = match route(path) {
         Some(r) => r,
-        None => return status_error(404, "NotFound", format!("the server could not find the requested resource ({path})")),
+        None => {
+            return status_error(
+                404,
+                "NotFound",
+                format!("the server could not find the requested resource ({path})"),
+            );
+        }
     };
     let t = match route {
         Route::Discovery(v) => return ok_json(StatusCode::OK, v),
@@ -708,7 +743,9 @@ fn answer(
                 return status_error(
                     415,
                     "UnsupportedMediaType",
-                    format!("the fake API server takes merge and apply patches, not `{content_type}`"),
+                    format!(
+                        "the fake API server takes merge and apply patches, not `{content_type}`"
+                    ),
                 );
             }
             let key = Store::key(t.kind, &ns, name);
@@ -717,7 +754,9 @@ fn answer(
                 None if apply && !t.status => {
                     let mut obj = patch;
                     obj["metadata"]["name"] = json!(name);
-                    store.create(t.kind, &ns, obj).map(|o| (StatusCode::CREATED, o))
+                    store
+                        .create(t.kind, &ns, obj)
+                        .map(|o| (StatusCode::CREATED, o))
                 }
                 None => Err(not_found(t.kind, name)),
                 Some(old) => conflict_check(&old, &patch).map(|()| {
@@ -747,12 +786,20 @@ fn answer(
                 None => not_found(t.kind, name),
             }
         }
-        _ => status_error(405, "MethodNotAllowed", format!("{method} is not supported on {path}")),
+        _ => status_error(
+            405,
+            "MethodNotAllowed",
+            format!("{method} is not supported on {path}"),
+        ),
     }
 }
 
 fn not_found(kind: &KindInfo, name: &str) -> Response {
-    status_error(404, "NotFound", format!("{} \"{name}\" not found", kind.plural))
+    status_error(
+        404,
+        "NotFound",
+        format!("{} \"{name}\" not found", kind.plural),
+    )
 }
 
 fn line(v: &Value) -> Bytes {
@@ -761,11 +808,7 @@ fn line(v: &Value) -> Bytes {
     Bytes::from(b)
 }
 
-fn watch_response(
-    shared: Arc<Shared>,
-    t: &Target,
-    q: &BTreeMap<String, String>,
-) -> Response {
+fn watch_response(shared: Arc<Shared>, t: &Target, q: &BTreeMap<String, String>) -> Response {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::convert::Infallible>>(64);
     let kind = t.kind;
     let namespace = t.namespace.clone();
@@ -971,7 +1014,14 @@ impl FakeKube {
     }
 
     /// Merge-patches an object (spec and status alike); `None` when absent.
-    pub fn patch(&self, api_version: &str, kind: &str, ns: &str, name: &str, patch: Value) -> Option<Value> {
+    pub fn patch(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: &str,
+        name: &str,
+        patch: Value,
+    ) -> Option<Value> {
         let kind = Self::kind_named(api_version, kind);
         let key = Store::key(kind, ns, name);
         let mut store = self.shared.lock();
@@ -994,7 +1044,11 @@ impl FakeKube {
     /// One object.
     pub fn get(&self, api_version: &str, kind: &str, ns: &str, name: &str) -> Option<Value> {
         let kind = Self::kind_named(api_version, kind);
-        self.shared.lock().objects.get(&Store::key(kind, ns, name)).cloned()
+        self.shared
+            .lock()
+            .objects
+            .get(&Store::key(kind, ns, name))
+            .cloned()
     }
 
     /// Every object of a kind in a namespace.
@@ -1045,7 +1099,12 @@ impl FakeKube {
 
     /// Polls `check` every 20 ms until it gives a value or `timeout` passes (then panics
     /// with `what`).
-    pub async fn wait_for<T>(&self, what: &str, timeout: Duration, mut check: impl FnMut(&FakeKube) -> Option<T>) -> T {
+    pub async fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&FakeKube) -> Option<T>,
+    ) -> T {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(v) = check(self) {

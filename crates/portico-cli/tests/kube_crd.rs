@@ -101,14 +101,20 @@ fn example_gateways_apply_as_they_are() {
             match (doc["apiVersion"].as_str(), doc["kind"].as_str()) {
                 (Some("portico.dev/v1alpha1"), Some("Gateway")) => {
                     let g: portico::spec::GatewayResource = serde_json::from_value(doc)
-                        .unwrap_or_else(|e| panic!("{}: not a Gateway of the CRD: {e}", path.display()));
+                        .unwrap_or_else(|e| {
+                            panic!("{}: not a Gateway of the CRD: {e}", path.display())
+                        });
                     assert!(g.metadata.name.is_some(), "{}", path.display());
                     seen += 1;
                 }
                 (Some("v1"), Some("ConfigMap")) => {
                     let data = doc["data"].as_object().cloned().unwrap_or_default();
                     for (k, v) in data {
-                        assert!(v.is_string(), "{}: ConfigMap value `{k}` is not text", path.display());
+                        assert!(
+                            v.is_string(),
+                            "{}: ConfigMap value `{k}` is not text",
+                            path.display()
+                        );
                     }
                 }
                 other => panic!("{}: unexpected document {other:?}", path.display()),

@@ -140,13 +140,16 @@ impl ResourceConfig {
             return false;
         }
         let f = &self.filter;
-        if let Some(prefix) = &f.prefix {
-            if !obj.name_any().starts_with(prefix.as_str()) {
-                return false;
-            }
+        if let Some(prefix) = &f.prefix
+            && !obj.name_any().starts_with(prefix.as_str())
+        {
+            return false;
         }
         let annotations = obj.annotations();
-        if f.annotations.iter().any(|(k, v)| annotations.get(k) != Some(v)) {
+        if f.annotations
+            .iter()
+            .any(|(k, v)| annotations.get(k) != Some(v))
+        {
             return false;
         }
         let labels = obj.labels();
@@ -264,7 +267,11 @@ impl ConfigExecutor for Resource {
         let gvk = GroupVersionKind::gvk(&config.group, &config.version, &config.kind);
         let what = format!(
             "{}/{} {}",
-            if config.group.is_empty() { "core" } else { &config.group },
+            if config.group.is_empty() {
+                "core"
+            } else {
+                &config.group
+            },
             config.version,
             config.kind
         );
@@ -363,23 +370,36 @@ mod tests {
         assert!(!c.wants(EventType::Update, &good));
         assert!(!c.wants(EventType::Add, &obj("x1", &[], &[("team", "a")])));
         assert!(!c.wants(EventType::Add, &obj("w1", &[], &[("team", "b")])));
-        let late = config(
-            "version: v1\nkind: Widget\nfilter:\n  createdBy: 2026-06-01T00:00:00Z\n",
-        );
+        let late =
+            config("version: v1\nkind: Widget\nfilter:\n  createdBy: 2026-06-01T00:00:00Z\n");
         assert!(!late.wants(EventType::Add, &good));
     }
 
     #[test]
     fn validation_names_the_field() {
-        assert!(config("kind: Widget\n").check().unwrap_err().contains("`version`"));
-        assert!(config("version: v1\n").check().unwrap_err().contains("`kind`"));
+        assert!(
+            config("kind: Widget\n")
+                .check()
+                .unwrap_err()
+                .contains("`version`")
+        );
+        assert!(
+            config("version: v1\n")
+                .check()
+                .unwrap_err()
+                .contains("`kind`")
+        );
         assert!(
             config("version: v1\nkind: W\nfilter:\n  labels: {\"a,b\": c}\n")
                 .check()
                 .is_err()
         );
         assert_eq!(
-            ResourceConfig::selector(&config("version: v1\nkind: W\nfilter:\n  labels: {a: b, c: d}\n").filter.labels),
+            ResourceConfig::selector(
+                &config("version: v1\nkind: W\nfilter:\n  labels: {a: b, c: d}\n")
+                    .filter
+                    .labels
+            ),
             Some("a=b,c=d".to_string())
         );
     }
@@ -389,7 +409,10 @@ mod tests {
         let mut seen = Seen::default();
         assert_eq!(seen.applied(obj("a", &[], &[])).unwrap().0, EventType::Add);
         assert_eq!(seen.applied(obj("b", &[], &[])).unwrap().0, EventType::Add);
-        assert!(seen.applied(obj("a", &[], &[])).is_none(), "same version: no event");
+        assert!(
+            seen.applied(obj("a", &[], &[])).is_none(),
+            "same version: no event"
+        );
         seen.relist = Some(HashSet::new());
         assert!(seen.applied(obj("a", &[], &[])).is_none());
         let mut c = obj("c", &[], &[]);

@@ -76,7 +76,11 @@ async fn emits_add_update_delete_with_filters_and_survives_a_broken_watch() {
     // Filters: wrong prefix, wrong label, wrong annotation: nothing. Then a good one: ADD.
     fake.create(widget("x-1", json!({"app": "x"}), json!({"team": "a"})));
     fake.create(widget("w-label", json!({"app": "y"}), json!({"team": "a"})));
-    fake.create(widget("w-annotation", json!({"app": "x"}), json!({"team": "b"})));
+    fake.create(widget(
+        "w-annotation",
+        json!({"app": "x"}),
+        json!({"team": "b"}),
+    ));
     fake.create(good("w-1"));
     assert_eq!(next(&mut h).await, pair("ADD", "w-1"));
 
@@ -93,7 +97,8 @@ async fn emits_add_update_delete_with_filters_and_survives_a_broken_watch() {
     fake.fail_next("GET", "/widgets", 503, 1);
     fake.break_watches();
     fake.create(good("w-2"));
-    fake.delete(API, "Widget", "ns", "w-old").expect("w-old exists");
+    fake.delete(API, "Widget", "ns", "w-old")
+        .expect("w-old exists");
     fake.expire_history();
     let mut missed = vec![next(&mut h).await, next(&mut h).await];
     missed.sort();

@@ -135,7 +135,10 @@ pub fn desired(resource: &GatewayResource, options: &ControllerOptions) -> Resul
     let pod = match &spec.deploy_spec {
         Some(pod) if !pod.containers.is_empty() => Some(pod.clone()),
         Some(_) => {
-            problems.push("`spec.deploySpec.containers` is empty: expected at least one container".to_string());
+            problems.push(
+                "`spec.deploySpec.containers` is empty: expected at least one container"
+                    .to_string(),
+            );
             None
         }
         None => {
@@ -227,12 +230,19 @@ async fn set_status(
         return Ok(());
     }
     let patch = serde_json::json!({"status": {"phase": phase, "message": message}});
-    api.patch_status(&gateway.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map(|_| ())
+    api.patch_status(
+        &gateway.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
 }
 
-async fn reconcile(gateway: Arc<GatewayResource>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+async fn reconcile(
+    gateway: Arc<GatewayResource>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
     let ns = gateway.namespace().unwrap_or_else(|| "default".to_string());
     let name = gateway.name_any();
     let gateways: Api<GatewayResource> = Api::namespaced(ctx.client.clone(), &ns);
@@ -297,7 +307,11 @@ async fn reconcile(gateway: Arc<GatewayResource>, ctx: Arc<Context>) -> Result<A
     Ok(Action::requeue(ctx.options.resync))
 }
 
-fn error_policy(gateway: Arc<GatewayResource>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+fn error_policy(
+    gateway: Arc<GatewayResource>,
+    error: &ReconcileError,
+    ctx: Arc<Context>,
+) -> Action {
     let n = {
         let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
         let n = failures.entry(key(&gateway)).or_insert(0);

@@ -95,8 +95,12 @@ pub fn node_status(node: &Node) -> NodeStatus {
         name: node.name.clone(),
         phase: node.phase.as_str().to_string(),
         message: node.message.clone(),
-        started_at: node.started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        updated_at: node.updated_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        started_at: node
+            .started_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        updated_at: node
+            .updated_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         restarts: node.restarts,
     }
 }
@@ -106,7 +110,12 @@ impl StatusSink for KubeStatusSink {
         let (id, value, transition) = match change {
             NodeChange::Updated { node, .. } => {
                 let message = if node.message.is_empty() {
-                    format!("configuration `{}` ({}) is {}", node.name, node.id, node.phase.as_str())
+                    format!(
+                        "configuration `{}` ({}) is {}",
+                        node.name,
+                        node.id,
+                        node.phase.as_str()
+                    )
                 } else {
                     format!(
                         "configuration `{}` ({}) is {}: {}",
@@ -234,16 +243,16 @@ impl Writer {
                 "{dropped} node transition(s) were too many to record as Kubernetes Events"
             );
         }
-        if !nodes.is_empty() {
-            if let Err(e) = self.write_nodes(&nodes).await {
-                tracing::warn!(
-                    gateway = %self.gateway.name, namespace = %self.gateway.namespace,
-                    "cannot write the gateway's status.nodes (kept for the next write): {e}"
-                );
-                let mut p = self.inner.lock();
-                for (id, node) in nodes {
-                    p.nodes.entry(id).or_insert(node);
-                }
+        if !nodes.is_empty()
+            && let Err(e) = self.write_nodes(&nodes).await
+        {
+            tracing::warn!(
+                gateway = %self.gateway.name, namespace = %self.gateway.namespace,
+                "cannot write the gateway's status.nodes (kept for the next write): {e}"
+            );
+            let mut p = self.inner.lock();
+            for (id, node) in nodes {
+                p.nodes.entry(id).or_insert(node);
             }
         }
         for t in events {

@@ -145,7 +145,11 @@ pub async fn run_gateway(
     let (file, cluster) = match &opts.cluster {
         Some(target) => (
             None,
-            Some(crate::cluster::connect(target).await.map_err(RunError::Start)?),
+            Some(
+                crate::cluster::connect(target)
+                    .await
+                    .map_err(RunError::Start)?,
+            ),
         ),
         None if opts.file.as_os_str().is_empty() => {
             return Err(RunError::Start(

@@ -59,9 +59,9 @@ pub struct ObjectMeta {
     derive = "PartialEq",
     category = "portico",
     doc = "A Portico gateway: its type, processor, configurations (a ConfigMap) and watchers.",
-    printcolumn(name = "Type", type_ = "string", json_path = ".spec.type"),
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name": "Type", "type": "string", "jsonPath": ".spec.type"}"#,
+    printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.phase"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 pub struct GatewaySpec {
     /// CloudEvent `type` of every event; names the built-in executor in core style.
@@ -438,7 +438,8 @@ impl From<&GatewayResource> for Gateway {
 
 /// The `Gateway` CustomResourceDefinition, as `portico crd` prints it and `deploy/crd.yaml`
 /// holds it.
-pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+pub fn crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
     use kube::CustomResourceExt;
     GatewayResource::crd()
 }

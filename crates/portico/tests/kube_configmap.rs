@@ -35,7 +35,13 @@ impl ConfigExecutor for CountingExecutor {
     }
 
     async fn start_config(&self, ctx: ConfigContext) -> Result<(), ConfigError> {
-        *self.0.0.lock().unwrap().entry(ctx.src().to_string()).or_default() += 1;
+        *self
+            .0
+            .0
+            .lock()
+            .unwrap()
+            .entry(ctx.src().to_string())
+            .or_default() += 1;
         ctx.running();
         ctx.stopped().await;
         Ok(())
@@ -108,7 +114,9 @@ async fn add_update_delete_reach_the_supervisor_and_410_relists_without_restarts
     fake.create(configmap(json!({"a": "one"})));
     let ev = next(&mut rx).await;
     assert_eq!(ev, map(&[("a", "one")]));
-    let SourceEvent::Map(m) = ev else { unreachable!() };
+    let SourceEvent::Map(m) = ev else {
+        unreachable!()
+    };
     supervisor.apply(&m).await;
     harness
         .wait_for_phase("a", Phase::Running, WAIT)
@@ -119,7 +127,9 @@ async fn add_update_delete_reach_the_supervisor_and_410_relists_without_restarts
     fake.replace(configmap(json!({"a": "one", "b": "two"})));
     let ev = next(&mut rx).await;
     assert_eq!(ev, map(&[("a", "one"), ("b", "two")]));
-    let SourceEvent::Map(m) = ev else { unreachable!() };
+    let SourceEvent::Map(m) = ev else {
+        unreachable!()
+    };
     supervisor.apply(&m).await;
     harness
         .wait_for_phase("b", Phase::Running, WAIT)
@@ -140,7 +150,9 @@ async fn add_update_delete_reach_the_supervisor_and_410_relists_without_restarts
     fake.replace(configmap(json!({"a": "one", "b": "three"})));
     let ev = next(&mut rx).await;
     assert_eq!(ev, map(&[("a", "one"), ("b", "three")]));
-    let SourceEvent::Map(m) = ev else { unreachable!() };
+    let SourceEvent::Map(m) = ev else {
+        unreachable!()
+    };
     supervisor.apply(&m).await;
     let b = harness
         .wait_for_phase("b", Phase::Running, WAIT)
@@ -148,7 +160,11 @@ async fn add_update_delete_reach_the_supervisor_and_410_relists_without_restarts
         .expect("b runs");
     assert_eq!(b.id, portico::ConfigId::of("b", "three"));
     assert_eq!(counting.starts("a"), 1, "a must not be started twice");
-    assert_eq!(counting.starts("b"), 2, "b restarts once, for its new value");
+    assert_eq!(
+        counting.starts("b"),
+        2,
+        "b restarts once, for its new value"
+    );
 
     // A resumed watch (broken without compaction) re-lists nothing and loses nothing.
     fake.break_watches();

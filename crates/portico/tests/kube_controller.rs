@@ -99,7 +99,10 @@ async fn gateways_become_deployments_that_are_repaired_and_updated() {
     assert_eq!(owner["kind"], "Gateway");
     assert_eq!(owner["uid"], grpc["metadata"]["uid"]);
     assert_eq!(owner["controller"], true);
-    assert_eq!(d["spec"]["selector"]["matchLabels"]["portico.dev/gateway"], "grpc");
+    assert_eq!(
+        d["spec"]["selector"]["matchLabels"]["portico.dev/gateway"],
+        "grpc"
+    );
     let cs = containers(&d);
     assert_eq!(cs.len(), 2);
     for c in &cs {
@@ -117,7 +120,10 @@ async fn gateways_become_deployments_that_are_repaired_and_updated() {
         }
         assert!(!env.contains_key("GATEWAY_PROCESSOR_SERVER_HTTP_PORT"));
     }
-    assert_eq!(env_of(&cs[0]).get("USER_VAR").map(String::as_str), Some("kept"));
+    assert_eq!(
+        env_of(&cs[0]).get("USER_VAR").map(String::as_str),
+        Some("kept")
+    );
     let svc = fake
         .wait_for("the grpc Service", WAIT, |f| {
             f.get("v1", "Service", "ns", "grpc-gateway-svc")
@@ -208,7 +214,10 @@ async fn gateways_become_deployments_that_are_repaired_and_updated() {
         let d = deployment(f, "grpc")?;
         let c = &containers(&d)[0];
         (c["image"] == "example/grpc:2"
-            && env_of(c).get("GATEWAY_PROCESSOR_GRPC_SERVER_PORT").map(String::as_str) == Some("7070"))
+            && env_of(c)
+                .get("GATEWAY_PROCESSOR_GRPC_SERVER_PORT")
+                .map(String::as_str)
+                == Some("7070"))
         .then_some(())
     })
     .await;

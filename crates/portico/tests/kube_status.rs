@@ -16,7 +16,10 @@ const WAIT: Duration = Duration::from_secs(15);
 fn status_writes(fake: &FakeKube) -> Vec<u16> {
     fake.requests()
         .iter()
-        .filter(|r| r.method == "PATCH" && r.path == "/apis/portico.dev/v1alpha1/namespaces/ns/gateways/gw/status")
+        .filter(|r| {
+            r.method == "PATCH"
+                && r.path == "/apis/portico.dev/v1alpha1/namespaces/ns/gateways/gw/status"
+        })
         .map(|r| r.status)
         .collect()
 }
@@ -97,17 +100,24 @@ async fn nodes_reach_status_and_events_and_conflicts_are_retried() {
     // A conflict on the next write is retried.
     fake.fail_next("PATCH", "/gateways/gw/status", 409, 2);
     board.remove(a);
-    fake.wait_for("node a removed", WAIT, |f| node(f, a).is_none().then_some(()))
-        .await;
+    fake.wait_for("node a removed", WAIT, |f| {
+        node(f, a).is_none().then_some(())
+    })
+    .await;
     assert_eq!(status_writes(&fake), [200, 409, 409, 200]);
     assert!(node(&fake, b).is_some(), "b stays");
     fake.wait_for("a Removed event", WAIT, |f| {
-        events(f).iter().any(|e| e["reason"] == "Removed").then_some(())
+        events(f)
+            .iter()
+            .any(|e| e["reason"] == "Removed")
+            .then_some(())
     })
     .await;
 
     // The spec is not touched by status writes.
-    let gw = fake.get("portico.dev/v1alpha1", "Gateway", "ns", "gw").unwrap();
+    let gw = fake
+        .get("portico.dev/v1alpha1", "Gateway", "ns", "gw")
+        .unwrap();
     assert_eq!(gw["spec"], json!({"type": "calendar"}));
 
     stop.cancel();
