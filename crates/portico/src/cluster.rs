@@ -79,6 +79,11 @@ pub async fn connect_with(client: Client, target: &ClusterTarget) -> Result<Conn
             namespace: target.namespace.clone(),
             name: target.gateway.clone(),
             uid: resource.metadata.uid.clone(),
+            previous_nodes: resource
+                .status
+                .as_ref()
+                .map(|s| s.nodes.keys().cloned().collect())
+                .unwrap_or_default(),
         },
         config_map: ConfigMapRef {
             namespace: target.namespace.clone(),

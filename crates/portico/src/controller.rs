@@ -307,6 +307,15 @@ async fn reconcile(
     Ok(Action::requeue(ctx.options.resync))
 }
 
+/// Requeue delay after the `failures`-th consecutive failure: `initial_backoff` doubled each
+/// time, capped at `max_backoff`.
+pub fn retry_delay(options: &ControllerOptions, failures: u32) -> Duration {
+    options
+        .initial_backoff
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
+        .min(options.max_backoff)
+}
+
 fn error_policy(
     gateway: Arc<GatewayResource>,
     error: &ReconcileError,
@@ -318,11 +327,7 @@ fn error_policy(
         *n = n.saturating_add(1);
         *n
     };
-    let delay = ctx
-        .options
-        .initial_backoff
-        .saturating_mul(2u32.saturating_pow(n.saturating_sub(1).min(16)))
-        .min(ctx.options.max_backoff);
+    let delay = retry_delay(&ctx.options, n);
     tracing::warn!(
         gateway = %gateway.name_any(), attempt = n,
         "reconcile failed, retrying in {delay:?}: {error}"
@@ -373,4 +378,28 @@ pub async fn run(
         })
         .await;
     tracing::info!("controller stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_back_off_exponentially_up_to_the_cap() {
+        let o = ControllerOptions::new("a");
+        let delays: Vec<u64> = [1, 2, 3, 4, 8, 9, 1000]
+            .iter()
+            .map(|n| retry_delay(&o, *n).as_secs())
+            .collect();
+        assert_eq!(delays, [2, 4, 8, 16, 256, 300, 300]);
+    }
+
+    #[test]
+    fn an_invalid_gateway_says_what_is_missing() {
+        let mut g = GatewayResource::new("g", crate::spec::GatewaySpec::default());
+        g.metadata.uid = Some("u".into());
+        let e = desired(&g, &ControllerOptions::new("a")).unwrap_err();
+        assert!(e.contains("spec.type"), "{e}");
+        assert!(e.contains("spec.deploySpec"), "{e}");
+    }
 }

@@ -55,6 +55,9 @@ pub struct GatewayRef {
     pub name: String,
     /// UID, for the Events' `involvedObject`.
     pub uid: Option<String>,
+    /// Ids of the nodes its status shows from an earlier run of the gateway: removed by the
+    /// first write unless a configuration of this run has the same id.
+    pub previous_nodes: Vec<String>,
 }
 
 struct Transition {
@@ -186,10 +189,17 @@ impl KubeStatusSink {
         options: KubeStatusOptions,
         stop: CancellationToken,
     ) -> (Arc<KubeStatusSink>, tokio::task::JoinHandle<()>) {
+        let mut pending = Pending::default();
+        for id in &gateway.previous_nodes {
+            pending.nodes.insert(id.clone(), None);
+        }
         let inner = Arc::new(Inner {
-            pending: Mutex::new(Pending::default()),
+            pending: Mutex::new(pending),
             wake: Notify::new(),
         });
+        if !gateway.previous_nodes.is_empty() {
+            inner.wake.notify_one();
+        }
         let writer = Writer {
             gateways: Api::namespaced(client.clone(), &gateway.namespace),
             events: Api::namespaced(client, &gateway.namespace),

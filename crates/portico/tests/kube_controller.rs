@@ -222,6 +222,23 @@ async fn gateways_become_deployments_that_are_repaired_and_updated() {
     })
     .await;
 
+    // Removing serviceSpec removes the Service the gateway owned.
+    fake.patch(
+        GW,
+        "Gateway",
+        "ns",
+        "grpc",
+        json!({"spec": {"serviceSpec": null}}),
+    )
+    .unwrap();
+    fake.wait_for("the Service removed", WAIT, |f| {
+        f.get("v1", "Service", "ns", "grpc-gateway-svc")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(deployment(&fake, "grpc").is_some());
+
     // The other controller's Gateway was never touched.
     assert!(deployment(&fake, "theirs").is_none());
     let theirs = fake.get(GW, "Gateway", "ns", "theirs").unwrap();

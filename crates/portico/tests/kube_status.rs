@@ -41,6 +41,8 @@ async fn nodes_reach_status_and_events_and_conflicts_are_retried() {
         "apiVersion": "portico.dev/v1alpha1", "kind": "Gateway",
         "metadata": {"name": "gw", "namespace": "ns"},
         "spec": {"type": "calendar"},
+        "status": {"phase": "Running", "nodes": {"00000000000000aa": {
+            "id": "00000000000000aa", "name": "old", "phase": "Running"}}},
     }));
     let uid = gw["metadata"]["uid"].as_str().map(String::from);
 
@@ -51,6 +53,7 @@ async fn nodes_reach_status_and_events_and_conflicts_are_retried() {
             namespace: "ns".into(),
             name: "gw".into(),
             uid: uid.clone(),
+            previous_nodes: vec!["00000000000000aa".to_string()],
         },
         KubeStatusOptions {
             coalesce: Duration::from_millis(200),
@@ -76,6 +79,17 @@ async fn nodes_reach_status_and_events_and_conflicts_are_retried() {
     assert_eq!(n["message"], "boom");
     assert_eq!(node(&fake, a).expect("node a")["phase"], "Running");
     assert_eq!(status_writes(&fake), [200], "a burst is one status write");
+    let gw = fake
+        .get("portico.dev/v1alpha1", "Gateway", "ns", "gw")
+        .unwrap();
+    assert!(
+        gw["status"]["nodes"].get("00000000000000aa").is_none(),
+        "a node of an earlier run is removed: {gw}"
+    );
+    assert_eq!(
+        gw["status"]["phase"], "Running",
+        "the controller's fields are kept"
+    );
 
     // Each transition is an Event on the Gateway.
     let evs = fake
