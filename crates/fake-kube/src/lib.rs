@@ -177,6 +177,8 @@ struct Store {
     floor: u64,
     injections: Vec<Injection>,
     requests: Vec<RecordedRequest>,
+    /// Answer every request but watches with `Connection: close`.
+    no_keep_alive: bool,
 }
 
 struct Shared {
@@ -602,14 +604,21 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         Ok(b) => b,
         Err(e) => return status_error(400, "BadRequest", format!("cannot read the body: {e}")),
     };
-    let response = answer(&shared, &method, &path, &query, &content_type, body);
-    shared.lock().requests.push(RecordedRequest {
+    let mut response = answer(&shared, &method, &path, &query, &content_type, body);
+    let mut store = shared.lock();
+    if store.no_keep_alive && !query.contains("watch=") {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
+    store.requests.push(RecordedRequest {
         method: method.to_string(),
         path,
         query,
         content_type,
         status: response.status().as_u16(),
     });
+    drop(store);
     response
 }
 
@@ -1090,6 +1099,12 @@ impl FakeKube {
             code,
             remaining: times,
         });
+    }
+
+    /// Closes the connection after every answer but a watch (`Connection: close`), so that
+    /// clients keep no idle connection (for tests that count open sockets).
+    pub fn disable_keep_alive(&self) {
+        self.shared.lock().no_keep_alive = true;
     }
 
     /// Every request received so far.
