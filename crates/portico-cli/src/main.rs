@@ -2,7 +2,8 @@
 //!
 //! `portico run FILE` runs a gateway file on a laptop or in a pod; `portico validate FILE`
 //! checks one and lists every problem; `portico transformer FILE` runs only the transformer
-//! (for framework-independent gateways that post their own events).
+//! (for framework-independent gateways that post their own events); `portico controller` runs
+//! the Kubernetes controller; `portico crd` prints the Gateway CRD.
 
 mod child;
 mod grpc;
@@ -51,6 +52,21 @@ enum Command {
         #[command(flatten)]
         gateway: GatewayArgs,
     },
+    /// Run the Kubernetes controller: each Gateway labelled with its instance id becomes a
+    /// Deployment (and a Service when `serviceSpec` is set).
+    Controller {
+        /// Only Gateways labelled `portico.dev/controller-instance-id=<this>` are reconciled.
+        #[arg(long, env = "GATEWAY_CONTROLLER_INSTANCE_ID")]
+        instance_id: String,
+        /// Only this namespace (default: every namespace).
+        #[arg(long, env = "PORTICO_CONTROLLER_NAMESPACE")]
+        namespace: Option<String>,
+        /// `TRANSFORMER_PORT` given to the gateways' containers.
+        #[arg(long, default_value_t = portico::env::DEFAULT_TRANSFORMER_PORT)]
+        transformer_port: u16,
+    },
+    /// Print the Gateway CustomResourceDefinition (YAML) for `kubectl apply -f -`.
+    Crd,
 }
 
 /// Picks the processor of a gateway from its spec (SPEC §2).
@@ -87,7 +103,53 @@ fn main() -> ExitCode {
             }
         }
         Command::Transformer { gateway } => serve(gateway, |_| Ok(Processor::Independent)),
+        Command::Controller {
+            instance_id,
+            namespace,
+            transformer_port,
+        } => {
+            let mut options = portico::controller::ControllerOptions::new(instance_id);
+            options.namespace = namespace;
+            options.transformer_port = transformer_port;
+            controller(options)
+        }
+        Command::Crd => match portico::spec::crd_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+/// `portico controller`.
+fn controller(options: portico::controller::ControllerOptions) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        match portico::cluster::client().await {
+            Ok(client) => {
+                portico::controller::run(client, options, shutdown_signal()).await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 fn serve(

@@ -30,12 +30,15 @@
 
 pub mod cli;
 pub mod cloudevents;
+pub mod cluster;
 pub mod configuration;
+pub mod controller;
 pub mod dispatch;
 pub mod env;
 pub mod event;
 pub mod executor;
 pub mod grpc_server;
+pub mod kube_status;
 pub mod metrics;
 pub mod pipeline;
 pub mod processor;
