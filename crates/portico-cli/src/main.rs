@@ -15,7 +15,7 @@ use portico::cli::{GatewayArgs, LogArgs};
 use portico::dispatch::Dispatcher;
 use portico::metrics::Metrics;
 use portico::pipeline::Pipeline;
-use portico::runtime::{Processor, run_gateway, shutdown_signal};
+use portico::runtime::{Processor, block_on_main, run_gateway, shutdown_signal};
 use portico::spec::{Gateway, GatewayFile};
 use portico::status::StatusBoard;
 use portico::transform::Transformer;
@@ -128,27 +128,10 @@ fn main() -> ExitCode {
 
 /// `portico controller`.
 fn controller(options: portico::controller::ControllerOptions) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    rt.block_on(async move {
-        match portico::cluster::client().await {
-            Ok(client) => {
-                portico::controller::run(client, options, shutdown_signal()).await;
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        }
+    block_on_main(async move {
+        let client = portico::cluster::client().await?;
+        portico::controller::run(client, options, shutdown_signal()).await;
+        Ok::<(), String>(())
     })
 }
 
@@ -156,23 +139,7 @@ fn serve(
     args: GatewayArgs,
     choose: impl FnOnce(&Gateway) -> Result<Processor, String>,
 ) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run_gateway(args.options(), choose, shutdown_signal())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    block_on_main(run_gateway(args.options(), choose, shutdown_signal()))
 }
 
 /// `portico validate FILE`.

@@ -84,28 +84,10 @@ struct UserGatewayCli {
 pub fn run<E: ConfigExecutor>(executor: E) -> ExitCode {
     let args = UserGatewayCli::parse();
     args.log.init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let executor: SharedExecutor = Arc::new(executor);
-    let result = rt.block_on(runtime::run_gateway(
+    runtime::block_on_main(runtime::run_gateway(
         args.gateway.options(),
         move |_| Ok(runtime::Processor::Core(executor)),
         runtime::shutdown_signal(),
-    ));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    ))
 }
