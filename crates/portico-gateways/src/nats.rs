@@ -10,7 +10,7 @@
 //! | `durable` | the durable consumer's name; required with `stream` (created when absent) |
 //!
 //! Payload: the message body, untouched; `datacontenttype` from a `Content-Type` header.
-//! Extensions: `subject` (the message's subject), one `h<name>` per other header (the name
+//! Extensions: `natssubject` (the message's subject; `subject` itself is a core attribute), one `h<name>` per other header (the name
 //! lower-cased with only a–z and 0–9 kept, at most 20 characters: `X-Trace-Id` ⇒
 //! `hxtraceid`; repeated values joined with `,`), and for JetStream `stream` and `streamseq`
 //! (the stream sequence number).
@@ -169,7 +169,7 @@ async fn connect(ctx: &ConfigContext, c: &Checked) -> Result<async_nats::Client,
 }
 
 fn event_of(msg: &async_nats::Message) -> Event {
-    let mut event = Event::new(msg.payload.clone()).with_extension("subject", msg.subject.as_str());
+    let mut event = Event::new(msg.payload.clone()).with_extension("natssubject", msg.subject.as_str());
     if let Some(headers) = &msg.headers {
         for (name, values) in headers.iter() {
             let name: &str = name.as_ref();
@@ -266,9 +266,11 @@ async fn jetstream(
             SessionError::broker(format!("cannot create durable consumer `{durable}`"), e)
         })?;
     progress.running(ctx);
-    // Pull in bounded batches: when stopping, the rest of the current batch is given back
-    // (NAK, redelivered at once) and no pull request is left open at the server.
+    // Pull in bounded batches. When stopping, the rest of the current batch is held until the
+    // pull is over (at most PULL_EXPIRES), then given back (NAK): the server redelivers it at
+    // once to the next consumer, and no pull request is left open.
     let mut stopping = false;
+    let mut held = Vec::new();
     while !stopping {
         let mut batch = consumer
             .batch()
@@ -277,9 +279,14 @@ async fn jetstream(
             .messages()
             .await
             .map_err(|e| SessionError::broker("cannot pull messages", e))?;
+        let pull_deadline = tokio::time::Instant::now() + PULL_EXPIRES + Duration::from_millis(200);
         loop {
             let next = if stopping {
-                batch.next().await
+                // The pull ends by itself at its expiry; do not wait (much) longer for it.
+                match tokio::time::timeout_at(pull_deadline, batch.next()).await {
+                    Ok(m) => m,
+                    Err(_) => break,
+                }
             } else {
                 tokio::select! {
                     m = batch.next() => m,
@@ -287,7 +294,11 @@ async fn jetstream(
                 }
             };
             let Some(msg) = next else { break };
-            let msg = msg.map_err(|e| SessionError::broker("JetStream pull failed", e))?;
+            let msg = match msg {
+                Ok(m) => m,
+                Err(_) if stopping => break,
+                Err(e) => return Err(SessionError::broker("JetStream pull failed", e)),
+            };
             if !stopping {
                 let mut event = event_of(&msg.message);
                 if let Ok(info) = msg.info() {
@@ -303,10 +314,17 @@ async fn jetstream(
                 }
                 stopping = true;
             }
-            if let Err(e) = msg.ack_with(AckKind::Nak(None)).await {
-                tracing::warn!(src = ctx.src(), "cannot give a message back: {e}");
-            }
+            held.push(msg);
         }
+    }
+    // The pull is over, so nothing given back now comes back to this consumer.
+    for msg in held {
+        if let Err(e) = msg.ack_with(AckKind::Nak(None)).await {
+            tracing::warn!(src = ctx.src(), "cannot give a message back: {e}");
+        }
+    }
+    if let Err(e) = client.flush().await {
+        tracing::warn!(src = ctx.src(), "cannot give messages back: {e}");
     }
     Ok(())
 }

@@ -103,9 +103,9 @@ async fn stream_entries_are_acked_only_once_accepted_and_none_is_lost() {
     }
     // All read, one accepted and acknowledged, the others pending.
     wait_until("n-1 entries pending", || {
-        let c = &mut c;
+        let mut c = c.clone();
         let stream = &stream;
-        async move { (pending(c, stream, "gw").await == n - 1).then_some(()) }
+        async move { (pending(&mut c, stream, "gw").await == n - 1).then_some(()) }
     })
     .await;
 
@@ -119,9 +119,9 @@ async fn stream_entries_are_acked_only_once_accepted_and_none_is_lost() {
         assert!(ext(e, "streamid").is_some());
     }
     wait_until("no entry pending", || {
-        let c = &mut c;
+        let mut c = c.clone();
         let stream = &stream;
-        async move { (pending(c, stream, "gw").await == 0).then_some(()) }
+        async move { (pending(&mut c, stream, "gw").await == 0).then_some(()) }
     })
     .await;
     rig.supervisor.stop_all().await;

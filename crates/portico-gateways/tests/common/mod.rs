@@ -146,7 +146,11 @@ impl Rig {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.next_event(left).await {
                 Some(e) => got.push(e),
-                None => panic!("only {} of {n} events arrived in {WAIT:?}", got.len()),
+                None => panic!(
+                    "only {} of {n} events arrived in {WAIT:?}; nodes: {:?}",
+                    got.len(),
+                    self.board.nodes()
+                ),
             }
         }
         if let Some(extra) = self.next_event(quiet).await {
