@@ -104,9 +104,13 @@ async fn two_configurations_with_different_routing_keys_stay_apart() {
     let _ = ch.exchange_delete(exchange.as_str().into(), Default::default()).await;
 }
 
-/// Messages ready in `queue` (not delivered to a consumer, or given back).
-async fn ready(ch: &Channel, queue: &str) -> u32 {
-    ch.queue_declare(
+/// Messages ready in `queue` (not delivered to a consumer, or given back). A channel of its
+/// own, since a failed passive declaration closes the channel.
+async fn ready(conn: &Connection, queue: &str) -> u32 {
+    let Ok(ch) = conn.create_channel().await else {
+        return u32::MAX;
+    };
+    let r = ch.queue_declare(
         queue.into(),
         QueueDeclareOptions {
             passive: true,
@@ -116,7 +120,9 @@ async fn ready(ch: &Channel, queue: &str) -> u32 {
     )
     .await
     .map(|q| q.message_count())
-    .unwrap_or(u32::MAX)
+    .unwrap_or(u32::MAX);
+    let _ = ch.close(200, "done".into()).await;
+    r
 }
 
 #[tokio::test]
@@ -128,7 +134,7 @@ async fn unaccepted_messages_are_requeued_at_stop_and_none_is_lost() {
     let c = config(&exchange, "k", Some(&queue));
     rig.apply(&[("alo", &c)]).await;
     rig.wait_phase("alo", Phase::Running).await;
-    let (_conn, ch) = channel().await;
+    let (conn, ch) = channel().await;
     let n = 10u32;
     let want: Vec<String> = (0..n).map(|i| format!("q{i}")).collect();
     for w in &want {
@@ -136,13 +142,13 @@ async fn unaccepted_messages_are_requeued_at_stop_and_none_is_lost() {
     }
     // All delivered to the gateway (prefetch 32): none ready.
     wait_until("every message delivered to the gateway", || async {
-        (ready(&ch, &queue).await == 0).then_some(())
+        (ready(&conn, &queue).await == 0).then_some(())
     })
     .await;
     // Stop: the accepted one was acked, the other n-1 are given back.
     rig.apply(&[]).await;
     wait_until("n-1 messages requeued", || async {
-        (ready(&ch, &queue).await == n - 1).then_some(())
+        (ready(&conn, &queue).await == n - 1).then_some(())
     })
     .await;
     rig.watcher_up(true);
@@ -154,27 +160,24 @@ async fn unaccepted_messages_are_requeued_at_stop_and_none_is_lost() {
     let _ = ch.exchange_delete(exchange.as_str().into(), Default::default()).await;
 }
 
-/// Closes, from the broker side, the connection named `name`.
+/// Closes, from the broker side, the connection named `name` (its client-provided name is
+/// in `client_properties`; `close_connection` takes the connection's process id).
 fn close_connection_named(name: &str) -> bool {
     let out = Command::new("rabbitmqctl")
-        .args(["list_connections", "pid", "client_properties", "--formatter", "json", "-q"])
+        .args(["list_connections", "pid", "client_properties", "-q"])
         .output()
         .expect("rabbitmqctl");
     let text = String::from_utf8_lossy(&out.stdout);
-    let Ok(rows) = serde_json::from_str::<Vec<serde_json::Value>>(&text) else {
-        return false;
-    };
     let mut closed = false;
-    for row in rows {
-        if row["client_properties"].to_string().contains(name)
-            && let Some(pid) = row["pid"].as_str()
-        {
-            let st = Command::new("rabbitmqctl")
-                .args(["close_connection", pid, "test"])
-                .output()
-                .expect("rabbitmqctl");
-            closed |= st.status.success();
-        }
+    for line in text.lines().filter(|l| l.contains(name)) {
+        let Some(pid) = line.split_whitespace().next() else {
+            continue;
+        };
+        let st = Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "test"])
+            .output()
+            .expect("rabbitmqctl");
+        closed |= st.status.success();
     }
     closed
 }
