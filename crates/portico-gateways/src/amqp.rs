@@ -169,7 +169,12 @@ async fn setup(
         ConnectionProperties::default().with_connection_name(name.into()),
     )
     .await
-    .map_err(|e| SessionError::broker(format!("cannot connect to AMQP broker at {}", redact(&c.url)), e))?;
+    .map_err(|e| {
+        SessionError::broker(
+            format!("cannot connect to AMQP broker at {}", redact(&c.url)),
+            e,
+        )
+    })?;
     let declared = async {
         let ch = conn.create_channel().await?;
         ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
@@ -293,7 +298,10 @@ async fn session(ctx: &ConfigContext, c: &Checked, progress: Progress) -> Sessio
             requeue: true,
         };
         if let Err(e) = ch.basic_nack(0, requeue).await {
-            tracing::warn!(src = ctx.src(), "cannot requeue unacknowledged messages: {e}");
+            tracing::warn!(
+                src = ctx.src(),
+                "cannot requeue unacknowledged messages: {e}"
+            );
         }
     }
     let _ = ch.close(200, "stopping".into()).await;

@@ -135,13 +135,18 @@ impl Progress {
         ctx.running();
     }
 
-    fn was_running(&self) -> bool {
+    /// Whether this session got as far as running.
+    pub(crate) fn was_running(&self) -> bool {
         self.0.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
 /// Checks that `value` of `field` is a URL with one of `schemes` and a host.
-pub(crate) fn check_url(field: &str, value: &str, schemes: &[&str]) -> Result<url::Url, ConfigError> {
+pub(crate) fn check_url(
+    field: &str,
+    value: &str,
+    schemes: &[&str],
+) -> Result<url::Url, ConfigError> {
     let u = url::Url::parse(value.trim()).map_err(|e| {
         ConfigError::invalid(format!(
             "{field}: `{value}` is not a URL ({e}); expected like `{}://127.0.0.1`",

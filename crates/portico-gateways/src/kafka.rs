@@ -72,10 +72,13 @@ impl KafkaConfig {
         let url = broker::required("url", &self.url)?;
         let mut brokers = Vec::new();
         for b in url.split(',').map(str::trim).filter(|b| !b.is_empty()) {
-            let hostport = b.strip_prefix("kafka://").unwrap_or(b).trim_end_matches('/');
-            let ok = hostport
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && !h.contains('/') && p.parse::<u16>().is_ok());
+            let hostport = b
+                .strip_prefix("kafka://")
+                .unwrap_or(b)
+                .trim_end_matches('/');
+            let ok = hostport.rsplit_once(':').is_some_and(|(h, p)| {
+                !h.is_empty() && !h.contains('/') && p.parse::<u16>().is_ok()
+            });
             if !ok {
                 return Err(ConfigError::invalid(format!(
                     "url: `{b}` is not a broker address like `127.0.0.1:9092`"
@@ -90,9 +93,7 @@ impl KafkaConfig {
         if let Some(p) = self.partition
             && p < 0
         {
-            return Err(ConfigError::invalid(format!(
-                "partition: {p} is negative"
-            )));
+            return Err(ConfigError::invalid(format!("partition: {p} is negative")));
         }
         let group = broker::required("consumerGroup", &self.consumer_group)?.to_string();
         let reset = match self.start_offset.as_deref().map(str::trim) {
@@ -148,7 +149,8 @@ impl ClientContext for Watch {
         tracing::warn!(src = self.ctx.src(), "kafka: {error}: {reason}");
         if broker_down {
             self.down.store(true, Ordering::SeqCst);
-            self.ctx.report_error(format!("Kafka brokers unreachable: {reason}"));
+            self.ctx
+                .report_error(format!("Kafka brokers unreachable: {reason}"));
         }
     }
 }
@@ -170,7 +172,10 @@ fn event_of<M: Message>(m: &M) -> Event {
     }
     if let Some(headers) = m.headers() {
         for h in headers.iter() {
-            let value = h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+            let value = h
+                .value
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
             if broker::is_content_type(h.key) {
                 event.content_type = Some(value);
             } else {
@@ -186,7 +191,10 @@ async fn session(ctx: &ConfigContext, c: &Checked, progress: Progress) -> Sessio
     let consumer: StreamConsumer<Watch> = ClientConfig::new()
         .set("bootstrap.servers", &c.brokers)
         .set("group.id", &c.group)
-        .set("client.id", format!("portico-{}-{}", ctx.gateway().name(), ctx.src()))
+        .set(
+            "client.id",
+            format!("portico-{}-{}", ctx.gateway().name(), ctx.src()),
+        )
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
@@ -219,7 +227,10 @@ async fn session(ctx: &ConfigContext, c: &Checked, progress: Progress) -> Sessio
         _ = ctx.stopped() => return Ok(()),
     };
     reached.map_err(|e| {
-        SessionError::broker(format!("cannot reach the Kafka brokers at {}", c.brokers), e)
+        SessionError::broker(
+            format!("cannot reach the Kafka brokers at {}", c.brokers),
+            e,
+        )
     })?;
     progress.running(ctx);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -288,7 +299,10 @@ mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        let ok = check("url: 127.0.0.1:9092,kafka://h:9093\ntopic: t\nconsumerGroup: g\nstartOffset: oldest").unwrap();
+        let ok = check(
+            "url: 127.0.0.1:9092,kafka://h:9093\ntopic: t\nconsumerGroup: g\nstartOffset: oldest",
+        )
+        .unwrap();
         assert_eq!(ok.brokers, "127.0.0.1:9092,h:9093");
         assert_eq!(ok.reset, "earliest");
         let e = check("topic: t\nconsumerGroup: g").unwrap_err();

@@ -111,7 +111,10 @@ async fn session(ctx: &ConfigContext, c: &Checked, progress: Progress) -> Sessio
                 _ = ctx.stopped() => return Ok(()),
             };
             let event = polled.map_err(|e| {
-                SessionError::broker(format!("connection to the MQTT broker at {} lost", c.url), e)
+                SessionError::broker(
+                    format!("connection to the MQTT broker at {} lost", c.url),
+                    e,
+                )
             })?;
             match event {
                 MqttEvent::Incoming(Packet::ConnAck(_)) => {
@@ -133,7 +136,8 @@ async fn session(ctx: &ConfigContext, c: &Checked, progress: Progress) -> Sessio
                     progress.running(ctx);
                 }
                 MqttEvent::Incoming(Packet::Publish(p)) => {
-                    let event = Event::new(p.payload.clone()).with_extension("topic", p.topic.as_str());
+                    let event =
+                        Event::new(p.payload.clone()).with_extension("topic", p.topic.as_str());
                     if !accepted(ctx.dispatch(event).await)? {
                         return Ok(());
                     }

@@ -129,8 +129,13 @@ impl ConfigExecutor for Nats {
     }
 }
 
-async fn connect(ctx: &ConfigContext, c: &Checked) -> Result<async_nats::Client, SessionError> {
+async fn connect(
+    ctx: &ConfigContext,
+    c: &Checked,
+    progress: &Progress,
+) -> Result<async_nats::Client, SessionError> {
     let events_ctx = ctx.clone();
+    let events_progress = progress.clone();
     let where_ = c.urls.join(",");
     let options = async_nats::ConnectOptions::new()
         .name(format!("portico/{}/{}", ctx.gateway().name(), ctx.src()))
@@ -142,6 +147,7 @@ async fn connect(ctx: &ConfigContext, c: &Checked) -> Result<async_nats::Client,
         })
         .event_callback(move |event| {
             let ctx = events_ctx.clone();
+            let progress = events_progress.clone();
             let where_ = where_.clone();
             async move {
                 match event {
@@ -151,7 +157,9 @@ async fn connect(ctx: &ConfigContext, c: &Checked) -> Result<async_nats::Client,
                             "disconnected from NATS at {where_}; reconnecting"
                         ));
                     }
-                    async_nats::Event::Connected => ctx.running(),
+                    // Back after a disconnection (the first connection is reported by the
+                    // session once it is subscribed).
+                    async_nats::Event::Connected if progress.was_running() => ctx.running(),
                     other => tracing::debug!(src = ctx.src(), "NATS: {other}"),
                 }
             }
@@ -162,14 +170,14 @@ async fn connect(ctx: &ConfigContext, c: &Checked) -> Result<async_nats::Client,
         .map(|u| u.parse())
         .collect::<Result<_, _>>()
         .map_err(|e| SessionError::Fatal(ConfigError::invalid(format!("url: {e}"))))?;
-    options
-        .connect(addrs)
-        .await
-        .map_err(|e| SessionError::broker(format!("cannot connect to NATS at {}", c.urls.join(",")), e))
+    options.connect(addrs).await.map_err(|e| {
+        SessionError::broker(format!("cannot connect to NATS at {}", c.urls.join(",")), e)
+    })
 }
 
 fn event_of(msg: &async_nats::Message) -> Event {
-    let mut event = Event::new(msg.payload.clone()).with_extension("natssubject", msg.subject.as_str());
+    let mut event =
+        Event::new(msg.payload.clone()).with_extension("natssubject", msg.subject.as_str());
     if let Some(headers) = &msg.headers {
         for (name, values) in headers.iter() {
             let name: &str = name.as_ref();
@@ -190,7 +198,7 @@ fn event_of(msg: &async_nats::Message) -> Event {
 
 async fn session(ctx: &ConfigContext, c: &Checked, progress: Progress) -> SessionResult {
     let client = tokio::select! {
-        r = connect(ctx, c) => r?,
+        r = connect(ctx, c, &progress) => r?,
         _ = ctx.stopped() => return Ok(()),
     };
     let result = match &c.jetstream {
@@ -251,7 +259,10 @@ async fn jetstream(
     use async_nats::jetstream::AckKind;
     let js = async_nats::jetstream::new(client.clone());
     let stream = js.get_stream(stream_name).await.map_err(|e| {
-        SessionError::broker(format!("cannot read JetStream stream `{stream_name}`"), e)
+        SessionError::broker(
+            format!("cannot read JetStream stream `{stream_name}` (it must exist)"),
+            format!("{e} ({:?})", e.kind()),
+        )
     })?;
     let config = async_nats::jetstream::consumer::pull::Config {
         durable_name: Some(durable.to_string()),
@@ -334,7 +345,8 @@ mod tests {
     use super::*;
 
     fn check(yaml: &str) -> Result<Checked, ConfigError> {
-        let c: NatsConfig = serde_saphyr::from_str(yaml).map_err(|e| ConfigError::invalid(e.to_string()))?;
+        let c: NatsConfig =
+            serde_saphyr::from_str(yaml).map_err(|e| ConfigError::invalid(e.to_string()))?;
         c.check()
     }
 

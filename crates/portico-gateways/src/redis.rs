@@ -65,8 +65,7 @@ impl RedisConfig {
     fn check(&self) -> Result<(String, Mode), ConfigError> {
         let url = broker::required("url", &self.url)?;
         broker::check_url("url", url, &["redis", "rediss"])?;
-        redis::Client::open(url)
-            .map_err(|e| ConfigError::invalid(format!("url: `{url}`: {e}")))?;
+        redis::Client::open(url).map_err(|e| ConfigError::invalid(format!("url: `{url}`: {e}")))?;
         let mode = match (&self.stream, self.channels.is_empty()) {
             (Some(_), false) => {
                 return Err(ConfigError::invalid(
@@ -120,7 +119,9 @@ impl ConfigExecutor for Redis {
             let url = url.clone();
             async move {
                 match mode {
-                    Mode::PubSub(channels) => pubsub(&ctx, &client, &url, &channels, progress).await,
+                    Mode::PubSub(channels) => {
+                        pubsub(&ctx, &client, &url, &channels, progress).await
+                    }
                     Mode::Stream {
                         stream,
                         group,
@@ -259,7 +260,9 @@ async fn streams(
             let _: i64 = conn
                 .xack(stream, group, &[entry.id.as_str()])
                 .await
-                .map_err(|e| SessionError::broker(format!("cannot acknowledge entry {}", entry.id), e))?;
+                .map_err(|e| {
+                    SessionError::broker(format!("cannot acknowledge entry {}", entry.id), e)
+                })?;
         }
     }
 }

@@ -22,7 +22,9 @@ async fn channel() -> (Connection, Channel) {
         .await
         .expect("connect to RabbitMQ");
     let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     (conn, ch)
 }
 
@@ -41,9 +43,8 @@ async fn publish(ch: &Channel, exchange: &str, key: &str, body: &str, props: Bas
 }
 
 fn config(exchange: &str, key: &str, queue: Option<&str>) -> String {
-    let mut c = format!(
-        "url: {URL}\nexchangeName: {exchange}\nexchangeType: topic\nroutingKey: '{key}'\n"
-    );
+    let mut c =
+        format!("url: {URL}\nexchangeName: {exchange}\nexchangeType: topic\nroutingKey: '{key}'\n");
     if let Some(q) = queue {
         c.push_str(&format!("queue: {q}\n"));
     }
@@ -54,17 +55,28 @@ fn config(exchange: &str, key: &str, queue: Option<&str>) -> String {
 async fn each_message_arrives_once_with_its_metadata() {
     let exchange = unique("portico.x.");
     let mut rig = Rig::new("amqpgw", "amqp", Arc::new(Amqp));
-    rig.apply(&[("orders", &config(&exchange, "orders.#", None))]).await;
+    rig.apply(&[("orders", &config(&exchange, "orders.#", None))])
+        .await;
     rig.wait_phase("orders", Phase::Running).await;
     let (_conn, ch) = channel().await;
     let n = 20;
     for i in 0..n {
         let mut headers = FieldTable::default();
-        headers.insert("X-Trace-Id".into(), AMQPValue::LongString(format!("t{i}").into()));
+        headers.insert(
+            "X-Trace-Id".into(),
+            AMQPValue::LongString(format!("t{i}").into()),
+        );
         let props = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_headers(headers);
-        publish(&ch, &exchange, "orders.new", &format!("{{\"i\":{i}}}"), props).await;
+        publish(
+            &ch,
+            &exchange,
+            "orders.new",
+            &format!("{{\"i\":{i}}}"),
+            props,
+        )
+        .await;
     }
     let got = rig.exactly(n, Duration::from_millis(300)).await;
     for (i, e) in got.iter().enumerate() {
@@ -76,7 +88,9 @@ async fn each_message_arrives_once_with_its_metadata() {
         assert_eq!(ext(e, "hxtraceid"), Some(format!("t{i}")));
     }
     rig.supervisor.stop_all().await;
-    let _ = ch.exchange_delete(exchange.as_str().into(), Default::default()).await;
+    let _ = ch
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await;
 }
 
 #[tokio::test]
@@ -92,8 +106,22 @@ async fn two_configurations_with_different_routing_keys_stay_apart() {
     rig.wait_phase("b", Phase::Running).await;
     let (_conn, ch) = channel().await;
     for i in 0..5 {
-        publish(&ch, &exchange, "a", &format!("a{i}"), BasicProperties::default()).await;
-        publish(&ch, &exchange, "b", &format!("b{i}"), BasicProperties::default()).await;
+        publish(
+            &ch,
+            &exchange,
+            "a",
+            &format!("a{i}"),
+            BasicProperties::default(),
+        )
+        .await;
+        publish(
+            &ch,
+            &exchange,
+            "b",
+            &format!("b{i}"),
+            BasicProperties::default(),
+        )
+        .await;
     }
     for e in rig.exactly(10, Duration::from_millis(300)).await {
         let src = e.subject.clone().unwrap_or_default();
@@ -101,7 +129,9 @@ async fn two_configurations_with_different_routing_keys_stay_apart() {
         assert_eq!(ext(&e, "routingkey"), Some(src));
     }
     rig.supervisor.stop_all().await;
-    let _ = ch.exchange_delete(exchange.as_str().into(), Default::default()).await;
+    let _ = ch
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await;
 }
 
 /// Messages ready in `queue` (not delivered to a consumer, or given back). A channel of its
@@ -110,17 +140,18 @@ async fn ready(conn: &Connection, queue: &str) -> u32 {
     let Ok(ch) = conn.create_channel().await else {
         return u32::MAX;
     };
-    let r = ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .map(|q| q.message_count())
-    .unwrap_or(u32::MAX);
+    let r = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map(|q| q.message_count())
+        .unwrap_or(u32::MAX);
     let _ = ch.close(200, "done".into()).await;
     r
 }
@@ -154,10 +185,17 @@ async fn unaccepted_messages_are_requeued_at_stop_and_none_is_lost() {
     rig.watcher_up(true);
     rig.apply(&[("alo", &c)]).await;
     let got = rig.until_all(&want).await;
-    assert!(got.iter().any(|e| ext(e, "redelivered").as_deref() == Some("true")));
+    assert!(
+        got.iter()
+            .any(|e| ext(e, "redelivered").as_deref() == Some("true"))
+    );
     rig.supervisor.stop_all().await;
-    let _ = ch.queue_delete(queue.as_str().into(), Default::default()).await;
-    let _ = ch.exchange_delete(exchange.as_str().into(), Default::default()).await;
+    let _ = ch
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await;
+    let _ = ch
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await;
 }
 
 /// Closes, from the broker side, the connection named `name` (its client-provided name is
@@ -205,9 +243,14 @@ async fn a_connection_closed_by_the_broker_is_reported_and_reopened() {
         if let Some(e) = rig.next_event(Duration::from_millis(300)).await {
             break e;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no event after reconnecting");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no event after reconnecting"
+        );
     };
     assert_eq!(data(&got), "after");
     rig.supervisor.stop_all().await;
-    let _ = ch.exchange_delete(exchange.as_str().into(), Default::default()).await;
+    let _ = ch
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await;
 }

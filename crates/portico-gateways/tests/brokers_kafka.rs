@@ -63,7 +63,10 @@ async fn create_topic(brokers: &str, topic: &str) {
             r.iter()
                 .all(|r| {
                     r.is_ok()
-                        || matches!(r, Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)))
+                        || matches!(
+                            r,
+                            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))
+                        )
                 })
                 .then_some(())
         }
@@ -177,7 +180,10 @@ async fn offsets_are_committed_only_once_accepted_and_no_record_is_lost() {
     rig.watcher_up(true);
     rig.apply(&[("alo", &c)]).await;
     let got = rig.until_all(&want).await;
-    assert!(got.iter().all(|e| ext(e, "topic").as_deref() == Some(topic.as_str())));
+    assert!(
+        got.iter()
+            .all(|e| ext(e, "topic").as_deref() == Some(topic.as_str()))
+    );
     rig.supervisor.stop_all().await;
 }
 
@@ -206,7 +212,10 @@ async fn a_lost_broker_is_reported_and_reconnected() {
         if let Some(e) = rig.next_event(Duration::from_millis(500)).await {
             break e;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no event after reconnecting");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no event after reconnecting"
+        );
     };
     assert_eq!(data(&got), "after");
     rig.supervisor.stop_all().await;

@@ -63,12 +63,25 @@ async fn two_configurations_with_different_topics_stay_apart() {
     rig.apply(&[("a", &ca), ("b", &cb)]).await;
     rig.wait_phase("a", Phase::Running).await;
     rig.wait_phase("b", Phase::Running).await;
-    publish(1883, &a, 1, &(0..5).map(|i| format!("a{i}")).collect::<Vec<_>>());
-    publish(1883, &b, 1, &(0..5).map(|i| format!("b{i}")).collect::<Vec<_>>());
+    publish(
+        1883,
+        &a,
+        1,
+        &(0..5).map(|i| format!("a{i}")).collect::<Vec<_>>(),
+    );
+    publish(
+        1883,
+        &b,
+        1,
+        &(0..5).map(|i| format!("b{i}")).collect::<Vec<_>>(),
+    );
     for e in rig.exactly(10, Duration::from_millis(300)).await {
         let src = e.subject.clone().unwrap_or_default();
         assert_eq!(&data(&e)[..1], src);
-        assert_eq!(ext(&e, "topic").as_deref(), Some(if src == "a" { a.as_str() } else { b.as_str() }));
+        assert_eq!(
+            ext(&e, "topic").as_deref(),
+            Some(if src == "a" { a.as_str() } else { b.as_str() })
+        );
     }
     rig.supervisor.stop_all().await;
 }
@@ -91,7 +104,10 @@ async fn qos1_messages_not_accepted_are_delivered_again_after_a_restart() {
     rig.watcher_up(true);
     rig.apply(&[("alo", &c)]).await;
     let got = rig.until_all(&want).await;
-    assert!(got.iter().all(|e| ext(e, "topic").as_deref() == Some(topic.as_str())));
+    assert!(
+        got.iter()
+            .all(|e| ext(e, "topic").as_deref() == Some(topic.as_str()))
+    );
     rig.supervisor.stop_all().await;
 }
 
@@ -116,7 +132,10 @@ async fn a_lost_broker_is_reported_and_reconnected() {
         if let Some(e) = rig.next_event(Duration::from_millis(300)).await {
             break e;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no event after reconnecting");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no event after reconnecting"
+        );
     };
     assert_eq!(data(&got), "after");
     rig.supervisor.stop_all().await;

@@ -46,8 +46,14 @@ async fn core_subscription_delivers_each_message_once_with_metadata() {
         assert_eq!(e.ty, "nats");
         assert_eq!(data(e), format!("m{i}"));
         assert_eq!(e.datacontenttype.as_deref(), Some("text/plain"));
-        assert_eq!(ext(e, "natssubject").as_deref(), Some(format!("{subject}.a").as_str()));
-        assert_eq!(ext(e, "hxtraceid").as_deref(), Some(format!("t{i}").as_str()));
+        assert_eq!(
+            ext(e, "natssubject").as_deref(),
+            Some(format!("{subject}.a").as_str())
+        );
+        assert_eq!(
+            ext(e, "hxtraceid").as_deref(),
+            Some(format!("t{i}").as_str())
+        );
     }
     rig.supervisor.stop_all().await;
 }
@@ -99,8 +105,7 @@ async fn jetstream_acks_only_accepted_messages_and_loses_none() {
     // second waits for room, unacknowledged.
     let mut rig = Rig::with_queue_size("natsgw", "nats", Arc::new(Nats), 1);
     rig.watcher_up(false);
-    let config =
-        format!("url: {SHARED}\nsubject: {subject}.>\nstream: {stream_name}\ndurable: gw");
+    let config = format!("url: {SHARED}\nsubject: {subject}.>\nstream: {stream_name}\ndurable: gw");
     rig.apply(&[("js", &config)]).await;
     rig.wait_phase("js", Phase::Running).await;
 
@@ -134,7 +139,10 @@ async fn jetstream_acks_only_accepted_messages_and_loses_none() {
     rig.watcher_up(true);
     rig.apply(&[("js", &config)]).await;
     let got = rig.until_all(&want).await;
-    assert!(got.iter().all(|e| ext(e, "stream").as_deref() == Some(stream_name.as_str())));
+    assert!(
+        got.iter()
+            .all(|e| ext(e, "stream").as_deref() == Some(stream_name.as_str()))
+    );
     wait_until("every message to be acked", || {
         let mut c = consumer.clone();
         async move {
@@ -177,7 +185,10 @@ async fn a_lost_server_is_reported_and_reconnected() {
         if let Some(e) = rig.next_event(Duration::from_millis(200)).await {
             break e;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no event after reconnecting");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no event after reconnecting"
+        );
     };
     assert_eq!(data(&got), "after");
     rig.supervisor.stop_all().await;
@@ -188,14 +199,23 @@ async fn a_bad_url_or_missing_field_is_a_validation_error_naming_it() {
     let rig = rig("natsgw");
     let mut sup = rig.supervisor;
     let mut map = std::collections::BTreeMap::new();
-    map.insert("badurl".to_string(), "url: http://x\nsubject: a".to_string());
+    map.insert(
+        "badurl".to_string(),
+        "url: http://x\nsubject: a".to_string(),
+    );
     map.insert("nosubject".to_string(), format!("url: {SHARED}"));
     sup.apply(&map).await;
     let board = rig.board.clone();
     let node = |name: &str| board.nodes().into_iter().find(|n| n.name == name);
-    let bad = wait_until("badurl to be Error", || async { node("badurl").filter(|n| n.phase == Phase::Error) }).await;
+    let bad = wait_until("badurl to be Error", || async {
+        node("badurl").filter(|n| n.phase == Phase::Error)
+    })
+    .await;
     assert!(bad.message.contains("url"), "{bad:?}");
-    let missing = wait_until("nosubject to be Error", || async { node("nosubject").filter(|n| n.phase == Phase::Error) }).await;
+    let missing = wait_until("nosubject to be Error", || async {
+        node("nosubject").filter(|n| n.phase == Phase::Error)
+    })
+    .await;
     assert!(missing.message.contains("subject"), "{missing:?}");
     sup.stop_all().await;
 }

@@ -34,12 +34,19 @@ async fn pubsub_delivers_each_message_once_with_channel_and_pattern() {
     let mut c = conn(SHARED).await;
     let n = 20;
     for i in 0..n {
-        let _: i64 = c.publish(format!("{chan}:exact"), format!("e{i}")).await.unwrap();
-        let _: i64 = c.publish(format!("{chan}:p:{i}"), format!("p{i}")).await.unwrap();
+        let _: i64 = c
+            .publish(format!("{chan}:exact"), format!("e{i}"))
+            .await
+            .unwrap();
+        let _: i64 = c
+            .publish(format!("{chan}:p:{i}"), format!("p{i}"))
+            .await
+            .unwrap();
     }
     let got = rig.exactly(2 * n, Duration::from_millis(300)).await;
-    let (exacts, patterns): (Vec<_>, Vec<_>) =
-        got.iter().partition(|e| e.subject.as_deref() == Some("exact"));
+    let (exacts, patterns): (Vec<_>, Vec<_>) = got
+        .iter()
+        .partition(|e| e.subject.as_deref() == Some("exact"));
     assert_eq!(exacts.len(), n);
     assert_eq!(patterns.len(), n);
     for (i, e) in exacts.iter().enumerate() {
@@ -75,7 +82,10 @@ async fn two_configurations_with_different_channels_stay_apart() {
     for e in rig.exactly(10, Duration::from_millis(300)).await {
         let src = e.subject.clone().unwrap_or_default();
         assert_eq!(&data(&e)[..1], src);
-        assert_eq!(ext(&e, "channel").as_deref(), Some(if src == "a" { a.as_str() } else { b.as_str() }));
+        assert_eq!(
+            ext(&e, "channel").as_deref(),
+            Some(if src == "a" { a.as_str() } else { b.as_str() })
+        );
     }
     rig.supervisor.stop_all().await;
 }
@@ -98,7 +108,10 @@ async fn stream_entries_are_acked_only_once_accepted_and_none_is_lost() {
     let n = 10;
     let mut want = Vec::new();
     for i in 0..n {
-        let _: String = c.xadd(&stream, "*", &[("n", format!("s{i}"))]).await.unwrap();
+        let _: String = c
+            .xadd(&stream, "*", &[("n", format!("s{i}"))])
+            .await
+            .unwrap();
         want.push(format!("{{\"n\":\"s{i}\"}}"));
     }
     // The first entry is accepted and acknowledged; the next one waits for room, read but
@@ -112,7 +125,10 @@ async fn stream_entries_are_acked_only_once_accepted_and_none_is_lost() {
         }
     })
     .await;
-    assert!(held < n, "{held} pending: the first entry was not acknowledged");
+    assert!(
+        held < n,
+        "{held} pending: the first entry was not acknowledged"
+    );
 
     rig.apply(&[]).await;
     rig.watcher_up(true);
@@ -138,8 +154,16 @@ async fn a_lost_server_is_reported_and_reconnected() {
     let mut server = PrivateBroker::start(
         "redis-server",
         &[
-            "--port", "{port}", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", "{dir}",
+            "--port",
+            "{port}",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            "{dir}",
         ],
     )
     .await;
@@ -163,7 +187,10 @@ async fn a_lost_server_is_reported_and_reconnected() {
         if let Some(e) = rig.next_event(Duration::from_millis(200)).await {
             break e;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no event after reconnecting");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no event after reconnecting"
+        );
     };
     assert_eq!(data(&got), "after");
     rig.supervisor.stop_all().await;

@@ -41,7 +41,12 @@ impl ConfigExecutor for Scripted {
             *n += 1;
             *n
         };
-        let mode = ctx.config().split_whitespace().next().unwrap_or("run").to_string();
+        let mode = ctx
+            .config()
+            .split_whitespace()
+            .next()
+            .unwrap_or("run")
+            .to_string();
         match mode.as_str() {
             "fail" => return Err(ConfigError::failed("the broker went away")),
             "panic" => panic!("executor bug"),
@@ -78,7 +83,9 @@ fn map(entries: &[(&str, &str)]) -> ConfigMapData {
 }
 
 fn alive() -> usize {
-    tokio::runtime::Handle::current().metrics().num_alive_tasks()
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
 }
 
 async fn wait_alive(at_most: usize) -> bool {
@@ -102,14 +109,26 @@ async fn the_diff_restarts_only_what_changed() {
     h.wait_for_phase("b", Phase::Running, WAIT).await.unwrap();
     let a_id = h.node("a").unwrap().id;
 
-    sup.apply(&map(&[("a", "run"), ("b", "run  # changed")])).await;
+    sup.apply(&map(&[("a", "run"), ("b", "run  # changed")]))
+        .await;
     h.wait_for_phase("b", Phase::Running, WAIT).await.unwrap();
-    assert_eq!(exec.starts("a"), 1, "an unchanged configuration is not restarted");
-    assert_eq!(exec.starts("b"), 2, "a changed one is stopped and started again");
+    assert_eq!(
+        exec.starts("a"),
+        1,
+        "an unchanged configuration is not restarted"
+    );
+    assert_eq!(
+        exec.starts("b"),
+        2,
+        "a changed one is stopped and started again"
+    );
     assert_eq!(h.node("a").unwrap().id, a_id);
 
     sup.apply(&map(&[("a", "run")])).await;
-    assert!(h.node("b").is_none(), "a removed configuration's node is gone");
+    assert!(
+        h.node("b").is_none(),
+        "a removed configuration's node is gone"
+    );
     assert_eq!(h.board.nodes().len(), 1);
     sup.stop_all().await;
     assert!(h.board.nodes().is_empty());
@@ -120,10 +139,13 @@ async fn an_invalid_configuration_is_an_error_node_and_never_started() {
     let h = Harness::new("g", "scripted");
     let exec = Arc::new(Scripted::default());
     let mut sup = h.supervisor(exec.clone());
-    sup.apply(&map(&[("bad", "invalid"), ("good", "run")])).await;
+    sup.apply(&map(&[("bad", "invalid"), ("good", "run")]))
+        .await;
     let bad = h.wait_for_phase("bad", Phase::Error, WAIT).await.unwrap();
     assert_eq!(bad.message, "mode: `invalid` is not a mode");
-    h.wait_for_phase("good", Phase::Running, WAIT).await.unwrap();
+    h.wait_for_phase("good", Phase::Running, WAIT)
+        .await
+        .unwrap();
     assert_eq!(exec.starts("bad"), 0);
     // Fixing the value starts it.
     sup.apply(&map(&[("bad", "run"), ("good", "run")])).await;
@@ -136,11 +158,15 @@ async fn a_failing_configuration_shows_why_and_is_restarted_with_backoff() {
     let h = Harness::new("g", "scripted");
     let exec = Arc::new(Scripted::default());
     let mut sup = h.supervisor(exec.clone());
-    sup.apply(&map(&[("flaky", "flaky"), ("steady", "run")])).await;
+    sup.apply(&map(&[("flaky", "flaky"), ("steady", "run")]))
+        .await;
     let err = h.wait_for_phase("flaky", Phase::Error, WAIT).await.unwrap();
     assert!(err.message.starts_with("attempt "), "{}", err.message);
     assert!(err.message.contains("restart"), "{}", err.message);
-    let node = h.wait_for_phase("flaky", Phase::Running, WAIT).await.unwrap();
+    let node = h
+        .wait_for_phase("flaky", Phase::Running, WAIT)
+        .await
+        .unwrap();
     assert_eq!(exec.starts("flaky"), 3);
     assert_eq!(node.restarts, 2);
     assert_eq!(h.node("steady").unwrap().phase, Phase::Running);
@@ -152,9 +178,14 @@ async fn a_panicking_configuration_does_not_take_the_gateway_down() {
     let h = Harness::new("g", "scripted");
     let exec = Arc::new(Scripted::default());
     let mut sup = h.supervisor(exec.clone());
-    sup.apply(&map(&[("boom", "panic"), ("steady", "run")])).await;
+    sup.apply(&map(&[("boom", "panic"), ("steady", "run")]))
+        .await;
     let err = h.wait_for_phase("boom", Phase::Error, WAIT).await.unwrap();
-    assert!(err.message.contains("panicked: executor bug"), "{}", err.message);
+    assert!(
+        err.message.contains("panicked: executor bug"),
+        "{}",
+        err.message
+    );
     // It is restarted with backoff, and panics again; the other one runs throughout.
     let deadline = tokio::time::Instant::now() + WAIT;
     while exec.starts("boom") < 3 && tokio::time::Instant::now() < deadline {
@@ -171,7 +202,9 @@ async fn a_configuration_that_ends_by_itself_is_completed() {
     let exec = Arc::new(Scripted::default());
     let mut sup = h.supervisor(exec.clone());
     sup.apply(&map(&[("once", "complete")])).await;
-    h.wait_for_phase("once", Phase::Completed, WAIT).await.unwrap();
+    h.wait_for_phase("once", Phase::Completed, WAIT)
+        .await
+        .unwrap();
     let ev = h.next_event(WAIT).await.unwrap();
     assert_eq!(ev.source, "g/once");
     assert_eq!(exec.starts("once"), 1);
@@ -186,13 +219,21 @@ async fn a_stopped_configuration_leaves_no_task_behind() {
         .supervisor(exec.clone())
         .with_stop_grace(Duration::from_millis(200));
     let baseline = alive();
-    sup.apply(&map(&[("tasks", "spawn"), ("stubborn", "stubborn"), ("plain", "run")]))
-        .await;
+    sup.apply(&map(&[
+        ("tasks", "spawn"),
+        ("stubborn", "stubborn"),
+        ("plain", "run"),
+    ]))
+    .await;
     for src in ["tasks", "stubborn", "plain"] {
         h.wait_for_phase(src, Phase::Running, WAIT).await.unwrap();
     }
     // 3 configuration tasks and 3 spawned by `tasks`.
-    assert!(alive() >= baseline + 6, "alive {} baseline {baseline}", alive());
+    assert!(
+        alive() >= baseline + 6,
+        "alive {} baseline {baseline}",
+        alive()
+    );
     sup.apply(&map(&[])).await;
     assert!(
         wait_alive(baseline).await,

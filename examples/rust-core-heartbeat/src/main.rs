@@ -22,8 +22,9 @@ struct HeartbeatConfig {
 
 impl HeartbeatConfig {
     fn period(&self) -> Result<Duration, ConfigError> {
-        humantime::parse_duration(&self.every)
-            .map_err(|e| ConfigError::invalid(format!("every: `{}` is not a duration: {e}", self.every)))
+        humantime::parse_duration(&self.every).map_err(|e| {
+            ConfigError::invalid(format!("every: `{}` is not a duration: {e}", self.every))
+        })
     }
 }
 
