@@ -98,6 +98,7 @@ async fn qos1_messages_not_accepted_are_delivered_again_after_a_restart() {
     let want: Vec<String> = (0..10).map(|i| format!("q{i}")).collect();
     publish(1883, &topic, 1, &want[..5]);
     // Stopped while the second message waits for room, unacknowledged.
+    rig.wait_received("alo", 2).await;
     rig.apply(&[]).await;
     // Published while the gateway is away: kept by the broker for its persistent session.
     publish(1883, &topic, 1, &want[5..]);

@@ -56,6 +56,7 @@ impl Sender for GatedWatcher {
 /// A gateway of one type with one watcher that can be taken down, and a supervisor.
 pub struct Rig {
     pub gateway: GatewayConfig,
+    pub metrics: Arc<Metrics>,
     pub board: Arc<StatusBoard>,
     pub supervisor: Supervisor,
     up: Arc<AtomicBool>,
@@ -98,7 +99,7 @@ impl Rig {
             dispatcher,
             metrics.clone(),
         );
-        let board = Arc::new(StatusBoard::new(metrics, Vec::new()));
+        let board = Arc::new(StatusBoard::new(metrics.clone(), Vec::new()));
         let gateway = GatewayConfig::new(name, "default", pipeline);
         let supervisor = Supervisor::new(executor, gateway.clone(), board.clone())
             .with_restart_policy(RestartPolicy {
@@ -108,6 +109,7 @@ impl Rig {
             .with_stop_grace(Duration::from_secs(5));
         Rig {
             gateway,
+            metrics,
             board,
             supervisor,
             up,
@@ -122,6 +124,26 @@ impl Rig {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         self.supervisor.apply(&map).await;
+    }
+
+    /// How many events configuration `src` produced (accepted or still waiting for room).
+    pub fn received(&self, src: &str) -> u64 {
+        let label = format!("src=\"{src}\"");
+        self.metrics
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("portico_events_received") && l.contains(&label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .sum()
+    }
+
+    /// Waits until configuration `src` produced at least `n` events.
+    pub async fn wait_received(&self, src: &str, n: u64) {
+        wait_until(&format!("{n} events from {src}"), || async {
+            (self.received(src) >= n).then_some(())
+        })
+        .await;
     }
 
     /// Takes the watcher down or brings it up.
