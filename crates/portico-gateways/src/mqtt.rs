@@ -13,7 +13,10 @@
 //! With `qos: 1` the gateway keeps a persistent session (clean session off) and acknowledges
 //! each message (`PUBACK`) only after its CloudEvent is accepted for delivery; messages
 //! published while it is stopped, and those it received but never acknowledged, are sent
-//! again by the broker when it comes back with the same `clientId`.
+//! again by the broker when it comes back with the same `clientId`. While a message waits
+//! for room in a full dispatcher the connection is not serviced; if that lasts longer than the
+//! keep-alive (15 s, ×1.5) the broker drops it, the gateway reconnects and the broker sends
+//! the unacknowledged messages again.
 //!
 //! A lost connection is reported on the node and re-established with capped backoff; the
 //! subscription is made again on every connection.
