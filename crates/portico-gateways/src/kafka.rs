@@ -235,33 +235,36 @@ async fn session(ctx: &ConfigContext, c: &Checked, progress: Progress) -> Sessio
     progress.running(ctx);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let result = loop {
-        tokio::select! {
-            m = consumer.recv() => match m {
-                Ok(m) => {
-                    if down.swap(false, Ordering::SeqCst) {
+    let result: SessionResult = async {
+        loop {
+            tokio::select! {
+                m = consumer.recv() => match m {
+                    Ok(m) => {
+                        if down.swap(false, Ordering::SeqCst) {
+                            ctx.running();
+                        }
+                        if !accepted(ctx.dispatch(event_of(&m)).await)? {
+                            return Ok(());
+                        }
+                        if let Err(e) = consumer.store_offset_from_message(&m) {
+                            tracing::warn!(src = ctx.src(), "cannot store the offset {}: {e}", m.offset());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(src = ctx.src(), "kafka: {e}");
+                    }
+                },
+                _ = tick.tick() => {
+                    if down.load(Ordering::SeqCst) && probe(&consumer, &c.topic).await.is_ok() {
+                        down.store(false, Ordering::SeqCst);
                         ctx.running();
                     }
-                    if !accepted(ctx.dispatch(event_of(&m)).await)? {
-                        break Ok(());
-                    }
-                    if let Err(e) = consumer.store_offset_from_message(&m) {
-                        tracing::warn!(src = ctx.src(), "cannot store the offset {}: {e}", m.offset());
-                    }
                 }
-                Err(e) => {
-                    tracing::debug!(src = ctx.src(), "kafka: {e}");
-                }
-            },
-            _ = tick.tick() => {
-                if down.load(Ordering::SeqCst) && probe(&consumer, &c.topic).await.is_ok() {
-                    down.store(false, Ordering::SeqCst);
-                    ctx.running();
-                }
+                _ = ctx.stopped() => return Ok(()),
             }
-            _ = ctx.stopped() => break Ok(()),
         }
-    };
+    }
+    .await;
     // Commit what was stored, then leave the group (closing the consumer off the runtime).
     let closing = consumer.clone();
     drop(consumer);
