@@ -7,7 +7,8 @@
 //! | `channels` | pub/sub channels; a name with `*`, `?` or `[` is a pattern (`PSUBSCRIBE`) |
 //! | `stream` | a stream to read instead of channels |
 //! | `consumerGroup` | the stream's consumer group (required with `stream`; created at the stream's end, with the stream, when absent) |
-//! | `consumerName` | optional name of this consumer in the group (default `portico-<gateway>-<configuration>`); keep it stable so pending entries are re-claimed after a restart |
+//! | `consumerName` | optional name of this consumer in the group (default `portico-<gateway>-<configuration>`); keep it stable so its pending entries are re-read after a restart |
+//! | `reclaimAfter` | optional: entries pending this long at *other* consumers of the group (gone for good) are claimed (`XAUTOCLAIM`) at every (re)connection; default `1m` |
 //!
 //! Pub/sub payload: the message, untouched; extensions `channel` and, for a pattern,
 //! `pattern`. At most once, as Redis pub/sub itself.
@@ -49,6 +50,9 @@ pub struct RedisConfig {
     /// Consumer name in the group.
     #[serde(default)]
     pub consumer_name: Option<String>,
+    /// Idle time after which other consumers' pending entries are claimed.
+    #[serde(default)]
+    pub reclaim_after: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +62,7 @@ enum Mode {
         stream: String,
         group: String,
         consumer: Option<String>,
+        reclaim_after: Duration,
     },
 }
 
@@ -93,6 +98,14 @@ impl RedisConfig {
                     })?
                     .to_string(),
                 consumer: self.consumer_name.clone().filter(|n| !n.trim().is_empty()),
+                reclaim_after: match self.reclaim_after.as_deref().map(str::trim) {
+                    None | Some("") => Duration::from_secs(60),
+                    Some(text) => humantime::parse_duration(text).map_err(|e| {
+                        ConfigError::invalid(format!(
+                            "reclaimAfter: `{text}` is not a duration like `30s` or `5m`: {e}"
+                        ))
+                    })?,
+                },
             },
         };
         Ok((url.to_string(), mode))
@@ -126,11 +139,20 @@ impl ConfigExecutor for Redis {
                         stream,
                         group,
                         consumer,
+                        reclaim_after,
                     } => {
                         let consumer = consumer.unwrap_or_else(|| {
                             format!("portico-{}-{}", ctx.gateway().name(), ctx.src())
                         });
-                        streams(&ctx, &client, &url, &stream, &group, &consumer, progress).await
+                        streams(
+                            &ctx,
+                            &client,
+                            &url,
+                            (&stream, &group, &consumer),
+                            reclaim_after,
+                            progress,
+                        )
+                        .await
                     }
                 }
             }
@@ -195,9 +217,8 @@ async fn streams(
     ctx: &ConfigContext,
     client: &redis::Client,
     url: &str,
-    stream: &str,
-    group: &str,
-    consumer: &str,
+    (stream, group, consumer): (&str, &str, &str),
+    reclaim_after: Duration,
     progress: Progress,
 ) -> SessionResult {
     let config = redis::AsyncConnectionConfig::new()
@@ -215,6 +236,33 @@ async fn streams(
             format!("cannot create consumer group `{group}` of stream `{stream}`"),
             e,
         ));
+    }
+    // Entries left pending by consumers that are gone become this consumer's pending ones.
+    let min_idle = u64::try_from(reclaim_after.as_millis()).unwrap_or(u64::MAX);
+    let mut cursor = "0-0".to_string();
+    loop {
+        let reply: redis::Value = redis::cmd("XAUTOCLAIM")
+            .arg(stream)
+            .arg(group)
+            .arg(consumer)
+            .arg(min_idle)
+            .arg(&cursor)
+            .arg("COUNT")
+            .arg(256)
+            .arg("JUSTID")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| {
+                SessionError::broker(format!("cannot claim idle entries of `{stream}`"), e)
+            })?;
+        let next = match &reply {
+            redis::Value::Array(items) => items.first().map(text),
+            _ => None,
+        };
+        match next {
+            Some(n) if n != "0-0" && n != cursor => cursor = n,
+            _ => break,
+        }
     }
     progress.running(ctx);
     // First this consumer's pending entries (from id 0), then new ones (`>`).

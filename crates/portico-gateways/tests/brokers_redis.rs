@@ -195,3 +195,39 @@ async fn a_lost_server_is_reported_and_reconnected() {
     assert_eq!(data(&got), "after");
     rig.supervisor.stop_all().await;
 }
+
+#[tokio::test]
+async fn entries_left_pending_by_a_gone_consumer_are_claimed() {
+    let stream = unique("portico:claim:");
+    let mut c = conn(SHARED).await;
+    let _: () = c.xgroup_create_mkstream(&stream, "gw", "$").await.unwrap();
+    let mut want = Vec::new();
+    for i in 0..3 {
+        let _: String = c
+            .xadd(&stream, "*", &[("n", format!("c{i}"))])
+            .await
+            .unwrap();
+        want.push(format!("{{\"n\":\"c{i}\"}}"));
+    }
+    // A consumer that read them and went away without acknowledging.
+    let opts = redis::streams::StreamReadOptions::default()
+        .group("gw", "ghost")
+        .count(10);
+    let read: redis::streams::StreamReadReply =
+        c.xread_options(&[&stream], &[">"], &opts).await.unwrap();
+    assert_eq!(read.keys[0].ids.len(), 3);
+    assert_eq!(pending(&mut c, &stream, "gw").await, 3);
+
+    let mut rig = Rig::new("redisgw", "redis", Arc::new(Redis));
+    let config = format!("url: {SHARED}\nstream: '{stream}'\nconsumerGroup: gw\nreclaimAfter: 1ms");
+    rig.apply(&[("claim", &config)]).await;
+    rig.until_all(&want).await;
+    wait_until("no entry pending", || {
+        let mut c = c.clone();
+        let stream = &stream;
+        async move { (pending(&mut c, stream, "gw").await == 0).then_some(()) }
+    })
+    .await;
+    rig.supervisor.stop_all().await;
+    let _: i64 = c.del(&stream).await.unwrap();
+}
