@@ -17,9 +17,12 @@
 //! (`enable.auto.offset.store=false`; stored offsets are committed every second and when the
 //! configuration stops): records not accepted before a stop are read again: at least once.
 //!
-//! The client (librdkafka) reconnects to the brokers by itself, with backoff capped at 5 s.
-//! When it reports that brokers are unreachable the node shows `Error` with its reason; once
-//! the brokers answer again (checked every second) or a record arrives, `Running` again.
+//! Broker loss: when the client (librdkafka) reports the brokers unreachable, the node shows
+//! `Error` with the reason, the consumer is dropped (what was stored is committed if it still
+//! can be) and a new one is made with capped backoff (100 ms to 5 s) until the brokers answer;
+//! then `Running` again. Starting over rather than resuming also avoids librdkafka 2.12
+//! crashing on fetch responses that name a topic the restarted broker no longer knows by id
+//! (seen with tansu's memory engine).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -134,6 +137,7 @@ impl ConfigExecutor for Kafka {
 struct Watch {
     ctx: ConfigContext,
     down: Arc<AtomicBool>,
+    lost: Arc<tokio::sync::Notify>,
 }
 
 impl ClientContext for Watch {
@@ -149,6 +153,7 @@ impl ClientContext for Watch {
         tracing::warn!(src = self.ctx.src(), "kafka: {error}: {reason}");
         if broker_down {
             self.down.store(true, Ordering::SeqCst);
+            self.lost.notify_one();
             self.ctx
                 .report_error(format!("Kafka brokers unreachable: {reason}"));
         }
@@ -188,6 +193,7 @@ fn event_of<M: Message>(m: &M) -> Event {
 
 async fn session(ctx: &ConfigContext, c: &Checked, progress: Progress) -> SessionResult {
     let down = Arc::new(AtomicBool::new(false));
+    let lost = Arc::new(tokio::sync::Notify::new());
     let consumer: StreamConsumer<Watch> = ClientConfig::new()
         .set("bootstrap.servers", &c.brokers)
         .set("group.id", &c.group)
@@ -205,6 +211,7 @@ async fn session(ctx: &ConfigContext, c: &Checked, progress: Progress) -> Sessio
         .create_with_context(Watch {
             ctx: ctx.clone(),
             down: down.clone(),
+            lost: lost.clone(),
         })
         .map_err(|e| SessionError::Fatal(ConfigError::invalid(format!("url: {e}"))))?;
     let consumer = Arc::new(consumer);
@@ -260,6 +267,13 @@ async fn session(ctx: &ConfigContext, c: &Checked, progress: Progress) -> Sessio
                         ctx.running();
                     }
                 }
+                // The brokers are gone: start over with a new consumer once they are back,
+                // rather than resume with state (topic ids) they may no longer know.
+                _ = lost.notified() => {
+                    return Err(SessionError::Broker(format!(
+                        "Kafka brokers at {} unreachable", c.brokers
+                    )));
+                }
                 _ = ctx.stopped() => return Ok(()),
             }
         }
@@ -268,11 +282,13 @@ async fn session(ctx: &ConfigContext, c: &Checked, progress: Progress) -> Sessio
     // Commit what was stored, then leave the group (closing the consumer off the runtime).
     let closing = consumer.clone();
     drop(consumer);
-    let _ = tokio::task::spawn_blocking(move || {
+    let close = tokio::task::spawn_blocking(move || {
         let _ = closing.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
         drop(closing);
-    })
-    .await;
+    });
+    if result.is_ok() {
+        let _ = close.await;
+    }
     result
 }
 

@@ -337,8 +337,8 @@ mod tests {
         assert!(e.message().starts_with("channels:"), "{e}");
         let e = check("url: redis://x\nstream: s").unwrap_err();
         assert!(e.message().starts_with("consumerGroup:"), "{e}");
-        let e = check("url: redis://x\nstream: s\nconsumerGroup: g\nreclaimAfter: soon")
-            .unwrap_err();
+        let e =
+            check("url: redis://x\nstream: s\nconsumerGroup: g\nreclaimAfter: soon").unwrap_err();
         assert!(e.message().starts_with("reclaimAfter:"), "{e}");
     }
 }
