@@ -2,13 +2,13 @@
 //! broker is shared, so "taking it away" closes only this gateway's connection from the
 //! broker side with `rabbitmqctl close_connection`.
 
-mod common;
+mod broker_support;
 
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Rig, WAIT, data, ext, unique, wait_until};
+use broker_support::{Rig, WAIT, data, ext, unique, wait_until};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};

@@ -2,12 +2,12 @@
 //! one private broker per test on a free port. `scripts/test` installs tansu and points
 //! `PORTICO_TANSU` at it.
 
-mod common;
+mod broker_support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{PrivateBroker, Rig, WAIT, data, ext, unique, wait_until};
+use broker_support::{PrivateBroker, Rig, WAIT, data, ext, unique, wait_until};
 use portico::Phase;
 use portico_gateways::kafka::Kafka;
 use rdkafka::ClientConfig;

@@ -2,14 +2,14 @@
 //! to take the broker away, a private `mosquitto` on a free port. Messages are published
 //! with Mosquitto's own client, `mosquitto_pub`.
 
-mod common;
+mod broker_support;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{PrivateBroker, Rig, WAIT, data, ext, unique};
+use broker_support::{PrivateBroker, Rig, WAIT, data, ext, unique};
 use portico::Phase;
 use portico_gateways::mqtt::Mqtt;
 

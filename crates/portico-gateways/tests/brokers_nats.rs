@@ -1,12 +1,12 @@
 //! The `nats` gateway against real NATS servers: the shared one on 127.0.0.1:4222 (with
 //! JetStream) and, to take the broker away, a private `nats-server` on a free port.
 
-mod common;
+mod broker_support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{PrivateBroker, Rig, WAIT, data, ext, unique, wait_until};
+use broker_support::{PrivateBroker, Rig, WAIT, data, ext, unique, wait_until};
 use portico::Phase;
 use portico_gateways::nats::Nats;
 

@@ -1,12 +1,12 @@
 //! The `redis` gateway against real Redis servers: the shared one on 127.0.0.1:6379 and, to
 //! take the server away, a private `redis-server` on a free port.
 
-mod common;
+mod broker_support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{PrivateBroker, Rig, WAIT, data, ext, unique, wait_until};
+use broker_support::{PrivateBroker, Rig, WAIT, data, ext, unique, wait_until};
 use portico::Phase;
 use portico_gateways::redis::Redis;
 use redis::AsyncCommands;

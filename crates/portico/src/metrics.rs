@@ -33,7 +33,8 @@ pub struct WatcherLabels {
 pub struct RejectLabels {
     /// The configuration key.
     pub src: String,
-    /// Why: `full`, `invalid`, `stopped`.
+    /// Why: `full`, `invalid`, `stopped`; `unauthorized` for a webhook delivery refused with
+    /// 401 (bad or missing signature or token).
     pub reason: String,
 }
 
