@@ -21,8 +21,8 @@ use portico::SharedExecutor;
 
 /// The types of the built-in gateways.
 pub const BUILTIN_TYPES: &[&str] = &[
-    "calendar", "webhook", "github", "gitlab", "file", "resource", "amqp", "kafka", "mqtt",
-    "nats", "redis",
+    "calendar", "webhook", "github", "gitlab", "file", "resource", "amqp", "kafka", "mqtt", "nats",
+    "redis",
 ];
 
 /// The executor of built-in gateway `gateway_type`, if there is one. Each call gives a new
