@@ -8,13 +8,21 @@ pub mod gitlab;
 pub mod resource;
 pub mod webhook;
 
+pub mod amqp;
+mod broker;
+pub mod kafka;
+pub mod mqtt;
+pub mod nats;
+pub mod redis;
+
 use std::sync::Arc;
 
 use portico::SharedExecutor;
 
 /// The types of the built-in gateways.
 pub const BUILTIN_TYPES: &[&str] = &[
-    "calendar", "webhook", "github", "gitlab", "file", "resource",
+    "calendar", "webhook", "github", "gitlab", "file", "resource", "amqp", "kafka", "mqtt", "nats",
+    "redis",
 ];
 
 /// The executor of built-in gateway `gateway_type`, if there is one. Each call gives a new
@@ -27,6 +35,11 @@ pub fn builtin(gateway_type: &str) -> Option<SharedExecutor> {
         "gitlab" => Some(Arc::new(gitlab::GitLab::default())),
         "file" => Some(Arc::new(file::File)),
         "resource" => Some(Arc::new(resource::Resource::default())),
+        "amqp" => Some(Arc::new(amqp::Amqp)),
+        "kafka" => Some(Arc::new(kafka::Kafka)),
+        "mqtt" => Some(Arc::new(mqtt::Mqtt)),
+        "nats" => Some(Arc::new(nats::Nats)),
+        "redis" => Some(Arc::new(redis::Redis)),
         _ => None,
     }
 }

@@ -1,0 +1,344 @@
+//! The `amqp` gateway: messages routed to a queue bound to an AMQP 0-9-1 exchange
+//! (RabbitMQ, SPEC §8).
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `url` | the broker, `amqp://user:password@host:port/vhost` (or `amqps://`) |
+//! | `exchangeName` | the exchange to bind to (declared durable when absent) |
+//! | `exchangeType` | `direct`, `fanout`, `topic` or `headers` |
+//! | `routingKey` | the binding key (`#`, `*` wildcards with `topic`) |
+//! | `queue` | optional durable queue name; without it a server-named exclusive queue is used, which lives only as long as the connection |
+//!
+//! Payload: the message body, untouched; `datacontenttype` from the message's
+//! `content-type` property. Extensions: `exchange`, `routingkey`, `redelivered`
+//! (`true` when the broker delivers it again), and one `h<name>` per header (`X-Trace-Id` ⇒
+//! `hxtraceid`; string, number and boolean values).
+//!
+//! Each message is acknowledged only after its CloudEvent is accepted for delivery. When the
+//! configuration stops, what it holds unacknowledged (the message waiting for room and those
+//! prefetched) is rejected with requeue, so the broker gives it to the next consumer. With a
+//! named `queue` nothing is lost across a restart of the gateway: at least once.
+//!
+//! A lost connection (broker down, connection closed by an operator) is reported on the node
+//! and re-established with capped backoff; the exchange, queue and binding are declared
+//! again on every connection.
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use portico::{ConfigContext, ConfigError, ConfigExecutor, Event};
+use serde::Deserialize;
+
+use crate::broker::{self, Progress, SessionError, SessionResult, accepted};
+
+/// How many unacknowledged messages the broker sends ahead.
+const PREFETCH: u16 = 32;
+
+/// An `amqp` configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// Broker URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Exchange name.
+    #[serde(default)]
+    pub exchange_name: Option<String>,
+    /// Exchange type.
+    #[serde(default)]
+    pub exchange_type: Option<String>,
+    /// Binding key.
+    #[serde(default)]
+    pub routing_key: Option<String>,
+    /// Durable queue name.
+    #[serde(default)]
+    pub queue: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Checked {
+    url: String,
+    exchange: String,
+    kind: ExchangeKind,
+    routing_key: String,
+    queue: Option<String>,
+}
+
+impl AmqpConfig {
+    fn check(&self) -> Result<Checked, ConfigError> {
+        let url = broker::required("url", &self.url)?;
+        broker::check_url("url", url, &["amqp", "amqps"])?;
+        url.parse::<lapin::uri::AMQPUri>()
+            .map_err(|e| ConfigError::invalid(format!("url: `{url}`: {e}")))?;
+        let exchange = broker::required("exchangeName", &self.exchange_name)?.to_string();
+        let kind = match broker::required("exchangeType", &self.exchange_type)? {
+            "direct" => ExchangeKind::Direct,
+            "fanout" => ExchangeKind::Fanout,
+            "topic" => ExchangeKind::Topic,
+            "headers" => ExchangeKind::Headers,
+            other => {
+                return Err(ConfigError::invalid(format!(
+                    "exchangeType: `{other}` is not one of direct, fanout, topic, headers"
+                )));
+            }
+        };
+        let routing_key = match &self.routing_key {
+            Some(k) => k.trim().to_string(),
+            None if matches!(kind, ExchangeKind::Fanout | ExchangeKind::Headers) => String::new(),
+            None => return Err(ConfigError::invalid("routingKey: missing (required)")),
+        };
+        let queue = self
+            .queue
+            .as_deref()
+            .map(str::trim)
+            .filter(|q| !q.is_empty())
+            .map(str::to_string);
+        Ok(Checked {
+            url: url.to_string(),
+            exchange,
+            kind,
+            routing_key,
+            queue,
+        })
+    }
+}
+
+/// The `amqp` gateway's executor.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Amqp;
+
+impl ConfigExecutor for Amqp {
+    fn validate(&self, ctx: &ConfigContext) -> Result<(), ConfigError> {
+        ctx.parse::<AmqpConfig>()?.check().map(|_| ())
+    }
+
+    async fn start_config(&self, ctx: ConfigContext) -> Result<(), ConfigError> {
+        let c = ctx.parse::<AmqpConfig>()?.check()?;
+        broker::run_sessions_until_they_stop(&ctx, |progress| session(&ctx, &c, progress)).await
+    }
+}
+
+/// The text of a header value, for the ones that have a natural one.
+fn header_text(v: &AMQPValue) -> Option<String> {
+    Some(match v {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.as_str().to_string(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::ShortShortInt(n) => n.to_string(),
+        AMQPValue::ShortShortUInt(n) => n.to_string(),
+        AMQPValue::ShortInt(n) => n.to_string(),
+        AMQPValue::ShortUInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        AMQPValue::LongUInt(n) => n.to_string(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::Float(n) => n.to_string(),
+        AMQPValue::Double(n) => n.to_string(),
+        _ => return None,
+    })
+}
+
+fn event_of(d: &lapin::message::Delivery) -> Event {
+    let mut event = Event::new(d.data.clone())
+        .with_extension("exchange", d.exchange.as_str())
+        .with_extension("routingkey", d.routing_key.as_str())
+        .with_extension("redelivered", d.redelivered.to_string());
+    if let Some(ct) = d.properties.content_type() {
+        event.content_type = Some(ct.as_str().to_string());
+    }
+    if let Some(headers) = d.properties.headers() {
+        for (name, value) in headers.inner() {
+            if let Some(text) = header_text(value) {
+                event = event.with_extension(broker::header_extension("h", name.as_str()), text);
+            }
+        }
+    }
+    event
+}
+
+async fn setup(
+    ctx: &ConfigContext,
+    c: &Checked,
+) -> Result<(Connection, Channel, lapin::Consumer), SessionError> {
+    let name = format!("portico/{}/{}", ctx.gateway().name(), ctx.src());
+    let conn = Connection::connect(
+        &c.url,
+        ConnectionProperties::default().with_connection_name(name.into()),
+    )
+    .await
+    .map_err(|e| {
+        SessionError::broker(
+            format!("cannot connect to AMQP broker at {}", redact(&c.url)),
+            e,
+        )
+    })?;
+    let declared = async {
+        let ch = conn.create_channel().await?;
+        ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
+        ch.exchange_declare(
+            c.exchange.as_str().into(),
+            c.kind.clone(),
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+        let queue = match &c.queue {
+            Some(q) => {
+                ch.queue_declare(
+                    q.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?
+            }
+            None => {
+                ch.queue_declare(
+                    "".into(),
+                    QueueDeclareOptions {
+                        exclusive: true,
+                        auto_delete: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?
+            }
+        };
+        let queue_name = queue.name().clone();
+        ch.queue_bind(
+            queue_name.clone(),
+            c.exchange.as_str().into(),
+            c.routing_key.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        let consumer = ch
+            .basic_consume(
+                queue_name,
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok::<_, lapin::Error>((ch, consumer))
+    }
+    .await;
+    match declared {
+        Ok((ch, consumer)) => Ok((conn, ch, consumer)),
+        Err(e) => {
+            let _ = conn.close(200, "setup failed".into()).await;
+            Err(SessionError::broker(
+                format!(
+                    "cannot declare exchange `{}` / queue / binding `{}`",
+                    c.exchange, c.routing_key
+                ),
+                e,
+            ))
+        }
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+async fn session(ctx: &ConfigContext, c: &Checked, progress: Progress) -> SessionResult {
+    let (conn, ch, mut consumer) = tokio::select! {
+        r = setup(ctx, c) => r?,
+        _ = ctx.stopped() => return Ok(()),
+    };
+    progress.running(ctx);
+    let result = async {
+        loop {
+            let next = tokio::select! {
+                d = consumer.next() => d,
+                _ = ctx.stopped() => return Ok(()),
+            };
+            let delivery = match next {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => return Err(SessionError::broker("AMQP connection lost", e)),
+                None => {
+                    return Err(SessionError::Broker(
+                        "the AMQP consumer was cancelled or its connection closed".into(),
+                    ));
+                }
+            };
+            if !accepted(ctx.dispatch(event_of(&delivery)).await)? {
+                return Ok(());
+            }
+            delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .map_err(|e| SessionError::broker("cannot acknowledge a message", e))?;
+        }
+    }
+    .await;
+    if result.is_ok() {
+        // Stopping: give back everything not acknowledged (delivery tag 0 + multiple = all).
+        let requeue = BasicNackOptions {
+            multiple: true,
+            requeue: true,
+        };
+        if let Err(e) = ch.basic_nack(0, requeue).await {
+            tracing::warn!(
+                src = ctx.src(),
+                "cannot requeue unacknowledged messages: {e}"
+            );
+        }
+    }
+    let _ = ch.close(200, "stopping".into()).await;
+    let _ = conn.close(200, "stopping".into()).await;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(yaml: &str) -> Result<Checked, ConfigError> {
+        let c: AmqpConfig =
+            serde_saphyr::from_str(yaml).map_err(|e| ConfigError::invalid(e.to_string()))?;
+        c.check()
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let base = "url: amqp://guest:guest@127.0.0.1:5672/%2f\nexchangeName: x\n";
+        assert!(check(&format!("{base}exchangeType: topic\nroutingKey: a.#")).is_ok());
+        assert!(check(&format!("{base}exchangeType: fanout")).is_ok());
+        let e = check("exchangeName: x\nexchangeType: topic\nroutingKey: k").unwrap_err();
+        assert!(e.message().starts_with("url:"), "{e}");
+        let e = check("url: http://x\nexchangeName: x\nexchangeType: topic\nroutingKey: k")
+            .unwrap_err();
+        assert!(e.message().starts_with("url:"), "{e}");
+        let e = check(&format!("{base}exchangeType: nope\nroutingKey: k")).unwrap_err();
+        assert!(e.message().starts_with("exchangeType:"), "{e}");
+        let e = check(&format!("{base}exchangeType: topic")).unwrap_err();
+        assert!(e.message().starts_with("routingKey:"), "{e}");
+        let e = check("url: amqp://x\nexchangeType: topic\nroutingKey: k").unwrap_err();
+        assert!(e.message().starts_with("exchangeName:"), "{e}");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("amqp://u:secret@h:5672/v"), "amqp://u:***@h:5672/v");
+    }
+}

@@ -1,0 +1,219 @@
+//! What the stream gateways (`nats`, `mqtt`, `amqp`, `redis`, `kafka`) share: the
+//! connect–consume–reconnect loop with capped backoff, URL checks that name the field, and
+//! clean CloudEvent extension names for transport metadata.
+//!
+//! A gateway writes one *session*: connect, subscribe, call [`ConfigContext::running`], then
+//! consume until the configuration stops (`Ok`) or the broker goes away
+//! ([`SessionError::Broker`]). [`run_sessions`] reports the loss on the node
+//! ([`ConfigContext::report_error`], phase `Error` with the reason), waits with capped
+//! exponential backoff and starts a new session, which calls `running()` again once it is
+//! back. The backoff starts over after a session that got as far as running.
+
+use std::future::Future;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use portico::{ConfigContext, ConfigError, DispatchError};
+
+/// The first wait before reconnecting.
+pub(crate) const RECONNECT_MIN: Duration = Duration::from_millis(100);
+/// The longest wait between reconnection attempts.
+pub(crate) const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// Why a session ended other than by the configuration stopping.
+#[derive(Debug)]
+pub(crate) enum SessionError {
+    /// The broker is unreachable or dropped the connection: reconnect with backoff.
+    Broker(String),
+    /// Not recoverable by reconnecting (an event that cannot be made, …): end the
+    /// configuration with this error.
+    Fatal(ConfigError),
+}
+
+impl SessionError {
+    /// A broker problem described as `what: error`.
+    pub(crate) fn broker(what: impl std::fmt::Display, e: impl std::fmt::Display) -> SessionError {
+        SessionError::Broker(format!("{what}: {e}"))
+    }
+}
+
+/// What a session returns: `Ok(())` once the configuration is stopped.
+pub(crate) type SessionResult = Result<(), SessionError>;
+
+/// Maps a dispatch failure: `Ok(false)` means the configuration is stopping (leave the
+/// message unacknowledged and end the session), `Ok(true)` means it was accepted.
+pub(crate) fn accepted(r: Result<(), DispatchError>) -> Result<bool, SessionError> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(DispatchError::Stopped) => Ok(false),
+        Err(e) => Err(SessionError::Fatal(e.into())),
+    }
+}
+
+/// Runs `session` again and again until the configuration stops: each broker loss is
+/// reported on the node and followed by a capped backoff. A session is dropped as soon as
+/// the configuration stops.
+pub(crate) async fn run_sessions<F, Fut>(ctx: &ConfigContext, session: F) -> Result<(), ConfigError>
+where
+    F: FnMut(Progress) -> Fut,
+    Fut: Future<Output = SessionResult>,
+{
+    sessions(ctx, false, session).await
+}
+
+/// [`run_sessions`] for sessions that watch [`ConfigContext::stopped`] themselves, to give
+/// back what they hold before returning `Ok(())` (AMQP requeues its unacknowledged messages).
+pub(crate) async fn run_sessions_until_they_stop<F, Fut>(
+    ctx: &ConfigContext,
+    session: F,
+) -> Result<(), ConfigError>
+where
+    F: FnMut(Progress) -> Fut,
+    Fut: Future<Output = SessionResult>,
+{
+    sessions(ctx, true, session).await
+}
+
+async fn sessions<F, Fut>(
+    ctx: &ConfigContext,
+    own_stop: bool,
+    mut session: F,
+) -> Result<(), ConfigError>
+where
+    F: FnMut(Progress) -> Fut,
+    Fut: Future<Output = SessionResult>,
+{
+    let builder = ExponentialBuilder::default()
+        .with_min_delay(RECONNECT_MIN)
+        .with_max_delay(RECONNECT_MAX)
+        .with_jitter()
+        .without_max_times();
+    let mut backoff = builder.build();
+    loop {
+        if ctx.is_stopped() {
+            return Ok(());
+        }
+        let progress = Progress::default();
+        let outcome = if own_stop {
+            session(progress.clone()).await
+        } else {
+            tokio::select! {
+                r = session(progress.clone()) => r,
+                _ = ctx.stopped() => Ok(()),
+            }
+        };
+        match outcome {
+            Ok(()) => return Ok(()),
+            Err(SessionError::Fatal(e)) => return Err(e),
+            Err(SessionError::Broker(reason)) => {
+                if ctx.is_stopped() {
+                    return Ok(());
+                }
+                if progress.was_running() {
+                    backoff = builder.build();
+                }
+                let wait = backoff.next().unwrap_or(RECONNECT_MAX);
+                tracing::warn!(src = ctx.src(), %reason, retry_in = ?wait, "broker connection lost");
+                ctx.report_error(reason);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = ctx.stopped() => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// Lets [`run_sessions`] know a session got as far as running (to start the backoff over).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Progress(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Progress {
+    /// Marks the node running and remembers it.
+    pub(crate) fn running(&self, ctx: &ConfigContext) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        ctx.running();
+    }
+
+    /// Whether this session got as far as running.
+    pub(crate) fn was_running(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Checks that `value` of `field` is a URL with one of `schemes` and a host.
+pub(crate) fn check_url(
+    field: &str,
+    value: &str,
+    schemes: &[&str],
+) -> Result<url::Url, ConfigError> {
+    let u = url::Url::parse(value.trim()).map_err(|e| {
+        ConfigError::invalid(format!(
+            "{field}: `{value}` is not a URL ({e}); expected like `{}://127.0.0.1`",
+            schemes[0]
+        ))
+    })?;
+    if !schemes.contains(&u.scheme()) {
+        return Err(ConfigError::invalid(format!(
+            "{field}: `{value}` has scheme `{}`; expected one of {}",
+            u.scheme(),
+            schemes.join(", ")
+        )));
+    }
+    if u.host_str().is_none_or(str::is_empty) {
+        return Err(ConfigError::invalid(format!(
+            "{field}: `{value}` names no host"
+        )));
+    }
+    Ok(u)
+}
+
+/// A field that must be present and not blank.
+pub(crate) fn required<'a>(field: &str, value: &'a Option<String>) -> Result<&'a str, ConfigError> {
+    match value.as_deref().map(str::trim) {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => Err(ConfigError::invalid(format!("{field}: missing (required)"))),
+    }
+}
+
+/// A valid CloudEvent extension name made of `prefix` and a header name: lower-case,
+/// only a–z and 0–9, at most 20 characters (`X-Trace-Id` with prefix `h` ⇒ `hxtraceid`).
+pub(crate) fn header_extension(prefix: &str, name: &str) -> String {
+    let mut out = String::with_capacity(20);
+    out.push_str(prefix);
+    out.extend(
+        name.chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_lowercase()),
+    );
+    out.truncate(20);
+    out
+}
+
+/// Whether a header is the message's content type.
+pub(crate) fn is_content_type(name: &str) -> bool {
+    name.eq_ignore_ascii_case("content-type") || name.eq_ignore_ascii_case("content_type")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_extensions_are_valid_names() {
+        assert_eq!(header_extension("h", "X-Trace-Id"), "hxtraceid");
+        assert_eq!(
+            header_extension("h", "A-Very-Long-Header-Name-Indeed"),
+            "haverylongheadername"
+        );
+    }
+
+    #[test]
+    fn urls_are_checked_by_field() {
+        assert!(check_url("url", "nats://127.0.0.1:4222", &["nats"]).is_ok());
+        let e = check_url("url", "http://x", &["nats"]).unwrap_err();
+        assert!(e.message().starts_with("url:"), "{e}");
+        let e = check_url("url", "not a url", &["nats"]).unwrap_err();
+        assert!(e.message().starts_with("url:"), "{e}");
+    }
+}

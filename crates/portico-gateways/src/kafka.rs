@@ -1,0 +1,340 @@
+//! The `kafka` gateway: records of a Kafka topic, read in a consumer group (SPEC §8).
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `url` | one or more brokers, `host:port` separated by commas (a `kafka://` prefix is allowed) |
+//! | `topic` | the topic |
+//! | `partition` | optional: read only this partition (assigned, not balanced in the group) |
+//! | `consumerGroup` | the consumer group whose committed offsets say where to resume |
+//! | `startOffset` | where a group with no committed offset starts: `newest` (default) or `oldest` |
+//!
+//! Payload: the record value, untouched; `datacontenttype` from a `content-type` header; the
+//! record's timestamp as the event time. Extensions: `topic`, `partition`, `offset`, `key`
+//! (the record key as text, when it has one) and one `h<name>` per other header
+//! (`X-Trace-Id` ⇒ `hxtraceid`).
+//!
+//! A record's offset is stored for commit only after its CloudEvent is accepted for delivery
+//! (`enable.auto.offset.store=false`; stored offsets are committed every second and when the
+//! configuration stops): records not accepted before a stop are read again: at least once.
+//!
+//! Broker loss: when the client (librdkafka) reports the brokers unreachable, the node shows
+//! `Error` with the reason, the consumer is dropped (what was stored is committed if it still
+//! can be) and a new one is made with capped backoff (100 ms to 5 s) until the brokers answer;
+//! then `Running` again. Starting over rather than resuming also avoids librdkafka 2.12
+//! crashing on fetch responses that name a topic the restarted broker no longer knows by id
+//! (seen with tansu's memory engine).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use portico::{ConfigContext, ConfigError, ConfigExecutor, Event};
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Deserialize;
+
+use crate::broker::{self, Progress, SessionError, SessionResult, accepted};
+
+/// A `kafka` configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Brokers, comma separated.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Topic.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Only this partition.
+    #[serde(default)]
+    pub partition: Option<i32>,
+    /// Consumer group.
+    #[serde(default)]
+    pub consumer_group: Option<String>,
+    /// `newest` or `oldest`.
+    #[serde(default)]
+    pub start_offset: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Checked {
+    brokers: String,
+    topic: String,
+    partition: Option<i32>,
+    group: String,
+    reset: &'static str,
+}
+
+impl KafkaConfig {
+    fn check(&self) -> Result<Checked, ConfigError> {
+        let url = broker::required("url", &self.url)?;
+        let mut brokers = Vec::new();
+        for b in url.split(',').map(str::trim).filter(|b| !b.is_empty()) {
+            let hostport = b
+                .strip_prefix("kafka://")
+                .unwrap_or(b)
+                .trim_end_matches('/');
+            let ok = hostport.rsplit_once(':').is_some_and(|(h, p)| {
+                !h.is_empty() && !h.contains('/') && p.parse::<u16>().is_ok()
+            });
+            if !ok {
+                return Err(ConfigError::invalid(format!(
+                    "url: `{b}` is not a broker address like `127.0.0.1:9092`"
+                )));
+            }
+            brokers.push(hostport.to_string());
+        }
+        if brokers.is_empty() {
+            return Err(ConfigError::invalid("url: missing (required)"));
+        }
+        let topic = broker::required("topic", &self.topic)?.to_string();
+        if let Some(p) = self.partition
+            && p < 0
+        {
+            return Err(ConfigError::invalid(format!("partition: {p} is negative")));
+        }
+        let group = broker::required("consumerGroup", &self.consumer_group)?.to_string();
+        let reset = match self.start_offset.as_deref().map(str::trim) {
+            None | Some("") | Some("newest") => "latest",
+            Some("oldest") => "earliest",
+            Some(other) => {
+                return Err(ConfigError::invalid(format!(
+                    "startOffset: `{other}` is not `newest` or `oldest`"
+                )));
+            }
+        };
+        Ok(Checked {
+            brokers: brokers.join(","),
+            topic,
+            partition: self.partition,
+            group,
+            reset,
+        })
+    }
+}
+
+/// The `kafka` gateway's executor.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Kafka;
+
+impl ConfigExecutor for Kafka {
+    fn validate(&self, ctx: &ConfigContext) -> Result<(), ConfigError> {
+        ctx.parse::<KafkaConfig>()?.check().map(|_| ())
+    }
+
+    async fn start_config(&self, ctx: ConfigContext) -> Result<(), ConfigError> {
+        let c = ctx.parse::<KafkaConfig>()?.check()?;
+        broker::run_sessions_until_they_stop(&ctx, |progress| session(&ctx, &c, progress)).await
+    }
+}
+
+/// Hears librdkafka's errors: marks the brokers down and reports it on the node.
+struct Watch {
+    ctx: ConfigContext,
+    down: Arc<AtomicBool>,
+    lost: Arc<tokio::sync::Notify>,
+}
+
+impl ClientContext for Watch {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let broker_down = matches!(
+            error.rdkafka_error_code(),
+            Some(
+                rdkafka::types::RDKafkaErrorCode::AllBrokersDown
+                    | rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure
+                    | rdkafka::types::RDKafkaErrorCode::Resolve
+            )
+        );
+        tracing::warn!(src = self.ctx.src(), "kafka: {error}: {reason}");
+        if broker_down {
+            self.down.store(true, Ordering::SeqCst);
+            self.lost.notify_one();
+            self.ctx
+                .report_error(format!("Kafka brokers unreachable: {reason}"));
+        }
+    }
+}
+
+impl ConsumerContext for Watch {}
+
+fn event_of<M: Message>(m: &M) -> Event {
+    let mut event = Event::new(m.payload().map(<[u8]>::to_vec).unwrap_or_default())
+        .with_extension("topic", m.topic())
+        .with_extension("partition", m.partition().to_string())
+        .with_extension("offset", m.offset().to_string());
+    if let Some(key) = m.key() {
+        event = event.with_extension("key", String::from_utf8_lossy(key));
+    }
+    if let Some(ms) = m.timestamp().to_millis()
+        && let Some(t) = Utc.timestamp_millis_opt(ms).single()
+    {
+        event = event.with_time(t);
+    }
+    if let Some(headers) = m.headers() {
+        for h in headers.iter() {
+            let value = h
+                .value
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+            if broker::is_content_type(h.key) {
+                event.content_type = Some(value);
+            } else {
+                event = event.with_extension(broker::header_extension("h", h.key), value);
+            }
+        }
+    }
+    event
+}
+
+async fn session(ctx: &ConfigContext, c: &Checked, progress: Progress) -> SessionResult {
+    let down = Arc::new(AtomicBool::new(false));
+    let lost = Arc::new(tokio::sync::Notify::new());
+    let consumer: StreamConsumer<Watch> = ClientConfig::new()
+        .set("bootstrap.servers", &c.brokers)
+        .set("group.id", &c.group)
+        .set(
+            "client.id",
+            format!("portico-{}-{}", ctx.gateway().name(), ctx.src()),
+        )
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", c.reset)
+        .set("reconnect.backoff.ms", "100")
+        .set("reconnect.backoff.max.ms", "5000")
+        .set("topic.metadata.refresh.interval.ms", "2000")
+        .create_with_context(Watch {
+            ctx: ctx.clone(),
+            down: down.clone(),
+            lost: lost.clone(),
+        })
+        .map_err(|e| SessionError::Fatal(ConfigError::invalid(format!("url: {e}"))))?;
+    let consumer = Arc::new(consumer);
+    match c.partition {
+        Some(p) => {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&c.topic, p, Offset::Stored)
+                .map_err(|e| SessionError::broker("cannot assign the partition", e))?;
+            consumer
+                .assign(&tpl)
+                .map_err(|e| SessionError::broker("cannot assign the partition", e))?;
+        }
+        None => consumer
+            .subscribe(&[c.topic.as_str()])
+            .map_err(|e| SessionError::broker(format!("cannot subscribe to `{}`", c.topic), e))?,
+    }
+    // Running once the brokers answer.
+    let reached = tokio::select! {
+        r = probe(&consumer, &c.topic) => r,
+        _ = ctx.stopped() => return Ok(()),
+    };
+    reached.map_err(|e| {
+        SessionError::broker(
+            format!("cannot reach the Kafka brokers at {}", c.brokers),
+            e,
+        )
+    })?;
+    progress.running(ctx);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result: SessionResult = async {
+        loop {
+            tokio::select! {
+                m = consumer.recv() => match m {
+                    Ok(m) => {
+                        if down.swap(false, Ordering::SeqCst) {
+                            ctx.running();
+                        }
+                        if !accepted(ctx.dispatch(event_of(&m)).await)? {
+                            return Ok(());
+                        }
+                        if let Err(e) = consumer.store_offset_from_message(&m) {
+                            tracing::warn!(src = ctx.src(), "cannot store the offset {}: {e}", m.offset());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(src = ctx.src(), "kafka: {e}");
+                    }
+                },
+                _ = tick.tick() => {
+                    if down.load(Ordering::SeqCst) && probe(&consumer, &c.topic).await.is_ok() {
+                        down.store(false, Ordering::SeqCst);
+                        ctx.running();
+                    }
+                }
+                // The brokers are gone: start over with a new consumer once they are back,
+                // rather than resume with state (topic ids) they may no longer know.
+                _ = lost.notified() => {
+                    return Err(SessionError::Broker(format!(
+                        "Kafka brokers at {} unreachable", c.brokers
+                    )));
+                }
+                _ = ctx.stopped() => return Ok(()),
+            }
+        }
+    }
+    .await;
+    // Commit what was stored, then leave the group (closing the consumer off the runtime).
+    let closing = consumer.clone();
+    drop(consumer);
+    let close = tokio::task::spawn_blocking(move || {
+        let _ = closing.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
+        drop(closing);
+    });
+    if result.is_ok() {
+        let _ = close.await;
+    }
+    result
+}
+
+/// Asks the brokers for the topic's metadata (a blocking call, run off the runtime).
+async fn probe(consumer: &Arc<StreamConsumer<Watch>>, topic: &str) -> Result<(), String> {
+    let consumer = consumer.clone();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(2))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(yaml: &str) -> Result<Checked, ConfigError> {
+        let c: KafkaConfig =
+            serde_saphyr::from_str(yaml).map_err(|e| ConfigError::invalid(e.to_string()))?;
+        c.check()
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let ok = check(
+            "url: 127.0.0.1:9092,kafka://h:9093\ntopic: t\nconsumerGroup: g\nstartOffset: oldest",
+        )
+        .unwrap();
+        assert_eq!(ok.brokers, "127.0.0.1:9092,h:9093");
+        assert_eq!(ok.reset, "earliest");
+        let e = check("topic: t\nconsumerGroup: g").unwrap_err();
+        assert!(e.message().starts_with("url:"), "{e}");
+        let e = check("url: nohost\ntopic: t\nconsumerGroup: g").unwrap_err();
+        assert!(e.message().starts_with("url:"), "{e}");
+        let e = check("url: h:1\nconsumerGroup: g").unwrap_err();
+        assert!(e.message().starts_with("topic:"), "{e}");
+        let e = check("url: h:1\ntopic: t").unwrap_err();
+        assert!(e.message().starts_with("consumerGroup:"), "{e}");
+        let e = check("url: h:1\ntopic: t\nconsumerGroup: g\nstartOffset: middle").unwrap_err();
+        assert!(e.message().starts_with("startOffset:"), "{e}");
+        let e = check("url: h:1\ntopic: t\nconsumerGroup: g\npartition: -1").unwrap_err();
+        assert!(e.message().starts_with("partition:"), "{e}");
+    }
+}

@@ -1,0 +1,191 @@
+//! The `mqtt` gateway: messages of an MQTT topic filter (MQTT 3.1.1, SPEC §8).
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `url` | the broker, `mqtt://host[:port]` or `tcp://host[:port]` (port 1883 by default) |
+//! | `topic` | the topic filter, wildcards `+` and `#` allowed |
+//! | `clientId` | the MQTT client id (unique per broker: two clients with one id evict each other) |
+//! | `qos` | `0` (at most once, the default) or `1` (at least once) |
+//!
+//! Payload: the message payload, untouched (MQTT 3.1.1 carries no content type). Extension:
+//! `topic` (the message's topic).
+//!
+//! With `qos: 1` the gateway keeps a persistent session (clean session off) and acknowledges
+//! each message (`PUBACK`) only after its CloudEvent is accepted for delivery; messages
+//! published while it is stopped, and those it received but never acknowledged, are sent
+//! again by the broker when it comes back with the same `clientId`. While a message waits
+//! for room in a full dispatcher the connection is not serviced; if that lasts longer than the
+//! keep-alive (15 s, ×1.5) the broker drops it, the gateway reconnects and the broker sends
+//! the unacknowledged messages again.
+//!
+//! A lost connection is reported on the node and re-established with capped backoff; the
+//! subscription is made again on every connection.
+
+use std::time::Duration;
+
+use portico::{ConfigContext, ConfigError, ConfigExecutor, Event};
+use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
+use serde::Deserialize;
+
+use crate::broker::{self, Progress, SessionError, SessionResult, accepted};
+
+/// An `mqtt` configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Broker URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Topic filter.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Client id.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// 0 or 1.
+    #[serde(default)]
+    pub qos: Option<u8>,
+}
+
+#[derive(Debug, Clone)]
+struct Checked {
+    url: String,
+    host: String,
+    port: u16,
+    topic: String,
+    client_id: String,
+    qos: QoS,
+}
+
+impl MqttConfig {
+    fn check(&self) -> Result<Checked, ConfigError> {
+        let url = broker::required("url", &self.url)?;
+        let u = broker::check_url("url", url, &["mqtt", "tcp"])?;
+        let host = u.host_str().unwrap_or_default().to_string();
+        let port = u.port().unwrap_or(1883);
+        let topic = broker::required("topic", &self.topic)?.to_string();
+        let client_id = broker::required("clientId", &self.client_id)?.to_string();
+        let qos = match self.qos.unwrap_or(0) {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            n => {
+                return Err(ConfigError::invalid(format!(
+                    "qos: {n} is not supported: use 0 or 1"
+                )));
+            }
+        };
+        Ok(Checked {
+            url: url.to_string(),
+            host,
+            port,
+            topic,
+            client_id,
+            qos,
+        })
+    }
+}
+
+/// The `mqtt` gateway's executor.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Mqtt;
+
+impl ConfigExecutor for Mqtt {
+    fn validate(&self, ctx: &ConfigContext) -> Result<(), ConfigError> {
+        ctx.parse::<MqttConfig>()?.check().map(|_| ())
+    }
+
+    async fn start_config(&self, ctx: ConfigContext) -> Result<(), ConfigError> {
+        let c = ctx.parse::<MqttConfig>()?.check()?;
+        broker::run_sessions_until_they_stop(&ctx, |progress| session(&ctx, &c, progress)).await
+    }
+}
+
+async fn session(ctx: &ConfigContext, c: &Checked, progress: Progress) -> SessionResult {
+    let mut options = MqttOptions::new(c.client_id.clone(), c.host.clone(), c.port);
+    options
+        .set_keep_alive(Duration::from_secs(15))
+        .set_clean_session(c.qos == QoS::AtMostOnce)
+        .set_manual_acks(c.qos == QoS::AtLeastOnce);
+    let (client, mut events) = AsyncClient::new(options, 64);
+    let result = async {
+        loop {
+            let polled = tokio::select! {
+                p = events.poll() => p,
+                _ = ctx.stopped() => return Ok(()),
+            };
+            let event = polled.map_err(|e| {
+                SessionError::broker(
+                    format!("connection to the MQTT broker at {} lost", c.url),
+                    e,
+                )
+            })?;
+            match event {
+                MqttEvent::Incoming(Packet::ConnAck(_)) => {
+                    client
+                        .try_subscribe(c.topic.clone(), c.qos)
+                        .map_err(|e| SessionError::broker("cannot subscribe", e))?;
+                }
+                MqttEvent::Incoming(Packet::SubAck(ack)) => {
+                    if ack
+                        .return_codes
+                        .iter()
+                        .any(|r| matches!(r, rumqttc::SubscribeReasonCode::Failure))
+                    {
+                        return Err(SessionError::Broker(format!(
+                            "the broker refused the subscription to `{}`",
+                            c.topic
+                        )));
+                    }
+                    progress.running(ctx);
+                }
+                MqttEvent::Incoming(Packet::Publish(p)) => {
+                    let event =
+                        Event::new(p.payload.clone()).with_extension("topic", p.topic.as_str());
+                    if !accepted(ctx.dispatch(event).await)? {
+                        return Ok(());
+                    }
+                    if p.qos != QoS::AtMostOnce {
+                        client
+                            .try_ack(&p)
+                            .map_err(|e| SessionError::broker("cannot acknowledge a message", e))?;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    .await;
+    if ctx.is_stopped() {
+        // A clean DISCONNECT; the persistent session (qos 1) keeps what was not acknowledged.
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(yaml: &str) -> Result<Checked, ConfigError> {
+        let c: MqttConfig =
+            serde_saphyr::from_str(yaml).map_err(|e| ConfigError::invalid(e.to_string()))?;
+        c.check()
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let ok = check("url: mqtt://127.0.0.1\ntopic: a/#\nclientId: c\nqos: 1").unwrap();
+        assert_eq!(ok.port, 1883);
+        let e = check("topic: a\nclientId: c").unwrap_err();
+        assert!(e.message().starts_with("url:"), "{e}");
+        let e = check("url: redis://x\ntopic: a\nclientId: c").unwrap_err();
+        assert!(e.message().starts_with("url:"), "{e}");
+        let e = check("url: mqtt://x\nclientId: c").unwrap_err();
+        assert!(e.message().starts_with("topic:"), "{e}");
+        let e = check("url: mqtt://x\ntopic: a").unwrap_err();
+        assert!(e.message().starts_with("clientId:"), "{e}");
+        let e = check("url: mqtt://x\ntopic: a\nclientId: c\nqos: 2").unwrap_err();
+        assert!(e.message().starts_with("qos:"), "{e}");
+    }
+}

@@ -1,0 +1,367 @@
+//! The `nats` gateway: messages of a NATS subject, by core subscription or from a JetStream
+//! stream through a durable consumer (SPEC §8).
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `url` | the server, `nats://host:port` (also `tls://`, `ws://`, `wss://`); several separated by commas |
+//! | `subject` | the subject to read (wildcards `*` and `>` allowed) |
+//! | `queue` | optional queue group (core only): the group's members share the messages |
+//! | `stream` | optional JetStream stream to read from instead of a core subscription |
+//! | `durable` | the durable consumer's name; required with `stream` (created when absent) |
+//!
+//! Payload: the message body, untouched; `datacontenttype` from a `Content-Type` header.
+//! Extensions: `natssubject` (the message's subject; `subject` itself is a core attribute), one `h<name>` per other header (the name
+//! lower-cased with only a–z and 0–9 kept, at most 20 characters: `X-Trace-Id` ⇒
+//! `hxtraceid`; repeated values joined with `,`), and for JetStream `stream` and `streamseq`
+//! (the stream sequence number).
+//!
+//! Delivery: a core subscription is at-most-once, as NATS itself. A JetStream message is
+//! acknowledged only after its CloudEvent is accepted for delivery; one not acknowledged (the
+//! gateway stopped, the dispatcher was full until the stop) is delivered again by the server.
+//!
+//! Connection loss: the client reconnects by itself with a capped backoff; the node shows
+//! `Error` while disconnected and `Running` once reconnected. A session whose JetStream
+//! pull fails is started over with capped backoff. Messages are pulled in batches of 64;
+//! when the configuration stops, the messages of the current batch not yet accepted are
+//! given back (NAK) so the server redelivers them at once.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use portico::{ConfigContext, ConfigError, ConfigExecutor, Event};
+use serde::Deserialize;
+
+use crate::broker::{
+    self, Progress, RECONNECT_MAX, RECONNECT_MIN, SessionError, SessionResult, accepted,
+};
+
+/// A `nats` configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URL(s), comma separated.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Subject (wildcards allowed).
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Queue group (core only).
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// JetStream stream.
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// JetStream durable consumer.
+    #[serde(default)]
+    pub durable: Option<String>,
+}
+
+/// The checked form of a [`NatsConfig`].
+#[derive(Debug, Clone)]
+struct Checked {
+    urls: Vec<String>,
+    subject: String,
+    queue: Option<String>,
+    jetstream: Option<(String, String)>,
+}
+
+impl NatsConfig {
+    fn check(&self) -> Result<Checked, ConfigError> {
+        let url = broker::required("url", &self.url)?;
+        let mut urls = Vec::new();
+        for u in url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            broker::check_url("url", u, &["nats", "tls", "ws", "wss"])?;
+            urls.push(u.to_string());
+        }
+        let subject = broker::required("subject", &self.subject)?.to_string();
+        if subject.contains(char::is_whitespace) {
+            return Err(ConfigError::invalid(format!(
+                "subject: `{subject}` contains white space"
+            )));
+        }
+        let queue = self
+            .queue
+            .as_deref()
+            .map(str::trim)
+            .filter(|q| !q.is_empty())
+            .map(str::to_string);
+        let jetstream = match (&self.stream, &self.durable) {
+            (None, None) => None,
+            (Some(_), _) => {
+                let stream = broker::required("stream", &self.stream)?.to_string();
+                let durable = broker::required("durable", &self.durable)
+                    .map_err(|_| ConfigError::invalid("durable: missing (required with stream)"))?
+                    .to_string();
+                if queue.is_some() {
+                    return Err(ConfigError::invalid(
+                        "queue: only for a core subscription, not with stream",
+                    ));
+                }
+                Some((stream, durable))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "stream: missing (durable needs the JetStream stream to read)",
+                ));
+            }
+        };
+        Ok(Checked {
+            urls,
+            subject,
+            queue,
+            jetstream,
+        })
+    }
+}
+
+/// The `nats` gateway's executor.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Nats;
+
+impl ConfigExecutor for Nats {
+    fn validate(&self, ctx: &ConfigContext) -> Result<(), ConfigError> {
+        ctx.parse::<NatsConfig>()?.check().map(|_| ())
+    }
+
+    async fn start_config(&self, ctx: ConfigContext) -> Result<(), ConfigError> {
+        let c = ctx.parse::<NatsConfig>()?.check()?;
+        broker::run_sessions_until_they_stop(&ctx, |progress| session(&ctx, &c, progress)).await
+    }
+}
+
+async fn connect(
+    ctx: &ConfigContext,
+    c: &Checked,
+    progress: &Progress,
+) -> Result<async_nats::Client, SessionError> {
+    let events_ctx = ctx.clone();
+    let events_progress = progress.clone();
+    let where_ = c.urls.join(",");
+    let options = async_nats::ConnectOptions::new()
+        .name(format!("portico/{}/{}", ctx.gateway().name(), ctx.src()))
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| {
+            let exp = RECONNECT_MIN.saturating_mul(1u32 << attempts.min(8) as u32);
+            exp.min(RECONNECT_MAX)
+        })
+        .event_callback(move |event| {
+            let ctx = events_ctx.clone();
+            let progress = events_progress.clone();
+            let where_ = where_.clone();
+            async move {
+                match event {
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!(src = ctx.src(), "disconnected from NATS at {where_}");
+                        ctx.report_error(format!(
+                            "disconnected from NATS at {where_}; reconnecting"
+                        ));
+                    }
+                    // Back after a disconnection (the first connection is reported by the
+                    // session once it is subscribed).
+                    async_nats::Event::Connected if progress.was_running() => ctx.running(),
+                    other => tracing::debug!(src = ctx.src(), "NATS: {other}"),
+                }
+            }
+        });
+    let addrs: Vec<async_nats::ServerAddr> = c
+        .urls
+        .iter()
+        .map(|u| u.parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e| SessionError::Fatal(ConfigError::invalid(format!("url: {e}"))))?;
+    options.connect(addrs).await.map_err(|e| {
+        SessionError::broker(format!("cannot connect to NATS at {}", c.urls.join(",")), e)
+    })
+}
+
+fn event_of(msg: &async_nats::Message) -> Event {
+    let mut event =
+        Event::new(msg.payload.clone()).with_extension("natssubject", msg.subject.as_str());
+    if let Some(headers) = &msg.headers {
+        for (name, values) in headers.iter() {
+            let name: &str = name.as_ref();
+            let value = values
+                .iter()
+                .map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(",");
+            if broker::is_content_type(name) {
+                event.content_type = Some(value);
+            } else {
+                event = event.with_extension(broker::header_extension("h", name), value);
+            }
+        }
+    }
+    event
+}
+
+async fn session(ctx: &ConfigContext, c: &Checked, progress: Progress) -> SessionResult {
+    let client = tokio::select! {
+        r = connect(ctx, c, &progress) => r?,
+        _ = ctx.stopped() => return Ok(()),
+    };
+    let result = match &c.jetstream {
+        None => core(ctx, c, &client, progress).await,
+        Some((stream, durable)) => jetstream(ctx, c, &client, stream, durable, progress).await,
+    };
+    // Leave nothing behind: the connection closes once the client is drained and dropped.
+    let _ = tokio::time::timeout(Duration::from_secs(1), client.drain()).await;
+    result
+}
+
+async fn core(
+    ctx: &ConfigContext,
+    c: &Checked,
+    client: &async_nats::Client,
+    progress: Progress,
+) -> SessionResult {
+    let subscribe = match &c.queue {
+        Some(q) => client.queue_subscribe(c.subject.clone(), q.clone()).await,
+        None => client.subscribe(c.subject.clone()).await,
+    };
+    let mut sub = subscribe.map_err(|e| SessionError::broker("cannot subscribe", e))?;
+    // The server has the subscription once the flush returns.
+    client
+        .flush()
+        .await
+        .map_err(|e| SessionError::broker("cannot subscribe", e))?;
+    progress.running(ctx);
+    loop {
+        let msg = tokio::select! {
+            m = sub.next() => m,
+            _ = ctx.stopped() => return Ok(()),
+        };
+        let Some(msg) = msg else {
+            return Err(SessionError::Broker(
+                "the NATS subscription ended (connection closed)".into(),
+            ));
+        };
+        if !accepted(ctx.dispatch(event_of(&msg)).await)? {
+            return Ok(());
+        }
+    }
+}
+
+/// Messages pulled at once from the durable consumer.
+const BATCH: usize = 64;
+/// How long one pull waits for messages at the server.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
+
+async fn jetstream(
+    ctx: &ConfigContext,
+    c: &Checked,
+    client: &async_nats::Client,
+    stream_name: &str,
+    durable: &str,
+    progress: Progress,
+) -> SessionResult {
+    use async_nats::jetstream::AckKind;
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js.get_stream(stream_name).await.map_err(|e| {
+        SessionError::broker(
+            format!("cannot read JetStream stream `{stream_name}` (it must exist)"),
+            format!("{e} ({:?})", e.kind()),
+        )
+    })?;
+    let config = async_nats::jetstream::consumer::pull::Config {
+        durable_name: Some(durable.to_string()),
+        filter_subject: c.subject.clone(),
+        ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+        ..Default::default()
+    };
+    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .get_or_create_consumer(durable, config)
+        .await
+        .map_err(|e| {
+            SessionError::broker(format!("cannot create durable consumer `{durable}`"), e)
+        })?;
+    progress.running(ctx);
+    // Pull in bounded batches. When stopping, the rest of the current batch is held until the
+    // pull is over (at most PULL_EXPIRES), then given back (NAK): the server redelivers it at
+    // once to the next consumer, and no pull request is left open.
+    let mut stopping = false;
+    let mut held = Vec::new();
+    while !stopping {
+        let mut batch = consumer
+            .batch()
+            .max_messages(BATCH)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await
+            .map_err(|e| SessionError::broker("cannot pull messages", e))?;
+        let pull_deadline = tokio::time::Instant::now() + PULL_EXPIRES + Duration::from_millis(200);
+        loop {
+            let next = if stopping {
+                // The pull ends by itself at its expiry; do not wait (much) longer for it.
+                match tokio::time::timeout_at(pull_deadline, batch.next()).await {
+                    Ok(m) => m,
+                    Err(_) => break,
+                }
+            } else {
+                tokio::select! {
+                    m = batch.next() => m,
+                    _ = ctx.stopped() => { stopping = true; continue; }
+                }
+            };
+            let Some(msg) = next else { break };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(_) if stopping => break,
+                Err(e) => return Err(SessionError::broker("JetStream pull failed", e)),
+            };
+            if !stopping {
+                let mut event = event_of(&msg.message);
+                if let Ok(info) = msg.info() {
+                    event = event
+                        .with_extension("stream", info.stream)
+                        .with_extension("streamseq", info.stream_sequence.to_string());
+                }
+                if accepted(ctx.dispatch(event).await)? {
+                    msg.ack()
+                        .await
+                        .map_err(|e| SessionError::broker("cannot acknowledge a message", e))?;
+                    continue;
+                }
+                stopping = true;
+            }
+            held.push(msg);
+        }
+    }
+    // The pull is over, so nothing given back now comes back to this consumer.
+    for msg in held {
+        if let Err(e) = msg.ack_with(AckKind::Nak(None)).await {
+            tracing::warn!(src = ctx.src(), "cannot give a message back: {e}");
+        }
+    }
+    if let Err(e) = client.flush().await {
+        tracing::warn!(src = ctx.src(), "cannot give messages back: {e}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(yaml: &str) -> Result<Checked, ConfigError> {
+        let c: NatsConfig =
+            serde_saphyr::from_str(yaml).map_err(|e| ConfigError::invalid(e.to_string()))?;
+        c.check()
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        assert!(check("url: nats://127.0.0.1:4222\nsubject: a.b").is_ok());
+        let e = check("subject: a.b").unwrap_err();
+        assert!(e.message().starts_with("url:"), "{e}");
+        let e = check("url: http://x\nsubject: a").unwrap_err();
+        assert!(e.message().starts_with("url:"), "{e}");
+        let e = check("url: nats://x").unwrap_err();
+        assert!(e.message().starts_with("subject:"), "{e}");
+        let e = check("url: nats://x\nsubject: a\nstream: S").unwrap_err();
+        assert!(e.message().starts_with("durable:"), "{e}");
+        let e = check("url: nats://x\nsubject: a\ndurable: d").unwrap_err();
+        assert!(e.message().starts_with("stream:"), "{e}");
+    }
+}

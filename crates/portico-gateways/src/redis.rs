@@ -1,0 +1,344 @@
+//! The `redis` gateway: Redis pub/sub channels, or a Redis stream read by a consumer group
+//! (SPEC §8).
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `url` | the server, `redis://[user:password@]host:port[/db]` (or `rediss://`) |
+//! | `channels` | pub/sub channels; a name with `*`, `?` or `[` is a pattern (`PSUBSCRIBE`) |
+//! | `stream` | a stream to read instead of channels |
+//! | `consumerGroup` | the stream's consumer group (required with `stream`; created at the stream's end, with the stream, when absent) |
+//! | `consumerName` | optional name of this consumer in the group (default `portico-<gateway>-<configuration>`); keep it stable so its pending entries are re-read after a restart |
+//! | `reclaimAfter` | optional: entries pending this long at *other* consumers of the group (gone for good) are claimed (`XAUTOCLAIM`) at every (re)connection; default `1m` |
+//!
+//! Pub/sub payload: the message, untouched; extensions `channel` and, for a pattern,
+//! `pattern`. At most once, as Redis pub/sub itself.
+//!
+//! Stream payload: the entry's fields as a JSON object of strings (`application/json`);
+//! extensions `stream` and `streamid` (the entry id). Each entry is acknowledged (`XACK`)
+//! only after its CloudEvent is accepted for delivery. At start (and after every reconnect)
+//! the consumer first reads its own pending entries (delivered before, never acknowledged),
+//! then new ones (`XREADGROUP … >`): at least once.
+//!
+//! A lost connection is reported on the node and re-established with capped backoff.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use portico::{ConfigContext, ConfigError, ConfigExecutor, Event};
+use redis::AsyncCommands;
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use serde::Deserialize;
+
+use crate::broker::{self, Progress, SessionError, SessionResult, accepted};
+
+/// A `redis` configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Server URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Pub/sub channels or patterns.
+    #[serde(default)]
+    pub channels: Vec<String>,
+    /// Stream.
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// Consumer group of the stream.
+    #[serde(default)]
+    pub consumer_group: Option<String>,
+    /// Consumer name in the group.
+    #[serde(default)]
+    pub consumer_name: Option<String>,
+    /// Idle time after which other consumers' pending entries are claimed.
+    #[serde(default)]
+    pub reclaim_after: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+enum Mode {
+    PubSub(Vec<String>),
+    Stream {
+        stream: String,
+        group: String,
+        consumer: Option<String>,
+        reclaim_after: Duration,
+    },
+}
+
+impl RedisConfig {
+    fn check(&self) -> Result<(String, Mode), ConfigError> {
+        let url = broker::required("url", &self.url)?;
+        broker::check_url("url", url, &["redis", "rediss"])?;
+        redis::Client::open(url).map_err(|e| ConfigError::invalid(format!("url: `{url}`: {e}")))?;
+        let mode = match (&self.stream, self.channels.is_empty()) {
+            (Some(_), false) => {
+                return Err(ConfigError::invalid(
+                    "channels and stream are both set: give one",
+                ));
+            }
+            (None, true) => {
+                return Err(ConfigError::invalid(
+                    "channels: missing (give `channels` for pub/sub or `stream` + `consumerGroup`)",
+                ));
+            }
+            (None, false) => {
+                for (i, c) in self.channels.iter().enumerate() {
+                    if c.trim().is_empty() {
+                        return Err(ConfigError::invalid(format!("channels[{i}]: empty")));
+                    }
+                }
+                Mode::PubSub(self.channels.clone())
+            }
+            (Some(_), true) => Mode::Stream {
+                stream: broker::required("stream", &self.stream)?.to_string(),
+                group: broker::required("consumerGroup", &self.consumer_group)
+                    .map_err(|_| {
+                        ConfigError::invalid("consumerGroup: missing (required with stream)")
+                    })?
+                    .to_string(),
+                consumer: self.consumer_name.clone().filter(|n| !n.trim().is_empty()),
+                reclaim_after: match self.reclaim_after.as_deref().map(str::trim) {
+                    None | Some("") => Duration::from_secs(60),
+                    Some(text) => humantime::parse_duration(text).map_err(|e| {
+                        ConfigError::invalid(format!(
+                            "reclaimAfter: `{text}` is not a duration like `30s` or `5m`: {e}"
+                        ))
+                    })?,
+                },
+            },
+        };
+        Ok((url.to_string(), mode))
+    }
+}
+
+/// The `redis` gateway's executor.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Redis;
+
+impl ConfigExecutor for Redis {
+    fn validate(&self, ctx: &ConfigContext) -> Result<(), ConfigError> {
+        ctx.parse::<RedisConfig>()?.check().map(|_| ())
+    }
+
+    async fn start_config(&self, ctx: ConfigContext) -> Result<(), ConfigError> {
+        let (url, mode) = ctx.parse::<RedisConfig>()?.check()?;
+        let client = redis::Client::open(url.as_str())
+            .map_err(|e| ConfigError::invalid(format!("url: `{url}`: {e}")))?;
+        broker::run_sessions(&ctx, |progress| {
+            let client = client.clone();
+            let mode = mode.clone();
+            let ctx = ctx.clone();
+            let url = url.clone();
+            async move {
+                match mode {
+                    Mode::PubSub(channels) => {
+                        pubsub(&ctx, &client, &url, &channels, progress).await
+                    }
+                    Mode::Stream {
+                        stream,
+                        group,
+                        consumer,
+                        reclaim_after,
+                    } => {
+                        let consumer = consumer.unwrap_or_else(|| {
+                            format!("portico-{}-{}", ctx.gateway().name(), ctx.src())
+                        });
+                        streams(
+                            &ctx,
+                            &client,
+                            &url,
+                            (&stream, &group, &consumer),
+                            reclaim_after,
+                            progress,
+                        )
+                        .await
+                    }
+                }
+            }
+        })
+        .await
+    }
+}
+
+fn is_pattern(channel: &str) -> bool {
+    channel.contains(['*', '?', '['])
+}
+
+async fn pubsub(
+    ctx: &ConfigContext,
+    client: &redis::Client,
+    url: &str,
+    channels: &[String],
+    progress: Progress,
+) -> SessionResult {
+    let mut ps = client
+        .get_async_pubsub()
+        .await
+        .map_err(|e| SessionError::broker(format!("cannot connect to Redis at {url}"), e))?;
+    for c in channels {
+        let r = if is_pattern(c) {
+            ps.psubscribe(c).await
+        } else {
+            ps.subscribe(c).await
+        };
+        r.map_err(|e| SessionError::broker(format!("cannot subscribe to `{c}`"), e))?;
+    }
+    progress.running(ctx);
+    let mut messages = ps.on_message();
+    while let Some(msg) = messages.next().await {
+        let mut event = Event::new(msg.get_payload_bytes().to_vec())
+            .with_extension("channel", msg.get_channel_name());
+        if msg.from_pattern()
+            && let Ok(p) = msg.get_pattern::<String>()
+        {
+            event = event.with_extension("pattern", p);
+        }
+        if !accepted(ctx.dispatch(event).await)? {
+            return Ok(());
+        }
+    }
+    Err(SessionError::Broker(format!(
+        "the connection to Redis at {url} was closed"
+    )))
+}
+
+fn text(v: &redis::Value) -> String {
+    match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        redis::Value::Int(i) => i.to_string(),
+        redis::Value::Double(d) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+async fn streams(
+    ctx: &ConfigContext,
+    client: &redis::Client,
+    url: &str,
+    (stream, group, consumer): (&str, &str, &str),
+    reclaim_after: Duration,
+    progress: Progress,
+) -> SessionResult {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_connection_timeout(Some(Duration::from_secs(5)));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(|e| SessionError::broker(format!("cannot connect to Redis at {url}"), e))?;
+    let created: redis::RedisResult<()> = conn.xgroup_create_mkstream(stream, group, "$").await;
+    if let Err(e) = created
+        && e.code() != Some("BUSYGROUP")
+    {
+        return Err(SessionError::broker(
+            format!("cannot create consumer group `{group}` of stream `{stream}`"),
+            e,
+        ));
+    }
+    // Entries left pending by consumers that are gone become this consumer's pending ones.
+    let min_idle = u64::try_from(reclaim_after.as_millis()).unwrap_or(u64::MAX);
+    let mut cursor = "0-0".to_string();
+    loop {
+        let reply: redis::Value = redis::cmd("XAUTOCLAIM")
+            .arg(stream)
+            .arg(group)
+            .arg(consumer)
+            .arg(min_idle)
+            .arg(&cursor)
+            .arg("COUNT")
+            .arg(256)
+            .arg("JUSTID")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| {
+                SessionError::broker(format!("cannot claim idle entries of `{stream}`"), e)
+            })?;
+        let next = match &reply {
+            redis::Value::Array(items) => items.first().map(text),
+            _ => None,
+        };
+        match next {
+            Some(n) if n != "0-0" && n != cursor => cursor = n,
+            _ => break,
+        }
+    }
+    progress.running(ctx);
+    // First this consumer's pending entries (from id 0), then new ones (`>`).
+    let mut pending_from: Option<String> = Some("0".to_string());
+    loop {
+        let opts = StreamReadOptions::default()
+            .group(group, consumer)
+            .count(64);
+        let (id, opts) = match &pending_from {
+            Some(from) => (from.clone(), opts),
+            None => (">".to_string(), opts.block(1000)),
+        };
+        let reply: Option<StreamReadReply> = conn
+            .xread_options(&[stream], &[id.as_str()], &opts)
+            .await
+            .map_err(|e| SessionError::broker(format!("cannot read stream `{stream}`"), e))?;
+        let entries: Vec<_> = reply
+            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+            .unwrap_or_default();
+        if pending_from.is_some() && entries.is_empty() {
+            pending_from = None;
+            continue;
+        }
+        for entry in entries {
+            if let Some(from) = &mut pending_from {
+                from.clone_from(&entry.id);
+            }
+            // A pending entry deleted from the stream comes back without fields: nothing to send.
+            if !entry.map.is_empty() {
+                let fields: serde_json::Map<String, serde_json::Value> = entry
+                    .map
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::Value::String(text(v))))
+                    .collect();
+                let event = Event::json(&fields)
+                    .map_err(|e| SessionError::Fatal(e.into()))?
+                    .with_extension("stream", stream)
+                    .with_extension("streamid", entry.id.as_str());
+                if !accepted(ctx.dispatch(event).await)? {
+                    return Ok(());
+                }
+            }
+            let _: i64 = conn
+                .xack(stream, group, &[entry.id.as_str()])
+                .await
+                .map_err(|e| {
+                    SessionError::broker(format!("cannot acknowledge entry {}", entry.id), e)
+                })?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(yaml: &str) -> Result<(String, Mode), ConfigError> {
+        let c: RedisConfig =
+            serde_saphyr::from_str(yaml).map_err(|e| ConfigError::invalid(e.to_string()))?;
+        c.check()
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        assert!(check("url: redis://127.0.0.1:6379\nchannels: [a, 'b*']").is_ok());
+        assert!(check("url: redis://127.0.0.1:6379\nstream: s\nconsumerGroup: g").is_ok());
+        let e = check("channels: [a]").unwrap_err();
+        assert!(e.message().starts_with("url:"), "{e}");
+        let e = check("url: nats://x\nchannels: [a]").unwrap_err();
+        assert!(e.message().starts_with("url:"), "{e}");
+        let e = check("url: redis://x").unwrap_err();
+        assert!(e.message().starts_with("channels:"), "{e}");
+        let e = check("url: redis://x\nstream: s").unwrap_err();
+        assert!(e.message().starts_with("consumerGroup:"), "{e}");
+        let e =
+            check("url: redis://x\nstream: s\nconsumerGroup: g\nreclaimAfter: soon").unwrap_err();
+        assert!(e.message().starts_with("reclaimAfter:"), "{e}");
+    }
+}

@@ -1,0 +1,330 @@
+//! What the broker tests share: a gateway whose one watcher can be taken down and brought
+//! back ([`Rig`]), private broker processes on free ports that are killed on drop
+//! ([`PrivateBroker`]), and polling helpers. The shared brokers of the machine (NATS 4222,
+//! Mosquitto 1883, RabbitMQ 5672, Redis 6379) are used as they are and never stopped;
+//! every test uses its own subjects, topics, queues and streams (a uuid) so tests can run
+//! in parallel.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use portico::cloudevents::CloudEvent;
+use portico::dispatch::{DeliveryError, Dispatcher, QueueSettings, RetryPolicy, Sender};
+use portico::executor::BoxFuture;
+use portico::metrics::Metrics;
+use portico::pipeline::Pipeline;
+use portico::status::StatusBoard;
+use portico::supervisor::{RestartPolicy, Supervisor};
+use portico::transform::Transformer;
+use portico::{GatewayConfig, Node, Phase, SharedExecutor};
+use tokio::sync::mpsc;
+
+/// How long a test waits for anything before failing.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A unique name for this test's subjects, queues, streams.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The watcher of a [`Rig`]: delivers into a channel while up, fails (retryably) while down.
+struct GatedWatcher {
+    up: Arc<AtomicBool>,
+    tx: mpsc::UnboundedSender<CloudEvent>,
+}
+
+impl Sender for GatedWatcher {
+    fn send<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        let r = if self.up.load(Ordering::SeqCst) {
+            self.tx
+                .send(event.clone())
+                .map_err(|_| DeliveryError::permanent("the test is gone"))
+        } else {
+            Err(DeliveryError::retryable("the watcher is down"))
+        };
+        Box::pin(std::future::ready(r))
+    }
+}
+
+/// A gateway of one type with one watcher that can be taken down, and a supervisor.
+pub struct Rig {
+    pub gateway: GatewayConfig,
+    pub metrics: Arc<Metrics>,
+    pub board: Arc<StatusBoard>,
+    pub supervisor: Supervisor,
+    up: Arc<AtomicBool>,
+    events: mpsc::UnboundedReceiver<CloudEvent>,
+}
+
+impl Rig {
+    /// A gateway `name` of `gateway_type` run by `executor`, watcher up, default queue.
+    pub fn new(name: &str, gateway_type: &str, executor: SharedExecutor) -> Rig {
+        Self::with_queue_size(name, gateway_type, executor, 4096)
+    }
+
+    /// The same with a watcher queue of `queue_size` events (a small one makes the source
+    /// wait while the watcher is down).
+    pub fn with_queue_size(
+        name: &str,
+        gateway_type: &str,
+        executor: SharedExecutor,
+        queue_size: usize,
+    ) -> Rig {
+        let metrics = Metrics::new();
+        let up = Arc::new(AtomicBool::new(true));
+        let (tx, events) = mpsc::unbounded_channel();
+        let settings = QueueSettings {
+            queue_size,
+            concurrency: 1,
+            retry: RetryPolicy {
+                max_attempts: usize::MAX,
+                initial_backoff: Duration::from_millis(20),
+                max_backoff: Duration::from_millis(100),
+            },
+        };
+        let watcher = GatedWatcher { up: up.clone(), tx };
+        let dispatcher = Dispatcher::start(
+            vec![("watcher".to_string(), Arc::new(watcher), settings)],
+            &metrics,
+        );
+        let pipeline = Pipeline::new(
+            Transformer::new(name, gateway_type, "1.0"),
+            dispatcher,
+            metrics.clone(),
+        );
+        let board = Arc::new(StatusBoard::new(metrics.clone(), Vec::new()));
+        let gateway = GatewayConfig::new(name, "default", pipeline);
+        let supervisor = Supervisor::new(executor, gateway.clone(), board.clone())
+            .with_restart_policy(RestartPolicy {
+                initial: Duration::from_millis(50),
+                max: Duration::from_millis(500),
+            })
+            .with_stop_grace(Duration::from_secs(5));
+        Rig {
+            gateway,
+            metrics,
+            board,
+            supervisor,
+            up,
+            events,
+        }
+    }
+
+    /// Runs exactly these configurations (src → YAML), stopping the others.
+    pub async fn apply(&mut self, configs: &[(&str, &str)]) {
+        let map: BTreeMap<String, String> = configs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.supervisor.apply(&map).await;
+    }
+
+    /// How many events configuration `src` produced (accepted or still waiting for room).
+    pub fn received(&self, src: &str) -> u64 {
+        let label = format!("src=\"{src}\"");
+        self.metrics
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("portico_events_received") && l.contains(&label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .sum()
+    }
+
+    /// Waits until configuration `src` produced at least `n` events.
+    pub async fn wait_received(&self, src: &str, n: u64) {
+        wait_until(&format!("{n} events from {src}"), || async {
+            (self.received(src) >= n).then_some(())
+        })
+        .await;
+    }
+
+    /// Takes the watcher down or brings it up.
+    pub fn watcher_up(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+    }
+
+    /// The next delivered event, or `None` after `timeout`.
+    pub async fn next_event(&mut self, timeout: Duration) -> Option<CloudEvent> {
+        tokio::time::timeout(timeout, self.events.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Exactly `n` events (panics if fewer arrive in [`WAIT`]), then checks that no more
+    /// arrive within `quiet`.
+    pub async fn exactly(&mut self, n: usize, quiet: Duration) -> Vec<CloudEvent> {
+        let mut got = Vec::with_capacity(n);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_event(left).await {
+                Some(e) => got.push(e),
+                None => panic!(
+                    "only {} of {n} events arrived in {WAIT:?}; nodes: {:?}",
+                    got.len(),
+                    self.board.nodes()
+                ),
+            }
+        }
+        if let Some(extra) = self.next_event(quiet).await {
+            panic!("more than {n} events: also {extra:?}");
+        }
+        got
+    }
+
+    /// Events until every payload of `want` has been seen (duplicates allowed), or panics
+    /// after [`WAIT`] naming the missing ones.
+    pub async fn until_all(&mut self, want: &[String]) -> Vec<CloudEvent> {
+        let mut missing: std::collections::BTreeSet<&String> = want.iter().collect();
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !missing.is_empty() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(e) = self.next_event(left).await else {
+                panic!("missing after {WAIT:?}: {missing:?}");
+            };
+            missing.remove(&data(&e));
+            got.push(e);
+        }
+        got
+    }
+
+    /// The node of configuration `src`.
+    pub fn node(&self, src: &str) -> Option<Node> {
+        self.board.nodes().into_iter().find(|n| n.name == src)
+    }
+
+    /// Waits until the node of `src` is in `phase`; panics with the node after [`WAIT`].
+    pub async fn wait_phase(&self, src: &str, phase: Phase) -> Node {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let node = self.node(src);
+            if let Some(n) = node.clone().filter(|n| n.phase == phase) {
+                return n;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("node {src} not {phase:?} after {WAIT:?}: {node:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The event's data as text.
+pub fn data(e: &CloudEvent) -> String {
+    e.data
+        .as_ref()
+        .map(|d| String::from_utf8_lossy(d.as_bytes()).into_owned())
+        .unwrap_or_default()
+}
+
+/// The event's extension `name` as text.
+pub fn ext(e: &CloudEvent, name: &str) -> Option<String> {
+    e.extensions.get(name).map(|v| v.to_string())
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics with `what` after [`WAIT`].
+pub async fn wait_until<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {WAIT:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A broker process of this test alone, on its own port; killed on drop.
+pub struct PrivateBroker {
+    pub port: u16,
+    program: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateBroker {
+    /// Starts `program` with `args` (`{port}` and `{dir}` replaced by the port and a private
+    /// temporary directory) and waits until the port accepts connections.
+    pub async fn start(program: impl Into<PathBuf>, args: &[&str]) -> PrivateBroker {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let port = free_port();
+        let args = args
+            .iter()
+            .map(|a| {
+                a.replace("{port}", &port.to_string())
+                    .replace("{dir}", &dir.path().display().to_string())
+            })
+            .collect();
+        let mut b = PrivateBroker {
+            port,
+            program: program.into(),
+            args,
+            child: None,
+            _dir: dir,
+        };
+        b.restart().await;
+        b
+    }
+
+    /// Kills the broker and waits for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port and waits until it accepts connections.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let program = self.program.display().to_string();
+        let args = self.args.clone();
+        let port = self.port;
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program} {args:?}: {e}"));
+        self.child = Some(child);
+        wait_until(&format!("{program} to listen on {port}"), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
