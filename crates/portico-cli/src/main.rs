@@ -10,7 +10,9 @@ use clap::{Parser, Subcommand};
 use portico::cli::{GatewayArgs, LogArgs};
 use portico::runtime::{Processor, run_gateway, shutdown_signal};
 use portico::spec::{Gateway, GatewayFile};
+use portico::processor::http::{HttpProcessor, HttpSettings};
 use portico::{ConfigContext, Configuration};
+use std::sync::Arc;
 
 #[derive(Debug, Parser)]
 #[command(name = "portico", version, about = "Portico: an event-gateway framework", long_about = None)]
@@ -49,16 +51,25 @@ fn processor_for(gateway: &Gateway) -> Result<Processor, String> {
             gateway.metadata.name
         ));
     }
-    if spec.http_server_port.is_some() {
-        return Err(format!(
-            "gateway `{}` sets httpServerPort (HTTP style), which this version of portico does not run yet",
-            gateway.metadata.name
-        ));
+    if let Some(settings) = http_settings(gateway)? {
+        return Ok(Processor::Http(Arc::new(HttpProcessor::start(settings)?)));
     }
     Ok(match portico_gateways::builtin(&spec.gateway_type) {
         Some(executor) => Processor::Core(executor),
         None => Processor::Independent,
     })
+}
+
+/// The HTTP-style settings of a gateway that sets `httpServerPort` (or whose environment sets
+/// `GATEWAY_PROCESSOR_SERVER_HTTP_PORT`), `None` for other styles.
+fn http_settings(gateway: &Gateway) -> Result<Option<HttpSettings>, String> {
+    let port = gateway.spec.http_server_port.map(|p| p.0);
+    if port.is_none() && portico::env::var(portico::env::GATEWAY_PROCESSOR_SERVER_HTTP_PORT).is_none() {
+        return Ok(None);
+    }
+    HttpSettings::from_env(port)
+        .map(Some)
+        .map_err(|e| format!("gateway `{}`: {e}", gateway.metadata.name))
 }
 
 fn main() -> ExitCode {
@@ -107,9 +118,16 @@ fn validate(file: &std::path::Path) -> ExitCode {
         }
     };
     let mut problems = Vec::new();
-    match processor_for(&loaded.gateway) {
+    // The user's HTTP server judges its own configurations: only its settings are checked here
+    // (without starting the framework's server).
+    let chosen = match http_settings(&loaded.gateway) {
+        Ok(Some(_)) => Ok(Processor::Independent),
+        Ok(None) => processor_for(&loaded.gateway),
+        Err(e) => Err(e),
+    };
+    match chosen {
         Err(e) => problems.push(e),
-        Ok(Processor::Independent) => {}
+        Ok(Processor::Independent | Processor::Http(_)) => {}
         Ok(Processor::Core(executor)) => {
             // A context needs a pipeline; a harness gives one that goes nowhere.
             let harness = portico::testing::Harness::new(

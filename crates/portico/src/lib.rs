@@ -32,6 +32,7 @@ pub mod event;
 pub mod executor;
 pub mod metrics;
 pub mod pipeline;
+pub mod processor;
 pub mod runtime;
 pub mod server;
 pub mod source;

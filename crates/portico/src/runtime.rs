@@ -34,6 +34,8 @@ use crate::transform::{Transformer, parse_overrides};
 pub enum Processor {
     /// A Rust executor in this process (built-in or the user's).
     Core(SharedExecutor),
+    /// The user's HTTP server, through [`crate::processor::http::HttpProcessor`].
+    Http(SharedExecutor),
     /// Nothing: the user's program posts events to the transformer.
     Independent,
 }
@@ -42,6 +44,7 @@ impl Processor {
     fn name(&self) -> &'static str {
         match self {
             Processor::Core(_) => "core",
+            Processor::Http(_) => "http",
             Processor::Independent => "independent",
         }
     }
@@ -189,7 +192,7 @@ pub async fn run_gateway(
         pipeline.clone(),
     );
     let mut supervisor = match &processor {
-        Processor::Core(executor) => Some(
+        Processor::Core(executor) | Processor::Http(executor) => Some(
             Supervisor::new(executor.clone(), gateway_config, board.clone())
                 .with_stop_grace(opts.stop_grace),
         ),
