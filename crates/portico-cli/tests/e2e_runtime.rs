@@ -1,0 +1,304 @@
+//! End to end with the real `portico` binary: a calendar gateway delivering CloudEvents to a
+//! real HTTP watcher, live edits of the gateway file, invalid configurations, retries and a
+//! dead watcher next to a healthy one.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use portico::cloudevents::CloudEvent;
+use support::{Behaviour, GatewayFileBuilder, Portico, Sink, eventually, replace_file};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn from_src<'a>(events: &'a [serde_json::Value], src: &str) -> Vec<&'a serde_json::Value> {
+    events.iter().filter(|e| e["subject"] == src).collect()
+}
+
+#[tokio::test]
+async fn calendar_events_reach_a_url_watcher_as_valid_cloudevents() {
+    let sink = Sink::start(Behaviour::Ok).await;
+    let (_dir, file) = GatewayFileBuilder::new("cal", "calendar")
+        .watchers(&[sink.url()])
+        .config("every1s", "interval: 1s\nuserPayload: {\"n\": 7}")
+        .write();
+    let portico = Portico::run(&file).await;
+    sink.wait_for_events(3, WAIT).await;
+    let received = sink.received();
+    let mut ids = HashSet::new();
+    for r in received.iter().take(3) {
+        assert_eq!(
+            r.headers["content-type"], "application/cloudevents+json",
+            "structured mode by default"
+        );
+        let ce = CloudEvent::from_json(&r.body).expect("a CloudEvent 1.0 in JSON");
+        ce.validate().expect("valid");
+        let json = r.json();
+        assert_eq!(json["specversion"], "1.0");
+        assert_eq!(ce.source, "cal/every1s");
+        assert_eq!(ce.ty, "calendar");
+        assert_eq!(ce.subject.as_deref(), Some("every1s"));
+        assert_eq!(ce.datacontenttype.as_deref(), Some("application/json"));
+        assert_eq!(json["eventtypeversion"], "1.0");
+        assert!(json["data"]["eventTime"].is_string(), "{json}");
+        assert_eq!(json["data"]["userPayload"]["n"], 7, "{json}");
+        assert!(ids.insert(ce.id.clone()), "ids are unique");
+    }
+    assert_eq!(portico.terminate().await, Some(0));
+}
+
+#[tokio::test]
+async fn live_edits_add_change_remove_break_and_fix() {
+    let sink = Sink::start(Behaviour::Ok).await;
+    let base = GatewayFileBuilder::new("live", "calendar").watchers(&[sink.url()]);
+    let (_dir, file) = base.clone_with(&[("a", "interval: 200ms")]).write();
+    let portico = Portico::run(&file).await;
+    portico.wait_for_phase("a", "Running", WAIT).await;
+    let first_a = portico.node("a").await.unwrap()["id"].clone();
+
+    // Add b: its events start within 2 s.
+    replace_file(
+        &file,
+        &base
+            .clone_with(&[("a", "interval: 200ms"), ("b", "interval: 200ms")])
+            .render(),
+    );
+    eventually(Duration::from_secs(2) + support_slack(), || {
+        (!from_src(&sink.events(), "b").is_empty()).then_some(())
+    })
+    .await
+    .expect("events of the added configuration within 2 s");
+    // a was not restarted by the edit: same id.
+    assert_eq!(portico.node("a").await.unwrap()["id"], first_a);
+
+    // Change a: the old one stops, the new one starts (a new id under the same key).
+    replace_file(
+        &file,
+        &base
+            .clone_with(&[
+                ("a", "interval: 250ms\nuserPayload: v2"),
+                ("b", "interval: 200ms"),
+            ])
+            .render(),
+    );
+    let new_a = support::eventually_async(WAIT, || async {
+        portico
+            .node("a")
+            .await
+            .filter(|n| n["id"] != first_a && n["phase"] == "Running")
+    })
+    .await
+    .expect("a restarted with a new id");
+    assert_ne!(new_a["id"], first_a);
+    let old = first_a.as_str().unwrap().to_string();
+    eventually(WAIT, || {
+        portico
+            .stderr
+            .containing("configuration removed")
+            .iter()
+            .any(|l| l.contains(&old))
+            .then_some(())
+    })
+    .await
+    .expect("the old a was stopped and removed");
+    sink.wait_for_events(sink.events().len() + 1, WAIT).await;
+    eventually(WAIT, || {
+        from_src(&sink.events(), "a")
+            .iter()
+            .any(|e| e["data"]["userPayload"] == "v2")
+            .then_some(())
+    })
+    .await
+    .expect("events of the changed a");
+
+    // Remove b: its events stop.
+    replace_file(
+        &file,
+        &base
+            .clone_with(&[("a", "interval: 250ms\nuserPayload: v2")])
+            .render(),
+    );
+    support::eventually_async(WAIT, || async {
+        portico.node("b").await.is_none().then_some(())
+    })
+    .await
+    .expect("b removed from /status");
+    let a_count = |s: &Sink| from_src(&s.events(), "a").len();
+    // Deliveries accepted before the removal take milliseconds; one more tick of a is enough.
+    let n = a_count(&sink);
+    eventually(WAIT, || (a_count(&sink) > n).then_some(()))
+        .await
+        .unwrap();
+    let b_after = from_src(&sink.events(), "b").len();
+    let n = a_count(&sink);
+    eventually(WAIT, || (a_count(&sink) >= n + 3).then_some(()))
+        .await
+        .unwrap();
+    assert_eq!(
+        from_src(&sink.events(), "b").len(),
+        b_after,
+        "no event of b after its removal"
+    );
+
+    // Break the YAML: an error is logged, a keeps running.
+    std::fs::write(
+        &file,
+        "apiVersion: portico.dev/v1alpha1\nkind: Gateway\nspec: [oops\n",
+    )
+    .unwrap();
+    eventually(WAIT, || {
+        (!portico.stderr.containing("does not parse").is_empty()).then_some(())
+    })
+    .await
+    .expect("the parse error is logged");
+    let logged = portico.stderr.containing("does not parse");
+    assert!(logged[0].contains("\"line\":3"), "{}", logged[0]);
+    let n = a_count(&sink);
+    eventually(WAIT, || (a_count(&sink) >= n + 3).then_some(()))
+        .await
+        .expect("a keeps running while the file is broken");
+    assert_eq!(portico.node("a").await.unwrap()["phase"], "Running");
+
+    // Fix it (and add c): back to normal.
+    replace_file(
+        &file,
+        &base
+            .clone_with(&[
+                ("a", "interval: 250ms\nuserPayload: v2"),
+                ("c", "interval: 200ms"),
+            ])
+            .render(),
+    );
+    eventually(WAIT, || {
+        (!from_src(&sink.events(), "c").is_empty()).then_some(())
+    })
+    .await
+    .expect("events of c after the fix");
+    assert_eq!(portico.terminate().await, Some(0));
+}
+
+fn support_slack() -> Duration {
+    // The 2 s promise is measured from the rename; polling adds at most this much.
+    Duration::from_millis(500)
+}
+
+trait CloneWith {
+    fn clone_with(&self, configs: &[(&str, &str)]) -> GatewayFileBuilder;
+}
+
+impl CloneWith for GatewayFileBuilder {
+    fn clone_with(&self, configs: &[(&str, &str)]) -> GatewayFileBuilder {
+        let mut b = GatewayFileBuilder::new(&self.name, &self.gateway_type);
+        b.spec_extra = self.spec_extra.clone();
+        for (k, v) in configs {
+            b = b.config(k, v);
+        }
+        b
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_cron_is_an_error_node_next_to_a_running_one() {
+    let sink = Sink::start(Behaviour::Ok).await;
+    let (_dir, file) = GatewayFileBuilder::new("mixed", "calendar")
+        .watchers(&[sink.url()])
+        .config("bad", "schedule: \"61 * * * *\"")
+        .config("good", "interval: 300ms")
+        .write();
+    let portico = Portico::run(&file).await;
+    let bad = portico.wait_for_phase("bad", "Error", WAIT).await;
+    let message = bad["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("schedule:"),
+        "the message names the field: {message}"
+    );
+    portico.wait_for_phase("good", "Running", WAIT).await;
+    let events = sink.wait_for_events(2, WAIT).await;
+    assert!(events.iter().all(|e| e["subject"] == "good"));
+    // Validation failed, so the bad one was never started (and is not restarted).
+    assert_eq!(portico.node("bad").await.unwrap()["restarts"], 0);
+    let _ = portico.terminate().await;
+}
+
+async fn post_original(portico: &Portico, src: &str, payload: &[u8]) -> reqwest::StatusCode {
+    use base64::Engine;
+    portico
+        .http
+        .post(portico.url("/"))
+        .json(&serde_json::json!({
+            "src": src,
+            "payload": base64::engine::general_purpose::STANDARD.encode(payload),
+        }))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn a_watcher_answering_503_twice_gets_the_event_exactly_once_more() {
+    let sink = Sink::start(Behaviour::Script(vec![503, 503])).await;
+    let (_dir, file) = GatewayFileBuilder::new("retry", "custom")
+        .spec_lines(&format!(
+            "  delivery:\n    retry: {{maxAttempts: 5, initialBackoff: 20ms, maxBackoff: 100ms}}\n  watchers:\n    urls: [\"{}\"]",
+            sink.url()
+        ))
+        .write();
+    let portico = Portico::run(&file).await;
+    assert_eq!(post_original(&portico, "first", b"one").await, 200);
+    let first = sink.wait_for_events(1, WAIT).await[0]["id"].clone();
+    // A second event, delivered after the first: nothing else of the first is in flight.
+    assert_eq!(post_original(&portico, "second", b"two").await, 200);
+    sink.wait_for_events(2, WAIT).await;
+    let attempts: Vec<u16> = sink
+        .received()
+        .iter()
+        .filter(|r| r.json()["id"] == first)
+        .map(|r| r.answered)
+        .collect();
+    assert_eq!(
+        attempts,
+        vec![503, 503, 200],
+        "two refusals, then exactly one delivery"
+    );
+    let metrics = portico
+        .http
+        .get(portico.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("portico_events_retried_total{watcher=\"url:"),
+        "{metrics}"
+    );
+    let _ = portico.terminate().await;
+}
+
+#[tokio::test]
+async fn a_watcher_that_never_answers_does_not_delay_a_healthy_one() {
+    let dead = Sink::start(Behaviour::Hang).await;
+    let healthy = Sink::start(Behaviour::Ok).await;
+    let (_dir, file) = GatewayFileBuilder::new("two", "custom")
+        .spec_lines(&format!(
+            "  watchers:\n    urls:\n      - {{url: \"{}\", timeout: 60s, concurrency: 1}}\n      - \"{}\"",
+            dead.url(),
+            healthy.url()
+        ))
+        .write();
+    let portico = Portico::run(&file).await;
+    for i in 0..5 {
+        assert_eq!(
+            post_original(&portico, "s", format!("e{i}").as_bytes()).await,
+            200
+        );
+    }
+    // The dead watcher holds its one attempt for 60 s; the healthy one has all five long before.
+    let got = healthy.wait_for_events(5, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 5);
+    assert!(dead.received().len() <= 1);
+    drop(portico);
+}
