@@ -8,9 +8,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use portico::cli::{GatewayArgs, LogArgs};
+use portico::processor::http::{HttpProcessor, HttpSettings};
 use portico::runtime::{Processor, run_gateway, shutdown_signal};
 use portico::spec::{Gateway, GatewayFile};
-use portico::processor::http::{HttpProcessor, HttpSettings};
 use portico::{ConfigContext, Configuration};
 use std::sync::Arc;
 
@@ -64,7 +64,9 @@ fn processor_for(gateway: &Gateway) -> Result<Processor, String> {
 /// `GATEWAY_PROCESSOR_SERVER_HTTP_PORT`), `None` for other styles.
 fn http_settings(gateway: &Gateway) -> Result<Option<HttpSettings>, String> {
     let port = gateway.spec.http_server_port.map(|p| p.0);
-    if port.is_none() && portico::env::var(portico::env::GATEWAY_PROCESSOR_SERVER_HTTP_PORT).is_none() {
+    if port.is_none()
+        && portico::env::var(portico::env::GATEWAY_PROCESSOR_SERVER_HTTP_PORT).is_none()
+    {
         return Ok(None);
     }
     HttpSettings::from_env(port)

@@ -82,9 +82,9 @@ impl HttpSettings {
         fn port(name: &str) -> Result<Option<u16>, String> {
             env::var(name)
                 .map(|v| {
-                    v.trim().parse::<u16>().map_err(|e| {
-                        format!("{name}={v:?} is not a port number (0–65535): {e}")
-                    })
+                    v.trim()
+                        .parse::<u16>()
+                        .map_err(|e| format!("{name}={v:?} is not a port number (0–65535): {e}"))
                 })
                 .transpose()
         }
@@ -113,14 +113,23 @@ impl HttpSettings {
             client_listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
             client_port: port(env::GATEWAY_PROCESSOR_CLIENT_HTTP_PORT)?
                 .unwrap_or(env::DEFAULT_PROCESSOR_CLIENT_HTTP_PORT),
-            start_path: path(env::GATEWAY_HTTP_CONFIG_START, env::DEFAULT_HTTP_CONFIG_START)?,
+            start_path: path(
+                env::GATEWAY_HTTP_CONFIG_START,
+                env::DEFAULT_HTTP_CONFIG_START,
+            )?,
             stop_path: path(env::GATEWAY_HTTP_CONFIG_STOP, env::DEFAULT_HTTP_CONFIG_STOP)?,
-            event_path: path(env::GATEWAY_HTTP_CONFIG_EVENT, env::DEFAULT_HTTP_CONFIG_EVENT)?,
+            event_path: path(
+                env::GATEWAY_HTTP_CONFIG_EVENT,
+                env::DEFAULT_HTTP_CONFIG_EVENT,
+            )?,
             running_path: path(
                 env::GATEWAY_HTTP_CONFIG_RUNNING,
                 env::DEFAULT_HTTP_CONFIG_RUNNING,
             )?,
-            error_path: path(env::GATEWAY_HTTP_CONFIG_ERROR, env::DEFAULT_HTTP_CONFIG_ERROR)?,
+            error_path: path(
+                env::GATEWAY_HTTP_CONFIG_ERROR,
+                env::DEFAULT_HTTP_CONFIG_ERROR,
+            )?,
             retry_min: Duration::from_millis(200),
             retry_max: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
@@ -437,7 +446,11 @@ impl HttpProcessor {
                 Ok(()) => {
                     // The user's server now runs it; it is `Running` once it calls back (which
                     // may already have happened: only clear the error of failed attempts).
-                    if ctx.board().get(ctx.id()).is_some_and(|n| n.phase == Phase::Error) {
+                    if ctx
+                        .board()
+                        .get(ctx.id())
+                        .is_some_and(|n| n.phase == Phase::Error)
+                    {
                         ctx.set_phase(Phase::Initialized, "");
                     }
                     return true;

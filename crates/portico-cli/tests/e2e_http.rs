@@ -1,0 +1,265 @@
+//! End to end with the real `portico` binary and the Python HTTP-style example
+//! (`examples/http-calendar/server.py`): several configurations at once, events attributed to
+//! their own configuration, `/stop` for exactly the removed one, `/activated` and `/error`
+//! driving the nodes, a user server that comes up after portico, and 404 for events of
+//! configurations that do not run.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::{
+    Behaviour, GatewayFileBuilder, Portico, Sink, eventually, eventually_async, replace_file,
+};
+use tokio::process::{Child, Command};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The Python interpreter: the venv's when `PORTICO_VENV` is set (scripts/test), else
+/// `python3` (the example uses only the standard library).
+fn python() -> PathBuf {
+    match std::env::var_os("PORTICO_VENV") {
+        Some(venv) if PathBuf::from(&venv).join("bin/python").exists() => {
+            PathBuf::from(venv).join("bin/python")
+        }
+        _ => PathBuf::from("python3"),
+    }
+}
+
+fn example() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/http-calendar/server.py")
+}
+
+/// A port nobody listens on now, for the user's server, which must be known before it starts
+/// (portico is told it in the gateway file).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// The Python example server, killed on drop.
+struct UserServer {
+    _child: Child,
+    base: String,
+}
+
+impl UserServer {
+    async fn start(server_port: u16, client_port: u16) -> UserServer {
+        let child = Command::new(python())
+            .arg(example())
+            .env(
+                "GATEWAY_PROCESSOR_SERVER_HTTP_PORT",
+                server_port.to_string(),
+            )
+            .env(
+                "GATEWAY_PROCESSOR_CLIENT_HTTP_PORT",
+                client_port.to_string(),
+            )
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", python().display()));
+        let base = format!("http://127.0.0.1:{server_port}");
+        let http = reqwest::Client::new();
+        let up = eventually_async(WAIT, || async {
+            http.get(format!("{base}/configurations"))
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        })
+        .await;
+        assert!(up.is_some(), "the Python example server did not start");
+        UserServer {
+            _child: child,
+            base,
+        }
+    }
+
+    async fn state(&self) -> serde_json::Value {
+        reqwest::get(format!("{}/configurations", self.base))
+            .await
+            .expect("GET /configurations")
+            .json()
+            .await
+            .expect("JSON")
+    }
+}
+
+/// The address of the framework's server, from portico's log.
+async fn processor_addr(portico: &Portico) -> std::net::SocketAddr {
+    eventually(WAIT, || {
+        portico
+            .stderr
+            .containing("processor server listening")
+            .first()
+            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .and_then(|v| v["addr"].as_str().and_then(|a| a.parse().ok()))
+    })
+    .await
+    .expect("portico logs the address of the processor server")
+}
+
+fn gateway(sink: &Sink, server_port: u16, configs: &[(&str, &str)]) -> GatewayFileBuilder {
+    let mut b = GatewayFileBuilder::new("hcal", "http-calendar")
+        .watchers(&[sink.url()])
+        .spec_lines(&format!("  httpServerPort: \"{server_port}\""));
+    for (k, v) in configs {
+        b = b.config(k, v);
+    }
+    b
+}
+
+#[tokio::test]
+async fn http_style_runs_many_configurations_and_stops_exactly_the_removed_one() {
+    let sink = Sink::start(Behaviour::Ok).await;
+    let server_port = free_port();
+    let configs = [
+        (
+            "alpha",
+            "interval: 100ms\nuserPayload: '{\"who\": \"alpha\"}'",
+        ),
+        (
+            "beta",
+            "interval: 100ms\nuserPayload: '{\"who\": \"beta\"}'",
+        ),
+        ("broken", "interval: never"),
+    ];
+    let builder = gateway(&sink, server_port, &configs);
+    let (_dir, file) = builder.write();
+    let portico = Portico::start(
+        &["run", file.to_str().unwrap()],
+        &[("GATEWAY_PROCESSOR_CLIENT_HTTP_PORT", "0")],
+    )
+    .await;
+    let client_addr = processor_addr(&portico).await;
+    let server = UserServer::start(server_port, client_addr.port()).await;
+
+    // /activated marks the nodes Running; /error marks one Error with the server's text.
+    let alpha = portico.wait_for_phase("alpha", "Running", WAIT).await;
+    portico.wait_for_phase("beta", "Running", WAIT).await;
+    let broken = portico.wait_for_phase("broken", "Error", WAIT).await;
+    assert!(
+        broken["message"]
+            .as_str()
+            .unwrap()
+            .contains("'never' is not a duration"),
+        "the node shows the user's error text: {broken}"
+    );
+
+    // Events from each configuration arrive with their own source.
+    let events = eventually(WAIT, || {
+        let e = sink.events();
+        let count = |s: &str| e.iter().filter(|v| v["subject"] == s).count();
+        (count("alpha") >= 2 && count("beta") >= 2).then_some(e)
+    })
+    .await
+    .expect("events of alpha and beta at the watcher");
+    for e in &events {
+        let src = e["subject"].as_str().unwrap();
+        assert_eq!(e["source"], format!("hcal/{src}"));
+        assert_eq!(e["type"], "http-calendar");
+        assert_eq!(e["datacontenttype"], "application/json");
+        assert_eq!(
+            e["data"]["userPayload"]["who"], src,
+            "attributed to its own configuration: {e}"
+        );
+    }
+
+    // Removing alpha calls /stop for exactly alpha.
+    let keep = [configs[1], configs[2]];
+    replace_file(&file, &gateway(&sink, server_port, &keep).render());
+    let state = eventually_async(WAIT, || async {
+        let s = server.state().await;
+        (s["stops"].as_array().is_some_and(|a| !a.is_empty())).then_some(s)
+    })
+    .await
+    .expect("the user's server got a /stop");
+    assert_eq!(
+        state["stops"],
+        serde_json::json!([{"src": "alpha", "id": alpha["id"]}]),
+        "exactly alpha was stopped"
+    );
+    assert!(state["running"].get("alpha").is_none());
+    assert!(state["running"].get("beta").is_some());
+    eventually_async(WAIT, || async {
+        portico.node("alpha").await.is_none().then_some(())
+    })
+    .await
+    .expect("alpha's node is removed");
+    assert_eq!(portico.node("beta").await.unwrap()["phase"], "Running");
+
+    // An event for a configuration that does not run gets 404 with a reason.
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("http://{client_addr}/event"))
+        .body(r#"{"src": "alpha", "payload": "e30="}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("no configuration `alpha`"));
+    let r = http
+        .post(format!("http://{client_addr}/event"))
+        .body(r#"{"src": "beta", "payload": "e30=", "id": "0000000000000000"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "a stale id is not the running configuration"
+    );
+    // A running one takes events (and a bad body gets 400 with the reason).
+    let r = http
+        .post(format!("http://{client_addr}/event"))
+        .body(r#"{"src": "beta", "payload": "e30="}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .post(format!("http://{client_addr}/event"))
+        .body(r#"{"src": "beta", "payload": "%%%"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("base64"));
+
+    // Shutting down stops the rest on the user's server.
+    assert_eq!(portico.terminate().await, Some(0));
+    let s = server.state().await;
+    assert!(
+        s["running"].get("beta").is_none(),
+        "beta stopped at shutdown: {s}"
+    );
+}
+
+#[tokio::test]
+async fn http_style_configurations_start_once_the_user_server_comes_up() {
+    let sink = Sink::start(Behaviour::Ok).await;
+    let server_port = free_port();
+    let (_dir, file) = gateway(&sink, server_port, &[("late", "interval: 100ms")]).write();
+    let portico = Portico::start(
+        &["run", file.to_str().unwrap()],
+        &[("GATEWAY_PROCESSOR_CLIENT_HTTP_PORT", "0")],
+    )
+    .await;
+    let client_addr = processor_addr(&portico).await;
+
+    // The server is down: the node says why, and the start is retried.
+    let node = portico.wait_for_phase("late", "Error", WAIT).await;
+    let message = node["message"].as_str().unwrap();
+    assert!(
+        message.contains("cannot start the configuration") && message.contains("retrying"),
+        "{message}"
+    );
+
+    let _server = UserServer::start(server_port, client_addr.port()).await;
+    portico.wait_for_phase("late", "Running", WAIT).await;
+    let events = sink.wait_for_events(2, WAIT).await;
+    assert!(events.iter().all(|e| e["source"] == "hcal/late"));
+}
