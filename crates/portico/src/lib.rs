@@ -30,6 +30,7 @@ pub mod dispatch;
 pub mod env;
 pub mod event;
 pub mod executor;
+pub mod ingest;
 pub mod metrics;
 pub mod pipeline;
 pub mod processor;
