@@ -8,10 +8,15 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use portico::cli::{GatewayArgs, LogArgs};
+use portico::dispatch::Dispatcher;
+use portico::metrics::Metrics;
+use portico::pipeline::Pipeline;
 use portico::processor::http::{HttpProcessor, HttpSettings};
 use portico::runtime::{Processor, run_gateway, shutdown_signal};
 use portico::spec::{Gateway, GatewayFile};
-use portico::{ConfigContext, Configuration};
+use portico::status::StatusBoard;
+use portico::transform::Transformer;
+use portico::{ConfigContext, Configuration, GatewayConfig};
 use std::sync::Arc;
 
 #[derive(Debug, Parser)]
@@ -131,16 +136,22 @@ fn validate(file: &std::path::Path) -> ExitCode {
         Err(e) => problems.push(e),
         Ok(Processor::Independent | Processor::Http(_)) => {}
         Ok(Processor::Core(executor)) => {
-            // A context needs a pipeline; a harness gives one that goes nowhere.
-            let harness = portico::testing::Harness::new(
-                &loaded.gateway.metadata.name,
-                &loaded.gateway.spec.gateway_type,
+            // Validation dispatches nothing: a pipeline with no watchers will do.
+            let metrics = Metrics::new();
+            let gateway = &loaded.gateway;
+            let pipeline = Pipeline::new(
+                Transformer::new(&gateway.metadata.name, &gateway.spec.gateway_type, "1.0"),
+                Dispatcher::start(Vec::new(), &metrics),
+                metrics.clone(),
             );
+            let gateway_config =
+                GatewayConfig::new(&gateway.metadata.name, gateway.namespace(), pipeline);
+            let board = Arc::new(StatusBoard::new(metrics, Vec::new()));
             for (src, value) in &loaded.configurations {
                 let ctx = ConfigContext::new(
                     Configuration::new(src.clone(), value.clone()),
-                    harness.gateway.clone(),
-                    harness.board.clone(),
+                    gateway_config.clone(),
+                    board.clone(),
                 );
                 if let Err(e) = executor.dyn_validate(&ctx) {
                     problems.push(format!(

@@ -302,3 +302,142 @@ async fn a_watcher_that_never_answers_does_not_delay_a_healthy_one() {
     assert!(dead.received().len() <= 1);
     drop(portico);
 }
+
+#[tokio::test]
+async fn binary_legacy_and_knative_sink_watchers_get_their_encodings() {
+    let binary = Sink::start(Behaviour::Ok).await;
+    let legacy = Sink::start(Behaviour::Ok).await;
+    let k_sink = Sink::start(Behaviour::Ok).await;
+    let (_dir, file) = GatewayFileBuilder::new("enc", "custom")
+        .spec_lines(&format!(
+            "  eventVersion: \"2.1\"\n  watchers:\n    urls:\n      - {{url: \"{}\", encoding: binary}}\n      - {{url: \"{}\", encoding: legacy}}",
+            binary.url(),
+            legacy.url()
+        ))
+        .write();
+    let sink_url = k_sink.url();
+    let portico = Portico::start(
+        &["run", file.to_str().unwrap()],
+        &[
+            ("K_SINK", sink_url.as_str()),
+            ("K_CE_OVERRIDES", r#"{"extensions":{"team":"blue"}}"#),
+        ],
+    )
+    .await;
+    use base64::Engine;
+    let status = portico
+        .http
+        .post(portico.url("/"))
+        .json(&serde_json::json!({
+            "src": "s1",
+            "payload": base64::engine::general_purpose::STANDARD.encode(br#"{"k":"v"}"#),
+            "contentType": "application/json",
+        }))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+
+    let b = eventually(WAIT, || binary.received().into_iter().next())
+        .await
+        .unwrap();
+    assert_eq!(b.headers["ce-specversion"], "1.0");
+    assert_eq!(b.headers["ce-source"], "enc/s1");
+    assert_eq!(b.headers["ce-type"], "custom");
+    assert_eq!(b.headers["ce-eventtypeversion"], "2.1");
+    assert_eq!(b.headers["ce-team"], "blue");
+    assert_eq!(b.headers["content-type"], "application/json");
+    assert_eq!(&b.body[..], br#"{"k":"v"}"#);
+
+    let l = eventually(WAIT, || legacy.received().into_iter().next())
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(l["cloudEventsVersion"], "0.1");
+    assert_eq!(l["eventType"], "custom");
+    assert_eq!(l["eventTypeVersion"], "2.1");
+    assert_eq!(l["source"]["host"], "enc/s1");
+    assert_eq!(l["eventID"], b.headers["ce-id"].to_str().unwrap());
+
+    let k = k_sink.wait_for_events(1, WAIT).await;
+    assert_eq!(k[0]["team"], "blue");
+    assert_eq!(k[0]["data"]["k"], "v");
+    let _ = portico.terminate().await;
+}
+
+#[tokio::test]
+async fn sigterm_drains_events_in_flight() {
+    // The watcher refuses twice; the event is still being retried when SIGTERM arrives.
+    let sink = Sink::start(Behaviour::Script(vec![503, 503])).await;
+    let (_dir, file) = GatewayFileBuilder::new("drain", "custom")
+        .spec_lines(&format!(
+            "  delivery:\n    retry: {{initialBackoff: 300ms, maxBackoff: 300ms}}\n  watchers:\n    urls: [\"{}\"]",
+            sink.url()
+        ))
+        .write();
+    let portico = Portico::run(&file).await;
+    assert_eq!(post_original(&portico, "s", b"last words").await, 200);
+    eventually(WAIT, || (!sink.received().is_empty()).then_some(()))
+        .await
+        .unwrap();
+    assert!(
+        sink.events().is_empty(),
+        "not delivered yet when the signal comes"
+    );
+    assert_eq!(portico.terminate().await, Some(0));
+    let events = sink.events();
+    assert_eq!(events.len(), 1, "delivered before the process exited");
+    assert_eq!(events[0]["source"], "drain/s");
+}
+
+#[tokio::test]
+async fn validate_lists_every_problem_and_fails() {
+    let (_dir, file) = GatewayFileBuilder::new("v", "calendar")
+        .config("ok", "interval: 1s")
+        .config("bad-cron", "schedule: \"not a cron\"")
+        .config("bad-field", "intervall: 1s")
+        .write();
+    let out = std::process::Command::new(support::portico_bin())
+        .args(["validate", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("configuration `bad-cron`: schedule:"), "{err}");
+    assert!(
+        err.contains("configuration `bad-field`") && err.contains("unknown field `intervall`"),
+        "{err}"
+    );
+    assert!(!err.contains("configuration `ok`"), "{err}");
+    assert!(err.contains("2 problem(s)"), "{err}");
+
+    let (_dir, file) = GatewayFileBuilder::new("v", "calendar")
+        .config("ok", "interval: 1s")
+        .write();
+    let out = std::process::Command::new(support::portico_bin())
+        .args(["validate", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    std::fs::write(
+        &file,
+        "apiVersion: portico.dev/v1alpha1\nkind: Gateway\nmetadata: {name: x}\nspec:\n  type: [\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(support::portico_bin())
+        .args(["validate", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains(&format!("{}:5:", file.display())),
+        "file:line:column first: {err}"
+    );
+}

@@ -481,6 +481,73 @@ mod tests {
         );
     }
 
+    /// A clock that moves only when the test says so.
+    struct ManualClock(tokio::sync::watch::Sender<DateTime<Utc>>);
+
+    impl ManualClock {
+        fn advance(&self, secs: i64) {
+            self.0
+                .send_modify(|t| *t += chrono::Duration::seconds(secs));
+        }
+    }
+
+    impl Clock for ManualClock {
+        fn now(&self) -> DateTime<Utc> {
+            *self.0.borrow()
+        }
+        fn sleep_until(&self, deadline: DateTime<Utc>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+            let mut rx = self.0.subscribe();
+            Box::pin(async move {
+                while *rx.borrow_and_update() < deadline {
+                    if rx.changed().await.is_err() {
+                        return;
+                    }
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_executor_ticks_on_the_injected_clock() {
+        let t0 = utc("2026-05-01T12:00:00Z");
+        let clock = Arc::new(ManualClock(tokio::sync::watch::channel(t0).0));
+        let mut h = portico::testing::Harness::new("cal", "calendar");
+        let ctx = h.context("c", "interval: 10s\nuserPayload: {a: 1}");
+        let exec = Calendar::with_clock(clock.clone());
+        exec.validate(&ctx).unwrap();
+        let run = tokio::spawn({
+            let ctx = ctx.clone();
+            async move { exec.start_config(ctx).await }
+        });
+        h.wait_for_phase("c", portico::Phase::Running, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let wait = Duration::from_secs(5);
+        let time_of = |e: &portico::cloudevents::CloudEvent| {
+            let data: serde_json::Value =
+                serde_json::from_slice(e.data.as_ref().unwrap().as_bytes()).unwrap();
+            assert_eq!(data["userPayload"]["a"], 1);
+            data["eventTime"].as_str().unwrap().to_string()
+        };
+
+        clock.advance(10);
+        let e = h.next_event(wait).await.unwrap();
+        assert_eq!(time_of(&e), "2026-05-01T12:00:10Z");
+        assert_eq!(e.time, Some(utc("2026-05-01T12:00:10Z")));
+
+        // A jump over two ticks: the first is sent, the one already past is missed, not queued.
+        clock.advance(25);
+        let e = h.next_event(wait).await.unwrap();
+        assert_eq!(time_of(&e), "2026-05-01T12:00:20Z");
+        clock.advance(10);
+        let e = h.next_event(wait).await.unwrap();
+        assert_eq!(time_of(&e), "2026-05-01T12:00:40Z");
+        assert!(h.try_next_event().is_none());
+
+        ctx.stop();
+        assert_eq!(run.await.unwrap(), Ok(()));
+    }
+
     #[test]
     fn errors_name_the_field() {
         let e = |y: &str| Schedule::parse(&cfg(y)).unwrap_err().to_string();

@@ -46,16 +46,23 @@ pub async fn watch(
     tracing::info!(file = %path.display(), "watching the gateway file for changes");
 
     let mut last_good = loaded;
-    let mut last_text = std::fs::read_to_string(&path).ok();
+    let mut last_text: Option<String> = None;
+    // The file may have changed between its first load and the watch: read it once now.
+    let mut first = true;
+    let mut first_read_error = true;
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            c = changed.recv() => if c.is_none() { return Ok(()) },
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                c = changed.recv() => if c.is_none() { return Ok(()) },
+            }
         }
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) => {
-                if last_text.is_some() {
+                // Said once per outage, not at every event in the directory.
+                if last_text.is_some() || first_read_error {
+                    first_read_error = false;
                     tracing::error!(
                         file = %path.display(), error = %e,
                         "cannot read the gateway file; the last good configurations keep running"
