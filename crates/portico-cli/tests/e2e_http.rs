@@ -45,10 +45,30 @@ struct UserServer {
     base: String,
 }
 
+/// The Rust example's binary: `PORTICO_HTTP_CALENDAR_BIN` (scripts/test builds it and sets
+/// it), else beside the `portico` binary.
+fn rust_example() -> PathBuf {
+    if let Some(bin) = std::env::var_os("PORTICO_HTTP_CALENDAR_BIN") {
+        return PathBuf::from(bin);
+    }
+    let beside = support::portico_bin().with_file_name("http-calendar");
+    assert!(
+        beside.exists(),
+        "the Rust http-calendar example is not built: run `cargo build -p http-calendar` \
+         (scripts/test does) or set PORTICO_HTTP_CALENDAR_BIN"
+    );
+    beside
+}
+
 impl UserServer {
     async fn start(server_port: u16, client_port: u16) -> UserServer {
-        let child = Command::new(python())
-            .arg(example())
+        let mut cmd = Command::new(python());
+        cmd.arg(example());
+        Self::start_command(cmd, server_port, client_port).await
+    }
+
+    async fn start_command(mut cmd: Command, server_port: u16, client_port: u16) -> UserServer {
+        let child = cmd
             .env(
                 "GATEWAY_PROCESSOR_SERVER_HTTP_PORT",
                 server_port.to_string(),
@@ -60,15 +80,12 @@ impl UserServer {
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", python().display()));
+            .unwrap_or_else(|e| panic!("cannot run the example server: {e}"));
         let base = format!("http://127.0.0.1:{server_port}");
         let http = reqwest::Client::new();
+        // Up once it answers HTTP at all.
         let up = eventually_async(WAIT, || async {
-            http.get(format!("{base}/configurations"))
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
+            http.get(format!("{base}/configurations")).send().await.ok()
         })
         .await;
         assert!(up.is_some(), "the Python example server did not start");
@@ -262,4 +279,42 @@ async fn http_style_configurations_start_once_the_user_server_comes_up() {
     portico.wait_for_phase("late", "Running", WAIT).await;
     let events = sink.wait_for_events(2, WAIT).await;
     assert!(events.iter().all(|e| e["source"] == "hcal/late"));
+}
+
+#[tokio::test]
+async fn the_rust_http_calendar_example_runs_under_portico() {
+    let sink = Sink::start(Behaviour::Ok).await;
+    let server_port = free_port();
+    let configs = [
+        ("tick", "interval: 100ms\nuserPayload: {\"who\": \"tick\"}"),
+        ("bad", "interval: soon"),
+    ];
+    let (_dir, file) = gateway(&sink, server_port, &configs).write();
+    let portico = Portico::start(
+        &["run", file.to_str().unwrap()],
+        &[("GATEWAY_PROCESSOR_CLIENT_HTTP_PORT", "0")],
+    )
+    .await;
+    let client_addr = processor_addr(&portico).await;
+    let _server = UserServer::start_command(
+        Command::new(rust_example()),
+        server_port,
+        client_addr.port(),
+    )
+    .await;
+    portico.wait_for_phase("tick", "Running", WAIT).await;
+    let bad = portico.wait_for_phase("bad", "Error", WAIT).await;
+    assert!(
+        bad["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"soon\" is not a duration"),
+        "{bad}"
+    );
+    let events = sink.wait_for_events(2, WAIT).await;
+    for e in events {
+        assert_eq!(e["source"], "hcal/tick");
+        assert_eq!(e["data"]["userPayload"]["who"], "tick");
+    }
+    assert_eq!(portico.terminate().await, Some(0));
 }

@@ -159,9 +159,7 @@ mod tests {
     #[test]
     fn an_event_that_cannot_be_valid_is_refused() {
         let t = Transformer::new("g", "t", "1.0");
-        let e = t
-            .transform("has space", Event::new(&b"x"[..]))
-            .unwrap_err();
+        let e = t.transform("has space", Event::new(&b"x"[..])).unwrap_err();
         assert!(e.contains("source"), "{e}");
         let e = t
             .transform("s", Event::new(&b"x"[..]).with_content_type("not a type"))

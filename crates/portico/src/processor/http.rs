@@ -436,6 +436,8 @@ impl HttpProcessor {
             .without_max_times()
             .build();
         let mut attempt = 0u32;
+        // The error message this loop put on the node, if any.
+        let mut shown: Option<String> = None;
         loop {
             attempt += 1;
             let outcome = tokio::select! {
@@ -444,12 +446,13 @@ impl HttpProcessor {
             };
             match outcome {
                 Ok(()) => {
-                    // The user's server now runs it; it is `Running` once it calls back (which
-                    // may already have happened: only clear the error of failed attempts).
-                    if ctx
-                        .board()
-                        .get(ctx.id())
-                        .is_some_and(|n| n.phase == Phase::Error)
+                    // The user's server now runs it; it is `Running` once it calls back. It may
+                    // already have called `/activated` or `/error`: only clear our own message.
+                    if let Some(ours) = &shown
+                        && ctx
+                            .board()
+                            .get(ctx.id())
+                            .is_some_and(|n| n.phase == Phase::Error && n.message == *ours)
                     {
                         ctx.set_phase(Phase::Initialized, "");
                     }
@@ -458,10 +461,12 @@ impl HttpProcessor {
                 Err(reason) => {
                     let wait = backoff.next().unwrap_or(self.settings.retry_max);
                     tracing::debug!(src = %ctx.src(), attempt, "{reason}");
-                    ctx.report_error(format!(
+                    let message = format!(
                         "cannot start the configuration on the user's server: {reason} (attempt {attempt}; retrying in {})",
                         humantime::format_duration(Duration::from_millis(wait.as_millis() as u64))
-                    ));
+                    );
+                    ctx.report_error(message.clone());
+                    shown = Some(message);
                     tokio::select! {
                         _ = ctx.stopped() => return false,
                         _ = tokio::time::sleep(wait) => {}
