@@ -146,6 +146,17 @@ async fn original_json_and_cloudevents_in_every_mode_reach_the_watcher() {
     assert_eq!(b2["data"], "two");
 }
 
+/// A bad request: what it is, its content type, extra headers, body, the status and a word of
+/// the reason it must get.
+type BadBody = (
+    &'static str,
+    Option<&'static str>,
+    Vec<(&'static str, &'static str)>,
+    String,
+    u16,
+    &'static str,
+);
+
 #[tokio::test]
 async fn every_bad_body_gets_its_status_and_reason_and_the_process_keeps_serving() {
     let sink = Sink::start(Behaviour::Ok).await;
@@ -157,7 +168,7 @@ async fn every_bad_body_gets_its_status_and_reason_and_the_process_keeps_serving
     .await;
     let structured = Some("application/cloudevents+json");
     let batch = Some("application/cloudevents-batch+json");
-    let cases: Vec<(&str, Option<&str>, Vec<(&str, &str)>, String, u16, &str)> = vec![
+    let cases: Vec<BadBody> = vec![
         ("bad JSON", None, vec![], "{\"src\": ".into(), 400, "not the expected JSON"),
         ("not an object", None, vec![], "[1, 2]".into(), 400, "not the expected JSON"),
         ("bad base64", None, vec![], r#"{"src": "a", "payload": "***"}"#.into(), 400, "not valid base64"),

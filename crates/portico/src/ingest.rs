@@ -123,7 +123,8 @@ mod tests {
 
     #[test]
     fn bad_bodies_say_what_was_wrong() {
-        let cases: [(&[(&'static str, &str)], &str, &str); 6] = [
+        type Headers<'a> = &'a [(&'static str, &'a str)];
+        let cases: [(Headers, &str, &str); 6] = [
             (&[], "{", "not the expected JSON"),
             (&[], r#"{"payload":"aGk="}"#, "`src` is missing"),
             (&[], r#"{"src":"a","payload":"!!"}"#, "not valid base64"),

@@ -151,7 +151,7 @@ impl Routes {
     }
 
     /// The running configuration `src` (with id `id`, when given), or why there is none.
-    fn find(&self, src: Option<&str>, id: Option<&str>) -> Result<ConfigContext, Response> {
+    fn find(&self, src: Option<&str>, id: Option<&str>) -> Result<ConfigContext, Refusal> {
         let Some(src) = src.filter(|s| !s.is_empty()) else {
             return Err(reply(
                 StatusCode::BAD_REQUEST,
@@ -196,8 +196,11 @@ impl Routes {
     }
 }
 
-fn reply(status: StatusCode, reason: impl Into<String>) -> Response {
-    (status, reason.into()).into_response()
+/// A refused request: its status and the reason in the body.
+type Refusal = (StatusCode, String);
+
+fn reply(status: StatusCode, reason: impl Into<String>) -> Refusal {
+    (status, reason.into())
 }
 
 /// The body of `/start`, `/stop` and `/activated`.
@@ -235,7 +238,7 @@ struct ErrorBody {
     error: Option<String>,
 }
 
-fn json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Response> {
+fn json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Refusal> {
     serde_json::from_slice(body).map_err(|e| {
         reply(
             StatusCode::BAD_REQUEST,
@@ -247,11 +250,11 @@ fn json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Re
 async fn on_event(State(routes): State<Arc<Routes>>, body: Bytes) -> Response {
     let b: EventBody = match json(&body, "{\"src\", \"payload\": \"<base64>\"}") {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let ctx = match routes.find(b.src.as_deref(), b.id.as_deref()) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let payload = match b.payload.as_deref() {
         None => Vec::new(),
@@ -261,7 +264,8 @@ async fn on_event(State(routes): State<Arc<Routes>>, body: Bytes) -> Response {
                 return reply(
                     StatusCode::BAD_REQUEST,
                     format!("`payload` is not valid base64: {e}"),
-                );
+                )
+                .into_response();
             }
         },
     };
@@ -276,21 +280,21 @@ async fn on_event(State(routes): State<Arc<Routes>>, body: Bytes) -> Response {
 async fn on_activated(State(routes): State<Arc<Routes>>, body: Bytes) -> Response {
     let b: ConfigBody = match json(&body, "{\"id\", \"src\", \"config\"}") {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match routes.find(b.src.as_deref(), b.id.as_deref()) {
         Ok(ctx) => {
             ctx.running();
             StatusCode::OK.into_response()
         }
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
 async fn on_error(State(routes): State<Arc<Routes>>, body: Bytes) -> Response {
     let b: ErrorBody = match json(&body, "{\"src\", \"error\"}") {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match routes.find(b.src.as_deref(), b.id.as_deref()) {
         Ok(ctx) => {
@@ -301,7 +305,7 @@ async fn on_error(State(routes): State<Arc<Routes>>, body: Bytes) -> Response {
             ctx.report_error(text);
             StatusCode::OK.into_response()
         }
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
