@@ -281,6 +281,63 @@ async fn http_style_configurations_start_once_the_user_server_comes_up() {
     assert!(events.iter().all(|e| e["source"] == "hcal/late"));
 }
 
+/// Custom endpoint paths of SPEC §3, set alike on portico and on the user's server.
+const CUSTOM_PATHS: [(&str, &str); 5] = [
+    ("GATEWAY_HTTP_CONFIG_START", "/v2/begin"),
+    ("GATEWAY_HTTP_CONFIG_STOP", "/v2/end"),
+    ("GATEWAY_HTTP_CONFIG_EVENT", "/cb/ev"),
+    ("GATEWAY_HTTP_CONFIG_RUNNING", "/cb/up"),
+    ("GATEWAY_HTTP_CONFIG_ERROR", "/cb/err"),
+];
+
+#[tokio::test]
+async fn every_endpoint_path_and_port_comes_from_the_environment() {
+    let sink = Sink::start(Behaviour::Ok).await;
+    let server_port = free_port();
+    // The port of the user's server comes from the environment only (no httpServerPort).
+    let (_dir, file) = GatewayFileBuilder::new("hcal", "http-calendar")
+        .watchers(&[sink.url()])
+        .config("custom", "interval: 100ms")
+        .config("wrong", "interval: 0ms")
+        .write();
+    let port = server_port.to_string();
+    let mut envs = vec![
+        ("GATEWAY_PROCESSOR_CLIENT_HTTP_PORT", "0"),
+        ("GATEWAY_PROCESSOR_SERVER_HTTP_PORT", port.as_str()),
+    ];
+    envs.extend(CUSTOM_PATHS);
+    let portico = Portico::start(&["run", file.to_str().unwrap()], &envs).await;
+    let client_addr = processor_addr(&portico).await;
+    let mut cmd = Command::new(python());
+    cmd.arg(example()).envs(CUSTOM_PATHS);
+    let server = UserServer::start_command(cmd, server_port, client_addr.port()).await;
+    portico.wait_for_phase("custom", "Running", WAIT).await;
+    let wrong = portico.wait_for_phase("wrong", "Error", WAIT).await;
+    assert!(
+        wrong["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than zero"),
+        "{wrong}"
+    );
+    sink.wait_for_events(1, WAIT).await;
+    // The default paths are not served.
+    let r = reqwest::Client::new()
+        .post(format!("http://{client_addr}/event"))
+        .body(r#"{"src": "custom", "payload": "e30="}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(portico.terminate().await, Some(0));
+    let stops = server.state().await["stops"].clone();
+    assert_eq!(
+        stops.as_array().map(Vec::len),
+        Some(2),
+        "both stopped at /v2/end: {stops}"
+    );
+}
+
 #[tokio::test]
 async fn the_rust_http_calendar_example_runs_under_portico() {
     let sink = Sink::start(Behaviour::Ok).await;
