@@ -431,7 +431,8 @@ impl ConfigExecutor for HttpProcessor {
 }
 
 impl HttpProcessor {
-    /// POSTs the start until the user's server takes it (true) or the configuration stops.
+    /// POSTs the start until the user's server takes it or the configuration stops; true when
+    /// the user's server may run it (and must be told to stop).
     async fn start_with_retry(&self, ctx: &ConfigContext) -> bool {
         let mut backoff = backon::ExponentialBuilder::default()
             .with_min_delay(self.settings.retry_min)
@@ -445,7 +446,8 @@ impl HttpProcessor {
         loop {
             attempt += 1;
             let outcome = tokio::select! {
-                _ = ctx.stopped() => return false,
+                // The start may have reached the user's server: have it stopped too.
+                _ = ctx.stopped() => return true,
                 r = self.post(&self.settings.start_path, ctx) => r,
             };
             match outcome {
