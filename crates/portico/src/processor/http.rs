@@ -79,17 +79,25 @@ impl HttpSettings {
     /// `http_server_port` is the gateway's `httpServerPort`, which
     /// `GATEWAY_PROCESSOR_SERVER_HTTP_PORT` overrides.
     pub fn from_env(http_server_port: Option<u16>) -> Result<HttpSettings, String> {
-        fn port(name: &str) -> Result<Option<u16>, String> {
-            env::var(name)
+        Self::from_lookup(env::var, http_server_port)
+    }
+
+    /// [`HttpSettings::from_env`] with the variables read by `lookup` (for tests).
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+        http_server_port: Option<u16>,
+    ) -> Result<HttpSettings, String> {
+        let port = |name: &str| -> Result<Option<u16>, String> {
+            lookup(name)
                 .map(|v| {
                     v.trim()
                         .parse::<u16>()
                         .map_err(|e| format!("{name}={v:?} is not a port number (0–65535): {e}"))
                 })
                 .transpose()
-        }
-        fn path(name: &str, default: &str) -> Result<String, String> {
-            let p = env::var(name).unwrap_or_else(|| default.to_string());
+        };
+        let path = |name: &str, default: &str| -> Result<String, String> {
+            let p = lookup(name).unwrap_or_else(|| default.to_string());
             if p.starts_with('/') {
                 Ok(p)
             } else {
@@ -97,7 +105,7 @@ impl HttpSettings {
                     "{name}={p:?} is not a path: it must start with `/` (default {default})"
                 ))
             }
-        }
+        };
         let server_port = match port(env::GATEWAY_PROCESSOR_SERVER_HTTP_PORT)? {
             Some(p) => p,
             None => http_server_port.ok_or_else(|| {
@@ -480,5 +488,75 @@ impl HttpProcessor {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)], port: Option<u16>) -> Result<HttpSettings, String> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        HttpSettings::from_lookup(|name| vars.get(name).cloned(), port)
+    }
+
+    #[test]
+    fn defaults_are_those_of_spec_section_3() {
+        let s = settings(&[], Some(9696)).unwrap();
+        assert_eq!(s.server_port, 9696);
+        assert_eq!(s.client_port, 9393);
+        assert_eq!(
+            [
+                s.start_path.as_str(),
+                &s.stop_path,
+                &s.event_path,
+                &s.running_path,
+                &s.error_path
+            ],
+            ["/start", "/stop", "/event", "/activated", "/error"]
+        );
+    }
+
+    #[test]
+    fn the_environment_overrides_the_gateway_and_the_defaults() {
+        let s = settings(
+            &[
+                (env::GATEWAY_PROCESSOR_SERVER_HTTP_PORT, "7000"),
+                (env::GATEWAY_PROCESSOR_CLIENT_HTTP_PORT, "7001"),
+                (env::GATEWAY_HTTP_CONFIG_START, "/go"),
+                (env::GATEWAY_HTTP_CONFIG_ERROR, "/oops"),
+            ],
+            Some(9696),
+        )
+        .unwrap();
+        assert_eq!((s.server_port, s.client_port), (7000, 7001));
+        assert_eq!(
+            (s.start_path.as_str(), s.error_path.as_str()),
+            ("/go", "/oops")
+        );
+        assert_eq!(s.stop_path, "/stop");
+    }
+
+    #[test]
+    fn bad_settings_name_the_variable() {
+        let e = settings(&[], None).unwrap_err();
+        assert!(
+            e.contains("httpServerPort") && e.contains("GATEWAY_PROCESSOR_SERVER_HTTP_PORT"),
+            "{e}"
+        );
+        let e = settings(
+            &[(env::GATEWAY_PROCESSOR_CLIENT_HTTP_PORT, "http")],
+            Some(1),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("GATEWAY_PROCESSOR_CLIENT_HTTP_PORT=\"http\""),
+            "{e}"
+        );
+        let e = settings(&[(env::GATEWAY_HTTP_CONFIG_EVENT, "event")], Some(1)).unwrap_err();
+        assert!(e.contains("must start with `/`"), "{e}");
     }
 }
