@@ -19,21 +19,23 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$dir"; }
 trap cleanup EXIT
 
-# start_hyper NAME: starts a hyper-200 on a free port, prints the port.
+# start_hyper NAME: starts a hyper-200 on a free port; its port is in $dir/NAME.port.
 start_hyper() {
   "$bin/hyper-200" 0 > "$dir/$1.out" &
   pids+=($!)
   for _ in $(seq 1 200); do
     if grep -q listening "$dir/$1.out" 2>/dev/null; then
-      sed -n 's/^listening 127.0.0.1:\([0-9]*\)$/\1/p' "$dir/$1.out"; return 0
+      sed -n 's/^listening 127.0.0.1:\([0-9]*\)$/\1/p' "$dir/$1.out" > "$dir/$1.port"; return 0
     fi
     sleep 0.05
   done
   echo "error: hyper-200 did not start" >&2; return 1
 }
 
-baseline_port=$(start_hyper baseline)
-watcher_port=$(start_hyper watcher)
+start_hyper baseline
+start_hyper watcher
+baseline_port=$(cat "$dir/baseline.port")
+watcher_port=$(cat "$dir/watcher.port")
 
 cat > "$dir/gateway.yaml" <<YAML
 apiVersion: portico.dev/v1alpha1
@@ -80,7 +82,7 @@ run() {
   p99=$(awk '$1 == "99%" {print $2}' "$dir/$1.wrk")
   total=$(awk '/requests in/ {print $1}' "$dir/$1.wrk")
   non2xx=$(awk '/Non-2xx/ {print $NF}' "$dir/$1.wrk")
-  ok_rps=$(awk -v t="$total" -v n="${non2xx:-0}" -v s="$SECS" 'BEGIN {printf "%.0f", (t - n) / s}')
+  ok_rps=$(awk -v t="$total" -v n="${non2xx:-0}" -v r="$rps" 'BEGIN {printf "%.0f", r * (t - n) / t}')
   printf '%-36s %10s req/s   %8s 2xx/s   p99 %8s   non-2xx %s\n' "$1" "$rps" "$ok_rps" "$p99" "${non2xx:-0}"
 }
 
