@@ -1,4 +1,6 @@
-//! Processors that run configurations outside this process: the framework's side of a user's
-//! server. Each is a [`crate::ConfigExecutor`], so the supervisor runs them like core ones.
+//! The framework's side of gateways whose configurations run in the user's own server
+//! (SPEC §4): each processor is a [`ConfigExecutor`](crate::ConfigExecutor), so the
+//! supervisor starts, stops and restarts them like any Rust executor.
 
+pub mod grpc;
 pub mod http;
