@@ -119,6 +119,24 @@ async fn processor_addr(portico: &Portico) -> std::net::SocketAddr {
     .expect("portico logs the address of the processor server")
 }
 
+/// Waits until node `src` is `Error` with a message containing `text` (the user's server's
+/// error, not the framework's own "cannot start" while the server is not up yet).
+async fn wait_for_error(portico: &Portico, src: &str, text: &str) -> serde_json::Value {
+    match eventually_async(WAIT, || async {
+        portico.node(src).await.filter(|n| {
+            n["phase"] == "Error" && n["message"].as_str().is_some_and(|m| m.contains(text))
+        })
+    })
+    .await
+    {
+        Some(n) => n,
+        None => panic!(
+            "node `{src}` did not show Error `{text}`; status: {}",
+            portico.status().await
+        ),
+    }
+}
+
 fn gateway(sink: &Sink, server_port: u16, configs: &[(&str, &str)]) -> GatewayFileBuilder {
     let mut b = GatewayFileBuilder::new("hcal", "http-calendar")
         .watchers(&[sink.url()])
@@ -157,7 +175,7 @@ async fn http_style_runs_many_configurations_and_stops_exactly_the_removed_one()
     // /activated marks the nodes Running; /error marks one Error with the server's text.
     let alpha = portico.wait_for_phase("alpha", "Running", WAIT).await;
     portico.wait_for_phase("beta", "Running", WAIT).await;
-    let broken = portico.wait_for_phase("broken", "Error", WAIT).await;
+    let broken = wait_for_error(&portico, "broken", "'never' is not a duration").await;
     assert!(
         broken["message"]
             .as_str()
@@ -312,7 +330,7 @@ async fn every_endpoint_path_and_port_comes_from_the_environment() {
     cmd.arg(example()).envs(CUSTOM_PATHS);
     let server = UserServer::start_command(cmd, server_port, client_addr.port()).await;
     portico.wait_for_phase("custom", "Running", WAIT).await;
-    let wrong = portico.wait_for_phase("wrong", "Error", WAIT).await;
+    let wrong = wait_for_error(&portico, "wrong", "more than zero").await;
     assert!(
         wrong["message"]
             .as_str()
@@ -360,7 +378,7 @@ async fn the_rust_http_calendar_example_runs_under_portico() {
     )
     .await;
     portico.wait_for_phase("tick", "Running", WAIT).await;
-    let bad = portico.wait_for_phase("bad", "Error", WAIT).await;
+    let bad = wait_for_error(&portico, "bad", "\"soon\" is not a duration").await;
     assert!(
         bad["message"]
             .as_str()
