@@ -15,6 +15,7 @@ use portico::cli::{GatewayArgs, LogArgs};
 use portico::dispatch::Dispatcher;
 use portico::metrics::Metrics;
 use portico::pipeline::Pipeline;
+use portico::processor::http::{HttpProcessor, HttpSettings};
 use portico::runtime::{Processor, block_on_main, run_gateway, shutdown_signal};
 use portico::spec::{Gateway, GatewayFile};
 use portico::status::StatusBoard;
@@ -75,16 +76,27 @@ fn processor_for(gateway: &Gateway) -> Result<Processor, String> {
     if let Some(port) = grpc::server_port(gateway)? {
         return grpc::processor(gateway, port);
     }
-    if spec.http_server_port.is_some() {
-        return Err(format!(
-            "gateway `{}` sets httpServerPort (HTTP style), which this version of portico does not run yet",
-            gateway.metadata.name
-        ));
+    if let Some(settings) = http_settings(gateway)? {
+        return Ok(Processor::Http(Arc::new(HttpProcessor::start(settings)?)));
     }
     Ok(match portico_gateways::builtin(&spec.gateway_type) {
         Some(executor) => Processor::Core(executor),
         None => Processor::Independent,
     })
+}
+
+/// The HTTP-style settings of a gateway that sets `httpServerPort` (or whose environment sets
+/// `GATEWAY_PROCESSOR_SERVER_HTTP_PORT`), `None` for other styles.
+fn http_settings(gateway: &Gateway) -> Result<Option<HttpSettings>, String> {
+    let port = gateway.spec.http_server_port.map(|p| p.0);
+    if port.is_none()
+        && portico::env::var(portico::env::GATEWAY_PROCESSOR_SERVER_HTTP_PORT).is_none()
+    {
+        return Ok(None);
+    }
+    HttpSettings::from_env(port)
+        .map(Some)
+        .map_err(|e| format!("gateway `{}`: {e}", gateway.metadata.name))
 }
 
 fn main() -> ExitCode {
@@ -155,11 +167,18 @@ fn validate(file: &std::path::Path) -> ExitCode {
         }
     };
     let mut problems = Vec::new();
-    match processor_for(&loaded.gateway) {
+    // The user's HTTP server judges its own configurations: only its settings are checked here
+    // (without starting the framework's server).
+    let chosen = match http_settings(&loaded.gateway) {
+        Ok(Some(_)) => Ok(Processor::Independent),
+        Ok(None) => processor_for(&loaded.gateway),
+        Err(e) => Err(e),
+    };
+    match chosen {
         Err(e) => problems.push(e),
         Ok(Processor::Independent) => {}
         // Only the user's server knows its configurations; it is asked when they start.
-        Ok(Processor::Grpc(_)) => {}
+        Ok(Processor::Grpc(_) | Processor::Http(_)) => {}
         Ok(Processor::Core(executor)) => {
             // Validation dispatches nothing: a pipeline with no watchers will do.
             let metrics = Metrics::new();

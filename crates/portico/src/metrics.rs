@@ -77,6 +77,12 @@ pub struct Metrics {
     pub queue_depth: Family<WatcherLabels, Gauge>,
     /// Nodes per phase.
     pub nodes: Family<PhaseLabels, Gauge>,
+    /// Deliveries of a configuration's events that a watcher took (one per watcher).
+    pub src_delivered: Family<SrcLabels, Counter>,
+    /// Deliveries of a configuration's events given up on after every attempt.
+    pub src_failed: Family<SrcLabels, Counter>,
+    /// Delivery attempts of a configuration's events repeated after a retryable failure.
+    pub src_retried: Family<SrcLabels, Counter>,
 }
 
 impl Metrics {
@@ -93,6 +99,9 @@ impl Metrics {
             delivery_latency: Family::new_with_constructor(latency_histogram),
             queue_depth: Family::default(),
             nodes: Family::default(),
+            src_delivered: Family::default(),
+            src_failed: Family::default(),
+            src_retried: Family::default(),
             registry: Registry::default(),
             srcs: Mutex::new(HashSet::new()),
         };
@@ -137,6 +146,21 @@ impl Metrics {
             m.queue_depth.clone(),
         );
         registry.register("nodes", "Nodes per phase", m.nodes.clone());
+        registry.register(
+            "src_events_delivered",
+            "Deliveries of a configuration's events that a watcher accepted (one per watcher)",
+            m.src_delivered.clone(),
+        );
+        registry.register(
+            "src_events_failed",
+            "Deliveries of a configuration's events never accepted after every attempt",
+            m.src_failed.clone(),
+        );
+        registry.register(
+            "src_events_retried",
+            "Delivery attempts of a configuration's events repeated after a retryable failure",
+            m.src_retried.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -172,6 +196,19 @@ impl Metrics {
             src: src.to_string(),
             received: self.received.get_or_create(&labels).clone(),
             transformed: self.transformed.get_or_create(&labels).clone(),
+            delivery: self.src_delivery(src),
+        }
+    }
+
+    /// The delivery counters of one configuration.
+    pub fn src_delivery(&self, src: &str) -> SrcDelivery {
+        let labels = SrcLabels {
+            src: src.to_string(),
+        };
+        SrcDelivery {
+            delivered: self.src_delivered.get_or_create(&labels).clone(),
+            failed: self.src_failed.get_or_create(&labels).clone(),
+            retried: self.src_retried.get_or_create(&labels).clone(),
         }
     }
 
@@ -208,6 +245,19 @@ pub struct SrcMetrics {
     pub received: Counter,
     /// Events transformed.
     pub transformed: Counter,
+    /// What became of its events at the watchers.
+    pub delivery: SrcDelivery,
+}
+
+/// Handles of one configuration's delivery counters, carried with each of its queued events.
+#[derive(Debug, Clone)]
+pub struct SrcDelivery {
+    /// Deliveries a watcher took.
+    pub delivered: Counter,
+    /// Deliveries given up on.
+    pub failed: Counter,
+    /// Attempts repeated.
+    pub retried: Counter,
 }
 
 /// Handles of one watcher's metrics.

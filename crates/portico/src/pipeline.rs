@@ -11,7 +11,7 @@ use crate::cloudevents::CloudEvent;
 use crate::dispatch::Dispatcher;
 use crate::event::Event;
 use crate::executor::{Admission, DispatchError};
-use crate::metrics::{Metrics, SrcMetrics};
+use crate::metrics::{Metrics, SrcDelivery, SrcMetrics};
 use crate::transform::Transformer;
 
 /// Transformer and dispatcher of one gateway.
@@ -61,7 +61,8 @@ impl Pipeline {
             }
         };
         src.transformed.inc();
-        self.relay(&src.src, ce, admission).await
+        self.accept(&src.src, src.delivery.clone(), ce, admission)
+            .await
     }
 
     /// Accepts a CloudEvent that is already made (a CloudEvent posted to the ingest API).
@@ -71,7 +72,21 @@ impl Pipeline {
         ce: CloudEvent,
         admission: Admission<'_>,
     ) -> Result<(), DispatchError> {
-        let r = self.dispatcher.accept(ce, admission).await;
+        let delivery = self.metrics.src_delivery(src);
+        self.accept(src, delivery, ce, admission).await
+    }
+
+    async fn accept(
+        &self,
+        src: &str,
+        delivery: SrcDelivery,
+        ce: CloudEvent,
+        admission: Admission<'_>,
+    ) -> Result<(), DispatchError> {
+        let r = self
+            .dispatcher
+            .accept_for(ce, admission, Some(delivery))
+            .await;
         if let Err(e) = &r {
             let reason = match e {
                 DispatchError::Full { .. } => "full",

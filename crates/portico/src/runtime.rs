@@ -37,6 +37,8 @@ pub enum Processor {
     /// The user's gRPC server, through the framework's client executor
     /// ([`crate::processor::grpc::GrpcProcessor`]).
     Grpc(SharedExecutor),
+    /// The user's HTTP server, through [`crate::processor::http::HttpProcessor`].
+    Http(SharedExecutor),
     /// Nothing: the user's program posts events to the transformer.
     Independent,
 }
@@ -46,6 +48,7 @@ impl Processor {
         match self {
             Processor::Core(_) => "core",
             Processor::Grpc(_) => "grpc",
+            Processor::Http(_) => "http",
             Processor::Independent => "independent",
         }
     }
@@ -245,7 +248,7 @@ pub async fn run_gateway(
         (None, None) => return Err(RunError::Start("no gateway to run".to_string())),
     };
     let mut supervisor = match &processor {
-        Processor::Core(executor) | Processor::Grpc(executor) => Some(
+        Processor::Core(executor) | Processor::Grpc(executor) | Processor::Http(executor) => Some(
             Supervisor::new(executor.clone(), gateway_config, board.clone())
                 .with_stop_grace(opts.stop_grace),
         ),

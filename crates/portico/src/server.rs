@@ -3,6 +3,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `POST /` `{"src", "payload": "<base64>"}` | 200 once accepted; 400 with a reason; 413 over the limit; 503 + `Retry-After` when full |
+//! | `POST /` a CloudEvent (structured, binary) or a batch | validated ([`crate::ingest`]), relayed with its own attributes; same answers |
 //! | `GET /readiness` | 200 once the first configurations are applied, else 503 |
 //! | `GET /healthz` | 200 while the process serves |
 //! | `GET /status` | the gateway and every node, as JSON |
@@ -18,13 +19,12 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use base64::Engine;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::event::Event;
 use crate::executor::{Admission, DispatchError};
+use crate::ingest::Ingested;
 use crate::pipeline::Pipeline;
 use crate::status::{Node, StatusBoard};
 
@@ -134,18 +134,6 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-/// The original's ingest body.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct OriginalEvent {
-    src: Option<String>,
-    #[serde(default)]
-    payload: Option<String>,
-    /// Not in the original: what the payload is, when the caller knows.
-    #[serde(default)]
-    content_type: Option<String>,
-}
-
 fn bad_request(reason: impl Into<String>) -> Response {
     (StatusCode::BAD_REQUEST, reason.into()).into_response()
 }
@@ -172,36 +160,58 @@ pub fn dispatch_error_response(e: &DispatchError) -> Response {
     }
 }
 
-async fn ingest(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
-    let original: OriginalEvent = match serde_json::from_slice(&body) {
-        Ok(o) => o,
-        Err(e) => {
-            return bad_request(format!(
-                "body is not the expected JSON {{\"src\", \"payload\"}}: {e}"
-            ));
+async fn ingest(
+    State(s): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the body is over the size limit of this gateway ({}): send smaller events or raise --body-limit (PORTICO_BODY_LIMIT)",
+                    e.body_text()
+                ),
+            )
+                .into_response();
         }
+        Err(e) => return (e.status(), e.body_text()).into_response(),
     };
-    let Some(src) = original.src.filter(|s| !s.trim().is_empty()) else {
-        return bad_request(
-            "`src` is missing or empty: it names the configuration the event comes from",
-        );
-    };
-    let payload = match original.payload.as_deref() {
-        None => Vec::new(),
-        Some(p) => match base64::engine::general_purpose::STANDARD.decode(p) {
-            Ok(b) => b,
-            Err(e) => return bad_request(format!("`payload` is not valid base64: {e}")),
-        },
-    };
-    let mut event = Event::new(payload);
-    event.content_type = original.content_type;
-    let metrics = s.pipeline.metrics().for_src(&src);
-    match s
-        .pipeline
-        .dispatch(&metrics, event, Admission::NoWait)
-        .await
-    {
-        Ok(()) => StatusCode::OK.into_response(),
-        Err(e) => dispatch_error_response(&e),
+    match crate::ingest::decode(&headers, body) {
+        Err(e) => bad_request(e.0),
+        Ok(Ingested::Raw { src, event }) => {
+            let metrics = s.pipeline.metrics().for_src(&src);
+            match s
+                .pipeline
+                .dispatch(&metrics, event, Admission::NoWait)
+                .await
+            {
+                Ok(()) => StatusCode::OK.into_response(),
+                Err(e) => dispatch_error_response(&e),
+            }
+        }
+        Ok(Ingested::CloudEvents(events)) => {
+            let total = events.len();
+            for (i, ce) in events.into_iter().enumerate() {
+                let source = ce.source.clone();
+                s.pipeline.metrics().for_src(&source).received.inc();
+                if let Err(e) = s.pipeline.relay(&source, ce, Admission::NoWait).await {
+                    let mut answer = dispatch_error_response(&e);
+                    if total > 1 {
+                        // The events before this one were accepted and will be delivered.
+                        answer = (
+                            answer.status(),
+                            answer.headers().clone(),
+                            format!("accepted {i} of {total} events of the batch; then: {e}"),
+                        )
+                            .into_response();
+                    }
+                    return answer;
+                }
+            }
+            StatusCode::OK.into_response()
+        }
     }
 }

@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cloudevents::CloudEvent;
 use crate::executor::{Admission, BoxFuture, DispatchError};
-use crate::metrics::{Metrics, WatcherMetrics};
+use crate::metrics::{Metrics, SrcDelivery, WatcherMetrics};
 
 pub use retry::RetryPolicy;
 pub use watchers::{WatcherDef, resolve_watchers, watcher_problems};
@@ -85,6 +85,7 @@ impl Default for QueueSettings {
 
 struct Queued {
     event: Arc<CloudEvent>,
+    src: Option<SrcDelivery>,
     accepted_at: Instant,
     _slot: OwnedSemaphorePermit,
 }
@@ -151,6 +152,17 @@ impl Dispatcher {
         event: CloudEvent,
         admission: Admission<'_>,
     ) -> Result<(), DispatchError> {
+        self.accept_for(event, admission, None).await
+    }
+
+    /// [`Dispatcher::accept`], counting what becomes of the event in its configuration's
+    /// delivery counters too.
+    pub async fn accept_for(
+        &self,
+        event: CloudEvent,
+        admission: Admission<'_>,
+        src: Option<SrcDelivery>,
+    ) -> Result<(), DispatchError> {
         let mut slots = Vec::with_capacity(self.queues.len());
         for q in &self.queues {
             let slot = match admission {
@@ -184,6 +196,7 @@ impl Dispatcher {
         for (q, slot) in self.queues.iter().zip(slots) {
             let queued = Queued {
                 event: event.clone(),
+                src: src.clone(),
                 accepted_at: now,
                 _slot: slot,
             };
@@ -252,6 +265,9 @@ impl Worker {
             &self.abort,
             |e, wait| {
                 self.metrics.retried.inc();
+                if let Some(src) = &queued.src {
+                    src.retried.inc();
+                }
                 tracing::debug!(
                     watcher = %self.name, id = %event.id, reason = %e.reason,
                     retry_in_ms = wait.as_millis() as u64, "delivery failed; retrying"
@@ -262,12 +278,18 @@ impl Worker {
         match attempt {
             Ok(()) => {
                 self.metrics.delivered.inc();
+                if let Some(src) = &queued.src {
+                    src.delivered.inc();
+                }
                 self.metrics
                     .latency
                     .observe(queued.accepted_at.elapsed().as_secs_f64());
             }
             Err(e) => {
                 self.metrics.failed.inc();
+                if let Some(src) = &queued.src {
+                    src.failed.inc();
+                }
                 tracing::error!(
                     watcher = %self.name, id = %event.id, source = %event.source,
                     reason = %e.reason, "event not delivered: giving up on this watcher"

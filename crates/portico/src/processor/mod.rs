@@ -3,3 +3,4 @@
 //! supervisor starts, stops and restarts them like any Rust executor.
 
 pub mod grpc;
+pub mod http;

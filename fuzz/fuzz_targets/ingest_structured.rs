@@ -1,0 +1,15 @@
+//! A structured-mode CloudEvent (`Content-Type: application/cloudevents+json`).
+#![no_main]
+
+mod common;
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/cloudevents+json"),
+    );
+    common::check(&headers, bytes::Bytes::copy_from_slice(data));
+});
