@@ -69,6 +69,10 @@ pub struct Metrics {
     pub queue_depth: Family<WatcherLabels, Gauge>,
     /// Nodes per phase.
     pub nodes: Family<PhaseLabels, Gauge>,
+    /// Events sent to the dead-letter destination after every attempt or `maxAge`.
+    pub dead_lettered: Family<WatcherLabels, Counter>,
+    /// The durable outbox: fsyncs, records appended, bytes on disk.
+    pub outbox: crate::dispatch::outbox::OutboxMetrics,
 }
 
 impl Metrics {
@@ -85,6 +89,8 @@ impl Metrics {
             delivery_latency: Family::new_with_constructor(latency_histogram),
             queue_depth: Family::default(),
             nodes: Family::default(),
+            dead_lettered: Family::default(),
+            outbox: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -128,6 +134,26 @@ impl Metrics {
             m.queue_depth.clone(),
         );
         registry.register("nodes", "Nodes per phase", m.nodes.clone());
+        registry.register(
+            "events_dead_lettered",
+            "Events sent to the dead-letter destination after every attempt or maxAge",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "outbox_fsyncs",
+            "fsyncs of the durable outbox (group commit: one per batch of appends)",
+            m.outbox.fsyncs.clone(),
+        );
+        registry.register(
+            "outbox_appends",
+            "Events written to the durable outbox",
+            m.outbox.appends.clone(),
+        );
+        registry.register(
+            "outbox_bytes",
+            "Bytes of the durable outbox on disk",
+            m.outbox.bytes.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -162,6 +188,7 @@ impl Metrics {
             retried: self.retried.get_or_create(&labels).clone(),
             latency: self.delivery_latency.get_or_create(&labels).clone(),
             queue_depth: self.queue_depth.get_or_create(&labels).clone(),
+            dead_lettered: self.dead_lettered.get_or_create(&labels).clone(),
         }
     }
 
@@ -199,4 +226,6 @@ pub struct WatcherMetrics {
     pub latency: Histogram,
     /// Waiting or in flight.
     pub queue_depth: Gauge,
+    /// Sent to the dead-letter destination.
+    pub dead_lettered: Counter,
 }

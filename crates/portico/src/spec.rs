@@ -252,6 +252,57 @@ pub struct WatcherSettings {
     /// Retry policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySettings>,
+    /// Delivery mode of the gateway (`spec.delivery` only): `atLeastOnce` (default) or
+    /// `atMostOnce`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<DeliveryMode>,
+    /// The durable outbox of an `atLeastOnce` gateway (`spec.delivery` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox: Option<OutboxSettings>,
+    /// Where events go that exhaust their retries (`maxAttempts` or `maxAge`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<DeadLetterSettings>,
+}
+
+/// How events are delivered (SPEC §7).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DeliveryMode {
+    /// Every event is written to the durable outbox (fsynced) before its source is told it was
+    /// accepted; events not yet delivered are replayed after a restart.
+    #[default]
+    AtLeastOnce,
+    /// Events are queued in memory only: nothing survives a crash, the source never waits for
+    /// a disk.
+    AtMostOnce,
+}
+
+/// The durable outbox of a gateway.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutboxSettings {
+    /// Its directory. Default: `$XDG_STATE_HOME/portico/<namespace>/<gateway>/outbox`
+    /// (`~/.local/state/…` when `XDG_STATE_HOME` is unset); `--outbox-dir` /
+    /// `PORTICO_OUTBOX_DIR` override both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Bytes on disk past which sources are pushed back (503, no broker ack). Default 1 GiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+}
+
+/// A dead-letter destination: a file (one CloudEvent in JSON a line) or a URL (the CloudEvent
+/// POSTed in structured mode). Each event carries the extensions `deadletterwatcher` and
+/// `deadletterreason`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeadLetterSettings {
+    /// A file events are appended to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// A URL events are POSTed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// Retries with capped exponential backoff and jitter.
@@ -275,6 +326,14 @@ pub struct RetrySettings {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_backoff: Option<Duration>,
+    /// Longest time an event is retried, counted from its acceptance (also across restarts);
+    /// then it goes to the dead-letter destination.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_age: Option<Duration>,
 }
 
 /// `humantime` durations (`250ms`, `5s`, `1m`) in manifests.

@@ -92,6 +92,8 @@ pub struct Portico {
     pub stderr: Lines,
     /// An HTTP client for its API.
     pub http: reqwest::Client,
+    /// Its own outbox directory, unless the test gave `PORTICO_OUTBOX_DIR` (removed on drop).
+    _outbox: Option<tempfile::TempDir>,
 }
 
 impl Portico {
@@ -118,6 +120,14 @@ impl Portico {
         for (k, v) in envs {
             cmd.env(k, v);
         }
+        // Each process its own durable outbox, so that tests never share (or inherit) one.
+        let outbox = if envs.iter().any(|(k, _)| *k == "PORTICO_OUTBOX_DIR") {
+            None
+        } else {
+            let dir = tempfile::tempdir().expect("a temp dir for the outbox");
+            cmd.env("PORTICO_OUTBOX_DIR", dir.path());
+            Some(dir)
+        };
         let mut child = cmd.spawn().expect("spawn portico");
         let stdout = Lines::default();
         let stderr = Lines::default();
@@ -162,6 +172,7 @@ impl Portico {
             stdout,
             stderr,
             http: reqwest::Client::new(),
+            _outbox: outbox,
         }
     }
 

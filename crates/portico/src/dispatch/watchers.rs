@@ -8,7 +8,10 @@
 use std::time::Duration;
 
 use super::{QueueSettings, RetryPolicy};
-use crate::spec::{DispatchMechanism, Encoding, Gateway, GatewaySpec, UrlWatcher, WatcherSettings};
+use crate::spec::{
+    DeadLetterSettings, DispatchMechanism, Encoding, Gateway, GatewaySpec, UrlWatcher,
+    WatcherSettings,
+};
 
 /// Port of a sensor's service in a cluster.
 pub const SENSOR_PORT: u16 = 9300;
@@ -39,6 +42,8 @@ pub struct WatcherDef {
     pub target: Target,
     /// Its queue and retries.
     pub queue: QueueSettings,
+    /// Its dead-letter destination, if one is set (its own or the gateway's).
+    pub dead_letter: Option<DeadLetterSettings>,
 }
 
 /// What the environment tells about where the gateway runs.
@@ -88,6 +93,42 @@ fn http(url: String, gateway: &WatcherSettings, own: &WatcherSettings) -> Target
     }
 }
 
+fn dead_letter(gateway: &WatcherSettings, own: &WatcherSettings) -> Option<DeadLetterSettings> {
+    own.dead_letter.clone().or_else(|| gateway.dead_letter.clone())
+}
+
+fn dead_letter_problems(what: &str, d: &DeadLetterSettings, problems: &mut Vec<String>) {
+    match (&d.file, &d.url) {
+        (Some(_), Some(_)) => problems.push(format!(
+            "{what}: give either `file` or `url`, not both"
+        )),
+        (None, None) => problems.push(format!("{what}: give a `file` or a `url`")),
+        (None, Some(url)) => {
+            if let Err(p) = check_url(what, url) {
+                problems.push(p);
+            }
+        }
+        (Some(_), None) => {}
+    }
+}
+
+/// Settings that only `spec.delivery` may hold, and a watcher's own dead letter.
+fn settings_problems(what: &str, own: &WatcherSettings, problems: &mut Vec<String>) {
+    if own.mode.is_some() {
+        problems.push(format!(
+            "{what}: `mode` is a setting of the whole gateway: move it to spec.delivery.mode"
+        ));
+    }
+    if own.outbox.is_some() {
+        problems.push(format!(
+            "{what}: `outbox` is a setting of the whole gateway: move it to spec.delivery.outbox"
+        ));
+    }
+    if let Some(d) = &own.dead_letter {
+        dead_letter_problems(&format!("{what}: deadLetter"), d, problems);
+    }
+}
+
 fn check_url(what: &str, url: &str) -> Result<(), String> {
     match reqwest::Url::parse(url) {
         Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Ok(()),
@@ -109,6 +150,9 @@ pub fn resolve_watchers(
     let defaults = &spec.delivery;
     let mut problems = Vec::new();
     let mut out = Vec::new();
+    if let Some(d) = &defaults.dead_letter {
+        dead_letter_problems("delivery.deadLetter", d, &mut problems);
+    }
     match spec.dispatch_mechanism {
         DispatchMechanism::Http => {}
         other => problems.push(format!(
@@ -136,7 +180,9 @@ pub fn resolve_watchers(
             name: format!("sensor:{}", s.name),
             target: http(url, defaults, &s.settings),
             queue: queue_settings(defaults, &s.settings),
+            dead_letter: dead_letter(defaults, &s.settings),
         });
+        settings_problems(&what, &s.settings, &mut problems);
     }
     for (i, g) in spec.watchers.gateways.iter().enumerate() {
         let what = format!("watchers.gateways[{i}] `{}`", g.name);
@@ -170,7 +216,9 @@ pub fn resolve_watchers(
             name: format!("gateway:{}", g.name),
             target: http(url, defaults, &g.settings),
             queue: queue_settings(defaults, &g.settings),
+            dead_letter: dead_letter(defaults, &g.settings),
         });
+        settings_problems(&what, &g.settings, &mut problems);
     }
     for (i, u) in spec.watchers.urls.iter().enumerate() {
         let (url, own) = match u {
@@ -181,10 +229,12 @@ pub fn resolve_watchers(
             problems.push(p);
             continue;
         }
+        settings_problems(&format!("watchers.urls[{i}]"), &own, &mut problems);
         out.push(WatcherDef {
             name: format!("url:{url}"),
             target: http(url, defaults, &own),
             queue: queue_settings(defaults, &own),
+            dead_letter: dead_letter(defaults, &own),
         });
     }
     if let Some(sink) = &env.k_sink {
@@ -193,6 +243,7 @@ pub fn resolve_watchers(
                 name: format!("k_sink:{sink}"),
                 target: http(sink.clone(), defaults, &WatcherSettings::default()),
                 queue: queue_settings(defaults, &WatcherSettings::default()),
+                dead_letter: defaults.dead_letter.clone(),
             }),
             Err(p) => problems.push(p),
         }
@@ -202,6 +253,7 @@ pub fn resolve_watchers(
             name: "stdout".to_string(),
             target: Target::Stdout,
             queue: queue_settings(defaults, &WatcherSettings::default()),
+            dead_letter: defaults.dead_letter.clone(),
         });
     }
     if problems.is_empty() {
