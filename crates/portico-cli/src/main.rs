@@ -91,7 +91,10 @@ fn serve(
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run_gateway(args.options(), choose, shutdown_signal())) {
+    let mut options = args.options();
+    // NATS JetStream and Kafka watchers (dispatchMechanism NATS / Kafka).
+    options.senders = portico_bus::factory();
+    match rt.block_on(run_gateway(options, choose, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

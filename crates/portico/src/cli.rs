@@ -84,6 +84,7 @@ impl GatewayArgs {
             drain_timeout: self.drain_timeout,
             stop_grace: self.stop_grace,
             outbox_dir: self.outbox_dir.clone(),
+            senders: Default::default(),
         }
     }
 }

@@ -19,7 +19,8 @@ use crate::dispatch::http::{HttpSender, shared_client};
 use crate::dispatch::stdout::StdoutSender;
 use crate::dispatch::watchers::{Environment, Target};
 use crate::dispatch::{
-    DeadLetter, Delivery, Dispatcher, OutboxOptions, Sender, WatcherEntry, resolve_watchers,
+    DeadLetter, Delivery, Dispatcher, OutboxOptions, Sender, SenderFactory, WatcherEntry,
+    resolve_watchers,
 };
 use crate::executor::{GatewayConfig, SharedExecutor};
 use crate::metrics::Metrics;
@@ -66,6 +67,8 @@ pub struct RunOptions {
     pub stop_grace: Duration,
     /// Directory of the durable outbox, over `spec.delivery.outbox.path` and the default.
     pub outbox_dir: Option<PathBuf>,
+    /// Senders of NATS and Kafka watchers.
+    pub senders: SenderFactories,
 }
 
 impl Default for RunOptions {
@@ -78,6 +81,7 @@ impl Default for RunOptions {
             drain_timeout: Duration::from_secs(10),
             stop_grace: Duration::from_secs(10),
             outbox_dir: None,
+            senders: SenderFactories::default(),
         }
     }
 }
@@ -103,13 +107,29 @@ pub fn build_pipeline(
     build_pipeline_with(gateway, env, metrics, &PipelineOptions::default())
 }
 
-/// Where the pipeline keeps its files.
+/// Where the pipeline keeps its files, and who makes broker senders.
 #[derive(Debug, Clone, Default)]
 pub struct PipelineOptions {
     /// Directory of the outbox, over the spec's and the default.
     pub outbox_dir: Option<PathBuf>,
     /// Directory relative paths of the spec are taken from (the gateway file's).
     pub base_dir: Option<PathBuf>,
+    /// Senders of NATS and Kafka watchers.
+    pub senders: SenderFactories,
+}
+
+/// The [`SenderFactory`] of broker watchers, if any (`portico-bus` in the `portico` binary).
+#[derive(Clone, Default)]
+pub struct SenderFactories(pub Option<Arc<dyn SenderFactory>>);
+
+impl std::fmt::Debug for SenderFactories {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "SenderFactories(Some)"
+        } else {
+            "SenderFactories(None)"
+        })
+    }
 }
 
 /// [`build_pipeline`] with the places of its files given.
@@ -162,10 +182,23 @@ pub fn build_pipeline_with(
                     .map_err(RunError::Start)?,
             ),
             Target::Stdout => Arc::new(StdoutSender),
+            Target::Nats(_) | Target::Kafka(_) => {
+                match opts.senders.0.as_ref().and_then(|f| f.sender(&def.target)) {
+                    Some(made) => made.map_err(|e| {
+                        RunError::Start(format!("watcher `{}`: {e}", def.name))
+                    })?,
+                    None => {
+                        return Err(RunError::Start(format!(
+                            "watcher `{}`: this program has no NATS or Kafka client (the `portico` binary has; a user's gateway can register `portico_bus::factory()`)",
+                            def.name
+                        )));
+                    }
+                }
+            }
         };
         let timeout = match &def.target {
             Target::Http { timeout, .. } => *timeout,
-            Target::Stdout => Duration::from_secs(5),
+            _ => Duration::from_secs(5),
         };
         let dead_letter = match (&def.dead_letter, &delivery) {
             (Some(d), _) => match (&d.file, &d.url) {
@@ -230,6 +263,7 @@ pub async fn run_gateway(
         &PipelineOptions {
             outbox_dir: opts.outbox_dir.clone(),
             base_dir: opts.file.parent().map(Path::to_path_buf),
+            senders: opts.senders.clone(),
         },
     )?;
     let sinks: Vec<Arc<dyn StatusSink>> = vec![Arc::new(LogSink)];

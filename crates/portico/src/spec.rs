@@ -66,6 +66,12 @@ pub struct GatewaySpec {
     /// Delivery settings shared by every watcher (each watcher may override them).
     #[serde(default)]
     pub delivery: WatcherSettings,
+    /// `dispatchMechanism: NATS`: the JetStream subject events are published to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<NatsDispatch>,
+    /// `dispatchMechanism: Kafka`: the topic events are produced to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaDispatch>,
     /// Pod template of the gateway's Deployment (used by the controller; opaque here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy_spec: Option<serde_json::Value>,
@@ -140,6 +146,36 @@ pub enum DispatchMechanism {
     /// A Kafka topic.
     #[serde(rename = "Kafka")]
     Kafka,
+}
+
+/// `dispatchMechanism: NATS`: each CloudEvent is published to a JetStream subject in binary
+/// mode (`ce-*` headers, the data as the body) and counts as delivered once JetStream acks it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NatsDispatch {
+    /// Server URL (`nats://host:4222`).
+    pub url: String,
+    /// Subject events are published to.
+    pub subject: String,
+    /// A stream to create (or keep) over `subject`; without it, a stream must already capture
+    /// the subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+}
+
+/// `dispatchMechanism: Kafka`: each CloudEvent is produced to a topic in binary mode (`ce_*`
+/// headers, the data as the value), with `acks=all` and an idempotent producer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaDispatch {
+    /// Bootstrap brokers (`host:9092`, comma-separated for several).
+    pub url: String,
+    /// Topic events are produced to.
+    pub topic: String,
+    /// What the record key is: `subject` (default: the configuration key), `source`, `id`, `type`
+    /// or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// Where events go.

@@ -71,6 +71,14 @@ pub trait Sender: Send + Sync + 'static {
     fn send<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>>;
 }
 
+/// Makes the senders of watchers the framework crate has no client for (NATS JetStream,
+/// Kafka): the `portico` binary registers one from the `portico-bus` crate, so that this
+/// crate depends on no broker client.
+pub trait SenderFactory: Send + Sync + 'static {
+    /// The sender of `target`, or `None` when this factory does not know the target.
+    fn sender(&self, target: &watchers::Target) -> Option<Result<Arc<dyn Sender>, String>>;
+}
+
 /// Tuning of one watcher's queue and senders.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueSettings {

@@ -30,6 +30,10 @@ pub enum Target {
     },
     /// One JSON line per event on stdout.
     Stdout,
+    /// A NATS JetStream subject (the sender comes from a [`super::SenderFactory`]).
+    Nats(crate::spec::NatsDispatch),
+    /// A Kafka topic (the sender comes from a [`super::SenderFactory`]).
+    Kafka(crate::spec::KafkaDispatch),
 }
 
 /// One resolved watcher.
@@ -153,11 +157,45 @@ pub fn resolve_watchers(
     if let Some(d) = &defaults.dead_letter {
         dead_letter_problems("delivery.deadLetter", d, &mut problems);
     }
-    match spec.dispatch_mechanism {
-        DispatchMechanism::Http => {}
-        other => problems.push(format!(
-            "dispatchMechanism `{other:?}` is not available in this version of portico: use HTTP"
-        )),
+    match (spec.dispatch_mechanism, &spec.nats, &spec.kafka) {
+        (DispatchMechanism::Http, _, _) => {}
+        (DispatchMechanism::Nats, Some(n), _) => {
+            if n.subject.trim().is_empty() {
+                problems.push("nats.subject: give the subject events are published to".into());
+            }
+            if !(n.url.starts_with("nats://") || n.url.starts_with("tls://")) {
+                problems.push(format!(
+                    "nats.url `{}`: expected nats://host:port or tls://host:port",
+                    n.url
+                ));
+            }
+            out.push(WatcherDef {
+                name: format!("nats:{}", n.subject),
+                target: Target::Nats(n.clone()),
+                queue: queue_settings(defaults, &WatcherSettings::default()),
+                dead_letter: defaults.dead_letter.clone(),
+            });
+        }
+        (DispatchMechanism::Kafka, _, Some(k)) => {
+            if k.topic.trim().is_empty() {
+                problems.push("kafka.topic: give the topic events are produced to".into());
+            }
+            if k.url.trim().is_empty() {
+                problems.push("kafka.url: give the bootstrap brokers (host:9092)".into());
+            }
+            out.push(WatcherDef {
+                name: format!("kafka:{}", k.topic),
+                target: Target::Kafka(k.clone()),
+                queue: queue_settings(defaults, &WatcherSettings::default()),
+                dead_letter: defaults.dead_letter.clone(),
+            });
+        }
+        (DispatchMechanism::Nats, None, _) => problems.push(
+            "dispatchMechanism NATS needs `nats: {url, subject}` in the spec".into(),
+        ),
+        (DispatchMechanism::Kafka, _, None) => problems.push(
+            "dispatchMechanism Kafka needs `kafka: {url, topic}` in the spec".into(),
+        ),
     }
     for (i, s) in spec.watchers.sensors.iter().enumerate() {
         let what = format!("watchers.sensors[{i}] `{}`", s.name);
@@ -324,7 +362,7 @@ mod tests {
             .iter()
             .map(|w| match &w.target {
                 Target::Http { url, .. } => url.clone(),
-                Target::Stdout => "stdout".into(),
+                other => format!("{other:?}"),
             })
             .collect();
         assert_eq!(
