@@ -22,9 +22,9 @@ impl SenderFactory for BusSenders {
     fn sender(&self, target: &Target) -> Option<Result<Arc<dyn Sender>, String>> {
         match target {
             Target::Nats(n) => Some(Ok(Arc::new(nats::JetStreamSender::new(n.clone())))),
-            Target::Kafka(k) => Some(
-                kafka::KafkaSender::new(k).map(|s| Arc::new(s) as Arc<dyn Sender>),
-            ),
+            Target::Kafka(k) => {
+                Some(kafka::KafkaSender::new(k).map(|s| Arc::new(s) as Arc<dyn Sender>))
+            }
             _ => None,
         }
     }

@@ -177,9 +177,11 @@ async fn watcher_down_twice_all_10000_events_arrive() {
     let mut sink = Some(sink);
     // Down at 20 %, back at 35 %, down at 55 %, back at 70 %.
     for (at, up) in [(2000, false), (3500, true), (5500, false), (7000, true)] {
-        eventually(Duration::from_secs(60), || (acked(&posted) >= at).then_some(()))
-            .await
-            .unwrap_or_else(|| panic!("{at} events acknowledged within 60 s"));
+        eventually(Duration::from_secs(60), || {
+            (acked(&posted) >= at).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("{at} events acknowledged within 60 s"));
         if up {
             sink = Some(Sink::start_on(addr, Behaviour::Ok).await);
         } else if let Some(s) = sink.take() {
@@ -193,7 +195,11 @@ async fn watcher_down_twice_all_10000_events_arrive() {
     }
     load.await.unwrap();
     let acked_set = posted.ok.lock().unwrap().clone();
-    assert_eq!(acked_set.len(), EVENTS, "every event was accepted in the end");
+    assert_eq!(
+        acked_set.len(),
+        EVENTS,
+        "every event was accepted in the end"
+    );
     let sink = sink.unwrap();
     let done = eventually(Duration::from_secs(60), || {
         let mut all = received.clone();
@@ -240,11 +246,11 @@ async fn sigkill_mid_run_then_restart_on_the_same_outbox_delivers_every_acknowle
     portico.kill().await;
     load.await.unwrap();
     let acked_first = posted.ok.lock().unwrap().clone();
-    eprintln!(
-        "SIGKILL after {} acknowledged events",
-        acked_first.len()
+    eprintln!("SIGKILL after {} acknowledged events", acked_first.len());
+    assert!(
+        acked_first.len() < EVENTS,
+        "killed in the middle of the run"
     );
-    assert!(acked_first.len() < EVENTS, "killed in the middle of the run");
 
     // Again on the same outbox: what was acknowledged is replayed; the rest is posted anew.
     let portico = Portico::start(&args, &envs).await;
@@ -269,7 +275,13 @@ async fn sigkill_mid_run_then_restart_on_the_same_outbox_delivers_every_acknowle
     })
     .await;
     let (by_n, total) = tally(&sink.received());
-    check_all_arrived("SIGKILL and restart", &acked_all, &acked_first, &by_n, total);
+    check_all_arrived(
+        "SIGKILL and restart",
+        &acked_all,
+        &acked_first,
+        &by_n,
+        total,
+    );
     assert!(arrived.is_some());
     assert_eq!(portico.terminate().await, Some(0));
 }
@@ -329,7 +341,10 @@ async fn events_a_watcher_refuses_go_to_the_dead_letter_file_after_the_configure
             "{watcher}: {attempts} attempt(s) per event"
         );
     }
-    assert_eq!(metric(&portico, "portico_events_dead_lettered_total").await, (2 * N) as f64);
+    assert_eq!(
+        metric(&portico, "portico_events_dead_lettered_total").await,
+        (2 * N) as f64
+    );
     assert_eq!(portico.terminate().await, Some(0));
 }
 
@@ -366,7 +381,10 @@ async fn a_watcher_that_never_answers_fills_a_small_outbox_then_503_and_the_back
     let accepted = posted.ok.lock().unwrap().clone();
     let refused = posted.full.load(Ordering::Relaxed);
     eprintln!("{} accepted, {refused} refused with 503", accepted.len());
-    assert!(refused > 0, "the ingest API answered 503 once the outbox was full");
+    assert!(
+        refused > 0,
+        "the ingest API answered 503 once the outbox was full"
+    );
     assert!(accepted.len() < 3000);
     assert_eq!(posted.retry_after.lock().unwrap().as_deref(), Some("1"));
     assert!(metric(&portico, "portico_outbox_bytes").await <= 262_144.0);

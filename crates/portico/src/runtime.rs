@@ -184,9 +184,9 @@ pub fn build_pipeline_with(
             Target::Stdout => Arc::new(StdoutSender),
             Target::Nats(_) | Target::Kafka(_) => {
                 match opts.senders.0.as_ref().and_then(|f| f.sender(&def.target)) {
-                    Some(made) => made.map_err(|e| {
-                        RunError::Start(format!("watcher `{}`: {e}", def.name))
-                    })?,
+                    Some(made) => {
+                        made.map_err(|e| RunError::Start(format!("watcher `{}`: {e}", def.name)))?
+                    }
                     None => {
                         return Err(RunError::Start(format!(
                             "watcher `{}`: this program has no NATS or Kafka client (the `portico` binary has; a user's gateway can register `portico_bus::factory()`)",
@@ -225,9 +225,8 @@ pub fn build_pipeline_with(
             dead_letter: Arc::new(dead_letter),
         });
     }
-    let dispatcher = Dispatcher::start_with(watchers, &metrics, &delivery).map_err(|e| {
-        RunError::Start(format!("gateway `{}`: {e}", gateway.metadata.name))
-    })?;
+    let dispatcher = Dispatcher::start_with(watchers, &metrics, &delivery)
+        .map_err(|e| RunError::Start(format!("gateway `{}`: {e}", gateway.metadata.name)))?;
     if let Delivery::AtLeastOnce(o) = &delivery {
         tracing::info!(outbox = %o.dir.display(), max_bytes = o.max_bytes, "delivery atLeastOnce: durable outbox");
     } else {

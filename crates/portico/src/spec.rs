@@ -238,6 +238,7 @@ pub struct GatewayWatcher {
 /// A URL watcher: a bare URL string or a URL with its own settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
+#[allow(clippy::large_enum_variant)] // parsed once per file; boxing would only add noise
 pub enum UrlWatcher {
     /// `"http://…"`.
     Url(String),

@@ -381,12 +381,11 @@ async fn replay(
     let mut after = range.from;
     loop {
         let o = outbox.clone();
-        let batch = match tokio::task::spawn_blocking(move || o.read_segment_records(range, after))
-            .await
-        {
-            Ok(Some(b)) => b,
-            Ok(None) | Err(_) => break,
-        };
+        let batch =
+            match tokio::task::spawn_blocking(move || o.read_segment_records(range, after)).await {
+                Ok(Some(b)) => b,
+                Ok(None) | Err(_) => break,
+            };
         for record in batch {
             let slot = tokio::select! {
                 _ = abort.cancelled() => return,

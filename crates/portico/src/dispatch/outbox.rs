@@ -179,10 +179,7 @@ impl Shared {
 }
 
 enum Msg {
-    Append {
-        record: Vec<u8>,
-        reply: oneshot::Sender<Result<u64, String>>,
-    },
+    Append { record: Vec<u8>, reply: Reply },
     Housekeep,
 }
 
@@ -240,8 +237,14 @@ fn decode_at(buf: &[u8], at: usize) -> Option<(u64, u64, &[u8])> {
     (h.finalize() == crc).then_some((seq, ms, payload))
 }
 
+/// A record found in a segment: sequence number, acceptance time (ms), payload.
+type Found<'a> = (u64, u64, &'a [u8]);
+
+/// An appender waiting for its sequence number.
+type Reply = oneshot::Sender<Result<u64, String>>;
+
 /// Every valid record of a segment's bytes, and the length of the valid prefix.
-fn scan(buf: &[u8]) -> (Vec<(u64, u64, &[u8])>, usize) {
+fn scan(buf: &[u8]) -> (Vec<Found<'_>>, usize) {
     let mut out = Vec::new();
     let mut at = 0;
     while at < buf.len() {
@@ -629,7 +632,7 @@ fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Msg>) {
         }
     };
     let mut buf = Vec::with_capacity(1 << 20);
-    let mut replies: Vec<(oneshot::Sender<Result<u64, String>>, u64, u64)> = Vec::new();
+    let mut replies: Vec<(Reply, u64, u64)> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < BATCH {
@@ -850,7 +853,11 @@ mod tests {
         seqs.sort();
         assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
         assert_eq!(metrics.appends.get(), 200);
-        assert!(metrics.fsyncs.get() < 200, "group commit: {}", metrics.fsyncs.get());
+        assert!(
+            metrics.fsyncs.get() < 200,
+            "group commit: {}",
+            metrics.fsyncs.get()
+        );
         // Watcher a is done with the first 150; b with none.
         for s in 1..=150 {
             outbox.done(0, s);

@@ -98,14 +98,16 @@ fn http(url: String, gateway: &WatcherSettings, own: &WatcherSettings) -> Target
 }
 
 fn dead_letter(gateway: &WatcherSettings, own: &WatcherSettings) -> Option<DeadLetterSettings> {
-    own.dead_letter.clone().or_else(|| gateway.dead_letter.clone())
+    own.dead_letter
+        .clone()
+        .or_else(|| gateway.dead_letter.clone())
 }
 
 fn dead_letter_problems(what: &str, d: &DeadLetterSettings, problems: &mut Vec<String>) {
     match (&d.file, &d.url) {
-        (Some(_), Some(_)) => problems.push(format!(
-            "{what}: give either `file` or `url`, not both"
-        )),
+        (Some(_), Some(_)) => {
+            problems.push(format!("{what}: give either `file` or `url`, not both"))
+        }
         (None, None) => problems.push(format!("{what}: give a `file` or a `url`")),
         (None, Some(url)) => {
             if let Err(p) = check_url(what, url) {
@@ -190,12 +192,12 @@ pub fn resolve_watchers(
                 dead_letter: defaults.dead_letter.clone(),
             });
         }
-        (DispatchMechanism::Nats, None, _) => problems.push(
-            "dispatchMechanism NATS needs `nats: {url, subject}` in the spec".into(),
-        ),
-        (DispatchMechanism::Kafka, _, None) => problems.push(
-            "dispatchMechanism Kafka needs `kafka: {url, topic}` in the spec".into(),
-        ),
+        (DispatchMechanism::Nats, None, _) => {
+            problems.push("dispatchMechanism NATS needs `nats: {url, subject}` in the spec".into())
+        }
+        (DispatchMechanism::Kafka, _, None) => {
+            problems.push("dispatchMechanism Kafka needs `kafka: {url, topic}` in the spec".into())
+        }
     }
     for (i, s) in spec.watchers.sensors.iter().enumerate() {
         let what = format!("watchers.sensors[{i}] `{}`", s.name);
