@@ -142,11 +142,10 @@ async fn live_edits_add_change_remove_break_and_fix() {
     );
 
     // Break the YAML: an error is logged, a keeps running.
-    std::fs::write(
+    replace_file(
         &file,
         "apiVersion: portico.dev/v1alpha1\nkind: Gateway\nspec: [oops\n",
-    )
-    .unwrap();
+    );
     eventually(WAIT, || {
         (!portico.stderr.containing("does not parse").is_empty()).then_some(())
     })

@@ -2,18 +2,27 @@
 //! written exactly the way a user writes theirs: read them as examples to copy.
 
 pub mod calendar;
+pub mod file;
+pub mod github;
+pub mod gitlab;
+pub mod webhook;
 
 use std::sync::Arc;
 
 use portico::SharedExecutor;
 
 /// The types of the built-in gateways.
-pub const BUILTIN_TYPES: &[&str] = &["calendar"];
+pub const BUILTIN_TYPES: &[&str] = &["calendar", "webhook", "github", "gitlab", "file"];
 
-/// The executor of built-in gateway `gateway_type`, if there is one.
+/// The executor of built-in gateway `gateway_type`, if there is one. Each call gives a new
+/// executor (the webhook-style ones own their servers by port).
 pub fn builtin(gateway_type: &str) -> Option<SharedExecutor> {
     match gateway_type {
         "calendar" => Some(Arc::new(calendar::Calendar::default())),
+        "webhook" => Some(Arc::new(webhook::Webhook::default())),
+        "github" => Some(Arc::new(github::GitHub::default())),
+        "gitlab" => Some(Arc::new(gitlab::GitLab::default())),
+        "file" => Some(Arc::new(file::File)),
         _ => None,
     }
 }

@@ -4,7 +4,8 @@
 //! `prometheus_client` registry that `GET /metrics` encodes. Code on the hot path fetches its
 //! label set once (per configuration, per watcher) and keeps the handles.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -32,7 +33,8 @@ pub struct WatcherLabels {
 pub struct RejectLabels {
     /// The configuration key.
     pub src: String,
-    /// Why: `full`, `invalid`, `stopped`.
+    /// Why: `full`, `invalid`, `stopped`; `unauthorized` for a webhook delivery refused with
+    /// 401 (bad or missing signature or token).
     pub reason: String,
 }
 
@@ -48,9 +50,15 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 19))
 }
 
+/// Distinct `src` label values before the rest are counted under [`OTHER_SRC`].
+pub const MAX_SRC_LABELS: usize = 4096;
+/// The `src` label of sources past [`MAX_SRC_LABELS`].
+pub const OTHER_SRC: &str = "_other";
+
 /// Every metric of a gateway.
 pub struct Metrics {
     registry: Registry,
+    srcs: Mutex<HashSet<String>>,
     /// Events produced by configurations (or posted to the ingest API).
     pub received: Family<SrcLabels, Counter>,
     /// Events turned into CloudEvents.
@@ -92,6 +100,7 @@ impl Metrics {
             dead_lettered: Family::default(),
             outbox: Default::default(),
             registry: Registry::default(),
+            srcs: Mutex::new(HashSet::new()),
         };
         registry.register(
             "events_received",
@@ -165,10 +174,25 @@ impl Metrics {
         out
     }
 
+    /// The label value for `src`: itself, or [`OTHER_SRC`] once [`MAX_SRC_LABELS`] distinct
+    /// values exist, so that sources named from outside (the ingest API) cannot grow the
+    /// registry without bound.
+    fn src_label(&self, src: &str) -> String {
+        let mut seen = self.srcs.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(src) {
+            return src.to_string();
+        }
+        if seen.len() >= MAX_SRC_LABELS {
+            return OTHER_SRC.to_string();
+        }
+        seen.insert(src.to_string());
+        src.to_string()
+    }
+
     /// The counters of one configuration.
     pub fn for_src(&self, src: &str) -> SrcMetrics {
         let labels = SrcLabels {
-            src: src.to_string(),
+            src: self.src_label(src),
         };
         SrcMetrics {
             src: src.to_string(),
@@ -196,7 +220,7 @@ impl Metrics {
     pub fn reject(&self, src: &str, reason: &str) {
         self.rejected
             .get_or_create(&RejectLabels {
-                src: src.to_string(),
+                src: self.src_label(src),
                 reason: reason.to_string(),
             })
             .inc();
@@ -228,4 +252,24 @@ pub struct WatcherMetrics {
     pub queue_depth: Gauge,
     /// Sent to the dead-letter destination.
     pub dead_lettered: Counter,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn src_labels_are_bounded() {
+        let m = Metrics::new();
+        for i in 0..MAX_SRC_LABELS + 10 {
+            m.for_src(&format!("s{i}")).received.inc();
+        }
+        m.for_src("s0").received.inc();
+        let text = m.encode();
+        assert!(
+            text.contains("portico_events_received_total{src=\"s0\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("portico_events_received_total{src=\"_other\"} 10"));
+    }
 }

@@ -69,7 +69,7 @@ impl Transformer {
             extensions.insert(name.clone(), value.clone());
         }
         let data = Data::from_payload(event.payload, event.content_type.as_deref());
-        Ok(CloudEvent {
+        let ce = CloudEvent {
             id: uuid::Uuid::new_v4().to_string(),
             source: format!("{}/{}", self.gateway, src),
             ty: self.event_type.clone(),
@@ -79,7 +79,10 @@ impl Transformer {
             time: Some(event.time.unwrap_or_else(Utc::now)),
             extensions,
             data: Some(data),
-        })
+        };
+        // A key or content type from outside (the ingest API) may not make a valid event.
+        ce.validate_attributes().map_err(|e| e.to_string())?;
+        Ok(ce)
     }
 }
 
@@ -151,6 +154,17 @@ mod tests {
         let a = t.transform("s", Event::new(&b"{}"[..])).unwrap();
         assert_eq!(a.datacontenttype, None);
         assert!(matches!(a.data, Some(Data::Binary(_))));
+    }
+
+    #[test]
+    fn an_event_that_cannot_be_valid_is_refused() {
+        let t = Transformer::new("g", "t", "1.0");
+        let e = t.transform("has space", Event::new(&b"x"[..])).unwrap_err();
+        assert!(e.contains("source"), "{e}");
+        let e = t
+            .transform("s", Event::new(&b"x"[..]).with_content_type("not a type"))
+            .unwrap_err();
+        assert!(e.contains("datacontenttype"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,107 @@
+//! The `gitlab` gateway: GitLab webhook deliveries, verified and filtered (SPEC §8).
+//!
+//! A `webhook` configuration (`port`, `endpoint`, `method`, TLS, `maxBodySize`; see
+//! [`crate::webhook`]) plus:
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `secretFile` / `secretEnv` | the hook's secret token, from a file or an environment variable; required |
+//! | `events` | event types to keep, as in `X-Gitlab-Event`: `Push Hook`, `Merge Request Hook`, … or in short `push`, `merge_request`, `tag_push` (case, spaces and the ` Hook` suffix do not matter); default all |
+//!
+//! Every delivery must carry `X-Gitlab-Token` equal to the secret (compared in constant
+//! time); a missing or wrong one gets 401, produces no event and counts in
+//! `portico_events_rejected_total{reason="unauthorized"}`. A delivery whose event type is not
+//! in `events` gets 200 with the reason and produces no event. The payload is the webhook's
+//! (`{"header", "body", "bodyEncoding"}`) without the `x-gitlab-token` header. The secret is
+//! never logged.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderName};
+use portico::{ConfigContext, ConfigError, ConfigExecutor};
+use subtle::ConstantTimeEq;
+
+use crate::webhook::{Gate, Hook, HookRules, Secret, Servers, Verdict, filter_event, run_hook};
+
+const RULES: HookRules = HookRules {
+    gateway_type: "gitlab",
+    secret_required: true,
+    takes_events: true,
+    takes_register: false,
+};
+
+const TOKEN: HeaderName = HeaderName::from_static("x-gitlab-token");
+const EVENT: HeaderName = HeaderName::from_static("x-gitlab-event");
+
+/// `Merge Request Hook`, `merge request`, `merge_request` → `merge_request`.
+pub fn normalize_event(name: &str) -> String {
+    let lower = name.trim().to_ascii_lowercase();
+    let base = lower.strip_suffix(" hook").unwrap_or(&lower).trim();
+    base.split([' ', '_', '-'])
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join("_")
+}
+
+struct GitLabGate {
+    secret: Secret,
+    events: Vec<String>,
+    redacted: [HeaderName; 1],
+}
+
+impl Gate for GitLabGate {
+    fn admit(&self, headers: &HeaderMap, body: &[u8]) -> Verdict {
+        let _ = body;
+        let Some(token) = headers.get(&TOKEN) else {
+            return Verdict::Unauthorized(format!("missing {TOKEN} header"));
+        };
+        if !bool::from(token.as_bytes().ct_eq(self.secret.expose())) {
+            return Verdict::Unauthorized(format!("{TOKEN} does not match the configured secret"));
+        }
+        filter_event(headers, &EVENT, &self.events, normalize_event)
+    }
+
+    fn redacted_headers(&self) -> &[HeaderName] {
+        &self.redacted
+    }
+}
+
+/// The gitlab executor. Its configurations share servers by port.
+#[derive(Debug, Default, Clone)]
+pub struct GitLab {
+    servers: Arc<Servers>,
+}
+
+impl ConfigExecutor for GitLab {
+    fn validate(&self, ctx: &ConfigContext) -> Result<(), ConfigError> {
+        Hook::from_context(ctx, RULES).map(|_| ())
+    }
+
+    async fn start_config(&self, ctx: ConfigContext) -> Result<(), ConfigError> {
+        let hook = Hook::from_context(&ctx, RULES)?;
+        let Some(source) = &hook.secret else {
+            return Err(ConfigError::invalid(
+                "a gitlab configuration needs its secret",
+            ));
+        };
+        let gate = GitLabGate {
+            secret: source.load()?,
+            events: hook.events.clone(),
+            redacted: [TOKEN],
+        };
+        run_hook(&self.servers, &ctx, &hook, Arc::new(gate)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_names_normalize() {
+        assert_eq!(normalize_event("Merge Request Hook"), "merge_request");
+        assert_eq!(normalize_event("merge_request"), "merge_request");
+        assert_eq!(normalize_event("Push Hook"), "push");
+        assert_eq!(normalize_event(" push "), "push");
+    }
+}

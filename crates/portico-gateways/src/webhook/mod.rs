@@ -1,0 +1,585 @@
+//! The `webhook` gateway: one HTTP endpoint per configuration (SPEC §8).
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `port` | the port to listen on, all interfaces (a number or a string, as in the original); required |
+//! | `endpoint` | the path, starting with `/`; required |
+//! | `method` | the HTTP method (default `POST`) |
+//! | `serverCertPath`, `serverKeyPath` | PEM certificate chain and key: the port serves HTTPS (rustls) |
+//! | `maxBodySize` | largest body taken: bytes, or `512KiB`, `4MiB`, `1MB`… (default `4MiB`); larger gets 413 |
+//! | `secretFile` / `secretEnv` | optional HMAC secret, from a file or an environment variable: each delivery must then carry `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>` or gets 401 |
+//!
+//! Configurations that name the same port share one server (see [`server`]); each endpoint +
+//! method belongs to exactly one configuration, whose `src` its events carry. Configurations
+//! sharing a port must agree on TLS. The caller gets 200 only once the event is accepted for
+//! delivery; see [`server`] for every answer, and [`payload`] for the event.
+//!
+//! The `github` and `gitlab` gateways are this one with their own [`Gate`]: they are written
+//! on top of [`Hook`], [`run_hook`] and [`Servers`], the way a user would add another provider.
+
+pub mod payload;
+pub mod server;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderName, Method};
+use hmac::{Hmac, Mac};
+use portico::{ConfigContext, ConfigError, ConfigExecutor};
+use serde::Deserialize;
+use sha2::Sha256;
+
+pub use server::{Gate, Listen, Open, Route, RouteGuard, Servers, TlsFiles, Verdict};
+
+/// Default of `maxBodySize`.
+pub const DEFAULT_MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// A number or a string holding one (`port: 12000` and `port: "12000"` both work).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum NumberOrText {
+    /// A number.
+    Number(u64),
+    /// Text.
+    Text(String),
+}
+
+/// The configuration of a `webhook`, `github` or `gitlab` configuration, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HookConfig {
+    /// Port.
+    #[serde(default)]
+    pub port: Option<NumberOrText>,
+    /// Path.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// HTTP method.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// TLS certificate chain (PEM).
+    #[serde(default)]
+    pub server_cert_path: Option<String>,
+    /// TLS private key (PEM).
+    #[serde(default)]
+    pub server_key_path: Option<String>,
+    /// Largest body.
+    #[serde(default)]
+    pub max_body_size: Option<NumberOrText>,
+    /// File holding the secret.
+    #[serde(default)]
+    pub secret_file: Option<String>,
+    /// Environment variable holding the secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// Event types to keep (`github`, `gitlab`).
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+    /// Provider-specific: register the hook through the provider's API (`github`).
+    #[serde(default)]
+    pub register: Option<serde_json::Value>,
+}
+
+/// What a hook type requires of its configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HookRules {
+    /// The gateway type, for messages.
+    pub gateway_type: &'static str,
+    /// A secret must be given.
+    pub secret_required: bool,
+    /// `events` may be given.
+    pub takes_events: bool,
+    /// `register` may be given.
+    pub takes_register: bool,
+}
+
+/// Where a secret comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// A file (trailing newlines are not part of the secret).
+    File(PathBuf),
+    /// An environment variable.
+    Env(String),
+}
+
+impl std::fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::File(p) => write!(f, "secretFile {}", p.display()),
+            SecretSource::Env(n) => write!(f, "secretEnv {n}"),
+        }
+    }
+}
+
+/// A secret's bytes. Its `Debug` never shows them.
+#[derive(Clone)]
+pub struct Secret(Arc<[u8]>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl Secret {
+    /// The bytes.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl SecretSource {
+    /// Reads the secret. A file that cannot be read is `failed` (it may be mounted later); an
+    /// unset variable or an empty secret is `invalid`.
+    pub fn load(&self) -> Result<Secret, ConfigError> {
+        let bytes = match self {
+            SecretSource::File(path) => std::fs::read(path).map_err(|e| {
+                ConfigError::failed(format!("secretFile: cannot read {}: {e}", path.display()))
+            })?,
+            SecretSource::Env(name) => std::env::var_os(name)
+                .ok_or_else(|| {
+                    ConfigError::invalid(format!(
+                        "secretEnv: the environment variable {name} is not set"
+                    ))
+                })?
+                .into_encoded_bytes(),
+        };
+        let mut end = bytes.len();
+        while end > 0 && matches!(bytes[end - 1], b'\n' | b'\r') {
+            end -= 1;
+        }
+        if end == 0 {
+            return Err(ConfigError::invalid(format!(
+                "{self:?}: the secret is empty"
+            )));
+        }
+        Ok(Secret(Arc::from(&bytes[..end])))
+    }
+}
+
+/// A checked hook configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    /// Port and TLS.
+    pub listen: Listen,
+    /// Path.
+    pub endpoint: String,
+    /// Method.
+    pub method: Method,
+    /// Largest body, bytes.
+    pub max_body: usize,
+    /// Where the secret comes from, if any.
+    pub secret: Option<SecretSource>,
+    /// Event types kept (empty: all).
+    pub events: Vec<String>,
+}
+
+fn invalid(field: &str, what: impl std::fmt::Display) -> ConfigError {
+    ConfigError::invalid(format!("{field}: {what}"))
+}
+
+impl Hook {
+    /// Parses and checks the configuration of `ctx` under `rules`; errors name the field.
+    pub fn from_context(ctx: &ConfigContext, rules: HookRules) -> Result<Hook, ConfigError> {
+        let config: HookConfig = ctx.parse()?;
+        Hook::check(&config, rules)
+    }
+
+    /// Checks `config` under `rules`.
+    pub fn check(config: &HookConfig, rules: HookRules) -> Result<Hook, ConfigError> {
+        let (port, written) = match &config.port {
+            None => {
+                return Err(invalid(
+                    "port",
+                    "required: the port to listen on, like 12000",
+                ));
+            }
+            Some(NumberOrText::Number(n)) => (u16::try_from(*n).ok(), n.to_string()),
+            Some(NumberOrText::Text(t)) => (t.trim().parse::<u16>().ok(), t.clone()),
+        };
+        let port = port.filter(|p| *p != 0).ok_or_else(|| {
+            invalid(
+                "port",
+                format!("`{written}` is not a port number from 1 to 65535 (a webhook names its port: 0 cannot be used)"),
+            )
+        })?;
+        let endpoint = match config.endpoint.as_deref().map(str::trim) {
+            None | Some("") => {
+                return Err(invalid("endpoint", "required: a path like /push"));
+            }
+            Some(e) if !e.starts_with('/') => {
+                return Err(invalid("endpoint", format!("`{e}` must start with /")));
+            }
+            Some(e) if e.contains(['?', '#', ' ']) => {
+                return Err(invalid(
+                    "endpoint",
+                    format!("`{e}` must be a path only (no query, fragment or spaces)"),
+                ));
+            }
+            Some(e) => e.to_string(),
+        };
+        let method = match config.method.as_deref().map(str::trim) {
+            None | Some("") => Method::POST,
+            Some(m) => Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                .map_err(|_| invalid("method", format!("`{m}` is not an HTTP method")))?,
+        };
+        let tls = match (&config.server_cert_path, &config.server_key_path) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: PathBuf::from(cert),
+                key: PathBuf::from(key),
+            }),
+            (Some(_), None) => {
+                return Err(invalid(
+                    "serverKeyPath",
+                    "required with serverCertPath (TLS needs both)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "serverCertPath",
+                    "required with serverKeyPath (TLS needs both)",
+                ));
+            }
+        };
+        let max_body = match &config.max_body_size {
+            None => DEFAULT_MAX_BODY,
+            Some(NumberOrText::Number(n)) => usize::try_from(*n).unwrap_or(usize::MAX),
+            Some(NumberOrText::Text(t)) => parse_size(t).ok_or_else(|| {
+                invalid(
+                    "maxBodySize",
+                    format!("`{t}` is not a size like 1048576, 512KiB, 4MiB or 1MB"),
+                )
+            })?,
+        };
+        if max_body == 0 {
+            return Err(invalid("maxBodySize", "must be more than 0"));
+        }
+        let secret = match (&config.secret_file, &config.secret_env) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "secretFile and secretEnv are both set: give one",
+                ));
+            }
+            (Some(f), None) if !f.trim().is_empty() => {
+                Some(SecretSource::File(PathBuf::from(f.trim())))
+            }
+            (None, Some(e)) if !e.trim().is_empty() => {
+                Some(SecretSource::Env(e.trim().to_string()))
+            }
+            (Some(_), None) => return Err(invalid("secretFile", "is empty")),
+            (None, Some(_)) => return Err(invalid("secretEnv", "is empty")),
+            (None, None) if rules.secret_required => {
+                return Err(ConfigError::invalid(format!(
+                    "a {} configuration needs its secret: set secretFile (a file holding it) or secretEnv (an environment variable holding it)",
+                    rules.gateway_type
+                )));
+            }
+            (None, None) => None,
+        };
+        let events = match &config.events {
+            Some(_) if !rules.takes_events => {
+                return Err(invalid(
+                    "events",
+                    format!(
+                        "a {} configuration has no event types (github and gitlab have)",
+                        rules.gateway_type
+                    ),
+                ));
+            }
+            Some(list) => {
+                let mut events = Vec::new();
+                for (i, e) in list.iter().enumerate() {
+                    if e.trim().is_empty() {
+                        return Err(invalid(&format!("events[{i}]"), "is empty"));
+                    }
+                    events.push(e.trim().to_string());
+                }
+                events
+            }
+            None => Vec::new(),
+        };
+        if config.register.is_some() && !rules.takes_register {
+            return Err(invalid(
+                "register",
+                format!(
+                    "a {} configuration cannot register its hook (github can)",
+                    rules.gateway_type
+                ),
+            ));
+        }
+        Ok(Hook {
+            listen: Listen { port, tls },
+            endpoint,
+            method,
+            max_body,
+            secret,
+            events,
+        })
+    }
+}
+
+/// Parses `1048576`, `512KiB`, `4MiB`, `1GiB`, `10kB`, `1MB`, `1GB` (case-insensitive).
+pub fn parse_size(text: &str) -> Option<usize> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: usize = digits.parse().ok()?;
+    let factor: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1000,
+        "mb" | "m" => 1000 * 1000,
+        "gb" | "g" => 1000 * 1000 * 1000,
+        "kib" | "ki" => 1 << 10,
+        "mib" | "mi" => 1 << 20,
+        "gib" | "gi" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
+
+/// Checks `sha256=<hex>` in `header` against the HMAC-SHA256 of `body` under `secret`, in
+/// constant time.
+pub fn verify_hmac_sha256(
+    secret: &Secret,
+    headers: &HeaderMap,
+    header: &HeaderName,
+    body: &[u8],
+) -> Result<(), String> {
+    let Some(value) = headers.get(header) else {
+        return Err(format!("missing {header} header"));
+    };
+    let hex_digest = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().strip_prefix("sha256="))
+        .ok_or_else(|| format!("{header} must be sha256=<hex digest>"))?;
+    let digest =
+        hex::decode(hex_digest).map_err(|_| format!("{header} must be sha256=<hex digest>"))?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose())
+        .map_err(|_| "the configured secret cannot key an HMAC".to_string())?;
+    mac.update(body);
+    mac.verify_slice(&digest)
+        .map_err(|_| format!("{header} does not match the body signed with the configured secret"))
+}
+
+/// The hex `sha256=` signature of `body` under `secret`, as senders compute it.
+pub fn sign_hmac_sha256(secret: &[u8], body: &[u8]) -> String {
+    // HMAC takes keys of any length; new_from_slice cannot fail for it.
+    match Hmac::<Sha256>::new_from_slice(secret) {
+        Ok(mut mac) => {
+            mac.update(body);
+            format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+        }
+        Err(_) => String::new(),
+    }
+}
+
+/// Keeps deliveries whose event type (from `header`) is in `wanted`, comparing with
+/// `normalize` on both sides; an empty `wanted` keeps everything.
+pub fn filter_event(
+    headers: &HeaderMap,
+    header: &HeaderName,
+    wanted: &[String],
+    normalize: fn(&str) -> String,
+) -> Verdict {
+    if wanted.is_empty() {
+        return Verdict::Accept;
+    }
+    let Some(got) = headers.get(header).and_then(|v| v.to_str().ok()) else {
+        return Verdict::Ignore(format!(
+            "no {header} header, and this configuration keeps only events {wanted:?}"
+        ));
+    };
+    let norm = normalize(got);
+    if wanted.iter().any(|w| normalize(w) == norm) {
+        Verdict::Accept
+    } else {
+        Verdict::Ignore(format!(
+            "event `{got}` is not one of this configuration's events {wanted:?}"
+        ))
+    }
+}
+
+/// Attaches a hook configuration's route to the server of its port (starting the server if
+/// needed). `None` when the configuration was stopped meanwhile.
+pub async fn attach_hook(
+    servers: &Arc<Servers>,
+    ctx: &ConfigContext,
+    hook: &Hook,
+    gate: Arc<dyn Gate>,
+) -> Result<Option<RouteGuard>, ConfigError> {
+    let route = Route {
+        endpoint: hook.endpoint.clone(),
+        method: hook.method.clone(),
+        max_body: hook.max_body,
+        gate,
+        ctx: ctx.clone(),
+    };
+    let guard = tokio::select! {
+        _ = ctx.stopped() => return Ok(None),
+        g = servers.attach(&hook.listen, route) => g?,
+    };
+    tracing::info!(
+        port = hook.listen.port,
+        endpoint = %hook.endpoint,
+        method = %hook.method,
+        "webhook route ready"
+    );
+    Ok(Some(guard))
+}
+
+/// Runs one hook configuration: attaches its route, reports `Running`, and releases the route
+/// (and the port, if it was the last route there) once the configuration is stopped.
+pub async fn run_hook(
+    servers: &Arc<Servers>,
+    ctx: &ConfigContext,
+    hook: &Hook,
+    gate: Arc<dyn Gate>,
+) -> Result<(), ConfigError> {
+    let Some(guard) = attach_hook(servers, ctx, hook, gate).await? else {
+        return Ok(());
+    };
+    ctx.running();
+    ctx.stopped().await;
+    guard.release().await;
+    Ok(())
+}
+
+const WEBHOOK: HookRules = HookRules {
+    gateway_type: "webhook",
+    secret_required: false,
+    takes_events: false,
+    takes_register: false,
+};
+
+/// The plain webhook's gate: everything, or only deliveries signed with its secret.
+struct Signed {
+    secret: Secret,
+}
+
+const SIGNATURE: HeaderName = HeaderName::from_static("x-hub-signature-256");
+
+impl Gate for Signed {
+    fn admit(&self, headers: &HeaderMap, body: &[u8]) -> Verdict {
+        match verify_hmac_sha256(&self.secret, headers, &SIGNATURE, body) {
+            Ok(()) => Verdict::Accept,
+            Err(why) => Verdict::Unauthorized(why),
+        }
+    }
+}
+
+/// The webhook executor. Its configurations share servers by port.
+#[derive(Debug, Default, Clone)]
+pub struct Webhook {
+    servers: Arc<Servers>,
+}
+
+impl Webhook {
+    /// The servers, by port.
+    pub fn servers(&self) -> &Arc<Servers> {
+        &self.servers
+    }
+}
+
+impl ConfigExecutor for Webhook {
+    fn validate(&self, ctx: &ConfigContext) -> Result<(), ConfigError> {
+        Hook::from_context(ctx, WEBHOOK).map(|_| ())
+    }
+
+    async fn start_config(&self, ctx: ConfigContext) -> Result<(), ConfigError> {
+        let hook = Hook::from_context(&ctx, WEBHOOK)?;
+        let gate: Arc<dyn Gate> = match &hook.secret {
+            Some(source) => Arc::new(Signed {
+                secret: source.load()?,
+            }),
+            None => Arc::new(Open),
+        };
+        run_hook(&self.servers, &ctx, &hook, gate).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(yaml: &str) -> Result<Hook, String> {
+        let c: HookConfig = serde_saphyr::from_str(yaml).map_err(|e| e.to_string())?;
+        Hook::check(&c, WEBHOOK).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn fields_are_checked_by_name() {
+        let h = check("port: '12000'\nendpoint: /a\nmethod: put\nmaxBodySize: 1KiB").unwrap();
+        assert_eq!(h.listen.port, 12000);
+        assert_eq!(h.method, Method::PUT);
+        assert_eq!(h.max_body, 1024);
+        assert_eq!(check("port: 1\nendpoint: /a").unwrap().method, Method::POST);
+        assert!(check("endpoint: /a").unwrap_err().starts_with("port:"));
+        assert!(
+            check("port: 0\nendpoint: /a")
+                .unwrap_err()
+                .starts_with("port:")
+        );
+        assert!(
+            check("port: 70000\nendpoint: /a")
+                .unwrap_err()
+                .starts_with("port:")
+        );
+        assert!(check("port: 1").unwrap_err().starts_with("endpoint:"));
+        assert!(
+            check("port: 1\nendpoint: a")
+                .unwrap_err()
+                .starts_with("endpoint:")
+        );
+        assert!(
+            check("port: 1\nendpoint: /a\nmethod: 'G T'")
+                .unwrap_err()
+                .starts_with("method:")
+        );
+        assert!(
+            check("port: 1\nendpoint: /a\nserverCertPath: c")
+                .unwrap_err()
+                .starts_with("serverKeyPath:")
+        );
+        assert!(
+            check("port: 1\nendpoint: /a\nmaxBodySize: lots")
+                .unwrap_err()
+                .starts_with("maxBodySize:")
+        );
+        assert!(
+            check("port: 1\nendpoint: /a\nevents: [push]")
+                .unwrap_err()
+                .starts_with("events:")
+        );
+        assert!(
+            check("port: 1\nendpoint: /a\nsecretFile: f\nsecretEnv: E")
+                .unwrap_err()
+                .contains("both set")
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10"), Some(10));
+        assert_eq!(parse_size("4MiB"), Some(4 << 20));
+        assert_eq!(parse_size("1 MB"), Some(1_000_000));
+        assert_eq!(parse_size("1TB"), None);
+    }
+
+    #[test]
+    fn hmac_round_trip() {
+        let secret = Secret(Arc::from(&b"It's a Secret to Everybody"[..]));
+        // GitHub's documented example.
+        let sig = sign_hmac_sha256(secret.expose(), b"Hello, World!");
+        assert_eq!(
+            sig,
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+        );
+        let mut h = HeaderMap::new();
+        h.insert(&SIGNATURE, sig.parse().unwrap());
+        assert!(verify_hmac_sha256(&secret, &h, &SIGNATURE, b"Hello, World!").is_ok());
+        assert!(verify_hmac_sha256(&secret, &h, &SIGNATURE, b"Hello, World?").is_err());
+        assert!(verify_hmac_sha256(&secret, &HeaderMap::new(), &SIGNATURE, b"x").is_err());
+    }
+}

@@ -1,0 +1,643 @@
+//! The HTTP servers of the webhook-style gateways, shared by port.
+//!
+//! A [`Servers`] registry belongs to one executor (so to one gateway). Each configuration
+//! attaches one [`Route`] — an endpoint and a method — to the server of its port, starting that
+//! server (plain HTTP or TLS) when it is the port's first configuration. Routes live in a table
+//! the request handler reads on every request, so adding or removing one is immediate and never
+//! restarts the server or drops the other configurations' requests. When a port's last route is
+//! released, its server stops accepting, lets requests in flight finish (for a bounded drain
+//! time), and releases the port before [`RouteGuard::release`] returns.
+//!
+//! The handler answers the caller only once the event is accepted:
+//!
+//! | answer | when |
+//! |---|---|
+//! | 200 | the event was accepted for delivery, or the [`Gate`] ignored the delivery (the body says why) |
+//! | 401 | the [`Gate`] refused the delivery (bad or missing signature); counted as `portico_events_rejected_total{reason="unauthorized"}` |
+//! | 404 | no configuration owns the endpoint |
+//! | 405 | configurations own the endpoint, but none takes the method (`Allow` lists those that do) |
+//! | 408 | the body did not arrive within [`BODY_TIMEOUT`] |
+//! | 413 | the body is over the route's `maxBodySize` |
+//! | 503 + `Retry-After` | the dispatcher is full, or the configuration is stopping |
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use portico::{ConfigContext, ConfigError, ConfigId, DispatchError};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use super::payload;
+
+/// How long a request body may take to arrive.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a request's headers may take to arrive.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopping server waits for requests in flight before dropping them (under the
+/// supervisor's default stop grace of 10 s, so a stop never leaves the server behind).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long attaching waits for a port that a stopping server of ours still holds.
+const REBIND_WAIT: Duration = Duration::from_secs(2);
+
+/// What a [`Gate`] decides about one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Dispatch it.
+    Accept,
+    /// Refuse it with 401; the reason goes to the caller (never a secret).
+    Unauthorized(String),
+    /// Answer 200 without dispatching (an event type the configuration does not want); the
+    /// reason goes to the caller.
+    Ignore(String),
+}
+
+/// The check a route applies to every delivery before it becomes an event: a signature, a
+/// token, an event-type filter. The plain webhook's gate accepts everything unless it has an
+/// HMAC secret; `github` and `gitlab` bring their own.
+pub trait Gate: Send + Sync + 'static {
+    /// Decides about a delivery from its headers and whole body.
+    fn admit(&self, headers: &HeaderMap, body: &[u8]) -> Verdict;
+
+    /// Headers never copied into the event (they carry a secret).
+    fn redacted_headers(&self) -> &[HeaderName] {
+        &[]
+    }
+}
+
+/// A gate that takes everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Open;
+
+impl Gate for Open {
+    fn admit(&self, _: &HeaderMap, _: &[u8]) -> Verdict {
+        Verdict::Accept
+    }
+}
+
+/// Where a route listens and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    /// The port (all interfaces).
+    pub port: u16,
+    /// TLS certificate chain and key (PEM files), when the port serves HTTPS.
+    pub tls: Option<TlsFiles>,
+}
+
+/// A PEM certificate chain and private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// One configuration's route on a port.
+pub struct Route {
+    /// The path, starting with `/`.
+    pub endpoint: String,
+    /// The method.
+    pub method: Method,
+    /// Largest body taken, in bytes.
+    pub max_body: usize,
+    /// The check applied before dispatching.
+    pub gate: Arc<dyn Gate>,
+    /// The configuration that owns the route: its events carry its `src`.
+    pub ctx: ConfigContext,
+}
+
+type Endpoints = HashMap<String, HashMap<Method, Arc<Route>>>;
+
+/// The routes of one port, read by its handler on every request.
+#[derive(Default)]
+struct RouteTable {
+    endpoints: RwLock<Endpoints>,
+}
+
+enum Lookup {
+    Found(Arc<Route>),
+    NoEndpoint,
+    NoMethod(Vec<Method>),
+}
+
+impl RouteTable {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Endpoints> {
+        self.endpoints.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Endpoints> {
+        self.endpoints.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn find(&self, path: &str, method: &Method) -> Lookup {
+        let endpoints = self.read();
+        let Some(methods) = endpoints.get(path) else {
+            return Lookup::NoEndpoint;
+        };
+        match methods.get(method) {
+            Some(r) => Lookup::Found(r.clone()),
+            None => {
+                let mut allow: Vec<Method> = methods.keys().cloned().collect();
+                allow.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+                Lookup::NoMethod(allow)
+            }
+        }
+    }
+
+    fn insert(&self, route: Route) -> Result<(), String> {
+        let mut endpoints = self.write();
+        let methods = endpoints.entry(route.endpoint.clone()).or_default();
+        if let Some(owner) = methods.get(&route.method) {
+            return Err(format!(
+                "{} {} is already taken by configuration `{}`",
+                route.method,
+                route.endpoint,
+                owner.ctx.src()
+            ));
+        }
+        methods.insert(route.method.clone(), Arc::new(route));
+        Ok(())
+    }
+
+    /// Removes the route if `id` owns it; true when the table is then empty.
+    fn remove(&self, endpoint: &str, method: &Method, id: ConfigId) -> bool {
+        let mut endpoints = self.write();
+        if let Some(methods) = endpoints.get_mut(endpoint) {
+            if methods.get(method).is_some_and(|r| r.ctx.id() == id) {
+                methods.remove(method);
+            }
+            if methods.is_empty() {
+                endpoints.remove(endpoint);
+            }
+        }
+        endpoints.is_empty()
+    }
+}
+
+struct PortServer {
+    routes: Arc<RouteTable>,
+    tls: Option<TlsFiles>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// The servers of one executor, by port. Share it between the configurations of one gateway
+/// (it lives in the executor).
+pub struct Servers {
+    host: IpAddr,
+    ports: Mutex<HashMap<u16, PortServer>>,
+}
+
+impl Default for Servers {
+    fn default() -> Self {
+        Servers::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    }
+}
+
+impl std::fmt::Debug for Servers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ports: Vec<u16> = self.lock().keys().copied().collect();
+        f.debug_struct("Servers")
+            .field("host", &self.host)
+            .field("ports", &ports)
+            .finish()
+    }
+}
+
+impl Servers {
+    /// Servers listening on `host` (webhooks listen on all interfaces by default: their
+    /// callers are elsewhere).
+    pub fn new(host: IpAddr) -> Servers {
+        Servers {
+            host,
+            ports: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u16, PortServer>> {
+        self.ports.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The ports served now.
+    pub fn ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self.lock().keys().copied().collect();
+        ports.sort_unstable();
+        ports
+    }
+
+    /// Adds `route` to the server of `listen.port`, starting the server if the port has none.
+    /// Errors are `failed` (retried with backoff): the port may be held by someone else for a
+    /// while, or the route by a configuration that is going away.
+    pub async fn attach(
+        self: &Arc<Self>,
+        listen: &Listen,
+        route: Route,
+    ) -> Result<RouteGuard, ConfigError> {
+        let guard = RouteGuard {
+            servers: Some(self.clone()),
+            port: listen.port,
+            endpoint: route.endpoint.clone(),
+            method: route.method.clone(),
+            id: route.ctx.id(),
+        };
+        // A TLS configuration is read before taking the lock (files).
+        let acceptor = match &listen.tls {
+            Some(files) => Some(tls_acceptor(files)?),
+            None => None,
+        };
+        let deadline = tokio::time::Instant::now() + REBIND_WAIT;
+        let mut route = Some(route);
+        loop {
+            {
+                let mut ports = self.lock();
+                if let Some(server) = ports.get(&listen.port) {
+                    if server.tls != listen.tls {
+                        return Err(ConfigError::failed(format!(
+                            "port {} is already served {} by another configuration of this gateway: configurations sharing a port must use the same TLS files",
+                            listen.port,
+                            match &server.tls {
+                                Some(t) => format!("with TLS ({})", t.cert.display()),
+                                None => "without TLS".to_string(),
+                            }
+                        )));
+                    }
+                    let Some(r) = route.take() else {
+                        return Err(ConfigError::failed("internal: route already taken"));
+                    };
+                    server
+                        .routes
+                        .insert(r)
+                        .map_err(|e| ConfigError::failed(format!("port {}: {e}", listen.port)))?;
+                    return Ok(guard);
+                }
+                let addr = SocketAddr::new(self.host, listen.port);
+                match bind(addr) {
+                    Ok(listener) => {
+                        let routes = Arc::new(RouteTable::default());
+                        let Some(r) = route.take() else {
+                            return Err(ConfigError::failed("internal: route already taken"));
+                        };
+                        routes.insert(r).map_err(|e| {
+                            ConfigError::failed(format!("port {}: {e}", listen.port))
+                        })?;
+                        let stop = CancellationToken::new();
+                        let task = tokio::spawn(serve(
+                            listener,
+                            acceptor.clone(),
+                            routes.clone(),
+                            stop.clone(),
+                        ));
+                        tracing::info!(
+                            port = listen.port,
+                            tls = listen.tls.is_some(),
+                            "webhook server listening"
+                        );
+                        ports.insert(
+                            listen.port,
+                            PortServer {
+                                routes,
+                                tls: listen.tls.clone(),
+                                stop,
+                                task,
+                            },
+                        );
+                        return Ok(guard);
+                    }
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::AddrInUse
+                            && tokio::time::Instant::now() < deadline => {}
+                    Err(e) => {
+                        return Err(ConfigError::failed(format!(
+                            "cannot listen on {addr}: {e} (is another program using port {}?)",
+                            listen.port
+                        )));
+                    }
+                }
+            }
+            // The port may still be held by a server of ours that is draining.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Removes a route; when it was its port's last, takes the server out of the registry.
+    fn detach(
+        &self,
+        port: u16,
+        endpoint: &str,
+        method: &Method,
+        id: ConfigId,
+    ) -> Option<PortServer> {
+        let mut ports = self.lock();
+        let empty = ports
+            .get(&port)
+            .map(|s| s.routes.remove(endpoint, method, id))?;
+        if empty {
+            let server = ports.remove(&port)?;
+            server.stop.cancel();
+            Some(server)
+        } else {
+            None
+        }
+    }
+}
+
+/// One configuration's hold on a route. [`release`](RouteGuard::release) it when the
+/// configuration stops; dropping it removes the route too (and asks an emptied server to stop)
+/// but cannot wait for the port to be released.
+pub struct RouteGuard {
+    servers: Option<Arc<Servers>>,
+    port: u16,
+    endpoint: String,
+    method: Method,
+    id: ConfigId,
+}
+
+impl RouteGuard {
+    /// Removes the route; if it was its port's last, stops the server and waits until the
+    /// port is released (requests in flight are answered first, within a drain time).
+    pub async fn release(mut self) {
+        if let Some(servers) = self.servers.take()
+            && let Some(server) = servers.detach(self.port, &self.endpoint, &self.method, self.id)
+        {
+            let _ = server.task.await;
+            tracing::info!(port = self.port, "webhook server stopped");
+        }
+    }
+}
+
+impl Drop for RouteGuard {
+    fn drop(&mut self) {
+        if let Some(servers) = self.servers.take() {
+            // The server task ends by itself once cancelled.
+            let _ = servers.detach(self.port, &self.endpoint, &self.method, self.id);
+        }
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let std = std::net::TcpListener::bind(addr)?;
+    std.set_nonblocking(true)?;
+    TcpListener::from_std(std)
+}
+
+fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, ConfigError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            ConfigError::failed(format!(
+                "serverCertPath: cannot read a PEM certificate chain from {}: {e}",
+                files.cert.display()
+            ))
+        })?;
+    if certs.is_empty() {
+        return Err(ConfigError::failed(format!(
+            "serverCertPath: {} holds no certificate",
+            files.cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
+        ConfigError::failed(format!(
+            "serverKeyPath: cannot read a PEM private key from {}: {e}",
+            files.key.display()
+        ))
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|e| {
+            ConfigError::failed(format!(
+                "serverCertPath/serverKeyPath: {} and {} do not make a TLS identity: {e}",
+                files.cert.display(),
+                files.key.display()
+            ))
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Accepts connections until `stop`, then drains them.
+async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    routes: Arc<RouteTable>,
+    stop: CancellationToken,
+) {
+    let app = Router::new().fallback(handle).with_state(routes);
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    connections.spawn(connection(tcp, tls.clone(), app.clone(), stop.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(error = %e, "webhook server cannot accept a connection");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+            }
+        }
+    }
+    drop(listener);
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
+        tracing::warn!("webhook requests still in flight after the drain time: dropping them");
+        connections.shutdown().await;
+    }
+}
+
+async fn connection(
+    tcp: tokio::net::TcpStream,
+    tls: Option<TlsAcceptor>,
+    app: Router,
+    stop: CancellationToken,
+) {
+    match tls {
+        None => serve_connection(tcp, app, stop).await,
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+            let stream = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = handshake => match r {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            };
+            serve_connection(stream, app, stop).await
+        }
+    }
+}
+
+async fn serve_connection<I>(io: I, app: Router, stop: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.cancelled() => {
+            // Finish the request in flight, then close (idle keep-alive connections close now).
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    (status, body.into()).into_response()
+}
+
+fn retry_after(status: StatusCode, after: Duration, body: String) -> Response {
+    let secs = after.as_secs().max(1).to_string();
+    let mut r = text(status, body);
+    if let Ok(v) = HeaderValue::from_str(&secs) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
+/// Every request of a port: find the route, read the body, check it, dispatch it.
+async fn handle(
+    State(routes): State<Arc<RouteTable>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let route = match routes.find(uri.path(), &method) {
+        Lookup::Found(r) => r,
+        Lookup::NoEndpoint => {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("no configuration takes {}\n", uri.path()),
+            );
+        }
+        Lookup::NoMethod(allow) => {
+            let allow = allow
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut r = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{} takes {allow}, not {method}\n", uri.path()),
+            );
+            if let Ok(v) = HeaderValue::from_str(&allow) {
+                r.headers_mut().insert(header::ALLOW, v);
+            }
+            return r;
+        }
+    };
+    let body = match read_body(&headers, body, route.max_body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let src = route.ctx.src();
+    match route.gate.admit(&headers, &body) {
+        Verdict::Accept => {}
+        Verdict::Unauthorized(why) => {
+            route
+                .ctx
+                .gateway()
+                .pipeline()
+                .metrics()
+                .reject(src, "unauthorized");
+            tracing::debug!(src, reason = %why, "webhook delivery refused");
+            return text(StatusCode::UNAUTHORIZED, format!("{why}\n"));
+        }
+        Verdict::Ignore(why) => return text(StatusCode::OK, format!("ignored: {why}\n")),
+    }
+    let event = match payload::event(&headers, &body, route.gate.redacted_headers()) {
+        Ok(e) => e,
+        Err(e) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot encode the event: {e}\n"),
+            );
+        }
+    };
+    match route.ctx.try_dispatch(event).await {
+        Ok(()) => text(StatusCode::OK, "accepted\n"),
+        Err(DispatchError::Full { retry_after: after }) => retry_after(
+            StatusCode::SERVICE_UNAVAILABLE,
+            after,
+            format!(
+                "the gateway is full; retry in {}s\n",
+                after.as_secs().max(1)
+            ),
+        ),
+        Err(DispatchError::Stopped) => retry_after(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(1),
+            "the configuration is stopping; retry\n".to_string(),
+        ),
+        Err(DispatchError::Invalid(m)) => text(StatusCode::BAD_REQUEST, format!("{m}\n")),
+    }
+}
+
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Response> {
+    let too_large = || {
+        text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is over this endpoint's limit of {limit} bytes (maxBodySize)\n"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let collect = Limited::new(body, limit).collect();
+    match tokio::time::timeout(BODY_TIMEOUT, collect).await {
+        Err(_) => Err(text(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body did not arrive within {}s\n",
+                BODY_TIMEOUT.as_secs()
+            ),
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Ok(Err(e)) => Err(text(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the body: {e}\n"),
+        )),
+    }
+}
