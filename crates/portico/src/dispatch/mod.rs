@@ -170,8 +170,7 @@ impl Dispatcher {
                 dead_letter: Arc::new(DeadLetter::Log),
             })
             .collect();
-        let (d, _) = Self::start_parts(entries, metrics, None, Vec::new());
-        d
+        Self::start_parts(entries, metrics, None, Vec::new())
     }
 
     /// Starts the senders of every watcher under `delivery`; in `atLeastOnce` opens the
@@ -182,11 +181,11 @@ impl Dispatcher {
         delivery: &Delivery,
     ) -> Result<Dispatcher, String> {
         match delivery {
-            Delivery::AtMostOnce => Ok(Self::start_parts(watchers, metrics, None, Vec::new()).0),
+            Delivery::AtMostOnce => Ok(Self::start_parts(watchers, metrics, None, Vec::new())),
             Delivery::AtLeastOnce(opts) => {
                 let names: Vec<String> = watchers.iter().map(|w| w.name.clone()).collect();
                 let (outbox, replays) = Outbox::open(opts, &names, metrics.outbox.clone())?;
-                Ok(Self::start_parts(watchers, metrics, Some(outbox), replays).0)
+                Ok(Self::start_parts(watchers, metrics, Some(outbox), replays))
             }
         }
     }
@@ -196,7 +195,7 @@ impl Dispatcher {
         metrics: &Metrics,
         outbox: Option<Arc<Outbox>>,
         replays: Vec<outbox::ReplayRange>,
-    ) -> (Dispatcher, ()) {
+    ) -> Dispatcher {
         let tasks = TaskTracker::new();
         let abort = CancellationToken::new();
         let closing = CancellationToken::new();
@@ -256,16 +255,13 @@ impl Dispatcher {
             });
         }
         tasks.close();
-        (
-            Dispatcher {
-                queues,
-                tasks,
-                abort,
-                closing,
-                outbox,
-            },
-            (),
-        )
+        Dispatcher {
+            queues,
+            tasks,
+            abort,
+            closing,
+            outbox,
+        }
     }
 
     /// The watchers' names.
