@@ -527,3 +527,145 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Never takes an event (a retryable failure every time).
+    struct Refuses;
+    impl Sender for Refuses {
+        fn send<'a>(&'a self, _: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {
+            Box::pin(async { Err(DeliveryError::retryable("503")) })
+        }
+    }
+
+    /// Takes every event and remembers its id.
+    #[derive(Default)]
+    struct Takes(Mutex<Vec<String>>);
+    impl Sender for Takes {
+        fn send<'a>(&'a self, e: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {
+            self.0.lock().unwrap().push(e.id.clone());
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn event(i: usize) -> CloudEvent {
+        CloudEvent::new(format!("id-{i}"), "g/s", "t")
+    }
+
+    fn entry(sender: Arc<dyn Sender>, retry: RetryPolicy, dead: &std::path::Path) -> WatcherEntry {
+        WatcherEntry {
+            name: "w".into(),
+            sender,
+            queue: QueueSettings {
+                retry,
+                ..QueueSettings::default()
+            },
+            dead_letter: Arc::new(DeadLetter::file(dead.to_path_buf())),
+        }
+    }
+
+    fn patient() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: usize::MAX,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(5),
+            max_age: None,
+        }
+    }
+
+    async fn until<T>(mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "condition not met within 10 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_event_older_than_max_age_goes_to_the_dead_letter_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join("dead.jsonl");
+        let retry = RetryPolicy {
+            max_age: Some(Duration::from_millis(200)),
+            ..patient()
+        };
+        let metrics = Metrics::new();
+        let d = Dispatcher::start_with(
+            vec![entry(Arc::new(Refuses), retry, &dead)],
+            &metrics,
+            &Delivery::AtLeastOnce(OutboxOptions {
+                dir: dir.path().join("outbox"),
+                max_bytes: 1 << 20,
+            }),
+        )
+        .unwrap();
+        d.accept(event(1), Admission::NoWait).await.unwrap();
+        let line = until(|| {
+            std::fs::read_to_string(&dead)
+                .ok()
+                .filter(|t| t.ends_with('\n'))
+        })
+        .await;
+        let letter = CloudEvent::from_json(line.trim().as_bytes()).unwrap();
+        assert_eq!(letter.id, "id-1");
+        let json: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        assert!(
+            json["deadletterreason"]
+                .as_str()
+                .unwrap()
+                .contains("maxAge"),
+            "{json}"
+        );
+        assert_eq!(json["deadletterwatcher"], "w");
+        let counted = metrics.for_watcher("w").dead_lettered;
+        until(|| (counted.get() == 1).then_some(())).await;
+        assert_eq!(d.drain(Duration::from_secs(5)).await, 0);
+    }
+
+    #[tokio::test]
+    async fn events_not_delivered_before_a_stop_are_replayed_at_the_next_start_with_their_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join("dead.jsonl");
+        let delivery = Delivery::AtLeastOnce(OutboxOptions {
+            dir: dir.path().join("outbox"),
+            max_bytes: 1 << 20,
+        });
+        let d = Dispatcher::start_with(
+            vec![entry(Arc::new(Refuses), patient(), &dead)],
+            &Metrics::new(),
+            &delivery,
+        )
+        .unwrap();
+        for i in 0..50 {
+            d.accept(event(i), Admission::NoWait).await.unwrap();
+        }
+        d.drain(Duration::from_millis(50)).await;
+        drop(d);
+
+        let takes = Arc::new(Takes::default());
+        let d = Dispatcher::start_with(
+            vec![entry(takes.clone(), patient(), &dead)],
+            &Metrics::new(),
+            &delivery,
+        )
+        .unwrap();
+        let mut ids = until(|| {
+            let ids = takes.0.lock().unwrap().clone();
+            (ids.len() >= 50).then_some(ids)
+        })
+        .await;
+        ids.sort();
+        ids.dedup();
+        let mut want: Vec<String> = (0..50).map(|i| format!("id-{i}")).collect();
+        want.sort();
+        assert_eq!(ids, want);
+        assert_eq!(d.drain(Duration::from_secs(5)).await, 0);
+        assert!(!dead.exists(), "nothing dead-lettered");
+    }
+}
