@@ -361,21 +361,29 @@ impl Outbox {
             });
         }
 
-        let saved: BTreeMap<String, u64> = match fs::read(dir.join(CURSORS)) {
-            Ok(text) => serde_json::from_slice(&text).unwrap_or_else(|e| {
-                tracing::warn!(
-                    "outbox: `{}` is unreadable ({e}); every watcher replays the whole log",
-                    dir.join(CURSORS).display()
-                );
-                BTreeMap::new()
-            }),
-            Err(_) => BTreeMap::new(),
-        };
         let oldest = segments.first().map_or(next_seq, |s| s.first);
+        // Without a readable cursor file every watcher replays the whole log (duplicates rather
+        // than losses); with one, a watcher it does not name is new and starts at the head.
+        let cursors_path = dir.join(CURSORS);
+        let saved: Option<BTreeMap<String, u64>> = match fs::read(&cursors_path) {
+            Ok(text) => serde_json::from_slice(&text)
+                .map_err(|e| {
+                    tracing::warn!(
+                        "outbox: `{}` is unreadable ({e}); every watcher replays the whole log",
+                        cursors_path.display()
+                    )
+                })
+                .ok(),
+            Err(_) => None,
+        };
         let mut cursors = Vec::with_capacity(watchers.len());
         let mut replays = Vec::with_capacity(watchers.len());
         for name in watchers {
-            let from = saved.get(name).copied().unwrap_or(next_seq).max(oldest);
+            let from = match &saved {
+                Some(saved) => saved.get(name).copied().unwrap_or(next_seq),
+                None => oldest,
+            }
+            .max(oldest);
             let range = ReplayRange { from, to: next_seq };
             cursors.push(WatcherCursor {
                 name: name.clone(),
@@ -445,6 +453,12 @@ impl Outbox {
         record.resize(HEADER, 0);
         event.write_json(&mut record);
         let len = record.len() as u64;
+        if len > self.shared.max_bytes {
+            return Err(DispatchError::Invalid(format!(
+                "the event takes {len} bytes, more than the whole outbox may hold ({} bytes): raise spec.delivery.outbox.maxBytes",
+                self.shared.max_bytes
+            )));
+        }
         loop {
             let room = self.shared.room.notified();
             tokio::pin!(room);
