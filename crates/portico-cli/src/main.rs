@@ -2,7 +2,11 @@
 //!
 //! `portico run FILE` runs a gateway file on a laptop or in a pod; `portico validate FILE`
 //! checks one and lists every problem; `portico transformer FILE` runs only the transformer
-//! (for framework-independent gateways that post their own events).
+//! (for framework-independent gateways that post their own events); `portico controller` runs
+//! the Kubernetes controller; `portico crd` prints the Gateway CRD.
+
+mod child;
+mod grpc;
 
 use std::process::ExitCode;
 
@@ -33,6 +37,10 @@ enum Command {
     Run {
         #[command(flatten)]
         gateway: GatewayArgs,
+        /// The user's server to start beside the gateway (`-- COMMAND ARGS…`), with the
+        /// environment of SPEC §3; stopped when portico exits.
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
     },
     /// Check a gateway file and every configuration in it; exit non-zero listing every problem.
     Validate {
@@ -44,16 +52,28 @@ enum Command {
         #[command(flatten)]
         gateway: GatewayArgs,
     },
+    /// Run the Kubernetes controller: each Gateway labelled with its instance id becomes a
+    /// Deployment (and a Service when `serviceSpec` is set).
+    Controller {
+        /// Only Gateways labelled `portico.dev/controller-instance-id=<this>` are reconciled.
+        #[arg(long, env = "GATEWAY_CONTROLLER_INSTANCE_ID")]
+        instance_id: String,
+        /// Only this namespace (default: every namespace).
+        #[arg(long, env = "PORTICO_CONTROLLER_NAMESPACE")]
+        namespace: Option<String>,
+        /// `TRANSFORMER_PORT` given to the gateways' containers.
+        #[arg(long, default_value_t = portico::env::DEFAULT_TRANSFORMER_PORT)]
+        transformer_port: u16,
+    },
+    /// Print the Gateway CustomResourceDefinition (YAML) for `kubectl apply -f -`.
+    Crd,
 }
 
 /// Picks the processor of a gateway from its spec (SPEC §2).
 fn processor_for(gateway: &Gateway) -> Result<Processor, String> {
     let spec = &gateway.spec;
-    if spec.rpc_port.is_some() {
-        return Err(format!(
-            "gateway `{}` sets rpcPort (gRPC style), which this version of portico does not run yet",
-            gateway.metadata.name
-        ));
+    if let Some(port) = grpc::server_port(gateway)? {
+        return grpc::processor(gateway, port);
     }
     if spec.http_server_port.is_some() {
         return Err(format!(
@@ -72,9 +92,64 @@ fn main() -> ExitCode {
     cli.log.init();
     match cli.command {
         Command::Validate { file } => validate(&file),
-        Command::Run { gateway } => serve(gateway, processor_for),
+        Command::Run {
+            mut gateway,
+            command,
+        } => {
+            if command.is_empty() {
+                serve(gateway, processor_for)
+            } else {
+                child::serve_with(&mut gateway, &command, |g| serve(g, processor_for))
+            }
+        }
         Command::Transformer { gateway } => serve(gateway, |_| Ok(Processor::Independent)),
+        Command::Controller {
+            instance_id,
+            namespace,
+            transformer_port,
+        } => {
+            let mut options = portico::controller::ControllerOptions::new(instance_id);
+            options.namespace = namespace;
+            options.transformer_port = transformer_port;
+            controller(options)
+        }
+        Command::Crd => match portico::spec::crd_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+/// `portico controller`.
+fn controller(options: portico::controller::ControllerOptions) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        match portico::cluster::client().await {
+            Ok(client) => {
+                portico::controller::run(client, options, shutdown_signal()).await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 fn serve(
@@ -119,6 +194,8 @@ fn validate(file: &std::path::Path) -> ExitCode {
     match processor_for(&loaded.gateway) {
         Err(e) => problems.push(e),
         Ok(Processor::Independent) => {}
+        // Only the user's server knows its configurations; it is asked when they start.
+        Ok(Processor::Grpc(_)) => {}
         Ok(Processor::Core(executor)) => {
             // Validation dispatches nothing: a pipeline with no watchers will do.
             let metrics = Metrics::new();

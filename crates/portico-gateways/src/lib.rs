@@ -5,6 +5,7 @@ pub mod calendar;
 pub mod file;
 pub mod github;
 pub mod gitlab;
+pub mod resource;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -12,7 +13,9 @@ use std::sync::Arc;
 use portico::SharedExecutor;
 
 /// The types of the built-in gateways.
-pub const BUILTIN_TYPES: &[&str] = &["calendar", "webhook", "github", "gitlab", "file"];
+pub const BUILTIN_TYPES: &[&str] = &[
+    "calendar", "webhook", "github", "gitlab", "file", "resource",
+];
 
 /// The executor of built-in gateway `gateway_type`, if there is one. Each call gives a new
 /// executor (the webhook-style ones own their servers by port).
@@ -23,6 +26,7 @@ pub fn builtin(gateway_type: &str) -> Option<SharedExecutor> {
         "github" => Some(Arc::new(github::GitHub::default())),
         "gitlab" => Some(Arc::new(gitlab::GitLab::default())),
         "file" => Some(Arc::new(file::File)),
+        "resource" => Some(Arc::new(resource::Resource::default())),
         _ => None,
     }
 }

@@ -29,6 +29,45 @@ enum Trigger {
     },
     /// Write a file in the directory.
     WriteFile,
+    /// Create an object in the fake Kubernetes API server.
+    CreateObject,
+}
+
+/// A fake Kubernetes API server (crates/fake-kube) and a client of it, both on their own
+/// runtime so that their tasks are not counted as the gateway's.
+struct KubeFixture {
+    rt: Option<tokio::runtime::Runtime>,
+    fake: fake_kube::FakeKube,
+    client: kube::Client,
+}
+
+impl KubeFixture {
+    fn start() -> KubeFixture {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (fake, client) = rt.block_on(async {
+            let fake = fake_kube::FakeKube::start().await;
+            fake.disable_keep_alive();
+            let client = fake.client();
+            (fake, client)
+        });
+        KubeFixture {
+            rt: Some(rt),
+            fake,
+            client,
+        }
+    }
+}
+
+impl Drop for KubeFixture {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// One configuration value and where it listens (URL or directory), if anywhere.
@@ -59,6 +98,8 @@ struct Case {
     /// Another one, for the restart.
     changed: Value,
     trigger: Trigger,
+    /// The Kubernetes API the gateway talks to, if any.
+    kube: Option<KubeFixture>,
     /// Kept alive for the case (temporary files).
     _dir: tempfile::TempDir,
 }
@@ -92,6 +133,7 @@ fn case(gateway_type: &str) -> Option<Case> {
             valid: Value::plain("interval: 50ms"),
             changed: Value::plain("interval: 60ms\nuserPayload: {changed: true}"),
             trigger: Trigger::Wait,
+            kube: None,
             _dir: dir,
         },
         "webhook" => Case {
@@ -110,6 +152,7 @@ fn case(gateway_type: &str) -> Option<Case> {
                 headers: Vec::new(),
                 body: r#"{"compliance": true}"#,
             },
+            kube: None,
             _dir: dir,
         },
         "github" => {
@@ -139,6 +182,7 @@ fn case(gateway_type: &str) -> Option<Case> {
                     ],
                     body,
                 },
+                kube: None,
                 _dir: dir,
             }
         }
@@ -164,6 +208,7 @@ fn case(gateway_type: &str) -> Option<Case> {
                 ],
                 body: r#"{"object_kind": "push"}"#,
             },
+            kube: None,
             _dir: dir,
         },
         "file" => {
@@ -186,6 +231,24 @@ fn case(gateway_type: &str) -> Option<Case> {
                 valid: value(&one, ""),
                 changed: value(&two, "type: CREATE\npath: '*.txt'"),
                 trigger: Trigger::WriteFile,
+                kube: None,
+                _dir: dir,
+            }
+        }
+        "resource" => {
+            let widgets = "group: example.com\nversion: v1\nkind: Widget\nnamespace: ns\n";
+            Case {
+                junk: common_junk(vec![
+                    ("kind: Widget".into(), "version"),
+                    ("version: v1".into(), "kind"),
+                    ("eventTypes: [EXPLODE]".into(), "EXPLODE"),
+                ]),
+                valid: Value::plain(widgets),
+                changed: Value::plain(&format!(
+                    "{widgets}eventTypes: [ADD]\nfilter: {{prefix: compliance-}}\n"
+                )),
+                trigger: Trigger::CreateObject,
+                kube: Some(KubeFixture::start()),
                 _dir: dir,
             }
         }
@@ -223,12 +286,21 @@ async fn trigger(case: &Case, value: &Value, n: u32) {
             let dir = value.directory.as_ref().unwrap();
             std::fs::write(dir.join(format!("event-{n}.txt")), "x").unwrap();
         }
+        Trigger::CreateObject => {
+            case.kube.as_ref().unwrap().fake.create(serde_json::json!({
+                "apiVersion": "example.com/v1", "kind": "Widget",
+                "metadata": {"name": format!("compliance-{n}"), "namespace": "ns"},
+            }));
+        }
     }
 }
 
 async fn run_case(gateway_type: &str, case: Case) {
     let executor = builtin(gateway_type).unwrap();
     let mut h = Harness::new("compliance", gateway_type);
+    if let Some(k) = &case.kube {
+        h.gateway = h.gateway.clone().with_kube_client(k.client.clone());
+    }
 
     // validate rejects junk with a clear message.
     for (junk, word) in &case.junk {

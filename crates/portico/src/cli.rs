@@ -50,7 +50,10 @@ impl LogArgs {
 #[derive(Debug, Clone, Args)]
 pub struct GatewayArgs {
     /// The gateway file: a Gateway and the ConfigMap it names, as multi-document YAML.
-    #[arg(env = "PORTICO_GATEWAY_FILE")]
+    /// Without it, in a cluster (`GATEWAY_NAMESPACE`, `GATEWAY_NAME` and
+    /// `GATEWAY_PROCESSOR_CONFIG_MAP` set), the Gateway and its ConfigMap are read from the
+    /// API server (in-cluster config or `KUBECONFIG`).
+    #[arg(env = "PORTICO_GATEWAY_FILE", default_value = "", hide_default_value = true, value_parser = path_or_empty)]
     pub file: PathBuf,
     /// Port of the transformer's HTTP API (ingest, health, metrics, status); 0 picks a free one.
     #[arg(long, env = "TRANSFORMER_PORT", default_value_t = crate::env::DEFAULT_TRANSFORMER_PORT)]
@@ -73,11 +76,22 @@ pub struct GatewayArgs {
     pub outbox_dir: Option<PathBuf>,
 }
 
+/// A path, or the empty path that means "no file" (clap's own path parser refuses it).
+fn path_or_empty(s: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(s))
+}
+
 impl GatewayArgs {
     /// These flags as run options.
     pub fn options(&self) -> RunOptions {
+        let cluster = if self.file.as_os_str().is_empty() {
+            crate::cluster::ClusterTarget::from_env()
+        } else {
+            None
+        };
         RunOptions {
             file: self.file.clone(),
+            cluster,
             listen: self.listen,
             transformer_port: self.transformer_port,
             body_limit: self.body_limit,

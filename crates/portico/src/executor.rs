@@ -209,6 +209,7 @@ struct GatewayInner {
     name: String,
     namespace: String,
     pipeline: Arc<Pipeline>,
+    kube_client: Option<kube::Client>,
 }
 
 impl fmt::Debug for GatewayConfig {
@@ -228,8 +229,27 @@ impl GatewayConfig {
                 name: name.to_string(),
                 namespace: namespace.to_string(),
                 pipeline,
+                kube_client: None,
             }),
         }
+    }
+
+    /// The same gateway with a Kubernetes client (set by the runtime in a cluster; tests set
+    /// one for a fake API server).
+    pub fn with_kube_client(self, client: kube::Client) -> GatewayConfig {
+        GatewayConfig {
+            inner: Arc::new(GatewayInner {
+                name: self.inner.name.clone(),
+                namespace: self.inner.namespace.clone(),
+                pipeline: self.inner.pipeline.clone(),
+                kube_client: Some(client),
+            }),
+        }
+    }
+
+    /// The Kubernetes client of a gateway that runs in a cluster (SPEC §4), `None` elsewhere.
+    pub fn kube_client(&self) -> Option<kube::Client> {
+        self.inner.kube_client.clone()
     }
 
     /// The gateway's name.

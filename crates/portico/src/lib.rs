@@ -19,19 +19,30 @@
 //! }
 //! ```
 //!
+//! A gateway written as a gRPC server (any language) implements
+//! `proto/portico/v1/gateway.proto`; the framework drives it with
+//! [`processor::grpc::GrpcProcessor`]. In Rust, [`grpc_server`] makes such a server a trait
+//! impl and one call.
+//!
 //! One event's way through the house: [`source`] → [`supervisor`] → executor →
 //! [`pipeline`] ([`transform`], then [`dispatch`]) → watchers. Status flows back through
 //! [`status`] to `GET /status` ([`server`]).
 
 pub mod cli;
 pub mod cloudevents;
+pub mod cluster;
 pub mod configuration;
+pub mod controller;
 pub mod dispatch;
 pub mod env;
 pub mod event;
 pub mod executor;
+pub mod grpc_server;
+pub mod kube_status;
 pub mod metrics;
 pub mod pipeline;
+pub mod processor;
+pub mod proto;
 pub mod runtime;
 pub mod server;
 pub mod source;

@@ -37,6 +37,9 @@ use crate::transform::{Transformer, parse_overrides};
 pub enum Processor {
     /// A Rust executor in this process (built-in or the user's).
     Core(SharedExecutor),
+    /// The user's gRPC server, through the framework's client executor
+    /// ([`crate::processor::grpc::GrpcProcessor`]).
+    Grpc(SharedExecutor),
     /// Nothing: the user's program posts events to the transformer.
     Independent,
 }
@@ -45,6 +48,7 @@ impl Processor {
     fn name(&self) -> &'static str {
         match self {
             Processor::Core(_) => "core",
+            Processor::Grpc(_) => "grpc",
             Processor::Independent => "independent",
         }
     }
@@ -53,8 +57,11 @@ impl Processor {
 /// How a gateway process runs.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// The gateway file.
+    /// The gateway file (ignored when `cluster` is set).
     pub file: PathBuf,
+    /// In a cluster: the Gateway and ConfigMap to follow through the API server instead of
+    /// a file.
+    pub cluster: Option<crate::cluster::ClusterTarget>,
     /// Address of the transformer's API.
     pub listen: IpAddr,
     /// Port of the transformer's API (0: any free port, logged at start).
@@ -75,6 +82,7 @@ impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             file: PathBuf::new(),
+            cluster: None,
             listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
             transformer_port: crate::env::DEFAULT_TRANSFORMER_PORT,
             body_limit: crate::server::DEFAULT_BODY_LIMIT,
@@ -250,8 +258,28 @@ pub async fn run_gateway(
     choose: impl FnOnce(&Gateway) -> Result<Processor, String>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let file = GatewayFile::load(&opts.file)?;
-    let gateway = file.gateway.clone();
+    // Where the gateway and its configurations come from: a file, or the API server.
+    let (file, cluster) = match &opts.cluster {
+        Some(target) => (
+            None,
+            Some(
+                crate::cluster::connect(target)
+                    .await
+                    .map_err(RunError::Start)?,
+            ),
+        ),
+        None if opts.file.as_os_str().is_empty() => {
+            return Err(RunError::Start(
+                "no gateway file given, and GATEWAY_NAMESPACE, GATEWAY_NAME and GATEWAY_PROCESSOR_CONFIG_MAP are not all set: give a FILE, or run in a cluster".to_string(),
+            ));
+        }
+        None => (Some(GatewayFile::load(&opts.file)?), None),
+    };
+    let gateway = match (&file, &cluster) {
+        (Some(f), _) => f.gateway.clone(),
+        (None, Some(c)) => c.gateway.clone(),
+        (None, None) => return Err(RunError::Start("no gateway to run".to_string())),
+    };
     let processor = choose(&gateway).map_err(RunError::Start)?;
     let metrics = Metrics::new();
     let env = Environment::from_process();
@@ -265,7 +293,19 @@ pub async fn run_gateway(
             senders: opts.senders.clone(),
         },
     )?;
-    let sinks: Vec<Arc<dyn StatusSink>> = vec![Arc::new(LogSink)];
+    let mut sinks: Vec<Arc<dyn StatusSink>> = vec![Arc::new(LogSink)];
+    let status_stop = CancellationToken::new();
+    let mut status_writer = None;
+    if let Some(c) = &cluster {
+        let (sink, task) = crate::kube_status::KubeStatusSink::start(
+            c.client.clone(),
+            c.status.clone(),
+            Default::default(),
+            status_stop.clone(),
+        );
+        sinks.push(sink);
+        status_writer = Some(task);
+    }
     let board = Arc::new(StatusBoard::new(metrics.clone(), sinks));
     let state = Arc::new(AppState {
         info: GatewayInfo {
@@ -302,16 +342,32 @@ pub async fn run_gateway(
 
     let source_stop = CancellationToken::new();
     let (tx, mut rx) = mpsc::channel::<SourceEvent>(4);
-    let initial = file.configurations.clone();
-    let source = tokio::spawn(crate::source::file::watch(file, tx, source_stop.clone()));
-
-    let gateway_config = GatewayConfig::new(
+    let mut gateway_config = GatewayConfig::new(
         &gateway.metadata.name,
         gateway.namespace(),
         pipeline.clone(),
     );
+    let (initial, source) = match (file, &cluster) {
+        (Some(file), _) => (
+            file.configurations.clone(),
+            tokio::spawn(crate::source::file::watch(file, tx, source_stop.clone())),
+        ),
+        (None, Some(c)) => {
+            gateway_config = gateway_config.with_kube_client(c.client.clone());
+            (
+                Default::default(),
+                tokio::spawn(crate::source::configmap::watch(
+                    c.client.clone(),
+                    c.config_map.clone(),
+                    tx,
+                    source_stop.clone(),
+                )),
+            )
+        }
+        (None, None) => return Err(RunError::Start("no gateway to run".to_string())),
+    };
     let mut supervisor = match &processor {
-        Processor::Core(executor) => Some(
+        Processor::Core(executor) | Processor::Grpc(executor) => Some(
             Supervisor::new(executor.clone(), gateway_config, board.clone())
                 .with_stop_grace(opts.stop_grace),
         ),
@@ -347,6 +403,10 @@ pub async fn run_gateway(
     source_stop.cancel();
     if let Some(s) = supervisor.as_mut() {
         s.stop_all().await;
+    }
+    status_stop.cancel();
+    if let Some(task) = status_writer {
+        let _ = task.await;
     }
     let left = pipeline.dispatcher().drain(opts.drain_timeout).await;
     if left == 0 {

@@ -5,12 +5,19 @@
 //! shape (so that parse errors keep their exact line and column), then checked for what a
 //! parser cannot check: kinds, API versions, names, ports, watchers. Every error names the
 //! file, the line and column, and what was expected.
+//!
+//! The same [`GatewaySpec`] is the spec of the `Gateway` custom resource in a cluster: its
+//! derive makes [`GatewayResource`] (group `portico.dev`, version `v1alpha1`, kind `Gateway`,
+//! status subresource [`GatewayStatus`]) and the CRD that `portico crd` prints.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::{PodSpec, ServiceSpec};
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_saphyr::Spanned;
 
@@ -38,9 +45,24 @@ pub struct ObjectMeta {
     pub annotations: BTreeMap<String, String>,
 }
 
-/// The desired state of a gateway.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// The desired state of a gateway: the `spec` of a gateway file's Gateway and of the
+/// `Gateway` custom resource alike.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, CustomResource, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[kube(
+    group = "portico.dev",
+    version = "v1alpha1",
+    kind = "Gateway",
+    root = "GatewayResource",
+    namespaced,
+    status = "GatewayStatus",
+    derive = "PartialEq",
+    category = "portico",
+    doc = "A Portico gateway: its type, processor, configurations (a ConfigMap) and watchers.",
+    printcolumn = r#"{"name": "Type", "type": "string", "jsonPath": ".spec.type"}"#,
+    printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.phase"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+)]
 pub struct GatewaySpec {
     /// CloudEvent `type` of every event; names the built-in executor in core style.
     #[serde(rename = "type", default)]
@@ -54,6 +76,14 @@ pub struct GatewaySpec {
     /// gRPC style: port of the user's gRPC server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpc_port: Option<Port>,
+    /// gRPC style: which contract the user's server speaks. `portico` (the default) is
+    /// `proto/portico/v1/gateway.proto` (`GatewayProcessor.RunGateway`, optional
+    /// `ValidateGateway`); `argo-generic` is Argo Events' generic event source
+    /// (`generic.Eventing.StartEventSource`, `proto/argo/generic.proto`), so that servers
+    /// written for Argo run unchanged: each configuration is sent as `{name: key, config:
+    /// value}` and each `Event.payload` becomes a CloudEvent's data (no content type).
+    #[serde(default, skip_serializing_if = "GrpcProtocol::is_default")]
+    pub grpc_protocol: GrpcProtocol,
     /// HTTP style: port of the user's HTTP server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_server_port: Option<Port>,
@@ -72,12 +102,14 @@ pub struct GatewaySpec {
     /// `dispatchMechanism: Kafka`: the topic events are produced to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaDispatch>,
-    /// Pod template of the gateway's Deployment (used by the controller; opaque here).
+    /// The pod of the gateway's Deployment (used by the controller, which adds the
+    /// environment of SPEC §3 to every container).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deploy_spec: Option<serde_json::Value>,
-    /// Service of the gateway (used by the controller; opaque here).
+    pub deploy_spec: Option<PodSpec>,
+    /// The gateway's Service `<name>-gateway-svc` (used by the controller; the selector
+    /// defaults to the gateway's pods).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service_spec: Option<serde_json::Value>,
+    pub service_spec: Option<ServiceSpec>,
     /// Original field kept for compatibility with Argo manifests; unused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<String>,
@@ -89,6 +121,24 @@ pub struct GatewaySpec {
     pub processor_port: Option<Port>,
 }
 
+/// The gRPC contract a gRPC-style gateway's server speaks (`spec.grpcProtocol`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum GrpcProtocol {
+    /// Portico's `GatewayProcessor` service (`proto/portico/v1/gateway.proto`).
+    #[default]
+    #[serde(rename = "portico")]
+    Portico,
+    /// Argo Events' generic event source (`proto/argo/generic.proto`).
+    #[serde(rename = "argo-generic")]
+    ArgoGeneric,
+}
+
+impl GrpcProtocol {
+    fn is_default(&self) -> bool {
+        *self == GrpcProtocol::Portico
+    }
+}
+
 fn default_event_version() -> String {
     "1.0".to_string()
 }
@@ -97,6 +147,19 @@ fn default_event_version() -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(into = "String")]
 pub struct Port(pub u16);
+
+impl JsonSchema for Port {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Port".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A TCP port (1 to 65535), as a number or a string.",
+            "x-kubernetes-int-or-string": true
+        })
+    }
+}
 
 impl From<Port> for String {
     fn from(p: Port) -> String {
@@ -134,7 +197,7 @@ impl<'de> Deserialize<'de> for Port {
 }
 
 /// How events leave the gateway (SPEC §7).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum DispatchMechanism {
     /// HTTP watchers (sensors, gateways, URLs, `K_SINK`), or stdout when there are none.
     #[default]
@@ -150,7 +213,7 @@ pub enum DispatchMechanism {
 
 /// `dispatchMechanism: NATS`: each CloudEvent is published to a JetStream subject in binary
 /// mode (`ce-*` headers, the data as the body) and counts as delivered once JetStream acks it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NatsDispatch {
     /// Server URL (`nats://host:4222`).
@@ -165,7 +228,7 @@ pub struct NatsDispatch {
 
 /// `dispatchMechanism: Kafka`: each CloudEvent is produced to a topic in binary mode (`ce_*`
 /// headers, the data as the value), with `acks=all` and an idempotent producer.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KafkaDispatch {
     /// Bootstrap brokers (`host:9092`, comma-separated for several).
@@ -179,7 +242,7 @@ pub struct KafkaDispatch {
 }
 
 /// Where events go.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Watchers {
     /// Sensors: `http://<name>-sensor-svc.<namespace>.svc:9300/` in a cluster, `url` elsewhere.
@@ -202,7 +265,7 @@ impl Watchers {
 }
 
 /// A sensor watcher.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SensorWatcher {
     /// Name of the sensor.
@@ -216,7 +279,7 @@ pub struct SensorWatcher {
 }
 
 /// A gateway watcher.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayWatcher {
     /// Name of the gateway.
@@ -252,8 +315,23 @@ pub enum UrlWatcher {
     },
 }
 
+impl JsonSchema for UrlWatcher {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "UrlWatcher".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        // A string or an object: not expressible as one structural schema, so the API server
+        // keeps it as given and the gateway checks it when it reads its spec.
+        schemars::json_schema!({
+            "description": "A URL (`http://…`), or `{url, encoding, timeout, queueSize, concurrency, retry}`.",
+            "x-kubernetes-preserve-unknown-fields": true
+        })
+    }
+}
+
 /// How CloudEvents are written on an HTTP request (SPEC §6).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Encoding {
     /// `application/cloudevents+json`.
@@ -267,7 +345,7 @@ pub enum Encoding {
 
 /// Delivery settings: gateway-wide in `spec.delivery`, and per watcher, where every field
 /// falls back to the gateway's.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WatcherSettings {
     /// How events are written.
@@ -279,6 +357,7 @@ pub struct WatcherSettings {
         with = "opt_duration",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "Option<String>")]
     pub timeout: Option<Duration>,
     /// Events waiting or in flight for this watcher before sources are pushed back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -302,7 +381,7 @@ pub struct WatcherSettings {
 }
 
 /// How events are delivered (SPEC §7).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum DeliveryMode {
     /// Every event is written to the durable outbox (fsynced) before its source is told it was
@@ -315,7 +394,7 @@ pub enum DeliveryMode {
 }
 
 /// The durable outbox of a gateway.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutboxSettings {
     /// Its directory. Default: `$XDG_STATE_HOME/portico/<namespace>/<gateway>/outbox`
@@ -331,7 +410,7 @@ pub struct OutboxSettings {
 /// A dead-letter destination: a file (one CloudEvent in JSON a line) or a URL (the CloudEvent
 /// POSTed in structured mode). Each event carries the extensions `deadletterwatcher` and
 /// `deadletterreason`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeadLetterSettings {
     /// A file events are appended to.
@@ -343,7 +422,7 @@ pub struct DeadLetterSettings {
 }
 
 /// Retries with capped exponential backoff and jitter.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetrySettings {
     /// Attempts in all, the first included.
@@ -355,6 +434,7 @@ pub struct RetrySettings {
         with = "opt_duration",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "Option<String>")]
     pub initial_backoff: Option<Duration>,
     /// Longest wait between two attempts.
     #[serde(
@@ -362,6 +442,7 @@ pub struct RetrySettings {
         with = "opt_duration",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "Option<String>")]
     pub max_backoff: Option<Duration>,
     /// Longest time an event is retried, counted from its acceptance (also across restarts);
     /// then it goes to the dead-letter destination.
@@ -370,6 +451,7 @@ pub struct RetrySettings {
         with = "opt_duration",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "Option<String>")]
     pub max_age: Option<Duration>,
 }
 
@@ -398,6 +480,46 @@ pub(crate) mod opt_duration {
     }
 }
 
+/// The observed state of a `Gateway` in a cluster: the controller writes `phase` and
+/// `message`, the gateway writes `nodes`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayStatus {
+    /// What the controller made of the gateway: `Running` or `Error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Why the gateway is in that phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The nodes of the gateway's configurations, by configuration id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<String, NodeStatus>,
+}
+
+/// One node (SPEC §1) as `Gateway.status.nodes` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// The configuration id (hex).
+    pub id: String,
+    /// The configuration key (`src`).
+    pub name: String,
+    /// `Initialized`, `Running`, `Completed` or `Error`.
+    pub phase: String,
+    /// Why it is in that phase.
+    #[serde(default)]
+    pub message: String,
+    /// When the node was created (RFC 3339).
+    #[serde(default)]
+    pub started_at: String,
+    /// When the phase or message last changed (RFC 3339).
+    #[serde(default)]
+    pub updated_at: String,
+    /// How often the configuration was restarted after a failure.
+    #[serde(default)]
+    pub restarts: u32,
+}
+
 /// A `Gateway` resource.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -417,6 +539,37 @@ impl Gateway {
     pub fn namespace(&self) -> &str {
         self.metadata.namespace.as_deref().unwrap_or("default")
     }
+}
+
+impl From<&GatewayResource> for Gateway {
+    /// The gateway of a custom resource read from the API server.
+    fn from(r: &GatewayResource) -> Gateway {
+        let m = &r.metadata;
+        Gateway {
+            api_version: "portico.dev/v1alpha1".to_string(),
+            kind: "Gateway".to_string(),
+            metadata: ObjectMeta {
+                name: m.name.clone().unwrap_or_default(),
+                namespace: m.namespace.clone(),
+                labels: m.labels.clone().unwrap_or_default(),
+                annotations: m.annotations.clone().unwrap_or_default(),
+            },
+            spec: r.spec.clone(),
+        }
+    }
+}
+
+/// The `Gateway` CustomResourceDefinition, as `portico crd` prints it and `deploy/crd.yaml`
+/// holds it.
+pub fn crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use kube::CustomResourceExt;
+    GatewayResource::crd()
+}
+
+/// [`crd`] as YAML text.
+pub fn crd_yaml() -> Result<String, String> {
+    serde_saphyr::to_string(&crd()).map_err(|e| format!("cannot write the CRD as YAML: {e}"))
 }
 
 /// A gateway file, read and checked: the gateway and its configurations.
@@ -741,6 +894,14 @@ impl<'a> Checker<'a> {
                 ),
             );
         }
+        if spec.grpc_protocol != GrpcProtocol::Portico && spec.rpc_port.is_none() {
+            self.err(
+                Some(at),
+                format!(
+                    "Gateway `{name}`: `grpcProtocol` is set but `rpcPort` is not: set `rpcPort` to the gRPC server's port, or drop `grpcProtocol`"
+                ),
+            );
+        }
         let problems = crate::dispatch::watcher_problems(spec);
         for p in problems {
             self.err(Some(at), format!("Gateway `{name}`: {p}"));
@@ -813,6 +974,35 @@ data:
             );
         let f = parse(&text).unwrap();
         assert_eq!(f.gateway.spec.rpc_port, Some(Port(9898)));
+    }
+
+    #[test]
+    fn grpc_protocol_selects_the_argo_generic_contract_and_needs_rpc_port() {
+        let text = GOOD.replace(
+            "  configMap: cal-cm",
+            "  configMap: cal-cm\n  rpcPort: 9898\n  grpcProtocol: argo-generic",
+        );
+        let f = parse(&text).unwrap();
+        assert_eq!(f.gateway.spec.grpc_protocol, GrpcProtocol::ArgoGeneric);
+        assert_eq!(
+            parse(GOOD).unwrap().gateway.spec.grpc_protocol,
+            GrpcProtocol::Portico
+        );
+        let text = GOOD.replace(
+            "  configMap: cal-cm",
+            "  configMap: cal-cm\n  grpcProtocol: argo-generic",
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("`rpcPort` is not"), "{e}");
+        let text = GOOD.replace(
+            "  configMap: cal-cm",
+            "  configMap: cal-cm\n  rpcPort: 9898\n  grpcProtocol: grpc-web",
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("argo-generic"),
+            "the error lists the choices: {e}"
+        );
     }
 
     #[test]

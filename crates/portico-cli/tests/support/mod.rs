@@ -107,8 +107,11 @@ impl Portico {
     /// variables, and waits until the transformer listens.
     pub async fn start(args: &[&str], envs: &[(&str, &str)]) -> Portico {
         let mut cmd = Command::new(portico_bin());
-        cmd.args(args)
+        // The flags go before a `--` that starts the user's command (`run FILE -- CMD…`).
+        let split = args.iter().position(|a| *a == "--").unwrap_or(args.len());
+        cmd.args(&args[..split])
             .args(["--log-format", "json", "--transformer-port", "0"])
+            .args(&args[split..])
             .env("PORTICO_LOG", "info,portico=debug")
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env_remove("K_SINK")

@@ -1,6 +1,7 @@
 //! Where configurations come from: a gateway file ([`file`]) or, in a cluster, the
 //! gateway's ConfigMap. Every source sends the same [`SourceEvent`]s to the same supervisor.
 
+pub mod configmap;
 pub mod file;
 
 use crate::spec::ConfigMapData;

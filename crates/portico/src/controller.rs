@@ -1,0 +1,405 @@
+//! The controller (`portico controller`, SPEC §9): makes each Gateway labelled
+//! `portico.dev/controller-instance-id=<its id>` into a Deployment (and a Service when
+//! `serviceSpec` is given) and shows the gateway's phase.
+//!
+//! Reconcile is a function of the Gateway and the world (kube-runtime's `Controller`): it
+//! computes the desired Deployment and Service, applies them with server-side apply (owned by
+//! the Gateway through a controller owner reference), and writes `status.phase` and
+//! `status.message` when they change. It runs on every change of the Gateway and of what it
+//! owns, so a deleted or edited Deployment or Service is put back (the original reconciled
+//! once and never again). A Gateway that fails validation gets phase `Error` with the reason
+//! and is requeued with capped exponential backoff.
+//!
+//! Names: the Deployment is `<gateway>-gateway`, the Service `<gateway>-gateway-svc` (the
+//! address other gateways' watchers resolve to). Every container of `deploySpec` gets the
+//! environment of SPEC §3 for the gateway's style ([`crate::env::contract`]); a variable of
+//! the contract replaces one of the same name in the spec.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{EnvVar, PodTemplateSpec, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+
+use crate::dispatch::resolve_watchers;
+use crate::dispatch::watchers::Environment;
+use crate::spec::{Gateway, GatewayResource};
+
+/// Label that assigns a Gateway to a controller instance.
+pub const INSTANCE_LABEL: &str = "portico.dev/controller-instance-id";
+/// Label on a gateway's Deployment, pods and Service naming the gateway.
+pub const GATEWAY_LABEL: &str = "portico.dev/gateway";
+/// Field manager of the controller's server-side applies.
+pub const FIELD_MANAGER: &str = "portico-controller";
+/// Phase of a Gateway whose Deployment (and Service) are applied.
+pub const PHASE_RUNNING: &str = "Running";
+/// Phase of a Gateway that fails validation or cannot be applied.
+pub const PHASE_ERROR: &str = "Error";
+
+/// How the controller runs.
+#[derive(Debug, Clone)]
+pub struct ControllerOptions {
+    /// Its instance id: only Gateways labelled with it are reconciled.
+    pub instance_id: String,
+    /// Only this namespace (`None`: every namespace).
+    pub namespace: Option<String>,
+    /// `TRANSFORMER_PORT` given to the gateways' containers.
+    pub transformer_port: u16,
+    /// First requeue delay of a failing Gateway (doubled up to `max_backoff`).
+    pub initial_backoff: Duration,
+    /// Longest requeue delay of a failing Gateway.
+    pub max_backoff: Duration,
+    /// Requeue delay of a healthy Gateway (a periodic check besides the watches).
+    pub resync: Duration,
+}
+
+impl ControllerOptions {
+    /// Options for instance `instance_id`, every namespace, default delays.
+    pub fn new(instance_id: impl Into<String>) -> ControllerOptions {
+        ControllerOptions {
+            instance_id: instance_id.into(),
+            namespace: None,
+            transformer_port: crate::env::DEFAULT_TRANSFORMER_PORT,
+            initial_backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(300),
+            resync: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The Gateway is not valid; its status says why.
+    #[error("gateway is not valid: {0}")]
+    Invalid(String),
+    /// The API server refused or failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+struct Context {
+    client: Client,
+    options: ControllerOptions,
+    /// Consecutive failures by `namespace/name`, for the backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+/// What a Gateway should become.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    /// The Deployment.
+    pub deployment: Deployment,
+    /// The Service, when `serviceSpec` is set.
+    pub service: Option<Service>,
+}
+
+/// Name of a gateway's Deployment.
+pub fn deployment_name(gateway: &str) -> String {
+    format!("{gateway}-gateway")
+}
+
+/// Name of a gateway's Service (what `watchers.gateways` resolve to).
+pub fn service_name(gateway: &str) -> String {
+    format!("{gateway}-gateway-svc")
+}
+
+/// Checks a Gateway for what the controller needs and computes its Deployment and Service.
+pub fn desired(resource: &GatewayResource, options: &ControllerOptions) -> Result<Desired, String> {
+    let gateway = Gateway::from(resource);
+    let spec = &gateway.spec;
+    let name = &gateway.metadata.name;
+    let mut problems = Vec::new();
+    if spec.gateway_type.trim().is_empty() {
+        problems.push("expected `spec.type` (the CloudEvent type)".to_string());
+    }
+    if spec.rpc_port.is_some() && spec.http_server_port.is_some() {
+        problems.push(
+            "`rpcPort` and `httpServerPort` are both set: choose one processor style".to_string(),
+        );
+    }
+    let cluster = Environment {
+        in_cluster: true,
+        k_sink: None,
+    };
+    if let Err(p) = resolve_watchers(&gateway, &cluster) {
+        problems.extend(p);
+    }
+    let pod = match &spec.deploy_spec {
+        Some(pod) if !pod.containers.is_empty() => Some(pod.clone()),
+        Some(_) => {
+            problems.push(
+                "`spec.deploySpec.containers` is empty: expected at least one container"
+                    .to_string(),
+            );
+            None
+        }
+        None => {
+            problems.push("expected `spec.deploySpec` (the pod of the gateway)".to_string());
+            None
+        }
+    };
+    let (Some(mut pod), true) = (pod, problems.is_empty()) else {
+        return Err(problems.join("; "));
+    };
+    let owner = resource
+        .controller_owner_ref(&())
+        .ok_or_else(|| "the Gateway has no uid yet".to_string())?;
+    let labels = BTreeMap::from([
+        (GATEWAY_LABEL.to_string(), name.clone()),
+        (INSTANCE_LABEL.to_string(), options.instance_id.clone()),
+    ]);
+    let contract = crate::env::contract(
+        &gateway,
+        options.transformer_port,
+        Some(&options.instance_id),
+    );
+    for container in &mut pod.containers {
+        let mut env = container.env.take().unwrap_or_default();
+        env.retain(|e| !contract.iter().any(|(k, _)| *k == e.name));
+        env.extend(contract.iter().map(|(k, v)| EnvVar {
+            name: (*k).to_string(),
+            value: Some(v.clone()),
+            value_from: None,
+        }));
+        container.env = Some(env);
+    }
+    let meta = |n: String| ObjectMeta {
+        name: Some(n),
+        namespace: resource.namespace(),
+        labels: Some(labels.clone()),
+        owner_references: Some(vec![owner.clone()]),
+        ..Default::default()
+    };
+    let deployment = Deployment {
+        metadata: meta(deployment_name(name)),
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            selector: LabelSelector {
+                match_labels: Some(BTreeMap::from([(GATEWAY_LABEL.to_string(), name.clone())])),
+                match_expressions: None,
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels.clone()),
+                    ..Default::default()
+                }),
+                spec: Some(pod),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let service = spec.service_spec.clone().map(|mut s| {
+        if s.selector.as_ref().is_none_or(|sel| sel.is_empty()) {
+            s.selector = Some(BTreeMap::from([(GATEWAY_LABEL.to_string(), name.clone())]));
+        }
+        Service {
+            metadata: meta(service_name(name)),
+            spec: Some(s),
+            status: None,
+        }
+    });
+    Ok(Desired {
+        deployment,
+        service,
+    })
+}
+
+fn key(g: &GatewayResource) -> String {
+    format!("{}/{}", g.namespace().unwrap_or_default(), g.name_any())
+}
+
+async fn set_status(
+    api: &Api<GatewayResource>,
+    gateway: &GatewayResource,
+    phase: &str,
+    message: &str,
+) -> Result<(), kube::Error> {
+    let current = gateway.status.as_ref();
+    if current.and_then(|s| s.phase.as_deref()) == Some(phase)
+        && current.and_then(|s| s.message.as_deref()) == Some(message)
+    {
+        return Ok(());
+    }
+    let patch = serde_json::json!({"status": {"phase": phase, "message": message}});
+    api.patch_status(
+        &gateway.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
+}
+
+async fn reconcile(
+    gateway: Arc<GatewayResource>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let ns = gateway.namespace().unwrap_or_else(|| "default".to_string());
+    let name = gateway.name_any();
+    let gateways: Api<GatewayResource> = Api::namespaced(ctx.client.clone(), &ns);
+    if gateway.metadata.deletion_timestamp.is_some() {
+        // Owner references let the garbage collector remove what it owned.
+        return Ok(Action::await_change());
+    }
+    let desired = match desired(&gateway, &ctx.options) {
+        Ok(d) => d,
+        Err(reason) => {
+            tracing::warn!(gateway = %name, namespace = %ns, "gateway is not valid: {reason}");
+            set_status(&gateways, &gateway, PHASE_ERROR, &reason).await?;
+            return Err(ReconcileError::Invalid(reason));
+        }
+    };
+    let apply = PatchParams::apply(FIELD_MANAGER).force();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let deployment_name = deployment_name(&name);
+    if let Err(e) = deployments
+        .patch(&deployment_name, &apply, &Patch::Apply(&desired.deployment))
+        .await
+    {
+        let message = format!("cannot apply Deployment `{deployment_name}`: {e}");
+        set_status(&gateways, &gateway, PHASE_ERROR, &message).await?;
+        return Err(e.into());
+    }
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    let service_name = service_name(&name);
+    let mut message = format!("Deployment `{deployment_name}` is up to date");
+    match &desired.service {
+        Some(service) => {
+            if let Err(e) = services
+                .patch(&service_name, &apply, &Patch::Apply(service))
+                .await
+            {
+                let message = format!("cannot apply Service `{service_name}`: {e}");
+                set_status(&gateways, &gateway, PHASE_ERROR, &message).await?;
+                return Err(e.into());
+            }
+            message.push_str(&format!(", Service `{service_name}` too"));
+        }
+        None => {
+            // `serviceSpec` removed: remove the Service this gateway owns, if any.
+            if let Ok(Some(existing)) = services.get_opt(&service_name).await {
+                let owned = existing
+                    .owner_references()
+                    .iter()
+                    .any(|o| Some(&o.uid) == gateway.metadata.uid.as_ref());
+                if owned {
+                    services
+                        .delete(&service_name, &DeleteParams::default())
+                        .await?;
+                }
+            }
+        }
+    }
+    set_status(&gateways, &gateway, PHASE_RUNNING, &message).await?;
+    ctx.failures
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&key(&gateway));
+    Ok(Action::requeue(ctx.options.resync))
+}
+
+/// Requeue delay after the `failures`-th consecutive failure: `initial_backoff` doubled each
+/// time, capped at `max_backoff`.
+pub fn retry_delay(options: &ControllerOptions, failures: u32) -> Duration {
+    options
+        .initial_backoff
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
+        .min(options.max_backoff)
+}
+
+fn error_policy(
+    gateway: Arc<GatewayResource>,
+    error: &ReconcileError,
+    ctx: Arc<Context>,
+) -> Action {
+    let n = {
+        let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = failures.entry(key(&gateway)).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = retry_delay(&ctx.options, n);
+    tracing::warn!(
+        gateway = %gateway.name_any(), attempt = n,
+        "reconcile failed, retrying in {delay:?}: {error}"
+    );
+    Action::requeue(delay)
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    options: ControllerOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let selector = format!("{INSTANCE_LABEL}={}", options.instance_id);
+    let (gateways, deployments, services) = match &options.namespace {
+        Some(ns) => (
+            Api::<GatewayResource>::namespaced(client.clone(), ns),
+            Api::<Deployment>::namespaced(client.clone(), ns),
+            Api::<Service>::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::<GatewayResource>::all(client.clone()),
+            Api::<Deployment>::all(client.clone()),
+            Api::<Service>::all(client.clone()),
+        ),
+    };
+    let owned = watcher::Config::default().labels(&selector);
+    tracing::info!(
+        instance_id = %options.instance_id,
+        namespace = options.namespace.as_deref().unwrap_or("(all)"),
+        "controller starting"
+    );
+    let ctx = Arc::new(Context {
+        client,
+        options,
+        failures: Mutex::new(HashMap::new()),
+    });
+    Controller::new(gateways, watcher::Config::default().labels(&selector))
+        .owns(deployments, owned.clone())
+        .owns(services, owned)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(gateway = %object.name, "reconciled"),
+                Err(e) => tracing::debug!("reconcile: {e}"),
+            }
+        })
+        .await;
+    tracing::info!("controller stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_back_off_exponentially_up_to_the_cap() {
+        let o = ControllerOptions::new("a");
+        let delays: Vec<u64> = [1, 2, 3, 4, 8, 9, 1000]
+            .iter()
+            .map(|n| retry_delay(&o, *n).as_secs())
+            .collect();
+        assert_eq!(delays, [2, 4, 8, 16, 256, 300, 300]);
+    }
+
+    #[test]
+    fn an_invalid_gateway_says_what_is_missing() {
+        let mut g = GatewayResource::new("g", crate::spec::GatewaySpec::default());
+        g.metadata.uid = Some("u".into());
+        let e = desired(&g, &ControllerOptions::new("a")).unwrap_err();
+        assert!(e.contains("spec.type"), "{e}");
+        assert!(e.contains("spec.deploySpec"), "{e}");
+    }
+}

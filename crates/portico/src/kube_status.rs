@@ -1,0 +1,334 @@
+//! Status in a cluster: the [`StatusSink`] that writes a gateway's nodes into
+//! `Gateway.status.nodes` and records each transition as a Kubernetes Event on the Gateway.
+//!
+//! The board calls [`KubeStatusSink::node_changed`] synchronously, so the sink only notes the
+//! change (the newest state of each node, and the transition for an Event) and wakes its
+//! writer task. The writer waits a short window so that a burst of changes (a new ConfigMap
+//! starting twenty configurations) becomes one JSON merge patch of the status subresource,
+//! keyed by configuration id (`null` removes a node). Conflicts, throttling and server or
+//! connection errors are retried with capped exponential backoff; what still fails is kept
+//! for the next write. Events are core/v1 Events created once each; nothing watches them
+//! back (the original read its own Events to learn its state, a fragile round trip).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::spec::{GatewayResource, NodeStatus};
+use crate::status::{Node, NodeChange, Phase, StatusSink};
+
+/// Events waiting to be written beyond which the oldest are dropped (and counted in a log).
+const MAX_PENDING_EVENTS: usize = 256;
+
+/// How the sink writes.
+#[derive(Debug, Clone)]
+pub struct KubeStatusOptions {
+    /// How long the writer gathers changes before one write.
+    pub coalesce: Duration,
+    /// The component named in Events.
+    pub component: String,
+}
+
+impl Default for KubeStatusOptions {
+    fn default() -> Self {
+        KubeStatusOptions {
+            coalesce: Duration::from_millis(500),
+            component: "portico-gateway".to_string(),
+        }
+    }
+}
+
+/// The Gateway whose status is written.
+#[derive(Debug, Clone)]
+pub struct GatewayRef {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// UID, for the Events' `involvedObject`.
+    pub uid: Option<String>,
+    /// Ids of the nodes its status shows from an earlier run of the gateway: removed by the
+    /// first write unless a configuration of this run has the same id.
+    pub previous_nodes: Vec<String>,
+}
+
+struct Transition {
+    reason: &'static str,
+    message: String,
+    warning: bool,
+}
+
+#[derive(Default)]
+struct Pending {
+    /// Newest state of each changed node by id; `None` removes it.
+    nodes: BTreeMap<String, Option<NodeStatus>>,
+    events: VecDeque<Transition>,
+    dropped_events: u64,
+}
+
+struct Inner {
+    pending: Mutex<Pending>,
+    wake: Notify,
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // Every write under the lock is a single insert or push: a poisoned lock is still good.
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Writes nodes into `Gateway.status.nodes` and transitions as Events.
+pub struct KubeStatusSink {
+    inner: Arc<Inner>,
+}
+
+/// A node as `status.nodes` shows it.
+pub fn node_status(node: &Node) -> NodeStatus {
+    NodeStatus {
+        id: node.id.to_string(),
+        name: node.name.clone(),
+        phase: node.phase.as_str().to_string(),
+        message: node.message.clone(),
+        started_at: node
+            .started_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        updated_at: node
+            .updated_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        restarts: node.restarts,
+    }
+}
+
+impl StatusSink for KubeStatusSink {
+    fn node_changed(&self, change: &NodeChange) {
+        let (id, value, transition) = match change {
+            NodeChange::Updated { node, .. } => {
+                let message = if node.message.is_empty() {
+                    format!(
+                        "configuration `{}` ({}) is {}",
+                        node.name,
+                        node.id,
+                        node.phase.as_str()
+                    )
+                } else {
+                    format!(
+                        "configuration `{}` ({}) is {}: {}",
+                        node.name,
+                        node.id,
+                        node.phase.as_str(),
+                        node.message
+                    )
+                };
+                (
+                    node.id.to_string(),
+                    Some(node_status(node)),
+                    Transition {
+                        reason: node.phase.as_str(),
+                        message,
+                        warning: node.phase == Phase::Error,
+                    },
+                )
+            }
+            NodeChange::Removed { node } => (
+                node.id.to_string(),
+                None,
+                Transition {
+                    reason: "Removed",
+                    message: format!(
+                        "configuration `{}` ({}) left the ConfigMap",
+                        node.name, node.id
+                    ),
+                    warning: false,
+                },
+            ),
+        };
+        {
+            let mut p = self.inner.lock();
+            p.nodes.insert(id, value);
+            if p.events.len() >= MAX_PENDING_EVENTS {
+                p.events.pop_front();
+                p.dropped_events += 1;
+            }
+            p.events.push_back(transition);
+        }
+        self.inner.wake.notify_one();
+    }
+}
+
+/// Is this error worth another try (conflict, throttling, server or connection trouble)?
+fn transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code == 409 || s.code == 429 || s.code >= 500,
+        _ => true,
+    }
+}
+
+fn backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(5))
+        .with_max_times(8)
+        .with_jitter()
+}
+
+impl KubeStatusSink {
+    /// A sink for `gateway`, and its writer task, which ends (after a last write) when `stop`
+    /// is cancelled.
+    pub fn start(
+        client: Client,
+        gateway: GatewayRef,
+        options: KubeStatusOptions,
+        stop: CancellationToken,
+    ) -> (Arc<KubeStatusSink>, tokio::task::JoinHandle<()>) {
+        let mut pending = Pending::default();
+        for id in &gateway.previous_nodes {
+            pending.nodes.insert(id.clone(), None);
+        }
+        let inner = Arc::new(Inner {
+            pending: Mutex::new(pending),
+            wake: Notify::new(),
+        });
+        if !gateway.previous_nodes.is_empty() {
+            inner.wake.notify_one();
+        }
+        let writer = Writer {
+            gateways: Api::namespaced(client.clone(), &gateway.namespace),
+            events: Api::namespaced(client, &gateway.namespace),
+            gateway,
+            options,
+            inner: inner.clone(),
+        };
+        let task = tokio::spawn(writer.run(stop));
+        (Arc::new(KubeStatusSink { inner }), task)
+    }
+}
+
+struct Writer {
+    gateways: Api<GatewayResource>,
+    events: Api<Event>,
+    gateway: GatewayRef,
+    options: KubeStatusOptions,
+    inner: Arc<Inner>,
+}
+
+impl Writer {
+    async fn run(self, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = self.inner.wake.notified() => {}
+            }
+            // Gather the rest of the burst.
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(self.options.coalesce) => {}
+            }
+            self.flush().await;
+        }
+        self.flush().await;
+    }
+
+    async fn flush(&self) {
+        let (nodes, events, dropped) = {
+            let mut p = self.inner.lock();
+            let dropped = std::mem::take(&mut p.dropped_events);
+            (
+                std::mem::take(&mut p.nodes),
+                std::mem::take(&mut p.events),
+                dropped,
+            )
+        };
+        if dropped > 0 {
+            tracing::warn!(
+                gateway = %self.gateway.name,
+                "{dropped} node transition(s) were too many to record as Kubernetes Events"
+            );
+        }
+        if !nodes.is_empty()
+            && let Err(e) = self.write_nodes(&nodes).await
+        {
+            tracing::warn!(
+                gateway = %self.gateway.name, namespace = %self.gateway.namespace,
+                "cannot write the gateway's status.nodes (kept for the next write): {e}"
+            );
+            let mut p = self.inner.lock();
+            for (id, node) in nodes {
+                p.nodes.entry(id).or_insert(node);
+            }
+        }
+        for t in events {
+            if let Err(e) = self.record(&t).await {
+                tracing::warn!(
+                    gateway = %self.gateway.name, reason = t.reason,
+                    "cannot record a Kubernetes Event: {e}"
+                );
+            }
+        }
+    }
+
+    async fn write_nodes(
+        &self,
+        nodes: &BTreeMap<String, Option<NodeStatus>>,
+    ) -> Result<(), kube::Error> {
+        let patch = serde_json::json!({ "status": { "nodes": nodes } });
+        let params = PatchParams::default();
+        (|| async {
+            self.gateways
+                .patch_status(&self.gateway.name, &params, &Patch::Merge(&patch))
+                .await
+                .map(|_| ())
+        })
+        .retry(backoff())
+        .when(transient)
+        .notify(|e, after| {
+            tracing::debug!(gateway = %self.gateway.name, "status write failed, retrying in {after:?}: {e}")
+        })
+        .await
+    }
+
+    async fn record(&self, t: &Transition) -> Result<(), kube::Error> {
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let event = Event {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{}.", self.gateway.name)),
+                namespace: Some(self.gateway.namespace.clone()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("portico.dev/v1alpha1".to_string()),
+                kind: Some("Gateway".to_string()),
+                name: Some(self.gateway.name.clone()),
+                namespace: Some(self.gateway.namespace.clone()),
+                uid: self.gateway.uid.clone(),
+                ..Default::default()
+            },
+            reason: Some(t.reason.to_string()),
+            message: Some(t.message.clone()),
+            type_: Some(if t.warning { "Warning" } else { "Normal" }.to_string()),
+            source: Some(EventSource {
+                component: Some(self.options.component.clone()),
+                host: None,
+            }),
+            reporting_component: Some(self.options.component.clone()),
+            reporting_instance: crate::env::var("HOSTNAME"),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            count: Some(1),
+            ..Default::default()
+        };
+        let params = PostParams::default();
+        (|| async { self.events.create(&params, &event).await.map(|_| ()) })
+            .retry(backoff())
+            .when(|e| transient(e) && !matches!(e, kube::Error::Api(s) if s.code == 409))
+            .await
+    }
+}

@@ -1,0 +1,252 @@
+//! The controller against the fake API server (crates/fake-kube): a Gateway with the right
+//! instance id becomes a Deployment (and a Service) whose containers have the environment of
+//! SPEC §3 for its style; another id is ignored; a deleted Deployment comes back; an edited
+//! spec updates it; an invalid Gateway gets phase Error.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use fake_kube::FakeKube;
+use portico::controller::{ControllerOptions, run};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(20);
+const GW: &str = "portico.dev/v1alpha1";
+
+fn gateway(name: &str, instance: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": GW, "kind": "Gateway",
+        "metadata": {"name": name, "namespace": "ns",
+            "labels": {"portico.dev/controller-instance-id": instance}},
+        "spec": spec,
+    })
+}
+
+fn pod(image: &str) -> Value {
+    json!({"containers": [
+        {"name": "processor", "image": image, "env": [{"name": "USER_VAR", "value": "kept"}, {"name": "TRANSFORMER_PORT", "value": "1"}]},
+        {"name": "sidecar", "image": "busybox"},
+    ]})
+}
+
+fn deployment(fake: &FakeKube, name: &str) -> Option<Value> {
+    fake.get("apps/v1", "Deployment", "ns", &format!("{name}-gateway"))
+}
+
+fn env_of(container: &Value) -> BTreeMap<String, String> {
+    container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap_or_default().to_string(),
+                e["value"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn containers(d: &Value) -> Vec<Value> {
+    d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn gateways_become_deployments_that_are_repaired_and_updated() {
+    let fake = FakeKube::start().await;
+    // gRPC style, with a Service.
+    let grpc = fake.create(gateway(
+        "grpc",
+        "a",
+        json!({"type": "mine", "configMap": "grpc-cm", "rpcPort": "9898",
+            "deploySpec": pod("example/grpc:1"),
+            "serviceSpec": {"ports": [{"port": 9330, "targetPort": 9300}]}}),
+    ));
+    // HTTP style, no Service.
+    fake.create(gateway(
+        "web",
+        "a",
+        json!({"type": "mine", "configMap": "web-cm", "httpServerPort": 9696,
+            "deploySpec": pod("example/http:1")}),
+    ));
+    // Another controller's.
+    fake.create(gateway(
+        "theirs",
+        "b",
+        json!({"type": "mine", "deploySpec": pod("example/x:1")}),
+    ));
+    // Invalid: no deploySpec.
+    fake.create(gateway("broken", "a", json!({"type": "mine"})));
+
+    let stop = CancellationToken::new();
+    let mut options = ControllerOptions::new("a");
+    options.namespace = Some("ns".into());
+    options.initial_backoff = Duration::from_millis(200);
+    let shutdown = stop.clone();
+    let controller = tokio::spawn(run(fake.client(), options, async move {
+        shutdown.cancelled().await
+    }));
+
+    // gRPC style: every variable of SPEC §3 for that style, on every container.
+    let d = fake
+        .wait_for("the grpc Deployment", WAIT, |f| deployment(f, "grpc"))
+        .await;
+    let owner = &d["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "Gateway");
+    assert_eq!(owner["uid"], grpc["metadata"]["uid"]);
+    assert_eq!(owner["controller"], true);
+    assert_eq!(
+        d["spec"]["selector"]["matchLabels"]["portico.dev/gateway"],
+        "grpc"
+    );
+    let cs = containers(&d);
+    assert_eq!(cs.len(), 2);
+    for c in &cs {
+        let env = env_of(c);
+        let want = [
+            ("TRANSFORMER_PORT", "9300"),
+            ("GATEWAY_NAMESPACE", "ns"),
+            ("GATEWAY_PROCESSOR_CONFIG_MAP", "grpc-cm"),
+            ("GATEWAY_NAME", "grpc"),
+            ("GATEWAY_CONTROLLER_INSTANCE_ID", "a"),
+            ("GATEWAY_PROCESSOR_GRPC_SERVER_PORT", "9898"),
+        ];
+        for (k, v) in want {
+            assert_eq!(env.get(k).map(String::as_str), Some(v), "{k} in {c}");
+        }
+        assert!(!env.contains_key("GATEWAY_PROCESSOR_SERVER_HTTP_PORT"));
+    }
+    assert_eq!(
+        env_of(&cs[0]).get("USER_VAR").map(String::as_str),
+        Some("kept")
+    );
+    let svc = fake
+        .wait_for("the grpc Service", WAIT, |f| {
+            f.get("v1", "Service", "ns", "grpc-gateway-svc")
+        })
+        .await;
+    assert_eq!(svc["spec"]["selector"]["portico.dev/gateway"], "grpc");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 9330);
+
+    // HTTP style.
+    let d = fake
+        .wait_for("the web Deployment", WAIT, |f| deployment(f, "web"))
+        .await;
+    let env = env_of(&containers(&d)[0]);
+    for (k, v) in [
+        ("TRANSFORMER_PORT", "9300"),
+        ("GATEWAY_NAMESPACE", "ns"),
+        ("GATEWAY_PROCESSOR_CONFIG_MAP", "web-cm"),
+        ("GATEWAY_NAME", "web"),
+        ("GATEWAY_CONTROLLER_INSTANCE_ID", "a"),
+        ("GATEWAY_PROCESSOR_SERVER_HTTP_PORT", "9696"),
+        ("GATEWAY_PROCESSOR_CLIENT_HTTP_PORT", "9393"),
+        ("GATEWAY_HTTP_CONFIG_START", "/start"),
+        ("GATEWAY_HTTP_CONFIG_STOP", "/stop"),
+        ("GATEWAY_HTTP_CONFIG_EVENT", "/event"),
+        ("GATEWAY_HTTP_CONFIG_RUNNING", "/activated"),
+        ("GATEWAY_HTTP_CONFIG_ERROR", "/error"),
+    ] {
+        assert_eq!(env.get(k).map(String::as_str), Some(v), "{k}");
+    }
+    assert!(fake.get("v1", "Service", "ns", "web-gateway-svc").is_none());
+
+    // Status: Running for the good ones, Error with the reason for the invalid one.
+    fake.wait_for("grpc Running", WAIT, |f| {
+        let g = f.get(GW, "Gateway", "ns", "grpc")?;
+        (g["status"]["phase"] == "Running").then_some(())
+    })
+    .await;
+    let broken = fake
+        .wait_for("broken in Error", WAIT, |f| {
+            let g = f.get(GW, "Gateway", "ns", "broken")?;
+            (g["status"]["phase"] == "Error").then_some(g)
+        })
+        .await;
+    assert!(
+        broken["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deploySpec"),
+        "{broken}"
+    );
+    assert!(deployment(&fake, "broken").is_none());
+    // Requeued with backoff: fixing nothing, it is tried again (several status reads are
+    // not needed; a fixed Gateway is picked up by its own watch event).
+    let mut fixed = fake.get(GW, "Gateway", "ns", "broken").unwrap();
+    fixed["spec"]["deploySpec"] = pod("example/fixed:1");
+    fake.replace(fixed);
+    fake.wait_for("the fixed Deployment", WAIT, |f| deployment(f, "broken"))
+        .await;
+
+    // Deleting the Deployment makes the controller create it again.
+    fake.delete("apps/v1", "Deployment", "ns", "grpc-gateway")
+        .expect("the Deployment exists");
+    let d = fake
+        .wait_for("the grpc Deployment again", WAIT, |f| deployment(f, "grpc"))
+        .await;
+    assert_eq!(containers(&d)[0]["image"], "example/grpc:1");
+
+    // Drift: someone edits the Deployment; it is put back.
+    let mut drifted = d.clone();
+    drifted["spec"]["template"]["spec"]["containers"][0]["image"] = json!("evil/image:6");
+    fake.replace(drifted);
+    fake.wait_for("the drift repaired", WAIT, |f| {
+        let d = deployment(f, "grpc")?;
+        (containers(&d)[0]["image"] == "example/grpc:1").then_some(())
+    })
+    .await;
+
+    // Editing the Gateway's spec updates the Deployment.
+    fake.patch(
+        GW,
+        "Gateway",
+        "ns",
+        "grpc",
+        json!({"spec": {"rpcPort": "7070", "deploySpec": pod("example/grpc:2")}}),
+    )
+    .unwrap();
+    fake.wait_for("the updated Deployment", WAIT, |f| {
+        let d = deployment(f, "grpc")?;
+        let c = &containers(&d)[0];
+        (c["image"] == "example/grpc:2"
+            && env_of(c)
+                .get("GATEWAY_PROCESSOR_GRPC_SERVER_PORT")
+                .map(String::as_str)
+                == Some("7070"))
+        .then_some(())
+    })
+    .await;
+
+    // Removing serviceSpec removes the Service the gateway owned.
+    fake.patch(
+        GW,
+        "Gateway",
+        "ns",
+        "grpc",
+        json!({"spec": {"serviceSpec": null}}),
+    )
+    .unwrap();
+    fake.wait_for("the Service removed", WAIT, |f| {
+        f.get("v1", "Service", "ns", "grpc-gateway-svc")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(deployment(&fake, "grpc").is_some());
+
+    // The other controller's Gateway was never touched.
+    assert!(deployment(&fake, "theirs").is_none());
+    let theirs = fake.get(GW, "Gateway", "ns", "theirs").unwrap();
+    assert!(theirs["status"].is_null(), "{theirs}");
+
+    stop.cancel();
+    tokio::time::timeout(WAIT, controller)
+        .await
+        .expect("the controller stops")
+        .expect("the controller task ends cleanly");
+}
