@@ -151,7 +151,10 @@ fn serve(
     args: GatewayArgs,
     choose: impl FnOnce(&Gateway) -> Result<Processor, String>,
 ) -> ExitCode {
-    block_on_main(run_gateway(args.options(), choose, shutdown_signal()))
+    let mut options = args.options();
+    // NATS JetStream and Kafka watchers (dispatchMechanism NATS / Kafka).
+    options.senders = portico_bus::factory();
+    block_on_main(run_gateway(options, choose, shutdown_signal()))
 }
 
 /// `portico validate FILE`.

@@ -70,6 +70,10 @@ pub struct GatewayArgs {
     /// How long a stopping configuration may take before its tasks are dropped.
     #[arg(long, env = "PORTICO_STOP_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub stop_grace: Duration,
+    /// Directory of the durable outbox (`atLeastOnce`), over `spec.delivery.outbox.path`.
+    /// Default: `$XDG_STATE_HOME/portico/<namespace>/<gateway>/outbox`.
+    #[arg(long, env = "PORTICO_OUTBOX_DIR")]
+    pub outbox_dir: Option<PathBuf>,
 }
 
 /// A path, or the empty path that means "no file" (clap's own path parser refuses it).
@@ -93,6 +97,8 @@ impl GatewayArgs {
             body_limit: self.body_limit,
             drain_timeout: self.drain_timeout,
             stop_grace: self.stop_grace,
+            outbox_dir: self.outbox_dir.clone(),
+            senders: Default::default(),
         }
     }
 }

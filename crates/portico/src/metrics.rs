@@ -83,6 +83,10 @@ pub struct Metrics {
     pub src_failed: Family<SrcLabels, Counter>,
     /// Delivery attempts of a configuration's events repeated after a retryable failure.
     pub src_retried: Family<SrcLabels, Counter>,
+    /// Events sent to the dead-letter destination after every attempt or `maxAge`.
+    pub dead_lettered: Family<WatcherLabels, Counter>,
+    /// The durable outbox: fsyncs, records appended, bytes on disk.
+    pub outbox: crate::dispatch::outbox::OutboxMetrics,
 }
 
 impl Metrics {
@@ -102,6 +106,8 @@ impl Metrics {
             src_delivered: Family::default(),
             src_failed: Family::default(),
             src_retried: Family::default(),
+            dead_lettered: Family::default(),
+            outbox: Default::default(),
             registry: Registry::default(),
             srcs: Mutex::new(HashSet::new()),
         };
@@ -160,6 +166,26 @@ impl Metrics {
             "src_events_retried",
             "Delivery attempts of a configuration's events repeated after a retryable failure",
             m.src_retried.clone(),
+        );
+        registry.register(
+            "events_dead_lettered",
+            "Events sent to the dead-letter destination after every attempt or maxAge",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "outbox_fsyncs",
+            "fsyncs of the durable outbox (group commit: one per batch of appends)",
+            m.outbox.fsyncs.clone(),
+        );
+        registry.register(
+            "outbox_appends",
+            "Events written to the durable outbox",
+            m.outbox.appends.clone(),
+        );
+        registry.register(
+            "outbox_bytes",
+            "Bytes of the durable outbox on disk",
+            m.outbox.bytes.clone(),
         );
         Arc::new(Metrics { registry, ..m })
     }
@@ -223,6 +249,7 @@ impl Metrics {
             retried: self.retried.get_or_create(&labels).clone(),
             latency: self.delivery_latency.get_or_create(&labels).clone(),
             queue_depth: self.queue_depth.get_or_create(&labels).clone(),
+            dead_lettered: self.dead_lettered.get_or_create(&labels).clone(),
         }
     }
 
@@ -273,6 +300,8 @@ pub struct WatcherMetrics {
     pub latency: Histogram,
     /// Waiting or in flight.
     pub queue_depth: Gauge,
+    /// Sent to the dead-letter destination.
+    pub dead_lettered: Counter,
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! stops every configuration, drains the events in flight and closes the API, in that order.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -18,13 +18,16 @@ use tokio_util::sync::CancellationToken;
 use crate::dispatch::http::{HttpSender, shared_client};
 use crate::dispatch::stdout::StdoutSender;
 use crate::dispatch::watchers::{Environment, Target};
-use crate::dispatch::{Dispatcher, Sender, resolve_watchers};
+use crate::dispatch::{
+    DeadLetter, Delivery, Dispatcher, OutboxOptions, Sender, SenderFactory, WatcherEntry,
+    resolve_watchers,
+};
 use crate::executor::{GatewayConfig, SharedExecutor};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::server::{AppState, GatewayInfo};
 use crate::source::SourceEvent;
-use crate::spec::{Gateway, GatewayFile};
+use crate::spec::{DeliveryMode, Encoding, Gateway, GatewayFile};
 use crate::status::{LogSink, StatusBoard, StatusSink};
 use crate::supervisor::Supervisor;
 use crate::transform::{Transformer, parse_overrides};
@@ -72,6 +75,10 @@ pub struct RunOptions {
     pub drain_timeout: Duration,
     /// How long a stopping configuration may take.
     pub stop_grace: Duration,
+    /// Directory of the durable outbox, over `spec.delivery.outbox.path` and the default.
+    pub outbox_dir: Option<PathBuf>,
+    /// Senders of NATS and Kafka watchers.
+    pub senders: SenderFactories,
 }
 
 impl Default for RunOptions {
@@ -84,6 +91,8 @@ impl Default for RunOptions {
             body_limit: crate::server::DEFAULT_BODY_LIMIT,
             drain_timeout: Duration::from_secs(10),
             stop_grace: Duration::from_secs(10),
+            outbox_dir: None,
+            senders: SenderFactories::default(),
         }
     }
 }
@@ -99,11 +108,47 @@ pub enum RunError {
     Start(String),
 }
 
-/// Builds the pipeline of `gateway`: its transformer and its watchers' dispatcher.
+/// Builds the pipeline of `gateway`: its transformer and its watchers' dispatcher, with the
+/// outbox in its default place.
 pub fn build_pipeline(
     gateway: &Gateway,
     env: &Environment,
     metrics: Arc<Metrics>,
+) -> Result<Arc<Pipeline>, RunError> {
+    build_pipeline_with(gateway, env, metrics, &PipelineOptions::default())
+}
+
+/// Where the pipeline keeps its files, and who makes broker senders.
+#[derive(Debug, Clone, Default)]
+pub struct PipelineOptions {
+    /// Directory of the outbox, over the spec's and the default.
+    pub outbox_dir: Option<PathBuf>,
+    /// Directory relative paths of the spec are taken from (the gateway file's).
+    pub base_dir: Option<PathBuf>,
+    /// Senders of NATS and Kafka watchers.
+    pub senders: SenderFactories,
+}
+
+/// The [`SenderFactory`] of broker watchers, if any (`portico-bus` in the `portico` binary).
+#[derive(Clone, Default)]
+pub struct SenderFactories(pub Option<Arc<dyn SenderFactory>>);
+
+impl std::fmt::Debug for SenderFactories {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "SenderFactories(Some)"
+        } else {
+            "SenderFactories(None)"
+        })
+    }
+}
+
+/// [`build_pipeline`] with the places of its files given.
+pub fn build_pipeline_with(
+    gateway: &Gateway,
+    env: &Environment,
+    metrics: Arc<Metrics>,
+    opts: &PipelineOptions,
 ) -> Result<Arc<Pipeline>, RunError> {
     let defs = resolve_watchers(gateway, env).map_err(|p| {
         RunError::Start(format!(
@@ -114,6 +159,28 @@ pub fn build_pipeline(
     })?;
     let client = shared_client().map_err(RunError::Start)?;
     let version = Some(gateway.spec.event_version.clone());
+    let relative = |p: &Path| match &opts.base_dir {
+        Some(base) if p.is_relative() => base.join(p),
+        _ => p.to_path_buf(),
+    };
+    let delivery_spec = &gateway.spec.delivery;
+    let delivery = match delivery_spec.mode.unwrap_or_default() {
+        DeliveryMode::AtMostOnce => Delivery::AtMostOnce,
+        DeliveryMode::AtLeastOnce => {
+            let outbox = delivery_spec.outbox.clone().unwrap_or_default();
+            let dir = match (&opts.outbox_dir, &outbox.path) {
+                (Some(d), _) => d.clone(),
+                (None, Some(p)) => relative(p),
+                (None, None) => crate::dispatch::outbox::default_dir(gateway),
+            };
+            Delivery::AtLeastOnce(OutboxOptions {
+                dir,
+                max_bytes: outbox
+                    .max_bytes
+                    .unwrap_or(crate::dispatch::outbox::DEFAULT_MAX_BYTES),
+            })
+        }
+    };
     let mut watchers = Vec::with_capacity(defs.len());
     for def in defs {
         let sender: Arc<dyn Sender> = match &def.target {
@@ -126,10 +193,56 @@ pub fn build_pipeline(
                     .map_err(RunError::Start)?,
             ),
             Target::Stdout => Arc::new(StdoutSender),
+            Target::Nats(_) | Target::Kafka(_) => {
+                match opts.senders.0.as_ref().and_then(|f| f.sender(&def.target)) {
+                    Some(made) => {
+                        made.map_err(|e| RunError::Start(format!("watcher `{}`: {e}", def.name)))?
+                    }
+                    None => {
+                        return Err(RunError::Start(format!(
+                            "watcher `{}`: this program has no NATS or Kafka client (the `portico` binary has; a user's gateway can register `portico_bus::factory()`)",
+                            def.name
+                        )));
+                    }
+                }
+            }
         };
-        watchers.push((def.name, sender, def.queue));
+        let timeout = match &def.target {
+            Target::Http { timeout, .. } => *timeout,
+            _ => Duration::from_secs(5),
+        };
+        let dead_letter = match (&def.dead_letter, &delivery) {
+            (Some(d), _) => match (&d.file, &d.url) {
+                (Some(file), _) => DeadLetter::file(relative(file)),
+                (None, Some(url)) => DeadLetter::Url(
+                    HttpSender::new(
+                        client.clone(),
+                        url,
+                        Encoding::Structured,
+                        timeout,
+                        version.clone(),
+                    )
+                    .map_err(RunError::Start)?,
+                ),
+                (None, None) => DeadLetter::Log,
+            },
+            (None, Delivery::AtLeastOnce(o)) => DeadLetter::file(o.dir.join("dead-letter.jsonl")),
+            (None, Delivery::AtMostOnce) => DeadLetter::Log,
+        };
+        watchers.push(WatcherEntry {
+            name: def.name,
+            sender,
+            queue: def.queue,
+            dead_letter: Arc::new(dead_letter),
+        });
     }
-    let dispatcher = Dispatcher::start(watchers, &metrics);
+    let dispatcher = Dispatcher::start_with(watchers, &metrics, &delivery)
+        .map_err(|e| RunError::Start(format!("gateway `{}`: {e}", gateway.metadata.name)))?;
+    if let Delivery::AtLeastOnce(o) = &delivery {
+        tracing::info!(outbox = %o.dir.display(), max_bytes = o.max_bytes, "delivery atLeastOnce: durable outbox");
+    } else {
+        tracing::info!("delivery atMostOnce: events are kept in memory only");
+    }
     let mut transformer = Transformer::new(
         &gateway.metadata.name,
         &gateway.spec.gateway_type,
@@ -173,7 +286,16 @@ pub async fn run_gateway(
     let processor = choose(&gateway).map_err(RunError::Start)?;
     let metrics = Metrics::new();
     let env = Environment::from_process();
-    let pipeline = build_pipeline(&gateway, &env, metrics.clone())?;
+    let pipeline = build_pipeline_with(
+        &gateway,
+        &env,
+        metrics.clone(),
+        &PipelineOptions {
+            outbox_dir: opts.outbox_dir.clone(),
+            base_dir: opts.file.parent().map(Path::to_path_buf),
+            senders: opts.senders.clone(),
+        },
+    )?;
     let mut sinks: Vec<Arc<dyn StatusSink>> = vec![Arc::new(LogSink)];
     let status_stop = CancellationToken::new();
     let mut status_writer = None;

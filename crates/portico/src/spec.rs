@@ -96,6 +96,12 @@ pub struct GatewaySpec {
     /// Delivery settings shared by every watcher (each watcher may override them).
     #[serde(default)]
     pub delivery: WatcherSettings,
+    /// `dispatchMechanism: NATS`: the JetStream subject events are published to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<NatsDispatch>,
+    /// `dispatchMechanism: Kafka`: the topic events are produced to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaDispatch>,
     /// The pod of the gateway's Deployment (used by the controller, which adds the
     /// environment of SPEC §3 to every container).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -205,6 +211,36 @@ pub enum DispatchMechanism {
     Kafka,
 }
 
+/// `dispatchMechanism: NATS`: each CloudEvent is published to a JetStream subject in binary
+/// mode (`ce-*` headers, the data as the body) and counts as delivered once JetStream acks it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NatsDispatch {
+    /// Server URL (`nats://host:4222`).
+    pub url: String,
+    /// Subject events are published to.
+    pub subject: String,
+    /// A stream to create (or keep) over `subject`; without it, a stream must already capture
+    /// the subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+}
+
+/// `dispatchMechanism: Kafka`: each CloudEvent is produced to a topic in binary mode (`ce_*`
+/// headers, the data as the value), with `acks=all` and an idempotent producer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaDispatch {
+    /// Bootstrap brokers (`host:9092`, comma-separated for several).
+    pub url: String,
+    /// Topic events are produced to.
+    pub topic: String,
+    /// What the record key is: `subject` (default: the configuration key), `source`, `id`, `type`
+    /// or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
 /// Where events go.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -265,6 +301,7 @@ pub struct GatewayWatcher {
 /// A URL watcher: a bare URL string or a URL with its own settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
+#[allow(clippy::large_enum_variant)] // parsed once per file; boxing would only add noise
 pub enum UrlWatcher {
     /// `"http://…"`.
     Url(String),
@@ -331,6 +368,57 @@ pub struct WatcherSettings {
     /// Retry policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySettings>,
+    /// Delivery mode of the gateway (`spec.delivery` only): `atLeastOnce` (default) or
+    /// `atMostOnce`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<DeliveryMode>,
+    /// The durable outbox of an `atLeastOnce` gateway (`spec.delivery` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox: Option<OutboxSettings>,
+    /// Where events go that exhaust their retries (`maxAttempts` or `maxAge`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<DeadLetterSettings>,
+}
+
+/// How events are delivered (SPEC §7).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum DeliveryMode {
+    /// Every event is written to the durable outbox (fsynced) before its source is told it was
+    /// accepted; events not yet delivered are replayed after a restart.
+    #[default]
+    AtLeastOnce,
+    /// Events are queued in memory only: nothing survives a crash, the source never waits for
+    /// a disk.
+    AtMostOnce,
+}
+
+/// The durable outbox of a gateway.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutboxSettings {
+    /// Its directory. Default: `$XDG_STATE_HOME/portico/<namespace>/<gateway>/outbox`
+    /// (`~/.local/state/…` when `XDG_STATE_HOME` is unset); `--outbox-dir` /
+    /// `PORTICO_OUTBOX_DIR` override both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Bytes on disk past which sources are pushed back (503, no broker ack). Default 1 GiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+}
+
+/// A dead-letter destination: a file (one CloudEvent in JSON a line) or a URL (the CloudEvent
+/// POSTed in structured mode). Each event carries the extensions `deadletterwatcher` and
+/// `deadletterreason`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeadLetterSettings {
+    /// A file events are appended to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// A URL events are POSTed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// Retries with capped exponential backoff and jitter.
@@ -356,6 +444,15 @@ pub struct RetrySettings {
     )]
     #[schemars(with = "Option<String>")]
     pub max_backoff: Option<Duration>,
+    /// Longest time an event is retried, counted from its acceptance (also across restarts);
+    /// then it goes to the dead-letter destination.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub max_age: Option<Duration>,
 }
 
 /// `humantime` durations (`250ms`, `5s`, `1m`) in manifests.

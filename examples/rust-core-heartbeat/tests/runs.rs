@@ -7,8 +7,12 @@ use std::time::{Duration, Instant};
 #[test]
 fn the_example_gateway_emits_heartbeats() {
     let file = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml");
+    // A fresh outbox: nothing replayed from an earlier run comes before beat 1.
+    let outbox =
+        std::env::temp_dir().join(format!("portico-heartbeat-test-{}", std::process::id()));
     let mut child = Command::new(env!("CARGO_BIN_EXE_rust-core-heartbeat"))
         .args([file, "--transformer-port", "0"])
+        .env("PORTICO_OUTBOX_DIR", &outbox)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -34,6 +38,7 @@ fn the_example_gateway_emits_heartbeats() {
     }
     let _ = child.kill();
     let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&outbox);
     assert_eq!(beats.len(), 2, "two heartbeats within the deadline");
     assert_eq!(beats[0]["type"], "heartbeat");
     assert_eq!(beats[0]["data"]["beat"], 1);

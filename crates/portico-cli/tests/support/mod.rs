@@ -92,6 +92,8 @@ pub struct Portico {
     pub stderr: Lines,
     /// An HTTP client for its API.
     pub http: reqwest::Client,
+    /// Its own outbox directory, unless the test gave `PORTICO_OUTBOX_DIR` (removed on drop).
+    _outbox: Option<tempfile::TempDir>,
 }
 
 impl Portico {
@@ -121,6 +123,14 @@ impl Portico {
         for (k, v) in envs {
             cmd.env(k, v);
         }
+        // Each process its own durable outbox, so that tests never share (or inherit) one.
+        let outbox = if envs.iter().any(|(k, _)| *k == "PORTICO_OUTBOX_DIR") {
+            None
+        } else {
+            let dir = tempfile::tempdir().expect("a temp dir for the outbox");
+            cmd.env("PORTICO_OUTBOX_DIR", dir.path());
+            Some(dir)
+        };
         let mut child = cmd.spawn().expect("spawn portico");
         let stdout = Lines::default();
         let stderr = Lines::default();
@@ -165,6 +175,7 @@ impl Portico {
             stdout,
             stderr,
             http: reqwest::Client::new(),
+            _outbox: outbox,
         }
     }
 
@@ -220,6 +231,12 @@ impl Portico {
         self.child.id().expect("portico is running")
     }
 
+    /// Sends SIGKILL and waits until the process is gone.
+    pub async fn kill(mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+    }
+
     /// Sends SIGTERM and waits for the exit; returns the exit code.
     pub async fn terminate(mut self) -> Option<i32> {
         if let Some(pid) = self.child.id() {
@@ -269,7 +286,9 @@ impl Received {
 struct SinkState {
     script: Mutex<VecDeque<u16>>,
     hang: bool,
-    received: Mutex<Vec<Received>>,
+    /// What it received, and whether it is stopped (one lock: a request is either recorded
+    /// before the stop or refused after it).
+    received: Mutex<(Vec<Received>, bool)>,
 }
 
 /// A watcher: an HTTP server on a free port that records every request.
@@ -289,7 +308,15 @@ impl Sink {
 
     /// Starts a sink on a given address (to bring a watcher back on the same port).
     pub async fn start_on(addr: SocketAddr, behaviour: Behaviour) -> Sink {
-        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        // A sink just dropped lets go of its listener when its aborted task is next polled.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(e) if Instant::now() >= deadline => panic!("bind {addr}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
         Self::serve(listener, behaviour)
     }
 
@@ -303,7 +330,7 @@ impl Sink {
         let state = Arc::new(SinkState {
             script: Mutex::new(script),
             hang,
-            received: Mutex::new(Vec::new()),
+            received: Mutex::new((Vec::new(), false)),
         });
         let app = axum::Router::new()
             .fallback(record)
@@ -321,7 +348,16 @@ impl Sink {
 
     /// Every request so far.
     pub fn received(&self) -> Vec<Received> {
-        self.state.received.lock().unwrap().clone()
+        self.state.received.lock().unwrap().0.clone()
+    }
+
+    /// Stops the watcher for good and returns every request it took. Connections still open
+    /// get 503 with `Connection: close` from now on (nothing more is recorded), as a watcher
+    /// that went away would refuse them.
+    pub fn stop(self) -> Vec<Received> {
+        let mut r = self.state.received.lock().unwrap();
+        r.1 = true;
+        r.0.clone()
     }
 
     /// The requests answered with 2xx, as JSON (structured CloudEvents).
@@ -351,26 +387,44 @@ impl Sink {
 
 impl Drop for Sink {
     fn drop(&mut self) {
+        if let Ok(mut r) = self.state.received.lock() {
+            r.1 = true;
+        }
         self.task.abort();
     }
 }
 
-async fn record(State(s): State<Arc<SinkState>>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    if s.hang {
-        s.received.lock().unwrap().push(Received {
+async fn record(
+    State(s): State<Arc<SinkState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let status = {
+        let mut r = s.received.lock().unwrap();
+        if r.1 {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(axum::http::header::CONNECTION, "close")],
+            )
+                .into_response();
+        }
+        let status = if s.hang {
+            0
+        } else {
+            s.script.lock().unwrap().pop_front().unwrap_or(200)
+        };
+        r.0.push(Received {
             headers,
             body,
-            answered: 0,
+            answered: status,
         });
-        return std::future::pending::<StatusCode>().await;
+        status
+    };
+    if s.hang {
+        return std::future::pending::<axum::response::Response>().await;
     }
-    let status = s.script.lock().unwrap().pop_front().unwrap_or(200);
-    s.received.lock().unwrap().push(Received {
-        headers,
-        body,
-        answered: status,
-    });
-    StatusCode::from_u16(status).unwrap()
+    StatusCode::from_u16(status).unwrap().into_response()
 }
 
 /// A gateway file in a temp dir. Keep the `TempDir` alive while the file is used.

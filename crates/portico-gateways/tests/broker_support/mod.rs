@@ -87,6 +87,7 @@ impl Rig {
                 max_attempts: usize::MAX,
                 initial_backoff: Duration::from_millis(20),
                 max_backoff: Duration::from_millis(100),
+                max_age: None,
             },
         };
         let watcher = GatedWatcher { up: up.clone(), tx };

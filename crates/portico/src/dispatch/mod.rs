@@ -2,21 +2,28 @@
 //!
 //! `accept` takes a slot in every watcher's queue before it enqueues anything, so an event is
 //! either accepted for all watchers or refused (`Full`) for all; the slot is given back when
-//! that watcher is done with the event (delivered, or given up on after its retries). A slow
+//! that watcher is done with the event (delivered, or dead-lettered after its retries). A slow
 //! or dead watcher therefore fills only its own queue and never delays the others until that
 //! queue is full; then sources are pushed back rather than memory growing.
 //!
 //! Each watcher's senders pull from its queue and deliver with retries ([`retry`]): capped
-//! exponential backoff with jitter on connection errors, 408, 429 and 5xx. Where the durable
-//! outbox comes in, `accept` writes to it first and the queues are fed from it.
+//! exponential backoff with jitter on connection errors, 408, 429 and 5xx. An event a watcher
+//! never takes goes to the dead-letter destination ([`deadletter`]).
+//!
+//! Delivery modes: `atMostOnce` keeps the queues in memory only. `atLeastOnce` (the default)
+//! also writes every event to the durable [`outbox`] before `accept` returns, each watcher's
+//! cursor moves as it is done with an event, and after a restart a replay task per watcher
+//! queues what that watcher had not finished, ids unchanged.
 
+pub mod deadletter;
 pub mod http;
+pub mod outbox;
 pub mod retry;
 pub mod stdout;
 pub mod watchers;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -26,6 +33,8 @@ use crate::cloudevents::CloudEvent;
 use crate::executor::{Admission, BoxFuture, DispatchError};
 use crate::metrics::{Metrics, SrcDelivery, WatcherMetrics};
 
+pub use deadletter::DeadLetter;
+pub use outbox::{Outbox, OutboxOptions};
 pub use retry::RetryPolicy;
 pub use watchers::{WatcherDef, resolve_watchers, watcher_problems};
 
@@ -62,6 +71,14 @@ pub trait Sender: Send + Sync + 'static {
     fn send<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>>;
 }
 
+/// Makes the senders of watchers the framework crate has no client for (NATS JetStream,
+/// Kafka): the `portico` binary registers one from the `portico-bus` crate, so that this
+/// crate depends on no broker client.
+pub trait SenderFactory: Send + Sync + 'static {
+    /// The sender of `target`, or `None` when this factory does not know the target.
+    fn sender(&self, target: &watchers::Target) -> Option<Result<Arc<dyn Sender>, String>>;
+}
+
 /// Tuning of one watcher's queue and senders.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueSettings {
@@ -83,10 +100,42 @@ impl Default for QueueSettings {
     }
 }
 
+/// One watcher of a dispatcher: its name, its sender, its queue and where its dead letters go.
+pub struct WatcherEntry {
+    /// Its name in metrics, logs and the outbox's cursors.
+    pub name: String,
+    /// How events reach it.
+    pub sender: Arc<dyn Sender>,
+    /// Its queue and retries.
+    pub queue: QueueSettings,
+    /// Where events go that it never takes.
+    pub dead_letter: Arc<DeadLetter>,
+}
+
+/// How a dispatcher keeps accepted events.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    /// In memory only.
+    AtMostOnce,
+    /// In the durable outbox as well.
+    AtLeastOnce(OutboxOptions),
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 struct Queued {
     event: Arc<CloudEvent>,
     src: Option<SrcDelivery>,
     accepted_at: Instant,
+    /// When it was first accepted (ms since the epoch; survives restarts), for `maxAge`.
+    accepted_ms: u64,
+    /// Its place in the outbox, in `atLeastOnce`.
+    seq: Option<u64>,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -102,35 +151,108 @@ pub struct Dispatcher {
     queues: Vec<WatcherQueue>,
     tasks: TaskTracker,
     abort: CancellationToken,
+    closing: CancellationToken,
+    outbox: Option<Arc<Outbox>>,
 }
 
 impl Dispatcher {
-    /// Starts the senders of every watcher.
+    /// Starts the senders of every watcher, in memory only (`atMostOnce`), dead letters
+    /// written to the log.
     pub fn start(
         watchers: Vec<(String, Arc<dyn Sender>, QueueSettings)>,
         metrics: &Metrics,
     ) -> Dispatcher {
+        let entries = watchers
+            .into_iter()
+            .map(|(name, sender, queue)| WatcherEntry {
+                name,
+                sender,
+                queue,
+                dead_letter: Arc::new(DeadLetter::Log),
+            })
+            .collect();
+        Self::start_parts(entries, metrics, None, Vec::new())
+    }
+
+    /// Starts the senders of every watcher under `delivery`; in `atLeastOnce` opens the
+    /// outbox and starts replaying what was not delivered before.
+    pub fn start_with(
+        watchers: Vec<WatcherEntry>,
+        metrics: &Metrics,
+        delivery: &Delivery,
+    ) -> Result<Dispatcher, String> {
+        match delivery {
+            Delivery::AtMostOnce => Ok(Self::start_parts(watchers, metrics, None, Vec::new())),
+            Delivery::AtLeastOnce(opts) => {
+                let names: Vec<String> = watchers.iter().map(|w| w.name.clone()).collect();
+                let (outbox, replays) = Outbox::open(opts, &names, metrics.outbox.clone())?;
+                Ok(Self::start_parts(watchers, metrics, Some(outbox), replays))
+            }
+        }
+    }
+
+    fn start_parts(
+        watchers: Vec<WatcherEntry>,
+        metrics: &Metrics,
+        outbox: Option<Arc<Outbox>>,
+        replays: Vec<outbox::ReplayRange>,
+    ) -> Dispatcher {
         let tasks = TaskTracker::new();
         let abort = CancellationToken::new();
+        let closing = CancellationToken::new();
         let mut queues = Vec::with_capacity(watchers.len());
-        for (name, sender, settings) in watchers {
+        for (index, w) in watchers.into_iter().enumerate() {
+            let settings = w.queue;
+            let name = w.name;
             let (tx, rx) = async_channel::unbounded::<Queued>();
             let wm = metrics.for_watcher(&name);
             for _ in 0..settings.concurrency.max(1) {
                 let worker = Worker {
+                    index,
                     name: name.clone(),
-                    sender: sender.clone(),
+                    sender: w.sender.clone(),
                     retry: settings.retry.clone(),
                     metrics: wm.clone(),
                     abort: abort.clone(),
+                    dead_letter: w.dead_letter.clone(),
+                    outbox: outbox.clone(),
                 };
                 tasks.spawn(worker.run(rx.clone()));
             }
+            let slots = Arc::new(Semaphore::new(settings.queue_size.max(1)));
+            if let (Some(o), Some(range)) = (&outbox, replays.get(index)) {
+                if range.from < range.to {
+                    tasks.spawn(replay(
+                        o.clone(),
+                        index,
+                        *range,
+                        slots.clone(),
+                        tx.clone(),
+                        wm.clone(),
+                        abort.clone(),
+                    ));
+                } else {
+                    o.replay_done(index);
+                }
+            }
             queues.push(WatcherQueue {
                 name,
-                slots: Arc::new(Semaphore::new(settings.queue_size.max(1))),
+                slots,
                 tx,
                 metrics: wm,
+            });
+        }
+        if let Some(o) = &outbox {
+            let o = o.clone();
+            let closing = closing.clone();
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                loop {
+                    tokio::select! {
+                        _ = closing.cancelled() => return,
+                        _ = tick.tick() => o.housekeep_soon(),
+                    }
+                }
             });
         }
         tasks.close();
@@ -138,6 +260,8 @@ impl Dispatcher {
             queues,
             tasks,
             abort,
+            closing,
+            outbox,
         }
     }
 
@@ -146,7 +270,8 @@ impl Dispatcher {
         self.queues.iter().map(|q| q.name.as_str()).collect()
     }
 
-    /// Accepts an event for every watcher, or for none.
+    /// Accepts an event for every watcher, or for none. In `atLeastOnce`, returns once the
+    /// event is in the outbox on disk.
     pub async fn accept(
         &self,
         event: CloudEvent,
@@ -191,13 +316,20 @@ impl Dispatcher {
             };
             slots.push(slot);
         }
+        let seq = match &self.outbox {
+            Some(o) => Some(o.append(&event, admission).await?),
+            None => None,
+        };
         let event = Arc::new(event);
         let now = Instant::now();
+        let accepted_ms = now_ms();
         for (q, slot) in self.queues.iter().zip(slots) {
             let queued = Queued {
                 event: event.clone(),
                 src: src.clone(),
                 accepted_at: now,
+                accepted_ms,
+                seq,
                 _slot: slot,
             };
             if q.tx.try_send(queued).is_err() {
@@ -209,35 +341,97 @@ impl Dispatcher {
     }
 
     /// Stops taking events and waits for the events in flight to be delivered; after
-    /// `timeout`, abandons the rest (their retries stop) and says how many were left.
+    /// `timeout`, abandons the rest (their retries stop) and says how many were left. In
+    /// `atLeastOnce` the abandoned events stay in the outbox for the next start.
     pub async fn drain(&self, timeout: Duration) -> usize {
+        self.closing.cancel();
         for q in &self.queues {
             q.slots.close();
             q.tx.close();
         }
+        let mut left = 0;
         if tokio::time::timeout(timeout, self.tasks.wait())
             .await
             .is_err()
         {
-            let left: usize = self.queues.iter().map(|q| q.tx.len()).sum();
-            tracing::warn!(
-                left,
-                "drain timeout: abandoning events still queued or being retried"
-            );
+            left = self.queues.iter().map(|q| q.tx.len()).sum();
+            if self.outbox.is_some() {
+                tracing::warn!(
+                    left,
+                    "drain timeout: events still queued or being retried stay in the outbox and are replayed at the next start"
+                );
+            } else {
+                tracing::warn!(
+                    left,
+                    "drain timeout: abandoning events still queued or being retried"
+                );
+            }
             self.abort.cancel();
             self.tasks.wait().await;
-            return left;
         }
-        0
+        if let Some(o) = &self.outbox {
+            let o = o.clone();
+            let _ = tokio::task::spawn_blocking(move || o.close()).await;
+        }
+        left
     }
 }
 
+/// Queues, for watcher `index`, the outbox records it had not finished before the restart.
+async fn replay(
+    outbox: Arc<Outbox>,
+    index: usize,
+    range: outbox::ReplayRange,
+    slots: Arc<Semaphore>,
+    tx: async_channel::Sender<Queued>,
+    metrics: WatcherMetrics,
+    abort: CancellationToken,
+) {
+    let mut after = range.from;
+    loop {
+        let o = outbox.clone();
+        let batch =
+            match tokio::task::spawn_blocking(move || o.read_segment_records(range, after)).await {
+                Ok(Some(b)) => b,
+                Ok(None) | Err(_) => break,
+            };
+        for record in batch {
+            let slot = tokio::select! {
+                _ = abort.cancelled() => return,
+                s = slots.clone().acquire_owned() => match s {
+                    Ok(s) => s,
+                    Err(_) => return,
+                },
+            };
+            outbox.replaying(index, record.seq);
+            after = record.seq + 1;
+            let queued = Queued {
+                event: Arc::new(record.event),
+                // A replayed event's configuration counters are those of an earlier process.
+                src: None,
+                accepted_at: Instant::now(),
+                accepted_ms: record.accepted_ms,
+                seq: Some(record.seq),
+                _slot: slot,
+            };
+            if tx.try_send(queued).is_err() {
+                return;
+            }
+            metrics.queue_depth.inc();
+        }
+    }
+    outbox.replay_done(index);
+}
+
 struct Worker {
+    index: usize,
     name: String,
     sender: Arc<dyn Sender>,
     retry: RetryPolicy,
     metrics: WatcherMetrics,
     abort: CancellationToken,
+    dead_letter: Arc<DeadLetter>,
+    outbox: Option<Arc<Outbox>>,
 }
 
 impl Worker {
@@ -251,17 +445,23 @@ impl Worker {
                     Err(_) => return,
                 },
             };
-            self.deliver(&queued).await;
+            let done = self.deliver(&queued).await;
+            if let (true, Some(o), Some(seq)) = (done, &self.outbox, queued.seq) {
+                o.done(self.index, seq);
+            }
             self.metrics.queue_depth.dec();
         }
     }
 
-    async fn deliver(&self, queued: &Queued) {
+    /// Delivers one event, or dead-letters it; false when neither happened (shutdown).
+    async fn deliver(&self, queued: &Queued) -> bool {
         let event = &queued.event;
-        let attempt = retry::deliver_with_retry(
+        let age = Duration::from_millis(now_ms().saturating_sub(queued.accepted_ms));
+        let attempt = retry::deliver_with_retry_aged(
             self.sender.as_ref(),
             event,
             &self.retry,
+            age,
             &self.abort,
             |e, wait| {
                 self.metrics.retried.inc();
@@ -284,17 +484,212 @@ impl Worker {
                 self.metrics
                     .latency
                     .observe(queued.accepted_at.elapsed().as_secs_f64());
+                true
+            }
+            Err(e) if self.abort.is_cancelled() => {
+                if self.outbox.is_some() {
+                    tracing::info!(
+                        watcher = %self.name, id = %event.id,
+                        "shutting down: the event stays in the outbox for the next start"
+                    );
+                } else {
+                    self.metrics.failed.inc();
+                    tracing::error!(
+                        watcher = %self.name, id = %event.id, source = %event.source,
+                        reason = %e.reason, "event not delivered: abandoned at shutdown"
+                    );
+                }
+                false
             }
             Err(e) => {
                 self.metrics.failed.inc();
                 if let Some(src) = &queued.src {
                     src.failed.inc();
                 }
-                tracing::error!(
-                    watcher = %self.name, id = %event.id, source = %event.source,
-                    reason = %e.reason, "event not delivered: giving up on this watcher"
-                );
+                self.dead_letter(event, &e.reason).await
             }
         }
+    }
+
+    /// Writes a dead letter, retrying the destination until it takes it or shutdown.
+    async fn dead_letter(&self, event: &CloudEvent, reason: &str) -> bool {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self.dead_letter.write(&self.name, event, reason).await {
+                Ok(()) => {
+                    self.metrics.dead_lettered.inc();
+                    tracing::error!(
+                        watcher = %self.name, id = %event.id, source = %event.source,
+                        reason, dead_letter = %self.dead_letter.describe(),
+                        "event not delivered: sent to the dead-letter destination"
+                    );
+                    return true;
+                }
+                Err(e) => {
+                    tracing::error!(
+                        watcher = %self.name, id = %event.id, reason = %e.reason,
+                        dead_letter = %self.dead_letter.describe(),
+                        retry_in_ms = wait.as_millis() as u64,
+                        "cannot write the dead letter; retrying"
+                    );
+                    tokio::select! {
+                        _ = self.abort.cancelled() => {
+                            if self.outbox.is_none() {
+                                tracing::error!(
+                                    watcher = %self.name, id = %event.id,
+                                    event = %String::from_utf8_lossy(&event.to_json()),
+                                    "dead letter lost at shutdown: the event in full"
+                                );
+                            }
+                            return false;
+                        }
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Never takes an event (a retryable failure every time).
+    struct Refuses;
+    impl Sender for Refuses {
+        fn send<'a>(&'a self, _: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {
+            Box::pin(async { Err(DeliveryError::retryable("503")) })
+        }
+    }
+
+    /// Takes every event and remembers its id.
+    #[derive(Default)]
+    struct Takes(Mutex<Vec<String>>);
+    impl Sender for Takes {
+        fn send<'a>(&'a self, e: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {
+            self.0.lock().unwrap().push(e.id.clone());
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn event(i: usize) -> CloudEvent {
+        CloudEvent::new(format!("id-{i}"), "g/s", "t")
+    }
+
+    fn entry(sender: Arc<dyn Sender>, retry: RetryPolicy, dead: &std::path::Path) -> WatcherEntry {
+        WatcherEntry {
+            name: "w".into(),
+            sender,
+            queue: QueueSettings {
+                retry,
+                ..QueueSettings::default()
+            },
+            dead_letter: Arc::new(DeadLetter::file(dead.to_path_buf())),
+        }
+    }
+
+    fn patient() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: usize::MAX,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(5),
+            max_age: None,
+        }
+    }
+
+    async fn until<T>(mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "condition not met within 10 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_event_older_than_max_age_goes_to_the_dead_letter_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join("dead.jsonl");
+        let retry = RetryPolicy {
+            max_age: Some(Duration::from_millis(200)),
+            ..patient()
+        };
+        let metrics = Metrics::new();
+        let d = Dispatcher::start_with(
+            vec![entry(Arc::new(Refuses), retry, &dead)],
+            &metrics,
+            &Delivery::AtLeastOnce(OutboxOptions {
+                dir: dir.path().join("outbox"),
+                max_bytes: 1 << 20,
+            }),
+        )
+        .unwrap();
+        d.accept(event(1), Admission::NoWait).await.unwrap();
+        let line = until(|| {
+            std::fs::read_to_string(&dead)
+                .ok()
+                .filter(|t| t.ends_with('\n'))
+        })
+        .await;
+        let letter = CloudEvent::from_json(line.trim().as_bytes()).unwrap();
+        assert_eq!(letter.id, "id-1");
+        let json: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        assert!(
+            json["deadletterreason"]
+                .as_str()
+                .unwrap()
+                .contains("maxAge"),
+            "{json}"
+        );
+        assert_eq!(json["deadletterwatcher"], "w");
+        let counted = metrics.for_watcher("w").dead_lettered;
+        until(|| (counted.get() == 1).then_some(())).await;
+        assert_eq!(d.drain(Duration::from_secs(5)).await, 0);
+    }
+
+    #[tokio::test]
+    async fn events_not_delivered_before_a_stop_are_replayed_at_the_next_start_with_their_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join("dead.jsonl");
+        let delivery = Delivery::AtLeastOnce(OutboxOptions {
+            dir: dir.path().join("outbox"),
+            max_bytes: 1 << 20,
+        });
+        let d = Dispatcher::start_with(
+            vec![entry(Arc::new(Refuses), patient(), &dead)],
+            &Metrics::new(),
+            &delivery,
+        )
+        .unwrap();
+        for i in 0..50 {
+            d.accept(event(i), Admission::NoWait).await.unwrap();
+        }
+        d.drain(Duration::from_millis(50)).await;
+        drop(d);
+
+        let takes = Arc::new(Takes::default());
+        let d = Dispatcher::start_with(
+            vec![entry(takes.clone(), patient(), &dead)],
+            &Metrics::new(),
+            &delivery,
+        )
+        .unwrap();
+        let mut ids = until(|| {
+            let ids = takes.0.lock().unwrap().clone();
+            (ids.len() >= 50).then_some(ids)
+        })
+        .await;
+        ids.sort();
+        ids.dedup();
+        let mut want: Vec<String> = (0..50).map(|i| format!("id-{i}")).collect();
+        want.sort();
+        assert_eq!(ids, want);
+        assert_eq!(d.drain(Duration::from_secs(5)).await, 0);
+        assert!(!dead.exists(), "nothing dead-lettered");
     }
 }

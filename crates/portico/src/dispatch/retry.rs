@@ -22,6 +22,8 @@ pub struct RetryPolicy {
     pub initial_backoff: Duration,
     /// Longest wait between two attempts.
     pub max_backoff: Duration,
+    /// Longest time an event is retried from its acceptance (no limit when `None`).
+    pub max_age: Option<Duration>,
 }
 
 impl Default for RetryPolicy {
@@ -30,6 +32,7 @@ impl Default for RetryPolicy {
             max_attempts: 10,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
+            max_age: None,
         }
     }
 }
@@ -44,6 +47,7 @@ impl RetryPolicy {
             max_attempts: s.max_attempts.unwrap_or(self.max_attempts).max(1),
             initial_backoff: s.initial_backoff.unwrap_or(self.initial_backoff),
             max_backoff: s.max_backoff.unwrap_or(self.max_backoff),
+            max_age: s.max_age.or(self.max_age),
         }
     }
 
@@ -63,17 +67,51 @@ pub async fn deliver_with_retry(
     event: &CloudEvent,
     policy: &RetryPolicy,
     abort: &CancellationToken,
+    on_retry: impl FnMut(&DeliveryError, Duration),
+) -> Result<(), DeliveryError> {
+    deliver_with_retry_aged(sender, event, policy, Duration::ZERO, abort, on_retry).await
+}
+
+/// [`deliver_with_retry`] for an event accepted `age` ago: with `policy.max_age`, retries stop
+/// once the event is that old, and the last failure is returned.
+pub async fn deliver_with_retry_aged(
+    sender: &dyn Sender,
+    event: &CloudEvent,
+    policy: &RetryPolicy,
+    age: Duration,
+    abort: &CancellationToken,
     mut on_retry: impl FnMut(&DeliveryError, Duration),
 ) -> Result<(), DeliveryError> {
+    let last = std::sync::Mutex::new(None::<DeliveryError>);
     let attempts = (|| sender.send(event))
         .retry(policy.backoff())
         .sleep(tokio::time::sleep)
         .when(|e: &DeliveryError| e.retryable)
-        .notify(|e, d| on_retry(e, d));
+        .notify(|e, d| {
+            if let Ok(mut l) = last.lock() {
+                *l = Some(e.clone());
+            }
+            on_retry(e, d)
+        });
+    let expired = async {
+        match policy.max_age {
+            Some(max) => tokio::time::sleep(max.saturating_sub(age)).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         biased;
         _ = abort.cancelled() => Err(DeliveryError::permanent("abandoned: the gateway is shutting down")),
         r = attempts => r,
+        _ = expired => {
+            let last = last.lock().ok().and_then(|mut l| l.take());
+            let max = policy.max_age.unwrap_or_default();
+            Err(DeliveryError::permanent(format!(
+                "not delivered within maxAge {}{}",
+                humantime::format_duration(max),
+                last.map(|e| format!(" (last failure: {})", e.reason)).unwrap_or_default()
+            )))
+        }
     }
 }
 
@@ -102,6 +140,7 @@ mod tests {
             max_attempts,
             initial_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(2),
+            max_age: None,
         }
     }
 

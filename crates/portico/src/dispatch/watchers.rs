@@ -8,7 +8,10 @@
 use std::time::Duration;
 
 use super::{QueueSettings, RetryPolicy};
-use crate::spec::{DispatchMechanism, Encoding, Gateway, GatewaySpec, UrlWatcher, WatcherSettings};
+use crate::spec::{
+    DeadLetterSettings, DispatchMechanism, Encoding, Gateway, GatewaySpec, UrlWatcher,
+    WatcherSettings,
+};
 
 /// Port of a sensor's service in a cluster.
 pub const SENSOR_PORT: u16 = 9300;
@@ -27,6 +30,10 @@ pub enum Target {
     },
     /// One JSON line per event on stdout.
     Stdout,
+    /// A NATS JetStream subject (the sender comes from a [`super::SenderFactory`]).
+    Nats(crate::spec::NatsDispatch),
+    /// A Kafka topic (the sender comes from a [`super::SenderFactory`]).
+    Kafka(crate::spec::KafkaDispatch),
 }
 
 /// One resolved watcher.
@@ -39,6 +46,8 @@ pub struct WatcherDef {
     pub target: Target,
     /// Its queue and retries.
     pub queue: QueueSettings,
+    /// Its dead-letter destination, if one is set (its own or the gateway's).
+    pub dead_letter: Option<DeadLetterSettings>,
 }
 
 /// What the environment tells about where the gateway runs.
@@ -88,6 +97,44 @@ fn http(url: String, gateway: &WatcherSettings, own: &WatcherSettings) -> Target
     }
 }
 
+fn dead_letter(gateway: &WatcherSettings, own: &WatcherSettings) -> Option<DeadLetterSettings> {
+    own.dead_letter
+        .clone()
+        .or_else(|| gateway.dead_letter.clone())
+}
+
+fn dead_letter_problems(what: &str, d: &DeadLetterSettings, problems: &mut Vec<String>) {
+    match (&d.file, &d.url) {
+        (Some(_), Some(_)) => {
+            problems.push(format!("{what}: give either `file` or `url`, not both"))
+        }
+        (None, None) => problems.push(format!("{what}: give a `file` or a `url`")),
+        (None, Some(url)) => {
+            if let Err(p) = check_url(what, url) {
+                problems.push(p);
+            }
+        }
+        (Some(_), None) => {}
+    }
+}
+
+/// Settings that only `spec.delivery` may hold, and a watcher's own dead letter.
+fn settings_problems(what: &str, own: &WatcherSettings, problems: &mut Vec<String>) {
+    if own.mode.is_some() {
+        problems.push(format!(
+            "{what}: `mode` is a setting of the whole gateway: move it to spec.delivery.mode"
+        ));
+    }
+    if own.outbox.is_some() {
+        problems.push(format!(
+            "{what}: `outbox` is a setting of the whole gateway: move it to spec.delivery.outbox"
+        ));
+    }
+    if let Some(d) = &own.dead_letter {
+        dead_letter_problems(&format!("{what}: deadLetter"), d, problems);
+    }
+}
+
 fn check_url(what: &str, url: &str) -> Result<(), String> {
     match reqwest::Url::parse(url) {
         Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Ok(()),
@@ -109,11 +156,48 @@ pub fn resolve_watchers(
     let defaults = &spec.delivery;
     let mut problems = Vec::new();
     let mut out = Vec::new();
-    match spec.dispatch_mechanism {
-        DispatchMechanism::Http => {}
-        other => problems.push(format!(
-            "dispatchMechanism `{other:?}` is not available in this version of portico: use HTTP"
-        )),
+    if let Some(d) = &defaults.dead_letter {
+        dead_letter_problems("delivery.deadLetter", d, &mut problems);
+    }
+    match (spec.dispatch_mechanism, &spec.nats, &spec.kafka) {
+        (DispatchMechanism::Http, _, _) => {}
+        (DispatchMechanism::Nats, Some(n), _) => {
+            if n.subject.trim().is_empty() {
+                problems.push("nats.subject: give the subject events are published to".into());
+            }
+            if !(n.url.starts_with("nats://") || n.url.starts_with("tls://")) {
+                problems.push(format!(
+                    "nats.url `{}`: expected nats://host:port or tls://host:port",
+                    n.url
+                ));
+            }
+            out.push(WatcherDef {
+                name: format!("nats:{}", n.subject),
+                target: Target::Nats(n.clone()),
+                queue: queue_settings(defaults, &WatcherSettings::default()),
+                dead_letter: defaults.dead_letter.clone(),
+            });
+        }
+        (DispatchMechanism::Kafka, _, Some(k)) => {
+            if k.topic.trim().is_empty() {
+                problems.push("kafka.topic: give the topic events are produced to".into());
+            }
+            if k.url.trim().is_empty() {
+                problems.push("kafka.url: give the bootstrap brokers (host:9092)".into());
+            }
+            out.push(WatcherDef {
+                name: format!("kafka:{}", k.topic),
+                target: Target::Kafka(k.clone()),
+                queue: queue_settings(defaults, &WatcherSettings::default()),
+                dead_letter: defaults.dead_letter.clone(),
+            });
+        }
+        (DispatchMechanism::Nats, None, _) => {
+            problems.push("dispatchMechanism NATS needs `nats: {url, subject}` in the spec".into())
+        }
+        (DispatchMechanism::Kafka, _, None) => {
+            problems.push("dispatchMechanism Kafka needs `kafka: {url, topic}` in the spec".into())
+        }
     }
     for (i, s) in spec.watchers.sensors.iter().enumerate() {
         let what = format!("watchers.sensors[{i}] `{}`", s.name);
@@ -136,7 +220,9 @@ pub fn resolve_watchers(
             name: format!("sensor:{}", s.name),
             target: http(url, defaults, &s.settings),
             queue: queue_settings(defaults, &s.settings),
+            dead_letter: dead_letter(defaults, &s.settings),
         });
+        settings_problems(&what, &s.settings, &mut problems);
     }
     for (i, g) in spec.watchers.gateways.iter().enumerate() {
         let what = format!("watchers.gateways[{i}] `{}`", g.name);
@@ -170,7 +256,9 @@ pub fn resolve_watchers(
             name: format!("gateway:{}", g.name),
             target: http(url, defaults, &g.settings),
             queue: queue_settings(defaults, &g.settings),
+            dead_letter: dead_letter(defaults, &g.settings),
         });
+        settings_problems(&what, &g.settings, &mut problems);
     }
     for (i, u) in spec.watchers.urls.iter().enumerate() {
         let (url, own) = match u {
@@ -181,10 +269,12 @@ pub fn resolve_watchers(
             problems.push(p);
             continue;
         }
+        settings_problems(&format!("watchers.urls[{i}]"), &own, &mut problems);
         out.push(WatcherDef {
             name: format!("url:{url}"),
             target: http(url, defaults, &own),
             queue: queue_settings(defaults, &own),
+            dead_letter: dead_letter(defaults, &own),
         });
     }
     if let Some(sink) = &env.k_sink {
@@ -193,6 +283,7 @@ pub fn resolve_watchers(
                 name: format!("k_sink:{sink}"),
                 target: http(sink.clone(), defaults, &WatcherSettings::default()),
                 queue: queue_settings(defaults, &WatcherSettings::default()),
+                dead_letter: defaults.dead_letter.clone(),
             }),
             Err(p) => problems.push(p),
         }
@@ -202,6 +293,7 @@ pub fn resolve_watchers(
             name: "stdout".to_string(),
             target: Target::Stdout,
             queue: queue_settings(defaults, &WatcherSettings::default()),
+            dead_letter: defaults.dead_letter.clone(),
         });
     }
     if problems.is_empty() {
@@ -272,7 +364,7 @@ mod tests {
             .iter()
             .map(|w| match &w.target {
                 Target::Http { url, .. } => url.clone(),
-                Target::Stdout => "stdout".into(),
+                other => format!("{other:?}"),
             })
             .collect();
         assert_eq!(

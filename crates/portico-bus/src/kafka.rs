@@ -1,0 +1,96 @@
+//! The Kafka watcher: one CloudEvent, one record in binary mode (`ce_*` headers,
+//! `content-type`, the data as the value, per the CloudEvents Kafka binding), produced with
+//! `acks=all` by an idempotent producer, done when the broker acknowledges it. The record key
+//! is the event's `subject` by default (the configuration key, so that one configuration's
+//! events keep their order in a partition), or `source`, `id`, `type`, or none.
+
+use std::time::Duration;
+
+use portico::cloudevents::CloudEvent;
+use portico::dispatch::{DeliveryError, Sender};
+use portico::executor::BoxFuture;
+use portico::spec::KafkaDispatch;
+use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+
+/// Which attribute keys a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Subject,
+    Source,
+    Id,
+    Type,
+    None,
+}
+
+/// Produces CloudEvents to a Kafka topic.
+pub struct KafkaSender {
+    producer: FutureProducer,
+    topic: String,
+    key: Key,
+}
+
+impl KafkaSender {
+    /// A sender for `settings`: checks the key and builds the producer (which connects lazily).
+    pub fn new(settings: &KafkaDispatch) -> Result<KafkaSender, String> {
+        let key = match settings.key.as_deref().unwrap_or("subject") {
+            "subject" => Key::Subject,
+            "source" => Key::Source,
+            "id" => Key::Id,
+            "type" => Key::Type,
+            "none" => Key::None,
+            other => {
+                return Err(format!(
+                    "kafka.key `{other}`: expected subject, source, id, type or none"
+                ));
+            }
+        };
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &settings.url)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", "30000")
+            .create()
+            .map_err(|e| format!("kafka producer for `{}`: {e}", settings.url))?;
+        Ok(KafkaSender {
+            producer,
+            topic: settings.topic.clone(),
+            key,
+        })
+    }
+}
+
+impl Sender for KafkaSender {
+    fn send<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        Box::pin(async move {
+            let (attrs, body) = crate::binary_parts(event, "ce_");
+            let mut headers = OwnedHeaders::new_with_capacity(attrs.len());
+            for (name, value) in &attrs {
+                headers = headers.insert(Header {
+                    key: name.as_str(),
+                    value: Some(value.as_bytes()),
+                });
+            }
+            let key = match self.key {
+                Key::Subject => event.subject.as_deref(),
+                Key::Source => Some(event.source.as_str()),
+                Key::Id => Some(event.id.as_str()),
+                Key::Type => Some(event.ty.as_str()),
+                Key::None => None,
+            };
+            let mut record = FutureRecord::<str, [u8]>::to(&self.topic)
+                .payload(&body[..])
+                .headers(headers);
+            if let Some(k) = key {
+                record = record.key(k);
+            }
+            self.producer
+                .send(record, Timeout::After(Duration::from_secs(30)))
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| DeliveryError::retryable(format!("Kafka produce: {e}")))
+        })
+    }
+}

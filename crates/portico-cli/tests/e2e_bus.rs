@@ -1,0 +1,246 @@
+//! End to end, event-bus watchers: `dispatchMechanism: NATS` with the real `portico` binary
+//! and the real NATS server (JetStream), read back with the NATS client. The server is the
+//! one `scripts/test` starts on 127.0.0.1:4222 (`PORTICO_NATS_URL` overrides it).
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use base64::Engine;
+use support::{GatewayFileBuilder, Portico, eventually_async};
+
+fn nats_url() -> String {
+    std::env::var("PORTICO_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_string())
+}
+
+fn unique() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{}_{nanos}", std::process::id())
+}
+
+fn body(n: usize) -> String {
+    let payload = base64::engine::general_purpose::STANDARD.encode(format!("{{\"n\":{n}}}"));
+    format!("{{\"src\":\"load\",\"payload\":\"{payload}\",\"contentType\":\"application/json\"}}")
+}
+
+#[tokio::test]
+async fn nats_dispatch_publishes_each_cloudevent_to_jetstream_in_binary_mode() {
+    let url = nats_url();
+    let client = async_nats::connect(&url).await.unwrap_or_else(|e| {
+        panic!("no NATS server at {url} ({e}): run scripts/test, or set PORTICO_NATS_URL")
+    });
+    let js = async_nats::jetstream::new(client);
+    let id = unique();
+    let subject = format!("portico.bus.{id}");
+    let stream_name = format!("PORTICO_BUS_{id}");
+    let (_dir, file) = GatewayFileBuilder::new("nb", "ingest")
+        .spec_lines(&format!(
+            "  dispatchMechanism: NATS\n  nats: {{url: \"{url}\", subject: \"{subject}\", stream: \"{stream_name}\"}}\n"
+        ))
+        .write();
+    let portico = Portico::run(&file).await;
+    const N: usize = 200;
+    for n in 0..N {
+        let r = portico
+            .http
+            .post(portico.url("/"))
+            .body(body(n))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "event {n}");
+    }
+    let stream = eventually_async(Duration::from_secs(20), || {
+        let js = js.clone();
+        let stream_name = stream_name.clone();
+        async move {
+            let mut s = js.get_stream(&stream_name).await.ok()?;
+            let count = s.info().await.ok()?.state.messages;
+            (count >= N as u64).then_some(s)
+        }
+    })
+    .await
+    .expect("every event in the stream");
+    let mut ids = BTreeSet::new();
+    let mut ns = BTreeSet::new();
+    for seq in 1..=N as u64 {
+        let m = stream.get_raw_message(seq).await.expect("a stored message");
+        let h = |name: &str| {
+            m.headers
+                .get(name)
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_else(|| panic!("header {name} on message {seq}"))
+        };
+        assert_eq!(h("ce-specversion"), "1.0");
+        assert_eq!(h("ce-source"), "nb/load");
+        assert_eq!(h("ce-type"), "ingest");
+        assert_eq!(h("ce-subject"), "load");
+        assert_eq!(h("content-type"), "application/json");
+        assert!(!h("ce-time").is_empty());
+        ids.insert(h("ce-id"));
+        let data: serde_json::Value = serde_json::from_slice(&m.payload).expect("JSON data");
+        ns.insert(data["n"].as_u64().unwrap());
+    }
+    assert_eq!(ids.len(), N, "one message per event, ids unique");
+    assert_eq!(ns.len(), N, "every event");
+    let info = js
+        .get_stream(&stream_name)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(info, N as u64, "no duplicates");
+    assert_eq!(portico.terminate().await, Some(0));
+    let _ = js.delete_stream(&stream_name).await;
+}
+
+/// A private `tansu` Kafka broker (memory engine) on a free port, killed on drop.
+/// `scripts/test` installs tansu and sets `PORTICO_TANSU`.
+struct Tansu {
+    child: tokio::process::Child,
+    port: u16,
+}
+
+impl Tansu {
+    async fn start() -> Tansu {
+        let program = std::env::var("PORTICO_TANSU").unwrap_or_else(|_| {
+            let default = format!(
+                "{}/.cargo/bin/tansu",
+                std::env::var("HOME").unwrap_or_default()
+            );
+            assert!(
+                std::path::Path::new(&default).exists(),
+                "the Kafka dispatch test needs the tansu broker: run scripts/test (it installs it), \
+                 or `cargo install tansu --locked --features dynostore` and set PORTICO_TANSU"
+            );
+            default
+        });
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listener = format!("tcp://127.0.0.1:{port}");
+        let child = tokio::process::Command::new(program)
+            .args(["broker", "--listener-url", &listener])
+            .args(["--advertised-listener-url", &listener])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start tansu");
+        support::eventually_async(Duration::from_secs(20), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await
+        .expect("tansu listens");
+        Tansu { child, port }
+    }
+
+    fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+#[tokio::test]
+async fn kafka_dispatch_produces_each_cloudevent_to_the_topic_in_binary_mode() {
+    use rdkafka::ClientConfig;
+    use rdkafka::Message;
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Headers;
+
+    let broker = Tansu::start().await;
+    let brokers = broker.brokers();
+    let topic = format!("portico-bus-{}", unique());
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let new_topic = NewTopic::new(&topic, 1, TopicReplication::Fixed(1));
+    eventually_async(Duration::from_secs(20), || {
+        let (admin, new_topic) = (&admin, &new_topic);
+        async move {
+            let r = admin
+                .create_topics([new_topic], &AdminOptions::new())
+                .await
+                .ok()?;
+            r.iter().all(|r| r.is_ok()).then_some(())
+        }
+    })
+    .await
+    .expect("the topic is created");
+
+    let (_dir, file) = GatewayFileBuilder::new("kb", "ingest")
+        .spec_lines(&format!(
+            "  dispatchMechanism: Kafka\n  kafka: {{url: \"{brokers}\", topic: \"{topic}\"}}\n"
+        ))
+        .write();
+    let portico = Portico::run(&file).await;
+    const N: usize = 100;
+    for n in 0..N {
+        let r = portico
+            .http
+            .post(portico.url("/"))
+            .body(body(n))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "event {n}");
+    }
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("portico-test-{}", unique()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let mut ids = BTreeSet::new();
+    let mut ns = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while ns.len() < N {
+        let m = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{} of {N} records read", ns.len()))
+            .expect("a record");
+        let headers = m.headers().expect("headers");
+        let h = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).to_string())
+                .unwrap_or_else(|| panic!("header {name}"))
+        };
+        assert_eq!(h("ce_specversion"), "1.0");
+        assert_eq!(h("ce_source"), "kb/load");
+        assert_eq!(h("ce_type"), "ingest");
+        assert_eq!(h("content-type"), "application/json");
+        assert_eq!(m.key(), Some(&b"load"[..]), "keyed by subject");
+        ids.insert(h("ce_id"));
+        let data: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        ns.insert(data["n"].as_u64().unwrap());
+    }
+    assert_eq!(ids.len(), N);
+    assert_eq!(portico.terminate().await, Some(0));
+}

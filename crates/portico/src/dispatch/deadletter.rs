@@ -1,0 +1,99 @@
+//! Dead letters: where an event goes when a watcher never took it (every attempt failed, a
+//! permanent failure such as a 400, or `retry.maxAge` passed). Never silently away (SPEC §7).
+//!
+//! The destination is a file (one CloudEvent in the JSON event format a line, fsynced) or a
+//! URL (the CloudEvent POSTed in structured mode, with the watcher's retries). The event keeps
+//! its id and attributes and gains two extensions: `deadletterwatcher` (the watcher's name)
+//! and `deadletterreason` (the last failure). With no destination at all (an `atMostOnce`
+//! gateway without `deadLetter`) the event is written in full in an error log line.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use super::http::HttpSender;
+use super::{DeliveryError, Sender};
+use crate::cloudevents::{CloudEvent, ExtensionName, ExtensionValue};
+
+/// A dead-letter destination.
+pub enum DeadLetter {
+    /// Appended to a file, one JSON CloudEvent a line.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Serialises writers (one line at a time).
+        lock: Arc<Mutex<()>>,
+    },
+    /// POSTed to a URL.
+    Url(HttpSender),
+    /// Only an error log line holding the whole event.
+    Log,
+}
+
+impl DeadLetter {
+    /// A file destination.
+    pub fn file(path: PathBuf) -> DeadLetter {
+        DeadLetter::File {
+            path,
+            lock: Arc::new(Mutex::new(())),
+        }
+    }
+
+    /// What this destination is, for log lines.
+    pub fn describe(&self) -> String {
+        match self {
+            DeadLetter::File { path, .. } => format!("file {}", path.display()),
+            DeadLetter::Url(_) => "url".to_string(),
+            DeadLetter::Log => "log".to_string(),
+        }
+    }
+
+    /// Writes `event` as a dead letter of `watcher` for `reason`, once.
+    pub async fn write(
+        &self,
+        watcher: &str,
+        event: &CloudEvent,
+        reason: &str,
+    ) -> Result<(), DeliveryError> {
+        let mut letter = event.clone();
+        for (name, value) in [("deadletterwatcher", watcher), ("deadletterreason", reason)] {
+            if let Ok(n) = ExtensionName::new(name) {
+                letter
+                    .extensions
+                    .insert(n, ExtensionValue::String(value.to_string()));
+            }
+        }
+        match self {
+            DeadLetter::File { path, lock } => {
+                let mut line = letter.to_json();
+                line.push(b'\n');
+                let path = path.clone();
+                let lock = lock.clone();
+                tokio::task::spawn_blocking(move || {
+                    let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    let mut f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)?;
+                    f.write_all(&line)?;
+                    f.sync_data()
+                })
+                .await
+                .map_err(|e| DeliveryError::retryable(format!("dead-letter writer: {e}")))?
+                .map_err(|e| DeliveryError::retryable(format!("dead-letter file: {e}")))
+            }
+            DeadLetter::Url(sender) => sender.send(&letter).await,
+            DeadLetter::Log => {
+                tracing::error!(
+                    watcher, id = %event.id, reason,
+                    event = %String::from_utf8_lossy(&letter.to_json()),
+                    "dead letter (no deadLetter destination is set): the event in full"
+                );
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,950 @@
+//! The durable outbox of an `atLeastOnce` gateway (SPEC §7): every accepted event is written
+//! here, and fsynced, before its source hears "accepted".
+//!
+//! # Layout
+//!
+//! A directory holding a segmented append-only log and one small cursor file:
+//!
+//! ```text
+//! <dir>/LOCK                         held (flock) while a process uses the outbox
+//! <dir>/00000000000000000001.log     a segment, named after the sequence number of its first record
+//! <dir>/00000000000000004097.log     the active segment (appends go here)
+//! <dir>/cursors.json                 {"<watcher>": <first sequence number not yet done>}
+//! ```
+//!
+//! A record is `len: u32 | crc32: u32 | seq: u64 | accepted_ms: u64 | payload`, little endian,
+//! where the CRC-32 covers `seq`, `accepted_ms` and the payload (the CloudEvent in the JSON event
+//! format). A torn write at the tail (a crash mid-append) fails its CRC and is cut off at open.
+//!
+//! # Why a log and not redb
+//!
+//! The outbox is a queue: appends at the head, whole prefixes dropped at the tail, and a
+//! sequential read only after a restart. A log does exactly that with one `write` and one
+//! `fdatasync` per batch and deletes a finished segment with one `unlink`, where a B-tree
+//! store would write each event twice (insert, then delete), copy-on-write its pages and need
+//! compaction to give disk space back.
+//!
+//! # Group commit
+//!
+//! One writer thread owns the active segment. Appenders send their record through a bounded
+//! channel and wait; the writer takes everything waiting, writes it in one buffer, calls
+//! `fdatasync` once and answers every appender. Concurrent events therefore share one fsync
+//! (`portico_outbox_fsyncs` / `portico_outbox_appends` in the metrics say how many).
+//!
+//! # Cursors
+//!
+//! Each watcher has its own cursor: the set of its sequence numbers queued or in flight, and,
+//! while a restart is being replayed, the replay's position. The smallest of those is the
+//! watcher's low-water mark; a segment is deleted once every watcher's mark is past its last
+//! record. The marks are saved to `cursors.json` a few times a second and at close; a stale
+//! file only means a few events are delivered again after a crash (at-least-once).
+//! A watcher that is not in the cursor file (a new one) starts at the head: it gets the events
+//! accepted while it is a watcher.
+//!
+//! # Bound
+//!
+//! The log's bytes on disk, plus appends on their way, never exceed `max_bytes`: past it,
+//! [`Outbox::append`] answers [`DispatchError::Full`] (or waits, for sources that can wait)
+//! until the slowest watcher lets a segment go.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::cloudevents::CloudEvent;
+use crate::executor::{Admission, DispatchError};
+
+const HEADER: usize = 24;
+const CURSORS: &str = "cursors.json";
+const LOCK: &str = "LOCK";
+/// Appends waiting for the writer before appenders wait for room in the channel.
+const CHANNEL: usize = 4096;
+/// Most records one group commit takes.
+const BATCH: usize = 4096;
+
+/// Where the outbox lives and how big it may grow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxOptions {
+    /// Its directory (created if missing).
+    pub dir: PathBuf,
+    /// Bytes on disk past which sources are pushed back.
+    pub max_bytes: u64,
+}
+
+/// Default bound of an outbox: 1 GiB.
+pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
+
+/// Where a gateway's outbox lives unless told otherwise:
+/// `$XDG_STATE_HOME/portico/<namespace>/<gateway>/outbox`, with `XDG_STATE_HOME` defaulting to
+/// `~/.local/state`; without a home directory, `./.portico/<namespace>/<gateway>/outbox`.
+pub fn default_dir(gateway: &crate::spec::Gateway) -> PathBuf {
+    let base = crate::env::var("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| crate::env::var("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .map(|s| s.join("portico"))
+        .unwrap_or_else(|| PathBuf::from(".portico"));
+    base.join(gateway.namespace())
+        .join(&gateway.metadata.name)
+        .join("outbox")
+}
+
+/// The outbox's counters (see `metrics.rs`).
+#[derive(Debug, Clone, Default)]
+pub struct OutboxMetrics {
+    /// fsyncs of the log.
+    pub fsyncs: Counter,
+    /// Records appended.
+    pub appends: Counter,
+    /// Bytes of the log on disk.
+    pub bytes: Gauge,
+}
+
+/// One record read back from the log.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Its sequence number.
+    pub seq: u64,
+    /// When it was accepted (ms since the Unix epoch).
+    pub accepted_ms: u64,
+    /// The event.
+    pub event: CloudEvent,
+}
+
+struct Segment {
+    first: u64,
+    /// Sequence number of its last record, if it has any.
+    last: Option<u64>,
+    bytes: u64,
+    path: PathBuf,
+}
+
+struct WatcherCursor {
+    name: String,
+    /// Sequence numbers queued or in flight for this watcher.
+    outstanding: BTreeSet<u64>,
+    /// While a replay feeds this watcher: the next sequence number it will read.
+    replay: Option<u64>,
+}
+
+struct State {
+    segments: Vec<Segment>,
+    next_seq: u64,
+    /// Bytes of every segment on disk.
+    bytes: u64,
+    /// Bytes of appends accepted but not yet written.
+    reserved: u64,
+    watchers: Vec<WatcherCursor>,
+    saved_marks: Vec<u64>,
+}
+
+impl State {
+    fn mark(&self, w: &WatcherCursor) -> u64 {
+        let mut m = self.next_seq;
+        if let Some(&s) = w.outstanding.first() {
+            m = m.min(s);
+        }
+        if let Some(r) = w.replay {
+            m = m.min(r);
+        }
+        m
+    }
+
+    fn marks(&self) -> Vec<u64> {
+        self.watchers.iter().map(|w| self.mark(w)).collect()
+    }
+}
+
+struct Shared {
+    dir: PathBuf,
+    max_bytes: u64,
+    segment_bytes: u64,
+    state: Mutex<State>,
+    room: Notify,
+    metrics: OutboxMetrics,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent data (no multi-step invariants
+        // are broken mid-way), so a poisoned lock is taken over.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+enum Msg {
+    Append { record: Vec<u8>, reply: Reply },
+    Housekeep,
+}
+
+/// What a watcher must replay after a restart: the records `from..to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayRange {
+    /// First sequence number to deliver.
+    pub from: u64,
+    /// One past the last.
+    pub to: u64,
+}
+
+/// A durable outbox (see the module docs).
+pub struct Outbox {
+    shared: Arc<Shared>,
+    tx: Mutex<Option<mpsc::Sender<Msg>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    _lock: File,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn segment_name(first: u64) -> String {
+    format!("{first:020}.log")
+}
+
+fn encode(seq: u64, accepted_ms: u64, payload: &[u8], out: &mut Vec<u8>) {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&seq.to_le_bytes());
+    crc.update(&accepted_ms.to_le_bytes());
+    crc.update(payload);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&accepted_ms.to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// A record's header and payload found at `at`, or `None` at a torn or corrupt record.
+fn decode_at(buf: &[u8], at: usize) -> Option<(u64, u64, &[u8])> {
+    let header = buf.get(at..at + HEADER)?;
+    let len = u32::from_le_bytes(header[0..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
+    let seq = u64::from_le_bytes(header[8..16].try_into().ok()?);
+    let ms = u64::from_le_bytes(header[16..24].try_into().ok()?);
+    let payload = buf.get(at + HEADER..at + HEADER + len)?;
+    let mut h = crc32fast::Hasher::new();
+    h.update(&header[8..24]);
+    h.update(payload);
+    (h.finalize() == crc).then_some((seq, ms, payload))
+}
+
+/// A record found in a segment: sequence number, acceptance time (ms), payload.
+type Found<'a> = (u64, u64, &'a [u8]);
+
+/// An appender waiting for its sequence number.
+type Reply = oneshot::Sender<Result<u64, String>>;
+
+/// Every valid record of a segment's bytes, and the length of the valid prefix.
+fn scan(buf: &[u8]) -> (Vec<Found<'_>>, usize) {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < buf.len() {
+        match decode_at(buf, at) {
+            Some((seq, ms, payload)) => {
+                at += HEADER + payload.len();
+                out.push((seq, ms, payload));
+            }
+            None => break,
+        }
+    }
+    (out, at)
+}
+
+fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    File::open(path)?.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn io(what: &str, path: &Path, e: std::io::Error) -> String {
+    format!("outbox: cannot {what} `{}`: {e}", path.display())
+}
+
+impl Outbox {
+    /// Opens (or creates) the outbox in `opts.dir` for `watchers`, cutting off a torn tail,
+    /// and says what each watcher must replay. Fails if another process holds it.
+    pub fn open(
+        opts: &OutboxOptions,
+        watchers: &[String],
+        metrics: OutboxMetrics,
+    ) -> Result<(Arc<Outbox>, Vec<ReplayRange>), String> {
+        let dir = &opts.dir;
+        fs::create_dir_all(dir).map_err(|e| io("create the directory", dir, e))?;
+        let lock_path = dir.join(LOCK);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io("open", &lock_path, e))?;
+        lock.try_lock().map_err(|_| {
+            format!(
+                "outbox `{}` is in use by another portico process: give each gateway process its own outbox (spec.delivery.outbox.path or --outbox-dir)",
+                dir.display()
+            )
+        })?;
+
+        let mut names: Vec<(u64, PathBuf)> = Vec::new();
+        for entry in fs::read_dir(dir).map_err(|e| io("list", dir, e))? {
+            let entry = entry.map_err(|e| io("list", dir, e))?;
+            let path = entry.path();
+            let first = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".log"))
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(first) = first {
+                names.push((first, path));
+            }
+        }
+        names.sort();
+        let mut segments = Vec::with_capacity(names.len() + 1);
+        let mut next_seq = 1;
+        let count = names.len();
+        for (i, (first, path)) in names.into_iter().enumerate() {
+            let buf = read_file(&path).map_err(|e| io("read", &path, e))?;
+            let (records, valid) = scan(&buf);
+            if valid < buf.len() {
+                if i + 1 == count {
+                    tracing::warn!(
+                        segment = %path.display(), offset = valid, dropped_bytes = buf.len() - valid,
+                        "outbox: cutting off a torn record at the end of the log (an append the crash interrupted; it was never acknowledged)"
+                    );
+                } else {
+                    tracing::error!(
+                        segment = %path.display(), offset = valid, dropped_bytes = buf.len() - valid,
+                        "outbox: corrupt record in the middle of the log; the rest of this segment is skipped"
+                    );
+                }
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| io("open", &path, e))?;
+                f.set_len(valid as u64)
+                    .and_then(|_| f.sync_all())
+                    .map_err(|e| io("truncate", &path, e))?;
+            }
+            let last = records.last().map(|r| r.0);
+            next_seq = next_seq.max(last.map_or(first, |l| l + 1));
+            segments.push(Segment {
+                first,
+                last,
+                bytes: valid as u64,
+                path,
+            });
+        }
+        // Appends always go to a fresh segment: nothing is ever written after a cut tail.
+        let active_path = dir.join(segment_name(next_seq));
+        if segments.last().is_some_and(|s| s.first == next_seq) {
+            // An empty last segment: reuse it.
+        } else {
+            File::create(&active_path).map_err(|e| io("create", &active_path, e))?;
+            sync_dir(dir).map_err(|e| io("sync", dir, e))?;
+            segments.push(Segment {
+                first: next_seq,
+                last: None,
+                bytes: 0,
+                path: active_path,
+            });
+        }
+
+        let oldest = segments.first().map_or(next_seq, |s| s.first);
+        // Without a readable cursor file every watcher replays the whole log (duplicates rather
+        // than losses); with one, a watcher it does not name is new and starts at the head.
+        let cursors_path = dir.join(CURSORS);
+        let saved: Option<BTreeMap<String, u64>> = match fs::read(&cursors_path) {
+            Ok(text) => serde_json::from_slice(&text)
+                .map_err(|e| {
+                    tracing::warn!(
+                        "outbox: `{}` is unreadable ({e}); every watcher replays the whole log",
+                        cursors_path.display()
+                    )
+                })
+                .ok(),
+            Err(_) => None,
+        };
+        let mut cursors = Vec::with_capacity(watchers.len());
+        let mut replays = Vec::with_capacity(watchers.len());
+        for name in watchers {
+            let from = match &saved {
+                Some(saved) => saved.get(name).copied().unwrap_or(next_seq),
+                None => oldest,
+            }
+            .max(oldest);
+            let range = ReplayRange { from, to: next_seq };
+            cursors.push(WatcherCursor {
+                name: name.clone(),
+                outstanding: BTreeSet::new(),
+                replay: (from < next_seq).then_some(from),
+            });
+            replays.push(range);
+        }
+        let bytes = segments.iter().map(|s| s.bytes).sum();
+        metrics.bytes.set(bytes as i64);
+        let pending: u64 = replays.iter().map(|r| r.to - r.from).sum();
+        if pending > 0 {
+            tracing::info!(
+                outbox = %dir.display(), events = pending,
+                "outbox: replaying events not yet delivered (ids unchanged)"
+            );
+        }
+        let segment_bytes = (opts.max_bytes / 8).clamp(64 << 10, 64 << 20);
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
+            max_bytes: opts.max_bytes,
+            segment_bytes,
+            state: Mutex::new(State {
+                segments,
+                next_seq,
+                bytes,
+                reserved: 0,
+                watchers: cursors,
+                saved_marks: Vec::new(),
+            }),
+            room: Notify::new(),
+            metrics,
+        });
+        // Save the cursors of new watchers now, so that a crash before the first periodic save
+        // does not make them start at a later head.
+        housekeep(&shared).map_err(|e| format!("outbox: {e}"))?;
+
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let writer_shared = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("outbox-writer".into())
+            .spawn(move || writer_loop(writer_shared, rx))
+            .map_err(|e| format!("outbox: cannot start the writer thread: {e}"))?;
+        Ok((
+            Arc::new(Outbox {
+                shared,
+                tx: Mutex::new(Some(tx)),
+                writer: Mutex::new(Some(writer)),
+                _lock: lock,
+            }),
+            replays,
+        ))
+    }
+
+    fn sender(&self) -> Option<mpsc::Sender<Msg>> {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Writes `event` durably and gives its sequence number, once fsynced. Past the size
+    /// bound, fails with `Full` or waits, as `admission` says.
+    pub async fn append(
+        &self,
+        event: &CloudEvent,
+        admission: Admission<'_>,
+    ) -> Result<u64, DispatchError> {
+        let mut record = Vec::with_capacity(HEADER + 256);
+        record.resize(HEADER, 0);
+        event.write_json(&mut record);
+        let len = record.len() as u64;
+        if len > self.shared.max_bytes {
+            return Err(DispatchError::Invalid(format!(
+                "the event takes {len} bytes, more than the whole outbox may hold ({} bytes): raise spec.delivery.outbox.maxBytes",
+                self.shared.max_bytes
+            )));
+        }
+        loop {
+            let room = self.shared.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut st = self.shared.lock();
+                if st.bytes + st.reserved + len <= self.shared.max_bytes {
+                    st.reserved += len;
+                    break;
+                }
+            }
+            match admission {
+                Admission::NoWait => {
+                    return Err(DispatchError::Full {
+                        retry_after: Duration::from_secs(1),
+                    });
+                }
+                Admission::Wait(Some(stop)) => tokio::select! {
+                    _ = room => {}
+                    _ = stop.cancelled() => return Err(DispatchError::Stopped),
+                },
+                Admission::Wait(None) => room.await,
+            }
+        }
+        let (reply, answer) = oneshot::channel();
+        let Some(tx) = self.sender() else {
+            self.unreserve(len);
+            return Err(DispatchError::Stopped);
+        };
+        if tx.send(Msg::Append { record, reply }).await.is_err() {
+            self.unreserve(len);
+            return Err(DispatchError::Stopped);
+        }
+        match answer.await {
+            Ok(Ok(seq)) => Ok(seq),
+            Ok(Err(e)) => {
+                tracing::error!("{e}");
+                Err(DispatchError::Full {
+                    retry_after: Duration::from_secs(1),
+                })
+            }
+            Err(_) => Err(DispatchError::Stopped),
+        }
+    }
+
+    fn unreserve(&self, len: u64) {
+        let mut st = self.shared.lock();
+        st.reserved = st.reserved.saturating_sub(len);
+    }
+
+    /// Watcher `watcher` (its index in `open`'s list) is done with `seq`: delivered or
+    /// dead-lettered.
+    pub fn done(&self, watcher: usize, seq: u64) {
+        let mut st = self.shared.lock();
+        if let Some(w) = st.watchers.get_mut(watcher) {
+            w.outstanding.remove(&seq);
+        }
+    }
+
+    /// A replay of watcher `watcher` is about to queue `seq`: it becomes outstanding and the
+    /// replay moves past it, in one step.
+    pub fn replaying(&self, watcher: usize, seq: u64) {
+        let mut st = self.shared.lock();
+        if let Some(w) = st.watchers.get_mut(watcher) {
+            w.outstanding.insert(seq);
+            w.replay = Some(seq + 1);
+        }
+    }
+
+    /// The replay of watcher `watcher` is over.
+    pub fn replay_done(&self, watcher: usize) {
+        let mut st = self.shared.lock();
+        if let Some(w) = st.watchers.get_mut(watcher) {
+            w.replay = None;
+        }
+    }
+
+    /// The records of `range` that are still in the log, one segment at a time (reads files:
+    /// call from a blocking context).
+    pub fn read_segment_records(&self, range: ReplayRange, after: u64) -> Option<Vec<Record>> {
+        // The first segment that holds a record ≥ max(range.from, after).
+        let want = range.from.max(after);
+        if want >= range.to {
+            return None;
+        }
+        let path = {
+            let st = self.shared.lock();
+            let seg = st
+                .segments
+                .iter()
+                .rev()
+                .find(|s| s.first <= want)
+                .or_else(|| st.segments.first())?;
+            seg.path.clone()
+        };
+        let buf = match read_file(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("{}", io("read", &path, e));
+                return None;
+            }
+        };
+        let (records, _) = scan(&buf);
+        let mut out = Vec::new();
+        for (seq, ms, payload) in records {
+            if seq < want || seq >= range.to {
+                continue;
+            }
+            match CloudEvent::from_json(payload) {
+                Ok(event) => out.push(Record {
+                    seq,
+                    accepted_ms: ms,
+                    event,
+                }),
+                Err(e) => tracing::error!(
+                    seq, segment = %path.display(),
+                    "outbox: a record holds no valid CloudEvent ({e}); it is skipped"
+                ),
+            }
+        }
+        if out.is_empty() {
+            // An empty or fully skipped segment: move on to the next one.
+            let st = self.shared.lock();
+            let next = st.segments.iter().find(|s| s.first > want)?;
+            let next_first = next.first;
+            drop(st);
+            return self.read_segment_records(range, next_first);
+        }
+        Some(out)
+    }
+
+    /// Saves the cursors and stops the writer (after the appends already sent).
+    pub fn close(&self) {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(tx);
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = writer {
+            let _ = w.join();
+        }
+        if let Err(e) = housekeep(&self.shared) {
+            tracing::warn!("outbox: {e}");
+        }
+    }
+
+    /// Asks the writer to save cursors and delete finished segments (cheap; never waits).
+    pub fn housekeep_soon(&self) {
+        if let Some(tx) = self.sender() {
+            let _ = tx.try_send(Msg::Housekeep);
+        }
+    }
+
+    /// Bytes of the log on disk.
+    pub fn bytes(&self) -> u64 {
+        self.shared.lock().bytes
+    }
+}
+
+struct Active {
+    file: File,
+    first: u64,
+}
+
+fn open_active(shared: &Shared) -> Result<Active, String> {
+    let (path, first) = {
+        let st = shared.lock();
+        let seg = st
+            .segments
+            .last()
+            .ok_or_else(|| "outbox: no active segment".to_string())?;
+        (seg.path.clone(), seg.first)
+    };
+    let file = OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .map_err(|e| io("open", &path, e))?;
+    Ok(Active { file, first })
+}
+
+fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Msg>) {
+    let mut active = match open_active(&shared) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            tracing::error!("{e}");
+            None
+        }
+    };
+    let mut buf = Vec::with_capacity(1 << 20);
+    let mut replies: Vec<(Reply, u64, u64)> = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        buf.clear();
+        replies.clear();
+        let mut housekeeping = false;
+        {
+            let mut st = shared.lock();
+            for msg in batch {
+                match msg {
+                    Msg::Housekeep => housekeeping = true,
+                    Msg::Append { mut record, reply } => {
+                        let seq = st.next_seq;
+                        st.next_seq += 1;
+                        for w in st.watchers.iter_mut() {
+                            w.outstanding.insert(seq);
+                        }
+                        let payload_len = record.len() - HEADER;
+                        let ms = now_ms();
+                        let mut header = Vec::with_capacity(HEADER);
+                        encode(seq, ms, &record[HEADER..], &mut header);
+                        record[..HEADER].copy_from_slice(&header[..HEADER]);
+                        debug_assert_eq!(header.len(), HEADER + payload_len);
+                        buf.extend_from_slice(&record);
+                        replies.push((reply, seq, record.len() as u64));
+                    }
+                }
+            }
+        }
+        if !replies.is_empty() {
+            let result = match active.as_mut() {
+                Some(a) => a
+                    .file
+                    .write_all(&buf)
+                    .and_then(|_| a.file.sync_data())
+                    .map_err(|e| format!("outbox: cannot write `{}`: {e}", shared.dir.display())),
+                None => Err("outbox: the active segment could not be opened".to_string()),
+            };
+            let total: u64 = replies.iter().map(|r| r.2).sum();
+            {
+                let mut st = shared.lock();
+                st.reserved = st.reserved.saturating_sub(total);
+                match &result {
+                    Ok(()) => {
+                        st.bytes += total;
+                        let last = replies.last().map(|r| r.1);
+                        if let Some(seg) = st.segments.last_mut() {
+                            seg.bytes += total;
+                            seg.last = last.or(seg.last);
+                        }
+                    }
+                    Err(_) => {
+                        // Not written: nobody will deliver these sequence numbers.
+                        for (_, seq, _) in &replies {
+                            for w in st.watchers.iter_mut() {
+                                w.outstanding.remove(seq);
+                            }
+                        }
+                        // Cut whatever part was written, so the log stays whole.
+                        if let (Some(a), Some(seg)) = (active.as_ref(), st.segments.last()) {
+                            let _ = a.file.set_len(seg.bytes);
+                        }
+                    }
+                }
+                shared.metrics.bytes.set(st.bytes as i64);
+            }
+            if result.is_ok() {
+                shared.metrics.fsyncs.inc();
+                shared.metrics.appends.inc_by(replies.len() as u64);
+            }
+            for (reply, seq, _) in replies.drain(..) {
+                let _ = reply.send(result.clone().map(|()| seq));
+            }
+            if result.is_ok() {
+                roll_if_full(&shared, &mut active);
+            }
+        }
+        if housekeeping && let Err(e) = housekeep(&shared) {
+            tracing::warn!("outbox: {e}");
+        }
+    }
+}
+
+fn roll_if_full(shared: &Shared, active: &mut Option<Active>) {
+    let (bytes, next_seq) = {
+        let st = shared.lock();
+        (st.segments.last().map_or(0, |s| s.bytes), st.next_seq)
+    };
+    if bytes < shared.segment_bytes || active.as_ref().is_some_and(|a| a.first == next_seq) {
+        return;
+    }
+    let path = shared.dir.join(segment_name(next_seq));
+    let created = File::create(&path)
+        .and_then(|_| sync_dir(&shared.dir))
+        .and_then(|_| OpenOptions::new().append(true).open(&path));
+    match created {
+        Ok(file) => {
+            shared.lock().segments.push(Segment {
+                first: next_seq,
+                last: None,
+                bytes: 0,
+                path,
+            });
+            *active = Some(Active {
+                file,
+                first: next_seq,
+            });
+        }
+        Err(e) => tracing::error!(
+            "{}; appends go on in the current segment",
+            io("create", &path, e)
+        ),
+    }
+}
+
+/// Saves the cursors if they moved and deletes the segments every watcher is done with.
+fn housekeep(shared: &Shared) -> Result<(), String> {
+    let (marks, names, doomed) = {
+        let mut st = shared.lock();
+        let marks = st.marks();
+        let low = marks.iter().copied().min().unwrap_or(st.next_seq);
+        let mut doomed = Vec::new();
+        // Never the active (last) segment.
+        while st.segments.len() > 1 {
+            let s = &st.segments[0];
+            let finished = match s.last {
+                Some(last) => last < low,
+                None => st.segments[1].first <= low,
+            };
+            if !finished {
+                break;
+            }
+            let s = st.segments.remove(0);
+            st.bytes -= s.bytes;
+            doomed.push(s.path);
+        }
+        shared.metrics.bytes.set(st.bytes as i64);
+        if marks == st.saved_marks && doomed.is_empty() {
+            return Ok(());
+        }
+        st.saved_marks = marks.clone();
+        let names: Vec<String> = st.watchers.iter().map(|w| w.name.clone()).collect();
+        (marks, names, doomed)
+    };
+    let cursors: BTreeMap<&str, u64> = names.iter().map(String::as_str).zip(marks).collect();
+    let path = shared.dir.join(CURSORS);
+    let tmp = shared.dir.join("cursors.json.tmp");
+    let text = serde_json::to_vec(&cursors).map_err(|e| format!("cursors: {e}"))?;
+    fs::write(&tmp, text)
+        .and_then(|_| fs::rename(&tmp, &path))
+        .map_err(|e| io("save the cursors to", &path, e))?;
+    let freed = !doomed.is_empty();
+    for p in doomed {
+        if let Err(e) = fs::remove_file(&p) {
+            tracing::warn!("{}", io("delete the finished segment", &p, e));
+        }
+    }
+    if freed {
+        shared.room.notify_waiters();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(i: usize) -> CloudEvent {
+        let mut e = CloudEvent::new(format!("id-{i}"), "g/s", "t");
+        e.data = Some(crate::cloudevents::Data::from_payload(
+            bytes::Bytes::from(format!("{{\"n\":{i}}}")),
+            Some("application/json"),
+        ));
+        e
+    }
+
+    fn opts(dir: &Path, max_bytes: u64) -> OutboxOptions {
+        OutboxOptions {
+            dir: dir.to_path_buf(),
+            max_bytes,
+        }
+    }
+
+    fn replay_all(outbox: &Outbox, range: ReplayRange) -> Vec<Record> {
+        let mut out: Vec<Record> = Vec::new();
+        let mut after = range.from;
+        while let Some(batch) = outbox.read_segment_records(range, after) {
+            after = batch.last().map_or(range.to, |r| r.seq + 1);
+            out.extend(batch);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn concurrent_appends_share_fsyncs_and_replay_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let watchers = vec!["a".to_string(), "b".to_string()];
+        let metrics = OutboxMetrics::default();
+        let (outbox, replay) =
+            Outbox::open(&opts(dir.path(), 1 << 30), &watchers, metrics.clone()).unwrap();
+        assert_eq!(replay[0].from, replay[0].to, "nothing to replay at first");
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let o = outbox.clone();
+            tasks.push(tokio::spawn(async move {
+                o.append(&event(i), Admission::NoWait).await.unwrap()
+            }));
+        }
+        let mut seqs = Vec::new();
+        for t in tasks {
+            seqs.push(t.await.unwrap());
+        }
+        seqs.sort();
+        assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+        assert_eq!(metrics.appends.get(), 200);
+        assert!(
+            metrics.fsyncs.get() < 200,
+            "group commit: {}",
+            metrics.fsyncs.get()
+        );
+        // Watcher a is done with the first 150; b with none.
+        for s in 1..=150 {
+            outbox.done(0, s);
+        }
+        outbox.close();
+        drop(outbox);
+
+        let (outbox, replay) = Outbox::open(
+            &opts(dir.path(), 1 << 30),
+            &watchers,
+            OutboxMetrics::default(),
+        )
+        .unwrap();
+        assert_eq!(replay[0], ReplayRange { from: 151, to: 201 });
+        assert_eq!(replay[1], ReplayRange { from: 1, to: 201 });
+        let got = replay_all(&outbox, replay[1]);
+        assert_eq!(got.len(), 200);
+        let ids: BTreeSet<String> = got.iter().map(|r| r.event.id.clone()).collect();
+        assert_eq!(ids.len(), 200, "ids unchanged and unique");
+    }
+
+    #[tokio::test]
+    async fn a_torn_tail_is_cut_and_the_bound_pushes_back_until_segments_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let watchers = vec!["a".to_string()];
+        let max = 256 << 10; // segments of 64 KiB
+        let (outbox, _) =
+            Outbox::open(&opts(dir.path(), max), &watchers, OutboxMetrics::default()).unwrap();
+        let mut seqs = Vec::new();
+        let mut full = false;
+        for i in 0..100_000 {
+            match outbox.append(&event(i), Admission::NoWait).await {
+                Ok(s) => seqs.push(s),
+                Err(DispatchError::Full { .. }) => {
+                    full = true;
+                    break;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(full, "the bound was reached");
+        assert!(outbox.bytes() <= max);
+        // The watcher takes everything: segments go, there is room again.
+        for s in &seqs {
+            outbox.done(0, *s);
+        }
+        outbox.housekeep_soon();
+        let waited = tokio::time::timeout(
+            Duration::from_secs(5),
+            outbox.append(&event(0), Admission::Wait(None)),
+        )
+        .await;
+        assert!(matches!(waited, Ok(Ok(_))), "{waited:?}");
+        outbox.close();
+        drop(outbox);
+
+        // Tear the last record of the last non-empty segment.
+        let mut logs: Vec<PathBuf> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .filter(|p| fs::metadata(p).unwrap().len() > 0)
+            .collect();
+        logs.sort();
+        let last = logs.last().unwrap();
+        let len = fs::metadata(last).unwrap().len();
+        let f = OpenOptions::new().write(true).open(last).unwrap();
+        f.set_len(len - 3).unwrap();
+        drop(f);
+        let (outbox, replay) =
+            Outbox::open(&opts(dir.path(), max), &watchers, OutboxMetrics::default()).unwrap();
+        // The torn record (the one appended last) is gone; nothing else is replayed.
+        assert!(replay_all(&outbox, replay[0]).is_empty());
+        outbox.close();
+    }
+}
