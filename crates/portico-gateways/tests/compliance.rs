@@ -4,17 +4,29 @@
 //! task, socket or port behind.
 //!
 //! It walks [`BUILTIN_TYPES`]: a new built-in gateway fails here until it adds its [`Case`].
+//!
+//! The broker gateways use the machine's shared brokers (NATS 4222, Redis 6379, Mosquitto
+//! 1883, RabbitMQ 5672) with subjects, channels, topics and exchanges of their own (a uuid),
+//! and a private `tansu` for Kafka (see brokers_kafka.rs).
 
+mod broker_support;
 mod common;
 
 use std::path::PathBuf;
+use std::sync::LazyLock;
 use std::time::Duration;
 
+use broker_support::{PrivateBroker, unique};
 use common::{data, free_port, map, port_is_free, wait_until};
 use portico::Phase;
 use portico::testing::Harness;
 use portico_gateways::webhook::sign_hmac_sha256;
 use portico_gateways::{BUILTIN_TYPES, builtin};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -31,7 +43,34 @@ enum Trigger {
     WriteFile,
     /// Create an object in the fake Kubernetes API server.
     CreateObject,
+    /// Publish one JSON message to the value's [`Value::topic`] on the broker.
+    Publish(Broker),
 }
+
+/// The broker a [`Trigger::Publish`] publishes to.
+enum Broker {
+    /// The shared NATS server (core subject).
+    Nats,
+    /// The shared Redis server (pub/sub channel).
+    Redis,
+    /// The shared Mosquitto (topic, with `mosquitto_pub`).
+    Mqtt,
+    /// The shared RabbitMQ, to this exchange (the value's topic is the routing key).
+    Amqp { exchange: String },
+    /// The case's private tansu (the value's topic is the Kafka topic).
+    Kafka,
+}
+
+const NATS_URL: &str = "nats://127.0.0.1:4222";
+const REDIS_URL: &str = "redis://127.0.0.1:6379";
+const MQTT_URL: &str = "mqtt://127.0.0.1:1883";
+const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// The gateway's AMQP URL, with a short heartbeat: lapin's heartbeat task (and the RPC task it
+/// keeps alive) notices a closed connection only when it next wakes up, one heartbeat
+/// interval later (RabbitMQ proposes 60 s). With 2 s they are gone well within the wait
+/// below; the check itself stays as strict as for every other gateway.
+const AMQP_GATEWAY_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=2";
+const PAYLOAD: &str = r#"{"compliance": true}"#;
 
 /// A fake Kubernetes API server (crates/fake-kube) and a client of it, both on their own
 /// runtime so that their tasks are not counted as the gateway's.
@@ -76,6 +115,9 @@ struct Value {
     url: Option<String>,
     ports: Vec<u16>,
     directory: Option<PathBuf>,
+    /// Where a [`Trigger::Publish`] publishes for this value (subject, channel, topic,
+    /// routing key).
+    topic: Option<String>,
 }
 
 impl Value {
@@ -85,6 +127,18 @@ impl Value {
             url: None,
             ports: Vec::new(),
             directory: None,
+            topic: None,
+        }
+    }
+
+    /// A broker configuration `text` that receives what is published to `topic`.
+    fn broker(text: String, topic: String) -> Value {
+        Value {
+            text,
+            url: None,
+            ports: Vec::new(),
+            directory: None,
+            topic: Some(topic),
         }
     }
 }
@@ -100,6 +154,9 @@ struct Case {
     trigger: Trigger,
     /// The Kubernetes API the gateway talks to, if any.
     kube: Option<KubeFixture>,
+    /// The private Kafka broker, if any: started before the baseline of tasks and sockets is
+    /// taken, and alive until the case ends.
+    tansu: Option<PrivateBroker>,
     /// Kept alive for the case (temporary files).
     _dir: tempfile::TempDir,
 }
@@ -110,6 +167,7 @@ fn hook_value(port: u16, endpoint: &str, extra: &str) -> Value {
         url: Some(format!("http://127.0.0.1:{port}{endpoint}")),
         ports: vec![port],
         directory: None,
+        topic: None,
     }
 }
 
@@ -134,6 +192,7 @@ fn case(gateway_type: &str) -> Option<Case> {
             changed: Value::plain("interval: 60ms\nuserPayload: {changed: true}"),
             trigger: Trigger::Wait,
             kube: None,
+            tansu: None,
             _dir: dir,
         },
         "webhook" => Case {
@@ -153,6 +212,7 @@ fn case(gateway_type: &str) -> Option<Case> {
                 body: r#"{"compliance": true}"#,
             },
             kube: None,
+            tansu: None,
             _dir: dir,
         },
         "github" => {
@@ -183,6 +243,7 @@ fn case(gateway_type: &str) -> Option<Case> {
                     body,
                 },
                 kube: None,
+                tansu: None,
                 _dir: dir,
             }
         }
@@ -209,6 +270,7 @@ fn case(gateway_type: &str) -> Option<Case> {
                 body: r#"{"object_kind": "push"}"#,
             },
             kube: None,
+            tansu: None,
             _dir: dir,
         },
         "file" => {
@@ -220,6 +282,7 @@ fn case(gateway_type: &str) -> Option<Case> {
                 url: None,
                 ports: Vec::new(),
                 directory: Some(d.clone()),
+                topic: None,
             };
             Case {
                 junk: common_junk(vec![
@@ -232,6 +295,7 @@ fn case(gateway_type: &str) -> Option<Case> {
                 changed: value(&two, "type: CREATE\npath: '*.txt'"),
                 trigger: Trigger::WriteFile,
                 kube: None,
+                tansu: None,
                 _dir: dir,
             }
         }
@@ -249,11 +313,329 @@ fn case(gateway_type: &str) -> Option<Case> {
                 )),
                 trigger: Trigger::CreateObject,
                 kube: Some(KubeFixture::start()),
+                tansu: None,
+                _dir: dir,
+            }
+        }
+        "nats" => {
+            let (one, two) = (unique("portico.compliance."), unique("portico.compliance."));
+            let url = format!("url: {NATS_URL}");
+            Case {
+                junk: common_junk(vec![
+                    ("subject: a".into(), "url"),
+                    ("url: http://127.0.0.1:4222\nsubject: a".into(), "url"),
+                    (url.clone(), "subject"),
+                    (format!("{url}\nsubject: 'a b'"), "subject"),
+                    (format!("{url}\nsubject: a\ndurable: d"), "stream"),
+                    (format!("{url}\nsubject: a\nstream: s"), "durable"),
+                    (
+                        format!("{url}\nsubject: a\nstream: s\ndurable: d\nqueue: q"),
+                        "queue",
+                    ),
+                ]),
+                valid: Value::broker(format!("{url}\nsubject: {one}"), one),
+                changed: Value::broker(
+                    format!("{url}\nsubject: '{two}.>'\nqueue: {}", unique("q")),
+                    format!("{two}.x"),
+                ),
+                trigger: Trigger::Publish(Broker::Nats),
+                kube: None,
+                tansu: None,
+                _dir: dir,
+            }
+        }
+        "redis" => {
+            let (one, two) = (unique("portico:compliance:"), unique("portico:compliance:"));
+            let url = format!("url: {REDIS_URL}");
+            Case {
+                junk: common_junk(vec![
+                    ("channels: [a]".into(), "url"),
+                    ("url: http://127.0.0.1:6379\nchannels: [a]".into(), "url"),
+                    (url.clone(), "channels"),
+                    (format!("{url}\nchannels: ['']"), "channels[0]"),
+                    (format!("{url}\nchannels: [a]\nstream: s"), "stream"),
+                    (format!("{url}\nstream: s"), "consumerGroup"),
+                    (
+                        format!("{url}\nstream: s\nconsumerGroup: g\nreclaimAfter: soon"),
+                        "reclaimAfter",
+                    ),
+                ]),
+                valid: Value::broker(format!("{url}\nchannels: ['{one}']"), one),
+                changed: Value::broker(format!("{url}\nchannels: ['{two}:*']"), format!("{two}:x")),
+                trigger: Trigger::Publish(Broker::Redis),
+                kube: None,
+                tansu: None,
+                _dir: dir,
+            }
+        }
+        "mqtt" => {
+            let (one, two) = (unique("portico/compliance/"), unique("portico/compliance/"));
+            let url = format!("url: {MQTT_URL}");
+            Case {
+                junk: common_junk(vec![
+                    ("topic: t\nclientId: c".into(), "url"),
+                    (
+                        "url: http://127.0.0.1:1883\ntopic: t\nclientId: c".into(),
+                        "url",
+                    ),
+                    (format!("{url}\nclientId: c"), "topic"),
+                    (format!("{url}\ntopic: t"), "clientId"),
+                    (format!("{url}\ntopic: t\nclientId: c\nqos: 2"), "qos"),
+                ]),
+                valid: Value::broker(
+                    format!("{url}\ntopic: '{one}'\nclientId: {}", unique("c")),
+                    one,
+                ),
+                changed: Value::broker(
+                    format!("{url}\ntopic: '{two}/+'\nclientId: {}\nqos: 1", unique("c")),
+                    format!("{two}/x"),
+                ),
+                trigger: Trigger::Publish(Broker::Mqtt),
+                kube: None,
+                tansu: None,
+                _dir: dir,
+            }
+        }
+        "amqp" => {
+            amqp_warm_up();
+            let exchange = unique("portico.compliance.");
+            let url = format!("url: '{AMQP_GATEWAY_URL}'");
+            let base = format!("{url}\nexchangeName: {exchange}\nexchangeType: topic");
+            Case {
+                junk: common_junk(vec![
+                    (
+                        "exchangeName: x\nexchangeType: topic\nroutingKey: k".into(),
+                        "url",
+                    ),
+                    (
+                        "url: http://127.0.0.1:5672\nexchangeName: x\nexchangeType: topic\n\
+                         routingKey: k"
+                            .into(),
+                        "url",
+                    ),
+                    (
+                        format!("{url}\nexchangeType: topic\nroutingKey: k"),
+                        "exchangeName",
+                    ),
+                    (
+                        format!("{url}\nexchangeName: x\nexchangeType: sideways\nroutingKey: k"),
+                        "exchangeType",
+                    ),
+                    (
+                        format!("{url}\nexchangeName: x\nexchangeType: topic"),
+                        "routingKey",
+                    ),
+                ]),
+                valid: Value::broker(format!("{base}\nroutingKey: one"), "one".into()),
+                changed: Value::broker(format!("{base}\nroutingKey: 'two.#'"), "two.x".into()),
+                trigger: Trigger::Publish(Broker::Amqp { exchange }),
+                kube: None,
+                tansu: None,
+                _dir: dir,
+            }
+        }
+        "kafka" => {
+            let (one, two) = (unique("compliance"), unique("compliance"));
+            let tansu = start_tansu(&[&one, &two]);
+            let url = format!("url: 127.0.0.1:{}", tansu.port);
+            let value = |topic: &str| {
+                Value::broker(
+                    format!(
+                        "{url}\ntopic: {topic}\nconsumerGroup: {}\nstartOffset: oldest",
+                        unique("g")
+                    ),
+                    topic.to_string(),
+                )
+            };
+            Case {
+                junk: common_junk(vec![
+                    ("topic: t\nconsumerGroup: g".into(), "url"),
+                    ("url: http://host\ntopic: t\nconsumerGroup: g".into(), "url"),
+                    (format!("{url}\nconsumerGroup: g"), "topic"),
+                    (format!("{url}\ntopic: t"), "consumerGroup"),
+                    (
+                        format!("{url}\ntopic: t\nconsumerGroup: g\npartition: -1"),
+                        "partition",
+                    ),
+                    (
+                        format!("{url}\ntopic: t\nconsumerGroup: g\nstartOffset: middle"),
+                        "startOffset",
+                    ),
+                ]),
+                valid: value(&one),
+                changed: value(&two),
+                trigger: Trigger::Publish(Broker::Kafka),
+                kube: None,
+                tansu: Some(tansu),
                 _dir: dir,
             }
         }
         _ => return None,
     })
+}
+
+/// The tansu binary (`scripts/test` installs it and sets `PORTICO_TANSU`).
+fn tansu() -> String {
+    std::env::var("PORTICO_TANSU").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        let default = format!("{home}/.cargo/bin/tansu");
+        assert!(
+            std::path::Path::new(&default).exists(),
+            "the kafka compliance case needs the tansu broker: run scripts/test (it installs \
+             it), or `cargo install tansu --locked --features dynostore` and set PORTICO_TANSU"
+        );
+        default
+    })
+}
+
+/// A private tansu on a free port with `topics` created (by a client on [`CLIENTS`]).
+fn start_tansu(topics: &[&str]) -> PrivateBroker {
+    CLIENTS.block_on(async {
+        let b = PrivateBroker::start(
+            tansu(),
+            &[
+                "broker",
+                "--listener-url",
+                "tcp://127.0.0.1:{port}",
+                "--advertised-listener-url",
+                "tcp://127.0.0.1:{port}",
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+        )
+        .await;
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", format!("127.0.0.1:{}", b.port))
+            .create()
+            .unwrap();
+        let new: Vec<NewTopic> = topics
+            .iter()
+            .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)))
+            .collect();
+        let created = common::wait_until(Duration::from_secs(20), || async {
+            admin
+                .create_topics(&new, &AdminOptions::new())
+                .await
+                .is_ok_and(|r| {
+                    r.iter().all(|r| {
+                        matches!(r, Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)))
+                    })
+                })
+        })
+        .await;
+        assert!(created, "kafka: topics {topics:?} not created on tansu");
+        b
+    })
+}
+
+/// The runtime the broker clients of the test (publishers, Kafka admin) run on: not the
+/// gateway's, so their tasks are not counted as the gateway's. It lives for the whole test
+/// and exists before the first baseline ([`every_builtin_gateway_complies`] forces it),
+/// because a runtime holds a socket of its own (tokio's signal driver).
+static CLIENTS: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+});
+
+/// Runs `publish` on [`CLIENTS`] and waits for it.
+async fn on_clients_runtime(what: String, publish: impl Future<Output = ()> + Send + 'static) {
+    if let Err(e) = CLIENTS.spawn(publish).await {
+        panic!("{what}: publishing failed: {e}");
+    }
+}
+
+/// Connects to RabbitMQ once from [`CLIENTS`] and closes the connection, before the baseline
+/// is taken. Observed: the first lapin connection of the process leaves one socket open for
+/// good (still there 100 s after stop); later connections leave nothing (after this warm-up
+/// the gateway's two connections and the two publishers' come and go without a trace), so it
+/// is lapin's once-per-process state, not a socket the gateway leaks per configuration.
+fn amqp_warm_up() {
+    CLIENTS.block_on(async {
+        let conn = lapin::Connection::connect(AMQP_URL, Default::default())
+            .await
+            .unwrap();
+        let _ = conn.close(200, "done".into()).await;
+    });
+}
+
+/// Publishes [`PAYLOAD`] once to `topic` on `broker`; the publisher's connection is closed
+/// when this returns.
+async fn publish(broker: &Broker, topic: &str, tansu: Option<&PrivateBroker>) {
+    let topic = topic.to_string();
+    match broker {
+        Broker::Nats => {
+            on_clients_runtime(format!("nats {topic}"), async move {
+                let nc = async_nats::connect(NATS_URL).await.unwrap();
+                nc.publish(topic, PAYLOAD.into()).await.unwrap();
+                nc.flush().await.unwrap();
+            })
+            .await
+        }
+        Broker::Redis => {
+            let out = std::process::Command::new("redis-cli")
+                .args(["-u", REDIS_URL, "PUBLISH", &topic, PAYLOAD])
+                .output()
+                .expect("redis-cli (Debian package redis-tools)");
+            let receivers = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            assert!(
+                out.status.success() && receivers != "0",
+                "redis-cli PUBLISH {topic}: {receivers} receivers, {:?}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Broker::Mqtt => {
+            let status = std::process::Command::new("mosquitto_pub")
+                .args(["-h", "127.0.0.1", "-p", "1883", "-q", "1"])
+                .args(["-t", &topic, "-m", PAYLOAD])
+                .status()
+                .expect("mosquitto_pub (Debian package mosquitto-clients)");
+            assert!(status.success(), "mosquitto_pub {topic}: {status}");
+        }
+        Broker::Amqp { exchange } => {
+            let exchange = exchange.clone();
+            on_clients_runtime(format!("amqp {exchange} {topic}"), async move {
+                let conn = lapin::Connection::connect(AMQP_URL, Default::default())
+                    .await
+                    .unwrap();
+                let ch = conn.create_channel().await.unwrap();
+                ch.confirm_select(Default::default()).await.unwrap();
+                ch.basic_publish(
+                    exchange.as_str().into(),
+                    topic.as_str().into(),
+                    Default::default(),
+                    PAYLOAD.as_bytes(),
+                    lapin::BasicProperties::default(),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+                let _ = ch.close(200, "done".into()).await;
+                let _ = conn.close(200, "done".into()).await;
+            })
+            .await
+        }
+        Broker::Kafka => {
+            let brokers = format!("127.0.0.1:{}", tansu.expect("the case's tansu").port);
+            on_clients_runtime(format!("kafka {topic}"), async move {
+                let p: FutureProducer = ClientConfig::new()
+                    .set("bootstrap.servers", &brokers)
+                    .set("message.timeout.ms", "10000")
+                    .create()
+                    .unwrap();
+                p.send(
+                    FutureRecord::<(), _>::to(&topic).payload(PAYLOAD),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+            })
+            .await
+        }
+    }
 }
 
 /// A client that keeps no idle connection (so no client task outlives a request).
@@ -291,6 +673,9 @@ async fn trigger(case: &Case, value: &Value, n: u32) {
                 "apiVersion": "example.com/v1", "kind": "Widget",
                 "metadata": {"name": format!("compliance-{n}"), "namespace": "ns"},
             }));
+        }
+        Trigger::Publish(broker) => {
+            publish(broker, value.topic.as_ref().unwrap(), case.tansu.as_ref()).await;
         }
     }
 }
@@ -417,6 +802,7 @@ fn every_builtin_gateway_complies() {
         .filter(|t| case(t).is_none())
         .collect();
     assert!(missing.is_empty(), "add a compliance case for {missing:?}");
+    LazyLock::force(&CLIENTS);
     for gateway_type in BUILTIN_TYPES {
         let case = case(gateway_type).unwrap();
         // A runtime per gateway, so that its task count is this gateway's alone.
