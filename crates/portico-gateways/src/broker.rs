@@ -13,6 +13,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use portico::dispatch::Delivered;
 use portico::{ConfigContext, ConfigError, DispatchError};
 
 /// The first wait before reconnecting.
@@ -40,12 +41,27 @@ impl SessionError {
 /// What a session returns: `Ok(())` once the configuration is stopped.
 pub(crate) type SessionResult = Result<(), SessionError>;
 
-/// Maps a dispatch failure: `Ok(false)` means the configuration is stopping (leave the
-/// message unacknowledged and end the session), `Ok(true)` means it was accepted.
+/// Maps a dispatch result: `Ok(true)` means the message is done with, ack it (accepted, or in
+/// `atMostOnce` dropped because the gateway is full: `dispatch` never waits there, and the
+/// drop is counted); `Ok(false)` means the configuration is stopping (leave the message
+/// unacknowledged and end the session).
 pub(crate) fn accepted(r: Result<(), DispatchError>) -> Result<bool, SessionError> {
     match r {
-        Ok(()) => Ok(true),
+        Ok(()) | Err(DispatchError::Full { .. }) => Ok(true),
         Err(DispatchError::Stopped) => Ok(false),
+        Err(e) => Err(SessionError::Fatal(e.into())),
+    }
+}
+
+/// [`accepted`] for [`ConfigContext::dispatch_ackable`]: `Some` holds what to wait for before
+/// the ack (done at once unless the gateway is in `ackAfterDelivery`).
+pub(crate) fn accepted_ackable(
+    r: Result<Delivered, DispatchError>,
+) -> Result<Option<Delivered>, SessionError> {
+    match r {
+        Ok(d) => Ok(Some(d)),
+        Err(DispatchError::Full { .. }) => Ok(Some(Delivered::now())),
+        Err(DispatchError::Stopped) => Ok(None),
         Err(e) => Err(SessionError::Fatal(e.into())),
     }
 }

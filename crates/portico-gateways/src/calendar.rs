@@ -25,7 +25,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
-use portico::{ConfigContext, ConfigError, ConfigExecutor, Event};
+use portico::{ConfigContext, ConfigError, ConfigExecutor, DispatchError, Event};
 use serde::Deserialize;
 
 /// A source of time: the system clock, or a manual one in tests.
@@ -342,7 +342,16 @@ impl ConfigExecutor for Calendar {
                 "userPayload": user_payload,
             });
             let event = Event::json(&payload)?.with_time(due);
-            ctx.dispatch(event).await?;
+            match ctx.dispatch(event).await {
+                Ok(()) => {}
+                // atMostOnce: a full gateway refuses the tick at once (counted as
+                // `portico_events_rejected{reason="full"}`); the schedule goes on.
+                Err(DispatchError::Full { .. }) => {
+                    tracing::warn!(tick = %due, "calendar tick dropped: the gateway is full");
+                }
+                Err(DispatchError::Stopped) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
             // Ticks that fell due while the event waited for room are missed, not queued.
             let now = self.clock.now();
             let mut missed = 0u64;
@@ -358,9 +367,10 @@ impl ConfigExecutor for Calendar {
                 }
             }
             if missed > 0 {
+                ctx.missed(missed);
                 tracing::warn!(
                     missed,
-                    "calendar ticks missed while the dispatcher was full"
+                    "calendar ticks missed while the gateway was full (counted in portico_events_rejected{{reason=\"missed\"}})"
                 );
             }
         }
@@ -544,6 +554,114 @@ mod tests {
         assert_eq!(time_of(&e), "2026-05-01T12:00:40Z");
         assert!(h.try_next_event().is_none());
 
+        ctx.stop();
+        assert_eq!(run.await.unwrap(), Ok(()));
+    }
+
+    fn rejected(h: &portico::testing::Harness, reason: &str) -> u64 {
+        h.metrics
+            .rejected
+            .get_or_create(&portico::metrics::RejectLabels {
+                src: "c".into(),
+                reason: reason.into(),
+            })
+            .get()
+    }
+
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn one_slot() -> portico::dispatch::QueueSettings {
+        portico::dispatch::QueueSettings {
+            queue_size: 1,
+            concurrency: 1,
+            ..Default::default()
+        }
+    }
+
+    /// atLeastOnce: a tick waits for room; the ticks that fall due meanwhile are counted as
+    /// missed (`portico_events_rejected{reason="missed"}`), not queued.
+    #[tokio::test]
+    async fn ticks_that_fall_due_while_the_gateway_is_full_are_counted_as_missed() {
+        let t0 = utc("2026-05-01T12:00:00Z");
+        let clock = Arc::new(ManualClock(tokio::sync::watch::channel(t0).0));
+        let mut h = portico::testing::Harness::with_queue("cal", "calendar", one_slot());
+        h.pause();
+        let ctx = h.context("c", "interval: 10s");
+        let exec = Calendar::with_clock(clock.clone());
+        let run = tokio::spawn({
+            let ctx = ctx.clone();
+            async move { exec.start_config(ctx).await }
+        });
+        h.wait_for_phase("c", portico::Phase::Running, Duration::from_secs(5))
+            .await
+            .unwrap();
+        // 12:00:10 takes the only slot; 12:00:20 waits for room.
+        let received = h.metrics.for_src("c").received;
+        clock.advance(10);
+        until("first tick", || received.get() == 1).await;
+        clock.advance(10);
+        until("second tick", || received.get() == 2).await;
+        // 12:00:30, :40, :50 fall due while the second waits.
+        clock.advance(30);
+        h.resume();
+        let wait = Duration::from_secs(5);
+        assert!(h.next_event(wait).await.is_some());
+        assert!(h.next_event(wait).await.is_some());
+        until("3 missed ticks counted", || rejected(&h, "missed") == 3).await;
+        clock.advance(10);
+        let e = h.next_event(wait).await.unwrap();
+        assert_eq!(e.time, Some(utc("2026-05-01T12:01:00Z")));
+        assert_eq!(rejected(&h, "full"), 0);
+        ctx.stop();
+        assert_eq!(run.await.unwrap(), Ok(()));
+    }
+
+    /// atMostOnce: the calendar never waits; a tick that finds the gateway full is dropped
+    /// and counted, and the next one is on time.
+    #[tokio::test]
+    async fn at_most_once_drops_ticks_instead_of_waiting() {
+        let t0 = utc("2026-05-01T12:00:00Z");
+        let clock = Arc::new(ManualClock(tokio::sync::watch::channel(t0).0));
+        let mut h = portico::testing::Harness::with_delivery(
+            "cal",
+            "calendar",
+            one_slot(),
+            &portico::dispatch::Delivery::AtMostOnce,
+        );
+        h.pause();
+        let ctx = h.context("c", "interval: 10s");
+        let exec = Calendar::with_clock(clock.clone());
+        let run = tokio::spawn({
+            let ctx = ctx.clone();
+            async move { exec.start_config(ctx).await }
+        });
+        h.wait_for_phase("c", portico::Phase::Running, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let received = h.metrics.for_src("c").received;
+        for tick in 1..=3 {
+            clock.advance(10);
+            until("tick", || received.get() == tick).await;
+        }
+        // The first took the slot; the next two were refused at once, not waited for.
+        until("2 ticks refused", || rejected(&h, "full") == 2).await;
+        h.resume();
+        let wait = Duration::from_secs(5);
+        let e = h.next_event(wait).await.unwrap();
+        assert_eq!(e.time, Some(utc("2026-05-01T12:00:10Z")));
+        clock.advance(10);
+        let e = h.next_event(wait).await.unwrap();
+        assert_eq!(e.time, Some(utc("2026-05-01T12:00:40Z")));
+        assert_eq!(rejected(&h, "missed"), 0);
         ctx.stop();
         assert_eq!(run.await.unwrap(), Ok(()));
     }

@@ -335,7 +335,8 @@ async fn watch_directory(ctx: &ConfigContext, watch: &FileWatch) -> Result<Ended
                     for (name, op, path) in watch.changes(&event) {
                         let payload = Payload { name: &name, op: op.as_str(), path: &path.to_string_lossy() };
                         match ctx.dispatch(Event::json(&payload)?).await {
-                            Ok(()) => {}
+                            // atMostOnce, gateway full: dropped (and counted) by design.
+                            Ok(()) | Err(DispatchError::Full { .. }) => {}
                             Err(DispatchError::Stopped) => return Ok(Ended::Stopped),
                             Err(e) => return Err(e.into()),
                         }

@@ -16,8 +16,10 @@
 //! (the stream sequence number).
 //!
 //! Delivery: a core subscription is at-most-once, as NATS itself. A JetStream message is
-//! acknowledged only after its CloudEvent is accepted for delivery; one not acknowledged (the
-//! gateway stopped, the dispatcher was full until the stop) is delivered again by the server.
+//! acknowledged only after its CloudEvent is accepted for delivery (written to the outbox), or,
+//! with `spec.delivery.mode: ackAfterDelivery`, only after every watcher took it (the event then
+//! skips the outbox); one not acknowledged (the gateway stopped, the dispatcher was full until
+//! the stop) is delivered again by the server.
 //!
 //! Connection loss: the client reconnects by itself with a capped backoff; the node shows
 //! `Error` while disconnected and `Running` once reconnected. A session whose JetStream
@@ -33,6 +35,7 @@ use serde::Deserialize;
 
 use crate::broker::{
     self, Progress, RECONNECT_MAX, RECONNECT_MIN, SessionError, SessionResult, accepted,
+    accepted_ackable,
 };
 
 /// A `nats` configuration.
@@ -282,6 +285,8 @@ async fn jetstream(
     // once to the next consumer, and no pull request is left open.
     let mut stopping = false;
     let mut held = Vec::new();
+    // In ackAfterDelivery: messages of this pull whose events are not delivered yet.
+    let mut awaiting = Vec::new();
     while !stopping {
         let mut batch = consumer
             .batch()
@@ -317,15 +322,38 @@ async fn jetstream(
                         .with_extension("stream", info.stream)
                         .with_extension("streamseq", info.stream_sequence.to_string());
                 }
-                if accepted(ctx.dispatch(event).await)? {
-                    msg.ack()
-                        .await
-                        .map_err(|e| SessionError::broker("cannot acknowledge a message", e))?;
+                if let Some(delivered) = accepted_ackable(ctx.dispatch_ackable(event).await)? {
+                    if delivered.is_done() {
+                        msg.ack()
+                            .await
+                            .map_err(|e| SessionError::broker("cannot acknowledge a message", e))?;
+                    } else {
+                        awaiting.push((delivered, msg));
+                    }
                     continue;
                 }
                 stopping = true;
             }
             held.push(msg);
+        }
+        // ackAfterDelivery: ack this pull's messages as their events are delivered, in order;
+        // those still undelivered when the configuration stops are given back.
+        for (delivered, msg) in awaiting.drain(..) {
+            let done = if stopping {
+                false
+            } else {
+                tokio::select! {
+                    d = delivered.wait() => d,
+                    _ = ctx.stopped() => { stopping = true; false }
+                }
+            };
+            if done {
+                msg.ack()
+                    .await
+                    .map_err(|e| SessionError::broker("cannot acknowledge a message", e))?;
+            } else {
+                held.push(msg);
+            }
         }
     }
     // The pull is over, so nothing given back now comes back to this consumer.

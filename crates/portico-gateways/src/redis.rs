@@ -15,7 +15,8 @@
 //!
 //! Stream payload: the entry's fields as a JSON object of strings (`application/json`);
 //! extensions `stream` and `streamid` (the entry id). Each entry is acknowledged (`XACK`)
-//! only after its CloudEvent is accepted for delivery. At start (and after every reconnect)
+//! only after its CloudEvent is accepted for delivery (written to the outbox), or, with
+//! `spec.delivery.mode: ackAfterDelivery`, once every watcher took it. At start (and after every reconnect)
 //! the consumer first reads its own pending entries (delivered before, never acknowledged),
 //! then new ones (`XREADGROUP … >`): at least once.
 //!
@@ -24,12 +25,13 @@
 use std::time::Duration;
 
 use futures::StreamExt;
+use portico::dispatch::Delivered;
 use portico::{ConfigContext, ConfigError, ConfigExecutor, Event};
 use redis::AsyncCommands;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use serde::Deserialize;
 
-use crate::broker::{self, Progress, SessionError, SessionResult, accepted};
+use crate::broker::{self, Progress, SessionError, SessionResult, accepted, accepted_ackable};
 
 /// A `redis` configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -267,6 +269,7 @@ async fn streams(
     progress.running(ctx);
     // First this consumer's pending entries (from id 0), then new ones (`>`).
     let mut pending_from: Option<String> = Some("0".to_string());
+    let mut stopping = false;
     loop {
         let opts = StreamReadOptions::default()
             .group(group, consumer)
@@ -286,6 +289,9 @@ async fn streams(
             pending_from = None;
             continue;
         }
+        // In ackAfterDelivery, entries are acked once their events are delivered (in order,
+        // after the batch is dispatched); an entry never acked stays pending and comes back.
+        let mut acks = Vec::with_capacity(entries.len());
         for entry in entries {
             if let Some(from) = &mut pending_from {
                 from.clone_from(&entry.id);
@@ -301,16 +307,28 @@ async fn streams(
                     .map_err(|e| SessionError::Fatal(e.into()))?
                     .with_extension("stream", stream)
                     .with_extension("streamid", entry.id.as_str());
-                if !accepted(ctx.dispatch(event).await)? {
-                    return Ok(());
+                match accepted_ackable(ctx.dispatch_ackable(event).await)? {
+                    Some(delivered) => acks.push((delivered, entry.id)),
+                    None => {
+                        stopping = true;
+                        break;
+                    }
                 }
+            } else {
+                acks.push((Delivered::now(), entry.id));
+            }
+        }
+        for (delivered, id) in acks {
+            if !delivered.wait().await {
+                return Ok(());
             }
             let _: i64 = conn
-                .xack(stream, group, &[entry.id.as_str()])
+                .xack(stream, group, &[id.as_str()])
                 .await
-                .map_err(|e| {
-                    SessionError::broker(format!("cannot acknowledge entry {}", entry.id), e)
-                })?;
+                .map_err(|e| SessionError::broker(format!("cannot acknowledge entry {id}"), e))?;
+        }
+        if stopping {
+            return Ok(());
         }
     }
 }

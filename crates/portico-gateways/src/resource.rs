@@ -34,7 +34,7 @@ use kube::core::GroupVersionKind;
 use kube::discovery::{Scope, pinned_kind};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use portico::{ConfigContext, ConfigError, ConfigExecutor, Event};
+use portico::{ConfigContext, ConfigError, ConfigExecutor, DispatchError, Event};
 use serde::Deserialize;
 
 /// A kind of change.
@@ -332,7 +332,11 @@ impl ConfigExecutor for Resource {
                     continue;
                 }
                 let payload = serde_json::json!({"type": ty.as_str(), "object": obj});
-                ctx.dispatch(Event::json(&payload)?).await?;
+                match ctx.dispatch(Event::json(&payload)?).await {
+                    // atMostOnce, gateway full: dropped (and counted) by design.
+                    Ok(()) | Err(DispatchError::Full { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
     }

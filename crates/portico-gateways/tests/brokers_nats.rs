@@ -156,6 +156,68 @@ async fn jetstream_acks_only_accepted_messages_and_loses_none() {
     let _ = js.delete_stream(&stream_name).await;
 }
 
+/// `ackAfterDelivery`: messages are accepted (the queue has room), yet none is acknowledged
+/// until the watcher took it, and none goes through the outbox.
+#[tokio::test]
+async fn ack_after_delivery_acks_jetstream_messages_only_once_delivered() {
+    let subject = unique("portico.jsd.");
+    let stream_name = unique("PORTICOD");
+    let nc = client(SHARED).await;
+    let js = async_nats::jetstream::new(nc.clone());
+    let stream = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: stream_name.clone(),
+            subjects: vec![format!("{subject}.>")],
+            storage: async_nats::jetstream::stream::StorageType::Memory,
+            ..Default::default()
+        })
+        .await
+        .expect("create the stream");
+    let outbox = tempfile::tempdir().unwrap();
+    let delivery =
+        portico::dispatch::Delivery::AckAfterDelivery(portico::dispatch::OutboxOptions {
+            dir: outbox.path().to_path_buf(),
+            max_bytes: 1 << 20,
+        });
+    let mut rig = Rig::with_delivery("natsgw", "nats", Arc::new(Nats), 64, Some(&delivery));
+    rig.watcher_up(false);
+    let config = format!("url: {SHARED}\nsubject: {subject}.>\nstream: {stream_name}\ndurable: gw");
+    rig.apply(&[("js", &config)]).await;
+    rig.wait_phase("js", Phase::Running).await;
+    let n = 5;
+    let want: Vec<String> = (0..n).map(|i| format!("d{i}")).collect();
+    for w in &want {
+        js.publish(format!("{subject}.x"), w.clone().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // What was pulled is dispatched, and waits for the watcher unacknowledged.
+    rig.wait_received("js", 1).await;
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer("gw").await.unwrap();
+    let info = consumer.info().await.unwrap().clone();
+    assert_eq!(
+        info.ack_floor.stream_sequence, 0,
+        "acked before delivery: {info:?}"
+    );
+    assert_eq!(rig.metrics.outbox.appends.get(), 0);
+    rig.watcher_up(true);
+    rig.until_all(&want).await;
+    wait_until("every message to be acked", || {
+        let mut c = consumer.clone();
+        async move {
+            let info = c.info().await.ok()?.clone();
+            (info.ack_floor.stream_sequence == n as u64).then_some(())
+        }
+    })
+    .await;
+    rig.supervisor.stop_all().await;
+    let _ = stream.delete_consumer("gw").await;
+    let _ = js.delete_stream(&stream_name).await;
+}
+
 #[tokio::test]
 async fn a_lost_server_is_reported_and_reconnected() {
     let mut server = PrivateBroker::start(

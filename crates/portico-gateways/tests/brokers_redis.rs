@@ -149,6 +149,54 @@ async fn stream_entries_are_acked_only_once_accepted_and_none_is_lost() {
     let _: i64 = c.del(&stream).await.unwrap();
 }
 
+/// `ackAfterDelivery`: entries are accepted (the queue has room), yet none is acknowledged
+/// until the watcher took it, and none goes through the outbox.
+#[tokio::test]
+async fn ack_after_delivery_acks_stream_entries_only_once_delivered() {
+    let stream = unique("portico:stream:");
+    let mut c = conn(SHARED).await;
+    let outbox = tempfile::tempdir().unwrap();
+    let delivery =
+        portico::dispatch::Delivery::AckAfterDelivery(portico::dispatch::OutboxOptions {
+            dir: outbox.path().to_path_buf(),
+            max_bytes: 1 << 20,
+        });
+    let mut rig = Rig::with_delivery("redisgw", "redis", Arc::new(Redis), 64, Some(&delivery));
+    rig.watcher_up(false);
+    let config = format!("url: {SHARED}\nstream: '{stream}'\nconsumerGroup: gw");
+    rig.apply(&[("s", &config)]).await;
+    rig.wait_phase("s", Phase::Running).await;
+    let n = 5;
+    let mut want = Vec::new();
+    for i in 0..n {
+        let _: String = c
+            .xadd(&stream, "*", &[("n", format!("d{i}"))])
+            .await
+            .unwrap();
+        want.push(format!("{{\"n\":\"d{i}\"}}"));
+    }
+    // What was read is dispatched, and waits for the watcher unacknowledged (pending); the
+    // reading waits too, so the broker keeps the rest.
+    rig.wait_received("s", 1).await;
+    let read = rig.received("s") as usize;
+    assert_eq!(
+        pending(&mut c, &stream, "gw").await,
+        read,
+        "acked before delivery"
+    );
+    assert_eq!(rig.metrics.outbox.appends.get(), 0);
+    rig.watcher_up(true);
+    rig.until_all(&want).await;
+    wait_until("no entry pending", || {
+        let mut c = c.clone();
+        let stream = &stream;
+        async move { (pending(&mut c, stream, "gw").await == 0).then_some(()) }
+    })
+    .await;
+    rig.supervisor.stop_all().await;
+    let _: i64 = c.del(&stream).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_lost_server_is_reported_and_reconnected() {
     let mut server = PrivateBroker::start(

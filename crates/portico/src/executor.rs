@@ -268,16 +268,22 @@ impl GatewayConfig {
     }
 
     /// Dispatches an event as configuration `src`, for code that holds no context. Resolves
-    /// once the event is accepted for delivery.
+    /// once the event is accepted for delivery (in `atMostOnce`, refuses it at once with
+    /// [`DispatchError::Full`] when the gateway is full, as [`ConfigContext::dispatch`]).
     pub async fn dispatch_event(
         &self,
         payload: impl Into<Event>,
         src: &str,
     ) -> Result<(), DispatchError> {
         let metrics = self.inner.pipeline.metrics().for_src(src);
+        let admission = if self.inner.pipeline.dispatcher().never_waits() {
+            Admission::NoWait
+        } else {
+            Admission::Wait(None)
+        };
         self.inner
             .pipeline
-            .dispatch(&metrics, payload.into(), Admission::Wait(None))
+            .dispatch(&metrics, payload.into(), admission)
             .await
     }
 }
@@ -392,18 +398,42 @@ impl ConfigContext {
             .set(self.id(), self.src(), phase, message.into());
     }
 
-    /// Dispatches an event and waits until it is accepted for delivery (waiting for room when
-    /// the dispatcher is full, until the configuration stops).
+    /// Dispatches an event and waits until it is accepted for delivery.
+    ///
+    /// In `atLeastOnce` (the default) and `ackAfterDelivery`, waits for room when the gateway
+    /// is full (until the configuration stops), which slows the source down. In `atMostOnce`
+    /// it never waits: a full gateway refuses the event at once with [`DispatchError::Full`]
+    /// (counted in `portico_events_rejected{reason="full"}`), and the source drops it.
     pub async fn dispatch(&self, event: impl Into<Event>) -> Result<(), DispatchError> {
         self.inner
             .gateway
             .pipeline()
-            .dispatch(
-                &self.inner.metrics,
-                event.into(),
-                Admission::Wait(Some(&self.inner.stop)),
-            )
+            .dispatch(&self.inner.metrics, event.into(), self.admission())
             .await
+    }
+
+    /// Dispatches an event of a source that acknowledges its messages itself (a broker), and
+    /// returns what to wait for before acking it: in `ackAfterDelivery` it resolves once every
+    /// watcher took the event (or dead-lettered it), and the event is not written to the
+    /// outbox, the broker keeping it until the ack; in the other modes it is done at once.
+    /// Waits for room as [`ConfigContext::dispatch`] does.
+    pub async fn dispatch_ackable(
+        &self,
+        event: impl Into<Event>,
+    ) -> Result<crate::dispatch::Delivered, DispatchError> {
+        self.inner
+            .gateway
+            .pipeline()
+            .dispatch_tracked(&self.inner.metrics, event.into(), self.admission())
+            .await
+    }
+
+    fn admission(&self) -> Admission<'_> {
+        if self.inner.gateway.pipeline().dispatcher().never_waits() {
+            Admission::NoWait
+        } else {
+            Admission::Wait(Some(&self.inner.stop))
+        }
     }
 
     /// Dispatches an event, failing at once with [`DispatchError::Full`] instead of waiting for
@@ -414,6 +444,19 @@ impl ConfigContext {
             .pipeline()
             .dispatch(&self.inner.metrics, event.into(), Admission::NoWait)
             .await
+    }
+
+    /// Counts `n` events this configuration could not produce because the gateway was full
+    /// (a calendar's ticks that fell due meanwhile), in
+    /// `portico_events_rejected{reason="missed"}`.
+    pub fn missed(&self, n: u64) {
+        if n > 0 {
+            self.inner
+                .gateway
+                .pipeline()
+                .metrics()
+                .reject_many(self.src(), "missed", n);
+        }
     }
 
     /// Asks the configuration to stop.

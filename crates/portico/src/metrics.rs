@@ -33,8 +33,10 @@ pub struct WatcherLabels {
 pub struct RejectLabels {
     /// The configuration key.
     pub src: String,
-    /// Why: `full`, `invalid`, `stopped`; `unauthorized` for a webhook delivery refused with
-    /// 401 (bad or missing signature or token).
+    /// Why: `full` (the gateway was full: the source got 503 or, in `atMostOnce`, dropped
+    /// the event), `invalid`, `stopped`; `missed` for calendar ticks that fell due while the
+    /// gateway was full and were never produced; `unauthorized` for a webhook delivery refused
+    /// with 401 (bad or missing signature or token).
     pub reason: String,
 }
 
@@ -255,12 +257,18 @@ impl Metrics {
 
     /// Counts an event refused for `reason`.
     pub fn reject(&self, src: &str, reason: &str) {
+        self.reject_many(src, reason, 1);
+    }
+
+    /// Counts `n` events refused for `reason` (`missed`: calendar ticks that fell due while
+    /// the gateway was full, never produced).
+    pub fn reject_many(&self, src: &str, reason: &str, n: u64) {
         self.rejected
             .get_or_create(&RejectLabels {
                 src: self.src_label(src),
                 reason: reason.to_string(),
             })
-            .inc();
+            .inc_by(n);
     }
 }
 

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use crate::cloudevents::CloudEvent;
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Delivered, Dispatcher};
 use crate::event::Event;
 use crate::executor::{Admission, DispatchError};
 use crate::metrics::{Metrics, SrcDelivery, SrcMetrics};
@@ -52,17 +52,42 @@ impl Pipeline {
         event: Event,
         admission: Admission<'_>,
     ) -> Result<(), DispatchError> {
-        src.received.inc();
-        let ce = match self.transformer.transform(&src.src, event) {
-            Ok(ce) => ce,
-            Err(reason) => {
-                self.metrics.reject(&src.src, "invalid");
-                return Err(DispatchError::Invalid(reason));
-            }
-        };
-        src.transformed.inc();
+        let ce = self.transform(src, event)?;
         self.accept(&src.src, src.delivery.clone(), ce, admission)
             .await
+    }
+
+    /// [`Pipeline::dispatch`] for a source that acks its events itself: what it returns
+    /// resolves once the event is delivered in `ackAfterDelivery`, at once otherwise.
+    pub async fn dispatch_tracked(
+        &self,
+        src: &SrcMetrics,
+        event: Event,
+        admission: Admission<'_>,
+    ) -> Result<Delivered, DispatchError> {
+        let ce = self.transform(src, event)?;
+        let r = self
+            .dispatcher
+            .accept_tracked(ce, admission, Some(src.delivery.clone()))
+            .await;
+        if let Err(e) = &r {
+            self.count_refusal(&src.src, e);
+        }
+        r
+    }
+
+    fn transform(&self, src: &SrcMetrics, event: Event) -> Result<CloudEvent, DispatchError> {
+        src.received.inc();
+        match self.transformer.transform(&src.src, event) {
+            Ok(ce) => {
+                src.transformed.inc();
+                Ok(ce)
+            }
+            Err(reason) => {
+                self.metrics.reject(&src.src, "invalid");
+                Err(DispatchError::Invalid(reason))
+            }
+        }
     }
 
     /// Accepts a CloudEvent that is already made (a CloudEvent posted to the ingest API).
@@ -88,13 +113,17 @@ impl Pipeline {
             .accept_for(ce, admission, Some(delivery))
             .await;
         if let Err(e) = &r {
-            let reason = match e {
-                DispatchError::Full { .. } => "full",
-                DispatchError::Invalid(_) => "invalid",
-                DispatchError::Stopped => "stopped",
-            };
-            self.metrics.reject(src, reason);
+            self.count_refusal(src, e);
         }
         r
+    }
+
+    fn count_refusal(&self, src: &str, e: &DispatchError) {
+        let reason = match e {
+            DispatchError::Full { .. } => "full",
+            DispatchError::Invalid(_) => "invalid",
+            DispatchError::Stopped => "stopped",
+        };
+        self.metrics.reject(src, reason);
     }
 }

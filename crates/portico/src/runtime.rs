@@ -166,19 +166,24 @@ pub fn build_pipeline_with(
     let delivery_spec = &gateway.spec.delivery;
     let delivery = match delivery_spec.mode.unwrap_or_default() {
         DeliveryMode::AtMostOnce => Delivery::AtMostOnce,
-        DeliveryMode::AtLeastOnce => {
+        mode @ (DeliveryMode::AtLeastOnce | DeliveryMode::AckAfterDelivery) => {
             let outbox = delivery_spec.outbox.clone().unwrap_or_default();
             let dir = match (&opts.outbox_dir, &outbox.path) {
                 (Some(d), _) => d.clone(),
                 (None, Some(p)) => relative(p),
                 (None, None) => crate::dispatch::outbox::default_dir(gateway),
             };
-            Delivery::AtLeastOnce(OutboxOptions {
+            let opts = OutboxOptions {
                 dir,
                 max_bytes: outbox
                     .max_bytes
                     .unwrap_or(crate::dispatch::outbox::DEFAULT_MAX_BYTES),
-            })
+            };
+            if mode == DeliveryMode::AckAfterDelivery {
+                Delivery::AckAfterDelivery(opts)
+            } else {
+                Delivery::AtLeastOnce(opts)
+            }
         }
     };
     let mut watchers = Vec::with_capacity(defs.len());
@@ -214,7 +219,7 @@ pub fn build_pipeline_with(
         let dead_letter = match (&def.dead_letter, &delivery) {
             (Some(d), _) => match (&d.file, &d.url) {
                 (Some(file), _) => DeadLetter::file(relative(file)),
-                (None, Some(url)) => DeadLetter::Url(
+                (None, Some(url)) => DeadLetter::Url(Box::new(
                     HttpSender::new(
                         client.clone(),
                         url,
@@ -223,11 +228,13 @@ pub fn build_pipeline_with(
                         version.clone(),
                     )
                     .map_err(RunError::Start)?,
-                ),
+                )),
                 (None, None) => DeadLetter::Log,
             },
-            (None, Delivery::AtLeastOnce(o)) => DeadLetter::file(o.dir.join("dead-letter.jsonl")),
-            (None, Delivery::AtMostOnce) => DeadLetter::Log,
+            (None, d) => match d.outbox() {
+                Some(o) => DeadLetter::file(o.dir.join("dead-letter.jsonl")),
+                None => DeadLetter::Log,
+            },
         };
         watchers.push(WatcherEntry {
             name: def.name,
@@ -240,6 +247,8 @@ pub fn build_pipeline_with(
         .map_err(|e| RunError::Start(format!("gateway `{}`: {e}", gateway.metadata.name)))?;
     if let Delivery::AtLeastOnce(o) = &delivery {
         tracing::info!(outbox = %o.dir.display(), max_bytes = o.max_bytes, "delivery atLeastOnce: durable outbox");
+    } else if let Delivery::AckAfterDelivery(o) = &delivery {
+        tracing::info!(outbox = %o.dir.display(), max_bytes = o.max_bytes, "delivery ackAfterDelivery: brokers acked after delivery, other sources through the durable outbox");
     } else {
         tracing::info!("delivery atMostOnce: events are kept in memory only");
     }

@@ -368,8 +368,8 @@ pub struct WatcherSettings {
     /// Retry policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySettings>,
-    /// Delivery mode of the gateway (`spec.delivery` only): `atLeastOnce` (default) or
-    /// `atMostOnce`.
+    /// Delivery mode of the gateway (`spec.delivery` only): `atLeastOnce` (default),
+    /// `atMostOnce` or `ackAfterDelivery`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<DeliveryMode>,
     /// The durable outbox of an `atLeastOnce` gateway (`spec.delivery` only).
@@ -388,9 +388,16 @@ pub enum DeliveryMode {
     /// accepted; events not yet delivered are replayed after a restart.
     #[default]
     AtLeastOnce,
-    /// Events are queued in memory only: nothing survives a crash, the source never waits for
-    /// a disk.
+    /// Events are queued in memory only: nothing survives a crash, and the source never
+    /// waits, for a disk or for room: an event that finds the gateway full is dropped and
+    /// counted (`portico_events_rejected{reason="full"}`), a calendar tick counted as missed.
     AtMostOnce,
+    /// `atLeastOnce`, except that sources which acknowledge their own messages one by one
+    /// (the `nats` gateway's JetStream consumers, the `redis` gateway's Streams consumer
+    /// groups) ack each one only after every watcher took it (or it was dead-lettered), and
+    /// their events skip the outbox: the broker keeps them until then. Every other source goes
+    /// through the outbox as in `atLeastOnce`.
+    AckAfterDelivery,
 }
 
 /// The durable outbox of a gateway.

@@ -9,7 +9,9 @@ use tokio::sync::mpsc;
 
 use crate::cloudevents::CloudEvent;
 use crate::configuration::Configuration;
-use crate::dispatch::{DeliveryError, Dispatcher, QueueSettings, Sender};
+use crate::dispatch::{
+    DeadLetter, Delivery, DeliveryError, Dispatcher, QueueSettings, Sender, WatcherEntry,
+};
 use crate::executor::{BoxFuture, ConfigContext, GatewayConfig, SharedExecutor};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
@@ -17,15 +19,23 @@ use crate::status::{Node, Phase, StatusBoard};
 use crate::supervisor::{RestartPolicy, Supervisor};
 use crate::transform::Transformer;
 
-struct Capture(mpsc::UnboundedSender<CloudEvent>);
+struct Capture {
+    tx: mpsc::UnboundedSender<CloudEvent>,
+    /// False while the harness holds deliveries back ([`Harness::pause`]).
+    open: tokio::sync::watch::Receiver<bool>,
+}
 
 impl Sender for Capture {
     fn send<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {
-        let r = self
-            .0
-            .send(event.clone())
-            .map_err(|_| DeliveryError::permanent("the harness is gone"));
-        Box::pin(std::future::ready(r))
+        Box::pin(async move {
+            let mut open = self.open.clone();
+            if open.wait_for(|o| *o).await.is_err() {
+                return Err(DeliveryError::permanent("the harness is gone"));
+            }
+            self.tx
+                .send(event.clone())
+                .map_err(|_| DeliveryError::permanent("the harness is gone"))
+        })
     }
 }
 
@@ -38,6 +48,7 @@ pub struct Harness {
     /// Its metrics.
     pub metrics: Arc<Metrics>,
     events: mpsc::UnboundedReceiver<CloudEvent>,
+    open: tokio::sync::watch::Sender<bool>,
 }
 
 impl Harness {
@@ -48,12 +59,44 @@ impl Harness {
 
     /// The same with the capturing watcher's queue settings given.
     pub fn with_queue(name: &str, gateway_type: &str, queue: QueueSettings) -> Harness {
+        Self::build(name, gateway_type, queue, None)
+    }
+
+    /// The same in delivery mode `delivery` (`atMostOnce`, or an outbox in a directory of the
+    /// test's), its dead letters written to the log.
+    pub fn with_delivery(
+        name: &str,
+        gateway_type: &str,
+        queue: QueueSettings,
+        delivery: &Delivery,
+    ) -> Harness {
+        Self::build(name, gateway_type, queue, Some(delivery))
+    }
+
+    fn build(
+        name: &str,
+        gateway_type: &str,
+        queue: QueueSettings,
+        delivery: Option<&Delivery>,
+    ) -> Harness {
         let metrics = Metrics::new();
         let (tx, events) = mpsc::unbounded_channel();
-        let dispatcher = Dispatcher::start(
-            vec![("capture".to_string(), Arc::new(Capture(tx)), queue)],
-            &metrics,
-        );
+        let (open, open_rx) = tokio::sync::watch::channel(true);
+        let capture: Arc<dyn Sender> = Arc::new(Capture { tx, open: open_rx });
+        let dispatcher = match delivery {
+            None => Dispatcher::start(vec![("capture".to_string(), capture, queue)], &metrics),
+            Some(d) => Dispatcher::start_with(
+                vec![WatcherEntry {
+                    name: "capture".to_string(),
+                    sender: capture,
+                    queue,
+                    dead_letter: Arc::new(DeadLetter::Log),
+                }],
+                &metrics,
+                d,
+            )
+            .unwrap_or_else(|e| panic!("cannot start the dispatcher: {e}")),
+        };
         let pipeline = Pipeline::new(
             Transformer::new(name, gateway_type, "1.0"),
             dispatcher,
@@ -65,7 +108,19 @@ impl Harness {
             board,
             metrics,
             events,
+            open,
         }
+    }
+
+    /// Holds deliveries back: the capturing watcher takes nothing until [`Harness::resume`],
+    /// so its queue fills as a slow watcher's would.
+    pub fn pause(&self) {
+        self.open.send_replace(false);
+    }
+
+    /// Lets held deliveries through again.
+    pub fn resume(&self) {
+        self.open.send_replace(true);
     }
 
     /// A context for configuration `src` → `value`.

@@ -16,7 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use portico::cloudevents::CloudEvent;
-use portico::dispatch::{DeliveryError, Dispatcher, QueueSettings, RetryPolicy, Sender};
+use portico::dispatch::{
+    DeadLetter, Delivery, DeliveryError, Dispatcher, QueueSettings, RetryPolicy, Sender,
+    WatcherEntry,
+};
 use portico::executor::BoxFuture;
 use portico::metrics::Metrics;
 use portico::pipeline::Pipeline;
@@ -77,6 +80,17 @@ impl Rig {
         executor: SharedExecutor,
         queue_size: usize,
     ) -> Rig {
+        Self::with_delivery(name, gateway_type, executor, queue_size, None)
+    }
+
+    /// The same in delivery mode `delivery` (`None`: in memory, sources wait for room).
+    pub fn with_delivery(
+        name: &str,
+        gateway_type: &str,
+        executor: SharedExecutor,
+        queue_size: usize,
+        delivery: Option<&Delivery>,
+    ) -> Rig {
         let metrics = Metrics::new();
         let up = Arc::new(AtomicBool::new(true));
         let (tx, events) = mpsc::unbounded_channel();
@@ -91,10 +105,23 @@ impl Rig {
             },
         };
         let watcher = GatedWatcher { up: up.clone(), tx };
-        let dispatcher = Dispatcher::start(
-            vec![("watcher".to_string(), Arc::new(watcher), settings)],
-            &metrics,
-        );
+        let dispatcher = match delivery {
+            None => Dispatcher::start(
+                vec![("watcher".to_string(), Arc::new(watcher), settings)],
+                &metrics,
+            ),
+            Some(d) => Dispatcher::start_with(
+                vec![WatcherEntry {
+                    name: "watcher".to_string(),
+                    sender: Arc::new(watcher),
+                    queue: settings,
+                    dead_letter: Arc::new(DeadLetter::Log),
+                }],
+                &metrics,
+                d,
+            )
+            .expect("start the dispatcher"),
+        };
         let pipeline = Pipeline::new(
             Transformer::new(name, gateway_type, "1.0"),
             dispatcher,

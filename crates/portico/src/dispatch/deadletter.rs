@@ -25,7 +25,7 @@ pub enum DeadLetter {
         lock: Arc<Mutex<()>>,
     },
     /// POSTed to a URL.
-    Url(HttpSender),
+    Url(Box<HttpSender>),
     /// Only an error log line holding the whole event.
     Log,
 }

@@ -1,20 +1,29 @@
-//! The HTTP watcher: one pooled keep-alive client, one request per attempt.
+//! The HTTP watcher: keep-alive connections, one request per attempt.
 //!
 //! Events are written in structured mode by default (`application/cloudevents+json`), in
 //! binary mode (`ce-*` headers, the data as body), or as the original's CloudEvents 0.1 JSON.
 //! 2xx is delivered; connection errors, timeouts, 408, 429 and 5xx are retryable; any other
 //! status is a permanent failure.
+//!
+//! Transport: an `http://` watcher gets connections of its own (`hyper`'s HTTP/1 client
+//! connections, each used by one request at a time and kept alive in the sender's idle list),
+//! which is measurably cheaper per event than a shared pool (PERFORMANCE.md); an `https://`
+//! watcher goes through the gateway's shared `reqwest` client (rustls).
 
+use std::sync::Mutex;
 use std::time::Duration;
 
-use http::StatusCode;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
 
 use super::{DeliveryError, Sender};
 use crate::cloudevents::{self, CloudEvent};
 use crate::executor::BoxFuture;
 use crate::spec::Encoding;
 
-/// The client every HTTP watcher of a gateway shares (pooled keep-alive connections).
+/// The client `https://` watchers of a gateway share (pooled keep-alive connections).
 pub fn shared_client() -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .pool_idle_timeout(Duration::from_secs(90))
@@ -24,17 +33,41 @@ pub fn shared_client() -> Result<reqwest::Client, String> {
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
 
+/// Idle connections kept per `http://` watcher (beyond them, a finished one is closed).
+const MAX_IDLE: usize = 256;
+/// The most of a watcher's answer read (so the connection can be reused); the rest is dropped
+/// with the connection.
+const MAX_ANSWER: usize = 64 * 1024;
+
 /// Sends events to one URL.
 pub struct HttpSender {
-    client: reqwest::Client,
     url: reqwest::Url,
+    transport: Transport,
     encoding: Encoding,
     timeout: Duration,
     event_type_version: Option<String>,
 }
 
+enum Transport {
+    /// `http://`: connections of this sender's own.
+    Plain(Connections),
+    /// `https://`: the shared client.
+    Shared(reqwest::Client),
+}
+
+/// The keep-alive connections of one `http://` watcher.
+struct Connections {
+    /// `host:port` to connect to.
+    addr: String,
+    /// The `Host` header.
+    host: HeaderValue,
+    /// Path and query of every request.
+    path: http::uri::PathAndQuery,
+    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+}
+
 impl HttpSender {
-    /// A sender to `url`.
+    /// A sender to `url`; `client` serves it when it is `https://`.
     pub fn new(
         client: reqwest::Client,
         url: &str,
@@ -42,36 +75,208 @@ impl HttpSender {
         timeout: Duration,
         event_type_version: Option<String>,
     ) -> Result<HttpSender, String> {
-        let url = reqwest::Url::parse(url).map_err(|e| format!("url `{url}`: {e}"))?;
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("url `{url}`: {e}"))?;
+        let transport = match parsed.scheme() {
+            "http" => {
+                let host = parsed
+                    .host_str()
+                    .ok_or_else(|| format!("url `{url}`: no host"))?;
+                let port = parsed.port_or_known_default().unwrap_or(80);
+                let authority = match parsed.port() {
+                    Some(p) => format!("{host}:{p}"),
+                    None => host.to_string(),
+                };
+                let mut path = parsed.path().to_string();
+                if let Some(q) = parsed.query() {
+                    path.push('?');
+                    path.push_str(q);
+                }
+                Transport::Plain(Connections {
+                    addr: format!(
+                        "{}:{port}",
+                        host.trim_start_matches('[').trim_end_matches(']')
+                    ),
+                    host: HeaderValue::from_str(&authority)
+                        .map_err(|e| format!("url `{url}`: host: {e}"))?,
+                    path: path
+                        .parse()
+                        .map_err(|e| format!("url `{url}`: path: {e}"))?,
+                    idle: Mutex::new(Vec::new()),
+                })
+            }
+            _ => Transport::Shared(client),
+        };
         Ok(HttpSender {
-            client,
-            url,
+            url: parsed,
+            transport,
             encoding,
             timeout,
             event_type_version,
         })
     }
 
-    fn request(&self, event: &CloudEvent) -> reqwest::RequestBuilder {
-        let (headers, body) = match self.encoding {
+    fn encode(&self, event: &CloudEvent) -> (HeaderMap, Bytes) {
+        match self.encoding {
             Encoding::Structured => cloudevents::http::encode_structured(event),
             Encoding::Binary => cloudevents::http::encode_binary(event),
             Encoding::Legacy => {
-                let mut h = http::HeaderMap::new();
+                let mut h = HeaderMap::new();
                 h.insert(
                     http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("application/json"),
+                    HeaderValue::from_static("application/json"),
                 );
                 let body =
                     cloudevents::legacy::to_json_v01(event, self.event_type_version.as_deref());
-                (h, bytes::Bytes::from(body))
+                (h, Bytes::from(body))
             }
-        };
-        self.client
+        }
+    }
+
+    fn timed_out(&self) -> DeliveryError {
+        DeliveryError::retryable(format!(
+            "no answer within {}",
+            humantime::format_duration(self.timeout)
+        ))
+    }
+
+    /// One attempt through the shared client (`https://`).
+    async fn send_shared(
+        &self,
+        client: &reqwest::Client,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<StatusCode, DeliveryError> {
+        let mut response = client
             .post(self.url.clone())
             .headers(headers)
             .body(body)
             .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    self.timed_out()
+                } else if e.is_connect() {
+                    DeliveryError::retryable(format!("cannot connect: {e}"))
+                } else {
+                    DeliveryError::retryable(format!("request failed: {e}"))
+                }
+            })?;
+        // Read the answer so that the connection goes back to the pool.
+        let mut read = 0usize;
+        while let Ok(Some(chunk)) = response.chunk().await {
+            read += chunk.len();
+            if read > MAX_ANSWER {
+                break;
+            }
+        }
+        Ok(response.status())
+    }
+
+    /// One attempt on a connection of this sender's own (`http://`).
+    async fn send_plain(
+        &self,
+        conns: &Connections,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<StatusCode, DeliveryError> {
+        let (mut conn, mut reused) = match conns.take_idle() {
+            Some(c) => (c, true),
+            None => (conns.connect().await?, false),
+        };
+        let mut request = http::Request::new(Full::new(body));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = conns.path.clone().into();
+        *request.headers_mut() = headers;
+        request
+            .headers_mut()
+            .insert(http::header::HOST, conns.host.clone());
+        let response = loop {
+            match conn.try_send_request(request).await {
+                Ok(r) => break r,
+                Err(mut e) => match e.take_message() {
+                    // The watcher closed an idle connection as it was taken up: the request
+                    // never left, so send it at once on a new connection.
+                    Some(unsent) if reused => {
+                        request = unsent;
+                        conn = conns.connect().await?;
+                        reused = false;
+                    }
+                    _ => {
+                        return Err(DeliveryError::retryable(format!(
+                            "request failed: {}",
+                            e.error()
+                        )));
+                    }
+                },
+            }
+        };
+        let status = response.status();
+        let mut body = response.into_body();
+        let mut read = 0usize;
+        let mut complete = false;
+        loop {
+            match body.frame().await {
+                None => {
+                    complete = true;
+                    break;
+                }
+                Some(Ok(frame)) => {
+                    read += frame.data_ref().map(|d| d.len()).unwrap_or(0);
+                    if read > MAX_ANSWER {
+                        break;
+                    }
+                }
+                Some(Err(_)) => break,
+            }
+        }
+        if complete {
+            conns.give_back(conn);
+        }
+        Ok(status)
+    }
+}
+
+impl Connections {
+    /// An idle connection still open, if any.
+    fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(c) = idle.pop() {
+            if c.is_ready() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    fn give_back(&self, conn: SendRequest<Full<Bytes>>) {
+        if !conn.is_ready() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, DeliveryError> {
+        let stream = tokio::net::TcpStream::connect(&self.addr)
+            .await
+            .map_err(|e| {
+                DeliveryError::retryable(format!("cannot connect to {}: {e}", self.addr))
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| {
+                    DeliveryError::retryable(format!("cannot connect to {}: {e}", self.addr))
+                })?;
+        // The connection task ends when the sender is dropped or the peer closes.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(sender)
     }
 }
 
@@ -85,20 +290,15 @@ pub fn retryable_status(status: StatusCode) -> bool {
 impl Sender for HttpSender {
     fn send<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(async move {
-            let response = self.request(event).send().await.map_err(|e| {
-                let what = if e.is_timeout() {
-                    format!(
-                        "no answer within {}",
-                        humantime::format_duration(self.timeout)
-                    )
-                } else if e.is_connect() {
-                    "cannot connect".to_string()
-                } else {
-                    "request failed".to_string()
-                };
-                DeliveryError::retryable(format!("{what}: {e}"))
-            })?;
-            let status = response.status();
+            let (headers, body) = self.encode(event);
+            let status = match &self.transport {
+                Transport::Shared(client) => self.send_shared(client, headers, body).await?,
+                Transport::Plain(conns) => {
+                    tokio::time::timeout(self.timeout, self.send_plain(conns, headers, body))
+                        .await
+                        .map_err(|_| self.timed_out())??
+                }
+            };
             if status.is_success() {
                 return Ok(());
             }

@@ -13,7 +13,11 @@
 //! Delivery modes: `atMostOnce` keeps the queues in memory only. `atLeastOnce` (the default)
 //! also writes every event to the durable [`outbox`] before `accept` returns, each watcher's
 //! cursor moves as it is done with an event, and after a restart a replay task per watcher
-//! queues what that watcher had not finished, ids unchanged.
+//! queues what that watcher had not finished, ids unchanged. `ackAfterDelivery` is
+//! `atLeastOnce` for every source but the ackable ones (brokers), whose events skip the outbox:
+//! [`Dispatcher::accept_tracked`] hands back a [`Delivered`] that resolves once every watcher
+//! took the event (or it was dead-lettered), and only then does the source ack it, so the broker
+//! keeps the event until it is safe.
 
 pub mod deadletter;
 pub mod http;
@@ -23,9 +27,10 @@ pub mod stdout;
 pub mod watchers;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -119,6 +124,65 @@ pub enum Delivery {
     AtMostOnce,
     /// In the durable outbox as well.
     AtLeastOnce(OutboxOptions),
+    /// As `AtLeastOnce`, but events of ackable sources skip the outbox: the source acks them
+    /// once they are delivered (see [`Dispatcher::accept_tracked`]).
+    AckAfterDelivery(OutboxOptions),
+}
+
+impl Delivery {
+    /// The outbox of this mode, if it has one.
+    pub fn outbox(&self) -> Option<&OutboxOptions> {
+        match self {
+            Delivery::AtMostOnce => None,
+            Delivery::AtLeastOnce(o) | Delivery::AckAfterDelivery(o) => Some(o),
+        }
+    }
+}
+
+/// Resolves once an accepted event is done with: delivered to every watcher, or dead-lettered
+/// by those that never took it. What a source waits for before it acks a broker message in
+/// `ackAfterDelivery`; in the other modes it is done at once (the event is in the outbox, or,
+/// in `atMostOnce`, in memory).
+#[derive(Debug)]
+pub struct Delivered {
+    rx: Option<oneshot::Receiver<()>>,
+}
+
+impl Delivered {
+    /// Done already.
+    pub fn now() -> Delivered {
+        Delivered { rx: None }
+    }
+
+    /// True when there is nothing to wait for.
+    pub fn is_done(&self) -> bool {
+        self.rx.is_none()
+    }
+
+    /// Waits until the event is done with: true when every watcher took it or dead-lettered
+    /// it, false when the gateway shut down first (do not ack: the broker will send it again).
+    pub async fn wait(self) -> bool {
+        match self.rx {
+            None => true,
+            Some(rx) => rx.await.is_ok(),
+        }
+    }
+}
+
+/// Counts the watchers still to finish one tracked event.
+struct Tracker {
+    left: AtomicUsize,
+    done: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl Tracker {
+    fn finished_one(&self) {
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Some(tx) = self.done.lock().unwrap_or_else(|e| e.into_inner()).take()
+        {
+            let _ = tx.send(());
+        }
+    }
 }
 
 fn now_ms() -> u64 {
@@ -136,6 +200,8 @@ struct Queued {
     accepted_ms: u64,
     /// Its place in the outbox, in `atLeastOnce`.
     seq: Option<u64>,
+    /// Told when this watcher is done with it, for an event whose source acks after delivery.
+    tracker: Option<Arc<Tracker>>,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -153,11 +219,23 @@ pub struct Dispatcher {
     abort: CancellationToken,
     closing: CancellationToken,
     outbox: Option<Arc<Outbox>>,
+    mode: Mode,
+}
+
+/// The delivery mode, without its outbox options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// In memory, sources wait for room ([`Dispatcher::start`]).
+    Memory,
+    AtMostOnce,
+    AtLeastOnce,
+    AckAfterDelivery,
 }
 
 impl Dispatcher {
-    /// Starts the senders of every watcher, in memory only (`atMostOnce`), dead letters
-    /// written to the log.
+    /// Starts the senders of every watcher, in memory only, dead letters written to the log.
+    /// Unlike `atMostOnce`, sources wait for room (as in the default mode): what tests and
+    /// embedders want from a dispatcher without an outbox.
     pub fn start(
         watchers: Vec<(String, Arc<dyn Sender>, QueueSettings)>,
         metrics: &Metrics,
@@ -171,7 +249,7 @@ impl Dispatcher {
                 dead_letter: Arc::new(DeadLetter::Log),
             })
             .collect();
-        Self::start_parts(entries, metrics, None, Vec::new())
+        Self::start_parts(entries, metrics, None, Vec::new(), Mode::Memory)
     }
 
     /// Starts the senders of every watcher under `delivery`; in `atLeastOnce` opens the
@@ -181,12 +259,23 @@ impl Dispatcher {
         metrics: &Metrics,
         delivery: &Delivery,
     ) -> Result<Dispatcher, String> {
-        match delivery {
-            Delivery::AtMostOnce => Ok(Self::start_parts(watchers, metrics, None, Vec::new())),
-            Delivery::AtLeastOnce(opts) => {
+        let mode = match delivery {
+            Delivery::AtMostOnce => Mode::AtMostOnce,
+            Delivery::AtLeastOnce(_) => Mode::AtLeastOnce,
+            Delivery::AckAfterDelivery(_) => Mode::AckAfterDelivery,
+        };
+        match delivery.outbox() {
+            None => Ok(Self::start_parts(watchers, metrics, None, Vec::new(), mode)),
+            Some(opts) => {
                 let names: Vec<String> = watchers.iter().map(|w| w.name.clone()).collect();
                 let (outbox, replays) = Outbox::open(opts, &names, metrics.outbox.clone())?;
-                Ok(Self::start_parts(watchers, metrics, Some(outbox), replays))
+                Ok(Self::start_parts(
+                    watchers,
+                    metrics,
+                    Some(outbox),
+                    replays,
+                    mode,
+                ))
             }
         }
     }
@@ -196,6 +285,7 @@ impl Dispatcher {
         metrics: &Metrics,
         outbox: Option<Arc<Outbox>>,
         replays: Vec<outbox::ReplayRange>,
+        mode: Mode,
     ) -> Dispatcher {
         let tasks = TaskTracker::new();
         let abort = CancellationToken::new();
@@ -262,7 +352,18 @@ impl Dispatcher {
             abort,
             closing,
             outbox,
+            mode,
         }
+    }
+
+    /// True in `atMostOnce`: sources never wait for room, a full queue drops the event.
+    pub fn never_waits(&self) -> bool {
+        self.mode == Mode::AtMostOnce
+    }
+
+    /// True in `ackAfterDelivery`: ackable sources ack only once the event is delivered.
+    pub fn acks_after_delivery(&self) -> bool {
+        self.mode == Mode::AckAfterDelivery
     }
 
     /// The watchers' names.
@@ -287,6 +388,43 @@ impl Dispatcher {
         event: CloudEvent,
         admission: Admission<'_>,
         src: Option<SrcDelivery>,
+    ) -> Result<(), DispatchError> {
+        self.enqueue(event, admission, src, None).await
+    }
+
+    /// Accepts an event of a source that acks it itself (a broker), returning what resolves
+    /// once it is delivered. In `ackAfterDelivery` the event skips the outbox (the broker keeps
+    /// it until the ack); in the other modes this is [`Dispatcher::accept_for`] and the
+    /// returned [`Delivered`] is done at once.
+    pub async fn accept_tracked(
+        &self,
+        event: CloudEvent,
+        admission: Admission<'_>,
+        src: Option<SrcDelivery>,
+    ) -> Result<Delivered, DispatchError> {
+        if self.mode != Mode::AckAfterDelivery {
+            self.enqueue(event, admission, src, None).await?;
+            return Ok(Delivered::now());
+        }
+        let (tx, rx) = oneshot::channel();
+        let tracker = Arc::new(Tracker {
+            left: AtomicUsize::new(self.queues.len()),
+            done: std::sync::Mutex::new(Some(tx)),
+        });
+        if self.queues.is_empty() {
+            tracker.left.store(1, Ordering::Release);
+            tracker.finished_one();
+        }
+        self.enqueue(event, admission, src, Some(tracker)).await?;
+        Ok(Delivered { rx: Some(rx) })
+    }
+
+    async fn enqueue(
+        &self,
+        event: CloudEvent,
+        admission: Admission<'_>,
+        src: Option<SrcDelivery>,
+        tracker: Option<Arc<Tracker>>,
     ) -> Result<(), DispatchError> {
         let mut slots = Vec::with_capacity(self.queues.len());
         for q in &self.queues {
@@ -316,9 +454,9 @@ impl Dispatcher {
             };
             slots.push(slot);
         }
-        let seq = match &self.outbox {
-            Some(o) => Some(o.append(&event, admission).await?),
-            None => None,
+        let seq = match (&self.outbox, &tracker) {
+            (Some(o), None) => Some(o.append(&event, admission).await?),
+            _ => None,
         };
         let event = Arc::new(event);
         let now = Instant::now();
@@ -330,6 +468,7 @@ impl Dispatcher {
                 accepted_at: now,
                 accepted_ms,
                 seq,
+                tracker: tracker.clone(),
                 _slot: slot,
             };
             if q.tx.try_send(queued).is_err() {
@@ -412,6 +551,7 @@ async fn replay(
                 accepted_at: Instant::now(),
                 accepted_ms: record.accepted_ms,
                 seq: Some(record.seq),
+                tracker: None,
                 _slot: slot,
             };
             if tx.try_send(queued).is_err() {
@@ -446,8 +586,13 @@ impl Worker {
                 },
             };
             let done = self.deliver(&queued).await;
-            if let (true, Some(o), Some(seq)) = (done, &self.outbox, queued.seq) {
-                o.done(self.index, seq);
+            if done {
+                if let (Some(o), Some(seq)) = (&self.outbox, queued.seq) {
+                    o.done(self.index, seq);
+                }
+                if let Some(t) = &queued.tracker {
+                    t.finished_one();
+                }
             }
             self.metrics.queue_depth.dec();
         }
@@ -609,6 +754,143 @@ mod tests {
             assert!(Instant::now() < deadline, "condition not met within 10 s");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Takes events only while its gate is open.
+    struct Gated(tokio::sync::watch::Receiver<bool>);
+    impl Sender for Gated {
+        fn send<'a>(&'a self, _: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {
+            let mut open = self.0.clone();
+            Box::pin(async move {
+                let _ = open.wait_for(|o| *o).await;
+                Ok(())
+            })
+        }
+    }
+
+    fn named(
+        name: &str,
+        sender: Arc<dyn Sender>,
+        retry: RetryPolicy,
+        dead: &std::path::Path,
+    ) -> WatcherEntry {
+        WatcherEntry {
+            name: name.into(),
+            ..entry(sender, retry, dead)
+        }
+    }
+
+    #[tokio::test]
+    async fn ack_after_delivery_resolves_once_every_watcher_took_the_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join("dead.jsonl");
+        let (gate, gate_rx) = tokio::sync::watch::channel(false);
+        let metrics = Metrics::new();
+        let d = Dispatcher::start_with(
+            vec![
+                named("fast", Arc::new(Takes::default()), patient(), &dead),
+                named("slow", Arc::new(Gated(gate_rx)), patient(), &dead),
+            ],
+            &metrics,
+            &Delivery::AckAfterDelivery(OutboxOptions {
+                dir: dir.path().join("outbox"),
+                max_bytes: 1 << 20,
+            }),
+        )
+        .unwrap();
+        assert!(d.acks_after_delivery() && !d.never_waits());
+        let delivered = d
+            .accept_tracked(event(1), Admission::NoWait, None)
+            .await
+            .unwrap();
+        assert!(!delivered.is_done());
+        let fast = metrics.for_watcher("fast").delivered;
+        until(|| (fast.get() == 1).then_some(())).await;
+        let mut waiting = tokio::spawn(delivered.wait());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), &mut waiting)
+                .await
+                .is_err(),
+            "resolved before the slow watcher took the event"
+        );
+        gate.send_replace(true);
+        assert!(waiting.await.unwrap());
+        // The broker keeps the event until the ack: nothing went to the outbox.
+        assert_eq!(metrics.outbox.appends.get(), 0);
+        // An event of a source that cannot ack still goes through the outbox.
+        d.accept(event(2), Admission::NoWait).await.unwrap();
+        assert_eq!(metrics.outbox.appends.get(), 1);
+        assert_eq!(d.drain(Duration::from_secs(5)).await, 0);
+    }
+
+    #[tokio::test]
+    async fn ack_after_delivery_counts_a_dead_letter_as_done_and_a_shutdown_as_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join("dead.jsonl");
+        let give_up = RetryPolicy {
+            max_attempts: 2,
+            ..patient()
+        };
+        let metrics = Metrics::new();
+        let opts = OutboxOptions {
+            dir: dir.path().join("outbox"),
+            max_bytes: 1 << 20,
+        };
+        let d = Dispatcher::start_with(
+            vec![entry(Arc::new(Refuses), give_up, &dead)],
+            &metrics,
+            &Delivery::AckAfterDelivery(opts.clone()),
+        )
+        .unwrap();
+        let delivered = d
+            .accept_tracked(event(1), Admission::NoWait, None)
+            .await
+            .unwrap();
+        assert!(delivered.wait().await);
+        let line = std::fs::read_to_string(&dead).unwrap();
+        assert!(line.contains("id-1"), "{line}");
+        assert_eq!(d.drain(Duration::from_secs(5)).await, 0);
+
+        drop(d);
+        // A watcher that never takes it, and the gateway stops: not done, do not ack.
+        let d = Dispatcher::start_with(
+            vec![entry(Arc::new(Refuses), patient(), &dead)],
+            &metrics,
+            &Delivery::AckAfterDelivery(OutboxOptions {
+                dir: dir.path().join("outbox2"),
+                ..opts
+            }),
+        )
+        .unwrap();
+        let delivered = d
+            .accept_tracked(event(2), Admission::NoWait, None)
+            .await
+            .unwrap();
+        d.drain(Duration::from_millis(50)).await;
+        assert!(!delivered.wait().await);
+    }
+
+    #[tokio::test]
+    async fn tracked_events_are_done_at_once_in_the_other_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join("dead.jsonl");
+        let metrics = Metrics::new();
+        let d = Dispatcher::start_with(
+            vec![entry(Arc::new(Refuses), patient(), &dead)],
+            &metrics,
+            &Delivery::AtLeastOnce(OutboxOptions {
+                dir: dir.path().join("outbox"),
+                max_bytes: 1 << 20,
+            }),
+        )
+        .unwrap();
+        let delivered = d
+            .accept_tracked(event(1), Admission::NoWait, None)
+            .await
+            .unwrap();
+        assert!(delivered.is_done());
+        assert_eq!(metrics.outbox.appends.get(), 1);
+        d.drain(Duration::from_millis(10)).await;
     }
 
     #[tokio::test]

@@ -169,7 +169,8 @@ impl GrpcProcessor {
                 Err(status) => return StreamEnd::Failed(status),
             };
             match ctx.dispatch(event).await {
-                Ok(()) => {}
+                // atMostOnce, gateway full: dropped (and counted) by design.
+                Ok(()) | Err(DispatchError::Full { .. }) => {}
                 Err(DispatchError::Stopped) => return StreamEnd::Stopped,
                 Err(e) => {
                     // One bad event must not end the configuration: it is counted as
