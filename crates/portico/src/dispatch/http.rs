@@ -311,3 +311,139 @@ impl Sender for HttpSender {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A watcher on port 0 answering `status` (with `Connection: close` when `close`),
+    /// counting the connections it accepted and the requests it answered.
+    async fn watcher(status: u16, close: bool) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/events?x=1", listener.local_addr().unwrap());
+        let conns = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (c, r) = (conns.clone(), requests.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                c.fetch_add(1, Ordering::SeqCst);
+                let r = r.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let r = r.clone();
+                            async move {
+                                assert_eq!(req.uri().path(), "/events");
+                                assert_eq!(req.uri().query(), Some("x=1"));
+                                let body = req.into_body().collect().await.unwrap().to_bytes();
+                                let ce = CloudEvent::from_json(&body).unwrap();
+                                assert!(ce.id.starts_with("id-"));
+                                r.fetch_add(1, Ordering::SeqCst);
+                                let mut resp = http::Response::new(Full::new(Bytes::from("ok")));
+                                *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+                                if close {
+                                    resp.headers_mut().insert(
+                                        http::header::CONNECTION,
+                                        HeaderValue::from_static("close"),
+                                    );
+                                }
+                                Ok::<_, std::convert::Infallible>(resp)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (url, conns, requests)
+    }
+
+    fn sender(url: &str) -> HttpSender {
+        HttpSender::new(
+            shared_client().unwrap(),
+            url,
+            Encoding::Structured,
+            Duration::from_secs(5),
+            None,
+        )
+        .unwrap()
+    }
+
+    fn event(i: usize) -> CloudEvent {
+        CloudEvent::new(format!("id-{i}"), "g/s", "t")
+    }
+
+    #[tokio::test]
+    async fn one_connection_is_kept_alive_for_events_in_sequence() {
+        let (url, conns, requests) = watcher(200, false).await;
+        let s = sender(&url);
+        for i in 0..50 {
+            s.send(&event(i)).await.unwrap();
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), 50);
+        assert_eq!(conns.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_events_use_as_many_connections_as_are_in_flight_and_no_more() {
+        let (url, conns, requests) = watcher(200, false).await;
+        let s = Arc::new(sender(&url));
+        for round in 0..5 {
+            let mut tasks = Vec::new();
+            for i in 0..8 {
+                let s = s.clone();
+                tasks.push(tokio::spawn(
+                    async move { s.send(&event(round * 8 + i)).await },
+                ));
+            }
+            for t in tasks {
+                t.await.unwrap().unwrap();
+            }
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), 40);
+        let opened = conns.load(Ordering::SeqCst);
+        assert!(
+            (1..=8).contains(&opened),
+            "{opened} connections for 8 in flight"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_watcher_closing_connections_gets_every_event_on_new_ones() {
+        let (url, conns, requests) = watcher(200, true).await;
+        let s = sender(&url);
+        for i in 0..10 {
+            s.send(&event(i)).await.unwrap();
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), 10);
+        assert_eq!(conns.load(Ordering::SeqCst), 10);
+    }
+
+    #[tokio::test]
+    async fn statuses_and_connection_errors_are_classified() {
+        let (url, _, _) = watcher(503, false).await;
+        let e = sender(&url).send(&event(1)).await.unwrap_err();
+        assert!(e.retryable && e.reason.contains("503"), "{e:?}");
+        let (url, _, _) = watcher(400, false).await;
+        let e = sender(&url).send(&event(1)).await.unwrap_err();
+        assert!(!e.retryable && e.reason.contains("400"), "{e:?}");
+        // Nothing listens on a port just released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let e = sender(&format!("http://127.0.0.1:{port}/"))
+            .send(&event(1))
+            .await
+            .unwrap_err();
+        assert!(e.retryable && e.reason.contains("cannot connect"), "{e:?}");
+    }
+}
