@@ -157,11 +157,25 @@ impl StatusBoard {
     /// Sets a node's phase and message, creating it if needed. Does nothing when neither
     /// changes.
     pub fn set(&self, id: ConfigId, name: &str, phase: Phase, message: impl Into<String>) {
+        self.set_if(id, name, phase, message, |_| true);
+    }
+
+    /// [`StatusBoard::set`], only if the node is absent or `still(node)` holds, checked and
+    /// set at once (so that a phase another task set meanwhile is not overwritten).
+    pub fn set_if(
+        &self,
+        id: ConfigId,
+        name: &str,
+        phase: Phase,
+        message: impl Into<String>,
+        still: impl FnOnce(&Node) -> bool,
+    ) {
         let message = message.into();
         let now = Utc::now();
         let change = {
             let mut nodes = self.lock();
             match nodes.get_mut(&id) {
+                Some(node) if !still(node) => return,
                 Some(node) if node.phase == phase && node.message == message => return,
                 Some(node) => {
                     let previous = node.phase;

@@ -463,12 +463,12 @@ impl HttpProcessor {
                     // The user's server now runs it; it is `Running` once it calls back. It may
                     // already have called `/activated` or `/error`: only clear our own message.
                     if let Some(ours) = &shown
-                        && ctx
-                            .board()
-                            .get(ctx.id())
-                            .is_some_and(|n| n.phase == Phase::Error && n.message == *ours)
+                        && !ctx.is_stopped()
                     {
-                        ctx.set_phase(Phase::Initialized, "");
+                        ctx.board()
+                            .set_if(ctx.id(), ctx.src(), Phase::Initialized, "", |n| {
+                                n.phase == Phase::Error && n.message == *ours
+                            });
                     }
                     return true;
                 }
