@@ -4,7 +4,7 @@
 //! `prometheus_client` registry that `GET /metrics` encodes. Code on the hot path fetches its
 //! label set once (per configuration, per watcher) and keeps the handles.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -60,7 +60,9 @@ pub const OTHER_SRC: &str = "_other";
 /// Every metric of a gateway.
 pub struct Metrics {
     registry: Registry,
-    srcs: Mutex<HashSet<String>>,
+    /// The counters of every configuration key seen, up to `MAX_SRC_LABELS` (made once: the
+    /// ingest API looks them up per request).
+    srcs: Mutex<HashMap<String, SrcMetrics>>,
     /// Events produced by configurations (or posted to the ingest API).
     pub received: Family<SrcLabels, Counter>,
     /// Events turned into CloudEvents.
@@ -111,7 +113,7 @@ impl Metrics {
             dead_lettered: Family::default(),
             outbox: Default::default(),
             registry: Registry::default(),
-            srcs: Mutex::new(HashSet::new()),
+            srcs: Mutex::new(HashMap::new()),
         };
         registry.register(
             "events_received",
@@ -204,40 +206,49 @@ impl Metrics {
     /// values exist, so that sources named from outside (the ingest API) cannot grow the
     /// registry without bound.
     fn src_label(&self, src: &str) -> String {
-        let mut seen = self.srcs.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.contains(src) {
-            return src.to_string();
+        let known = self
+            .srcs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(src);
+        if known {
+            src.to_string()
+        } else {
+            // Registers `src` if there is room.
+            self.for_src(src).label
         }
-        if seen.len() >= MAX_SRC_LABELS {
-            return OTHER_SRC.to_string();
-        }
-        seen.insert(src.to_string());
-        src.to_string()
     }
 
     /// The counters of one configuration.
     pub fn for_src(&self, src: &str) -> SrcMetrics {
+        let mut srcs = self.srcs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = srcs.get(src) {
+            return m.clone();
+        }
+        let room = srcs.len() < MAX_SRC_LABELS;
         let labels = SrcLabels {
-            src: self.src_label(src),
+            src: if room { src } else { OTHER_SRC }.to_string(),
         };
-        SrcMetrics {
+        let m = SrcMetrics {
             src: src.to_string(),
+            label: labels.src.clone(),
             received: self.received.get_or_create(&labels).clone(),
             transformed: self.transformed.get_or_create(&labels).clone(),
-            delivery: self.src_delivery(src),
+            delivery: SrcDelivery {
+                delivered: self.src_delivered.get_or_create(&labels).clone(),
+                failed: self.src_failed.get_or_create(&labels).clone(),
+                retried: self.src_retried.get_or_create(&labels).clone(),
+            },
+        };
+        if room {
+            srcs.insert(src.to_string(), m.clone());
         }
+        m
     }
 
     /// The delivery counters of one configuration.
     pub fn src_delivery(&self, src: &str) -> SrcDelivery {
-        let labels = SrcLabels {
-            src: src.to_string(),
-        };
-        SrcDelivery {
-            delivered: self.src_delivered.get_or_create(&labels).clone(),
-            failed: self.src_failed.get_or_create(&labels).clone(),
-            retried: self.src_retried.get_or_create(&labels).clone(),
-        }
+        self.for_src(src).delivery
     }
 
     /// The metrics of one watcher.
@@ -276,6 +287,8 @@ impl Metrics {
 #[derive(Debug, Clone)]
 pub struct SrcMetrics {
     pub(crate) src: String,
+    /// Its `src` label (`_other` past the cap).
+    label: String,
     /// Events produced.
     pub received: Counter,
     /// Events transformed.
@@ -323,11 +336,18 @@ mod tests {
             m.for_src(&format!("s{i}")).received.inc();
         }
         m.for_src("s0").received.inc();
+        m.src_delivery(&format!("s{}", MAX_SRC_LABELS + 1))
+            .delivered
+            .inc();
         let text = m.encode();
         assert!(
             text.contains("portico_events_received_total{src=\"s0\"} 2"),
             "{text}"
         );
         assert!(text.contains("portico_events_received_total{src=\"_other\"} 10"));
+        assert!(
+            !text.contains(&format!("src=\"s{}\"", MAX_SRC_LABELS + 1)),
+            "delivery counters past the cap made a label"
+        );
     }
 }
