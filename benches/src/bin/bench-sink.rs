@@ -1,54 +1,64 @@
-//! A watcher for load benchmarks: answers 200 to every POST and counts them.
-//! `GET /count` gives the count, `GET /reset` sets it to 0.
+//! The sink of the load benchmarks (`benches/load.sh`): a minimal hyper server that reads each
+//! request's body and answers 200 with an empty body, counting the requests that are not
+//! `GET`. `GET /count` answers the count. Portico and the baselines deliver to it, and it
+//! is also the machine's ceiling: wrk against it is a "POST → 200" with no work.
 //!
-//!   bench-sink PORT
+//!   bench-sink [PORT]     # 0 or nothing picks a free port; prints `listening 127.0.0.1:PORT`
+//!
+//! It runs on one thread: `load.sh` pins it beside the load generator, away from the server
+//! being measured.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::Router;
-use axum::extract::State;
-use axum::routing::get;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response};
+use hyper_util::rt::TokioIo;
 
-#[tokio::main]
-async fn main() {
+async fn answer(
+    count: Arc<AtomicU64>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() == Method::GET {
+        let n = if req.uri().path() == "/count" {
+            count.load(Ordering::Relaxed).to_string()
+        } else {
+            String::new()
+        };
+        return Ok(Response::new(Full::new(Bytes::from(n))));
+    }
+    // Read the whole body, as a real watcher would.
+    let _ = req.into_body().collect().await;
+    count.fetch_add(1, Ordering::Relaxed);
+    Ok(Response::new(Full::new(Bytes::new())))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> std::io::Result<()> {
     let port: u16 = std::env::args()
         .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| {
-            eprintln!("usage: bench-sink PORT");
-            std::process::exit(2)
-        });
+        .map(|p| p.parse())
+        .transpose()
+        .map_err(|e| std::io::Error::other(format!("usage: bench-sink [PORT]: {e}")))?
+        .unwrap_or(0);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    portico_benches::say_listening(listener.local_addr()?);
     let count = Arc::new(AtomicU64::new(0));
-    let app =
-        Router::new()
-            .route(
-                "/count",
-                get(|State(c): State<Arc<AtomicU64>>| async move {
-                    c.load(Ordering::Relaxed).to_string()
-                }),
-            )
-            .route(
-                "/reset",
-                get(|State(c): State<Arc<AtomicU64>>| async move {
-                    c.store(0, Ordering::Relaxed);
-                    "0"
-                }),
-            )
-            .fallback(
-                |State(c): State<Arc<AtomicU64>>, _body: axum::body::Bytes| async move {
-                    c.fetch_add(1, Ordering::Relaxed);
-                },
-            )
-            .with_state(count);
-    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("bench-sink: cannot listen on 127.0.0.1:{port}: {e}");
-            std::process::exit(1)
-        }
-    };
-    if let Err(e) = axum::serve(listener, app).await {
-        eprintln!("bench-sink: {e}");
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let count = count.clone();
+        tokio::spawn(async move {
+            let _ = http1::Builder::new()
+                .serve_connection(
+                    TokioIo::new(stream),
+                    service_fn(move |req| answer(count.clone(), req)),
+                )
+                .await;
+        });
     }
 }

@@ -1,0 +1,520 @@
+#!/usr/bin/env bash
+# Portico's load benchmark (issue 9): every scenario beside the least a Rust program does for
+# the same result, in the same run on this machine, so that the ratios hold where absolute
+# numbers drift.
+#
+#   benches/load.sh                 # release builds; 3 repetitions of 10 s; writes BENCHMARKS.md
+#   benches/load.sh --smoke         # (or PORTICO_BENCH_SMOKE=1) debug builds, 1 repetition of
+#                                   # ~1 s per scenario; checks every figure is non-zero; no file
+#
+# Settings (environment): PORTICO_BENCH_SECONDS (10), PORTICO_BENCH_REPS (3),
+# PORTICO_BENCH_CONNECTIONS (64), PORTICO_BENCH_CONFIGS (1000), PORTICO_BENCH_PIN (1: pin the
+# server under test to CPU 0, load generator and sink to CPU 1; 0: let the kernel place them),
+# PORTICO_BENCH_OUT (BENCHMARKS.md).
+#
+# One process of each kind runs at a time beside the sink (src/bin/bench-sink.rs, a one-thread
+# hyper server answering 200 and counting), so the two cores are shared by server, sink and
+# load generator only. Scenarios, each beside its baseline:
+#
+#   ingest       wrk POSTs the original body {"src","payload":"<base64>","contentType"} (a
+#                512-byte JSON payload) on 64 connections to `portico run` (no configuration,
+#                one URL watcher: the sink), in atMostOnce and in atLeastOnce (outbox, fsync);
+#                baseline: src/bin/relay.rs ingest (parse, same CloudEvent, POST to the sink over
+#                dedicated keep-alive connections, 200 after the sink's 200)
+#   webhook      wrk POSTs the 512-byte JSON to a `type: webhook` gateway (atMostOnce);
+#                baseline: relay webhook (same body, same {"header","body"} data)
+#   gRPC         one stream of 256-byte JSON events from a Rust gRPC server
+#                (src/bin/grpc_stream.rs server) through a gateway with rpcPort (atMostOnce);
+#                baseline: grpc_stream forward, a bare tonic client forwarding the stream
+#   memory       RSS idle (no configuration; one calendar configuration), with 1,000 calendar
+#                configurations, under the ingest load; time from start to 1,000 Running
+#
+# Figures: events/s (2xx answers per second for HTTP; events the sink got per second for
+# gRPC), p99 latency (wrk), CPU-seconds per 100k events (utime+stime of the server process from
+# /proc/PID/stat over the measured window, divided by the events the sink got in it), RSS
+# (VmRSS of /proc/PID/status). Each is the median of the repetitions, with min–max.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+SMOKE="${PORTICO_BENCH_SMOKE:-}"
+for arg in "$@"; do
+  case "$arg" in
+    --smoke) SMOKE=1 ;;
+    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+    *) echo "benches/load.sh: unknown argument $arg (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+SECS="${PORTICO_BENCH_SECONDS:-10}"
+REPS="${PORTICO_BENCH_REPS:-3}"
+CONNS="${PORTICO_BENCH_CONNECTIONS:-64}"
+CONFIGS="${PORTICO_BENCH_CONFIGS:-1000}"
+PIN="${PORTICO_BENCH_PIN:-1}"
+OUT="${PORTICO_BENCH_OUT:-BENCHMARKS.md}"   # relative to the repository root
+WARM=2          # seconds of load before each measured window (connections, pools, caches)
+DEADLINE=30     # seconds any process may take to start or drain
+profile=release
+if [ -n "$SMOKE" ]; then
+  SECS=1; REPS=1; CONFIGS=50; WARM=0; DEADLINE=120; profile=debug
+fi
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/portico/target}"
+command -v wrk >/dev/null || { echo "benches/load.sh needs wrk: apt-get install -y wrk" >&2; exit 1; }
+if [ "$profile" = release ]; then
+  cargo build -q --release -p portico-cli -p portico-benches
+else
+  cargo build -q -p portico-cli -p portico-benches
+fi
+bin="$CARGO_TARGET_DIR/$profile"
+
+SERVER_CPU=""; LOAD_CPU=""
+if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+  SERVER_CPU=0; LOAD_CPU=1
+fi
+PIN_LOAD=()   # the prefix that pins a load-side command
+if [ -n "$LOAD_CPU" ]; then PIN_LOAD=(taskset -c "$LOAD_CPU"); fi
+TCK=$(getconf CLK_TCK)
+
+dir=$(mktemp -d)
+declare -A PID=()
+cleanup() {
+  local p
+  for p in "${PID[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PID[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { echo "benches/load.sh: $*" >&2; exit 1; }
+
+
+# start NAME CPU CMD…: starts CMD in the background (stdout in $dir/NAME.out, stderr in
+# $dir/NAME.err); its pid goes in PID[NAME].
+start() {
+  local name=$1 cpu=$2; shift 2
+  # A simple command, not a function, so that $! is the program itself (taskset execs it).
+  if [ -n "$cpu" ]; then
+    taskset -c "$cpu" "$@" > "$dir/$name.out" 2> "$dir/$name.err" &
+  else
+    "$@" > "$dir/$name.out" 2> "$dir/$name.err" &
+  fi
+  PID[$name]=$!
+}
+
+# stop NAME: ends the process NAME and waits for it.
+stop() {
+  local p=${PID[$1]:-}
+  [ -n "$p" ] || return 0
+  kill "$p" 2>/dev/null || true
+  wait "$p" 2>/dev/null || true
+  unset "PID[$1]"
+}
+
+alive() { kill -0 "${PID[$1]}" 2>/dev/null; }
+
+# listening NAME: waits for the `listening 127.0.0.1:PORT` line of NAME and prints PORT.
+listening() {
+  local end=$((SECONDS + DEADLINE)) port
+  while [ $SECONDS -lt $end ]; do
+    port=$(sed -n 's/^listening 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$dir/$1.out" 2>/dev/null | head -n 1)
+    if [ -n "$port" ]; then echo "$port"; return 0; fi
+    alive "$1" || break
+    sleep 0.02
+  done
+  cat "$dir/$1.err" >&2
+  die "$1 did not start listening"
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# ready NAME PORT: waits until the gateway NAME answers 200 on /readiness.
+ready() {
+  local end=$((SECONDS + DEADLINE))
+  while [ $SECONDS -lt $end ]; do
+    curl -sf -o /dev/null "http://127.0.0.1:$2/readiness" && return 0
+    alive "$1" || break
+    sleep 0.02
+  done
+  cat "$dir/$1.err" >&2
+  die "gateway $1 did not become ready"
+}
+
+# running_count PORT: configurations in phase Running on the gateway's /status.
+running_count() {
+  curl -s "http://127.0.0.1:$1/status" 2>/dev/null | grep -o '"phase":"Running"' | wc -l || true
+}
+
+cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+sink_count() { curl -sf "http://127.0.0.1:$SINK_PORT/count"; }
+metric() { curl -sf "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m {s += $2} END {print s + 0}'; }
+
+# wait_sink TARGET: waits until the sink has counted TARGET events, or its count has not moved
+# for 2 s (events refused or lost are not waited for).
+wait_sink() {
+  local end=$((SECONDS + DEADLINE)) last=-1 still=0 n
+  while [ $SECONDS -lt $end ]; do
+    n=$(sink_count)
+    [ "$n" -ge "$1" ] && return 0
+    if [ "$n" = "$last" ]; then still=$((still + 1)); else still=0; last=$n; fi
+    [ $still -ge 100 ] && return 0
+    sleep 0.02
+  done
+}
+
+# Results: R[key] holds one value per repetition.
+declare -A R=()
+add() { R[$1]="${R[$1]:-} $2"; }
+
+# wrk_run URL LUA SECS [PID]: one wrk run; sets W_OK (2xx answers), W_RPS (2xx per second),
+# W_P99 (ms), W_ERR (non-2xx answers and socket errors), and W_RSS (KiB of PID, sampled
+# halfway through the run) when PID is given.
+wrk_run() {
+  local url=$1 lua=$2 secs=$3 pid=${4:-} wpid out
+  out="$dir/wrk.out"
+  "${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"${secs}s" --timeout 5s --latency -s "$lua" "$url" > "$out" &
+  wpid=$!
+  W_RSS=0
+  if [ -n "$pid" ]; then
+    sleep "$(awk -v s="$secs" 'BEGIN {print s / 2}')"
+    W_RSS=$(rss_kb "$pid")
+  fi
+  wait "$wpid" || { cat "$out" >&2; die "wrk failed against $url"; }
+  read -r W_OK W_RPS W_P99 W_ERR < <(awk '
+    / requests in / { total = $1; d = $4; sub(/s,?$/, "", d); dur = d }
+    /Non-2xx or 3xx responses:/ { non2xx = $NF }
+    /Socket errors:/ { gsub(/,/, ""); sock = $4 + $6 + $8 + $10 }
+    $1 == "99%" {
+      v = $2; u = v; gsub(/[0-9.]/, "", u); sub(/[a-z]+$/, "", v)
+      p99 = (u == "us") ? v / 1000 : (u == "s") ? v * 1000 : (u == "m") ? v * 60000 : v
+    }
+    END {
+      ok = total - non2xx
+      printf "%d %.0f %.3f %d\n", ok, (dur > 0 ? ok / dur : 0), p99, non2xx + sock
+    }' "$out")
+}
+
+# measure_http KEY PID URL LUA: warm-up, then one measured wrk run against the server PID;
+# records KEY.rps, KEY.p99, KEY.cpu (CPU-s per 100k delivered events), KEY.rss (mid-run).
+measure_http() {
+  local key=$1 pid=$2 url=$3 lua=$4 n0 c0 n1 c1
+  if [ "$WARM" -gt 0 ]; then
+    n0=$(sink_count)
+    wrk_run "$url" "$lua" "$WARM"
+    wait_sink $((n0 + W_OK))
+  fi
+  n0=$(sink_count); c0=$(cpu_ticks "$pid")
+  wrk_run "$url" "$lua" "$SECS" "$pid"
+  wait_sink $((n0 + W_OK))
+  n1=$(sink_count); c1=$(cpu_ticks "$pid")
+  local delivered=$((n1 - n0))
+  add "$key.rps" "$W_RPS"
+  add "$key.p99" "$W_P99"
+  add "$key.rss" "$(awk -v k="$W_RSS" 'BEGIN {printf "%.1f", k / 1024}')"
+  add "$key.cpu" "$(awk -v c=$((c1 - c0)) -v t="$TCK" -v n="$delivered" 'BEGIN {printf "%.3f", (n > 0 ? c / t / n * 100000 : 0)}')"
+  add "$key.delivered" "$delivered"
+  add "$key.refused" "$(awk -v e="$W_ERR" -v s="$SECS" 'BEGIN {printf "%.0f", e / s}')"
+  say "$(printf '%-14s %7s 2xx/s  p99 %7s ms  delivered %8s  refused or failed %s' "$key" "$W_RPS" "$W_P99" "$delivered" "$W_ERR")"
+}
+
+# measure_stream KEY NAME CMD…: starts the stream forwarder CMD (Portico or the baseline) on the
+# server CPU, waits until events flow, measures SECS, stops it; records KEY.rps and KEY.cpu.
+measure_stream() {
+  local key=$1 name=$2; shift 2
+  local before end n0 c0 t0 n1 c1 t1 pid
+  before=$(sink_count)
+  start "$name" "$SERVER_CPU" "$@"
+  pid=${PID[$name]}
+  end=$((SECONDS + DEADLINE))
+  while [ "$(sink_count)" -lt $((before + 1000)) ]; do
+    alive "$name" || { cat "$dir/$name.err" >&2; die "$name exited"; }
+    [ $SECONDS -lt $end ] || { cat "$dir/$name.err" >&2; die "no events from $name within ${DEADLINE}s"; }
+    sleep 0.02
+  done
+  if [ "$WARM" -gt 0 ]; then sleep "$WARM"; fi
+  n0=$(sink_count); c0=$(cpu_ticks "$pid"); t0=$(date +%s%N)
+  sleep "$SECS"
+  n1=$(sink_count); c1=$(cpu_ticks "$pid"); t1=$(date +%s%N)
+  local rss; rss=$(rss_kb "$pid")
+  stop "$name"
+  local n=$((n1 - n0))
+  local rps; rps=$(awk -v n=$n -v ns=$((t1 - t0)) 'BEGIN {printf "%.0f", n / (ns / 1e9)}')
+  add "$key.rps" "$rps"
+  add "$key.rss" "$(awk -v k="$rss" 'BEGIN {printf "%.1f", k / 1024}')"
+  add "$key.cpu" "$(awk -v c=$((c1 - c0)) -v t="$TCK" -v n="$n" 'BEGIN {printf "%.3f", (n > 0 ? c / t / n * 100000 : 0)}')"
+  add "$key.delivered" "$n"
+  say "$(printf '%-14s %7s events/s  delivered %8s' "$key" "$rps" "$n")"
+}
+
+# gateway FILE NAME TYPE WATCHER_URL MODE [EXTRA_SPEC_YAML] [CONFIGMAP_DATA_YAML]: writes a
+# gateway file.
+gateway() {
+  local file=$1 name=$2 type=$3 url=$4 mode=$5 extra=${6:-} data=${7:-}
+  {
+    printf 'apiVersion: portico.dev/v1alpha1\nkind: Gateway\nmetadata:\n  name: %s\nspec:\n  type: %s\n' "$name" "$type"
+    if [ -n "$data" ]; then printf '  configMap: %s-cm\n' "$name"; fi
+    if [ -n "$url" ]; then printf '  watchers:\n    urls: ["%s"]\n' "$url"; fi
+    printf '  delivery:\n    mode: %s\n' "$mode"
+    if [ -n "$extra" ]; then printf '%s\n' "$extra"; fi
+    if [ -n "$data" ]; then
+      printf -- '---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: %s-cm\ndata:\n' "$name"
+      printf '%s\n' "$data"
+    fi
+  } > "$file"
+}
+
+# start_gateway NAME FILE: starts `portico run FILE` on the server CPU and waits until it is
+# ready; its transformer port goes in $port. (Not in a $(…) subshell: PID must stay ours.)
+start_gateway() {
+  port=$(free_port)
+  start "$1" "$SERVER_CPU" "$bin/portico" run "$2" --transformer-port "$port" --log warn
+  ready "$1" "$port"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: a 512-byte JSON payload, in the original ingest body and as a webhook body.
+json=$(printf '{"pad":"%s"}' "$(head -c 502 /dev/zero | tr '\0' x)")
+[ ${#json} -eq 512 ] || die "the payload is ${#json} bytes, not 512"
+b64=$(printf '%s' "$json" | base64 -w0)
+cat > "$dir/ingest.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"src":"bench","payload":"$b64","contentType":"application/json"}'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+cat > "$dir/webhook.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '$json'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+
+start sink "$LOAD_CPU" "$bin/bench-sink" 0
+SINK_PORT=$(listening sink)
+SINK="127.0.0.1:$SINK_PORT"
+start grpc-server "$LOAD_CPU" "$bin/grpc_stream" server 256
+GRPC_PORT=$(listening grpc-server)
+add "sink.idle_rss" "$(awk -v k="$(rss_kb "${PID[sink]}")" 'BEGIN {printf "%.1f", k / 1024}')"
+
+placement="no pinning"
+if [ -n "$SERVER_CPU" ]; then
+  placement="the server under test pinned to CPU $SERVER_CPU; wrk, the sink and the gRPC server to CPU $LOAD_CPU (taskset)"
+fi
+say "profile $profile, ${SECS}s × $REPS, $CONNS connections, $placement"
+for rep in $(seq 1 "$REPS"); do
+  say "repetition $rep of $REPS"
+
+  # The machine's ceiling: POST → 200 with no work (the sink itself).
+  measure_http ceiling "${PID[sink]}" "http://$SINK/ceiling" "$dir/ingest.lua"
+
+  # Ingest → HTTP watcher.
+  start relay "$SERVER_CPU" "$bin/relay" ingest "$SINK"
+  port=$(listening relay)
+  measure_http relay "${PID[relay]}" "http://127.0.0.1:$port/" "$dir/ingest.lua"
+  stop relay
+
+  gateway "$dir/amo.yaml" bench bench "http://$SINK/" atMostOnce
+  start_gateway amo "$dir/amo.yaml"
+  add "amo.idle_rss" "$(awk -v k="$(rss_kb "${PID[amo]}")" 'BEGIN {printf "%.1f", k / 1024}')"
+  measure_http amo "${PID[amo]}" "http://127.0.0.1:$port/" "$dir/ingest.lua"
+  stop amo
+
+  gateway "$dir/alo.yaml" bench bench "http://$SINK/" atLeastOnce \
+    "    outbox: {path: \"$dir/outbox-$rep\"}"
+  start_gateway alo "$dir/alo.yaml"
+  f0=$(metric "$port" portico_outbox_fsyncs_total); a0=$(metric "$port" portico_outbox_appends_total)
+  measure_http alo "${PID[alo]}" "http://127.0.0.1:$port/" "$dir/ingest.lua"
+  f1=$(metric "$port" portico_outbox_fsyncs_total); a1=$(metric "$port" portico_outbox_appends_total)
+  add alo.fsyncs "$(awk -v f=$((f1 - f0)) -v a=$((a1 - a0)) 'BEGIN {printf "%.4f", (a > 0 ? f / a : 0)}')"
+  stop alo
+  rm -rf "$dir/outbox-$rep"
+
+  # Webhook → HTTP watcher.
+  start relay-webhook "$SERVER_CPU" "$bin/relay" webhook "$SINK"
+  port=$(listening relay-webhook)
+  measure_http relay_webhook "${PID[relay-webhook]}" "http://127.0.0.1:$port/hook" "$dir/webhook.lua"
+  stop relay-webhook
+
+  hook_port=$(free_port)
+  gateway "$dir/webhook.yaml" bench webhook "http://$SINK/" atMostOnce "" \
+    "  hook: |
+    port: $hook_port
+    endpoint: /hook
+    method: POST"
+  start_gateway webhook "$dir/webhook.yaml"
+  end=$((SECONDS + DEADLINE))
+  until curl -sf -o /dev/null -X POST -H 'Content-Type: application/json' -d '{}' "http://127.0.0.1:$hook_port/hook"; do
+    [ $SECONDS -lt $end ] || { cat "$dir/webhook.err" >&2; die "the webhook did not start"; }
+    sleep 0.02
+  done
+  measure_http webhook "${PID[webhook]}" "http://127.0.0.1:$hook_port/hook" "$dir/webhook.lua"
+  stop webhook
+
+  # One gRPC stream → HTTP watcher.
+  measure_stream grpc_base grpc-forward "$bin/grpc_stream" forward "$GRPC_PORT" "$SINK"
+  gateway "$dir/grpc.yaml" bench bench "http://$SINK/" atMostOnce "  rpcPort: \"$GRPC_PORT\"" \
+    '  flood: "{}"'
+  measure_stream grpc grpc-portico "$bin/portico" run "$dir/grpc.yaml" --transformer-port 0 --log warn
+
+  # Memory and start-up: one calendar configuration, then CONFIGS of them.
+  gateway "$dir/cal1.yaml" cal calendar "" atMostOnce "" '  c00001: "interval: 1h"'
+  start_gateway cal1 "$dir/cal1.yaml"
+  end=$((SECONDS + DEADLINE))
+  until [ "$(running_count "$port")" -ge 1 ]; do
+    [ $SECONDS -lt $end ] || die "the calendar configuration did not run"
+    sleep 0.02
+  done
+  add "cal1.idle_rss" "$(awk -v k="$(rss_kb "${PID[cal1]}")" 'BEGIN {printf "%.1f", k / 1024}')"
+  stop cal1
+
+  gateway "$dir/calN.yaml" cal calendar "" atMostOnce "" \
+    "$(for i in $(seq 1 "$CONFIGS"); do printf '  c%05d: "interval: 1h"\n' "$i"; done)"
+  port=$(free_port)
+  t0=$(date +%s%N)
+  start calN "$SERVER_CPU" "$bin/portico" run "$dir/calN.yaml" --transformer-port "$port" --log warn
+  end=$((SECONDS + DEADLINE))
+  until [ "$("${PIN_LOAD[@]}" curl -s "http://127.0.0.1:$port/status" 2>/dev/null | grep -o '"phase":"Running"' | wc -l)" -ge "$CONFIGS" ]; do
+    [ $SECONDS -lt $end ] || { cat "$dir/calN.err" >&2; die "$CONFIGS configurations were not Running within ${DEADLINE}s"; }
+    alive calN || { cat "$dir/calN.err" >&2; die "portico exited"; }
+    sleep 0.01
+  done
+  t1=$(date +%s%N)
+  add calN.start_ms $(( (t1 - t0) / 1000000 ))
+  add "calN.idle_rss" "$(awk -v k="$(rss_kb "${PID[calN]}")" 'BEGIN {printf "%.1f", k / 1024}')"
+  stop calN
+done
+stop grpc-server
+stop sink
+
+# ---------------------------------------------------------------------------------------------
+# The table.
+
+# stats KEY: "median min max" of KEY's values.
+stats() {
+  printf '%s\n' ${R[$1]:-0} | sort -g | awk '{ v[NR] = $1 } END {
+    m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+    print m, v[1], v[NR] }'
+}
+# fmt KEY DECIMALS: "median (min–max)", or the median alone with one repetition.
+fmt() {
+  stats "$1" | awk -v d="$2" -v reps="$REPS" '{
+    f = "%." d "f"
+    if (reps > 1) printf f " (" f "–" f ")", $1, $2, $3; else printf f, $1 }'
+}
+med() { stats "$1" | awk '{print $1}'; }
+# ratio A B: median(A) / median(B).
+ratio() { awk -v a="$(med "$1")" -v b="$(med "$2")" 'BEGIN {if (b > 0) printf "%.2f", a / b; else printf "—"}'; }
+# check VALUE OP LIMIT: "yes" or "**no**".
+check() { awk -v v="$1" -v l="$3" -v op="$2" 'BEGIN {
+  ok = (op == ">=") ? v >= l : v <= l; print (ok ? "yes" : "**no**") }'; }
+
+row() { printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$@"; }
+table() {
+  row scenario measure portico baseline "portico / baseline" target met
+  row --- --- --- --- --- --- ---
+  local r
+  r=$(ratio amo.rps relay.rps)
+  row "ingest \`POST /\` → HTTP watcher, atMostOnce" "events/s" "$(fmt amo.rps 0)" "$(fmt relay.rps 0) relay" "$r" "≥ 0.80" "$(check "$r" '>=' 0.8)"
+  r=$(ratio amo.p99 relay.p99)
+  row "" "p99 latency, ms" "$(fmt amo.p99 2)" "$(fmt relay.p99 2)" "$r" "≤ 2" "$(check "$r" '<=' 2)"
+  r=$(ratio amo.cpu relay.cpu)
+  row "" "CPU-s per 100k events" "$(fmt amo.cpu 2)" "$(fmt relay.cpu 2)" "$r" "≤ 1.5" "$(check "$r" '<=' 1.5)"
+  row "" "refused (503) or failed, per s" "$(fmt amo.refused 0)" "$(fmt relay.refused 0)" "—" "—" "—"
+  r=$(ratio alo.rps relay.rps)
+  row "ingest \`POST /\` → HTTP watcher, atLeastOnce (outbox)" "events/s" "$(fmt alo.rps 0)" "$(fmt relay.rps 0) relay" "$r" "≥ 0.50" "$(check "$r" '>=' 0.5)"
+  r=$(ratio alo.p99 relay.p99)
+  row "" "p99 latency, ms" "$(fmt alo.p99 2)" "$(fmt relay.p99 2)" "$r" "—" "—"
+  r=$(ratio alo.cpu relay.cpu)
+  row "" "CPU-s per 100k events" "$(fmt alo.cpu 2)" "$(fmt relay.cpu 2)" "$r" "≤ 1.5" "$(check "$r" '<=' 1.5)"
+  row "" "refused (503) or failed, per s" "$(fmt alo.refused 0)" "$(fmt relay.refused 0)" "—" "—" "—"
+  row "" "fsyncs per event" "$(fmt alo.fsyncs 4)" "—" "—" "—" "—"
+  r=$(ratio webhook.rps relay_webhook.rps)
+  row "webhook → HTTP watcher, atMostOnce" "events/s" "$(fmt webhook.rps 0)" "$(fmt relay_webhook.rps 0) relay" "$r" "≥ 0.80" "$(check "$r" '>=' 0.8)"
+  r=$(ratio webhook.p99 relay_webhook.p99)
+  row "" "p99 latency, ms" "$(fmt webhook.p99 2)" "$(fmt relay_webhook.p99 2)" "$r" "—" "—"
+  r=$(ratio webhook.cpu relay_webhook.cpu)
+  row "" "CPU-s per 100k events" "$(fmt webhook.cpu 2)" "$(fmt relay_webhook.cpu 2)" "$r" "≤ 1.5" "$(check "$r" '<=' 1.5)"
+  row "" "refused (503) or failed, per s" "$(fmt webhook.refused 0)" "$(fmt relay_webhook.refused 0)" "—" "—" "—"
+  r=$(ratio grpc.rps grpc_base.rps)
+  row "1 gRPC stream (256 B JSON) → HTTP watcher, atMostOnce" "events/s" "$(fmt grpc.rps 0)" "$(fmt grpc_base.rps 0) tonic forwarder" "$r" "≥ 0.80" "$(check "$r" '>=' 0.8)"
+  r=$(ratio grpc.cpu grpc_base.cpu)
+  row "" "CPU-s per 100k events" "$(fmt grpc.cpu 2)" "$(fmt grpc_base.cpu 2)" "$r" "≤ 1.5" "$(check "$r" '<=' 1.5)"
+  row "memory" "RSS idle, no configuration, MB" "$(fmt amo.idle_rss 1)" "$(fmt sink.idle_rss 1) hyper server" "$(ratio amo.idle_rss sink.idle_rss)" "≤ 10 MB" "$(check "$(med amo.idle_rss)" '<=' 10)"
+  row "" "RSS idle, 1 calendar configuration, MB" "$(fmt cal1.idle_rss 1)" "—" "—" "≤ 10 MB" "$(check "$(med cal1.idle_rss)" '<=' 10)"
+  row "" "RSS, $CONFIGS calendar configurations, MB" "$(fmt calN.idle_rss 1)" "—" "—" "≤ 30 MB" "$(check "$(med calN.idle_rss)" '<=' 30)"
+  row "" "RSS under the ingest load (atMostOnce), MB" "$(fmt amo.rss 1)" "$(fmt relay.rss 1) relay" "$(ratio amo.rss relay.rss)" "—" "—"
+  row "start-up" "start → $CONFIGS configurations Running, ms" "$(fmt calN.start_ms 0)" "—" "—" "≤ 1000 ms" "$(check "$(med calN.start_ms)" '<=' 1000)"
+  row "reference" "POST → 200, no work (the sink), events/s" "—" "$(fmt ceiling.rps 0)" "—" "—" "—"
+}
+
+result=$(table)
+printf '\n%s\n' "$result"
+
+if [ -n "$SMOKE" ]; then
+  # Every figure must be there and above zero.
+  bad=""
+  for k in ceiling.rps relay.rps relay.cpu amo.rps amo.p99 amo.cpu amo.delivered amo.idle_rss amo.rss \
+    alo.rps alo.cpu alo.delivered alo.fsyncs relay_webhook.rps webhook.rps webhook.cpu webhook.delivered \
+    grpc_base.rps grpc_base.cpu grpc.rps grpc.cpu cal1.idle_rss calN.idle_rss calN.start_ms sink.idle_rss; do
+    awk -v v="$(med "$k")" 'BEGIN {exit !(v > 0)}' || bad="$bad $k"
+  done
+  [ -z "$bad" ] || die "smoke: these figures are zero or missing:$bad"
+  say "load benchmark smoke: every scenario produced figures"
+  exit 0
+fi
+
+cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+git -C "$root" diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
+{
+  cat <<EOF
+# Benchmarks
+
+Written by \`benches/load.sh\` (issue 9). Every Portico figure stands beside a baseline measured
+in the same run on the same machine: the least a Rust program does for the same result. The
+machine is shared and noisy, so absolute numbers drift; compare the ratios.
+
+- machine: $(nproc) cores, ${cpu_model:-unknown CPU}, Linux $(uname -r), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo) of memory
+- date: $(date -u '+%Y-%m-%d %H:%M UTC')
+- commit: $commit
+- builds: release (\`[profile.release]\` of the workspace: thin LTO, 4 codegen units)
+- load: wrk, 1 thread, $CONNS connections, ${SECS} s per run after ${WARM} s of warm-up; $REPS repetitions, median (min–max)
+- placement: $placement
+
+## Results
+
+$result
+
+## How each figure is made
+
+- **events/s**: for HTTP, 2xx answers per second (wrk); for gRPC, events the sink received per
+  second. The sink (\`benches/src/bin/bench-sink.rs\`) is a one-thread hyper server answering 200.
+- **refused (503) or failed**: answers other than 2xx (Portico answers 503 with \`Retry-After\`
+  when a watcher's queue is full) and wrk's socket errors, per second. They are not in events/s;
+  the CPU they cost is in Portico's CPU per event.
+- **p99 latency**: wrk's 99th percentile of the whole request. Portico answers once the event is
+  accepted (queued, or fsynced to the outbox in atLeastOnce); the relay answers after the sink's
+  200, as the issue asks.
+- **CPU-s per 100k events**: utime + stime of the server process (\`/proc/PID/stat\`) over the
+  measured window and until the sink has every accepted event, per event the sink received.
+- **RSS**: VmRSS of the process; under load, sampled halfway through each run.
+- **Baselines**: \`relay ingest\` / \`relay webhook\` (\`benches/src/bin/relay.rs\`) parse the same
+  body, build the same structured CloudEvent (uuid id, RFC 3339 time, source, type, subject,
+  \`eventtypeversion\`, JSON data spliced) and POST it over 32 dedicated keep-alive connections
+  (\`hyper::client::conn::http1\`) before answering 200; \`grpc_stream forward\` does the same
+  for the events of one tonic stream. Portico runs with its defaults (32 deliveries in flight
+  per watcher) and the delivery mode named in the row. The memory baseline is the sink, a
+  minimal hyper server, idle.
+
+## Rerun
+
+\`\`\`sh
+apt-get install -y wrk                     # once
+benches/load.sh                            # this file; PORTICO_BENCH_SECONDS, _REPS, _PIN=0 … (see --help)
+benches/load.sh --smoke                    # a few seconds, debug builds: checks it still runs
+cargo bench -p portico-benches --bench micro   # criterion micro-benchmarks of the hot paths
+\`\`\`
+EOF
+} > "$OUT"
+say "wrote $OUT"
