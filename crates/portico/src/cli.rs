@@ -64,6 +64,10 @@ pub struct GatewayArgs {
     /// Largest body the ingest API takes, in bytes.
     #[arg(long, env = "PORTICO_BODY_LIMIT", default_value_t = crate::server::DEFAULT_BODY_LIMIT)]
     pub body_limit: usize,
+    /// How long an HTTP caller (ingest API, webhook, the HTTP style's `/event`) is held
+    /// waiting for room in a full gateway before it gets 503 + `Retry-After` (`0s`: at once).
+    #[arg(long, env = "PORTICO_ADMISSION_WAIT", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub admission_wait: Duration,
     /// How long events in flight may take to be delivered at shutdown.
     #[arg(long, env = "PORTICO_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
@@ -95,6 +99,7 @@ impl GatewayArgs {
             listen: self.listen,
             transformer_port: self.transformer_port,
             body_limit: self.body_limit,
+            admission_wait: self.admission_wait,
             drain_timeout: self.drain_timeout,
             stop_grace: self.stop_grace,
             outbox_dir: self.outbox_dir.clone(),

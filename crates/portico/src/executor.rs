@@ -295,6 +295,9 @@ pub enum Admission<'a> {
     Wait(Option<&'a CancellationToken>),
     /// Fail at once with [`DispatchError::Full`].
     NoWait,
+    /// Wait for room until this instant, then fail with [`DispatchError::Full`]: how HTTP
+    /// callers are held briefly rather than refused at the first full queue.
+    Until(tokio::time::Instant),
 }
 
 /// Everything one configuration's run is handed. Cheap to clone; all clones are the same
@@ -428,6 +431,24 @@ impl ConfigContext {
             .await
     }
 
+    /// Dispatches an event of a source whose producer can be slowed down without losing
+    /// anything (a gRPC stream, with its flow control): waits for room in every delivery mode,
+    /// `atMostOnce` included, until the configuration stops.
+    pub async fn dispatch_flow_controlled(
+        &self,
+        event: impl Into<Event>,
+    ) -> Result<(), DispatchError> {
+        self.inner
+            .gateway
+            .pipeline()
+            .dispatch(
+                &self.inner.metrics,
+                event.into(),
+                Admission::Wait(Some(&self.inner.stop)),
+            )
+            .await
+    }
+
     fn admission(&self) -> Admission<'_> {
         if self.inner.gateway.pipeline().dispatcher().never_waits() {
             Admission::NoWait
@@ -436,13 +457,13 @@ impl ConfigContext {
         }
     }
 
-    /// Dispatches an event, failing at once with [`DispatchError::Full`] instead of waiting for
-    /// room: for sources that can push back (an HTTP caller gets 503).
+    /// Dispatches an event for a source that can push back (an HTTP caller gets 503): waits
+    /// for room at most the gateway's admission wait (`--admission-wait`), then fails with
+    /// [`DispatchError::Full`].
     pub async fn try_dispatch(&self, event: impl Into<Event>) -> Result<(), DispatchError> {
-        self.inner
-            .gateway
-            .pipeline()
-            .dispatch(&self.inner.metrics, event.into(), Admission::NoWait)
+        let pipeline = self.inner.gateway.pipeline();
+        pipeline
+            .dispatch(&self.inner.metrics, event.into(), pipeline.briefly())
             .await
     }
 

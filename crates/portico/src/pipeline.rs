@@ -6,6 +6,8 @@
 //! acknowledge its own sender at the right moment.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::cloudevents::CloudEvent;
 use crate::dispatch::{Delivered, Dispatcher};
@@ -14,11 +16,17 @@ use crate::executor::{Admission, DispatchError};
 use crate::metrics::{Metrics, SrcDelivery, SrcMetrics};
 use crate::transform::Transformer;
 
+/// How long HTTP callers (ingest API, webhooks, the HTTP style's `/event`) wait for room by
+/// default before they get 503.
+pub const DEFAULT_ADMISSION_WAIT: Duration = Duration::from_millis(500);
+
 /// Transformer and dispatcher of one gateway.
 pub struct Pipeline {
     transformer: Transformer,
     dispatcher: Dispatcher,
     metrics: Arc<Metrics>,
+    /// Milliseconds HTTP callers wait for room before 503 (0: refused at once).
+    admission_wait_ms: AtomicU64,
 }
 
 impl Pipeline {
@@ -32,7 +40,27 @@ impl Pipeline {
             transformer,
             dispatcher,
             metrics,
+            admission_wait_ms: AtomicU64::new(DEFAULT_ADMISSION_WAIT.as_millis() as u64),
         })
+    }
+
+    /// Sets how long HTTP callers wait for room before they get 503 (zero: at once).
+    pub fn set_admission_wait(&self, wait: Duration) {
+        self.admission_wait_ms.store(
+            wait.as_millis().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The admission of a caller that can be told 503 (in every delivery mode): wait for
+    /// room at most the admission wait, so that a burst is slowed down rather than refused.
+    pub fn briefly(&self) -> Admission<'static> {
+        let ms = self.admission_wait_ms.load(Ordering::Relaxed);
+        if ms == 0 {
+            Admission::NoWait
+        } else {
+            Admission::Until(tokio::time::Instant::now() + Duration::from_millis(ms))
+        }
     }
 
     /// The gateway's metrics.

@@ -15,7 +15,7 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::dispatch::http::{HttpSender, shared_client};
+use crate::dispatch::http::{HttpSender, LazyClient};
 use crate::dispatch::stdout::StdoutSender;
 use crate::dispatch::watchers::{Environment, Target};
 use crate::dispatch::{
@@ -71,6 +71,8 @@ pub struct RunOptions {
     pub transformer_port: u16,
     /// Body size limit of the ingest API.
     pub body_limit: usize,
+    /// How long HTTP callers wait for room before 503.
+    pub admission_wait: Duration,
     /// How long events in flight may take to drain at shutdown.
     pub drain_timeout: Duration,
     /// How long a stopping configuration may take.
@@ -89,6 +91,7 @@ impl Default for RunOptions {
             listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
             transformer_port: crate::env::DEFAULT_TRANSFORMER_PORT,
             body_limit: crate::server::DEFAULT_BODY_LIMIT,
+            admission_wait: crate::pipeline::DEFAULT_ADMISSION_WAIT,
             drain_timeout: Duration::from_secs(10),
             stop_grace: Duration::from_secs(10),
             outbox_dir: None,
@@ -157,7 +160,7 @@ pub fn build_pipeline_with(
             p.join("; ")
         ))
     })?;
-    let client = shared_client().map_err(RunError::Start)?;
+    let client = LazyClient::default();
     let version = Some(gateway.spec.event_version.clone());
     let relative = |p: &Path| match &opts.base_dir {
         Some(base) if p.is_relative() => base.join(p),
@@ -194,7 +197,7 @@ pub fn build_pipeline_with(
                 encoding,
                 timeout,
             } => Arc::new(
-                HttpSender::new(client.clone(), url, *encoding, *timeout, version.clone())
+                HttpSender::new(&client, url, *encoding, *timeout, version.clone())
                     .map_err(RunError::Start)?,
             ),
             Target::Stdout => Arc::new(StdoutSender),
@@ -220,14 +223,8 @@ pub fn build_pipeline_with(
             (Some(d), _) => match (&d.file, &d.url) {
                 (Some(file), _) => DeadLetter::file(relative(file)),
                 (None, Some(url)) => DeadLetter::Url(Box::new(
-                    HttpSender::new(
-                        client.clone(),
-                        url,
-                        Encoding::Structured,
-                        timeout,
-                        version.clone(),
-                    )
-                    .map_err(RunError::Start)?,
+                    HttpSender::new(&client, url, Encoding::Structured, timeout, version.clone())
+                        .map_err(RunError::Start)?,
                 )),
                 (None, None) => DeadLetter::Log,
             },
@@ -305,6 +302,7 @@ pub async fn run_gateway(
             senders: opts.senders.clone(),
         },
     )?;
+    pipeline.set_admission_wait(opts.admission_wait);
     let mut sinks: Vec<Arc<dyn StatusSink>> = vec![Arc::new(LogSink)];
     let status_stop = CancellationToken::new();
     let mut status_writer = None;

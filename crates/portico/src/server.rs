@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{Admission, DispatchError};
+use crate::executor::DispatchError;
 use crate::ingest::Ingested;
 use crate::pipeline::Pipeline;
 use crate::status::{Node, StatusBoard};
@@ -80,6 +80,11 @@ pub async fn serve(
     router: Router,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Answers leave at once rather than waiting on Nagle's algorithm.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
@@ -185,7 +190,7 @@ async fn ingest(
             let metrics = s.pipeline.metrics().for_src(&src);
             match s
                 .pipeline
-                .dispatch(&metrics, event, Admission::NoWait)
+                .dispatch(&metrics, event, s.pipeline.briefly())
                 .await
             {
                 Ok(()) => StatusCode::OK.into_response(),
@@ -194,10 +199,12 @@ async fn ingest(
         }
         Ok(Ingested::CloudEvents(events)) => {
             let total = events.len();
+            // One wait for room for the whole batch.
+            let admission = s.pipeline.briefly();
             for (i, ce) in events.into_iter().enumerate() {
                 let source = ce.source.clone();
                 s.pipeline.metrics().for_src(&source).received.inc();
-                if let Err(e) = s.pipeline.relay(&source, ce, Admission::NoWait).await {
+                if let Err(e) = s.pipeline.relay(&source, ce, admission).await {
                     let mut answer = dispatch_error_response(&e);
                     if total > 1 {
                         // The events before this one were accepted and will be delivered.

@@ -388,9 +388,12 @@ pub enum DeliveryMode {
     /// accepted; events not yet delivered are replayed after a restart.
     #[default]
     AtLeastOnce,
-    /// Events are queued in memory only: nothing survives a crash, and the source never
-    /// waits, for a disk or for room: an event that finds the gateway full is dropped and
-    /// counted (`portico_events_rejected{reason="full"}`), a calendar tick counted as missed.
+    /// Events are queued in memory only: nothing survives a crash, and a source never waits
+    /// for a disk. A source that cannot be slowed down without loss never waits for room
+    /// either: an event that finds the gateway full is dropped and counted
+    /// (`portico_events_rejected{reason="full"}`): calendar ticks, broker messages, file and
+    /// resource events. Sources that push back without loss still do: HTTP callers are held up
+    /// to `--admission-wait` then get 503, a gRPC stream is slowed by its flow control.
     AtMostOnce,
     /// `atLeastOnce`, except that sources which acknowledge their own messages one by one
     /// (the `nats` gateway's JetStream consumers, the `redis` gateway's Streams consumer

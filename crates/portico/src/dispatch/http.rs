@@ -33,6 +33,22 @@ pub fn shared_client() -> Result<reqwest::Client, String> {
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
 
+/// The [`shared_client`] of a gateway, made the first time an `https://` watcher needs it: a
+/// gateway without one never loads TLS roots (memory of an idle gateway).
+#[derive(Clone, Default)]
+pub struct LazyClient(std::sync::Arc<std::sync::OnceLock<reqwest::Client>>);
+
+impl LazyClient {
+    /// The client, made now if it was not yet.
+    pub fn get(&self) -> Result<reqwest::Client, String> {
+        if let Some(c) = self.0.get() {
+            return Ok(c.clone());
+        }
+        let made = shared_client()?;
+        Ok(self.0.get_or_init(|| made).clone())
+    }
+}
+
 /// Idle connections kept per `http://` watcher (beyond them, a finished one is closed).
 const MAX_IDLE: usize = 256;
 /// The most of a watcher's answer read (so the connection can be reused); the rest is dropped
@@ -69,7 +85,7 @@ struct Connections {
 impl HttpSender {
     /// A sender to `url`; `client` serves it when it is `https://`.
     pub fn new(
-        client: reqwest::Client,
+        client: &LazyClient,
         url: &str,
         encoding: Encoding,
         timeout: Duration,
@@ -104,7 +120,7 @@ impl HttpSender {
                     idle: Mutex::new(Vec::new()),
                 })
             }
-            _ => Transport::Shared(client),
+            _ => Transport::Shared(client.get()?),
         };
         Ok(HttpSender {
             url: parsed,
@@ -367,7 +383,7 @@ mod tests {
 
     fn sender(url: &str) -> HttpSender {
         HttpSender::new(
-            shared_client().unwrap(),
+            &LazyClient::default(),
             url,
             Encoding::Structured,
             Duration::from_secs(5),

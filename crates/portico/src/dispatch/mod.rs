@@ -440,6 +440,17 @@ impl Dispatcher {
                         return Err(DispatchError::Stopped);
                     }
                 },
+                Admission::Until(deadline) => {
+                    match tokio::time::timeout_at(deadline, q.slots.clone().acquire_owned()).await {
+                        Ok(Ok(p)) => p,
+                        Ok(Err(_)) => return Err(DispatchError::Stopped),
+                        Err(_) => {
+                            return Err(DispatchError::Full {
+                                retry_after: Duration::from_secs(1),
+                            });
+                        }
+                    }
+                }
                 Admission::Wait(stop) => {
                     let acquire = q.slots.clone().acquire_owned();
                     let acquired = match stop {
@@ -868,6 +879,42 @@ mod tests {
             .unwrap();
         d.drain(Duration::from_millis(50)).await;
         assert!(!delivered.wait().await);
+    }
+
+    #[tokio::test]
+    async fn a_bounded_admission_waits_for_room_then_says_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join("dead.jsonl");
+        let (gate, gate_rx) = tokio::sync::watch::channel(false);
+        let metrics = Metrics::new();
+        let one = QueueSettings {
+            queue_size: 1,
+            concurrency: 1,
+            retry: patient(),
+        };
+        let d = Dispatcher::start(
+            vec![("w".into(), Arc::new(Gated(gate_rx)) as Arc<dyn Sender>, one)],
+            &metrics,
+        );
+        d.accept(event(1), Admission::NoWait).await.unwrap();
+        // Full, and nothing frees a slot: refused when the wait is over, not before.
+        let start = Instant::now();
+        let until = tokio::time::Instant::now() + Duration::from_millis(100);
+        assert!(matches!(
+            d.accept(event(2), Admission::Until(until)).await,
+            Err(DispatchError::Full { .. })
+        ));
+        assert!(start.elapsed() >= Duration::from_millis(100));
+        // Room comes within the wait: accepted.
+        let opener = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            gate.send_replace(true);
+            gate
+        });
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        d.accept(event(3), Admission::Until(until)).await.unwrap();
+        let _gate = opener.await.unwrap();
+        assert_eq!(d.drain(Duration::from_secs(5)).await, 0);
     }
 
     #[tokio::test]

@@ -481,6 +481,13 @@ impl Outbox {
                     _ = stop.cancelled() => return Err(DispatchError::Stopped),
                 },
                 Admission::Wait(None) => room.await,
+                Admission::Until(deadline) => {
+                    if tokio::time::timeout_at(deadline, room).await.is_err() {
+                        return Err(DispatchError::Full {
+                            retry_after: Duration::from_secs(1),
+                        });
+                    }
+                }
             }
         }
         let (reply, answer) = oneshot::channel();

@@ -168,9 +168,9 @@ impl GrpcProcessor {
                 Ok(None) => return StreamEnd::Completed,
                 Err(status) => return StreamEnd::Failed(status),
             };
-            match ctx.dispatch(event).await {
-                // atMostOnce, gateway full: dropped (and counted) by design.
-                Ok(()) | Err(DispatchError::Full { .. }) => {}
+            // A full gateway slows the stream down (HTTP/2 flow control) in every mode.
+            match ctx.dispatch_flow_controlled(event).await {
+                Ok(()) => {}
                 Err(DispatchError::Stopped) => return StreamEnd::Stopped,
                 Err(e) => {
                     // One bad event must not end the configuration: it is counted as
