@@ -166,6 +166,35 @@ wait_sink() {
   done
 }
 
+# The machine is shared: a sampler adds up, once a second, the CPU ticks of every process
+# outside this script's process group into $dir/foreign, so that each measured window can say
+# how much of the machine others took meanwhile (KEY.foreign, % of one core).
+PGRP=$(ps -o pgid= $$ | tr -d ' ')
+foreign_sampler() {
+  set +e +o pipefail   # processes come and go under /proc: never stop on that
+  local prev="$dir/foreign.prev" cur="$dir/foreign.cur" total=0 first=1 d
+  : > "$prev"
+  while :; do
+    # After "(comm) " is cut, field 4 is the process group, 13 and 14 utime and stime.
+    cat /proc/[0-9]*/stat 2>/dev/null | sed 's/^\([0-9]*\) (.*) /\1 /' \
+      | awk -v g="$PGRP" '$4 != g {print $1, $13 + $14}' > "$cur"
+    if [ "$first" = 0 ]; then
+      d=$(awk 'NR == FNR {p[$1] = $2; next} {d = ($1 in p) ? $2 - p[$1] : $2; if (d > 0) s += d} END {print s + 0}' "$prev" "$cur")
+      total=$((total + d))
+      echo "$total" > "$dir/foreign.tmp" && mv "$dir/foreign.tmp" "$dir/foreign"
+    fi
+    first=0
+    mv "$cur" "$prev"
+    sleep 1
+  done
+}
+echo 0 > "$dir/foreign"
+foreign_sampler &
+PID[foreign-sampler]=$!
+foreign_ticks() { cat "$dir/foreign"; }
+# foreign_pct TICKS0 SECONDS: % of one core others used since TICKS0 (the sampler lags ≤ 1 s).
+foreign_pct() { awk -v a="$1" -v b="$(foreign_ticks)" -v t="$TCK" -v s="$2" 'BEGIN {printf "%.0f", (b - a) / t / s * 100}'; }
+
 # Results: R[key] holds one value per repetition.
 declare -A R=()
 add() { R[$1]="${R[$1]:-} $2"; }
@@ -207,8 +236,9 @@ measure_http() {
     wrk_run "$url" "$lua" "$WARM"
     wait_sink $((n0 + W_OK))
   fi
-  n0=$(sink_count); c0=$(cpu_ticks "$pid")
+  n0=$(sink_count); c0=$(cpu_ticks "$pid"); local f0; f0=$(foreign_ticks)
   wrk_run "$url" "$lua" "$SECS" "$pid"
+  add "$key.foreign" "$(foreign_pct "$f0" "$SECS")"
   wait_sink $((n0 + W_OK))
   n1=$(sink_count); c1=$(cpu_ticks "$pid")
   local delivered=$((n1 - n0))
@@ -236,8 +266,9 @@ measure_stream() {
     sleep 0.02
   done
   if [ "$WARM" -gt 0 ]; then sleep "$WARM"; fi
-  n0=$(sink_count); c0=$(cpu_ticks "$pid"); t0=$(date +%s%N)
+  n0=$(sink_count); c0=$(cpu_ticks "$pid"); t0=$(date +%s%N); local f0; f0=$(foreign_ticks)
   sleep "$SECS"
+  add "$key.foreign" "$(foreign_pct "$f0" "$SECS")"
   n1=$(sink_count); c1=$(cpu_ticks "$pid"); t1=$(date +%s%N)
   local rss; rss=$(rss_kb "$pid")
   stop "$name"
@@ -468,6 +499,10 @@ table() {
   row "" "RSS under the ingest load (atMostOnce), MB" "$(fmt amo.rss 1)" "$(fmt relay.rss 1) relay" "$(rfmt amo.rss relay.rss)" "—" "—"
   row "start-up" "start → $CONFIGS configurations Running, ms" "$(fmt calN.start_ms 0)" "—" "—" "≤ 1000 ms" "$(check "$(med calN.start_ms)" '<=' 1000)"
   row "reference" "POST → 200, no work (the sink), events/s" "—" "$(fmt ceiling.rps 0)" "—" "—" "—"
+  local k all=""
+  for k in amo alo webhook grpc relay relay_webhook grpc_base ceiling; do all="$all ${R[$k.foreign]:-}"; done
+  R[all.foreign]=$all
+  row "noise" "CPU other processes took during the measured windows, % of one core" "$(fmt all.foreign 0)" "" "" "≈ 0" "$(check "$(med all.foreign)" '<=' 10)"
 }
 
 result=$(table)
@@ -522,6 +557,9 @@ $result
   200, as the issue asks.
 - **CPU-s per 100k events**: utime + stime of the server process (\`/proc/PID/stat\`) over the
   measured window and until the sink has every accepted event, per event the sink received.
+- **noise**: CPU used by processes outside the benchmark (other builds, tests) while a window
+  was measured, sampled once a second from \`/proc/*/stat\`; median (min–max) over every window.
+  Well above 0, the run was disturbed and its figures (ratios less so) are low.
 - **RSS**: VmRSS of the process; under load, sampled halfway through each run.
 - **Baselines**: \`relay ingest\` / \`relay webhook\` (\`benches/src/bin/relay.rs\`) parse the same
   body, build the same structured CloudEvent (uuid id, RFC 3339 time, source, type, subject,
