@@ -23,9 +23,6 @@ use portico::transform::Transformer;
 use portico::{ConfigContext, Configuration, GatewayConfig};
 use std::sync::Arc;
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Debug, Parser)]
 #[command(name = "portico", version, about = "Portico: an event-gateway framework", long_about = None)]
 struct Cli {
