@@ -883,8 +883,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_bounded_admission_waits_for_room_then_says_full() {
-        let dir = tempfile::tempdir().unwrap();
-        let dead = dir.path().join("dead.jsonl");
         let (gate, gate_rx) = tokio::sync::watch::channel(false);
         let metrics = Metrics::new();
         let one = QueueSettings {
