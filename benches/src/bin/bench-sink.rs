@@ -49,7 +49,16 @@ async fn main() -> std::io::Result<()> {
     portico_benches::say_listening(listener.local_addr()?);
     let count = Arc::new(AtomicU64::new(0));
     loop {
-        let (stream, _) = listener.accept().await?;
+        // An accept error (a connection reset before it was taken, no file descriptor left)
+        // concerns one connection: keep serving.
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                eprintln!("bench-sink: accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let count = count.clone();
         tokio::spawn(async move {

@@ -83,7 +83,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     portico_benches::say_listening(listener.local_addr()?);
     loop {
-        let (stream, _) = listener.accept().await?;
+        // An accept error (a connection reset before it was taken, no file descriptor left)
+        // concerns one connection: keep serving.
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                eprintln!("relay: accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         tokio::spawn(async move {
