@@ -96,6 +96,9 @@ die() { echo "benches/load.sh: $*" >&2; exit 1; }
 # $dir/NAME.err); its pid goes in PID[NAME].
 start() {
   local name=$1 cpu=$2; shift 2
+  # Emptied here, not by the child's redirection: `listening` must never read the line of an
+  # earlier process of the same name.
+  : > "$dir/$name.out"; : > "$dir/$name.err"
   # A simple command, not a function, so that $! is the program itself (taskset execs it).
   if [ -n "$cpu" ]; then
     taskset -c "$cpu" "$@" > "$dir/$name.out" 2> "$dir/$name.err" &
