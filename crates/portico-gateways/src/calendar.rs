@@ -517,12 +517,17 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn the_executor_ticks_on_the_injected_clock() {
-        let t0 = utc("2026-05-01T12:00:00Z");
-        let clock = Arc::new(ManualClock(tokio::sync::watch::channel(t0).0));
-        let mut h = portico::testing::Harness::new("cal", "calendar");
-        let ctx = h.context("c", "interval: 10s\nuserPayload: {a: 1}");
+    /// Validates and starts configuration `c` → `yaml` of a calendar on `clock`, and waits
+    /// until it is `Running`.
+    async fn start(
+        h: &portico::testing::Harness,
+        clock: &Arc<ManualClock>,
+        yaml: &str,
+    ) -> (
+        ConfigContext,
+        tokio::task::JoinHandle<Result<(), ConfigError>>,
+    ) {
+        let ctx = h.context("c", yaml);
         let exec = Calendar::with_clock(clock.clone());
         exec.validate(&ctx).unwrap();
         let run = tokio::spawn({
@@ -532,6 +537,15 @@ mod tests {
         h.wait_for_phase("c", portico::Phase::Running, Duration::from_secs(5))
             .await
             .unwrap();
+        (ctx, run)
+    }
+
+    #[tokio::test]
+    async fn the_executor_ticks_on_the_injected_clock() {
+        let t0 = utc("2026-05-01T12:00:00Z");
+        let clock = Arc::new(ManualClock(tokio::sync::watch::channel(t0).0));
+        let mut h = portico::testing::Harness::new("cal", "calendar");
+        let (ctx, run) = start(&h, &clock, "interval: 10s\nuserPayload: {a: 1}").await;
         let wait = Duration::from_secs(5);
         let time_of = |e: &portico::cloudevents::CloudEvent| {
             let data: serde_json::Value =
@@ -595,15 +609,7 @@ mod tests {
         let clock = Arc::new(ManualClock(tokio::sync::watch::channel(t0).0));
         let mut h = portico::testing::Harness::with_queue("cal", "calendar", one_slot());
         h.pause();
-        let ctx = h.context("c", "interval: 10s");
-        let exec = Calendar::with_clock(clock.clone());
-        let run = tokio::spawn({
-            let ctx = ctx.clone();
-            async move { exec.start_config(ctx).await }
-        });
-        h.wait_for_phase("c", portico::Phase::Running, Duration::from_secs(5))
-            .await
-            .unwrap();
+        let (ctx, run) = start(&h, &clock, "interval: 10s").await;
         // 12:00:10 takes the only slot; 12:00:20 waits for room.
         let received = h.metrics.for_src("c").received;
         clock.advance(10);
@@ -638,15 +644,7 @@ mod tests {
             &portico::dispatch::Delivery::AtMostOnce,
         );
         h.pause();
-        let ctx = h.context("c", "interval: 10s");
-        let exec = Calendar::with_clock(clock.clone());
-        let run = tokio::spawn({
-            let ctx = ctx.clone();
-            async move { exec.start_config(ctx).await }
-        });
-        h.wait_for_phase("c", portico::Phase::Running, Duration::from_secs(5))
-            .await
-            .unwrap();
+        let (ctx, run) = start(&h, &clock, "interval: 10s").await;
         let received = h.metrics.for_src("c").received;
         for tick in 1..=3 {
             clock.advance(10);
