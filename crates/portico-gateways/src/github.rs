@@ -31,7 +31,7 @@
 
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, HeaderName};
+use hyper::http::{HeaderMap, HeaderName};
 use portico::{ConfigContext, ConfigError, ConfigExecutor};
 
 use serde::Deserialize;

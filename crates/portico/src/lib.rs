@@ -38,6 +38,7 @@ pub mod env;
 pub mod event;
 pub mod executor;
 pub mod grpc_server;
+pub mod http1;
 pub mod ingest;
 pub mod kube_status;
 pub mod metrics;

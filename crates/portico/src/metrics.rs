@@ -215,7 +215,7 @@ impl Metrics {
             src.to_string()
         } else {
             // Registers `src` if there is room.
-            self.for_src(src).label
+            self.for_src(src).label.to_string()
         }
     }
 
@@ -230,8 +230,8 @@ impl Metrics {
             src: if room { src } else { OTHER_SRC }.to_string(),
         };
         let m = SrcMetrics {
-            src: src.to_string(),
-            label: labels.src.clone(),
+            src: Arc::from(src),
+            label: Arc::from(labels.src.as_str()),
             received: self.received.get_or_create(&labels).clone(),
             transformed: self.transformed.get_or_create(&labels).clone(),
             delivery: SrcDelivery {
@@ -286,9 +286,10 @@ impl Metrics {
 /// Handles of one configuration's counters.
 #[derive(Debug, Clone)]
 pub struct SrcMetrics {
-    pub(crate) src: String,
+    // Shared, so that handing a configuration's counters to each of its events allocates nothing.
+    pub(crate) src: Arc<str>,
     /// Its `src` label (`_other` past the cap).
-    label: String,
+    label: Arc<str>,
     /// Events produced.
     pub received: Counter,
     /// Events transformed.

@@ -339,9 +339,10 @@ pub async fn run_gateway(
         .await
         .map_err(RunError::Start)?;
     let server_stop = CancellationToken::new();
-    let server = tokio::spawn(crate::server::serve(
+    let server = tokio::spawn(crate::server::serve_api(
         listener,
-        crate::server::router(state.clone(), opts.body_limit),
+        state.clone(),
+        opts.body_limit,
         server_stop.clone(),
     ));
     tracing::info!(

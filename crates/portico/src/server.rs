@@ -9,21 +9,25 @@
 //! | `GET /status` | the gateway and every node, as JSON |
 //! | `GET /metrics` | Prometheus text format |
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::State;
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get};
 use chrono::{DateTime, Utc};
+use hyper::service::Service as _;
+use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::DispatchError;
+use crate::http1;
 use crate::ingest::Ingested;
 use crate::pipeline::Pipeline;
 use crate::status::{Node, StatusBoard};
@@ -62,32 +66,93 @@ pub struct AppState {
     pub ready: AtomicBool,
 }
 
-/// The router of the transformer's API.
-pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
+/// The router of the transformer's API, but for `POST /` (see [`serve_api`]).
+fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/", post(ingest))
+        .route("/", any(ingest_method_not_allowed))
         .route("/healthz", get(healthz))
         .route("/readiness", get(readiness))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `stop` is cancelled.
-pub async fn serve(
+/// Serves `router` on `listener` (HTTP/1.1) until `stop` is cancelled, then lets requests in
+/// flight finish for [`http1::DRAIN_TIMEOUT`].
+pub async fn serve(listener: tokio::net::TcpListener, router: Router, stop: CancellationToken) {
+    let s = stop.clone();
+    http1::accept_loop(listener, stop, http1::DRAIN_TIMEOUT, move |tcp| {
+        let service = TowerToHyperService::new(router.clone());
+        http1::serve_connection(tcp, service, s.clone(), None)
+    })
+    .await
+}
+
+/// Serves the transformer's API on `listener` until `stop` is cancelled. `POST /` (one event
+/// per request, the hot path) is answered straight from hyper, without the router's
+/// per-request layers; the other routes go through the router.
+pub async fn serve_api(
     listener: tokio::net::TcpListener,
-    router: Router,
+    state: Arc<AppState>,
+    body_limit: usize,
     stop: CancellationToken,
-) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Answers leave at once rather than waiting on Nagle's algorithm.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
+) {
+    let api = Arc::new(Api {
+        rest: TowerToHyperService::new(router(state.clone())),
+        state,
+        body_limit,
     });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
+    let s = stop.clone();
+    http1::accept_loop(listener, stop, http1::DRAIN_TIMEOUT, move |tcp| {
+        let api = api.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let api = api.clone();
+            async move { Ok::<_, Infallible>(api.handle(req).await) }
+        });
+        http1::serve_connection(tcp, service, s.clone(), None)
+    })
+    .await
+}
+
+struct Api {
+    state: Arc<AppState>,
+    body_limit: usize,
+    rest: TowerToHyperService<Router>,
+}
+
+impl Api {
+    async fn handle(&self, req: http::Request<hyper::body::Incoming>) -> Response {
+        if req.method() != Method::POST || req.uri().path() != "/" {
+            return match self.rest.call(req).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+        }
+        let (parts, body) = req.into_parts();
+        match http1::read_body(&parts.headers, body, self.body_limit).await {
+            Ok(body) => ingest(&self.state, &parts.headers, body).await,
+            Err(http1::BodyError::TooLarge) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the body is over the size limit of this gateway ({} bytes): send smaller events or raise --body-limit (PORTICO_BODY_LIMIT)",
+                    self.body_limit
+                ),
+            )
+                .into_response(),
+            Err(http1::BodyError::Read(e)) => {
+                bad_request(format!("cannot read the request body: {e}"))
+            }
+        }
+    }
+}
+
+async fn ingest_method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, "POST")],
+        "events are POSTed to /\n",
+    )
+        .into_response()
 }
 
 /// Binds the transformer's address, saying which port it got (port 0 picks a free one).
@@ -165,26 +230,8 @@ pub fn dispatch_error_response(e: &DispatchError) -> Response {
     }
 }
 
-async fn ingest(
-    State(s): State<Arc<AppState>>,
-    headers: axum::http::HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Response {
-    let body = match body {
-        Ok(b) => b,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the body is over the size limit of this gateway ({}): send smaller events or raise --body-limit (PORTICO_BODY_LIMIT)",
-                    e.body_text()
-                ),
-            )
-                .into_response();
-        }
-        Err(e) => return (e.status(), e.body_text()).into_response(),
-    };
-    match crate::ingest::decode(&headers, body) {
+async fn ingest(s: &AppState, headers: &http::HeaderMap, body: Bytes) -> Response {
+    match crate::ingest::decode(headers, body) {
         Err(e) => bad_request(e.0),
         Ok(Ingested::Raw { src, event }) => {
             let metrics = s.pipeline.metrics().for_src(&src);

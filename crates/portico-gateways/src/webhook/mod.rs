@@ -23,8 +23,8 @@ pub mod server;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, HeaderName, Method};
 use hmac::{Hmac, Mac};
+use hyper::http::{HeaderMap, HeaderName, Method};
 use portico::{ConfigContext, ConfigError, ConfigExecutor};
 use serde::Deserialize;
 use sha2::Sha256;

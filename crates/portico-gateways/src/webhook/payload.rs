@@ -10,12 +10,11 @@
 //!   - `"text"`: the body was UTF-8 but not JSON; `body` is a JSON string holding it;
 //!   - `"base64"`: the body was not UTF-8; `body` is a string holding it in standard base64.
 
-use std::collections::BTreeMap;
-
-use axum::http::{HeaderMap, HeaderName};
 use base64::Engine;
+use hyper::http::{HeaderMap, HeaderName, HeaderValue};
 use portico::Event;
 use serde::Serialize;
+use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde_json::value::RawValue;
 
 #[derive(Serialize)]
@@ -28,9 +27,46 @@ enum Body<'a> {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Payload<'a> {
-    header: BTreeMap<&'a str, Vec<String>>,
+    header: Headers<'a>,
     body: Body<'a>,
     body_encoding: &'static str,
+}
+
+/// The request headers as `{"name": ["value", …]}`, names sorted, written straight from the
+/// header map (no copy of the names or values).
+struct Headers<'a> {
+    map: &'a HeaderMap,
+    redacted: &'a [HeaderName],
+}
+
+impl Serialize for Headers<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut names: Vec<&HeaderName> = self
+            .map
+            .keys()
+            .filter(|n| !self.redacted.contains(n))
+            .collect();
+        names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        let mut m = s.serialize_map(Some(names.len()))?;
+        for name in names {
+            m.serialize_entry(name.as_str(), &Values(self.map, name))?;
+        }
+        m.end()
+    }
+}
+
+/// Every value of one header, in order, as text (invalid UTF-8 replaced).
+struct Values<'a>(&'a HeaderMap, &'a HeaderName);
+
+impl Serialize for Values<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let values = self.0.get_all(self.1);
+        let mut seq = s.serialize_seq(None)?;
+        for v in values.iter() {
+            seq.serialize_element(&String::from_utf8_lossy(HeaderValue::as_bytes(v)))?;
+        }
+        seq.end()
+    }
 }
 
 /// The event of a delivery with these headers and body, leaving out `redacted` headers.
@@ -39,17 +75,7 @@ pub fn event(
     body: &[u8],
     redacted: &[HeaderName],
 ) -> Result<Event, serde_json::Error> {
-    let mut header: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (name, value) in headers {
-        if redacted.contains(name) {
-            continue;
-        }
-        header
-            .entry(name.as_str())
-            .or_default()
-            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
-    }
-    let (body, body_encoding) = match serde_json::from_slice::<&RawValue>(body) {
+    let (body_value, body_encoding) = match serde_json::from_slice::<&RawValue>(body) {
         Ok(raw) => (Body::Json(raw), "json"),
         Err(_) => match std::str::from_utf8(body) {
             Ok(text) => (Body::Text(text.to_string()), "text"),
@@ -59,11 +85,25 @@ pub fn event(
             ),
         },
     };
-    Event::json(&Payload {
-        header,
-        body,
-        body_encoding,
-    })
+    // Room for the body (a text or base64 body grows a little when written as a string) and
+    // the headers, so that the payload is written without growing the buffer.
+    let headers_len: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 8)
+        .sum();
+    let mut out = Vec::with_capacity(body.len() + body.len() / 3 + headers_len + 48);
+    serde_json::to_writer(
+        &mut out,
+        &Payload {
+            header: Headers {
+                map: headers,
+                redacted,
+            },
+            body: body_value,
+            body_encoding,
+        },
+    )?;
+    Ok(Event::new(out).with_content_type("application/json"))
 }
 
 #[cfg(test)]

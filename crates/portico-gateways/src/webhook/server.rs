@@ -26,19 +26,18 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
+use std::convert::Infallible;
+
 use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header,
+};
+use portico::http1;
 use portico::{ConfigContext, ConfigError, ConfigId, DispatchError};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -52,7 +51,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stopping server waits for requests in flight before dropping them (under the
 /// supervisor's default stop grace of 10 s, so a stop never leaves the server behind).
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+const DRAIN_TIMEOUT: Duration = http1::DRAIN_TIMEOUT;
 /// How long attaching waits for a port that a stopping server of ours still holds.
 const REBIND_WAIT: Duration = Duration::from_secs(2);
 
@@ -442,44 +441,25 @@ async fn serve(
     routes: Arc<RouteTable>,
     stop: CancellationToken,
 ) {
-    let app = Router::new().fallback(handle).with_state(routes);
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _peer)) => {
-                    let _ = tcp.set_nodelay(true);
-                    connections.spawn(connection(tcp, tls.clone(), app.clone(), stop.clone()));
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a little rather than spin.
-                    tracing::warn!(error = %e, "webhook server cannot accept a connection");
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    }
-                }
-            }
-        }
-    }
-    drop(listener);
-    let drain = async { while connections.join_next().await.is_some() {} };
-    if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
-        tracing::warn!("webhook requests still in flight after the drain time: dropping them");
-        connections.shutdown().await;
-    }
+    let s = stop.clone();
+    http1::accept_loop(listener, stop, DRAIN_TIMEOUT, move |tcp| {
+        connection(tcp, tls.clone(), routes.clone(), s.clone())
+    })
+    .await
 }
 
 async fn connection(
     tcp: tokio::net::TcpStream,
     tls: Option<TlsAcceptor>,
-    app: Router,
+    routes: Arc<RouteTable>,
     stop: CancellationToken,
 ) {
+    let service = hyper::service::service_fn(move |req| {
+        let routes = routes.clone();
+        async move { Ok::<_, Infallible>(handle(&routes, req).await) }
+    });
     match tls {
-        None => serve_connection(tcp, app, stop).await,
+        None => http1::serve_connection(tcp, service, stop, Some(HEADER_TIMEOUT)).await,
         Some(acceptor) => {
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
             let stream = tokio::select! {
@@ -493,36 +473,24 @@ async fn connection(
                     Err(_) => return,
                 }
             };
-            serve_connection(stream, app, stop).await
+            http1::serve_connection(stream, service, stop, Some(HEADER_TIMEOUT)).await
         }
     }
 }
 
-async fn serve_connection<I>(io: I, app: Router, stop: CancellationToken)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
-    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
-    let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = stop.cancelled() => {
-            // Finish the request in flight, then close (idle keep-alive connections close now).
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
+type Answer = Response<Full<Bytes>>;
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Answer {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
 }
 
-fn text(status: StatusCode, body: impl Into<String>) -> Response {
-    (status, body.into()).into_response()
-}
-
-fn retry_after(status: StatusCode, after: Duration, body: String) -> Response {
+fn retry_after(status: StatusCode, after: Duration, body: String) -> Answer {
     let secs = after.as_secs().max(1).to_string();
     let mut r = text(status, body);
     if let Ok(v) = HeaderValue::from_str(&secs) {
@@ -532,14 +500,10 @@ fn retry_after(status: StatusCode, after: Duration, body: String) -> Response {
 }
 
 /// Every request of a port: find the route, read the body, check it, dispatch it.
-async fn handle(
-    State(routes): State<Arc<RouteTable>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let route = match routes.find(uri.path(), &method) {
+async fn handle(routes: &RouteTable, req: Request<Incoming>) -> Answer {
+    let (parts, body) = req.into_parts();
+    let (method, uri, headers) = (&parts.method, &parts.uri, &parts.headers);
+    let route = match routes.find(uri.path(), method) {
         Lookup::Found(r) => r,
         Lookup::NoEndpoint => {
             return text(
@@ -563,12 +527,12 @@ async fn handle(
             return r;
         }
     };
-    let body = match read_body(&headers, body, route.max_body).await {
+    let body = match read_body(headers, body, route.max_body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
     let src = route.ctx.src();
-    match route.gate.admit(&headers, &body) {
+    match route.gate.admit(headers, &body) {
         Verdict::Accept => {}
         Verdict::Unauthorized(why) => {
             route
@@ -582,7 +546,7 @@ async fn handle(
         }
         Verdict::Ignore(why) => return text(StatusCode::OK, format!("ignored: {why}\n")),
     }
-    let event = match payload::event(&headers, &body, route.gate.redacted_headers()) {
+    let event = match payload::event(headers, &body, route.gate.redacted_headers()) {
         Ok(e) => e,
         Err(e) => {
             return text(
@@ -592,7 +556,7 @@ async fn handle(
         }
     };
     match route.ctx.try_dispatch(event).await {
-        Ok(()) => text(StatusCode::OK, "accepted\n"),
+        Ok(()) => text(StatusCode::OK, Bytes::from_static(b"accepted\n")),
         Err(DispatchError::Full { retry_after: after }) => retry_after(
             StatusCode::SERVICE_UNAVAILABLE,
             after,
@@ -610,22 +574,8 @@ async fn handle(
     }
 }
 
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Response> {
-    let too_large = || {
-        text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is over this endpoint's limit of {limit} bytes (maxBodySize)\n"),
-        )
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    let collect = Limited::new(body, limit).collect();
-    match tokio::time::timeout(BODY_TIMEOUT, collect).await {
+async fn read_body(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Bytes, Answer> {
+    match tokio::time::timeout(BODY_TIMEOUT, http1::read_body(headers, body, limit)).await {
         Err(_) => Err(text(
             StatusCode::REQUEST_TIMEOUT,
             format!(
@@ -633,9 +583,12 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
                 BODY_TIMEOUT.as_secs()
             ),
         )),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Ok(Err(e)) => Err(text(
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(http1::BodyError::TooLarge)) => Err(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is over this endpoint's limit of {limit} bytes (maxBodySize)\n"),
+        )),
+        Ok(Err(http1::BodyError::Read(e))) => Err(text(
             StatusCode::BAD_REQUEST,
             format!("cannot read the body: {e}\n"),
         )),

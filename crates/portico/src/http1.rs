@@ -1,0 +1,249 @@
+//! Serving HTTP/1.1 straight on hyper: the accept loop, one connection, and reading a body
+//! under a size limit. The transformer's API and the webhook gateways serve their hot path
+//! (one POST, one event) through these, without a router's per-request layers, boxing and
+//! header copies in between; everything else still goes to an axum `Router`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Incoming};
+use hyper::service::Service;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// How long a stopping server lets requests in flight finish before dropping them (under the
+/// supervisor's default stop grace of 10 s).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Accepts connections on `listener` until `stop`, handing each (with `TCP_NODELAY` set) to
+/// `connection`, whose future runs as a task of its own. Once stopped, the listener is closed
+/// and the connections get `drain` to finish their requests (they see `stop` too); the rest
+/// are dropped.
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    stop: CancellationToken,
+    drain: Duration,
+    mut connection: F,
+) where
+    F: FnMut(TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let local = listener.local_addr().ok();
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _peer)) => {
+                    // Answers leave at once rather than waiting on Nagle's algorithm.
+                    let _ = tcp.set_nodelay(true);
+                    connections.spawn(connection(tcp));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(addr = ?local, error = %e, "cannot accept a connection");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+            }
+        }
+    }
+    drop(listener);
+    let finish = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(drain, finish).await.is_err() {
+        tracing::warn!(addr = ?local, "requests still in flight after the drain time: dropping them");
+        connections.shutdown().await;
+    }
+}
+
+/// Serves one HTTP/1.1 connection (keep-alive) with `service` until the peer closes it; on
+/// `stop`, finishes the request in flight and closes. `header_timeout` bounds how long a
+/// request's head may take to arrive (slow clients of a server open to the world).
+pub async fn serve_connection<I, S, B>(
+    io: I,
+    service: S,
+    stop: CancellationToken,
+    header_timeout: Option<Duration>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+    S::Future: Send,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    if let Some(t) = header_timeout {
+        builder.timer(TokioTimer::new()).header_read_timeout(t);
+    }
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.cancelled() => {
+            // Finish the request in flight, then close (idle keep-alive connections close now).
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Why a body could not be read.
+#[derive(Debug)]
+pub enum BodyError {
+    /// It is longer than the limit.
+    TooLarge,
+    /// The connection failed or the framing was wrong.
+    Read(hyper::Error),
+}
+
+/// Reads a whole request body of at most `limit` bytes. A `Content-Length` over the limit is
+/// refused before reading; a body that arrives in one piece (the usual case) is not copied.
+pub async fn read_body(
+    headers: &http::HeaderMap,
+    mut body: Incoming,
+    limit: usize,
+) -> Result<Bytes, BodyError> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(BodyError::Read)?.into_data() else {
+            continue; // trailers
+        };
+        len += data.len();
+        if len > limit {
+            return Err(BodyError::TooLarge);
+        }
+        match (&mut first, &mut joined) {
+            (None, None) => first = Some(data),
+            (Some(f), None) => {
+                let mut j = BytesMut::with_capacity(declared.map_or(len, |n| n as usize).max(len));
+                j.extend_from_slice(f);
+                j.extend_from_slice(&data);
+                first = None;
+                joined = Some(j);
+            }
+            (_, Some(j)) => j.extend_from_slice(&data),
+        }
+    }
+    Ok(match (first, joined) {
+        (_, Some(j)) => j.freeze(),
+        (Some(f), None) => f,
+        (None, None) => Bytes::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server whose one route echoes the body it read (or says why it could not).
+    async fn echo(limit: usize) -> (std::net::SocketAddr, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        tokio::spawn(accept_loop(
+            listener,
+            stop.clone(),
+            DRAIN_TIMEOUT,
+            move |tcp| {
+                let s = s.clone();
+                let service = service_fn(move |req: Request<Incoming>| async move {
+                    let (parts, body) = req.into_parts();
+                    let text = match read_body(&parts.headers, body, limit).await {
+                        Ok(b) => b,
+                        Err(BodyError::TooLarge) => Bytes::from_static(b"too large"),
+                        Err(BodyError::Read(e)) => Bytes::from(e.to_string()),
+                    };
+                    Ok::<_, Infallible>(Response::new(Full::new(text)))
+                });
+                serve_connection(tcp, service, s, None)
+            },
+        ));
+        (addr, stop)
+    }
+
+    async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(request).await.unwrap();
+        let mut out = Vec::new();
+        tcp.read_to_end(&mut out).await.unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn bodies_in_one_piece_in_chunks_and_over_the_limit() {
+        let (addr, stop) = echo(10).await;
+        let one = exchange(
+            addr,
+            b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+        )
+        .await;
+        assert!(one.ends_with("\r\n\r\nhello"), "{one}");
+        let chunked = exchange(
+            addr,
+            b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n",
+        )
+        .await;
+        assert!(chunked.ends_with("\r\n\r\nabcdefg"), "{chunked}");
+        let declared = exchange(
+            addr,
+            b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 11\r\nconnection: close\r\n\r\nhello world",
+        )
+        .await;
+        assert!(declared.ends_with("too large"), "{declared}");
+        let undeclared = exchange(
+            addr,
+            b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n6\r\nabcdef\r\n6\r\nghijkl\r\n0\r\n\r\n",
+        )
+        .await;
+        assert!(undeclared.ends_with("too large"), "{undeclared}");
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_stop_closes_the_listener_and_idle_connections() {
+        let (addr, stop) = echo(10).await;
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = idle.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        stop.cancel();
+        // The kept-alive connection is closed by the server: the read ends.
+        let n = tokio::time::timeout(Duration::from_secs(10), idle.read(&mut buf))
+            .await
+            .expect("the idle connection was closed")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).await.is_ok() {
+            assert!(tokio::time::Instant::now() < deadline, "still listening");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
