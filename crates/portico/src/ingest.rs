@@ -6,6 +6,8 @@
 //! [`decode`] tells which, and says what was wrong with a bad body; `server.rs` turns that into
 //! 200/400/503. The fuzz targets (`fuzz/`) call these functions directly.
 
+use std::borrow::Cow;
+
 use base64::Engine;
 use bytes::Bytes;
 use http::HeaderMap;
@@ -34,16 +36,18 @@ pub enum Ingested {
 #[error("{0}")]
 pub struct IngestError(pub String);
 
-/// The original's ingest body.
+/// The original's ingest body. Its strings are borrowed from the body where they hold no
+/// escapes (a base64 payload never does), so decoding copies only what the event keeps.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct OriginalEvent {
-    src: Option<String>,
-    #[serde(default)]
-    payload: Option<String>,
+struct OriginalEvent<'a> {
+    #[serde(borrow)]
+    src: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    payload: Option<Cow<'a, str>>,
     /// Not in the original: what the payload is, when the caller knows.
-    #[serde(default)]
-    content_type: Option<String>,
+    #[serde(default, borrow)]
+    content_type: Option<Cow<'a, str>>,
 }
 
 /// Decodes a request to `POST /`: CloudEvents in any HTTP mode when the headers say so,
@@ -90,8 +94,11 @@ pub fn decode_original(body: &[u8]) -> Result<Ingested, IngestError> {
             .map_err(|e| IngestError(format!("`payload` is not valid base64: {e}")))?,
     };
     let mut event = Event::new(payload);
-    event.content_type = original.content_type;
-    Ok(Ingested::Raw { src, event })
+    event.content_type = original.content_type.map(Cow::into_owned);
+    Ok(Ingested::Raw {
+        src: src.into_owned(),
+        event,
+    })
 }
 
 #[cfg(test)]

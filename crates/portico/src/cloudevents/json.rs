@@ -47,6 +47,14 @@ pub(crate) fn size_hint(ev: &CloudEvent) -> usize {
 
 /// Appends `s` as a JSON string (quoted and escaped).
 pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
+    // Attributes (ids, sources, types) rarely hold anything to escape: copy those as they are.
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // Serializing a `str` into a `Vec` cannot fail: there is no I/O and no unsupported type.
     let _ = serde_json::to_writer(&mut *out, s);
 }
@@ -419,4 +427,30 @@ pub(crate) fn read_event(input: &[u8], owner: Option<&Bytes>) -> Result<CloudEve
     };
     ev.validate_attributes()?;
     Ok(ev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_are_written_as_serde_json_writes_them() {
+        let cases = [
+            "",
+            "plain/source-1",
+            "quote \" and backslash \\",
+            "tab\tnew line\ncarriage\r",
+            "\u{0}\u{1f} control",
+            "\u{7f} delete, é, 漢字, 🎉",
+        ];
+        for s in cases {
+            let mut out = Vec::new();
+            write_str(&mut out, s);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(s).unwrap(),
+                "{s:?}"
+            );
+        }
+    }
 }

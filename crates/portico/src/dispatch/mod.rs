@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
 use crate::cloudevents::CloudEvent;
@@ -587,16 +587,19 @@ struct Worker {
 
 impl Worker {
     async fn run(self, rx: async_channel::Receiver<Queued>) {
+        // One wait for the abort, registered once for every delivery of this worker.
+        let aborted = self.abort.clone().cancelled_owned();
+        tokio::pin!(aborted);
         loop {
             let queued = tokio::select! {
                 biased;
-                _ = self.abort.cancelled() => return,
+                _ = &mut aborted => return,
                 q = rx.recv() => match q {
                     Ok(q) => q,
                     Err(_) => return,
                 },
             };
-            let done = self.deliver(&queued).await;
+            let done = self.deliver(&queued, aborted.as_mut()).await;
             if done {
                 if let (Some(o), Some(seq)) = (&self.outbox, queued.seq) {
                     o.done(self.index, seq);
@@ -610,15 +613,22 @@ impl Worker {
     }
 
     /// Delivers one event, or dead-letters it; false when neither happened (shutdown).
-    async fn deliver(&self, queued: &Queued) -> bool {
+    async fn deliver(
+        &self,
+        queued: &Queued,
+        aborted: std::pin::Pin<&mut WaitForCancellationFutureOwned>,
+    ) -> bool {
         let event = &queued.event;
-        let age = Duration::from_millis(now_ms().saturating_sub(queued.accepted_ms));
+        let age = match self.retry.max_age {
+            Some(_) => Duration::from_millis(now_ms().saturating_sub(queued.accepted_ms)),
+            None => Duration::ZERO,
+        };
         let attempt = retry::deliver_with_retry_aged(
             self.sender.as_ref(),
             event,
             &self.retry,
             age,
-            &self.abort,
+            aborted,
             |e, wait| {
                 self.metrics.retried.inc();
                 if let Some(src) = &queued.src {

@@ -69,17 +69,27 @@ pub async fn deliver_with_retry(
     abort: &CancellationToken,
     on_retry: impl FnMut(&DeliveryError, Duration),
 ) -> Result<(), DeliveryError> {
-    deliver_with_retry_aged(sender, event, policy, Duration::ZERO, abort, on_retry).await
+    deliver_with_retry_aged(
+        sender,
+        event,
+        policy,
+        Duration::ZERO,
+        abort.cancelled(),
+        on_retry,
+    )
+    .await
 }
 
 /// [`deliver_with_retry`] for an event accepted `age` ago: with `policy.max_age`, retries stop
-/// once the event is that old, and the last failure is returned.
+/// once the event is that old, and the last failure is returned. It gives up when `aborted`
+/// completes (a worker passes one cancellation future it keeps for all its deliveries, rather
+/// than registering a new one per event).
 pub async fn deliver_with_retry_aged(
     sender: &dyn Sender,
     event: &CloudEvent,
     policy: &RetryPolicy,
     age: Duration,
-    abort: &CancellationToken,
+    aborted: impl Future<Output = ()>,
     mut on_retry: impl FnMut(&DeliveryError, Duration),
 ) -> Result<(), DeliveryError> {
     let last = std::sync::Mutex::new(None::<DeliveryError>);
@@ -101,7 +111,7 @@ pub async fn deliver_with_retry_aged(
     };
     tokio::select! {
         biased;
-        _ = abort.cancelled() => Err(DeliveryError::permanent("abandoned: the gateway is shutting down")),
+        _ = aborted => Err(DeliveryError::permanent("abandoned: the gateway is shutting down")),
         r = attempts => r,
         _ = expired => {
             let last = last.lock().ok().and_then(|mut l| l.take());
