@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use std::convert::Infallible;
+use std::task::Poll;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -575,7 +576,15 @@ async fn handle(routes: &RouteTable, req: Request<Incoming>) -> Answer {
 }
 
 async fn read_body(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Bytes, Answer> {
-    match tokio::time::timeout(BODY_TIMEOUT, http1::read_body(headers, body, limit)).await {
+    // The body of a small request usually came with its head: only a body still on its way
+    // needs the timer (arming one per request is measurable on the hot path).
+    let mut read = std::pin::pin!(http1::read_body(headers, body, limit));
+    let now = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
+    let read = match now {
+        Poll::Ready(r) => Ok(r),
+        Poll::Pending => tokio::time::timeout(BODY_TIMEOUT, read).await,
+    };
+    match read {
         Err(_) => Err(text(
             StatusCode::REQUEST_TIMEOUT,
             format!(
