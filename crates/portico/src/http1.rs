@@ -196,30 +196,33 @@ mod tests {
     #[tokio::test]
     async fn bodies_in_one_piece_in_chunks_and_over_the_limit() {
         let (addr, stop) = echo(10).await;
-        let one = exchange(
-            addr,
-            b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
-        )
-        .await;
-        assert!(one.ends_with("\r\n\r\nhello"), "{one}");
-        let chunked = exchange(
-            addr,
-            b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n",
-        )
-        .await;
-        assert!(chunked.ends_with("\r\n\r\nabcdefg"), "{chunked}");
-        let declared = exchange(
-            addr,
-            b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 11\r\nconnection: close\r\n\r\nhello world",
-        )
-        .await;
-        assert!(declared.ends_with("too large"), "{declared}");
-        let undeclared = exchange(
-            addr,
-            b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n6\r\nabcdef\r\n6\r\nghijkl\r\n0\r\n\r\n",
-        )
-        .await;
-        assert!(undeclared.ends_with("too large"), "{undeclared}");
+        let head = "POST / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n";
+        let cases = [
+            (
+                "in one piece",
+                "content-length: 5\r\n\r\nhello",
+                "\r\n\r\nhello",
+            ),
+            (
+                "in chunks",
+                "transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n",
+                "\r\n\r\nabcdefg",
+            ),
+            (
+                "declared over the limit",
+                "content-length: 11\r\n\r\nhello world",
+                "too large",
+            ),
+            (
+                "found over the limit",
+                "transfer-encoding: chunked\r\n\r\n6\r\nabcdef\r\n6\r\nghijkl\r\n0\r\n\r\n",
+                "too large",
+            ),
+        ];
+        for (what, rest, want) in cases {
+            let answer = exchange(addr, format!("{head}{rest}").as_bytes()).await;
+            assert!(answer.ends_with(want), "{what}: {answer}");
+        }
         stop.cancel();
     }
 
