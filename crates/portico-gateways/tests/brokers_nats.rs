@@ -85,21 +85,55 @@ async fn two_configurations_with_different_subjects_stay_apart() {
     rig.supervisor.stop_all().await;
 }
 
-#[tokio::test]
-async fn jetstream_acks_only_accepted_messages_and_loses_none() {
-    let subject = unique("portico.js.");
-    let stream_name = unique("PORTICO");
-    let nc = client(SHARED).await;
-    let js = async_nats::jetstream::new(nc.clone());
+/// A JetStream stream in memory on the shared server, taking `SUBJECT.>`.
+async fn memory_stream(
+    subject: &str,
+    name: &str,
+) -> (
+    async_nats::jetstream::Context,
+    async_nats::jetstream::stream::Stream,
+) {
+    let js = async_nats::jetstream::new(client(SHARED).await);
     let stream = js
         .create_stream(async_nats::jetstream::stream::Config {
-            name: stream_name.clone(),
+            name: name.to_string(),
             subjects: vec![format!("{subject}.>")],
             storage: async_nats::jetstream::stream::StorageType::Memory,
             ..Default::default()
         })
         .await
         .expect("create the stream");
+    (js, stream)
+}
+
+/// Publishes each payload to `subject`, waiting for the stream's ack of each.
+async fn publish_all(js: &async_nats::jetstream::Context, subject: &str, payloads: &[String]) {
+    for p in payloads {
+        js.publish(subject.to_string(), p.clone().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+}
+
+/// Waits until the consumer's ack floor reaches stream sequence `n`.
+async fn wait_acked(consumer: &async_nats::jetstream::consumer::PullConsumer, n: u64) {
+    wait_until("every message to be acked", || {
+        let mut c = consumer.clone();
+        async move {
+            let info = c.info().await.ok()?.clone();
+            (info.ack_floor.stream_sequence == n).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn jetstream_acks_only_accepted_messages_and_loses_none() {
+    let subject = unique("portico.js.");
+    let stream_name = unique("PORTICO");
+    let (js, stream) = memory_stream(&subject, &stream_name).await;
 
     // A queue of one event: with the watcher down, the first message is accepted and the
     // second waits for room, unacknowledged.
@@ -111,13 +145,7 @@ async fn jetstream_acks_only_accepted_messages_and_loses_none() {
 
     let n = 10;
     let want: Vec<String> = (0..n).map(|i| format!("j{i}")).collect();
-    for w in &want {
-        js.publish(format!("{subject}.x"), w.clone().into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    }
+    publish_all(&js, &format!("{subject}.x"), &want).await;
     // Exactly one message (the accepted one) gets acknowledged; the others stay pending.
     let mut consumer: async_nats::jetstream::consumer::PullConsumer =
         stream.get_consumer("gw").await.unwrap();
@@ -143,14 +171,7 @@ async fn jetstream_acks_only_accepted_messages_and_loses_none() {
         got.iter()
             .all(|e| ext(e, "stream").as_deref() == Some(stream_name.as_str()))
     );
-    wait_until("every message to be acked", || {
-        let mut c = consumer.clone();
-        async move {
-            let info = c.info().await.ok()?.clone();
-            (info.ack_floor.stream_sequence == n as u64).then_some(())
-        }
-    })
-    .await;
+    wait_acked(&consumer, n as u64).await;
     rig.supervisor.stop_all().await;
     let _ = stream.delete_consumer("gw").await;
     let _ = js.delete_stream(&stream_name).await;
@@ -162,17 +183,7 @@ async fn jetstream_acks_only_accepted_messages_and_loses_none() {
 async fn ack_after_delivery_acks_jetstream_messages_only_once_delivered() {
     let subject = unique("portico.jsd.");
     let stream_name = unique("PORTICOD");
-    let nc = client(SHARED).await;
-    let js = async_nats::jetstream::new(nc.clone());
-    let stream = js
-        .create_stream(async_nats::jetstream::stream::Config {
-            name: stream_name.clone(),
-            subjects: vec![format!("{subject}.>")],
-            storage: async_nats::jetstream::stream::StorageType::Memory,
-            ..Default::default()
-        })
-        .await
-        .expect("create the stream");
+    let (js, stream) = memory_stream(&subject, &stream_name).await;
     let outbox = tempfile::tempdir().unwrap();
     let delivery =
         portico::dispatch::Delivery::AckAfterDelivery(portico::dispatch::OutboxOptions {
@@ -186,13 +197,7 @@ async fn ack_after_delivery_acks_jetstream_messages_only_once_delivered() {
     rig.wait_phase("js", Phase::Running).await;
     let n = 5;
     let want: Vec<String> = (0..n).map(|i| format!("d{i}")).collect();
-    for w in &want {
-        js.publish(format!("{subject}.x"), w.clone().into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    }
+    publish_all(&js, &format!("{subject}.x"), &want).await;
     // What was pulled is dispatched, and waits for the watcher unacknowledged.
     rig.wait_received("js", 1).await;
     let mut consumer: async_nats::jetstream::consumer::PullConsumer =
@@ -205,14 +210,7 @@ async fn ack_after_delivery_acks_jetstream_messages_only_once_delivered() {
     assert_eq!(rig.metrics.outbox.appends.get(), 0);
     rig.watcher_up(true);
     rig.until_all(&want).await;
-    wait_until("every message to be acked", || {
-        let mut c = consumer.clone();
-        async move {
-            let info = c.info().await.ok()?.clone();
-            (info.ack_floor.stream_sequence == n as u64).then_some(())
-        }
-    })
-    .await;
+    wait_acked(&consumer, n as u64).await;
     rig.supervisor.stop_all().await;
     let _ = stream.delete_consumer("gw").await;
     let _ = js.delete_stream(&stream_name).await;

@@ -95,6 +95,33 @@ async fn pending(c: &mut redis::aio::MultiplexedConnection, stream: &str, group:
     r.count()
 }
 
+/// Adds `n` entries `{"n": "PREFIXi"}` to `stream`; the event payloads they become.
+async fn add_entries(
+    c: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    prefix: &str,
+    n: usize,
+) -> Vec<String> {
+    let mut want = Vec::new();
+    for i in 0..n {
+        let _: String = c
+            .xadd(stream, "*", &[("n", format!("{prefix}{i}"))])
+            .await
+            .unwrap();
+        want.push(format!("{{\"n\":\"{prefix}{i}\"}}"));
+    }
+    want
+}
+
+/// Waits until group `gw` of `stream` has no entry pending (every one acknowledged).
+async fn wait_none_pending(c: &redis::aio::MultiplexedConnection, stream: &str) {
+    wait_until("no entry pending", || {
+        let mut c = c.clone();
+        async move { (pending(&mut c, stream, "gw").await == 0).then_some(()) }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn stream_entries_are_acked_only_once_accepted_and_none_is_lost() {
     let stream = unique("portico:stream:");
@@ -106,14 +133,7 @@ async fn stream_entries_are_acked_only_once_accepted_and_none_is_lost() {
     rig.wait_phase("s", Phase::Running).await;
 
     let n = 10;
-    let mut want = Vec::new();
-    for i in 0..n {
-        let _: String = c
-            .xadd(&stream, "*", &[("n", format!("s{i}"))])
-            .await
-            .unwrap();
-        want.push(format!("{{\"n\":\"s{i}\"}}"));
-    }
+    let want = add_entries(&mut c, &stream, "s", n).await;
     // The first entry is accepted and acknowledged; the next one waits for room, read but
     // not acknowledged (pending); the stop leaves it pending for this consumer.
     let held = wait_until("an entry pending", || {
@@ -139,12 +159,7 @@ async fn stream_entries_are_acked_only_once_accepted_and_none_is_lost() {
         assert_eq!(ext(e, "stream").as_deref(), Some(stream.as_str()));
         assert!(ext(e, "streamid").is_some());
     }
-    wait_until("no entry pending", || {
-        let mut c = c.clone();
-        let stream = &stream;
-        async move { (pending(&mut c, stream, "gw").await == 0).then_some(()) }
-    })
-    .await;
+    wait_none_pending(&c, &stream).await;
     rig.supervisor.stop_all().await;
     let _: i64 = c.del(&stream).await.unwrap();
 }
@@ -167,14 +182,7 @@ async fn ack_after_delivery_acks_stream_entries_only_once_delivered() {
     rig.apply(&[("s", &config)]).await;
     rig.wait_phase("s", Phase::Running).await;
     let n = 5;
-    let mut want = Vec::new();
-    for i in 0..n {
-        let _: String = c
-            .xadd(&stream, "*", &[("n", format!("d{i}"))])
-            .await
-            .unwrap();
-        want.push(format!("{{\"n\":\"d{i}\"}}"));
-    }
+    let want = add_entries(&mut c, &stream, "d", n).await;
     // What was read is dispatched, and waits for the watcher unacknowledged (pending); the
     // reading waits too, so the broker keeps the rest.
     rig.wait_received("s", 1).await;
@@ -187,12 +195,7 @@ async fn ack_after_delivery_acks_stream_entries_only_once_delivered() {
     assert_eq!(rig.metrics.outbox.appends.get(), 0);
     rig.watcher_up(true);
     rig.until_all(&want).await;
-    wait_until("no entry pending", || {
-        let mut c = c.clone();
-        let stream = &stream;
-        async move { (pending(&mut c, stream, "gw").await == 0).then_some(()) }
-    })
-    .await;
+    wait_none_pending(&c, &stream).await;
     rig.supervisor.stop_all().await;
     let _: i64 = c.del(&stream).await.unwrap();
 }
@@ -270,12 +273,7 @@ async fn entries_left_pending_by_a_gone_consumer_are_claimed() {
     let config = format!("url: {SHARED}\nstream: '{stream}'\nconsumerGroup: gw\nreclaimAfter: 1ms");
     rig.apply(&[("claim", &config)]).await;
     rig.until_all(&want).await;
-    wait_until("no entry pending", || {
-        let mut c = c.clone();
-        let stream = &stream;
-        async move { (pending(&mut c, stream, "gw").await == 0).then_some(()) }
-    })
-    .await;
+    wait_none_pending(&c, &stream).await;
     rig.supervisor.stop_all().await;
     let _: i64 = c.del(&stream).await.unwrap();
 }
