@@ -2,14 +2,18 @@
 //!
 //! The file is watched through its directory, not by itself: editors save by writing a new
 //! file and renaming it over the old one, and Kubernetes ConfigMap volumes swap a `..data`
-//! symlink, so a watch on the file's own inode would go stale. Any event in the directory
-//! makes the source re-read the file; an unchanged text is ignored. A file that no longer
-//! parses is reported with every problem and the last good map keeps running.
+//! symlink, so a watch on the file's own inode would go stale. Any change in the directory
+//! (a file created, written, renamed or removed) makes the source re-read the file; an
+//! unchanged text is ignored. Reads are not changes: the source's own read of the file
+//! raises open, access and close events, which would otherwise start the next read, forever.
+//! A file that no longer parses is reported with every problem and the last good map keeps
+//! running.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use notify_debouncer_full::notify::RecursiveMode;
+use notify_debouncer_full::notify::event::{AccessKind, AccessMode, EventKind};
 use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -31,13 +35,20 @@ pub async fn watch(
     let dir = watched_dir(&path);
     let (changed_tx, mut changed) = mpsc::channel::<()>(1);
     let mut debouncer = new_debouncer(DEBOUNCE, None, move |r: DebounceEventResult| {
-        if let Err(errors) = &r {
-            for e in errors {
-                tracing::warn!(error = %e, "watching the gateway file");
+        let changed = match &r {
+            Ok(events) => events.iter().any(|e| is_change(&e.kind)),
+            Err(errors) => {
+                for e in errors {
+                    tracing::warn!(error = %e, "watching the gateway file");
+                }
+                // Events may have been lost: read the file again to be sure.
+                true
             }
-        }
+        };
         // A full channel already holds a pending re-read; that is enough.
-        let _ = changed_tx.try_send(());
+        if changed {
+            let _ = changed_tx.try_send(());
+        }
     })
     .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
     debouncer
@@ -111,9 +122,52 @@ pub async fn watch(
     }
 }
 
+/// Whether an event in the watched directory may have changed the file: anything but a read
+/// (opening, reading, or closing a file that was only read).
+fn is_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 fn watched_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify_debouncer_full::notify::event::{
+        CreateKind, DataChange, ModifyKind, RemoveKind, RenameMode,
+    };
+
+    #[test]
+    fn reads_are_not_changes_writes_renames_and_removals_are() {
+        let reads = [
+            EventKind::Access(AccessKind::Open(AccessMode::Read)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Access(AccessKind::Any),
+        ];
+        for kind in reads {
+            assert!(!is_change(&kind), "{kind:?}");
+        }
+        let changes = [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+            EventKind::Other,
+        ];
+        for kind in changes {
+            assert!(is_change(&kind), "{kind:?}");
+        }
     }
 }
