@@ -5,6 +5,10 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -12,7 +16,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use hyper::service::Service;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -67,8 +71,13 @@ pub async fn accept_loop<F, Fut>(
 }
 
 /// Serves one HTTP/1.1 connection (keep-alive) with `service` until the peer closes it; on
-/// `stop`, finishes the request in flight and closes. `header_timeout` bounds how long a
-/// request's head may take to arrive (slow clients of a server open to the world).
+/// `stop`, finishes the request in flight and closes.
+///
+/// `header_timeout` (for a server open to the world) closes a connection that neither starts
+/// a request nor has one being served for a whole `header_timeout`: a client that sends its
+/// head slowly, or keeps an idle connection open, is dropped after `header_timeout` to twice
+/// that. It is one timer per connection, checked when it fires, rather than hyper's header
+/// timer, which arms and cancels a timer (and reads once more) on every request.
 pub async fn serve_connection<I, S, B>(
     io: I,
     service: S,
@@ -82,19 +91,107 @@ pub async fn serve_connection<I, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    if let Some(t) = header_timeout {
-        builder.timer(TokioTimer::new()).header_read_timeout(t);
-    }
+    let builder = hyper::server::conn::http1::Builder::new();
+    let Some(period) = header_timeout else {
+        let conn = builder.serve_connection(TokioIo::new(io), service);
+        let mut conn = std::pin::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = stop.cancelled() => {
+                // Finish the request in flight, then close (idle keep-alive connections close now).
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+        return;
+    };
+    let progress = Arc::new(Progress::default());
+    let service = Watched {
+        inner: service,
+        progress: progress.clone(),
+    };
     let conn = builder.serve_connection(TokioIo::new(io), service);
     let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = stop.cancelled() => {
-            // Finish the request in flight, then close (idle keep-alive connections close now).
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+    let watchdog = tokio::time::sleep(period);
+    let mut watchdog = std::pin::pin!(watchdog);
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = stop.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+                return;
+            }
+            _ = watchdog.as_mut() => {
+                let started = progress.started.load(Ordering::Relaxed);
+                if started == seen && progress.serving.load(Ordering::Relaxed) == 0 {
+                    tracing::debug!(
+                        timeout = ?period,
+                        "closing a connection that sent no whole request head in time"
+                    );
+                    return;
+                }
+                seen = started;
+                watchdog.as_mut().reset(tokio::time::Instant::now() + period);
+            }
         }
+    }
+}
+
+/// What the watchdog of one connection looks at: requests started, and requests whose
+/// answer is still being made.
+#[derive(Default)]
+struct Progress {
+    started: AtomicU64,
+    serving: AtomicU64,
+}
+
+/// A service that keeps [`Progress`] for its connection.
+struct Watched<S> {
+    inner: S,
+    progress: Arc<Progress>,
+}
+
+impl<S: Service<R>, R> Service<R> for Watched<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Serving<S::Future>;
+
+    fn call(&self, req: R) -> Self::Future {
+        self.progress.started.fetch_add(1, Ordering::Relaxed);
+        self.progress.serving.fetch_add(1, Ordering::Relaxed);
+        Serving {
+            inner: self.inner.call(req),
+            _serving: ServingGuard(self.progress.clone()),
+        }
+    }
+}
+
+/// Counts one request as being served for as long as it lives.
+struct ServingGuard(Arc<Progress>);
+
+impl Drop for ServingGuard {
+    fn drop(&mut self) {
+        self.0.serving.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of a [`Watched`] service: the inner answer, with its request counted as
+    /// being served until it is ready or dropped.
+    struct Serving<F> {
+        #[pin]
+        inner: F,
+        _serving: ServingGuard,
+    }
+}
+
+impl<F: Future> Future for Serving<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.project().inner.poll(cx)
     }
 }
 
@@ -223,6 +320,71 @@ mod tests {
             let answer = exchange(addr, format!("{head}{rest}").as_bytes()).await;
             assert!(answer.ends_with(want), "{what}: {answer}");
         }
+        stop.cancel();
+    }
+
+    /// A server whose one route answers after `serve_for`, closing connections that start no
+    /// request for `period` (to twice that).
+    async fn watched(
+        period: Duration,
+        serve_for: Duration,
+    ) -> (std::net::SocketAddr, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        tokio::spawn(accept_loop(
+            listener,
+            stop.clone(),
+            DRAIN_TIMEOUT,
+            move |tcp| {
+                let service = service_fn(move |_req: Request<Incoming>| async move {
+                    tokio::time::sleep(serve_for).await;
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"done"))))
+                });
+                serve_connection(tcp, service, s.clone(), Some(period))
+            },
+        ));
+        (addr, stop)
+    }
+
+    /// Reads until the server closes the connection (or 10 s pass: a failure).
+    async fn read_until_closed(tcp: &mut TcpStream) -> String {
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out))
+            .await
+            .expect("the server closed the connection")
+            .unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_head_that_does_not_come_in_time_closes_the_connection_a_slow_answer_does_not() {
+        let period = Duration::from_millis(100);
+        let (addr, stop) = watched(period, period * 4).await;
+        // Half a head, then nothing: closed without an answer.
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"POST / HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        assert_eq!(read_until_closed(&mut slow).await, "");
+        assert!(
+            started.elapsed() >= period,
+            "closed after {:?}",
+            started.elapsed()
+        );
+        // An idle kept-alive connection is closed too, after its answer.
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_until_closed(&mut idle).await;
+        // The answer took four periods: being served counts as progress.
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("done"),
+            "{answer}"
+        );
         stop.cancel();
     }
 
