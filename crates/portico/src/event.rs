@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 /// One event of one configuration: payload bytes and what is known about them.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct Event {
     /// The payload, passed through untouched.
     pub payload: Bytes,
@@ -20,6 +20,19 @@ pub struct Event {
     /// Transport metadata to carry as CloudEvent extensions (name → value). Names are
     /// made valid by the transformer (lower-case a–z and 0–9, at most 20 characters).
     pub extensions: Vec<(String, String)>,
+    /// The payload as [`Event::json`] wrote it, kept so that the transformer can tell the
+    /// payload is still that JSON (same bytes: `Bytes` cannot change) and not check it again.
+    written_json: Option<Bytes>,
+}
+
+/// Two events are equal when their payload, content type, time and extensions are.
+impl PartialEq for Event {
+    fn eq(&self, other: &Event) -> bool {
+        self.payload == other.payload
+            && self.content_type == other.content_type
+            && self.time == other.time
+            && self.extensions == other.extensions
+    }
 }
 
 impl Event {
@@ -33,7 +46,30 @@ impl Event {
 
     /// An `application/json` event holding `value` serialized.
     pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Event, serde_json::Error> {
-        Ok(Event::new(serde_json::to_vec(value)?).with_content_type("application/json"))
+        Event::json_sized(value, 128)
+    }
+
+    /// [`Event::json`] into a buffer of `capacity` bytes to begin with: a payload whose size is
+    /// known beforehand is written without growing the buffer.
+    pub fn json_sized<T: Serialize + ?Sized>(
+        value: &T,
+        capacity: usize,
+    ) -> Result<Event, serde_json::Error> {
+        let mut out = Vec::with_capacity(capacity);
+        serde_json::to_writer(&mut out, value)?;
+        let payload = Bytes::from(out);
+        Ok(Event {
+            written_json: Some(payload.clone()),
+            ..Event::new(payload).with_content_type("application/json")
+        })
+    }
+
+    /// True when the payload is still the JSON that [`Event::json`] wrote (the field may have
+    /// been replaced since): it need not be checked again.
+    pub(crate) fn is_written_json(&self) -> bool {
+        self.written_json
+            .as_ref()
+            .is_some_and(|w| w.as_ptr() == self.payload.as_ptr() && w.len() == self.payload.len())
     }
 
     /// Sets what the payload is.

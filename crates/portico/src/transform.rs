@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use chrono::Utc;
 
-use crate::cloudevents::{CloudEvent, Data, ExtensionName, ExtensionValue};
+use crate::cloudevents::{CloudEvent, Data, ExtensionName, ExtensionValue, is_json_content_type};
 use crate::event::Event;
 
 /// Turns raw events into CloudEvents for one gateway.
@@ -50,6 +50,7 @@ impl Transformer {
 
     /// The CloudEvent of `event`, produced by configuration `src`.
     pub fn transform(&self, src: &str, event: Event) -> Result<CloudEvent, String> {
+        let written_json = event.is_written_json();
         let mut extensions = BTreeMap::new();
         if let Ok(name) = ExtensionName::new(EVENT_TYPE_VERSION) {
             extensions.insert(name, self.event_version.clone());
@@ -68,7 +69,11 @@ impl Transformer {
         for (name, value) in &self.overrides {
             extensions.insert(name.clone(), value.clone());
         }
-        let data = Data::from_payload(event.payload, event.content_type.as_deref());
+        let data = match event.content_type.as_deref() {
+            // JSON that serde_json wrote is one JSON value without surrounding whitespace.
+            Some(ct) if written_json && is_json_content_type(ct) => Data::Json(event.payload),
+            ct => Data::from_payload(event.payload, ct),
+        };
         let ce = CloudEvent {
             id: uuid::Uuid::new_v4().to_string(),
             source: format!("{}/{}", self.gateway, src),
@@ -116,6 +121,7 @@ pub fn parse_overrides(text: &str) -> Result<Vec<(ExtensionName, ExtensionValue)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     #[test]
     fn builds_the_attributes_of_spec_6() {
@@ -187,5 +193,32 @@ mod tests {
         assert_eq!(get("n"), Some(ExtensionValue::Integer(3)));
         assert!(parse_overrides("{").is_err());
         assert!(parse_overrides(r#"{"extensions":{"Bad_Name":"x"}}"#).is_err());
+    }
+
+    #[test]
+    fn json_the_event_wrote_is_taken_as_is_a_replaced_payload_is_checked() {
+        let t = Transformer::new("g", "t", "1.0");
+        let written = Event::json_sized(&serde_json::json!({"a": [1, 2]}), 8).unwrap();
+        let ce = t.transform("s", written.clone()).unwrap();
+        assert_eq!(
+            ce.data,
+            Some(Data::Json(Bytes::from_static(br#"{"a":[1,2]}"#)))
+        );
+        // The public field replaced after the event was written: checked like any payload.
+        let mut replaced = written.clone();
+        replaced.payload = Bytes::from_static(b"{not json");
+        assert_eq!(
+            replaced,
+            Event::new(&b"{not json"[..]).with_content_type("application/json")
+        );
+        let ce = t.transform("s", replaced).unwrap();
+        assert_eq!(
+            ce.data,
+            Some(Data::Binary(Bytes::from_static(b"{not json")))
+        );
+        let mut spaced = written;
+        spaced.payload = Bytes::from_static(b" [1] ");
+        let ce = t.transform("s", spaced).unwrap();
+        assert_eq!(ce.data, Some(Data::Json(Bytes::from_static(b"[1]"))));
     }
 }

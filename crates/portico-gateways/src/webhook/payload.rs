@@ -91,9 +91,7 @@ pub fn event(
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 8)
         .sum();
-    let mut out = Vec::with_capacity(body.len() + body.len() / 3 + headers_len + 48);
-    serde_json::to_writer(
-        &mut out,
+    Event::json_sized(
         &Payload {
             header: Headers {
                 map: headers,
@@ -102,8 +100,8 @@ pub fn event(
             body: body_value,
             body_encoding,
         },
-    )?;
-    Ok(Event::new(out).with_content_type("application/json"))
+        body.len() + body.len() / 3 + headers_len + 48,
+    )
 }
 
 #[cfg(test)]
