@@ -31,13 +31,6 @@
 //! `fdatasync` once and answers every appender. Concurrent events therefore share one fsync
 //! (`portico_outbox_fsyncs` / `portico_outbox_appends` in the metrics say how many).
 //!
-//! The active segment is kept zero-filled ahead of the appends (up to 1 MB, written and synced
-//! with the batch that needs it), and batches are written in place over those zeros. An
-//! `fdatasync` after an append that grows the file must also write the inode (its size), one
-//! more synchronous write per batch; over zeros already on disk it writes only the data. A
-//! zero header is never a record, so the zeros end the log like its end of file would; a
-//! segment is cut to its records when the next one starts, and at open.
-//!
 //! # Cursors
 //!
 //! Each watcher has its own cursor: the set of its sequence numbers queued or in flight, and,
@@ -50,14 +43,13 @@
 //!
 //! # Bound
 //!
-//! The log's records on disk, plus appends on their way, never exceed `max_bytes` (the zeros
-//! ahead of the active segment's appends, at most a quarter of a segment, come on top): past it,
+//! The log's bytes on disk, plus appends on their way, never exceed `max_bytes`: past it,
 //! [`Outbox::append`] answers [`DispatchError::Full`] (or waits, for sources that can wait)
 //! until the slowest watcher lets a segment go.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -76,8 +68,6 @@ const LOCK: &str = "LOCK";
 const CHANNEL: usize = 4096;
 /// Most records one group commit takes.
 const BATCH: usize = 4096;
-/// Most zeros the active segment is filled with ahead of its appends.
-const AHEAD: u64 = 1 << 20;
 
 /// Where the outbox lives and how big it may grow.
 #[derive(Debug, Clone, PartialEq)]
@@ -240,10 +230,6 @@ fn decode_at(buf: &[u8], at: usize) -> Option<(u64, u64, &[u8])> {
     let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
     let seq = u64::from_le_bytes(header[8..16].try_into().ok()?);
     let ms = u64::from_le_bytes(header[16..24].try_into().ok()?);
-    if len == 0 {
-        // Zeros written ahead of the appends (every record holds a CloudEvent).
-        return None;
-    }
     let payload = buf.get(at + HEADER..at + HEADER + len)?;
     let mut h = crc32fast::Hasher::new();
     h.update(&header[8..24]);
@@ -332,12 +318,7 @@ impl Outbox {
             let buf = read_file(&path).map_err(|e| io("read", &path, e))?;
             let (records, valid) = scan(&buf);
             if valid < buf.len() {
-                if buf[valid..].iter().all(|b| *b == 0) {
-                    tracing::debug!(
-                        segment = %path.display(), offset = valid,
-                        "outbox: cutting off the zeros written ahead of the appends"
-                    );
-                } else if i + 1 == count {
+                if i + 1 == count {
                     tracing::warn!(
                         segment = %path.display(), offset = valid, dropped_bytes = buf.len() - valid,
                         "outbox: cutting off a torn record at the end of the log (an append the crash interrupted; it was never acknowledged)"
@@ -642,45 +623,9 @@ impl Outbox {
     }
 }
 
-/// The segment appends go to.
 struct Active {
     file: File,
     first: u64,
-    /// Where the next batch goes: the end of the segment's records.
-    at: u64,
-    /// The file's length: zeros from `at` up to here.
-    filled: u64,
-}
-
-impl Active {
-    /// Writes `batch` at the end of the records, over zeros (filling more ahead first when
-    /// they run short), and fsyncs it.
-    fn append(&mut self, batch: &[u8], ahead: u64) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        let end = self.at + batch.len() as u64;
-        if end > self.filled {
-            const ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-            let target = end + ahead;
-            let mut pos = self.filled.max(end);
-            while pos < target {
-                let n = (target - pos).min(ZEROS.len() as u64) as usize;
-                self.file.write_all_at(&ZEROS[..n], pos)?;
-                pos += n as u64;
-            }
-            self.filled = target;
-        }
-        self.file.write_all_at(batch, self.at)?;
-        self.file.sync_data()?;
-        self.at = end;
-        Ok(())
-    }
-
-    /// Cuts the file to its records: after a failed write (whatever part of the batch was
-    /// written goes), and when the segment is closed for the next one.
-    fn cut(&mut self) -> std::io::Result<()> {
-        self.filled = self.at;
-        self.file.set_len(self.at)
-    }
 }
 
 fn open_active(shared: &Shared) -> Result<Active, String> {
@@ -693,17 +638,10 @@ fn open_active(shared: &Shared) -> Result<Active, String> {
         (seg.path.clone(), seg.first)
     };
     let file = OpenOptions::new()
-        .write(true)
+        .append(true)
         .open(&path)
         .map_err(|e| io("open", &path, e))?;
-    // At open the active segment is new or empty (see `Outbox::open`).
-    let at = file.metadata().map_err(|e| io("open", &path, e))?.len();
-    Ok(Active {
-        file,
-        first,
-        at,
-        filled: at,
-    })
+    Ok(Active { file, first })
 }
 
 fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Msg>) {
@@ -751,10 +689,11 @@ fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Msg>) {
             }
         }
         if !replies.is_empty() {
-            let ahead = AHEAD.min(shared.segment_bytes / 4);
             let result = match active.as_mut() {
                 Some(a) => a
-                    .append(&buf, ahead)
+                    .file
+                    .write_all(&buf)
+                    .and_then(|_| a.file.sync_data())
                     .map_err(|e| format!("outbox: cannot write `{}`: {e}", shared.dir.display())),
                 None => Err("outbox: the active segment could not be opened".to_string()),
             };
@@ -779,8 +718,8 @@ fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Msg>) {
                             }
                         }
                         // Cut whatever part was written, so the log stays whole.
-                        if let Some(a) = active.as_mut() {
-                            let _ = a.cut();
+                        if let (Some(a), Some(seg)) = (active.as_ref(), st.segments.last()) {
+                            let _ = a.file.set_len(seg.bytes);
                         }
                     }
                 }
@@ -801,12 +740,6 @@ fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Msg>) {
             tracing::warn!("outbox: {e}");
         }
     }
-    // Closed: leave the active segment with its records only.
-    if let Some(a) = active.as_mut()
-        && let Err(e) = a.cut()
-    {
-        tracing::warn!("outbox: cannot cut the zeros after the last segment: {e}");
-    }
 }
 
 fn roll_if_full(shared: &Shared, active: &mut Option<Active>) {
@@ -820,7 +753,7 @@ fn roll_if_full(shared: &Shared, active: &mut Option<Active>) {
     let path = shared.dir.join(segment_name(next_seq));
     let created = File::create(&path)
         .and_then(|_| sync_dir(&shared.dir))
-        .and_then(|_| OpenOptions::new().write(true).open(&path));
+        .and_then(|_| OpenOptions::new().append(true).open(&path));
     match created {
         Ok(file) => {
             shared.lock().segments.push(Segment {
@@ -829,18 +762,9 @@ fn roll_if_full(shared: &Shared, active: &mut Option<Active>) {
                 bytes: 0,
                 path,
             });
-            // The finished segment keeps its records only (zeros left by a crash before this
-            // are cut at open).
-            if let Some(old) = active.as_mut()
-                && let Err(e) = old.cut()
-            {
-                tracing::warn!("outbox: cannot cut the zeros after a finished segment: {e}");
-            }
             *active = Some(Active {
                 file,
                 first: next_seq,
-                at: 0,
-                filled: 0,
             });
         }
         Err(e) => tracing::error!(
@@ -974,59 +898,6 @@ mod tests {
         assert_eq!(got.len(), 200);
         let ids: BTreeSet<String> = got.iter().map(|r| r.event.id.clone()).collect();
         assert_eq!(ids.len(), 200, "ids unchanged and unique");
-    }
-
-    #[tokio::test]
-    async fn appends_go_over_zeros_written_ahead_which_a_crash_leaves_and_open_cuts() {
-        let dir = tempfile::tempdir().unwrap();
-        let watchers = vec!["a".to_string()];
-        let (outbox, _) = Outbox::open(
-            &opts(dir.path(), 64 << 20),
-            &watchers,
-            OutboxMetrics::default(),
-        )
-        .unwrap();
-        let segment = dir.path().join(segment_name(1));
-        outbox.append(&event(0), Admission::NoWait).await.unwrap();
-        // The first append filled zeros ahead of itself, already on disk: the next appends go
-        // over them and do not grow the file.
-        let filled = outbox.bytes() + AHEAD;
-        assert_eq!(fs::metadata(&segment).unwrap().len(), filled);
-        for i in 1..4 {
-            outbox.append(&event(i), Admission::NoWait).await.unwrap();
-        }
-        assert_eq!(fs::metadata(&segment).unwrap().len(), filled);
-        let buf = fs::read(&segment).unwrap();
-        assert!(buf[outbox.bytes() as usize..].iter().all(|b| *b == 0));
-        assert_eq!(scan(&buf).0.len(), 4);
-
-        // A crash now leaves the zeros: the copy of the files opens with every record to
-        // replay, and the segment is cut to them.
-        let crashed = tempfile::tempdir().unwrap();
-        for entry in fs::read_dir(dir.path()).unwrap() {
-            let p = entry.unwrap().path();
-            if p.extension().is_some_and(|e| e == "log" || e == "json") {
-                fs::copy(&p, crashed.path().join(p.file_name().unwrap())).unwrap();
-            }
-        }
-        let copied = crashed.path().join(segment_name(1));
-        let (reopened, replay) = Outbox::open(
-            &opts(crashed.path(), 64 << 20),
-            &watchers,
-            OutboxMetrics::default(),
-        )
-        .unwrap();
-        let seqs: Vec<u64> = replay_all(&reopened, replay[0])
-            .iter()
-            .map(|r| r.seq)
-            .collect();
-        assert_eq!(seqs, vec![1, 2, 3, 4]);
-        assert_eq!(fs::metadata(&copied).unwrap().len(), reopened.bytes());
-        reopened.close();
-
-        // A clean close cuts the zeros too.
-        outbox.close();
-        assert_eq!(fs::metadata(&segment).unwrap().len(), outbox.bytes());
     }
 
     #[tokio::test]
