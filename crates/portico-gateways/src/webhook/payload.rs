@@ -41,29 +41,35 @@ struct Headers<'a> {
 
 impl Serialize for Headers<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut names: Vec<&HeaderName> = self
+        // One pass over the map: it yields the values of a name one after the other, and a
+        // stable sort by name keeps them in that order.
+        let mut pairs: Vec<(&HeaderName, &HeaderValue)> = self
             .map
-            .keys()
-            .filter(|n| !self.redacted.contains(n))
+            .iter()
+            .filter(|(n, _)| !self.redacted.contains(n))
             .collect();
-        names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
-        let mut m = s.serialize_map(Some(names.len()))?;
-        for name in names {
-            m.serialize_entry(name.as_str(), &Values(self.map, name))?;
+        pairs.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        let names = pairs.chunk_by(|a, b| a.0 == b.0);
+        let mut m = s.serialize_map(Some(names.clone().count()))?;
+        for values in names {
+            m.serialize_entry(values[0].0.as_str(), &Values(values))?;
         }
         m.end()
     }
 }
 
 /// Every value of one header, in order, as text (invalid UTF-8 replaced).
-struct Values<'a>(&'a HeaderMap, &'a HeaderName);
+struct Values<'a>(&'a [(&'a HeaderName, &'a HeaderValue)]);
 
 impl Serialize for Values<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let values = self.0.get_all(self.1);
-        let mut seq = s.serialize_seq(None)?;
-        for v in values.iter() {
-            seq.serialize_element(&String::from_utf8_lossy(HeaderValue::as_bytes(v)))?;
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for (_, v) in self.0 {
+            // Visible ASCII (nearly every value) needs no decoding.
+            match v.to_str() {
+                Ok(text) => seq.serialize_element(text)?,
+                Err(_) => seq.serialize_element(&String::from_utf8_lossy(v.as_bytes()))?,
+            }
         }
         seq.end()
     }
@@ -141,5 +147,21 @@ mod tests {
         let p = payload(b"");
         assert_eq!(p["body"], "");
         assert_eq!(p["bodyEncoding"], "text");
+    }
+
+    #[test]
+    fn headers_are_sorted_by_name_with_each_value_in_order() {
+        let mut h = HeaderMap::new();
+        h.append("x-b", "3".parse().unwrap());
+        h.append("x-a", "1".parse().unwrap());
+        h.append("content-type", "application/json".parse().unwrap());
+        h.append("x-a", "2".parse().unwrap());
+        h.append("x-c", HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        let e = event(&h, b"{}", &[]).unwrap();
+        let text = std::str::from_utf8(&e.payload).unwrap();
+        assert_eq!(
+            text,
+            r#"{"header":{"content-type":["application/json"],"x-a":["1","2"],"x-b":["3"],"x-c":["caf�"]},"body":{},"bodyEncoding":"json"}"#
+        );
     }
 }
