@@ -35,10 +35,14 @@ pub enum Decoded {
     Batch(Vec<CloudEvent>),
 }
 
+/// Room in an encoded request's header map for what the HTTP client adds (`Host`,
+/// `Content-Length`), so that adding them does not grow the map.
+const CLIENT_HEADERS: usize = 2;
+
 /// Structured mode: the event in the JSON format as the body, `Content-Type:
 /// application/cloudevents+json`.
 pub fn encode_structured(ev: &CloudEvent) -> (HeaderMap, Bytes) {
-    let mut headers = HeaderMap::with_capacity(1);
+    let mut headers = HeaderMap::with_capacity(1 + CLIENT_HEADERS);
     headers.insert(
         CONTENT_TYPE,
         HeaderValue::from_static(STRUCTURED_CONTENT_TYPE),
@@ -48,7 +52,7 @@ pub fn encode_structured(ev: &CloudEvent) -> (HeaderMap, Bytes) {
 
 /// Batched mode: the events as a JSON array, `Content-Type: application/cloudevents-batch+json`.
 pub fn encode_batch(evs: &[CloudEvent]) -> (HeaderMap, Bytes) {
-    let mut headers = HeaderMap::with_capacity(1);
+    let mut headers = HeaderMap::with_capacity(1 + CLIENT_HEADERS);
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(BATCH_CONTENT_TYPE));
     (headers, Bytes::from(batch_to_json(evs)))
 }
@@ -66,7 +70,7 @@ fn encoded_value(s: &str) -> HeaderValue {
 /// A `datacontenttype` that is not a valid header value (which [`CloudEvent::validate`] rejects)
 /// is sent percent-encoded rather than dropped.
 pub fn encode_binary(ev: &CloudEvent) -> (HeaderMap, Bytes) {
-    let mut headers = HeaderMap::with_capacity(8 + ev.extensions.len());
+    let mut headers = HeaderMap::with_capacity(8 + ev.extensions.len() + CLIENT_HEADERS);
     headers.insert(
         HeaderName::from_static("ce-specversion"),
         HeaderValue::from_static(SPEC_VERSION),
