@@ -211,16 +211,18 @@ fn segment_name(first: u64) -> String {
     format!("{first:020}.log")
 }
 
-fn encode(seq: u64, accepted_ms: u64, payload: &[u8], out: &mut Vec<u8>) {
+/// The header of the record of `payload` (see the module docs).
+fn header(seq: u64, accepted_ms: u64, payload: &[u8]) -> [u8; HEADER] {
     let mut crc = crc32fast::Hasher::new();
     crc.update(&seq.to_le_bytes());
     crc.update(&accepted_ms.to_le_bytes());
     crc.update(payload);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&accepted_ms.to_le_bytes());
-    out.extend_from_slice(payload);
+    let mut h = [0u8; HEADER];
+    h[0..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    h[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
+    h[8..16].copy_from_slice(&seq.to_le_bytes());
+    h[16..24].copy_from_slice(&accepted_ms.to_le_bytes());
+    h
 }
 
 /// A record's header and payload found at `at`, or `None` at a torn or corrupt record.
@@ -449,7 +451,7 @@ impl Outbox {
         event: &CloudEvent,
         admission: Admission<'_>,
     ) -> Result<u64, DispatchError> {
-        let mut record = Vec::with_capacity(HEADER + 256);
+        let mut record = Vec::with_capacity(HEADER + event.json_size_hint());
         record.resize(HEADER, 0);
         event.write_json(&mut record);
         let len = record.len() as u64;
@@ -676,12 +678,8 @@ fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Msg>) {
                         for w in st.watchers.iter_mut() {
                             w.outstanding.insert(seq);
                         }
-                        let payload_len = record.len() - HEADER;
-                        let ms = now_ms();
-                        let mut header = Vec::with_capacity(HEADER);
-                        encode(seq, ms, &record[HEADER..], &mut header);
-                        record[..HEADER].copy_from_slice(&header[..HEADER]);
-                        debug_assert_eq!(header.len(), HEADER + payload_len);
+                        let h = header(seq, now_ms(), &record[HEADER..]);
+                        record[..HEADER].copy_from_slice(&h);
                         buf.extend_from_slice(&record);
                         replies.push((reply, seq, record.len() as u64));
                     }
