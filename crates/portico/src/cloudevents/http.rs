@@ -42,12 +42,17 @@ const CLIENT_HEADERS: usize = 2;
 /// Structured mode: the event in the JSON format as the body, `Content-Type:
 /// application/cloudevents+json`.
 pub fn encode_structured(ev: &CloudEvent) -> (HeaderMap, Bytes) {
+    (structured_headers(), Bytes::from(ev.to_json()))
+}
+
+/// The headers of an event in structured mode (the body is its JSON event format).
+pub fn structured_headers() -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(1 + CLIENT_HEADERS);
     headers.insert(
         CONTENT_TYPE,
         HeaderValue::from_static(STRUCTURED_CONTENT_TYPE),
     );
-    (headers, Bytes::from(ev.to_json()))
+    headers
 }
 
 /// Batched mode: the events as a JSON array, `Content-Type: application/cloudevents-batch+json`.

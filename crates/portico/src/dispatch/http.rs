@@ -303,28 +303,48 @@ pub fn retryable_status(status: StatusCode) -> bool {
         || status.is_server_error()
 }
 
+impl HttpSender {
+    /// One attempt with this request head and body.
+    async fn post(&self, headers: HeaderMap, body: Bytes) -> Result<(), DeliveryError> {
+        let status = match &self.transport {
+            Transport::Shared(client) => self.send_shared(client, headers, body).await?,
+            Transport::Plain(conns) => {
+                tokio::time::timeout(self.timeout, self.send_plain(conns, headers, body))
+                    .await
+                    .map_err(|_| self.timed_out())??
+            }
+        };
+        if status.is_success() {
+            return Ok(());
+        }
+        let reason = format!("{} answered {status}", self.url);
+        if retryable_status(status) {
+            Err(DeliveryError::retryable(reason))
+        } else {
+            Err(DeliveryError::permanent(reason))
+        }
+    }
+}
+
 impl Sender for HttpSender {
     fn send<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(async move {
             let (headers, body) = self.encode(event);
-            let status = match &self.transport {
-                Transport::Shared(client) => self.send_shared(client, headers, body).await?,
-                Transport::Plain(conns) => {
-                    tokio::time::timeout(self.timeout, self.send_plain(conns, headers, body))
-                        .await
-                        .map_err(|_| self.timed_out())??
-                }
-            };
-            if status.is_success() {
-                return Ok(());
-            }
-            let reason = format!("{} answered {status}", self.url);
-            if retryable_status(status) {
-                Err(DeliveryError::retryable(reason))
-            } else {
-                Err(DeliveryError::permanent(reason))
-            }
+            self.post(headers, body).await
         })
+    }
+
+    fn send_json<'a>(
+        &'a self,
+        event: &'a CloudEvent,
+        json: &'a Bytes,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        match self.encoding {
+            Encoding::Structured => {
+                Box::pin(self.post(cloudevents::http::structured_headers(), json.clone()))
+            }
+            _ => self.send(event),
+        }
     }
 }
 

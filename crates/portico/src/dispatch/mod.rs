@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
@@ -74,6 +75,18 @@ impl DeliveryError {
 pub trait Sender: Send + Sync + 'static {
     /// Delivers `event` once.
     fn send<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>>;
+
+    /// [`Sender::send`] for an event whose JSON event format is already written (`json`, by
+    /// the outbox): a sender that sends that format may send these bytes rather than encode
+    /// the event again. By default it sends as [`Sender::send`] does.
+    fn send_json<'a>(
+        &'a self,
+        event: &'a CloudEvent,
+        json: &'a Bytes,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        let _ = json;
+        self.send(event)
+    }
 }
 
 /// Makes the senders of watchers the framework crate has no client for (NATS JetStream,
@@ -200,6 +213,8 @@ struct Queued {
     accepted_ms: u64,
     /// Its place in the outbox, in `atLeastOnce`.
     seq: Option<u64>,
+    /// The event in the JSON event format, when the outbox wrote it.
+    json: Option<Bytes>,
     /// Told when this watcher is done with it, for an event whose source acks after delivery.
     tracker: Option<Arc<Tracker>>,
     _slot: OwnedSemaphorePermit,
@@ -465,9 +480,12 @@ impl Dispatcher {
             };
             slots.push(slot);
         }
-        let seq = match (&self.outbox, &tracker) {
-            (Some(o), None) => Some(o.append(&event, admission).await?),
-            _ => None,
+        let (seq, json) = match (&self.outbox, &tracker) {
+            (Some(o), None) => {
+                let (seq, json) = o.append(&event, admission).await?;
+                (Some(seq), Some(json))
+            }
+            _ => (None, None),
         };
         let event = Arc::new(event);
         let now = Instant::now();
@@ -479,6 +497,7 @@ impl Dispatcher {
                 accepted_at: now,
                 accepted_ms,
                 seq,
+                json: json.clone(),
                 tracker: tracker.clone(),
                 _slot: slot,
             };
@@ -562,6 +581,8 @@ async fn replay(
                 accepted_at: Instant::now(),
                 accepted_ms: record.accepted_ms,
                 seq: Some(record.seq),
+                // Encoded again from the record, as any event from outside is.
+                json: None,
                 tracker: None,
                 _slot: slot,
             };
@@ -626,6 +647,7 @@ impl Worker {
         let attempt = retry::deliver_with_retry_aged(
             self.sender.as_ref(),
             event,
+            queued.json.as_ref(),
             &self.retry,
             age,
             aborted,

@@ -54,6 +54,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -179,7 +180,11 @@ impl Shared {
 }
 
 enum Msg {
-    Append { record: Vec<u8>, reply: Reply },
+    /// An event in the JSON event format, to be written as one record.
+    Append {
+        record: Bytes,
+        reply: Reply,
+    },
     Housekeep,
 }
 
@@ -444,17 +449,16 @@ impl Outbox {
         self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Writes `event` durably and gives its sequence number, once fsynced. Past the size
-    /// bound, fails with `Full` or waits, as `admission` says.
+    /// Writes `event` durably and gives its sequence number, once fsynced, with the event in
+    /// the JSON event format as written (for structured-mode watchers to send as it is). Past
+    /// the size bound, fails with `Full` or waits, as `admission` says.
     pub async fn append(
         &self,
         event: &CloudEvent,
         admission: Admission<'_>,
-    ) -> Result<u64, DispatchError> {
-        let mut record = Vec::with_capacity(HEADER + event.json_size_hint());
-        record.resize(HEADER, 0);
-        event.write_json(&mut record);
-        let len = record.len() as u64;
+    ) -> Result<(u64, Bytes), DispatchError> {
+        let json = Bytes::from(event.to_json());
+        let len = (HEADER + json.len()) as u64;
         if len > self.shared.max_bytes {
             return Err(DispatchError::Invalid(format!(
                 "the event takes {len} bytes, more than the whole outbox may hold ({} bytes): raise spec.delivery.outbox.maxBytes",
@@ -497,12 +501,13 @@ impl Outbox {
             self.unreserve(len);
             return Err(DispatchError::Stopped);
         };
+        let record = json.clone();
         if tx.send(Msg::Append { record, reply }).await.is_err() {
             self.unreserve(len);
             return Err(DispatchError::Stopped);
         }
         match answer.await {
-            Ok(Ok(seq)) => Ok(seq),
+            Ok(Ok(seq)) => Ok((seq, json)),
             Ok(Err(e)) => {
                 tracing::error!("{e}");
                 Err(DispatchError::Full {
@@ -672,16 +677,15 @@ fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Msg>) {
             for msg in batch {
                 match msg {
                     Msg::Housekeep => housekeeping = true,
-                    Msg::Append { mut record, reply } => {
+                    Msg::Append { record, reply } => {
                         let seq = st.next_seq;
                         st.next_seq += 1;
                         for w in st.watchers.iter_mut() {
                             w.outstanding.insert(seq);
                         }
-                        let h = header(seq, now_ms(), &record[HEADER..]);
-                        record[..HEADER].copy_from_slice(&h);
+                        buf.extend_from_slice(&header(seq, now_ms(), &record));
                         buf.extend_from_slice(&record);
-                        replies.push((reply, seq, record.len() as u64));
+                        replies.push((reply, seq, (HEADER + record.len()) as u64));
                     }
                 }
             }
@@ -862,7 +866,10 @@ mod tests {
         for i in 0..200 {
             let o = outbox.clone();
             tasks.push(tokio::spawn(async move {
-                o.append(&event(i), Admission::NoWait).await.unwrap()
+                let (seq, json) = o.append(&event(i), Admission::NoWait).await.unwrap();
+                // What was written is the event in the JSON format, for watchers to send.
+                assert_eq!(json, event(i).to_json());
+                seq
             }));
         }
         let mut seqs = Vec::new();
@@ -909,7 +916,7 @@ mod tests {
         let mut full = false;
         for i in 0..100_000 {
             match outbox.append(&event(i), Admission::NoWait).await {
-                Ok(s) => seqs.push(s),
+                Ok((s, _)) => seqs.push(s),
                 Err(DispatchError::Full { .. }) => {
                     full = true;
                     break;

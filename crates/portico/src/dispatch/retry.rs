@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::{DeliveryError, Sender};
@@ -72,6 +73,7 @@ pub async fn deliver_with_retry(
     deliver_with_retry_aged(
         sender,
         event,
+        None,
         policy,
         Duration::ZERO,
         abort.cancelled(),
@@ -83,26 +85,31 @@ pub async fn deliver_with_retry(
 /// [`deliver_with_retry`] for an event accepted `age` ago: with `policy.max_age`, retries stop
 /// once the event is that old, and the last failure is returned. It gives up when `aborted`
 /// completes (a worker passes one cancellation future it keeps for all its deliveries, rather
-/// than registering a new one per event).
+/// than registering a new one per event). `json`, the event's JSON event format when it is
+/// already written, goes to [`Sender::send_json`].
 pub async fn deliver_with_retry_aged(
     sender: &dyn Sender,
     event: &CloudEvent,
+    json: Option<&Bytes>,
     policy: &RetryPolicy,
     age: Duration,
     aborted: impl Future<Output = ()>,
     mut on_retry: impl FnMut(&DeliveryError, Duration),
 ) -> Result<(), DeliveryError> {
     let last = std::sync::Mutex::new(None::<DeliveryError>);
-    let attempts = (|| sender.send(event))
-        .retry(policy.backoff())
-        .sleep(tokio::time::sleep)
-        .when(|e: &DeliveryError| e.retryable)
-        .notify(|e, d| {
-            if let Ok(mut l) = last.lock() {
-                *l = Some(e.clone());
-            }
-            on_retry(e, d)
-        });
+    let attempts = (|| match json {
+        Some(json) => sender.send_json(event, json),
+        None => sender.send(event),
+    })
+    .retry(policy.backoff())
+    .sleep(tokio::time::sleep)
+    .when(|e: &DeliveryError| e.retryable)
+    .notify(|e, d| {
+        if let Ok(mut l) = last.lock() {
+            *l = Some(e.clone());
+        }
+        on_retry(e, d)
+    });
     let expired = async {
         match policy.max_age {
             Some(max) => tokio::time::sleep(max.saturating_sub(age)).await,
