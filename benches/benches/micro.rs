@@ -172,7 +172,7 @@ fn outbox_append(c: &mut Criterion) {
 
     // The watcher takes every event at once, so that segments can go.
     let append = |outbox: Arc<Outbox>, ce: CloudEvent| async move {
-        let seq = outbox.append(&ce, Admission::NoWait).await.unwrap();
+        let (seq, _json) = outbox.append(&ce, Admission::NoWait).await.unwrap();
         outbox.done(0, seq);
     };
 
