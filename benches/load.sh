@@ -526,9 +526,11 @@ fi
 
 cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
-# The table of an earlier run (this run's output file) is not a change to what is measured.
-git -C "$root" diff --quiet HEAD -- . ":(exclude)$OUT" 2>/dev/null ||
-  commit="$commit (with uncommitted changes)"
+# The table of an earlier run (this run's output file, when it is in the repository) is not a
+# change to what is measured.
+unchanged=(git -C "$root" diff --quiet HEAD -- .)
+case "$OUT" in /*) ;; *) unchanged+=(":(exclude)$OUT") ;; esac
+"${unchanged[@]}" 2>/dev/null || commit="$commit (with uncommitted changes)"
 {
   cat <<EOF
 # Benchmarks
