@@ -255,8 +255,13 @@ mod tests {
     use hyper::service::service_fn;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// A server whose one route echoes the body it read (or says why it could not).
-    async fn echo(limit: usize) -> (std::net::SocketAddr, CancellationToken) {
+    /// A server on a free port of loopback that runs `connection` for every connection it
+    /// accepts, with the stop token it returns.
+    async fn server<F, Fut>(mut connection: F) -> (std::net::SocketAddr, CancellationToken)
+    where
+        F: FnMut(TcpStream, CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
@@ -265,21 +270,26 @@ mod tests {
             listener,
             stop.clone(),
             DRAIN_TIMEOUT,
-            move |tcp| {
-                let s = s.clone();
-                let service = service_fn(move |req: Request<Incoming>| async move {
-                    let (parts, body) = req.into_parts();
-                    let text = match read_body(&parts.headers, body, limit).await {
-                        Ok(b) => b,
-                        Err(BodyError::TooLarge) => Bytes::from_static(b"too large"),
-                        Err(BodyError::Read(e)) => Bytes::from(e.to_string()),
-                    };
-                    Ok::<_, Infallible>(Response::new(Full::new(text)))
-                });
-                serve_connection(tcp, service, s, None)
-            },
+            move |tcp| connection(tcp, s.clone()),
         ));
         (addr, stop)
+    }
+
+    /// A server whose one route echoes the body it read (or says why it could not).
+    async fn echo(limit: usize) -> (std::net::SocketAddr, CancellationToken) {
+        server(move |tcp, stop| {
+            let service = service_fn(move |req: Request<Incoming>| async move {
+                let (parts, body) = req.into_parts();
+                let text = match read_body(&parts.headers, body, limit).await {
+                    Ok(b) => b,
+                    Err(BodyError::TooLarge) => Bytes::from_static(b"too large"),
+                    Err(BodyError::Read(e)) => Bytes::from(e.to_string()),
+                };
+                Ok::<_, Infallible>(Response::new(Full::new(text)))
+            });
+            serve_connection(tcp, service, stop, None)
+        })
+        .await
     }
 
     async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
@@ -329,23 +339,14 @@ mod tests {
         period: Duration,
         serve_for: Duration,
     ) -> (std::net::SocketAddr, CancellationToken) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        let s = stop.clone();
-        tokio::spawn(accept_loop(
-            listener,
-            stop.clone(),
-            DRAIN_TIMEOUT,
-            move |tcp| {
-                let service = service_fn(move |_req: Request<Incoming>| async move {
-                    tokio::time::sleep(serve_for).await;
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"done"))))
-                });
-                serve_connection(tcp, service, s.clone(), Some(period))
-            },
-        ));
-        (addr, stop)
+        server(move |tcp, stop| {
+            let service = service_fn(move |_req: Request<Incoming>| async move {
+                tokio::time::sleep(serve_for).await;
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"done"))))
+            });
+            serve_connection(tcp, service, stop, Some(period))
+        })
+        .await
     }
 
     /// Reads until the server closes the connection (or 10 s pass: a failure).
