@@ -272,11 +272,6 @@ impl CloudEvent {
         out
     }
 
-    /// A capacity for the event in the JSON event format that is usually enough.
-    pub fn json_size_hint(&self) -> usize {
-        json::size_hint(self)
-    }
-
     /// Appends the event in the JSON event format to `out`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         json::write_event(self, out);
