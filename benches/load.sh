@@ -68,6 +68,13 @@ else
   cargo build -q -p portico-cli -p portico-benches
 fi
 bin="$CARGO_TARGET_DIR/$profile"
+# How much of the start-up and event-path layout (crates/portico-cli/link-order.txt) the release
+# binary still has: its idle RSS depends on it (scripts/link-order regenerates the file).
+link_order="not used (debug build)"
+if [ "$profile" = release ]; then
+  link_order=$("$root/scripts/link-order" --check | sed 's/^link order: //; s/ are in .*/ are in the binary/')
+  printf "==> link order: %s\n" "$link_order" >&2
+fi
 
 SERVER_CPU=""; LOAD_CPU=""
 if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
@@ -542,7 +549,7 @@ machine is shared and noisy, so absolute numbers drift; compare the ratios.
 - machine: $(nproc) cores, ${cpu_model:-unknown CPU}, Linux $(uname -r), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo) of memory
 - date: $(date -u '+%Y-%m-%d %H:%M UTC')
 - commit: $commit
-- builds: release (\`[profile.release]\` of the workspace: thin LTO, 4 codegen units)
+- builds: release (\`[profile.release]\` of the workspace: thin LTO, 4 codegen units); link order: $link_order
 - load: wrk, 1 thread, $CONNS connections, ${SECS} s per run after ${WARM} s of warm-up; $REPS repetitions, median (min–max)
 - placement: $placement
 
