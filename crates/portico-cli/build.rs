@@ -26,17 +26,19 @@ fn main() {
     if linux_gnu && native && wanted && glibc_at_least(2, 36) {
         println!("cargo:rustc-link-arg-bin=portico=-Wl,-z,pack-relative-relocs");
     }
-    if std::env::var("PORTICO_LINK_ORDER").as_deref() != Ok("0") && links_with_default_lld() {
-        let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
-        let order = std::path::Path::new(&dir).join("link-order.txt");
-        if std::env::var("PROFILE").as_deref() == Ok("release") && order.is_file() {
-            println!(
-                "cargo:rustc-link-arg-bin=portico=-Wl,--symbol-ordering-file={}",
-                order.display()
-            );
-            // Names the binary no longer has (another toolchain or dependency) are skipped.
-            println!("cargo:rustc-link-arg-bin=portico=-Wl,--no-warn-symbol-ordering");
-        }
+    let order = std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default())
+        .join("link-order.txt");
+    if std::env::var("PROFILE").as_deref() == Ok("release")
+        && std::env::var("PORTICO_LINK_ORDER").as_deref() != Ok("0")
+        && order.is_file()
+        && links_with_default_lld()
+    {
+        println!(
+            "cargo:rustc-link-arg-bin=portico=-Wl,--symbol-ordering-file={}",
+            order.display()
+        );
+        // Names the binary no longer has (another toolchain or dependency) are skipped.
+        println!("cargo:rustc-link-arg-bin=portico=-Wl,--no-warn-symbol-ordering");
     }
 }
 
@@ -53,36 +55,22 @@ fn links_with_default_lld() -> bool {
         return false;
     }
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let Ok(out) = Command::new(rustc).arg("--version").output() else {
-        return false;
-    };
     // `rustc 1.95.0 (59807616e 2026-04-14)`
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut parts = text
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_default()
-        .split('.')
-        .map(|p| p.parse::<u32>().ok());
-    matches!(
-        (parts.next().flatten(), parts.next().flatten()),
-        (Some(major), Some(minor)) if (major, minor) >= (1, 90)
-    )
+    version_of(Command::new(rustc).arg("--version")).is_some_and(|v| v >= (1, 90))
 }
 
 /// Whether the glibc of the machine building (and, for a native build, running) the binary
 /// is at least `major.minor`, as `getconf GNU_LIBC_VERSION` tells (`glibc 2.36`).
 fn glibc_at_least(major: u32, minor: u32) -> bool {
-    let Ok(out) = Command::new("getconf").arg("GNU_LIBC_VERSION").output() else {
-        return false;
-    };
+    version_of(Command::new("getconf").arg("GNU_LIBC_VERSION")).is_some_and(|v| v >= (major, minor))
+}
+
+/// `(major, minor)` of the second word a command prints (`name 1.2.3 …`), if it runs.
+fn version_of(command: &mut Command) -> Option<(u32, u32)> {
+    let out = command.output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let Some(version) = text.split_whitespace().nth(1) else {
-        return false;
-    };
-    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
-    match (parts.next().flatten(), parts.next().flatten()) {
-        (Some(a), Some(b)) => (a, b) >= (major, minor),
-        _ => false,
-    }
+    let mut parts = text.split_whitespace().nth(1)?.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
