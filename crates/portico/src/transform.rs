@@ -74,9 +74,19 @@ impl Transformer {
             Some(ct) if written_json && is_json_content_type(ct) => Data::Json(event.payload),
             ct => Data::from_payload(event.payload, ct),
         };
+        // Written straight into their strings: `to_string` and `format!` go through the
+        // formatting machinery, a measurable part of an event's cost (BENCHMARKS.md).
+        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let mut source = String::with_capacity(self.gateway.len() + 1 + src.len());
+        source.push_str(&self.gateway);
+        source.push('/');
+        source.push_str(src);
         let ce = CloudEvent {
-            id: uuid::Uuid::new_v4().to_string(),
-            source: format!("{}/{}", self.gateway, src),
+            id: uuid::Uuid::new_v4()
+                .hyphenated()
+                .encode_lower(&mut id)
+                .to_owned(),
+            source,
             ty: self.event_type.clone(),
             datacontenttype: event.content_type,
             dataschema: None,
