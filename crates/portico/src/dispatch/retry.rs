@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
@@ -96,39 +96,57 @@ pub async fn deliver_with_retry_aged(
     aborted: impl Future<Output = ()>,
     mut on_retry: impl FnMut(&DeliveryError, Duration),
 ) -> Result<(), DeliveryError> {
-    let last = std::sync::Mutex::new(None::<DeliveryError>);
-    let attempts = (|| match json {
-        Some(json) => sender.send_json(event, json),
-        None => sender.send(event),
-    })
-    .retry(policy.backoff())
-    .sleep(tokio::time::sleep)
-    .when(|e: &DeliveryError| e.retryable)
-    .notify(|e, d| {
-        if let Ok(mut l) = last.lock() {
-            *l = Some(e.clone());
-        }
-        on_retry(e, d)
-    });
     let expired = async {
         match policy.max_age {
             Some(max) => tokio::time::sleep(max.saturating_sub(age)).await,
             None => std::future::pending().await,
         }
     };
-    tokio::select! {
-        biased;
-        _ = aborted => Err(DeliveryError::permanent("abandoned: the gateway is shutting down")),
-        r = attempts => r,
-        _ = expired => {
-            let last = last.lock().ok().and_then(|mut l| l.take());
-            let max = policy.max_age.unwrap_or_default();
-            Err(DeliveryError::permanent(format!(
-                "not delivered within maxAge {}{}",
-                humantime::format_duration(max),
-                last.map(|e| format!(" (last failure: {})", e.reason)).unwrap_or_default()
-            )))
+    tokio::pin!(aborted, expired);
+    let gone = || DeliveryError::permanent("abandoned: the gateway is shutting down");
+    let too_old = |last: Option<&DeliveryError>| {
+        DeliveryError::permanent(format!(
+            "not delivered within maxAge {}{}",
+            humantime::format_duration(policy.max_age.unwrap_or_default()),
+            last.map(|e| format!(" (last failure: {})", e.reason))
+                .unwrap_or_default()
+        ))
+    };
+    // The waits between attempts, made at the first failure: nearly every event is delivered
+    // by its first attempt, which then costs no more than the attempt itself.
+    let mut backoff = None;
+    let mut last = None;
+    loop {
+        let attempt = match json {
+            Some(json) => sender.send_json(event, json),
+            None => sender.send(event),
+        };
+        let failure = tokio::select! {
+            biased;
+            _ = &mut aborted => return Err(gone()),
+            r = attempt => match r {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            },
+            _ = &mut expired => return Err(too_old(last.as_ref())),
+        };
+        if !failure.retryable {
+            return Err(failure);
         }
+        let Some(wait) = backoff
+            .get_or_insert_with(|| policy.backoff().build())
+            .next()
+        else {
+            return Err(failure);
+        };
+        on_retry(&failure, wait);
+        tokio::select! {
+            biased;
+            _ = &mut aborted => return Err(gone()),
+            _ = tokio::time::sleep(wait) => {}
+            _ = &mut expired => return Err(too_old(Some(&failure))),
+        }
+        last = Some(failure);
     }
 }
 
@@ -199,5 +217,79 @@ mod tests {
             deliver_with_retry(&s, &event(), &fast(3), &CancellationToken::new(), |_, _| {}).await;
         assert_eq!(r, Err(DeliveryError::retryable("503")));
         assert!(s.0.lock().unwrap().is_empty());
+    }
+
+    /// Fails every attempt with a retryable error, counting them.
+    struct Down(Mutex<usize>);
+    impl Sender for Down {
+        fn send<'a>(&'a self, _: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {
+            *self.0.lock().unwrap() += 1;
+            Box::pin(async { Err(DeliveryError::retryable("503")) })
+        }
+    }
+
+    #[tokio::test]
+    async fn max_age_stops_the_retries_and_names_the_last_failure() {
+        let s = Down(Mutex::new(0));
+        let policy = RetryPolicy {
+            max_attempts: usize::MAX,
+            max_age: Some(Duration::from_millis(50)),
+            ..fast(0)
+        };
+        let r = deliver_with_retry(&s, &event(), &policy, &CancellationToken::new(), |_, _| {})
+            .await
+            .unwrap_err();
+        assert!(!r.retryable);
+        assert_eq!(
+            r.reason,
+            "not delivered within maxAge 50ms (last failure: 503)"
+        );
+        assert!(*s.0.lock().unwrap() >= 2, "it retried before giving up");
+    }
+
+    #[tokio::test]
+    async fn an_event_already_too_old_gets_one_attempt_and_no_retry() {
+        let s = Down(Mutex::new(0));
+        let policy = RetryPolicy {
+            max_age: Some(Duration::from_millis(50)),
+            ..fast(5)
+        };
+        let r = deliver_with_retry_aged(
+            &s,
+            &event(),
+            None,
+            &policy,
+            Duration::from_secs(1),
+            std::future::pending(),
+            |_, _| {},
+        )
+        .await;
+        assert_eq!(
+            r,
+            Err(DeliveryError::permanent(
+                "not delivered within maxAge 50ms (last failure: 503)"
+            ))
+        );
+        assert_eq!(*s.0.lock().unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn shutting_down_abandons_the_retries() {
+        let s = Down(Mutex::new(0));
+        let policy = RetryPolicy {
+            max_attempts: usize::MAX,
+            initial_backoff: Duration::from_secs(60),
+            max_backoff: Duration::from_secs(60),
+            max_age: None,
+        };
+        let abort = CancellationToken::new();
+        let r = deliver_with_retry(&s, &event(), &policy, &abort, |_, _| abort.cancel()).await;
+        assert_eq!(
+            r,
+            Err(DeliveryError::permanent(
+                "abandoned: the gateway is shutting down"
+            ))
+        );
+        assert_eq!(*s.0.lock().unwrap(), 1, "no attempt after the abort");
     }
 }
