@@ -31,12 +31,6 @@
 //! `fdatasync` once and answers every appender. Concurrent events therefore share one fsync
 //! (`portico_outbox_fsyncs` / `portico_outbox_appends` in the metrics say how many).
 //!
-//! Under load the writer also waits a moment before it takes a batch (the commit window, as
-//! PostgreSQL's `commit_delay`): when the previous batch held at least [`BUSY_BATCH`] records,
-//! more appenders are surely on their way, and letting them join costs each event at most
-//! [`COMMIT_WINDOW`] of latency while it saves fsyncs, whose cost in the kernel is per call
-//! and not per byte. A quiet outbox (batches of one or a few events) writes at once.
-//!
 //! # Cursors
 //!
 //! Each watcher has its own cursor: the set of its sequence numbers queued or in flight, and,
@@ -75,18 +69,6 @@ const LOCK: &str = "LOCK";
 const CHANNEL: usize = 4096;
 /// Most records one group commit takes.
 const BATCH: usize = 4096;
-/// Records in the previous batch from which the writer waits for [`COMMIT_WINDOW`] before it
-/// takes the next one.
-const BUSY_BATCH: usize = 8;
-/// How long a busy writer waits for more appenders before it writes (measured in
-/// `BENCHMARKS.md`: at 64 concurrent appenders, batches grow from ~20 to ~55 records and the
-/// writer's CPU per event halves, with no change in p99 latency).
-const COMMIT_WINDOW: Duration = Duration::from_millis(1);
-
-/// How long the writer waits before taking a batch, after one of `previous` records.
-fn commit_window(previous: usize) -> Option<Duration> {
-    (previous >= BUSY_BATCH).then_some(COMMIT_WINDOW)
-}
 
 /// Where the outbox lives and how big it may grow.
 #[derive(Debug, Clone, PartialEq)]
@@ -679,11 +661,7 @@ fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Msg>) {
     };
     let mut buf = Vec::with_capacity(1 << 20);
     let mut replies: Vec<(Reply, u64, u64)> = Vec::new();
-    let mut previous = 0;
     while let Some(first) = rx.blocking_recv() {
-        if let Some(window) = commit_window(previous) {
-            std::thread::sleep(window);
-        }
         let mut batch = vec![first];
         while batch.len() < BATCH {
             match rx.try_recv() {
@@ -713,7 +691,6 @@ fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Msg>) {
             }
         }
         if !replies.is_empty() {
-            previous = replies.len();
             let result = match active.as_mut() {
                 Some(a) => a
                     .file
@@ -875,16 +852,6 @@ mod tests {
             out.extend(batch);
         }
         out
-    }
-
-    #[test]
-    fn the_writer_waits_for_more_appenders_only_when_busy() {
-        assert_eq!(commit_window(0), None, "a housekeeping message alone");
-        assert_eq!(commit_window(1), None, "a quiet outbox writes at once");
-        assert_eq!(commit_window(BUSY_BATCH - 1), None);
-        assert_eq!(commit_window(BUSY_BATCH), Some(COMMIT_WINDOW));
-        assert_eq!(commit_window(BATCH), Some(COMMIT_WINDOW));
-        assert!(COMMIT_WINDOW <= Duration::from_millis(2), "bounded latency");
     }
 
     #[tokio::test]
