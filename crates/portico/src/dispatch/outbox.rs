@@ -10,11 +10,14 @@
 //! <dir>/00000000000000000001.log     a segment, named after the sequence number of its first record
 //! <dir>/00000000000000004097.log     the active segment (appends go here)
 //! <dir>/cursors.json                 {"<watcher>": <first sequence number not yet done>}
+//! <dir>/spare.seg                    a finished segment kept to be written over (see below)
 //! ```
 //!
 //! A record is `len: u32 | crc32: u32 | seq: u64 | accepted_ms: u64 | payload`, little endian,
 //! where the CRC-32 covers `seq`, `accepted_ms` and the payload (the CloudEvent in the JSON event
 //! format). A torn write at the tail (a crash mid-append) fails its CRC and is cut off at open.
+//! Within a segment sequence numbers only grow, from the one in its name: a record with an
+//! older number is a leftover of the segment's previous life (below), and ends the segment.
 //!
 //! # Why a log and not redb
 //!
@@ -37,6 +40,18 @@
 //! (`portico_outbox_fsyncs` / `portico_outbox_appends` in the metrics say how large the
 //! batches are). With 64 clients on one core this took fsyncs per event from 0.05 to 0.017.
 //!
+//! # Reusing segments
+//!
+//! Appending to a file makes every `fdatasync` write the inode too (its size changed) and
+//! the file system allocate blocks; writing over blocks a file already has needs neither.
+//! So of the segments that housekeeping finds finished, one is not deleted but renamed to
+//! `spare.seg`, and the next segment is that file, written over from its start. On this
+//! machine that halves the kernel time of an fsync (95 → 50 µs for 58 records of 1.1 kB in
+//! the same loop, `fdatasync` after `pwrite` over old blocks against after appending). The
+//! bytes past a segment's last record are cut off when the writer moves on to the next
+//! segment and when it stops; after a crash, the first leftover record (older number, or a
+//! failed CRC) ends the segment at open. The spare is on disk beyond `max_bytes`.
+//!
 //! # Cursors
 //!
 //! Each watcher has its own cursor: the set of its sequence numbers queued or in flight, and,
@@ -55,7 +70,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -71,6 +86,7 @@ use crate::executor::{Admission, DispatchError};
 
 const HEADER: usize = 24;
 const CURSORS: &str = "cursors.json";
+const SPARE: &str = "spare.seg";
 /// Most times the leader of a batch yields to the runtime for more records once the writer is
 /// free: the bound on what a batch waits when records keep coming.
 const MAX_TICKS: u32 = 16;
@@ -155,6 +171,8 @@ struct State {
     led: bool,
     /// The writer has a batch it has not answered yet.
     writing: bool,
+    /// A finished segment to write the next one over, if there is one.
+    spare: Option<PathBuf>,
 }
 
 impl State {
@@ -261,17 +279,22 @@ type Found<'a> = (u64, u64, &'a [u8]);
 /// An appender waiting for its sequence number.
 type Reply = oneshot::Sender<Result<u64, String>>;
 
-/// Every valid record of a segment's bytes, and the length of the valid prefix.
-fn scan(buf: &[u8]) -> (Vec<Found<'_>>, usize) {
+/// Every valid record of the bytes of the segment that starts at sequence number `first`, and
+/// the length of the valid prefix. Numbers only grow within a segment (a failed write may
+/// leave gaps): a record numbered lower than `first` or than its predecessor is a leftover of
+/// the file's previous life as another segment.
+fn scan(buf: &[u8], first: u64) -> (Vec<Found<'_>>, usize) {
     let mut out = Vec::new();
     let mut at = 0;
+    let mut least = first;
     while at < buf.len() {
         match decode_at(buf, at) {
-            Some((seq, ms, payload)) => {
+            Some((seq, ms, payload)) if seq >= least => {
                 at += HEADER + payload.len();
+                least = seq + 1;
                 out.push((seq, ms, payload));
             }
-            None => break,
+            _ => break,
         }
     }
     (out, at)
@@ -334,9 +357,15 @@ impl Outbox {
         let count = names.len();
         for (i, (first, path)) in names.into_iter().enumerate() {
             let buf = read_file(&path).map_err(|e| io("read", &path, e))?;
-            let (records, valid) = scan(&buf);
+            let (records, valid) = scan(&buf, first);
             if valid < buf.len() {
-                if i + 1 == count {
+                if decode_at(&buf, valid).is_some() {
+                    // A whole record with an older number: what a reused file held before.
+                    tracing::debug!(
+                        segment = %path.display(), offset = valid,
+                        "outbox: cutting off the old records of a reused segment"
+                    );
+                } else if i + 1 == count {
                     tracing::warn!(
                         segment = %path.display(), offset = valid, dropped_bytes = buf.len() - valid,
                         "outbox: cutting off a torn record at the end of the log (an append the crash interrupted; it was never acknowledged)"
@@ -379,6 +408,8 @@ impl Outbox {
             });
         }
 
+        let spare_path = dir.join(SPARE);
+        let spare = spare_path.exists().then_some(spare_path);
         let oldest = segments.first().map_or(next_seq, |s| s.first);
         // Without a readable cursor file every watcher replays the whole log (duplicates rather
         // than losses); with one, a watcher it does not name is new and starts at the head.
@@ -434,6 +465,7 @@ impl Outbox {
                 open: Vec::new(),
                 led: false,
                 writing: false,
+                spare,
             }),
             room: Notify::new(),
             free: Notify::new(),
@@ -601,7 +633,7 @@ impl Outbox {
         if want >= range.to {
             return None;
         }
-        let path = {
+        let (path, first) = {
             let st = self.shared.lock();
             let seg = st
                 .segments
@@ -609,7 +641,7 @@ impl Outbox {
                 .rev()
                 .find(|s| s.first <= want)
                 .or_else(|| st.segments.first())?;
-            seg.path.clone()
+            (seg.path.clone(), seg.first)
         };
         let buf = match read_file(&path) {
             Ok(b) => b,
@@ -618,7 +650,7 @@ impl Outbox {
                 return None;
             }
         };
-        let (records, _) = scan(&buf);
+        let (records, _) = scan(&buf, first);
         let mut out = Vec::new();
         for (seq, ms, payload) in records {
             if seq < want || seq >= range.to {
@@ -721,25 +753,67 @@ impl Drop for Leader<'_> {
     }
 }
 
+/// The segment appends go to.
 struct Active {
     file: File,
+    path: PathBuf,
     first: u64,
+    /// Where the next record goes: the end of the last one.
+    end: u64,
+    /// The file's length, more than `end` while it is a reused file's old bytes.
+    len: u64,
+}
+
+impl Active {
+    fn open(path: PathBuf, first: u64, end: u64) -> std::io::Result<Active> {
+        let file = OpenOptions::new().write(true).open(&path)?;
+        let len = file.metadata()?.len();
+        Ok(Active {
+            file,
+            path,
+            first,
+            end,
+            len,
+        })
+    }
+
+    /// Writes `buf` after the last record and syncs it.
+    fn append(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(buf, self.end)?;
+        self.file.sync_data()?;
+        self.end += buf.len() as u64;
+        self.len = self.len.max(self.end);
+        Ok(())
+    }
+
+    /// Cuts a reused file's old bytes after the last record.
+    fn cut(&mut self) -> std::io::Result<()> {
+        if self.len > self.end {
+            self.truncate()?;
+        }
+        Ok(())
+    }
+
+    /// Cuts the file after the last record, whatever follows it (a failed write).
+    fn truncate(&mut self) -> std::io::Result<()> {
+        self.file.set_len(self.end)?;
+        self.file.sync_data()?;
+        self.len = self.end;
+        Ok(())
+    }
 }
 
 fn open_active(shared: &Shared) -> Result<Active, String> {
-    let (path, first) = {
+    let (path, first, end) = {
         let st = shared.lock();
         let seg = st
             .segments
             .last()
             .ok_or_else(|| "outbox: no active segment".to_string())?;
-        (seg.path.clone(), seg.first)
+        (seg.path.clone(), seg.first, seg.bytes)
     };
-    let file = OpenOptions::new()
-        .append(true)
-        .open(&path)
-        .map_err(|e| io("open", &path, e))?;
-    Ok(Active { file, first })
+    Active::open(path.clone(), first, end).map_err(|e| io("open", &path, e))
 }
 
 fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Msg>) {
@@ -783,11 +857,7 @@ fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Msg>) {
         }
         if !replies.is_empty() {
             let result = match active.as_mut() {
-                Some(a) => a
-                    .file
-                    .write_all(&buf)
-                    .and_then(|_| a.file.sync_data())
-                    .map_err(|e| format!("outbox: cannot write `{}`: {e}", shared.dir.display())),
+                Some(a) => a.append(&buf).map_err(|e| io("write", &a.path, e)),
                 None => Err("outbox: the active segment could not be opened".to_string()),
             };
             let total: u64 = replies.iter().map(|r| r.2).sum();
@@ -811,8 +881,8 @@ fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Msg>) {
                             }
                         }
                         // Cut whatever part was written, so the log stays whole.
-                        if let (Some(a), Some(seg)) = (active.as_ref(), st.segments.last()) {
-                            let _ = a.file.set_len(seg.bytes);
+                        if let Some(a) = active.as_mut() {
+                            let _ = a.truncate();
                         }
                     }
                 }
@@ -835,6 +905,12 @@ fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Msg>) {
             tracing::warn!("outbox: {e}");
         }
     }
+    // Stopping: leave no old bytes after the last record for the next start to find.
+    if let Some(a) = active.as_mut()
+        && let Err(e) = a.cut()
+    {
+        tracing::warn!("{}", io("cut the end of", &a.path, e));
+    }
 }
 
 fn roll_if_full(shared: &Shared, active: &mut Option<Active>) {
@@ -845,22 +921,37 @@ fn roll_if_full(shared: &Shared, active: &mut Option<Active>) {
     if bytes < shared.segment_bytes || active.as_ref().is_some_and(|a| a.first == next_seq) {
         return;
     }
+    // The finished segment ends at its last record.
+    if let Some(a) = active.as_mut()
+        && let Err(e) = a.cut()
+    {
+        tracing::warn!("{}", io("cut the end of", &a.path, e));
+    }
     let path = shared.dir.join(segment_name(next_seq));
-    let created = File::create(&path)
-        .and_then(|_| sync_dir(&shared.dir))
-        .and_then(|_| OpenOptions::new().append(true).open(&path));
+    let spare = shared.lock().spare.take();
+    let reused = spare.is_some_and(|spare| match fs::rename(&spare, &path) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!("{}; a new file is created", io("reuse", &spare, e));
+            false
+        }
+    });
+    let created = if reused {
+        Ok(())
+    } else {
+        File::create(&path).map(drop)
+    }
+    .and_then(|_| sync_dir(&shared.dir))
+    .and_then(|_| Active::open(path.clone(), next_seq, 0));
     match created {
-        Ok(file) => {
+        Ok(a) => {
             shared.lock().segments.push(Segment {
                 first: next_seq,
                 last: None,
                 bytes: 0,
                 path,
             });
-            *active = Some(Active {
-                file,
-                first: next_seq,
-            });
+            *active = Some(a);
         }
         Err(e) => tracing::error!(
             "{}; appends go on in the current segment",
@@ -906,6 +997,20 @@ fn housekeep(shared: &Shared) -> Result<(), String> {
         .and_then(|_| fs::rename(&tmp, &path))
         .map_err(|e| io("save the cursors to", &path, e))?;
     let freed = !doomed.is_empty();
+    // The newest finished segment becomes the spare, if there is none (see the module docs).
+    let mut doomed = doomed;
+    if freed && shared.lock().spare.is_none() {
+        let spare = shared.dir.join(SPARE);
+        if let Some(p) = doomed.pop() {
+            match fs::rename(&p, &spare) {
+                Ok(()) => shared.lock().spare = Some(spare),
+                Err(e) => {
+                    tracing::warn!("{}", io("keep the finished segment", &p, e));
+                    doomed.push(p);
+                }
+            }
+        }
+    }
     for p in doomed {
         if let Err(e) = fs::remove_file(&p) {
             tracing::warn!("{}", io("delete the finished segment", &p, e));
@@ -1002,6 +1107,157 @@ mod tests {
             .expect("the batch was handed over")
             .unwrap();
         assert_eq!(seq, 2, "the dropped leader's record was written first");
+        outbox.close();
+    }
+
+    #[tokio::test]
+    async fn a_finished_segment_is_written_over_as_a_later_one() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let max = 256 << 10; // segments of 64 KiB
+        let (outbox, _) = Outbox::open(
+            &opts(dir.path(), max),
+            &["a".to_string()],
+            OutboxMetrics::default(),
+        )
+        .unwrap();
+        let spare = dir.path().join(SPARE);
+        // Two segments' worth, all delivered: housekeeping keeps one finished file as spare.
+        let mut seqs = Vec::new();
+        while outbox.shared.lock().segments.len() < 3 {
+            let (seq, _) = outbox
+                .append(&event(seqs.len()), Admission::NoWait)
+                .await
+                .unwrap();
+            seqs.push(seq);
+        }
+        for s in &seqs {
+            outbox.done(0, *s);
+        }
+        outbox.housekeep_soon();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !spare.exists() {
+            assert!(std::time::Instant::now() < deadline, "no spare segment");
+            tokio::task::yield_now().await;
+        }
+        let spare_ino = fs::metadata(&spare).unwrap().ino();
+        let spare_len = fs::metadata(&spare).unwrap().len();
+        // Appends go on until the next segment starts: it is the spare file, renamed.
+        let segments = outbox.shared.lock().segments.len();
+        let mut undone = Vec::new();
+        while outbox.shared.lock().segments.len() == segments {
+            let (seq, _) = outbox
+                .append(&event(seqs.len() + undone.len()), Admission::NoWait)
+                .await
+                .unwrap();
+            undone.push(seq);
+        }
+        let newest = outbox.shared.lock().segments.last().unwrap().path.clone();
+        assert!(!spare.exists());
+        assert_eq!(
+            fs::metadata(&newest).unwrap().ino(),
+            spare_ino,
+            "the spare was reused"
+        );
+        assert_eq!(
+            fs::metadata(&newest).unwrap().len(),
+            spare_len,
+            "its old bytes are still there"
+        );
+        // A few records in the reused file, then a clean stop: the old bytes are cut off.
+        for _ in 0..3 {
+            let (seq, _) = outbox
+                .append(&event(seqs.len() + undone.len()), Admission::NoWait)
+                .await
+                .unwrap();
+            undone.push(seq);
+        }
+        outbox.close();
+        drop(outbox);
+        assert!(fs::metadata(&newest).unwrap().len() < spare_len);
+        let (outbox, replay) = Outbox::open(
+            &opts(dir.path(), max),
+            &["a".to_string()],
+            OutboxMetrics::default(),
+        )
+        .unwrap();
+        let got: Vec<u64> = replay_all(&outbox, replay[0])
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(got, undone, "exactly what was not delivered, nothing old");
+        outbox.close();
+    }
+
+    #[tokio::test]
+    async fn old_records_after_the_last_one_end_the_segment_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let watchers = ["a".to_string()];
+        let (outbox, _) = Outbox::open(
+            &opts(dir.path(), 1 << 30),
+            &watchers,
+            OutboxMetrics::default(),
+        )
+        .unwrap();
+        for i in 0..20 {
+            outbox.append(&event(i), Admission::NoWait).await.unwrap();
+        }
+        outbox.close();
+        drop(outbox);
+        // As a crash would leave a reused file: records 21..=25 written over segment 1's
+        // records 1..=20, whose remaining bytes follow them.
+        let first = dir.path().join(segment_name(1));
+        let old = fs::read(&first).unwrap();
+        fs::remove_file(&first).unwrap();
+        fs::remove_file(dir.path().join(CURSORS)).unwrap();
+        let mut new = Vec::new();
+        for seq in 21..=25u64 {
+            let payload = event(seq as usize).to_json();
+            new.extend_from_slice(&header(seq, 0, &payload));
+            new.extend_from_slice(&payload);
+        }
+        let written = new.len() as u64;
+        new.extend_from_slice(&old[written as usize..]);
+        let reused = dir.path().join(segment_name(21));
+        fs::write(&reused, &new).unwrap();
+        // And a whole old record right after the new ones.
+        let mut whole = new[..written as usize].to_vec();
+        whole.extend_from_slice(&old);
+        let (outbox, replay) = Outbox::open(
+            &opts(dir.path(), 1 << 30),
+            &watchers,
+            OutboxMetrics::default(),
+        )
+        .unwrap();
+        assert_eq!(replay[0], ReplayRange { from: 21, to: 26 });
+        let ids: Vec<String> = replay_all(&outbox, replay[0])
+            .into_iter()
+            .map(|r| r.event.id)
+            .collect();
+        assert_eq!(
+            ids,
+            (21..=25).map(|i| format!("id-{i}")).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            fs::metadata(&reused).unwrap().len(),
+            written,
+            "cut after record 25"
+        );
+        outbox.close();
+        drop(outbox);
+
+        fs::write(&reused, &whole).unwrap();
+        let (outbox, replay) = Outbox::open(
+            &opts(dir.path(), 1 << 30),
+            &watchers,
+            OutboxMetrics::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            replay[0].to, 26,
+            "record 1 after record 25 is not in the log"
+        );
+        assert_eq!(fs::metadata(&reused).unwrap().len(), written);
         outbox.close();
     }
 
