@@ -76,6 +76,15 @@ if [ "$profile" = release ]; then
   printf "==> link order: %s\n" "$link_order" >&2
 fi
 
+# What the build was, read off the workspace's [profile.release] (lto, codegen-units).
+build_desc="debug builds (--smoke)"
+if [ "$profile" = release ]; then
+  build_desc="release (\`[profile.release]\` of the workspace: $(awk '
+    /^\[/ { inside = ($0 == "[profile.release]") ; next }
+    inside && /^(lto|codegen-units) *=/ { gsub(/"/, ""); sub(/ *= */, " "); out = out sep $0; sep = ", " }
+    END { print out }' "$root/Cargo.toml"))"
+fi
+
 SERVER_CPU=""; LOAD_CPU=""
 if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
   SERVER_CPU=0; LOAD_CPU=1
@@ -549,7 +558,7 @@ machine is shared and noisy, so absolute numbers drift; compare the ratios.
 - machine: $(nproc) cores, ${cpu_model:-unknown CPU}, Linux $(uname -r), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo) of memory
 - date: $(date -u '+%Y-%m-%d %H:%M UTC')
 - commit: $commit
-- builds: release (\`[profile.release]\` of the workspace: thin LTO, 4 codegen units); link order: $link_order
+- builds: $build_desc; link order: $link_order
 - load: wrk, 1 thread, $CONNS connections, ${SECS} s per run after ${WARM} s of warm-up; $REPS repetitions, median (min–max)
 - placement: $placement
 
