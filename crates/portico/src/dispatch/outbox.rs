@@ -892,8 +892,21 @@ fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Msg>) {
                 shared.metrics.fsyncs.inc();
                 shared.metrics.appends.inc_by(replies.len() as u64);
             }
+            let mut gone = Vec::new();
             for (reply, seq, _) in replies.drain(..) {
-                let _ = reply.send(result.clone().map(|()| seq));
+                if reply.send(result.clone().map(|()| seq)).is_err() && result.is_ok() {
+                    gone.push(seq);
+                }
+            }
+            if !gone.is_empty() {
+                // Their appenders went away (a client hung up) before hearing "accepted":
+                // nobody will queue these events, so no watcher holds them back.
+                let mut st = shared.lock();
+                for seq in &gone {
+                    for w in st.watchers.iter_mut() {
+                        w.outstanding.remove(seq);
+                    }
+                }
             }
             if result.is_ok() {
                 roll_if_full(&shared, &mut active);
@@ -1107,6 +1120,44 @@ mod tests {
             .expect("the batch was handed over")
             .unwrap();
         assert_eq!(seq, 2, "the dropped leader's record was written first");
+        outbox.close();
+    }
+
+    #[tokio::test]
+    async fn an_appender_that_went_away_holds_no_watcher_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _) = Outbox::open(
+            &opts(dir.path(), 1 << 30),
+            &["a".to_string()],
+            OutboxMetrics::default(),
+        )
+        .unwrap();
+        let e0 = event(0);
+        let e1 = event(1);
+        let mut lead = Box::pin(outbox.append(&e0, Admission::NoWait));
+        let mut gone = Box::pin(outbox.append(&e1, Admission::NoWait));
+        assert!(futures::poll!(lead.as_mut()).is_pending());
+        assert!(futures::poll!(gone.as_mut()).is_pending());
+        // Its client hung up: the record is in the batch, but nobody will queue the event.
+        drop(gone);
+        let (seq, _) = lead.await.unwrap();
+        assert_eq!(seq, 1);
+        outbox.done(0, seq);
+        assert_eq!(
+            outbox.shared.lock().next_seq,
+            3,
+            "both records were written"
+        );
+        // The writer lets go of record 2 once it has found its appender gone.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while outbox.shared.lock().marks() != vec![3] {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "record 2 holds watcher a back: {:?}",
+                outbox.shared.lock().marks()
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         outbox.close();
     }
 
