@@ -1055,6 +1055,13 @@ mod tests {
         }
     }
 
+    /// An outbox in `dir` for the one watcher `a`.
+    fn open_a(dir: &Path, max_bytes: u64, metrics: OutboxMetrics) -> Arc<Outbox> {
+        Outbox::open(&opts(dir, max_bytes), &["a".to_string()], metrics)
+            .unwrap()
+            .0
+    }
+
     fn replay_all(outbox: &Outbox, range: ReplayRange) -> Vec<Record> {
         let mut out: Vec<Record> = Vec::new();
         let mut after = range.from;
@@ -1069,12 +1076,7 @@ mod tests {
     async fn appends_ready_in_the_same_tick_share_one_fsync() {
         let dir = tempfile::tempdir().unwrap();
         let metrics = OutboxMetrics::default();
-        let (outbox, _) = Outbox::open(
-            &opts(dir.path(), 1 << 30),
-            &["a".to_string()],
-            metrics.clone(),
-        )
-        .unwrap();
+        let outbox = open_a(dir.path(), 1 << 30, metrics.clone());
         // On this one-thread runtime the 100 tasks are all ready before the first of them,
         // which leads the batch, runs again: they are one group commit.
         let tasks: Vec<_> = (0..100)
@@ -1100,12 +1102,7 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_leader_still_hands_its_batch_to_the_writer() {
         let dir = tempfile::tempdir().unwrap();
-        let (outbox, _) = Outbox::open(
-            &opts(dir.path(), 1 << 30),
-            &["a".to_string()],
-            OutboxMetrics::default(),
-        )
-        .unwrap();
+        let outbox = open_a(dir.path(), 1 << 30, OutboxMetrics::default());
         let e0 = event(0);
         let e1 = event(1);
         // `lead` is first: it leads the batch and yields; `join` joins the batch and waits.
@@ -1126,12 +1123,7 @@ mod tests {
     #[tokio::test]
     async fn an_appender_that_went_away_holds_no_watcher_back() {
         let dir = tempfile::tempdir().unwrap();
-        let (outbox, _) = Outbox::open(
-            &opts(dir.path(), 1 << 30),
-            &["a".to_string()],
-            OutboxMetrics::default(),
-        )
-        .unwrap();
+        let outbox = open_a(dir.path(), 1 << 30, OutboxMetrics::default());
         let e0 = event(0);
         let e1 = event(1);
         let mut lead = Box::pin(outbox.append(&e0, Admission::NoWait));
