@@ -26,6 +26,9 @@ pub struct Transformer {
     event_type: String,
     event_version: ExtensionValue,
     overrides: Vec<(ExtensionName, ExtensionValue)>,
+    /// Why the attributes every event gets from the gateway (type, version, overrides) do not
+    /// make a valid event, if they do not: checked once, not for every event.
+    fixed_invalid: Option<String>,
 }
 
 /// The name of the extension that carries `spec.eventVersion`.
@@ -39,17 +42,36 @@ impl Transformer {
             event_type: event_type.to_string(),
             event_version: ExtensionValue::String(event_version.to_string()),
             overrides: Vec::new(),
+            fixed_invalid: None,
         }
+        .checked()
     }
 
     /// Sets extensions on every event, after all others (`K_CE_OVERRIDES`).
     pub fn with_overrides(mut self, overrides: Vec<(ExtensionName, ExtensionValue)>) -> Self {
         self.overrides = overrides;
+        self.checked()
+    }
+
+    /// Checks the attributes that are the same for every event: an event with them alone
+    /// (and a valid id, source and subject) must be valid.
+    fn checked(mut self) -> Self {
+        let mut probe = CloudEvent::new("probe", "probe/probe", self.event_type.clone());
+        if let Ok(name) = ExtensionName::new(EVENT_TYPE_VERSION) {
+            probe.extensions.insert(name, self.event_version.clone());
+        }
+        for (name, value) in &self.overrides {
+            probe.extensions.insert(name.clone(), value.clone());
+        }
+        self.fixed_invalid = probe.validate_attributes().err().map(|e| e.to_string());
         self
     }
 
     /// The CloudEvent of `event`, produced by configuration `src`.
     pub fn transform(&self, src: &str, event: Event) -> Result<CloudEvent, String> {
+        if let Some(why) = &self.fixed_invalid {
+            return Err(why.clone());
+        }
         let written_json = event.is_written_json();
         let mut extensions = BTreeMap::new();
         if let Ok(name) = ExtensionName::new(EVENT_TYPE_VERSION) {
@@ -64,7 +86,9 @@ impl Transformer {
                     "extension name `{name}` cannot be made valid (a–z and 0–9 only)"
                 ));
             };
-            extensions.insert(valid, ExtensionValue::String(value));
+            let value = ExtensionValue::String(value);
+            value.check(&valid).map_err(|e| e.to_string())?;
+            extensions.insert(valid, value);
         }
         for (name, value) in &self.overrides {
             extensions.insert(name.clone(), value.clone());
@@ -95,8 +119,10 @@ impl Transformer {
             extensions,
             data: Some(data),
         };
-        // A key or content type from outside (the ingest API) may not make a valid event.
-        ce.validate_attributes().map_err(|e| e.to_string())?;
+        // A key or content type from outside (the ingest API) may not make a valid event. The
+        // id is a UUID, and the rest was checked in `checked` (the event's own extensions above).
+        ce.validate_source_subject_content_type()
+            .map_err(|e| e.to_string())?;
         Ok(ce)
     }
 }

@@ -48,7 +48,10 @@ pub(crate) fn size_hint(ev: &CloudEvent) -> usize {
 /// Appends `s` as a JSON string (quoted and escaped).
 pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
     // Attributes (ids, sources, types) rarely hold anything to escape: copy those as they are.
-    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    // A fold without early exit, which the compiler turns into vector instructions.
+    if s.bytes().fold(true, |plain, b| {
+        plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
+    }) {
         out.reserve(s.len() + 2);
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
@@ -62,6 +65,64 @@ pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
 /// `t` in RFC 3339, UTC with `Z`, fractional seconds only when they are not zero.
 pub(crate) fn format_time(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// Appends `t` as [`format_time`] writes it, digit by digit: chrono's formatting goes through
+/// `fmt` and a `String` (about 650 instructions of an event's 43,000, callgrind).
+pub(crate) fn write_time(out: &mut Vec<u8>, t: &DateTime<Utc>) {
+    use chrono::{Datelike, Timelike};
+    let year = t.year();
+    let nanos = t.nanosecond();
+    // Years outside 0000–9999 and leap seconds (nanoseconds past 10^9) take chrono's way.
+    let Ok(year @ 0..=9999) = u32::try_from(year) else {
+        out.extend_from_slice(format_time(t).as_bytes());
+        return;
+    };
+    if nanos >= 1_000_000_000 {
+        out.extend_from_slice(format_time(t).as_bytes());
+        return;
+    }
+    let digit = |v: u32| b'0' + (v % 10) as u8;
+    let (month, day) = (t.month(), t.day());
+    let (hour, minute, second) = (t.hour(), t.minute(), t.second());
+    out.extend_from_slice(&[
+        digit(year / 1000),
+        digit(year / 100),
+        digit(year / 10),
+        digit(year),
+        b'-',
+        digit(month / 10),
+        digit(month),
+        b'-',
+        digit(day / 10),
+        digit(day),
+        b'T',
+        digit(hour / 10),
+        digit(hour),
+        b':',
+        digit(minute / 10),
+        digit(minute),
+        b':',
+        digit(second / 10),
+        digit(second),
+    ]);
+    if nanos != 0 {
+        // As chrono's `SecondsFormat::AutoSi`: 3, 6 or 9 digits, the fewest that hold them all.
+        let (len, mut value) = if nanos % 1_000_000 == 0 {
+            (3, nanos / 1_000_000)
+        } else if nanos % 1_000 == 0 {
+            (6, nanos / 1_000)
+        } else {
+            (9, nanos)
+        };
+        let mut fraction = [b'.'; 10];
+        for place in (1..=len).rev() {
+            fraction[place] = digit(value);
+            value /= 10;
+        }
+        out.extend_from_slice(&fraction[..=len]);
+    }
+    out.push(b'Z');
 }
 
 /// Appends `bytes` as standard, padded base64 (no quotes).
@@ -117,7 +178,7 @@ pub(crate) fn write_event(ev: &CloudEvent, out: &mut Vec<u8>) {
     }
     if let Some(time) = &ev.time {
         out.extend_from_slice(b",\"time\":\"");
-        out.extend_from_slice(format_time(time).as_bytes());
+        write_time(out, time);
         out.push(b'"');
     }
     write_extension_members(out, ev);
@@ -432,6 +493,46 @@ pub(crate) fn read_event(input: &[u8], owner: Option<&Bytes>) -> Result<CloudEve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_written_as_chrono_writes_them() {
+        use chrono::TimeZone;
+        use rand::Rng;
+        let mut rng = rand::rng();
+        let mut times: Vec<DateTime<Utc>> = Vec::new();
+        for nanos in [
+            0,
+            1,
+            7_000,
+            120_000_000,
+            999_999_999,
+            1_000_000,
+            1_500_000_000,
+        ] {
+            for secs in [0, 59, 946_684_799, 1_700_000_000, 253_402_300_799] {
+                times.extend(Utc.timestamp_opt(secs, nanos).single());
+            }
+        }
+        // Before year 0 and after 9999: chrono's way.
+        times.extend(Utc.with_ymd_and_hms(-1, 12, 31, 23, 59, 59).single());
+        times.extend(Utc.with_ymd_and_hms(10_000, 1, 1, 0, 0, 0).single());
+        for _ in 0..10_000 {
+            let secs = rng.random_range(-62_167_219_200..253_402_300_800_i64);
+            let nanos = match rng.random_range(0..4) {
+                0 => 0,
+                1 => rng.random_range(0..1_000) * 1_000_000,
+                2 => rng.random_range(0..1_000_000) * 1_000,
+                _ => rng.random_range(0..1_000_000_000),
+            };
+            times.extend(Utc.timestamp_opt(secs, nanos).single());
+        }
+        assert!(times.len() > 10_000);
+        for t in times {
+            let mut out = Vec::new();
+            write_time(&mut out, &t);
+            assert_eq!(String::from_utf8(out).unwrap(), format_time(&t), "{t:?}");
+        }
+    }
 
     #[test]
     fn strings_are_written_as_serde_json_writes_them() {

@@ -4,7 +4,7 @@
 //! `eventTypeVersion`, `cloudEventsVersion`, `source` as `{"host": ...}`, `eventID`, `eventTime`,
 //! `schemaURL`, `contentType`, `extensions` and the data's bytes base64-encoded in `payload`.
 
-use super::json::{format_time, write_base64, write_extension_value, write_str};
+use super::json::{write_base64, write_extension_value, write_str, write_time};
 use super::{CloudEvent, ExtensionValue};
 
 /// The event as CloudEvents 0.1 JSON.
@@ -30,7 +30,7 @@ pub fn to_json_v01(ev: &CloudEvent, event_type_version: Option<&str>) -> Vec<u8>
     write_str(&mut out, &ev.id);
     if let Some(time) = &ev.time {
         out.extend_from_slice(b",\"eventTime\":\"");
-        out.extend_from_slice(format_time(time).as_bytes());
+        write_time(&mut out, time);
         out.push(b'"');
     }
     if let Some(schema) = &ev.dataschema {

@@ -249,18 +249,25 @@ impl CloudEvent {
     pub fn validate_attributes(&self) -> Result<(), Error> {
         attributes::check_non_empty("id", &self.id)?;
         attributes::check_non_empty("type", &self.ty)?;
+        self.validate_source_subject_content_type()?;
+        if let Some(schema) = &self.dataschema {
+            attributes::check_absolute_uri("dataschema", schema)?;
+        }
+        for (name, value) in &self.extensions {
+            value.check(name)?;
+        }
+        Ok(())
+    }
+
+    /// The part of [`validate_attributes`](Self::validate_attributes) the transformer checks
+    /// for every event: `source`, `subject` and `datacontenttype`.
+    pub(crate) fn validate_source_subject_content_type(&self) -> Result<(), Error> {
         attributes::check_uri_reference("source", &self.source)?;
         if let Some(ct) = &self.datacontenttype {
             attributes::check_media_type("datacontenttype", ct)?;
         }
-        if let Some(schema) = &self.dataschema {
-            attributes::check_absolute_uri("dataschema", schema)?;
-        }
         if let Some(subject) = &self.subject {
             attributes::check_non_empty("subject", subject)?;
-        }
-        for (name, value) in &self.extensions {
-            value.check(name)?;
         }
         Ok(())
     }
