@@ -22,6 +22,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::wake::Quiet;
+
 /// How long a stopping server lets requests in flight finish before dropping them (under the
 /// supervisor's default stop grace of 10 s).
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -92,12 +94,16 @@ pub async fn serve_connection<I, S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let builder = hyper::server::conn::http1::Builder::new();
+    // Polled only when the stop wakes the task, not at every wake-up of the connection.
+    let stopped = Quiet::new(stop.cancelled());
+    let mut stopped = std::pin::pin!(stopped);
     let Some(period) = header_timeout else {
         let conn = builder.serve_connection(TokioIo::new(io), service);
         let mut conn = std::pin::pin!(conn);
         tokio::select! {
+            biased;
             _ = conn.as_mut() => {}
-            _ = stop.cancelled() => {
+            _ = stopped.as_mut() => {
                 // Finish the request in flight, then close (idle keep-alive connections close now).
                 conn.as_mut().graceful_shutdown();
                 let _ = conn.await;
@@ -112,13 +118,14 @@ pub async fn serve_connection<I, S, B>(
     };
     let conn = builder.serve_connection(TokioIo::new(io), service);
     let mut conn = std::pin::pin!(conn);
-    let watchdog = tokio::time::sleep(period);
+    let watchdog = Quiet::new(tokio::time::sleep(period));
     let mut watchdog = std::pin::pin!(watchdog);
     let mut seen = 0;
     loop {
         tokio::select! {
+            biased;
             _ = conn.as_mut() => return,
-            _ = stop.cancelled() => {
+            _ = stopped.as_mut() => {
                 conn.as_mut().graceful_shutdown();
                 let _ = conn.await;
                 return;
@@ -133,7 +140,10 @@ pub async fn serve_connection<I, S, B>(
                     return;
                 }
                 seen = started;
-                watchdog.as_mut().reset(tokio::time::Instant::now() + period);
+                watchdog
+                    .as_mut()
+                    .inner()
+                    .reset(tokio::time::Instant::now() + period);
             }
         }
     }

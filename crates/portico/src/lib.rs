@@ -53,6 +53,7 @@ pub mod status;
 pub mod supervisor;
 pub mod testing;
 pub mod transform;
+mod wake;
 
 use std::process::ExitCode;
 use std::sync::Arc;

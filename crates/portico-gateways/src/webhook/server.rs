@@ -12,7 +12,8 @@
 //!
 //! | answer | when |
 //! |---|---|
-//! | 200 | the event was accepted for delivery, or the [`Gate`] ignored the delivery (the body says why) |
+//! | 200, empty body | the event was accepted for delivery (as the transformer's `POST /` answers) |
+//! | 200, `ignored: …` | the [`Gate`] ignored the delivery (the body says why) |
 //! | 401 | the [`Gate`] refused the delivery (bad or missing signature); counted as `portico_events_rejected_total{reason="unauthorized"}` |
 //! | 404 | no configuration owns the endpoint |
 //! | 405 | configurations own the endpoint, but none takes the method (`Allow` lists those that do) |
@@ -557,7 +558,8 @@ async fn handle(routes: &RouteTable, req: Request<Incoming>) -> Answer {
         }
     };
     match route.ctx.try_dispatch(event).await {
-        Ok(()) => text(StatusCode::OK, Bytes::from_static(b"accepted\n")),
+        // No body and no header to build: the answer to every event is the cheapest one.
+        Ok(()) => Response::new(Full::new(Bytes::new())),
         Err(DispatchError::Full { retry_after: after }) => retry_after(
             StatusCode::SERVICE_UNAVAILABLE,
             after,

@@ -10,6 +10,7 @@
 //! which is measurably cheaper per event than a shared pool (PERFORMANCE.md); an `https://`
 //! watcher goes through the gateway's shared `reqwest` client (rustls).
 
+use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -79,7 +80,16 @@ struct Connections {
     host: HeaderValue,
     /// Path and query of every request.
     path: http::uri::PathAndQuery,
-    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    idle: Mutex<Vec<Idle>>,
+}
+
+/// A kept-alive connection and the timer of its attempts. The timer goes with the connection
+/// from attempt to attempt: moving a registered timer's deadline later is one atomic operation,
+/// where a new timer per attempt is an insertion into the timer wheel and a removal, both under
+/// the driver's lock.
+struct Idle {
+    conn: SendRequest<Full<Bytes>>,
+    timer: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl HttpSender {
@@ -189,17 +199,45 @@ impl HttpSender {
         Ok(response.status())
     }
 
-    /// One attempt on a connection of this sender's own (`http://`).
+    /// One attempt on a connection of this sender's own (`http://`), within the timeout.
     async fn send_plain(
         &self,
         conns: &Connections,
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<StatusCode, DeliveryError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let (conn, mut timer) = match conns.take_idle() {
+            Some(Idle { conn, mut timer }) => {
+                timer.as_mut().reset(deadline);
+                (Some(conn), timer)
+            }
+            None => (None, Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        let exchange = self.exchange(conns, conn, headers, body);
+        let (status, conn) = tokio::select! {
+            biased;
+            r = exchange => r?,
+            _ = timer.as_mut() => return Err(self.timed_out()),
+        };
+        if let Some(conn) = conn {
+            conns.give_back(Idle { conn, timer });
+        }
+        Ok(status)
+    }
+
+    /// Sends the request on `conn` (or a new connection) and reads the answer: its status, and
+    /// the connection when it can be used again.
+    async fn exchange(
+        &self,
+        conns: &Connections,
+        conn: Option<SendRequest<Full<Bytes>>>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<(StatusCode, Option<SendRequest<Full<Bytes>>>), DeliveryError> {
         // Connecting is rare (connections are reused) and its future is large: boxed, it does
-        // not make this future (moved into a timeout and a box for every event) 300 bytes
-        // larger.
-        let (mut conn, mut reused) = match conns.take_idle() {
+        // not make this future (moved into a box for every event) 300 bytes larger.
+        let (mut conn, mut reused) = match conn {
             Some(c) => (c, true),
             None => (Box::pin(conns.connect()).await?, false),
         };
@@ -233,43 +271,35 @@ impl HttpSender {
         let status = response.status();
         let mut body = response.into_body();
         let mut read = 0usize;
-        let mut complete = false;
         loop {
             match body.frame().await {
-                None => {
-                    complete = true;
-                    break;
-                }
+                None => return Ok((status, Some(conn))),
                 Some(Ok(frame)) => {
                     read += frame.data_ref().map(|d| d.len()).unwrap_or(0);
                     if read > MAX_ANSWER {
-                        break;
+                        return Ok((status, None));
                     }
                 }
-                Some(Err(_)) => break,
+                Some(Err(_)) => return Ok((status, None)),
             }
         }
-        if complete {
-            conns.give_back(conn);
-        }
-        Ok(status)
     }
 }
 
 impl Connections {
     /// An idle connection still open, if any.
-    fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
+    fn take_idle(&self) -> Option<Idle> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(c) = idle.pop() {
-            if c.is_ready() {
+            if c.conn.is_ready() {
                 return Some(c);
             }
         }
         None
     }
 
-    fn give_back(&self, conn: SendRequest<Full<Bytes>>) {
-        if !conn.is_ready() {
+    fn give_back(&self, conn: Idle) {
+        if !conn.conn.is_ready() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -311,11 +341,7 @@ impl HttpSender {
     async fn post(&self, headers: HeaderMap, body: Bytes) -> Result<(), DeliveryError> {
         let status = match &self.transport {
             Transport::Shared(client) => self.send_shared(client, headers, body).await?,
-            Transport::Plain(conns) => {
-                tokio::time::timeout(self.timeout, self.send_plain(conns, headers, body))
-                    .await
-                    .map_err(|_| self.timed_out())??
-            }
+            Transport::Plain(conns) => self.send_plain(conns, headers, body).await?,
         };
         if status.is_success() {
             return Ok(());

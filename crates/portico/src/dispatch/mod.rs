@@ -608,8 +608,9 @@ struct Worker {
 
 impl Worker {
     async fn run(self, rx: async_channel::Receiver<Queued>) {
-        // One wait for the abort, registered once for every delivery of this worker.
-        let aborted = self.abort.clone().cancelled_owned();
+        // One wait for the abort, registered once for every delivery of this worker, and
+        // polled only when the abort wakes the worker.
+        let aborted = crate::wake::Quiet::new(self.abort.clone().cancelled_owned());
         tokio::pin!(aborted);
         loop {
             let queued = tokio::select! {
@@ -637,7 +638,7 @@ impl Worker {
     async fn deliver(
         &self,
         queued: &Queued,
-        aborted: std::pin::Pin<&mut WaitForCancellationFutureOwned>,
+        aborted: std::pin::Pin<&mut crate::wake::Quiet<WaitForCancellationFutureOwned>>,
     ) -> bool {
         let event = &queued.event;
         let age = match self.retry.max_age {
