@@ -199,35 +199,12 @@ impl HttpSender {
         Ok(response.status())
     }
 
-    /// One attempt on a connection of this sender's own (`http://`), within the timeout.
-    async fn send_plain(
-        &self,
-        conns: &Connections,
-        headers: HeaderMap,
-        body: Bytes,
-    ) -> Result<StatusCode, DeliveryError> {
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let (conn, mut timer) = match conns.take_idle() {
-            Some(Idle { conn, mut timer }) => {
-                timer.as_mut().reset(deadline);
-                (Some(conn), timer)
-            }
-            None => (None, Box::pin(tokio::time::sleep_until(deadline))),
-        };
-        let exchange = self.exchange(conns, conn, headers, body);
-        let (status, conn) = tokio::select! {
-            biased;
-            r = exchange => r?,
-            _ = timer.as_mut() => return Err(self.timed_out()),
-        };
-        if let Some(conn) = conn {
-            conns.give_back(Idle { conn, timer });
-        }
-        Ok(status)
-    }
-
     /// Sends the request on `conn` (or a new connection) and reads the answer: its status, and
     /// the connection when it can be used again.
+    ///
+    /// This future is part of the one boxed for every event, so what is rare stays out of it:
+    /// connecting (its future is large) is boxed, and the request is built right into the
+    /// call that sends it rather than kept in a variable.
     async fn exchange(
         &self,
         conns: &Connections,
@@ -235,58 +212,91 @@ impl HttpSender {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<(StatusCode, Option<SendRequest<Full<Bytes>>>), DeliveryError> {
-        // Connecting is rare (connections are reused) and its future is large: boxed, it does
-        // not make this future (moved into a box for every event) 300 bytes larger.
-        let (mut conn, mut reused) = match conn {
-            Some(c) => (c, true),
-            None => (Box::pin(conns.connect()).await?, false),
+        let Some(mut conn) = conn else {
+            return Box::pin(conns.exchange_on_new(conns.request(headers, body))).await;
         };
-        let mut request = http::Request::new(Full::new(body));
-        *request.method_mut() = http::Method::POST;
-        *request.uri_mut() = conns.path.clone().into();
-        *request.headers_mut() = headers;
-        request
-            .headers_mut()
-            .insert(http::header::HOST, conns.host.clone());
-        let response = loop {
-            match conn.try_send_request(request).await {
-                Ok(r) => break r,
-                Err(mut e) => match e.take_message() {
-                    // The watcher closed an idle connection as it was taken up: the request
-                    // never left, so send it at once on a new connection.
-                    Some(unsent) if reused => {
-                        request = unsent;
-                        conn = Box::pin(conns.connect()).await?;
-                        reused = false;
-                    }
-                    _ => {
-                        return Err(DeliveryError::retryable(format!(
-                            "request failed: {}",
-                            e.error()
-                        )));
-                    }
-                },
-            }
-        };
-        let status = response.status();
-        let mut body = response.into_body();
-        let mut read = 0usize;
-        loop {
-            match body.frame().await {
-                None => return Ok((status, Some(conn))),
-                Some(Ok(frame)) => {
-                    read += frame.data_ref().map(|d| d.len()).unwrap_or(0);
-                    if read > MAX_ANSWER {
-                        return Ok((status, None));
-                    }
+        // In a block, so that what the send returned does not take room in this future while
+        // the answer is read.
+        let answer = {
+            let sent = conn.try_send_request(conns.request(headers, body)).await;
+            match sent {
+                Ok(response) => {
+                    let status = response.status();
+                    read_answer(conn, status, response.into_body())
                 }
-                Some(Err(_)) => return Ok((status, None)),
+                Err(e) => return Box::pin(conns.resend(e)).await,
             }
+        };
+        Ok(answer.await)
+    }
+}
+
+fn request_failed(e: &hyper::Error) -> DeliveryError {
+    DeliveryError::retryable(format!("request failed: {e}"))
+}
+
+/// Reads the answer's body to its end (up to [`MAX_ANSWER`]): its status, and the connection
+/// when the whole answer was read, so that it can be used again.
+async fn read_answer(
+    conn: SendRequest<Full<Bytes>>,
+    status: StatusCode,
+    mut body: hyper::body::Incoming,
+) -> (StatusCode, Option<SendRequest<Full<Bytes>>>) {
+    let mut read = 0usize;
+    loop {
+        match body.frame().await {
+            None => return (status, Some(conn)),
+            Some(Ok(frame)) => {
+                read += frame.data_ref().map(|d| d.len()).unwrap_or(0);
+                if read > MAX_ANSWER {
+                    return (status, None);
+                }
+            }
+            Some(Err(_)) => return (status, None),
         }
     }
 }
 
 impl Connections {
+    /// The POST of `body` to the watcher's path.
+    fn request(&self, headers: HeaderMap, body: Bytes) -> http::Request<Full<Bytes>> {
+        let mut request = http::Request::new(Full::new(body));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = self.path.clone().into();
+        *request.headers_mut() = headers;
+        request
+            .headers_mut()
+            .insert(http::header::HOST, self.host.clone());
+        request
+    }
+
+    /// After a failed send on a kept-alive connection: when the watcher had closed it as it
+    /// was taken up, the request never left, and goes at once on a new connection.
+    async fn resend(
+        &self,
+        mut failed: hyper::client::conn::TrySendError<http::Request<Full<Bytes>>>,
+    ) -> Result<(StatusCode, Option<SendRequest<Full<Bytes>>>), DeliveryError> {
+        match failed.take_message() {
+            Some(unsent) => self.exchange_on_new(unsent).await,
+            None => Err(request_failed(failed.error())),
+        }
+    }
+
+    /// Sends `request` on a new connection and reads the answer.
+    async fn exchange_on_new(
+        &self,
+        request: http::Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, Option<SendRequest<Full<Bytes>>>), DeliveryError> {
+        let mut conn = self.connect().await?;
+        match conn.try_send_request(request).await {
+            Ok(response) => {
+                let status = response.status();
+                Ok(read_answer(conn, status, response.into_body()).await)
+            }
+            Err(e) => Err(request_failed(e.error())),
+        }
+    }
+
     /// An idle connection still open, if any.
     fn take_idle(&self) -> Option<Idle> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -340,8 +350,28 @@ impl HttpSender {
     /// One attempt with this request head and body.
     async fn post(&self, headers: HeaderMap, body: Bytes) -> Result<(), DeliveryError> {
         let status = match &self.transport {
-            Transport::Shared(client) => self.send_shared(client, headers, body).await?,
-            Transport::Plain(conns) => self.send_plain(conns, headers, body).await?,
+            // Boxed: reqwest's future would make every `http://` event's future larger.
+            Transport::Shared(client) => Box::pin(self.send_shared(client, headers, body)).await?,
+            // A connection of this sender's own, within the timeout.
+            Transport::Plain(conns) => {
+                let deadline = tokio::time::Instant::now() + self.timeout;
+                let (conn, mut timer) = match conns.take_idle() {
+                    Some(Idle { conn, mut timer }) => {
+                        timer.as_mut().reset(deadline);
+                        (Some(conn), timer)
+                    }
+                    None => (None, Box::pin(tokio::time::sleep_until(deadline))),
+                };
+                let (status, conn) = tokio::select! {
+                    biased;
+                    r = self.exchange(conns, conn, headers, body) => r?,
+                    _ = timer.as_mut() => return Err(self.timed_out()),
+                };
+                if let Some(conn) = conn {
+                    conns.give_back(Idle { conn, timer });
+                }
+                status
+            }
         };
         if status.is_success() {
             return Ok(());
