@@ -193,7 +193,7 @@ mod tests {
         }));
         let first = futures::poll!(quiet.as_mut());
         assert!(first.is_pending());
-        let task = tokio::spawn(async move { quiet.await });
+        let task = tokio::spawn(quiet);
         tokio::task::yield_now().await;
         go.notify_one();
         tokio::time::timeout(std::time::Duration::from_secs(10), task)

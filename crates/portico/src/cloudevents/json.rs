@@ -108,9 +108,9 @@ pub(crate) fn write_time(out: &mut Vec<u8>, t: &DateTime<Utc>) {
     ]);
     if nanos != 0 {
         // As chrono's `SecondsFormat::AutoSi`: 3, 6 or 9 digits, the fewest that hold them all.
-        let (len, mut value) = if nanos % 1_000_000 == 0 {
+        let (len, mut value) = if nanos.is_multiple_of(1_000_000) {
             (3, nanos / 1_000_000)
-        } else if nanos % 1_000 == 0 {
+        } else if nanos.is_multiple_of(1_000) {
             (6, nanos / 1_000)
         } else {
             (9, nanos)
