@@ -354,7 +354,11 @@ impl HttpSender {
             Transport::Shared(client) => Box::pin(self.send_shared(client, headers, body)).await?,
             // A connection of this sender's own, within the timeout.
             Transport::Plain(conns) => {
-                let deadline = tokio::time::Instant::now() + self.timeout;
+                // A timeout too long to add to now (`timeout: 1000000y`) is thirty years.
+                let now = tokio::time::Instant::now();
+                let deadline = now
+                    .checked_add(self.timeout)
+                    .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400));
                 let (conn, mut timer) = match conns.take_idle() {
                     Some(Idle { conn, mut timer }) => {
                         timer.as_mut().reset(deadline);
@@ -473,6 +477,23 @@ mod tests {
 
     fn event(i: usize) -> CloudEvent {
         CloudEvent::new(format!("id-{i}"), "g/s", "t")
+    }
+
+    #[tokio::test]
+    async fn a_timeout_too_long_for_the_clock_is_no_panic() {
+        let (url, _, requests) = watcher(200, false).await;
+        let s = HttpSender::new(
+            &LazyClient::default(),
+            &url,
+            Encoding::Structured,
+            Duration::MAX,
+            None,
+        )
+        .unwrap();
+        for i in 0..2 {
+            s.send(&event(i)).await.unwrap();
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
