@@ -210,6 +210,35 @@ mod tests {
     }
 
     #[test]
+    fn what_the_gateway_sets_is_checked_once_and_refuses_every_event() {
+        // Checked when the transformer is made, not per event, with the same errors.
+        let e = Transformer::new("g", "", "1.0")
+            .transform("s", Event::new(&b"x"[..]))
+            .unwrap_err();
+        assert!(e.contains("type"), "{e}");
+        let e = Transformer::new("g", "t", "bad\u{1}version")
+            .transform("s", Event::new(&b"x"[..]))
+            .unwrap_err();
+        assert!(e.contains("eventtypeversion"), "{e}");
+        let big = vec![(
+            ExtensionName::new("n").unwrap(),
+            ExtensionValue::Integer(i64::from(i32::MAX) + 1),
+        )];
+        let t = Transformer::new("g", "t", "1.0").with_overrides(big);
+        assert!(t.transform("s", Event::new(&b"x"[..])).is_err());
+        // What comes with the event is checked on every event.
+        let t = Transformer::new("g", "t", "1.0");
+        let e = t
+            .transform(
+                "s",
+                Event::new(&b"x"[..]).with_extension("routing-key", "a\u{0}b"),
+            )
+            .unwrap_err();
+        assert!(e.contains("routingkey"), "{e}");
+        assert!(t.transform("s", Event::new(&b"x"[..])).is_ok());
+    }
+
+    #[test]
     fn overrides_win() {
         let o =
             parse_overrides(r#"{"extensions":{"eventtypeversion":"9","team":"a","n":3}}"#).unwrap();
