@@ -18,12 +18,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
+use portico::bench::{Outbox, Transformer};
 use portico::cloudevents::CloudEvent;
 use portico::cloudevents::http::{encode_binary, encode_structured};
-use portico::dispatch::outbox::{Outbox, OutboxMetrics, OutboxOptions};
-use portico::executor::Admission;
 use portico::testing::Harness;
-use portico::transform::Transformer;
 use portico::{ConfigContext, ConfigError, ConfigExecutor, Event};
 use portico_benches::{json_payload, original_ingest_body};
 use std::hint::black_box;
@@ -46,11 +44,13 @@ fn sample_event() -> CloudEvent {
 struct Idle;
 
 impl ConfigExecutor for Idle {
+    type Config = ();
+
     fn validate(&self, _ctx: &ConfigContext) -> Result<(), ConfigError> {
         Ok(())
     }
 
-    async fn start_config(&self, ctx: ConfigContext) -> Result<(), ConfigError> {
+    async fn start_config(&self, ctx: ConfigContext, (): ()) -> Result<(), ConfigError> {
         ctx.running();
         ctx.stopped().await;
         Ok(())
@@ -162,18 +162,12 @@ const APPENDERS: usize = 64;
 fn outbox_append(c: &mut Criterion) {
     let rt = runtime();
     let dir = tempfile::tempdir().expect("a temp dir");
-    let opts = OutboxOptions {
-        dir: dir.path().join("outbox"),
-        max_bytes: 1 << 30,
-    };
-    let (outbox, _) = Outbox::open(&opts, &["sink".to_string()], OutboxMetrics::default())
-        .expect("the outbox opens");
+    let outbox = Arc::new(Outbox::open(dir.path().join("outbox")).expect("the outbox opens"));
     let ce = sample_event();
 
     // The watcher takes every event at once, so that segments can go.
     let append = |outbox: Arc<Outbox>, ce: CloudEvent| async move {
-        let (seq, _json) = outbox.append(&ce, Admission::NoWait).await.unwrap();
-        outbox.done(0, seq);
+        outbox.append(&ce).await.unwrap();
     };
 
     let mut g = c.benchmark_group("outbox_append");

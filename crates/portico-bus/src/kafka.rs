@@ -7,9 +7,7 @@
 use std::time::Duration;
 
 use portico::cloudevents::CloudEvent;
-use portico::dispatch::{DeliveryError, Sender};
-use portico::executor::BoxFuture;
-use portico::spec::KafkaDispatch;
+use portico::watcher::{BoxFuture, DeliveryError, KafkaDispatch, Sender};
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};

@@ -1,38 +1,39 @@
-//! Portico's event-bus watchers (SPEC §7): `dispatchMechanism: NATS` publishes every CloudEvent
-//! to a JetStream subject, `Kafka` produces it to a topic, each in the broker's own CloudEvents
-//! binding (binary mode). They are [`portico::dispatch::Sender`]s like the HTTP watcher, so the
+//! Portico's event-bus watchers: `dispatchMechanism: NATS` publishes every CloudEvent to a
+//! JetStream subject, `Kafka` produces it to a topic, each in the broker's own CloudEvents
+//! binding (binary mode). They are [`portico::watcher::Sender`]s like the HTTP watcher, so the
 //! outbox, retries and dead letters apply to them unchanged.
 //!
-//! The framework crate depends on no broker client (ARCHITECTURE.md); the `portico` binary
-//! registers [`factory`] in its run options, and so can a user's own gateway binary.
+//! The framework crate depends on no broker client; the `portico` binary registers
+//! [`factory`] beside its built-in gateways.
 
 pub mod kafka;
 pub mod nats;
 
 use std::sync::Arc;
 
-use portico::dispatch::watchers::Target;
-use portico::dispatch::{Sender, SenderFactory};
+use portico::watcher::{BoxError, Sender, SenderFactory, Target};
 
 /// Makes NATS JetStream and Kafka senders.
 #[derive(Debug, Default)]
 pub struct BusSenders;
 
 impl SenderFactory for BusSenders {
-    fn sender(&self, target: &Target) -> Option<Result<Arc<dyn Sender>, String>> {
+    fn sender(&self, target: &Target) -> Option<Result<Arc<dyn Sender>, BoxError>> {
         match target {
             Target::Nats(n) => Some(Ok(Arc::new(nats::JetStreamSender::new(n.clone())))),
-            Target::Kafka(k) => {
-                Some(kafka::KafkaSender::new(k).map(|s| Arc::new(s) as Arc<dyn Sender>))
-            }
+            Target::Kafka(k) => Some(
+                kafka::KafkaSender::new(k)
+                    .map(|s| Arc::new(s) as Arc<dyn Sender>)
+                    .map_err(BoxError::from),
+            ),
             _ => None,
         }
     }
 }
 
-/// The factory to put in `RunOptions::senders`.
-pub fn factory() -> portico::runtime::SenderFactories {
-    portico::runtime::SenderFactories(Some(Arc::new(BusSenders)))
+/// The factory of NATS JetStream and Kafka senders.
+pub fn factory() -> Arc<dyn SenderFactory> {
+    Arc::new(BusSenders)
 }
 
 /// The binary-mode attributes of `event` as `(name, value)` pairs with `prefix` (`ce-` for

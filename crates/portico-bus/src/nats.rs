@@ -8,9 +8,7 @@
 
 use async_nats::jetstream;
 use portico::cloudevents::CloudEvent;
-use portico::dispatch::{DeliveryError, Sender};
-use portico::executor::BoxFuture;
-use portico::spec::NatsDispatch;
+use portico::watcher::{BoxFuture, DeliveryError, NatsDispatch, Sender};
 use tokio::sync::OnceCell;
 
 /// Publishes CloudEvents to a JetStream subject.

@@ -1,13 +1,7 @@
 //! The `amqp` gateway: messages routed to a queue bound to an AMQP 0-9-1 exchange
 //! (RabbitMQ, SPEC §8).
 //!
-//! | field | meaning |
-//! |---|---|
-//! | `url` | the broker, `amqp://user:password@host:port/vhost` (or `amqps://`) |
-//! | `exchangeName` | the exchange to bind to (declared durable when absent) |
-//! | `exchangeType` | `direct`, `fanout`, `topic` or `headers` |
-//! | `routingKey` | the binding key (`#`, `*` wildcards with `topic`) |
-//! | `queue` | optional durable queue name; without it a server-named exclusive queue is used, which lives only as long as the connection |
+//! The fields are those of [`AmqpConfig`].
 //!
 //! Payload: the message body, untouched; `datacontenttype` from the message's
 //! `content-type` property. Extensions: `exchange`, `routingkey`, `redelivered`
@@ -31,6 +25,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use portico::{ConfigContext, ConfigError, ConfigExecutor, Event};
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::broker::{self, Progress, SessionError, SessionResult, accepted};
@@ -39,28 +34,43 @@ use crate::broker::{self, Progress, SessionError, SessionResult, accepted};
 const PREFETCH: u16 = 32;
 
 /// An `amqp` configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AmqpConfig {
-    /// Broker URL.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// Exchange name.
-    #[serde(default)]
-    pub exchange_name: Option<String>,
-    /// Exchange type.
-    #[serde(default)]
-    pub exchange_type: Option<String>,
-    /// Binding key.
+    /// The broker: `amqp://user:password@host:port/vhost` (or `amqps://`).
+    pub url: String,
+    /// The exchange to bind to (declared durable when absent).
+    pub exchange_name: String,
+    /// The exchange's type.
+    pub exchange_type: ExchangeType,
+    /// The binding key (`#` and `*` wildcards with `topic`); required but for `fanout` and
+    /// `headers` exchanges.
     #[serde(default)]
     pub routing_key: Option<String>,
-    /// Durable queue name.
+    /// A durable queue to consume from. Without it, a server-named exclusive queue is used,
+    /// which lives only as long as the connection; with it, nothing is lost across a restart
+    /// of the gateway.
     #[serde(default)]
     pub queue: Option<String>,
 }
 
+/// The type of an AMQP exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExchangeType {
+    /// Routes by exact routing key.
+    Direct,
+    /// Routes to every bound queue.
+    Fanout,
+    /// Routes by routing-key pattern.
+    Topic,
+    /// Routes by header values.
+    Headers,
+}
+
+/// A checked `amqp` configuration.
 #[derive(Debug, Clone)]
-struct Checked {
+pub struct Settings {
     url: String,
     exchange: String,
     kind: ExchangeKind,
@@ -69,41 +79,44 @@ struct Checked {
 }
 
 impl AmqpConfig {
-    fn check(&self) -> Result<Checked, ConfigError> {
-        let url = broker::required("url", &self.url)?;
-        broker::check_url("url", url, &["amqp", "amqps"])?;
-        url.parse::<lapin::uri::AMQPUri>()
-            .map_err(|e| ConfigError::invalid(format!("url: `{url}`: {e}")))?;
-        let exchange = broker::required("exchangeName", &self.exchange_name)?.to_string();
-        let kind = match broker::required("exchangeType", &self.exchange_type)? {
-            "direct" => ExchangeKind::Direct,
-            "fanout" => ExchangeKind::Fanout,
-            "topic" => ExchangeKind::Topic,
-            "headers" => ExchangeKind::Headers,
-            other => {
+    /// Checks what the fields' types do not; errors name the field.
+    pub fn check(self) -> Result<Settings, ConfigError> {
+        broker::check_url("url", &self.url, &["amqp", "amqps"])?;
+        self.url
+            .parse::<lapin::uri::AMQPUri>()
+            .map_err(|e| ConfigError::invalid(format!("url: `{}`: {e}", redact(&self.url))))?;
+        let kind = match self.exchange_type {
+            ExchangeType::Direct => ExchangeKind::Direct,
+            ExchangeType::Fanout => ExchangeKind::Fanout,
+            ExchangeType::Topic => ExchangeKind::Topic,
+            ExchangeType::Headers => ExchangeKind::Headers,
+        };
+        let routing_key = match broker::optional(self.routing_key) {
+            Some(k) => k,
+            None if matches!(kind, ExchangeKind::Fanout | ExchangeKind::Headers) => String::new(),
+            None => {
                 return Err(ConfigError::invalid(format!(
-                    "exchangeType: `{other}` is not one of direct, fanout, topic, headers"
+                    "routingKey: required with a `{}` exchange",
+                    kind_name(self.exchange_type)
                 )));
             }
         };
-        let routing_key = match &self.routing_key {
-            Some(k) => k.trim().to_string(),
-            None if matches!(kind, ExchangeKind::Fanout | ExchangeKind::Headers) => String::new(),
-            None => return Err(ConfigError::invalid("routingKey: missing (required)")),
-        };
-        let queue = self
-            .queue
-            .as_deref()
-            .map(str::trim)
-            .filter(|q| !q.is_empty())
-            .map(str::to_string);
-        Ok(Checked {
-            url: url.to_string(),
-            exchange,
+        Ok(Settings {
+            exchange: broker::non_blank("exchangeName", &self.exchange_name)?.to_string(),
             kind,
             routing_key,
-            queue,
+            queue: broker::optional(self.queue),
+            url: self.url,
         })
+    }
+}
+
+fn kind_name(t: ExchangeType) -> &'static str {
+    match t {
+        ExchangeType::Direct => "direct",
+        ExchangeType::Fanout => "fanout",
+        ExchangeType::Topic => "topic",
+        ExchangeType::Headers => "headers",
     }
 }
 
@@ -112,12 +125,13 @@ impl AmqpConfig {
 pub struct Amqp;
 
 impl ConfigExecutor for Amqp {
-    fn validate(&self, ctx: &ConfigContext) -> Result<(), ConfigError> {
-        ctx.parse::<AmqpConfig>()?.check().map(|_| ())
+    type Config = Settings;
+
+    fn validate(&self, ctx: &ConfigContext) -> Result<Settings, ConfigError> {
+        ctx.parse::<AmqpConfig>()?.check()
     }
 
-    async fn start_config(&self, ctx: ConfigContext) -> Result<(), ConfigError> {
-        let c = ctx.parse::<AmqpConfig>()?.check()?;
+    async fn start_config(&self, ctx: ConfigContext, c: Settings) -> Result<(), ConfigError> {
         broker::run_sessions_until_they_stop(&ctx, |progress| session(&ctx, &c, progress)).await
     }
 }
@@ -161,7 +175,7 @@ fn event_of(d: &lapin::message::Delivery) -> Event {
 
 async fn setup(
     ctx: &ConfigContext,
-    c: &Checked,
+    c: &Settings,
 ) -> Result<(Connection, Channel, lapin::Consumer), SessionError> {
     let name = format!("portico/{}/{}", ctx.gateway().name(), ctx.src());
     let conn = Connection::connect(
@@ -259,7 +273,7 @@ fn redact(url: &str) -> String {
     }
 }
 
-async fn session(ctx: &ConfigContext, c: &Checked, progress: Progress) -> SessionResult {
+async fn session(ctx: &ConfigContext, c: &Settings, progress: Progress) -> SessionResult {
     let (conn, ch, mut consumer) = tokio::select! {
         r = setup(ctx, c) => r?,
         _ = ctx.stopped() => return Ok(()),
@@ -313,10 +327,8 @@ async fn session(ctx: &ConfigContext, c: &Checked, progress: Progress) -> Sessio
 mod tests {
     use super::*;
 
-    fn check(yaml: &str) -> Result<Checked, ConfigError> {
-        let c: AmqpConfig =
-            serde_saphyr::from_str(yaml).map_err(|e| ConfigError::invalid(e.to_string()))?;
-        c.check()
+    fn check(yaml: &str) -> Result<Settings, ConfigError> {
+        portico::testing::parse_config::<AmqpConfig>(yaml)?.check()
     }
 
     #[test]
@@ -325,15 +337,21 @@ mod tests {
         assert!(check(&format!("{base}exchangeType: topic\nroutingKey: a.#")).is_ok());
         assert!(check(&format!("{base}exchangeType: fanout")).is_ok());
         let e = check("exchangeName: x\nexchangeType: topic\nroutingKey: k").unwrap_err();
-        assert!(e.message().starts_with("url:"), "{e}");
+        assert!(e.message().contains("missing field `url`"), "{e}");
         let e = check("url: http://x\nexchangeName: x\nexchangeType: topic\nroutingKey: k")
             .unwrap_err();
         assert!(e.message().starts_with("url:"), "{e}");
         let e = check(&format!("{base}exchangeType: nope\nroutingKey: k")).unwrap_err();
-        assert!(e.message().starts_with("exchangeType:"), "{e}");
+        assert!(
+            e.message().contains("line 3") && e.message().contains("topic"),
+            "{e}"
+        );
         let e = check(&format!("{base}exchangeType: topic")).unwrap_err();
         assert!(e.message().starts_with("routingKey:"), "{e}");
         let e = check("url: amqp://x\nexchangeType: topic\nroutingKey: k").unwrap_err();
+        assert!(e.message().contains("missing field `exchangeName`"), "{e}");
+        let e = check("url: amqp://x\nexchangeName: ' '\nexchangeType: topic\nroutingKey: k")
+            .unwrap_err();
         assert!(e.message().starts_with("exchangeName:"), "{e}");
     }
 

@@ -13,8 +13,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use portico::dispatch::Delivered;
-use portico::{ConfigContext, ConfigError, DispatchError};
+use portico::{ConfigContext, ConfigError, Delivered, DispatchError};
 
 /// The first wait before reconnecting.
 pub(crate) const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -44,17 +43,14 @@ pub(crate) type SessionResult = Result<(), SessionError>;
 /// Maps a dispatch result: `Ok(true)` means the message is done with, ack it (accepted, or in
 /// `atMostOnce` dropped because the gateway is full: `dispatch` never waits there, and the
 /// drop is counted); `Ok(false)` means the configuration is stopping (leave the message
-/// unacknowledged and end the session).
+/// unacknowledged and end the session). A disk that cannot store the event ends the session
+/// with the message unacknowledged, to be sent again.
 pub(crate) fn accepted(r: Result<(), DispatchError>) -> Result<bool, SessionError> {
-    match r {
-        Ok(()) | Err(DispatchError::Full { .. }) => Ok(true),
-        Err(DispatchError::Stopped) => Ok(false),
-        Err(e) => Err(SessionError::Fatal(e.into())),
-    }
+    accepted_ackable(r.map(|()| Delivered::now())).map(|d| d.is_some())
 }
 
-/// [`accepted`] for [`ConfigContext::dispatch_ackable`]: `Some` holds what to wait for before
-/// the ack (done at once unless the gateway is in `ackAfterDelivery`).
+/// [`accepted`] for a submission with [`portico::Ack::AfterDelivery`]: `Some` holds what to
+/// wait for before the ack (done at once unless the gateway is in `ackAfterDelivery`).
 pub(crate) fn accepted_ackable(
     r: Result<Delivered, DispatchError>,
 ) -> Result<Option<Delivered>, SessionError> {
@@ -62,6 +58,11 @@ pub(crate) fn accepted_ackable(
         Ok(d) => Ok(Some(d)),
         Err(DispatchError::Full { .. }) => Ok(Some(Delivered::now())),
         Err(DispatchError::Stopped) => Ok(None),
+        // Not stored: leave the message unacknowledged and start over, so the broker sends
+        // it again once the disk can take it.
+        Err(DispatchError::Disk(why)) => Err(SessionError::Broker(format!(
+            "the gateway cannot store events ({why}); the message stays with the broker"
+        ))),
         Err(e) => Err(SessionError::Fatal(e.into())),
     }
 }
@@ -184,12 +185,19 @@ pub(crate) fn check_url(
     Ok(u)
 }
 
-/// A field that must be present and not blank.
-pub(crate) fn required<'a>(field: &str, value: &'a Option<String>) -> Result<&'a str, ConfigError> {
-    match value.as_deref().map(str::trim) {
-        Some(v) if !v.is_empty() => Ok(v),
-        _ => Err(ConfigError::invalid(format!("{field}: missing (required)"))),
+/// A required field's value, trimmed, which must not be blank.
+pub(crate) fn non_blank<'a>(field: &str, value: &'a str) -> Result<&'a str, ConfigError> {
+    match value.trim() {
+        "" => Err(ConfigError::invalid(format!("{field}: empty (required)"))),
+        v => Ok(v),
     }
+}
+
+/// An optional field's value, trimmed; blank counts as absent.
+pub(crate) fn optional(value: Option<String>) -> Option<String> {
+    value
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
 }
 
 /// A valid CloudEvent extension name made of `prefix` and a header name: lower-case,

@@ -1,13 +1,6 @@
 //! The `calendar` gateway: events on a schedule (SPEC §8).
 //!
-//! | field | meaning |
-//! |---|---|
-//! | `schedule` | cron: 5 fields, 6 with seconds first, or `@hourly`, `@daily`, … |
-//! | `interval` | a fixed period instead (`10s`, `5m`, `1h30m`) |
-//! | `timezone` | IANA name the schedule and date-only exclusions are read in (default UTC) |
-//! | `exclusionDates` | dates (`2026-12-25`, the whole day) or instants (RFC 3339) to skip |
-//! | `recurrence` | RFC 5545 lines; `EXDATE:` / `EXDATE;TZID=…:` lines add exclusions |
-//! | `userPayload` | any JSON, copied into every event |
+//! The fields are those of [`CalendarConfig`].
 //!
 //! Payload: `{"eventTime": "<RFC 3339>", "userPayload": …}` as `application/json`.
 //!
@@ -25,7 +18,8 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
-use portico::{ConfigContext, ConfigError, ConfigExecutor, DispatchError, Event};
+use portico::{ConfigContext, ConfigError, ConfigExecutor, DispatchError, Event, RejectReason};
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 /// A source of time: the system clock, or a manual one in tests.
@@ -61,28 +55,46 @@ impl Clock for SystemClock {
     }
 }
 
-/// A calendar configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// A `calendar` configuration: a `schedule` or an `interval`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CalendarConfig {
-    /// Cron expression.
+    /// A cron expression: 5 fields (minute hour day month weekday), 6 with seconds first, or
+    /// `@hourly`, `@daily`, ….
     #[serde(default)]
     pub schedule: Option<String>,
-    /// Fixed period.
+    /// A fixed period instead of `schedule`: `10s`, `5m`, `1h30m`.
     #[serde(default)]
     pub interval: Option<String>,
-    /// IANA time zone.
+    /// The IANA time zone the schedule and date-only exclusions are read in (default UTC).
     #[serde(default)]
     pub timezone: Option<String>,
-    /// Dates or instants to skip.
+    /// Dates (`2026-12-25`, the whole day) or instants (RFC 3339) to skip.
     #[serde(default)]
     pub exclusion_dates: Vec<String>,
-    /// RFC 5545 lines (`EXDATE:` ones are used).
+    /// RFC 5545 lines; `EXDATE:` and `EXDATE;TZID=…:` lines add exclusions.
     #[serde(default)]
     pub recurrence: Vec<String>,
-    /// JSON copied into every event.
+    /// Any JSON, copied into every event as `userPayload`.
     #[serde(default)]
     pub user_payload: Option<serde_json::Value>,
+}
+
+impl CalendarConfig {
+    /// Checks the configuration and builds its schedule; errors name the field.
+    pub fn check(self) -> Result<Settings, ConfigError> {
+        Ok(Settings {
+            schedule: Schedule::parse(&self)?,
+            user_payload: self.user_payload.unwrap_or(serde_json::Value::Null),
+        })
+    }
+}
+
+/// A checked `calendar` configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    schedule: Schedule,
+    user_payload: serde_json::Value,
 }
 
 #[derive(Debug, Clone)]
@@ -309,22 +321,20 @@ impl Calendar {
     pub fn with_clock(clock: Arc<dyn Clock>) -> Calendar {
         Calendar { clock }
     }
-
-    fn config(ctx: &ConfigContext) -> Result<(CalendarConfig, Schedule), ConfigError> {
-        let config: CalendarConfig = ctx.parse()?;
-        let schedule = Schedule::parse(&config)?;
-        Ok((config, schedule))
-    }
 }
 
 impl ConfigExecutor for Calendar {
-    fn validate(&self, ctx: &ConfigContext) -> Result<(), ConfigError> {
-        Self::config(ctx).map(|_| ())
+    type Config = Settings;
+
+    fn validate(&self, ctx: &ConfigContext) -> Result<Settings, ConfigError> {
+        ctx.parse::<CalendarConfig>()?.check()
     }
 
-    async fn start_config(&self, ctx: ConfigContext) -> Result<(), ConfigError> {
-        let (config, schedule) = Self::config(&ctx)?;
-        let user_payload = config.user_payload.unwrap_or(serde_json::Value::Null);
+    async fn start_config(&self, ctx: ConfigContext, c: Settings) -> Result<(), ConfigError> {
+        let Settings {
+            schedule,
+            user_payload,
+        } = c;
         let start = self.clock.now();
         let mut last = start;
         ctx.running();
@@ -345,7 +355,7 @@ impl ConfigExecutor for Calendar {
             match ctx.dispatch(event).await {
                 Ok(()) => {}
                 // atMostOnce: a full gateway refuses the tick at once (counted as
-                // `portico_events_rejected{reason="full"}`); the schedule goes on.
+                // `portico_events_rejected_total{reason="full"}`); the schedule goes on.
                 Err(DispatchError::Full { .. }) => {
                     tracing::warn!(tick = %due, "calendar tick dropped: the gateway is full");
                 }
@@ -367,10 +377,10 @@ impl ConfigExecutor for Calendar {
                 }
             }
             if missed > 0 {
-                ctx.missed(missed);
+                ctx.count_rejected(RejectReason::Missed, missed);
                 tracing::warn!(
                     missed,
-                    "calendar ticks missed while the gateway was full (counted in portico_events_rejected{{reason=\"missed\"}})"
+                    "calendar ticks missed while the gateway was full (counted in portico_events_rejected_total{{reason=\"missed\"}})"
                 );
             }
         }
@@ -529,10 +539,10 @@ mod tests {
     ) {
         let ctx = h.context("c", yaml);
         let exec = Calendar::with_clock(clock.clone());
-        exec.validate(&ctx).unwrap();
+        let config = exec.validate(&ctx).unwrap();
         let run = tokio::spawn({
             let ctx = ctx.clone();
-            async move { exec.start_config(ctx).await }
+            async move { exec.start_config(ctx, config).await }
         });
         h.wait_for_phase("c", portico::Phase::Running, Duration::from_secs(5))
             .await
@@ -573,13 +583,14 @@ mod tests {
     }
 
     fn rejected(h: &portico::testing::Harness, reason: &str) -> u64 {
-        h.metrics
-            .rejected
-            .get_or_create(&portico::metrics::RejectLabels {
-                src: "c".into(),
-                reason: reason.into(),
-            })
-            .get()
+        h.metric(
+            "portico_events_rejected_total",
+            &[("src", "c"), ("reason", reason)],
+        ) as u64
+    }
+
+    fn received(h: &portico::testing::Harness) -> u64 {
+        h.metric("portico_events_received_total", &[("src", "c")]) as u64
     }
 
     async fn until(what: &str, mut f: impl FnMut() -> bool) {
@@ -593,29 +604,23 @@ mod tests {
         }
     }
 
-    fn one_slot() -> portico::dispatch::QueueSettings {
-        portico::dispatch::QueueSettings {
-            queue_size: 1,
-            concurrency: 1,
-            ..Default::default()
-        }
-    }
-
     /// atLeastOnce: a tick waits for room; the ticks that fall due meanwhile are counted as
-    /// missed (`portico_events_rejected{reason="missed"}`), not queued.
+    /// missed (`portico_events_rejected_total{reason="missed"}`), not queued.
     #[tokio::test]
     async fn ticks_that_fall_due_while_the_gateway_is_full_are_counted_as_missed() {
         let t0 = utc("2026-05-01T12:00:00Z");
         let clock = Arc::new(ManualClock(tokio::sync::watch::channel(t0).0));
-        let mut h = portico::testing::Harness::with_queue("cal", "calendar", one_slot());
+        let mut h = portico::testing::Harness::builder("cal", "calendar")
+            .queue_size(1)
+            .concurrency(1)
+            .build();
         h.pause();
         let (ctx, run) = start(&h, &clock, "interval: 10s").await;
         // 12:00:10 takes the only slot; 12:00:20 waits for room.
-        let received = h.metrics.for_src("c").received;
         clock.advance(10);
-        until("first tick", || received.get() == 1).await;
+        until("first tick", || received(&h) == 1).await;
         clock.advance(10);
-        until("second tick", || received.get() == 2).await;
+        until("second tick", || received(&h) == 2).await;
         // 12:00:30, :40, :50 fall due while the second waits.
         clock.advance(30);
         h.resume();
@@ -637,18 +642,16 @@ mod tests {
     async fn at_most_once_drops_ticks_instead_of_waiting() {
         let t0 = utc("2026-05-01T12:00:00Z");
         let clock = Arc::new(ManualClock(tokio::sync::watch::channel(t0).0));
-        let mut h = portico::testing::Harness::with_delivery(
-            "cal",
-            "calendar",
-            one_slot(),
-            &portico::dispatch::Delivery::AtMostOnce,
-        );
+        let mut h = portico::testing::Harness::builder("cal", "calendar")
+            .queue_size(1)
+            .concurrency(1)
+            .delivery(portico::testing::Delivery::AtMostOnce)
+            .build();
         h.pause();
         let (ctx, run) = start(&h, &clock, "interval: 10s").await;
-        let received = h.metrics.for_src("c").received;
         for tick in 1..=3 {
             clock.advance(10);
-            until("tick", || received.get() == tick).await;
+            until("tick", || received(&h) == tick).await;
         }
         // The first took the slot; the next two were refused at once, not waited for.
         until("2 ticks refused", || rejected(&h, "full") == 2).await;

@@ -1,12 +1,6 @@
 //! The `file` gateway: events when files in a directory change (SPEC §8).
 //!
-//! | field | meaning |
-//! |---|---|
-//! | `directory` | the directory to watch; required. One that does not exist yet makes the node `Error` with that reason, and is looked for again every `pollInterval` until it appears (then watched, and the node `Running`); one removed while watched is waited for the same way |
-//! | `path` | a name or a glob, relative to `directory` (`data.csv`, `*.csv`, `**/*.csv`; `*` does not cross `/`); default `**`, everything |
-//! | `type` | one of `CREATE`, `WRITE`, `REMOVE`, `RENAME`, `CHMOD`, or a list of them; default all |
-//! | `recursive` | watch subdirectories too (default `false`) |
-//! | `pollInterval` | how often to look for a missing directory (default `1s`) |
+//! The fields are those of [`FileConfig`].
 //!
 //! Payload: `{"name": "<path relative to directory>", "op": "CREATE", "path": "<full path>"}`
 //! as `application/json`, one event per change (a large write can be several `WRITE`s).
@@ -22,6 +16,7 @@ use globset::{GlobBuilder, GlobMatcher};
 use notify::event::{EventKind, ModifyKind, RenameMode};
 use notify::{RecursiveMode, Watcher};
 use portico::{ConfigContext, ConfigError, ConfigExecutor, DispatchError, Event};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -63,7 +58,7 @@ impl Op {
 }
 
 /// One name or a list.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum OneOrMany {
     /// One.
@@ -72,23 +67,27 @@ pub enum OneOrMany {
     Many(Vec<String>),
 }
 
-/// A file configuration, as written.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// A `file` configuration.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FileConfig {
-    /// Directory to watch.
-    #[serde(default)]
-    pub directory: Option<String>,
-    /// Name or glob.
+    /// The directory to watch, an absolute path. One that does not exist yet makes the node
+    /// `Error` with that reason and is looked for again every `pollInterval` until it
+    /// appears (then watched, and the node `Running`); one removed while watched is waited
+    /// for the same way.
+    pub directory: String,
+    /// A name or a glob, relative to `directory` (`data.csv`, `*.csv`, `**/*.csv`; `*` does
+    /// not cross `/`); default `**`, everything.
     #[serde(default)]
     pub path: Option<String>,
-    /// Operations to report.
+    /// The operations to report: one of `CREATE`, `WRITE`, `REMOVE`, `RENAME`, `CHMOD`, or a
+    /// list of them; default all.
     #[serde(default, rename = "type")]
     pub types: Option<OneOrMany>,
-    /// Watch subdirectories.
+    /// Watch subdirectories too.
     #[serde(default)]
-    pub recursive: Option<bool>,
-    /// How often to look for a missing directory.
+    pub recursive: bool,
+    /// How often to look for a missing directory, a duration like `1s` (the default).
     #[serde(default)]
     pub poll_interval: Option<String>,
 }
@@ -112,17 +111,18 @@ fn invalid(field: &str, what: impl std::fmt::Display) -> ConfigError {
     ConfigError::invalid(format!("{field}: {what}"))
 }
 
-impl FileWatch {
-    /// Checks `config`; errors name the field.
-    pub fn check(config: &FileConfig) -> Result<FileWatch, ConfigError> {
-        let directory = match config.directory.as_deref().map(str::trim) {
-            None | Some("") => {
+impl FileConfig {
+    /// Checks what the fields' types do not; errors name the field.
+    pub fn check(self) -> Result<FileWatch, ConfigError> {
+        let config = self;
+        let directory = match config.directory.trim() {
+            "" => {
                 return Err(invalid(
                     "directory",
-                    "required: the directory to watch, like /tmp/portico-files",
+                    "empty (required): the directory to watch, like /tmp/portico-files",
                 ));
             }
-            Some(d) => PathBuf::from(d),
+            d => PathBuf::from(d),
         };
         if !directory.is_absolute() {
             return Err(invalid(
@@ -193,11 +193,13 @@ impl FileWatch {
             directory,
             matcher,
             ops,
-            recursive: config.recursive.unwrap_or(false),
+            recursive: config.recursive,
             poll,
         })
     }
+}
 
+impl FileWatch {
     /// The (name relative to the directory, operation) pairs of a watcher event that this
     /// configuration reports.
     pub fn changes(&self, event: &notify::Event) -> Vec<(String, Op, PathBuf)> {
@@ -246,13 +248,6 @@ struct Payload<'a> {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct File;
 
-impl File {
-    fn config(ctx: &ConfigContext) -> Result<FileWatch, ConfigError> {
-        let config: FileConfig = ctx.parse()?;
-        FileWatch::check(&config)
-    }
-}
-
 /// How a watch ended.
 enum Ended {
     Stopped,
@@ -260,12 +255,13 @@ enum Ended {
 }
 
 impl ConfigExecutor for File {
-    fn validate(&self, ctx: &ConfigContext) -> Result<(), ConfigError> {
-        Self::config(ctx).map(|_| ())
+    type Config = FileWatch;
+
+    fn validate(&self, ctx: &ConfigContext) -> Result<FileWatch, ConfigError> {
+        ctx.parse::<FileConfig>()?.check()
     }
 
-    async fn start_config(&self, ctx: ConfigContext) -> Result<(), ConfigError> {
-        let watch = Self::config(&ctx)?;
+    async fn start_config(&self, ctx: ConfigContext, watch: FileWatch) -> Result<(), ConfigError> {
         loop {
             if !watch.directory.is_dir() {
                 let what = if watch.directory.exists() {
@@ -352,8 +348,9 @@ mod tests {
     use super::*;
 
     fn check(yaml: &str) -> Result<FileWatch, String> {
-        let c: FileConfig = serde_saphyr::from_str(yaml).map_err(|e| e.to_string())?;
-        FileWatch::check(&c).map_err(|e| e.to_string())
+        portico::testing::parse_config::<FileConfig>(yaml)
+            .and_then(FileConfig::check)
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -363,7 +360,11 @@ mod tests {
         assert!(w.matcher.is_match("a.txt"));
         assert!(!w.matcher.is_match("sub/a.txt"));
         assert_eq!(check("directory: /tmp/x").unwrap().ops.len(), 5);
-        assert!(check("path: a").unwrap_err().starts_with("directory:"));
+        assert!(
+            check("path: a")
+                .unwrap_err()
+                .contains("missing field `directory`")
+        );
         assert!(
             check("directory: rel")
                 .unwrap_err()

@@ -3,10 +3,7 @@
 //! A `webhook` configuration (`port`, `endpoint`, `method`, TLS, `maxBodySize`; see
 //! [`crate::webhook`]) plus:
 //!
-//! | field | meaning |
-//! |---|---|
-//! | `secretFile` / `secretEnv` | the hook's secret, from a file or an environment variable; required |
-//! | `events` | event types to keep, as in `X-GitHub-Event` (`push`, `pull_request`, …); default all |
+//! plus `events`, a required secret and, optionally, `register` ([`RegisterConfig`]).
 //!
 //! Every delivery must carry `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>`
 //! under the secret (checked in constant time); a missing or wrong one gets 401, produces no
@@ -18,14 +15,6 @@
 //! Optionally, the configuration registers its hook through GitHub's REST API when it starts
 //! (creating it, or updating the one with the same `url`) and deletes it when it stops:
 //!
-//! | field | meaning |
-//! |---|---|
-//! | `register.repository` | `owner/name` |
-//! | `register.url` | the payload URL GitHub calls: where this gateway is reachable from GitHub |
-//! | `register.tokenFile` / `register.tokenEnv` | a token allowed to manage the repository's hooks |
-//! | `register.apiUrl` | the API's base URL (default `https://api.github.com`; GitHub Enterprise: `https://HOST/api/v3`) |
-//! | `register.insecureSsl` | let GitHub skip verifying this gateway's certificate (default `false`) |
-//!
 //! Without `register`, create the hook in the repository's settings with content type
 //! `application/json` and the same secret.
 
@@ -34,6 +23,7 @@ use std::sync::Arc;
 use hyper::http::{HeaderMap, HeaderName};
 use portico::{ConfigContext, ConfigError, ConfigExecutor};
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::webhook::{
@@ -67,26 +57,29 @@ impl Gate for GitHubGate {
     }
 }
 
-/// `register:` of a github configuration, as written.
-#[derive(Debug, Clone, Deserialize)]
+/// `register:` of a github configuration: the hook is registered through GitHub's REST API
+/// when the configuration starts (created, or the one with the same `url` updated) and
+/// deleted when it stops.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegisterConfig {
-    /// `owner/name`.
+    /// The repository, `owner/name`.
     pub repository: String,
-    /// The payload URL GitHub calls.
+    /// The payload URL GitHub calls: where this gateway is reachable from GitHub.
     pub url: String,
-    /// File holding the API token.
+    /// A file holding a token allowed to manage the repository's hooks.
     #[serde(default)]
     pub token_file: Option<String>,
-    /// Environment variable holding the API token.
+    /// An environment variable holding the token, instead of `tokenFile`.
     #[serde(default)]
     pub token_env: Option<String>,
-    /// The API's base URL.
+    /// The API's base URL (default `https://api.github.com`; GitHub Enterprise:
+    /// `https://HOST/api/v3`).
     #[serde(default)]
     pub api_url: Option<String>,
-    /// Let GitHub skip verifying the gateway's certificate.
+    /// Let GitHub skip verifying this gateway's certificate (default `false`).
     #[serde(default)]
-    pub insecure_ssl: Option<bool>,
+    pub insecure_ssl: bool,
 }
 
 /// A checked `register:`.
@@ -103,11 +96,10 @@ fn invalid(field: &str, what: impl std::fmt::Display) -> ConfigError {
     ConfigError::invalid(format!("register.{field}: {what}"))
 }
 
-impl Register {
-    /// Checks `value` (the `register:` mapping); errors name the field.
-    pub fn check(value: &serde_json::Value) -> Result<Register, ConfigError> {
-        let c: RegisterConfig = serde_json::from_value(value.clone())
-            .map_err(|e| ConfigError::invalid(format!("register: {e}")))?;
+impl RegisterConfig {
+    /// Checks what the fields' types do not; errors name the field.
+    pub fn check(&self) -> Result<Register, ConfigError> {
+        let c = self;
         let repository = c.repository.trim().to_string();
         let parts: Vec<&str> = repository.split('/').collect();
         if parts.len() != 2
@@ -151,10 +143,12 @@ impl Register {
             url: c.url.clone(),
             token,
             api,
-            insecure_ssl: c.insecure_ssl.unwrap_or(false),
+            insecure_ssl: c.insecure_ssl,
         })
     }
+}
 
+impl Register {
     fn hooks_url(&self) -> String {
         format!("{}/repos/{}/hooks", self.api, self.repository)
     }
@@ -336,22 +330,25 @@ impl Default for GitHub {
     }
 }
 
-impl GitHub {
-    fn config(ctx: &ConfigContext) -> Result<(Hook, Option<Register>), ConfigError> {
+impl ConfigExecutor for GitHub {
+    type Config = (Hook, Option<Register>);
+
+    fn validate(&self, ctx: &ConfigContext) -> Result<(Hook, Option<Register>), ConfigError> {
         let config: HookConfig = ctx.parse()?;
-        let hook = Hook::check(&config, RULES)?;
-        let register = config.register.as_ref().map(Register::check).transpose()?;
+        let hook = config.check(RULES)?;
+        let register = config
+            .register
+            .as_ref()
+            .map(RegisterConfig::check)
+            .transpose()?;
         Ok((hook, register))
     }
-}
 
-impl ConfigExecutor for GitHub {
-    fn validate(&self, ctx: &ConfigContext) -> Result<(), ConfigError> {
-        Self::config(ctx).map(|_| ())
-    }
-
-    async fn start_config(&self, ctx: ConfigContext) -> Result<(), ConfigError> {
-        let (hook, register) = Self::config(&ctx)?;
+    async fn start_config(
+        &self,
+        ctx: ConfigContext,
+        (hook, register): (Hook, Option<Register>),
+    ) -> Result<(), ConfigError> {
         let Some(source) = &hook.secret else {
             return Err(ConfigError::invalid(
                 "a github configuration needs its secret",

@@ -3,10 +3,7 @@
 //! A `webhook` configuration (`port`, `endpoint`, `method`, TLS, `maxBodySize`; see
 //! [`crate::webhook`]) plus:
 //!
-//! | field | meaning |
-//! |---|---|
-//! | `secretFile` / `secretEnv` | the hook's secret token, from a file or an environment variable; required |
-//! | `events` | event types to keep, as in `X-Gitlab-Event`: `Push Hook`, `Merge Request Hook`, … or in short `push`, `merge_request`, `tag_push` (case, spaces and the ` Hook` suffix do not matter); default all |
+//! plus `events` and a required secret token.
 //!
 //! Every delivery must carry `X-Gitlab-Token` equal to the secret (compared in constant
 //! time); a missing or wrong one gets 401, produces no event and counts in
@@ -21,7 +18,9 @@ use hyper::http::{HeaderMap, HeaderName};
 use portico::{ConfigContext, ConfigError, ConfigExecutor};
 use subtle::ConstantTimeEq;
 
-use crate::webhook::{Gate, Hook, HookRules, Secret, Servers, Verdict, filter_event, run_hook};
+use crate::webhook::{
+    Gate, Hook, HookConfig, HookRules, Secret, Servers, Verdict, filter_event, run_hook,
+};
 
 const RULES: HookRules = HookRules {
     gateway_type: "gitlab",
@@ -73,12 +72,13 @@ pub struct GitLab {
 }
 
 impl ConfigExecutor for GitLab {
-    fn validate(&self, ctx: &ConfigContext) -> Result<(), ConfigError> {
-        Hook::from_context(ctx, RULES).map(|_| ())
+    type Config = Hook;
+
+    fn validate(&self, ctx: &ConfigContext) -> Result<Hook, ConfigError> {
+        ctx.parse::<HookConfig>()?.check(RULES)
     }
 
-    async fn start_config(&self, ctx: ConfigContext) -> Result<(), ConfigError> {
-        let hook = Hook::from_context(&ctx, RULES)?;
+    async fn start_config(&self, ctx: ConfigContext, hook: Hook) -> Result<(), ConfigError> {
         let Some(source) = &hook.secret else {
             return Err(ConfigError::invalid(
                 "a gitlab configuration needs its secret",

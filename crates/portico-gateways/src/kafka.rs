@@ -1,12 +1,6 @@
 //! The `kafka` gateway: records of a Kafka topic, read in a consumer group (SPEC §8).
 //!
-//! | field | meaning |
-//! |---|---|
-//! | `url` | one or more brokers, `host:port` separated by commas (a `kafka://` prefix is allowed) |
-//! | `topic` | the topic |
-//! | `partition` | optional: read only this partition (assigned, not balanced in the group) |
-//! | `consumerGroup` | the consumer group whose committed offsets say where to resume |
-//! | `startOffset` | where a group with no committed offset starts: `newest` (default) or `oldest` |
+//! The fields are those of [`KafkaConfig`].
 //!
 //! Payload: the record value, untouched; `datacontenttype` from a `content-type` header; the
 //! record's timestamp as the event time. Extensions: `topic`, `partition`, `offset`, `key`
@@ -36,33 +30,45 @@ use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::broker::{self, Progress, SessionError, SessionResult, accepted};
 
 /// A `kafka` configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KafkaConfig {
-    /// Brokers, comma separated.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// Topic.
-    #[serde(default)]
-    pub topic: Option<String>,
-    /// Only this partition.
+    /// One or more brokers, `host:port` separated by commas (a `kafka://` prefix is
+    /// allowed).
+    pub url: String,
+    /// The topic.
+    pub topic: String,
+    /// Read only this partition (assigned, not balanced in the group).
     #[serde(default)]
     pub partition: Option<i32>,
-    /// Consumer group.
+    /// The consumer group whose committed offsets say where to resume.
     #[serde(default)]
     pub consumer_group: Option<String>,
-    /// `newest` or `oldest`.
+    /// Where a group with no committed offset starts.
     #[serde(default)]
-    pub start_offset: Option<String>,
+    pub start_offset: StartOffset,
 }
 
+/// Where a consumer group with no committed offset starts reading.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StartOffset {
+    /// At the end: only records produced from now on.
+    #[default]
+    Newest,
+    /// At the beginning of the partition.
+    Oldest,
+}
+
+/// A checked `kafka` configuration.
 #[derive(Debug, Clone)]
-struct Checked {
+pub struct Settings {
     brokers: String,
     topic: String,
     partition: Option<i32>,
@@ -71,10 +77,10 @@ struct Checked {
 }
 
 impl KafkaConfig {
-    fn check(&self) -> Result<Checked, ConfigError> {
-        let url = broker::required("url", &self.url)?;
+    /// Checks what the fields' types do not; errors name the field.
+    pub fn check(self) -> Result<Settings, ConfigError> {
         let mut brokers = Vec::new();
-        for b in url.split(',').map(str::trim).filter(|b| !b.is_empty()) {
+        for b in self.url.split(',').map(str::trim).filter(|b| !b.is_empty()) {
             let hostport = b
                 .strip_prefix("kafka://")
                 .unwrap_or(b)
@@ -90,30 +96,27 @@ impl KafkaConfig {
             brokers.push(hostport.to_string());
         }
         if brokers.is_empty() {
-            return Err(ConfigError::invalid("url: missing (required)"));
+            return Err(ConfigError::invalid(
+                "url: empty (required): the brokers, like `127.0.0.1:9092`",
+            ));
         }
-        let topic = broker::required("topic", &self.topic)?.to_string();
         if let Some(p) = self.partition
             && p < 0
         {
             return Err(ConfigError::invalid(format!("partition: {p} is negative")));
         }
-        let group = broker::required("consumerGroup", &self.consumer_group)?.to_string();
-        let reset = match self.start_offset.as_deref().map(str::trim) {
-            None | Some("") | Some("newest") => "latest",
-            Some("oldest") => "earliest",
-            Some(other) => {
-                return Err(ConfigError::invalid(format!(
-                    "startOffset: `{other}` is not `newest` or `oldest`"
-                )));
-            }
+        let Some(group) = broker::optional(self.consumer_group) else {
+            return Err(ConfigError::invalid("consumerGroup: missing (required)"));
         };
-        Ok(Checked {
+        Ok(Settings {
             brokers: brokers.join(","),
-            topic,
+            topic: broker::non_blank("topic", &self.topic)?.to_string(),
             partition: self.partition,
             group,
-            reset,
+            reset: match self.start_offset {
+                StartOffset::Newest => "latest",
+                StartOffset::Oldest => "earliest",
+            },
         })
     }
 }
@@ -123,12 +126,13 @@ impl KafkaConfig {
 pub struct Kafka;
 
 impl ConfigExecutor for Kafka {
-    fn validate(&self, ctx: &ConfigContext) -> Result<(), ConfigError> {
-        ctx.parse::<KafkaConfig>()?.check().map(|_| ())
+    type Config = Settings;
+
+    fn validate(&self, ctx: &ConfigContext) -> Result<Settings, ConfigError> {
+        ctx.parse::<KafkaConfig>()?.check()
     }
 
-    async fn start_config(&self, ctx: ConfigContext) -> Result<(), ConfigError> {
-        let c = ctx.parse::<KafkaConfig>()?.check()?;
+    async fn start_config(&self, ctx: ConfigContext, c: Settings) -> Result<(), ConfigError> {
         broker::run_sessions_until_they_stop(&ctx, |progress| session(&ctx, &c, progress)).await
     }
 }
@@ -191,7 +195,7 @@ fn event_of<M: Message>(m: &M) -> Event {
     event
 }
 
-async fn session(ctx: &ConfigContext, c: &Checked, progress: Progress) -> SessionResult {
+async fn session(ctx: &ConfigContext, c: &Settings, progress: Progress) -> SessionResult {
     let down = Arc::new(AtomicBool::new(false));
     let lost = Arc::new(tokio::sync::Notify::new());
     let consumer: StreamConsumer<Watch> = ClientConfig::new()
@@ -310,10 +314,8 @@ async fn probe(consumer: &Arc<StreamConsumer<Watch>>, topic: &str) -> Result<(),
 mod tests {
     use super::*;
 
-    fn check(yaml: &str) -> Result<Checked, ConfigError> {
-        let c: KafkaConfig =
-            serde_saphyr::from_str(yaml).map_err(|e| ConfigError::invalid(e.to_string()))?;
-        c.check()
+    fn check(yaml: &str) -> Result<Settings, ConfigError> {
+        portico::testing::parse_config::<KafkaConfig>(yaml)?.check()
     }
 
     #[test]
@@ -325,15 +327,18 @@ mod tests {
         assert_eq!(ok.brokers, "127.0.0.1:9092,h:9093");
         assert_eq!(ok.reset, "earliest");
         let e = check("topic: t\nconsumerGroup: g").unwrap_err();
-        assert!(e.message().starts_with("url:"), "{e}");
+        assert!(e.message().contains("missing field `url`"), "{e}");
         let e = check("url: nohost\ntopic: t\nconsumerGroup: g").unwrap_err();
         assert!(e.message().starts_with("url:"), "{e}");
         let e = check("url: h:1\nconsumerGroup: g").unwrap_err();
-        assert!(e.message().starts_with("topic:"), "{e}");
+        assert!(e.message().contains("missing field `topic`"), "{e}");
         let e = check("url: h:1\ntopic: t").unwrap_err();
         assert!(e.message().starts_with("consumerGroup:"), "{e}");
         let e = check("url: h:1\ntopic: t\nconsumerGroup: g\nstartOffset: middle").unwrap_err();
-        assert!(e.message().starts_with("startOffset:"), "{e}");
+        assert!(
+            e.message().contains("line 4") && e.message().contains("oldest"),
+            "{e}"
+        );
         let e = check("url: h:1\ntopic: t\nconsumerGroup: g\npartition: -1").unwrap_err();
         assert!(e.message().starts_with("partition:"), "{e}");
     }

@@ -1,11 +1,6 @@
 //! The `mqtt` gateway: messages of an MQTT topic filter (MQTT 3.1.1, SPEC §8).
 //!
-//! | field | meaning |
-//! |---|---|
-//! | `url` | the broker, `mqtt://host[:port]` or `tcp://host[:port]` (port 1883 by default) |
-//! | `topic` | the topic filter, wildcards `+` and `#` allowed |
-//! | `clientId` | the MQTT client id (unique per broker: two clients with one id evict each other) |
-//! | `qos` | `0` (at most once, the default) or `1` (at least once) |
+//! The fields are those of [`MqttConfig`].
 //!
 //! Payload: the message payload, untouched (MQTT 3.1.1 carries no content type). Extension:
 //! `topic` (the message's topic).
@@ -25,30 +20,54 @@ use std::time::Duration;
 
 use portico::{ConfigContext, ConfigError, ConfigExecutor, Event};
 use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::broker::{self, Progress, SessionError, SessionResult, accepted};
 
 /// An `mqtt` configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MqttConfig {
-    /// Broker URL.
+    /// The broker: `mqtt://host[:port]` or `tcp://host[:port]` (port 1883 by default).
+    pub url: String,
+    /// The topic filter; the wildcards `+` and `#` are allowed.
+    pub topic: String,
+    /// The MQTT client id. Unique per broker: two clients with one id evict each other.
+    pub client_id: String,
+    /// `0` (at most once) or `1` (at least once: a persistent session, each message
+    /// acknowledged only once its event is accepted).
     #[serde(default)]
-    pub url: Option<String>,
-    /// Topic filter.
-    #[serde(default)]
-    pub topic: Option<String>,
-    /// Client id.
-    #[serde(default)]
-    pub client_id: Option<String>,
-    /// 0 or 1.
-    #[serde(default)]
-    pub qos: Option<u8>,
+    pub qos: Qos,
 }
 
+/// The MQTT quality of service of the subscription.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(try_from = "u8")]
+#[schemars(with = "u8")]
+pub enum Qos {
+    /// `0`: at most once.
+    #[default]
+    AtMostOnce,
+    /// `1`: at least once.
+    AtLeastOnce,
+}
+
+impl TryFrom<u8> for Qos {
+    type Error = String;
+
+    fn try_from(n: u8) -> Result<Qos, String> {
+        match n {
+            0 => Ok(Qos::AtMostOnce),
+            1 => Ok(Qos::AtLeastOnce),
+            n => Err(format!("qos {n} is not supported: use 0 or 1")),
+        }
+    }
+}
+
+/// A checked `mqtt` configuration.
 #[derive(Debug, Clone)]
-struct Checked {
+pub struct Settings {
     url: String,
     host: String,
     port: u16,
@@ -58,29 +77,19 @@ struct Checked {
 }
 
 impl MqttConfig {
-    fn check(&self) -> Result<Checked, ConfigError> {
-        let url = broker::required("url", &self.url)?;
-        let u = broker::check_url("url", url, &["mqtt", "tcp"])?;
-        let host = u.host_str().unwrap_or_default().to_string();
-        let port = u.port().unwrap_or(1883);
-        let topic = broker::required("topic", &self.topic)?.to_string();
-        let client_id = broker::required("clientId", &self.client_id)?.to_string();
-        let qos = match self.qos.unwrap_or(0) {
-            0 => QoS::AtMostOnce,
-            1 => QoS::AtLeastOnce,
-            n => {
-                return Err(ConfigError::invalid(format!(
-                    "qos: {n} is not supported: use 0 or 1"
-                )));
-            }
-        };
-        Ok(Checked {
-            url: url.to_string(),
-            host,
-            port,
-            topic,
-            client_id,
-            qos,
+    /// Checks what the fields' types do not; errors name the field.
+    pub fn check(self) -> Result<Settings, ConfigError> {
+        let u = broker::check_url("url", &self.url, &["mqtt", "tcp"])?;
+        Ok(Settings {
+            host: u.host_str().unwrap_or_default().to_string(),
+            port: u.port().unwrap_or(1883),
+            topic: broker::non_blank("topic", &self.topic)?.to_string(),
+            client_id: broker::non_blank("clientId", &self.client_id)?.to_string(),
+            qos: match self.qos {
+                Qos::AtMostOnce => QoS::AtMostOnce,
+                Qos::AtLeastOnce => QoS::AtLeastOnce,
+            },
+            url: self.url,
         })
     }
 }
@@ -90,17 +99,18 @@ impl MqttConfig {
 pub struct Mqtt;
 
 impl ConfigExecutor for Mqtt {
-    fn validate(&self, ctx: &ConfigContext) -> Result<(), ConfigError> {
-        ctx.parse::<MqttConfig>()?.check().map(|_| ())
+    type Config = Settings;
+
+    fn validate(&self, ctx: &ConfigContext) -> Result<Settings, ConfigError> {
+        ctx.parse::<MqttConfig>()?.check()
     }
 
-    async fn start_config(&self, ctx: ConfigContext) -> Result<(), ConfigError> {
-        let c = ctx.parse::<MqttConfig>()?.check()?;
+    async fn start_config(&self, ctx: ConfigContext, c: Settings) -> Result<(), ConfigError> {
         broker::run_sessions_until_they_stop(&ctx, |progress| session(&ctx, &c, progress)).await
     }
 }
 
-async fn session(ctx: &ConfigContext, c: &Checked, progress: Progress) -> SessionResult {
+async fn session(ctx: &ConfigContext, c: &Settings, progress: Progress) -> SessionResult {
     let mut options = MqttOptions::new(c.client_id.clone(), c.host.clone(), c.port);
     options
         .set_keep_alive(Duration::from_secs(15))
@@ -167,25 +177,29 @@ async fn session(ctx: &ConfigContext, c: &Checked, progress: Progress) -> Sessio
 mod tests {
     use super::*;
 
-    fn check(yaml: &str) -> Result<Checked, ConfigError> {
-        let c: MqttConfig =
-            serde_saphyr::from_str(yaml).map_err(|e| ConfigError::invalid(e.to_string()))?;
-        c.check()
+    fn check(yaml: &str) -> Result<Settings, ConfigError> {
+        portico::testing::parse_config::<MqttConfig>(yaml)?.check()
     }
 
     #[test]
     fn validation_names_the_field() {
         let ok = check("url: mqtt://127.0.0.1\ntopic: a/#\nclientId: c\nqos: 1").unwrap();
         assert_eq!(ok.port, 1883);
+        assert_eq!(ok.qos, QoS::AtLeastOnce);
         let e = check("topic: a\nclientId: c").unwrap_err();
-        assert!(e.message().starts_with("url:"), "{e}");
+        assert!(e.message().contains("missing field `url`"), "{e}");
         let e = check("url: redis://x\ntopic: a\nclientId: c").unwrap_err();
         assert!(e.message().starts_with("url:"), "{e}");
         let e = check("url: mqtt://x\nclientId: c").unwrap_err();
+        assert!(e.message().contains("missing field `topic`"), "{e}");
+        let e = check("url: mqtt://x\ntopic: ' '\nclientId: c").unwrap_err();
         assert!(e.message().starts_with("topic:"), "{e}");
         let e = check("url: mqtt://x\ntopic: a").unwrap_err();
-        assert!(e.message().starts_with("clientId:"), "{e}");
+        assert!(e.message().contains("missing field `clientId`"), "{e}");
         let e = check("url: mqtt://x\ntopic: a\nclientId: c\nqos: 2").unwrap_err();
-        assert!(e.message().starts_with("qos:"), "{e}");
+        assert!(
+            e.message().contains("qos 2 is not supported") && e.message().contains("line 4"),
+            "{e}"
+        );
     }
 }

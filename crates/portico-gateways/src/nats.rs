@@ -1,13 +1,7 @@
 //! The `nats` gateway: messages of a NATS subject, by core subscription or from a JetStream
 //! stream through a durable consumer (SPEC §8).
 //!
-//! | field | meaning |
-//! |---|---|
-//! | `url` | the server, `nats://host:port` (also `tls://`, `ws://`, `wss://`); several separated by commas |
-//! | `subject` | the subject to read (wildcards `*` and `>` allowed) |
-//! | `queue` | optional queue group (core only): the group's members share the messages |
-//! | `stream` | optional JetStream stream to read from instead of a core subscription |
-//! | `durable` | the durable consumer's name; required with `stream` (created when absent) |
+//! The fields are those of [`NatsConfig`].
 //!
 //! Payload: the message body, untouched; `datacontenttype` from a `Content-Type` header.
 //! Extensions: `natssubject` (the message's subject; `subject` itself is a core attribute), one `h<name>` per other header (the name
@@ -30,7 +24,8 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use portico::{ConfigContext, ConfigError, ConfigExecutor, Event};
+use portico::{ConfigContext, ConfigError, ConfigExecutor, Event, Submit};
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::broker::{
@@ -39,29 +34,28 @@ use crate::broker::{
 };
 
 /// A `nats` configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NatsConfig {
-    /// Server URL(s), comma separated.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// Subject (wildcards allowed).
-    #[serde(default)]
-    pub subject: Option<String>,
-    /// Queue group (core only).
+    /// The server, `nats://host:port` (also `tls://`, `ws://`, `wss://`); several separated
+    /// by commas.
+    pub url: String,
+    /// The subject to read; the wildcards `*` and `>` are allowed.
+    pub subject: String,
+    /// A queue group (core subscriptions only): the group's members share the messages.
     #[serde(default)]
     pub queue: Option<String>,
-    /// JetStream stream.
+    /// A JetStream stream to read from instead of a core subscription.
     #[serde(default)]
     pub stream: Option<String>,
-    /// JetStream durable consumer.
+    /// The durable consumer's name; required with `stream` (created when absent).
     #[serde(default)]
     pub durable: Option<String>,
 }
 
-/// The checked form of a [`NatsConfig`].
+/// A checked `nats` configuration.
 #[derive(Debug, Clone)]
-struct Checked {
+pub struct Settings {
     urls: Vec<String>,
     subject: String,
     queue: Option<String>,
@@ -69,32 +63,36 @@ struct Checked {
 }
 
 impl NatsConfig {
-    fn check(&self) -> Result<Checked, ConfigError> {
-        let url = broker::required("url", &self.url)?;
+    /// Checks what the fields' types do not; errors name the field.
+    pub fn check(self) -> Result<Settings, ConfigError> {
         let mut urls = Vec::new();
-        for u in url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        for u in self.url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
             broker::check_url("url", u, &["nats", "tls", "ws", "wss"])?;
             urls.push(u.to_string());
         }
-        let subject = broker::required("subject", &self.subject)?.to_string();
+        if urls.is_empty() {
+            return Err(ConfigError::invalid(
+                "url: empty (required): the server, like `nats://127.0.0.1:4222`",
+            ));
+        }
+        let subject = broker::non_blank("subject", &self.subject)?.to_string();
         if subject.contains(char::is_whitespace) {
             return Err(ConfigError::invalid(format!(
                 "subject: `{subject}` contains white space"
             )));
         }
-        let queue = self
-            .queue
-            .as_deref()
-            .map(str::trim)
-            .filter(|q| !q.is_empty())
-            .map(str::to_string);
-        let jetstream = match (&self.stream, &self.durable) {
+        let queue = broker::optional(self.queue);
+        let jetstream = match (
+            broker::optional(self.stream),
+            broker::optional(self.durable),
+        ) {
             (None, None) => None,
-            (Some(_), _) => {
-                let stream = broker::required("stream", &self.stream)?.to_string();
-                let durable = broker::required("durable", &self.durable)
-                    .map_err(|_| ConfigError::invalid("durable: missing (required with stream)"))?
-                    .to_string();
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "durable: missing (required with stream)",
+                ));
+            }
+            (Some(stream), Some(durable)) => {
                 if queue.is_some() {
                     return Err(ConfigError::invalid(
                         "queue: only for a core subscription, not with stream",
@@ -108,7 +106,7 @@ impl NatsConfig {
                 ));
             }
         };
-        Ok(Checked {
+        Ok(Settings {
             urls,
             subject,
             queue,
@@ -122,19 +120,20 @@ impl NatsConfig {
 pub struct Nats;
 
 impl ConfigExecutor for Nats {
-    fn validate(&self, ctx: &ConfigContext) -> Result<(), ConfigError> {
-        ctx.parse::<NatsConfig>()?.check().map(|_| ())
+    type Config = Settings;
+
+    fn validate(&self, ctx: &ConfigContext) -> Result<Settings, ConfigError> {
+        ctx.parse::<NatsConfig>()?.check()
     }
 
-    async fn start_config(&self, ctx: ConfigContext) -> Result<(), ConfigError> {
-        let c = ctx.parse::<NatsConfig>()?.check()?;
+    async fn start_config(&self, ctx: ConfigContext, c: Settings) -> Result<(), ConfigError> {
         broker::run_sessions_until_they_stop(&ctx, |progress| session(&ctx, &c, progress)).await
     }
 }
 
 async fn connect(
     ctx: &ConfigContext,
-    c: &Checked,
+    c: &Settings,
     progress: &Progress,
 ) -> Result<async_nats::Client, SessionError> {
     let events_ctx = ctx.clone();
@@ -199,7 +198,7 @@ fn event_of(msg: &async_nats::Message) -> Event {
     event
 }
 
-async fn session(ctx: &ConfigContext, c: &Checked, progress: Progress) -> SessionResult {
+async fn session(ctx: &ConfigContext, c: &Settings, progress: Progress) -> SessionResult {
     let client = tokio::select! {
         r = connect(ctx, c, &progress) => r?,
         _ = ctx.stopped() => return Ok(()),
@@ -215,7 +214,7 @@ async fn session(ctx: &ConfigContext, c: &Checked, progress: Progress) -> Sessio
 
 async fn core(
     ctx: &ConfigContext,
-    c: &Checked,
+    c: &Settings,
     client: &async_nats::Client,
     progress: Progress,
 ) -> SessionResult {
@@ -253,7 +252,7 @@ const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
 async fn jetstream(
     ctx: &ConfigContext,
-    c: &Checked,
+    c: &Settings,
     client: &async_nats::Client,
     stream_name: &str,
     durable: &str,
@@ -322,7 +321,9 @@ async fn jetstream(
                         .with_extension("stream", info.stream)
                         .with_extension("streamseq", info.stream_sequence.to_string());
                 }
-                if let Some(delivered) = accepted_ackable(ctx.dispatch_ackable(event).await)? {
+                if let Some(delivered) =
+                    accepted_ackable(ctx.submit(event, Submit::ACK_AFTER_DELIVERY).await)?
+                {
                     if delivered.is_done() {
                         msg.ack()
                             .await
@@ -372,21 +373,19 @@ async fn jetstream(
 mod tests {
     use super::*;
 
-    fn check(yaml: &str) -> Result<Checked, ConfigError> {
-        let c: NatsConfig =
-            serde_saphyr::from_str(yaml).map_err(|e| ConfigError::invalid(e.to_string()))?;
-        c.check()
+    fn check(yaml: &str) -> Result<Settings, ConfigError> {
+        portico::testing::parse_config::<NatsConfig>(yaml)?.check()
     }
 
     #[test]
     fn validation_names_the_field() {
         assert!(check("url: nats://127.0.0.1:4222\nsubject: a.b").is_ok());
         let e = check("subject: a.b").unwrap_err();
-        assert!(e.message().starts_with("url:"), "{e}");
+        assert!(e.message().contains("missing field `url`"), "{e}");
         let e = check("url: http://x\nsubject: a").unwrap_err();
         assert!(e.message().starts_with("url:"), "{e}");
         let e = check("url: nats://x").unwrap_err();
-        assert!(e.message().starts_with("subject:"), "{e}");
+        assert!(e.message().contains("missing field `subject`"), "{e}");
         let e = check("url: nats://x\nsubject: a\nstream: S").unwrap_err();
         assert!(e.message().starts_with("durable:"), "{e}");
         let e = check("url: nats://x\nsubject: a\ndurable: d").unwrap_err();

@@ -1,14 +1,7 @@
 //! The `redis` gateway: Redis pub/sub channels, or a Redis stream read by a consumer group
 //! (SPEC §8).
 //!
-//! | field | meaning |
-//! |---|---|
-//! | `url` | the server, `redis://[user:password@]host:port[/db]` (or `rediss://`) |
-//! | `channels` | pub/sub channels; a name with `*`, `?` or `[` is a pattern (`PSUBSCRIBE`) |
-//! | `stream` | a stream to read instead of channels |
-//! | `consumerGroup` | the stream's consumer group (required with `stream`; created at the stream's end, with the stream, when absent) |
-//! | `consumerName` | optional name of this consumer in the group (default `portico-<gateway>-<configuration>`); keep it stable so its pending entries are re-read after a restart |
-//! | `reclaimAfter` | optional: entries pending this long at *other* consumers of the group (gone for good) are claimed (`XAUTOCLAIM`) at every (re)connection; default `1m` |
+//! The fields are those of [`RedisConfig`].
 //!
 //! Pub/sub payload: the message, untouched; extensions `channel` and, for a pattern,
 //! `pattern`. At most once, as Redis pub/sub itself.
@@ -25,34 +18,36 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use portico::dispatch::Delivered;
-use portico::{ConfigContext, ConfigError, ConfigExecutor, Event};
+use portico::{ConfigContext, ConfigError, ConfigExecutor, Delivered, Event, Submit};
 use redis::AsyncCommands;
 use redis::streams::{StreamReadOptions, StreamReadReply};
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::broker::{self, Progress, SessionError, SessionResult, accepted, accepted_ackable};
 
-/// A `redis` configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// A `redis` configuration: pub/sub `channels`, or a `stream` read by a consumer group.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RedisConfig {
-    /// Server URL.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// Pub/sub channels or patterns.
+    /// The server, `redis://[user:password@]host:port[/db]` (or `rediss://`).
+    pub url: String,
+    /// Pub/sub channels; a name with `*`, `?` or `[` is a pattern (`PSUBSCRIBE`).
     #[serde(default)]
     pub channels: Vec<String>,
-    /// Stream.
+    /// A stream to read instead of channels.
     #[serde(default)]
     pub stream: Option<String>,
-    /// Consumer group of the stream.
+    /// The stream's consumer group; required with `stream` (created at the stream's end,
+    /// with the stream, when absent).
     #[serde(default)]
     pub consumer_group: Option<String>,
-    /// Consumer name in the group.
+    /// This consumer's name in the group (default `portico-<gateway>-<configuration>`); keep
+    /// it stable so that its pending entries are read again after a restart.
     #[serde(default)]
     pub consumer_name: Option<String>,
-    /// Idle time after which other consumers' pending entries are claimed.
+    /// Entries pending this long at other consumers of the group (gone for good) are claimed
+    /// (`XAUTOCLAIM`) at every connection; a duration like `30s` or `5m` (default `1m`).
     #[serde(default)]
     pub reclaim_after: Option<String>,
 }
@@ -68,12 +63,22 @@ enum Mode {
     },
 }
 
+/// A checked `redis` configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    url: String,
+    client: redis::Client,
+    mode: Mode,
+}
+
 impl RedisConfig {
-    fn check(&self) -> Result<(String, Mode), ConfigError> {
-        let url = broker::required("url", &self.url)?;
-        broker::check_url("url", url, &["redis", "rediss"])?;
-        redis::Client::open(url).map_err(|e| ConfigError::invalid(format!("url: `{url}`: {e}")))?;
-        let mode = match (&self.stream, self.channels.is_empty()) {
+    /// Checks what the fields' types do not; errors name the field.
+    pub fn check(self) -> Result<Settings, ConfigError> {
+        let url = self.url.trim().to_string();
+        broker::check_url("url", &url, &["redis", "rediss"])?;
+        let client = redis::Client::open(url.as_str())
+            .map_err(|e| ConfigError::invalid(format!("url: `{url}`: {e}")))?;
+        let mode = match (broker::optional(self.stream), self.channels.is_empty()) {
             (Some(_), false) => {
                 return Err(ConfigError::invalid(
                     "channels and stream are both set: give one",
@@ -90,19 +95,17 @@ impl RedisConfig {
                         return Err(ConfigError::invalid(format!("channels[{i}]: empty")));
                     }
                 }
-                Mode::PubSub(self.channels.clone())
+                Mode::PubSub(self.channels)
             }
-            (Some(_), true) => Mode::Stream {
-                stream: broker::required("stream", &self.stream)?.to_string(),
-                group: broker::required("consumerGroup", &self.consumer_group)
-                    .map_err(|_| {
-                        ConfigError::invalid("consumerGroup: missing (required with stream)")
-                    })?
-                    .to_string(),
-                consumer: self.consumer_name.clone().filter(|n| !n.trim().is_empty()),
-                reclaim_after: match self.reclaim_after.as_deref().map(str::trim) {
-                    None | Some("") => Duration::from_secs(60),
-                    Some(text) => humantime::parse_duration(text).map_err(|e| {
+            (Some(stream), true) => Mode::Stream {
+                stream,
+                group: broker::optional(self.consumer_group).ok_or_else(|| {
+                    ConfigError::invalid("consumerGroup: missing (required with stream)")
+                })?,
+                consumer: broker::optional(self.consumer_name),
+                reclaim_after: match broker::optional(self.reclaim_after) {
+                    None => Duration::from_secs(60),
+                    Some(text) => humantime::parse_duration(&text).map_err(|e| {
                         ConfigError::invalid(format!(
                             "reclaimAfter: `{text}` is not a duration like `30s` or `5m`: {e}"
                         ))
@@ -110,7 +113,7 @@ impl RedisConfig {
                 },
             },
         };
-        Ok((url.to_string(), mode))
+        Ok(Settings { url, client, mode })
     }
 }
 
@@ -119,14 +122,14 @@ impl RedisConfig {
 pub struct Redis;
 
 impl ConfigExecutor for Redis {
-    fn validate(&self, ctx: &ConfigContext) -> Result<(), ConfigError> {
-        ctx.parse::<RedisConfig>()?.check().map(|_| ())
+    type Config = Settings;
+
+    fn validate(&self, ctx: &ConfigContext) -> Result<Settings, ConfigError> {
+        ctx.parse::<RedisConfig>()?.check()
     }
 
-    async fn start_config(&self, ctx: ConfigContext) -> Result<(), ConfigError> {
-        let (url, mode) = ctx.parse::<RedisConfig>()?.check()?;
-        let client = redis::Client::open(url.as_str())
-            .map_err(|e| ConfigError::invalid(format!("url: `{url}`: {e}")))?;
+    async fn start_config(&self, ctx: ConfigContext, c: Settings) -> Result<(), ConfigError> {
+        let Settings { url, client, mode } = c;
         broker::run_sessions(&ctx, |progress| {
             let client = client.clone();
             let mode = mode.clone();
@@ -307,7 +310,7 @@ async fn streams(
                     .map_err(|e| SessionError::Fatal(e.into()))?
                     .with_extension("stream", stream)
                     .with_extension("streamid", entry.id.as_str());
-                match accepted_ackable(ctx.dispatch_ackable(event).await)? {
+                match accepted_ackable(ctx.submit(event, Submit::ACK_AFTER_DELIVERY).await)? {
                     Some(delivered) => acks.push((delivered, entry.id)),
                     None => {
                         stopping = true;
@@ -337,10 +340,8 @@ async fn streams(
 mod tests {
     use super::*;
 
-    fn check(yaml: &str) -> Result<(String, Mode), ConfigError> {
-        let c: RedisConfig =
-            serde_saphyr::from_str(yaml).map_err(|e| ConfigError::invalid(e.to_string()))?;
-        c.check()
+    fn check(yaml: &str) -> Result<Settings, ConfigError> {
+        portico::testing::parse_config::<RedisConfig>(yaml)?.check()
     }
 
     #[test]
@@ -348,7 +349,7 @@ mod tests {
         assert!(check("url: redis://127.0.0.1:6379\nchannels: [a, 'b*']").is_ok());
         assert!(check("url: redis://127.0.0.1:6379\nstream: s\nconsumerGroup: g").is_ok());
         let e = check("channels: [a]").unwrap_err();
-        assert!(e.message().starts_with("url:"), "{e}");
+        assert!(e.message().contains("missing field `url`"), "{e}");
         let e = check("url: nats://x\nchannels: [a]").unwrap_err();
         assert!(e.message().starts_with("url:"), "{e}");
         let e = check("url: redis://x").unwrap_err();

@@ -1,18 +1,7 @@
 //! The `resource` gateway: events when Kubernetes objects of any kind are added, updated or
 //! deleted (SPEC §8).
 //!
-//! | field | meaning |
-//! |---|---|
-//! | `group` | API group (empty or absent for the core group) |
-//! | `version` | API version (`v1`) |
-//! | `kind` | kind (`ConfigMap`, `Deployment`, a custom kind); found through discovery |
-//! | `namespace` | only this namespace (absent: every namespace) |
-//! | `filter.prefix` | only objects whose name starts with this |
-//! | `filter.labels` | `{key: value}`: only objects with these labels (a label selector on the server) |
-//! | `filter.annotations` | `{key: value}`: only objects with these annotations |
-//! | `filter.fields` | `{path: value}`: a field selector on the server (`metadata.name`, `status.phase`, …) |
-//! | `filter.createdBy` | RFC 3339 time: only objects created at or after it |
-//! | `eventTypes` | any of `ADD`, `UPDATE`, `DELETE` (default: all three) |
+//! The fields are those of [`ResourceConfig`].
 //!
 //! Payload: `{"type": "ADD" | "UPDATE" | "DELETE", "object": {…}}` as `application/json`.
 //!
@@ -35,10 +24,11 @@ use kube::discovery::{Scope, pinned_kind};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use portico::{ConfigContext, ConfigError, ConfigExecutor, DispatchError, Event};
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 /// A kind of change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, JsonSchema)]
 pub enum EventType {
     /// An object appeared.
     #[serde(rename = "ADD")]
@@ -62,66 +52,68 @@ impl EventType {
 }
 
 /// Which objects count.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResourceFilter {
-    /// Name prefix.
+    /// Only objects whose name starts with this.
     #[serde(default)]
     pub prefix: Option<String>,
-    /// Labels the object must have (server-side label selector).
+    /// `{key: value}`: only objects with these labels (a label selector on the server).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// Annotations the object must have.
+    /// `{key: value}`: only objects with these annotations.
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
-    /// Field values (server-side field selector).
+    /// `{path: value}`: a field selector on the server (`metadata.name`, `status.phase`, …).
     #[serde(default)]
     pub fields: BTreeMap<String, String>,
-    /// Only objects created at or after this time.
+    /// An RFC 3339 time: only objects created at or after it.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub created_by: Option<DateTime<Utc>>,
 }
 
-/// A resource configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// A `resource` configuration.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResourceConfig {
-    /// Namespace; absent or empty: every namespace.
+    /// Only this namespace (absent or empty: every namespace).
     #[serde(default)]
     pub namespace: Option<String>,
-    /// API group; empty for the core group.
+    /// The API group (empty or absent for the core group).
     #[serde(default)]
     pub group: String,
-    /// API version.
-    #[serde(default)]
+    /// The API version (`v1`).
     pub version: String,
-    /// Kind.
-    #[serde(default)]
+    /// The kind (`ConfigMap`, `Deployment`, a custom kind), found through discovery.
     pub kind: String,
-    /// Filters.
+    /// Which objects count.
     #[serde(default)]
     pub filter: ResourceFilter,
-    /// Which changes make events (default: all).
+    /// Which changes make events: any of `ADD`, `UPDATE`, `DELETE` (default: all three).
     #[serde(default)]
     pub event_types: Vec<EventType>,
 }
 
 impl ResourceConfig {
-    fn check(&self) -> Result<(), String> {
+    /// Checks what the fields' types do not; errors name the field.
+    pub fn check(self) -> Result<ResourceConfig, ConfigError> {
         if self.version.trim().is_empty() {
-            return Err("`version` is required (e.g. `v1`)".to_string());
+            return Err(ConfigError::invalid("version: empty (required), like `v1`"));
         }
         if self.kind.trim().is_empty() {
-            return Err("`kind` is required (e.g. `ConfigMap`)".to_string());
+            return Err(ConfigError::invalid(
+                "kind: empty (required), like `ConfigMap`",
+            ));
         }
         for (k, v) in self.filter.labels.iter().chain(&self.filter.fields) {
             if k.trim().is_empty() || k.contains([',', '=', '!']) || v.contains([',', '=', '!']) {
-                return Err(format!(
+                return Err(ConfigError::invalid(format!(
                     "filter: `{k}: {v}` is not a valid selector term (no `,`, `=` or `!`, and a key)"
-                ));
+                )));
             }
         }
-        Ok(())
+        Ok(self)
     }
 
     fn selector(map: &BTreeMap<String, String>) -> Option<String> {
@@ -182,12 +174,6 @@ impl Resource {
         Resource {
             client: Some(client),
         }
-    }
-
-    fn config(ctx: &ConfigContext) -> Result<ResourceConfig, ConfigError> {
-        let config: ResourceConfig = ctx.parse()?;
-        config.check().map_err(ConfigError::invalid)?;
-        Ok(config)
     }
 
     async fn client(&self, ctx: &ConfigContext) -> Result<Client, ConfigError> {
@@ -257,12 +243,17 @@ impl Seen {
 }
 
 impl ConfigExecutor for Resource {
-    fn validate(&self, ctx: &ConfigContext) -> Result<(), ConfigError> {
-        Self::config(ctx).map(|_| ())
+    type Config = ResourceConfig;
+
+    fn validate(&self, ctx: &ConfigContext) -> Result<ResourceConfig, ConfigError> {
+        ctx.parse::<ResourceConfig>()?.check()
     }
 
-    async fn start_config(&self, ctx: ConfigContext) -> Result<(), ConfigError> {
-        let config = Self::config(&ctx)?;
+    async fn start_config(
+        &self,
+        ctx: ConfigContext,
+        config: ResourceConfig,
+    ) -> Result<(), ConfigError> {
         let client = self.client(&ctx).await?;
         let gvk = GroupVersionKind::gvk(&config.group, &config.version, &config.kind);
         let what = format!(
@@ -379,24 +370,33 @@ mod tests {
         assert!(!late.wants(EventType::Add, &good));
     }
 
+    fn check(text: &str) -> Result<ResourceConfig, String> {
+        portico::testing::parse_config::<ResourceConfig>(text)
+            .and_then(ResourceConfig::check)
+            .map_err(|e| e.to_string())
+    }
+
     #[test]
     fn validation_names_the_field() {
         assert!(
-            config("kind: Widget\n")
-                .check()
+            check("kind: Widget\n")
                 .unwrap_err()
-                .contains("`version`")
+                .contains("missing field `version`")
         );
         assert!(
-            config("version: v1\n")
-                .check()
+            check("version: v1\n")
                 .unwrap_err()
-                .contains("`kind`")
+                .contains("missing field `kind`")
         );
         assert!(
-            config("version: v1\nkind: W\nfilter:\n  labels: {\"a,b\": c}\n")
-                .check()
-                .is_err()
+            check("version: ' '\nkind: W\n")
+                .unwrap_err()
+                .starts_with("version:")
+        );
+        assert!(
+            check("version: v1\nkind: W\nfilter:\n  labels: {\"a,b\": c}\n")
+                .unwrap_err()
+                .starts_with("filter:")
         );
         assert_eq!(
             ResourceConfig::selector(

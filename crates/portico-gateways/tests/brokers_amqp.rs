@@ -224,7 +224,7 @@ fn close_connection_named(name: &str) -> bool {
 async fn a_connection_closed_by_the_broker_is_reported_and_reopened() {
     let exchange = unique("portico.x.");
     let mut rig = Rig::new(&unique("amqpgw"), "amqp", Arc::new(Amqp));
-    let name = format!("portico/{}/lost", rig.gateway.name());
+    let name = format!("portico/{}/lost", rig.harness.gateway().name());
     rig.apply(&[("lost", &config(&exchange, "k", None))]).await;
     rig.wait_phase("lost", Phase::Running).await;
 

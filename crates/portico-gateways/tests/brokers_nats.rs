@@ -185,12 +185,8 @@ async fn ack_after_delivery_acks_jetstream_messages_only_once_delivered() {
     let stream_name = unique("PORTICOD");
     let (js, stream) = memory_stream(&subject, &stream_name).await;
     let outbox = tempfile::tempdir().unwrap();
-    let delivery =
-        portico::dispatch::Delivery::AckAfterDelivery(portico::dispatch::OutboxOptions {
-            dir: outbox.path().to_path_buf(),
-            max_bytes: 1 << 20,
-        });
-    let mut rig = Rig::with_delivery("natsgw", "nats", Arc::new(Nats), 64, Some(&delivery));
+    let delivery = portico::testing::Delivery::AckAfterDelivery(outbox.path().to_path_buf());
+    let mut rig = Rig::with_delivery("natsgw", "nats", Arc::new(Nats), 64, delivery);
     rig.watcher_up(false);
     let config = format!("url: {SHARED}\nsubject: {subject}.>\nstream: {stream_name}\ndurable: gw");
     rig.apply(&[("js", &config)]).await;
@@ -207,7 +203,7 @@ async fn ack_after_delivery_acks_jetstream_messages_only_once_delivered() {
         info.ack_floor.stream_sequence, 0,
         "acked before delivery: {info:?}"
     );
-    assert_eq!(rig.metrics.outbox.appends.get(), 0);
+    assert_eq!(rig.harness.metric("portico_outbox_appends_total", &[]), 0.0);
     rig.watcher_up(true);
     rig.until_all(&want).await;
     wait_acked(&consumer, n as u64).await;
@@ -265,8 +261,8 @@ async fn a_bad_url_or_missing_field_is_a_validation_error_naming_it() {
     );
     map.insert("nosubject".to_string(), format!("url: {SHARED}"));
     sup.apply(&map).await;
-    let board = rig.board.clone();
-    let node = |name: &str| board.nodes().into_iter().find(|n| n.name == name);
+    let harness = &rig.harness;
+    let node = |name: &str| harness.node(name);
     let bad = wait_until("badurl to be Error", || async {
         node("badurl").filter(|n| n.phase == Phase::Error)
     })

@@ -171,12 +171,8 @@ async fn ack_after_delivery_acks_stream_entries_only_once_delivered() {
     let stream = unique("portico:stream:");
     let mut c = conn(SHARED).await;
     let outbox = tempfile::tempdir().unwrap();
-    let delivery =
-        portico::dispatch::Delivery::AckAfterDelivery(portico::dispatch::OutboxOptions {
-            dir: outbox.path().to_path_buf(),
-            max_bytes: 1 << 20,
-        });
-    let mut rig = Rig::with_delivery("redisgw", "redis", Arc::new(Redis), 64, Some(&delivery));
+    let delivery = portico::testing::Delivery::AckAfterDelivery(outbox.path().to_path_buf());
+    let mut rig = Rig::with_delivery("redisgw", "redis", Arc::new(Redis), 64, delivery);
     rig.watcher_up(false);
     let config = format!("url: {SHARED}\nstream: '{stream}'\nconsumerGroup: gw");
     rig.apply(&[("s", &config)]).await;
@@ -192,7 +188,7 @@ async fn ack_after_delivery_acks_stream_entries_only_once_delivered() {
         read,
         "acked before delivery"
     );
-    assert_eq!(rig.metrics.outbox.appends.get(), 0);
+    assert_eq!(rig.harness.metric("portico_outbox_appends_total", &[]), 0.0);
     rig.watcher_up(true);
     rig.until_all(&want).await;
     wait_none_pending(&c, &stream).await;

@@ -684,7 +684,7 @@ async fn run_case(gateway_type: &str, case: Case) {
     let executor = builtin(gateway_type).unwrap();
     let mut h = Harness::new("compliance", gateway_type);
     if let Some(k) = &case.kube {
-        h.gateway = h.gateway.clone().with_kube_client(k.client.clone());
+        h.set_kube_client(k.client.clone());
     }
 
     // validate rejects junk with a clear message.

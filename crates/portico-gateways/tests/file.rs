@@ -10,18 +10,13 @@ use std::time::Duration;
 
 use common::{data, map};
 use portico::Phase;
-use portico::dispatch::QueueSettings;
-use portico::testing::Harness;
+use portico::testing::{Harness, Supervisor};
 use portico_gateways::builtin;
 
 /// A harness whose watcher takes one event at a time, so events arrive in the order they
 /// were dispatched (the default delivers several at once, in any order).
 fn harness() -> Harness {
-    let queue = QueueSettings {
-        concurrency: 1,
-        ..QueueSettings::default()
-    };
-    Harness::with_queue("files", "file", queue)
+    Harness::builder("files", "file").concurrency(1).build()
 }
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -71,7 +66,7 @@ fn script(dir: &Path) {
     std::fs::remove_file(dir.join("b.txt")).unwrap();
 }
 
-async fn start(h: &Harness, src: &str, value: &str) -> portico::supervisor::Supervisor {
+async fn start(h: &Harness, src: &str, value: &str) -> Supervisor {
     let mut sup = h.supervisor(builtin("file").unwrap());
     sup.apply(&map(&[(src, value)])).await;
     assert!(

@@ -14,12 +14,10 @@ use portico_gateways::webhook::sign_hmac_sha256;
 const WAIT: Duration = Duration::from_secs(10);
 
 fn unauthorized(h: &Harness, src: &str) -> u64 {
-    let text = h.metrics.encode();
-    let prefix = format!("portico_events_rejected_total{{src=\"{src}\",reason=\"unauthorized\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map(|n| n.trim().parse().unwrap())
-        .unwrap_or(0)
+    h.metric(
+        "portico_events_rejected_total",
+        &[("src", src), ("reason", "unauthorized")],
+    ) as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

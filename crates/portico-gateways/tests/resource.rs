@@ -56,7 +56,7 @@ async fn emits_add_update_delete_with_filters_and_survives_a_broken_watch() {
     fake.create(elsewhere);
 
     let mut h = Harness::new("widgets", "resource");
-    h.gateway = h.gateway.clone().with_kube_client(fake.client());
+    h.set_kube_client(fake.client());
     let executor: SharedExecutor = Arc::new(Resource::default());
     let mut supervisor = h.supervisor(executor);
     let config = "group: example.com\nversion: v1\nkind: Widget\nnamespace: ns\nfilter:\n  prefix: w-\n  labels: {app: x}\n  annotations: {team: a}\n";

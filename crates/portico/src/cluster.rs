@@ -1,5 +1,4 @@
-//! Running a gateway inside a cluster: which Gateway and ConfigMap (from the environment of
-//! SPEC §3), the Kubernetes client (in-cluster config or `KUBECONFIG`), and the Gateway's
+//! Running a gateway inside a cluster: which Gateway and ConfigMap (from the environment), the Kubernetes client (in-cluster config or `KUBECONFIG`), and the Gateway's
 //! spec read from the API server. The runtime then follows the ConfigMap
 //! ([`crate::source::configmap`]) and writes status through [`crate::kube_status`].
 
@@ -12,7 +11,7 @@ use crate::spec::{Gateway, GatewayResource};
 
 /// The gateway a process runs in a cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterTarget {
+pub(crate) struct ClusterTarget {
     /// `GATEWAY_NAMESPACE`.
     pub namespace: String,
     /// `GATEWAY_NAME`.
@@ -24,7 +23,7 @@ pub struct ClusterTarget {
 impl ClusterTarget {
     /// The target the environment names, when `GATEWAY_NAMESPACE`, `GATEWAY_NAME` and
     /// `GATEWAY_PROCESSOR_CONFIG_MAP` are all set.
-    pub fn from_env() -> Option<ClusterTarget> {
+    pub(crate) fn from_env() -> Option<ClusterTarget> {
         Some(ClusterTarget {
             namespace: env::var(env::GATEWAY_NAMESPACE)?,
             gateway: env::var(env::GATEWAY_NAME)?,
@@ -35,7 +34,7 @@ impl ClusterTarget {
 
 /// A gateway connected to its cluster.
 #[derive(Clone)]
-pub struct Connected {
+pub(crate) struct Connected {
     /// The client.
     pub client: Client,
     /// The Gateway as read from the API server.
@@ -46,31 +45,52 @@ pub struct Connected {
     pub config_map: ConfigMapRef,
 }
 
+/// Why a gateway cannot reach its cluster.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ClusterError {
+    /// No Kubernetes client could be configured.
+    #[error(
+        "cannot configure a Kubernetes client: {0} (run in a pod with a service account, or set KUBECONFIG)"
+    )]
+    Client(#[source] kube::Error),
+    /// The Gateway cannot be read.
+    #[error("cannot read Gateway `{name}` in namespace `{namespace}`: {source}")]
+    Gateway {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// What the API server said.
+        source: kube::Error,
+    },
+}
+
 /// A Kubernetes client: `KUBECONFIG` (or `~/.kube/config`) when there is one, else the pod's
 /// in-cluster configuration.
-pub async fn client() -> Result<Client, String> {
-    Client::try_default().await.map_err(|e| {
-        format!(
-            "cannot configure a Kubernetes client: {e} (run in a pod with a service account, or set KUBECONFIG)"
-        )
-    })
+pub(crate) async fn client() -> Result<Client, ClusterError> {
+    Client::try_default().await.map_err(ClusterError::Client)
 }
 
 /// Connects and reads the Gateway `target` names.
-pub async fn connect(target: &ClusterTarget) -> Result<Connected, String> {
+pub(crate) async fn connect(target: &ClusterTarget) -> Result<Connected, ClusterError> {
     let client = client().await?;
     connect_with(client, target).await
 }
 
 /// [`connect`] with a given client.
-pub async fn connect_with(client: Client, target: &ClusterTarget) -> Result<Connected, String> {
+pub(crate) async fn connect_with(
+    client: Client,
+    target: &ClusterTarget,
+) -> Result<Connected, ClusterError> {
     let api: Api<GatewayResource> = Api::namespaced(client.clone(), &target.namespace);
-    let resource = api.get(&target.gateway).await.map_err(|e| {
-        format!(
-            "cannot read Gateway `{}` in namespace `{}`: {e}",
-            target.gateway, target.namespace
-        )
-    })?;
+    let resource = api
+        .get(&target.gateway)
+        .await
+        .map_err(|source| ClusterError::Gateway {
+            namespace: target.namespace.clone(),
+            name: target.gateway.clone(),
+            source,
+        })?;
     let mut gateway = Gateway::from(&resource);
     gateway.metadata.namespace = Some(target.namespace.clone());
     Ok(Connected {

@@ -28,24 +28,23 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 
-use crate::dispatch::resolve_watchers;
-use crate::dispatch::watchers::Environment;
+use crate::spec::watchers::{Environment, resolve_watchers};
 use crate::spec::{Gateway, GatewayResource};
 
 /// Label that assigns a Gateway to a controller instance.
-pub const INSTANCE_LABEL: &str = "portico.dev/controller-instance-id";
+pub(crate) const INSTANCE_LABEL: &str = "portico.dev/controller-instance-id";
 /// Label on a gateway's Deployment, pods and Service naming the gateway.
-pub const GATEWAY_LABEL: &str = "portico.dev/gateway";
+pub(crate) const GATEWAY_LABEL: &str = "portico.dev/gateway";
 /// Field manager of the controller's server-side applies.
-pub const FIELD_MANAGER: &str = "portico-controller";
+pub(crate) const FIELD_MANAGER: &str = "portico-controller";
 /// Phase of a Gateway whose Deployment (and Service) are applied.
-pub const PHASE_RUNNING: &str = "Running";
+pub(crate) const PHASE_RUNNING: &str = "Running";
 /// Phase of a Gateway that fails validation or cannot be applied.
-pub const PHASE_ERROR: &str = "Error";
+pub(crate) const PHASE_ERROR: &str = "Error";
 
 /// How the controller runs.
 #[derive(Debug, Clone)]
-pub struct ControllerOptions {
+pub(crate) struct ControllerOptions {
     /// Its instance id: only Gateways labelled with it are reconciled.
     pub instance_id: String,
     /// Only this namespace (`None`: every namespace).
@@ -62,7 +61,7 @@ pub struct ControllerOptions {
 
 impl ControllerOptions {
     /// Options for instance `instance_id`, every namespace, default delays.
-    pub fn new(instance_id: impl Into<String>) -> ControllerOptions {
+    pub(crate) fn new(instance_id: impl Into<String>) -> ControllerOptions {
         ControllerOptions {
             instance_id: instance_id.into(),
             namespace: None,
@@ -76,7 +75,7 @@ impl ControllerOptions {
 
 /// Why a reconcile failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
+pub(crate) enum ReconcileError {
     /// The Gateway is not valid; its status says why.
     #[error("gateway is not valid: {0}")]
     Invalid(String),
@@ -94,7 +93,7 @@ struct Context {
 
 /// What a Gateway should become.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Desired {
+pub(crate) struct Desired {
     /// The Deployment.
     pub deployment: Deployment,
     /// The Service, when `serviceSpec` is set.
@@ -102,17 +101,20 @@ pub struct Desired {
 }
 
 /// Name of a gateway's Deployment.
-pub fn deployment_name(gateway: &str) -> String {
+pub(crate) fn deployment_name(gateway: &str) -> String {
     format!("{gateway}-gateway")
 }
 
 /// Name of a gateway's Service (what `watchers.gateways` resolve to).
-pub fn service_name(gateway: &str) -> String {
+pub(crate) fn service_name(gateway: &str) -> String {
     format!("{gateway}-gateway-svc")
 }
 
 /// Checks a Gateway for what the controller needs and computes its Deployment and Service.
-pub fn desired(resource: &GatewayResource, options: &ControllerOptions) -> Result<Desired, String> {
+pub(crate) fn desired(
+    resource: &GatewayResource,
+    options: &ControllerOptions,
+) -> Result<Desired, String> {
     let gateway = Gateway::from(resource);
     let spec = &gateway.spec;
     let name = &gateway.metadata.name;
@@ -156,11 +158,7 @@ pub fn desired(resource: &GatewayResource, options: &ControllerOptions) -> Resul
         (GATEWAY_LABEL.to_string(), name.clone()),
         (INSTANCE_LABEL.to_string(), options.instance_id.clone()),
     ]);
-    let contract = crate::env::contract(
-        &gateway,
-        options.transformer_port,
-        Some(&options.instance_id),
-    );
+    let contract = gateway.contract(options.transformer_port, Some(&options.instance_id));
     for container in &mut pod.containers {
         let mut env = container.env.take().unwrap_or_default();
         env.retain(|e| !contract.iter().any(|(k, _)| *k == e.name));
@@ -309,7 +307,7 @@ async fn reconcile(
 
 /// Requeue delay after the `failures`-th consecutive failure: `initial_backoff` doubled each
 /// time, capped at `max_backoff`.
-pub fn retry_delay(options: &ControllerOptions, failures: u32) -> Duration {
+pub(crate) fn retry_delay(options: &ControllerOptions, failures: u32) -> Duration {
     options
         .initial_backoff
         .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
@@ -336,7 +334,7 @@ fn error_policy(
 }
 
 /// Runs the controller until `shutdown` resolves.
-pub async fn run(
+pub(crate) async fn run(
     client: Client,
     options: ControllerOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,

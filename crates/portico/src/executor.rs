@@ -1,59 +1,67 @@
-//! The core-style SDK (SPEC §4): what a Rust gateway implements and what it is handed.
+//! The core-style SDK: what a Rust gateway implements and what it is handed.
 //!
 //! A gateway implements [`ConfigExecutor`]. For each configuration the supervisor calls
-//! `validate`, then `start_config` with a [`ConfigContext`] that carries the configuration,
-//! the gateway, a way to dispatch events, the running signal and the stop signal. These replace
-//! the seed's Go channels: `StartChan` ⇒ [`ConfigContext::running`], `DataChan` ⇒
-//! [`ConfigContext::dispatch`], `StopChan`/`DoneChan`/`ShutdownChan` ⇒ cancellation and the
-//! end of `start_config`, `ErrChan` ⇒ the returned error, `Active` ⇒ the node phase.
+//! `validate`, which reads and checks the configuration's value once, then `start_config` with
+//! that checked value and a [`ConfigContext`] that carries the configuration, the gateway, a
+//! way to dispatch events, the running signal and the stop signal. These replace the Go
+//! channels of the 2018 Argo Events gateways: `StartChan` ⇒ [`ConfigContext::running`],
+//! `DataChan` ⇒ [`ConfigContext::dispatch`], `StopChan`/`DoneChan`/`ShutdownChan` ⇒
+//! cancellation and the end of `start_config`, `ErrChan` ⇒ the returned error, `Active` ⇒ the
+//! node phase.
 
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::configuration::{ConfigId, Configuration};
+use crate::dispatch::Delivered;
+use crate::error::{BoxFuture, ConfigError, DispatchError};
 use crate::event::Event;
-use crate::metrics::SrcMetrics;
-use crate::pipeline::Pipeline;
+use crate::metrics::RejectReason;
+use crate::pipeline::{Intake, Pipeline, Submit};
 use crate::status::{Phase, StatusBoard};
 
 /// Runs the configurations of one gateway type.
 ///
 /// ```
+/// use std::time::Duration;
+///
 /// use portico::{ConfigContext, ConfigError, ConfigExecutor, Event};
 ///
 /// /// Emits `{"n": 1}`, `{"n": 2}`, … every `every` until stopped.
 /// struct Counter;
 ///
-/// #[derive(serde::Deserialize)]
+/// /// A `counter` configuration.
+/// #[derive(Clone, serde::Deserialize)]
+/// #[serde(deny_unknown_fields)]
 /// struct CounterConfig {
-///     every: String,
+///     /// Seconds between two events.
+///     every: u64,
 /// }
 ///
 /// impl ConfigExecutor for Counter {
-///     fn validate(&self, ctx: &ConfigContext) -> Result<(), ConfigError> {
+///     type Config = CounterConfig;
+///
+///     fn validate(&self, ctx: &ConfigContext) -> Result<CounterConfig, ConfigError> {
 ///         let c: CounterConfig = ctx.parse()?;
-///         humantime::parse_duration(&c.every)
-///             .map_err(|e| ConfigError::invalid(format!("every: {e}")))?;
-///         Ok(())
+///         if c.every == 0 {
+///             return Err(ConfigError::invalid("every: expected at least 1 (second)"));
+///         }
+///         Ok(c)
 ///     }
 ///
-///     async fn start_config(&self, ctx: ConfigContext) -> Result<(), ConfigError> {
-///         let c: CounterConfig = ctx.parse()?;
-///         let every = humantime::parse_duration(&c.every)
-///             .map_err(|e| ConfigError::invalid(format!("every: {e}")))?;
+///     async fn start_config(&self, ctx: ConfigContext, c: CounterConfig) -> Result<(), ConfigError> {
 ///         ctx.running();
 ///         let mut n = 0u64;
 ///         loop {
 ///             tokio::select! {
 ///                 _ = ctx.stopped() => return Ok(()),
-///                 _ = tokio::time::sleep(every) => {}
+///                 _ = tokio::time::sleep(Duration::from_secs(c.every)) => {}
 ///             }
 ///             n += 1;
 ///             ctx.dispatch(Event::json(&serde_json::json!({ "n": n }))?).await?;
@@ -65,17 +73,24 @@ use crate::status::{Phase, StatusBoard};
 /// // fn main() -> std::process::ExitCode { portico::run(Counter) }
 /// ```
 pub trait ConfigExecutor: Send + Sync + 'static {
-    /// Checks a configuration before it is started; the error text becomes the node's
+    /// A configuration's value as this executor reads it, once checked. It is read once, by
+    /// [`ConfigExecutor::validate`], and handed to every start of the configuration.
+    type Config: Clone + Send + Sync + 'static;
+
+    /// Reads and checks one configuration's value. [`ConfigContext::parse`] reads YAML or JSON
+    /// into a serde type and names the field, line and column of any error; check here what
+    /// the type alone cannot (fields that depend on each other). An error becomes the node's
     /// message and the configuration is not started.
-    fn validate(&self, ctx: &ConfigContext) -> Result<(), ConfigError>;
+    fn validate(&self, ctx: &ConfigContext) -> Result<Self::Config, ConfigError>;
 
     /// Runs one configuration until `ctx` is stopped. Emit events with
     /// [`ConfigContext::dispatch`]; call [`ConfigContext::running`] once listening.
     /// `Ok(())` ends it as `Completed`; an error ends it as `Error` (and a
-    /// [`ConfigError::failed`] one is restarted with backoff).
+    /// [`ConfigError::failed`] one is restarted with backoff, with the same `config`).
     fn start_config(
         &self,
         ctx: ConfigContext,
+        config: Self::Config,
     ) -> impl Future<Output = Result<(), ConfigError>> + Send;
 
     /// Asks a running configuration to stop. The default cancels `ctx`, which ends
@@ -86,27 +101,49 @@ pub trait ConfigExecutor: Send + Sync + 'static {
     }
 }
 
-/// A boxed future, as the object-safe face of [`ConfigExecutor`] returns.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// A configuration value an executor has checked, kept by the supervisor to start the
+/// configuration (and to start it again after a failure).
+pub struct Checked(Box<dyn Any + Send + Sync>);
+
+impl fmt::Debug for Checked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Checked(..)")
+    }
+}
 
 /// The object-safe face of a [`ConfigExecutor`], so that a gateway's executor can be chosen
 /// at run time (by `spec.type`). Every `ConfigExecutor` is one; implement `ConfigExecutor`.
 pub trait DynConfigExecutor: Send + Sync + 'static {
     /// See [`ConfigExecutor::validate`].
-    fn dyn_validate(&self, ctx: &ConfigContext) -> Result<(), ConfigError>;
-    /// See [`ConfigExecutor::start_config`].
-    fn dyn_start(&self, ctx: ConfigContext) -> BoxFuture<'_, Result<(), ConfigError>>;
+    fn dyn_validate(&self, ctx: &ConfigContext) -> Result<Checked, ConfigError>;
+    /// See [`ConfigExecutor::start_config`]; `config` is what `dyn_validate` returned.
+    fn dyn_start<'a>(
+        &'a self,
+        ctx: ConfigContext,
+        config: &Checked,
+    ) -> BoxFuture<'a, Result<(), ConfigError>>;
     /// See [`ConfigExecutor::stop_config`].
     fn dyn_stop<'a>(&'a self, ctx: &'a ConfigContext) -> BoxFuture<'a, ()>;
 }
 
 impl<E: ConfigExecutor> DynConfigExecutor for E {
-    fn dyn_validate(&self, ctx: &ConfigContext) -> Result<(), ConfigError> {
-        self.validate(ctx)
+    fn dyn_validate(&self, ctx: &ConfigContext) -> Result<Checked, ConfigError> {
+        Ok(Checked(Box::new(self.validate(ctx)?)))
     }
-    fn dyn_start(&self, ctx: ConfigContext) -> BoxFuture<'_, Result<(), ConfigError>> {
-        Box::pin(self.start_config(ctx))
+
+    fn dyn_start<'a>(
+        &'a self,
+        ctx: ConfigContext,
+        config: &Checked,
+    ) -> BoxFuture<'a, Result<(), ConfigError>> {
+        match config.0.downcast_ref::<E::Config>() {
+            Some(config) => Box::pin(self.start_config(ctx, config.clone())),
+            None => Box::pin(std::future::ready(Err(ConfigError::invalid(
+                "the configuration was checked by another executor: it cannot start",
+            )))),
+        }
     }
+
     fn dyn_stop<'a>(&'a self, ctx: &'a ConfigContext) -> BoxFuture<'a, ()> {
         Box::pin(self.stop_config(ctx))
     }
@@ -115,91 +152,7 @@ impl<E: ConfigExecutor> DynConfigExecutor for E {
 /// An executor shared by the supervisor and its configurations.
 pub type SharedExecutor = Arc<dyn DynConfigExecutor>;
 
-/// Why a configuration is not valid or stopped running.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    kind: ConfigErrorKind,
-    message: String,
-}
-
-/// What kind of [`ConfigError`] it is, which decides what the supervisor does next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConfigErrorKind {
-    /// The configuration is wrong: it stays `Error` until its value changes.
-    Invalid,
-    /// It failed while running (a connection dropped, …): it is restarted with backoff.
-    Failed,
-}
-
-impl ConfigError {
-    /// The configuration is wrong; it will not run until it changes.
-    pub fn invalid(message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            kind: ConfigErrorKind::Invalid,
-            message: message.into(),
-        }
-    }
-
-    /// It failed while running; the supervisor restarts it with backoff.
-    pub fn failed(message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            kind: ConfigErrorKind::Failed,
-            message: message.into(),
-        }
-    }
-
-    /// Its kind.
-    pub fn kind(&self) -> ConfigErrorKind {
-        self.kind
-    }
-
-    /// What was wrong.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-impl From<serde_json::Error> for ConfigError {
-    fn from(e: serde_json::Error) -> ConfigError {
-        ConfigError::failed(format!("cannot encode the event: {e}"))
-    }
-}
-
-impl From<DispatchError> for ConfigError {
-    fn from(e: DispatchError) -> ConfigError {
-        match e {
-            DispatchError::Invalid(m) => ConfigError::failed(format!("event refused: {m}")),
-            other => ConfigError::failed(other.to_string()),
-        }
-    }
-}
-
-/// Why an event was not accepted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DispatchError {
-    /// Every slot is taken: push back on the source and try again later.
-    #[error("the dispatcher is full; retry in {}s", retry_after.as_secs().max(1))]
-    Full {
-        /// A fair wait before retrying.
-        retry_after: Duration,
-    },
-    /// The event cannot become a valid CloudEvent.
-    #[error("invalid event: {0}")]
-    Invalid(String),
-    /// The configuration or the gateway is stopping.
-    #[error("the configuration or the gateway is stopping")]
-    Stopped,
-}
-
-/// The gateway a configuration belongs to (the seed's `GatewayConfig`).
+/// The gateway a configuration belongs to.
 #[derive(Clone)]
 pub struct GatewayConfig {
     inner: Arc<GatewayInner>,
@@ -223,7 +176,7 @@ impl fmt::Debug for GatewayConfig {
 
 impl GatewayConfig {
     /// A gateway named `name` in `namespace` whose events go through `pipeline`.
-    pub fn new(name: &str, namespace: &str, pipeline: Arc<Pipeline>) -> GatewayConfig {
+    pub(crate) fn new(name: &str, namespace: &str, pipeline: Arc<Pipeline>) -> GatewayConfig {
         GatewayConfig {
             inner: Arc::new(GatewayInner {
                 name: name.to_string(),
@@ -247,7 +200,7 @@ impl GatewayConfig {
         }
     }
 
-    /// The Kubernetes client of a gateway that runs in a cluster (SPEC §4), `None` elsewhere.
+    /// The Kubernetes client of a gateway that runs in a cluster, `None` elsewhere.
     pub fn kube_client(&self) -> Option<kube::Client> {
         self.inner.kube_client.clone()
     }
@@ -262,42 +215,24 @@ impl GatewayConfig {
         &self.inner.namespace
     }
 
-    /// Where events go.
-    pub fn pipeline(&self) -> &Arc<Pipeline> {
+    pub(crate) fn pipeline(&self) -> &Arc<Pipeline> {
         &self.inner.pipeline
     }
 
     /// Dispatches an event as configuration `src`, for code that holds no context. Resolves
-    /// once the event is accepted for delivery (in `atMostOnce`, refuses it at once with
-    /// [`DispatchError::Full`] when the gateway is full, as [`ConfigContext::dispatch`]).
+    /// once the event is accepted for delivery, waiting for room as the delivery mode says
+    /// ([`ConfigContext::dispatch`]).
     pub async fn dispatch_event(
         &self,
         payload: impl Into<Event>,
         src: &str,
     ) -> Result<(), DispatchError> {
-        let metrics = self.inner.pipeline.metrics().for_src(src);
-        let admission = if self.inner.pipeline.dispatcher().never_waits() {
-            Admission::NoWait
-        } else {
-            Admission::Wait(None)
-        };
-        self.inner
-            .pipeline
-            .dispatch(&metrics, payload.into(), admission)
+        let never = CancellationToken::new();
+        Intake::new(self.pipeline(), src)
+            .submit(payload.into(), Submit::default(), &never)
             .await
+            .map(drop)
     }
-}
-
-/// How a source waits for room when the dispatcher is full.
-#[derive(Debug, Clone, Copy)]
-pub enum Admission<'a> {
-    /// Wait for room (until this token, if any, is cancelled).
-    Wait(Option<&'a CancellationToken>),
-    /// Fail at once with [`DispatchError::Full`].
-    NoWait,
-    /// Wait for room until this instant, then fail with [`DispatchError::Full`]: how HTTP
-    /// callers are held briefly rather than refused at the first full queue.
-    Until(tokio::time::Instant),
 }
 
 /// Everything one configuration's run is handed. Cheap to clone; all clones are the same
@@ -311,7 +246,7 @@ struct ContextInner {
     configuration: Configuration,
     gateway: GatewayConfig,
     board: Arc<StatusBoard>,
-    metrics: SrcMetrics,
+    intake: Intake,
     stop: CancellationToken,
     hard_stop: CancellationToken,
     tasks: TaskTracker,
@@ -328,18 +263,18 @@ impl fmt::Debug for ConfigContext {
 
 impl ConfigContext {
     /// A context for `configuration` of `gateway`, reporting to `board`.
-    pub fn new(
+    pub(crate) fn new(
         configuration: Configuration,
         gateway: GatewayConfig,
         board: Arc<StatusBoard>,
     ) -> ConfigContext {
-        let metrics = gateway.pipeline().metrics().for_src(&configuration.src);
+        let intake = Intake::new(gateway.pipeline(), &configuration.src);
         ConfigContext {
             inner: Arc::new(ContextInner {
                 configuration,
                 gateway,
                 board,
-                metrics,
+                intake,
                 stop: CancellationToken::new(),
                 hard_stop: CancellationToken::new(),
                 tasks: TaskTracker::new(),
@@ -367,10 +302,10 @@ impl ConfigContext {
         &self.inner.configuration
     }
 
-    /// Parses the configuration value (YAML or JSON) into `T`; the error names the
-    /// configuration, line and column.
+    /// Parses the configuration value (YAML or JSON) into `T`; the error names the field, line
+    /// and column.
     pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
-        crate::spec::parse_config(self.src(), self.config()).map_err(ConfigError::invalid)
+        crate::spec::parse_config(self.config())
     }
 
     /// The gateway.
@@ -406,77 +341,33 @@ impl ConfigContext {
     /// In `atLeastOnce` (the default) and `ackAfterDelivery`, waits for room when the gateway
     /// is full (until the configuration stops), which slows the source down. In `atMostOnce`
     /// it never waits: a full gateway refuses the event at once with [`DispatchError::Full`]
-    /// (counted in `portico_events_rejected{reason="full"}`), and the source drops it.
+    /// (counted in `portico_events_rejected_total{reason="full"}`), and the source drops it.
+    /// [`ConfigContext::submit`] chooses otherwise.
     pub async fn dispatch(&self, event: impl Into<Event>) -> Result<(), DispatchError> {
-        self.inner
-            .gateway
-            .pipeline()
-            .dispatch(&self.inner.metrics, event.into(), self.admission())
-            .await
+        self.submit(event, Submit::default()).await.map(drop)
     }
 
-    /// Dispatches an event of a source that acknowledges its messages itself (a broker), and
-    /// returns what to wait for before acking it: in `ackAfterDelivery` it resolves once every
-    /// watcher took the event (or dead-lettered it), and the event is not written to the
-    /// outbox, the broker keeping it until the ack; in the other modes it is done at once.
-    /// Waits for room as [`ConfigContext::dispatch`] does.
-    pub async fn dispatch_ackable(
+    /// Hands an event over as `how` says: how long to wait for room in a full gateway
+    /// ([`crate::Wait`]), and when the source may acknowledge it to its own sender
+    /// ([`crate::Ack`]). The returned [`Delivered`] resolves when that moment comes: at once,
+    /// except for [`crate::Ack::AfterDelivery`] in `ackAfterDelivery`.
+    pub async fn submit(
         &self,
         event: impl Into<Event>,
-    ) -> Result<crate::dispatch::Delivered, DispatchError> {
+        how: Submit,
+    ) -> Result<Delivered, DispatchError> {
         self.inner
-            .gateway
-            .pipeline()
-            .dispatch_tracked(&self.inner.metrics, event.into(), self.admission())
+            .intake
+            .submit(event.into(), how, &self.inner.stop)
             .await
     }
 
-    /// Dispatches an event of a source whose producer can be slowed down without losing
-    /// anything (a gRPC stream, with its flow control): waits for room in every delivery mode,
-    /// `atMostOnce` included, until the configuration stops.
-    pub async fn dispatch_flow_controlled(
-        &self,
-        event: impl Into<Event>,
-    ) -> Result<(), DispatchError> {
-        self.inner
-            .gateway
-            .pipeline()
-            .dispatch(
-                &self.inner.metrics,
-                event.into(),
-                Admission::Wait(Some(&self.inner.stop)),
-            )
-            .await
-    }
-
-    fn admission(&self) -> Admission<'_> {
-        if self.inner.gateway.pipeline().dispatcher().never_waits() {
-            Admission::NoWait
-        } else {
-            Admission::Wait(Some(&self.inner.stop))
-        }
-    }
-
-    /// Dispatches an event for a source that can push back (an HTTP caller gets 503): waits
-    /// for room at most the gateway's admission wait (`--admission-wait`), then fails with
-    /// [`DispatchError::Full`].
-    pub async fn try_dispatch(&self, event: impl Into<Event>) -> Result<(), DispatchError> {
-        let pipeline = self.inner.gateway.pipeline();
-        pipeline
-            .dispatch(&self.inner.metrics, event.into(), pipeline.briefly())
-            .await
-    }
-
-    /// Counts `n` events this configuration could not produce because the gateway was full
-    /// (a calendar's ticks that fell due meanwhile), in
-    /// `portico_events_rejected{reason="missed"}`.
-    pub fn missed(&self, n: u64) {
+    /// Counts `n` events of this configuration refused for `reason` before they were
+    /// submitted (ticks missed while the gateway was full, deliveries refused for a bad
+    /// signature), in `portico_events_rejected_total`.
+    pub fn count_rejected(&self, reason: RejectReason, n: u64) {
         if n > 0 {
-            self.inner
-                .gateway
-                .pipeline()
-                .metrics()
-                .reject_many(self.src(), "missed", n);
+            self.inner.intake.count_rejected(reason, n);
         }
     }
 

@@ -99,7 +99,8 @@ impl GatewayConfig {
     /// `INVALID_ARGUMENT` status) names the configuration, line and column.
     #[allow(clippy::result_large_err)]
     pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, Status> {
-        crate::spec::parse_config(&self.src, &self.config).map_err(Status::invalid_argument)
+        crate::spec::parse_config(&self.config)
+            .map_err(|e| Status::invalid_argument(format!("configuration `{}`: {e}", self.src)))
     }
 }
 

@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::DispatchError;
 use crate::wake::Quiet;
 
 /// How long a stopping server lets requests in flight finish before dropping them (under the
@@ -203,6 +204,33 @@ impl<F: Future> Future for Serving<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         self.project().inner.poll(cx)
     }
+}
+
+/// The answer to an event that was not accepted, the same from every server that takes
+/// events (the ingest API, the webhook gateways, the HTTP style's `/event`): 503 with
+/// `Retry-After` when trying again can help (the gateway is full or stopping, its outbox
+/// cannot write), 400 for an event that cannot be valid. The body says why.
+pub fn refusal<B: From<Bytes>>(e: &DispatchError) -> Response<B> {
+    let status = match e {
+        DispatchError::Invalid(_) => http::StatusCode::BAD_REQUEST,
+        DispatchError::Full { .. } | DispatchError::Disk(_) | DispatchError::Stopped => {
+            http::StatusCode::SERVICE_UNAVAILABLE
+        }
+    };
+    let mut answer = Response::new(B::from(Bytes::from(format!("{e}\n"))));
+    *answer.status_mut() = status;
+    let headers = answer.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Some(after) = e.retry_after() {
+        headers.insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from(after.as_secs()),
+        );
+    }
+    answer
 }
 
 /// Why a body could not be read.

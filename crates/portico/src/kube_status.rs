@@ -30,7 +30,7 @@ const MAX_PENDING_EVENTS: usize = 256;
 
 /// How the sink writes.
 #[derive(Debug, Clone)]
-pub struct KubeStatusOptions {
+pub(crate) struct KubeStatusOptions {
     /// How long the writer gathers changes before one write.
     pub coalesce: Duration,
     /// The component named in Events.
@@ -48,7 +48,7 @@ impl Default for KubeStatusOptions {
 
 /// The Gateway whose status is written.
 #[derive(Debug, Clone)]
-pub struct GatewayRef {
+pub(crate) struct GatewayRef {
     /// Namespace.
     pub namespace: String,
     /// Name.
@@ -87,12 +87,12 @@ impl Inner {
 }
 
 /// Writes nodes into `Gateway.status.nodes` and transitions as Events.
-pub struct KubeStatusSink {
+pub(crate) struct KubeStatusSink {
     inner: Arc<Inner>,
 }
 
 /// A node as `status.nodes` shows it.
-pub fn node_status(node: &Node) -> NodeStatus {
+pub(crate) fn node_status(node: &Node) -> NodeStatus {
     NodeStatus {
         id: node.id.to_string(),
         name: node.name.clone(),
@@ -183,7 +183,7 @@ fn backoff() -> ExponentialBuilder {
 impl KubeStatusSink {
     /// A sink for `gateway`, and its writer task, which ends (after a last write) when `stop`
     /// is cancelled.
-    pub fn start(
+    pub(crate) fn start(
         client: Client,
         gateway: GatewayRef,
         options: KubeStatusOptions,

@@ -9,8 +9,9 @@
 //! ```no_run
 //! # struct MyExecutor;
 //! # impl portico::ConfigExecutor for MyExecutor {
+//! #     type Config = ();
 //! #     fn validate(&self, _: &portico::ConfigContext) -> Result<(), portico::ConfigError> { Ok(()) }
-//! #     async fn start_config(&self, ctx: portico::ConfigContext) -> Result<(), portico::ConfigError> {
+//! #     async fn start_config(&self, ctx: portico::ConfigContext, (): ()) -> Result<(), portico::ConfigError> {
 //! #         ctx.running(); ctx.stopped().await; Ok(())
 //! #     }
 //! # }
@@ -19,41 +20,58 @@
 //! }
 //! ```
 //!
-//! A gateway written as a gRPC server (any language) implements
-//! `proto/portico/v1/gateway.proto`; the framework drives it with
-//! [`processor::grpc::GrpcProcessor`]. In Rust, [`grpc_server`] makes such a server a trait
-//! impl and one call.
+//! What this crate offers a gateway author:
 //!
-//! One event's way through the house: [`source`] → [`supervisor`] → executor →
-//! [`pipeline`] ([`transform`], then [`dispatch`]) → watchers. Status flows back through
-//! [`status`] to `GET /status` ([`server`]).
+//! - the executor SDK at the root: [`ConfigExecutor`], the [`ConfigContext`] each
+//!   configuration is handed, [`Event`], [`run`];
+//! - [`testing`]: a gateway in a box, to test an executor without files, servers or watchers;
+//! - [`cloudevents`]: the CloudEvents 1.0 model and its JSON and HTTP codecs;
+//! - [`grpc_server`] and [`proto`]: a gateway written as a gRPC server, in Rust;
+//! - [`http1`]: the HTTP/1.1 serving path, for executors that take events over HTTP;
+//! - [`watcher`]: watchers of other kinds, behind a [`watcher::SenderFactory`];
+//! - [`env`]: the environment contract of a gateway's processes; [`ingest`]: the format of
+//!   events posted to the transformer; [`cli`]: the `portico` command line.
+//!
+//! One event's way through the house: the source hands it to its [`ConfigContext`]
+//! (`executor.rs`), the pipeline makes it a CloudEvent and hands it to the dispatcher
+//! (`pipeline.rs`), which queues it for every watcher (and in the durable outbox) and delivers
+//! it with retries (`dispatch/mod.rs`) over HTTP (`dispatch/http.rs`).
+
+#![warn(unreachable_pub)]
 
 pub mod cli;
 pub mod cloudevents;
-pub mod cluster;
-pub mod configuration;
-pub mod controller;
-pub mod dispatch;
+mod cluster;
+mod configuration;
+mod controller;
+mod dispatch;
 pub mod env;
-pub mod event;
-pub mod executor;
+mod error;
+mod event;
+mod executor;
 pub mod grpc_server;
 pub mod http1;
 pub mod ingest;
-pub mod kube_status;
-pub mod metrics;
-pub mod pipeline;
-pub mod processor;
+mod kube_status;
+mod metrics;
+mod pipeline;
+mod processor;
 pub mod proto;
-pub mod runtime;
-pub mod server;
-pub mod source;
-pub mod spec;
-pub mod status;
-pub mod supervisor;
+mod runtime;
+mod server;
+mod source;
+mod spec;
+mod status;
+mod supervisor;
 pub mod testing;
-pub mod transform;
 mod wake;
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(feature = "bench")]
+#[doc(hidden)]
+pub mod bench;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -61,12 +79,25 @@ use std::sync::Arc;
 use clap::Parser;
 
 pub use configuration::{ConfigId, Configuration};
+pub use dispatch::{Ack, Delivered};
+pub use error::{ConfigError, ConfigErrorKind, DispatchError};
 pub use event::Event;
 pub use executor::{
-    ConfigContext, ConfigError, ConfigErrorKind, ConfigExecutor, DispatchError, DynConfigExecutor,
-    GatewayConfig, SharedExecutor,
+    Checked, ConfigContext, ConfigExecutor, DynConfigExecutor, GatewayConfig, SharedExecutor,
 };
+pub use metrics::RejectReason;
+pub use pipeline::{Submit, Wait};
 pub use status::{Node, Phase};
+
+/// Watchers Portico has no built-in client for: a [`watcher::SenderFactory`] makes the
+/// [`watcher::Sender`] of such a watcher (the `portico` binary registers NATS JetStream and
+/// Kafka ones this way).
+pub mod watcher {
+    pub use crate::dispatch::{Sender, SenderFactory};
+    pub use crate::error::{BoxError, BoxFuture, DeliveryError};
+    pub use crate::spec::watchers::Target;
+    pub use crate::spec::{KafkaDispatch, NatsDispatch};
+}
 
 /// The command line of a user gateway built on [`run`].
 #[derive(Debug, Parser)]

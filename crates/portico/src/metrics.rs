@@ -7,42 +7,103 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::error::DispatchError;
+
 /// Labels of a per-configuration metric.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SrcLabels {
+pub(crate) struct SrcLabels {
     /// The configuration key.
     pub src: String,
 }
 
 /// Labels of a per-watcher metric.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct WatcherLabels {
+pub(crate) struct WatcherLabels {
     /// The watcher's name (`url:http://…`, `sensor:name`, `stdout`).
     pub watcher: String,
 }
 
 /// Labels of a rejected event.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RejectLabels {
+pub(crate) struct RejectLabels {
     /// The configuration key.
-    pub src: String,
-    /// Why: `full` (the gateway was full: the source got 503 or, in `atMostOnce`, dropped
-    /// the event), `invalid`, `stopped`; `missed` for calendar ticks that fell due while the
-    /// gateway was full and were never produced; `unauthorized` for a webhook delivery refused
-    /// with 401 (bad or missing signature or token).
-    pub reason: String,
+    pub(crate) src: String,
+    /// Why.
+    pub(crate) reason: RejectReason,
+}
+
+/// Why an event was refused before it was accepted: the `reason` label of
+/// `portico_events_rejected_total`.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum RejectReason {
+    /// `full`: the gateway was full; the source got 503 or, in `atMostOnce`, dropped the
+    /// event.
+    Full,
+    /// `disk`: the durable outbox could not write to its disk.
+    Disk,
+    /// `invalid`: the event cannot become a valid CloudEvent.
+    Invalid,
+    /// `stopped`: the configuration or the gateway was stopping.
+    Stopped,
+    /// `missed`: calendar ticks that fell due while the gateway was full, never produced.
+    Missed,
+    /// `unauthorized`: a webhook delivery refused with 401 (bad or missing signature or
+    /// token).
+    Unauthorized,
+}
+
+impl RejectReason {
+    /// Every reason, in the order the metrics list them.
+    pub const ALL: [RejectReason; 6] = [
+        RejectReason::Full,
+        RejectReason::Disk,
+        RejectReason::Invalid,
+        RejectReason::Stopped,
+        RejectReason::Missed,
+        RejectReason::Unauthorized,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Full => "full",
+            RejectReason::Disk => "disk",
+            RejectReason::Invalid => "invalid",
+            RejectReason::Stopped => "stopped",
+            RejectReason::Missed => "missed",
+            RejectReason::Unauthorized => "unauthorized",
+        }
+    }
+
+    /// The reason of a refusal.
+    pub(crate) fn of(e: &DispatchError) -> RejectReason {
+        match e {
+            DispatchError::Full { .. } => RejectReason::Full,
+            DispatchError::Disk(_) => RejectReason::Disk,
+            DispatchError::Invalid(_) => RejectReason::Invalid,
+            DispatchError::Stopped => RejectReason::Stopped,
+        }
+    }
+}
+
+impl EncodeLabelValue for RejectReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
 }
 
 /// Labels of the nodes-by-phase gauge.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PhaseLabels {
+pub(crate) struct PhaseLabels {
     /// The phase.
     pub phase: String,
 }
@@ -53,12 +114,12 @@ fn latency_histogram() -> Histogram {
 }
 
 /// Distinct `src` label values before the rest are counted under [`OTHER_SRC`].
-pub const MAX_SRC_LABELS: usize = 4096;
+pub(crate) const MAX_SRC_LABELS: usize = 4096;
 /// The `src` label of sources past [`MAX_SRC_LABELS`].
-pub const OTHER_SRC: &str = "_other";
+pub(crate) const OTHER_SRC: &str = "_other";
 
 /// Every metric of a gateway.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     /// The counters of every configuration key seen, up to `MAX_SRC_LABELS` (made once: the
     /// ingest API looks them up per request).
@@ -90,12 +151,12 @@ pub struct Metrics {
     /// Events sent to the dead-letter destination after every attempt or `maxAge`.
     pub dead_lettered: Family<WatcherLabels, Counter>,
     /// The durable outbox: fsyncs, records appended, bytes on disk.
-    pub outbox: crate::dispatch::outbox::OutboxMetrics,
+    pub outbox: OutboxMetrics,
 }
 
 impl Metrics {
     /// A fresh set of metrics in its own registry.
-    pub fn new() -> Arc<Metrics> {
+    pub(crate) fn new() -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("portico");
         let m = Metrics {
             received: Family::default(),
@@ -195,7 +256,7 @@ impl Metrics {
     }
 
     /// The metrics in Prometheus text format.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -220,7 +281,7 @@ impl Metrics {
     }
 
     /// The counters of one configuration.
-    pub fn for_src(&self, src: &str) -> SrcMetrics {
+    pub(crate) fn for_src(&self, src: &str) -> SrcMetrics {
         let mut srcs = self.srcs.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = srcs.get(src) {
             return m.clone();
@@ -247,12 +308,12 @@ impl Metrics {
     }
 
     /// The delivery counters of one configuration.
-    pub fn src_delivery(&self, src: &str) -> SrcDelivery {
+    pub(crate) fn src_delivery(&self, src: &str) -> SrcDelivery {
         self.for_src(src).delivery
     }
 
     /// The metrics of one watcher.
-    pub fn for_watcher(&self, watcher: &str) -> WatcherMetrics {
+    pub(crate) fn for_watcher(&self, watcher: &str) -> WatcherMetrics {
         let labels = WatcherLabels {
             watcher: watcher.to_string(),
         };
@@ -267,25 +328,35 @@ impl Metrics {
     }
 
     /// Counts an event refused for `reason`.
-    pub fn reject(&self, src: &str, reason: &str) {
+    pub(crate) fn reject(&self, src: &str, reason: RejectReason) {
         self.reject_many(src, reason, 1);
     }
 
-    /// Counts `n` events refused for `reason` (`missed`: calendar ticks that fell due while
-    /// the gateway was full, never produced).
-    pub fn reject_many(&self, src: &str, reason: &str, n: u64) {
+    /// Counts `n` events refused for `reason`.
+    pub(crate) fn reject_many(&self, src: &str, reason: RejectReason, n: u64) {
         self.rejected
             .get_or_create(&RejectLabels {
                 src: self.src_label(src),
-                reason: reason.to_string(),
+                reason,
             })
             .inc_by(n);
     }
 }
 
+/// The durable outbox's metrics.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct OutboxMetrics {
+    /// fsyncs of the log.
+    pub fsyncs: Counter,
+    /// Records appended.
+    pub appends: Counter,
+    /// Bytes of the log on disk.
+    pub bytes: Gauge,
+}
+
 /// Handles of one configuration's counters.
 #[derive(Debug, Clone)]
-pub struct SrcMetrics {
+pub(crate) struct SrcMetrics {
     // Shared, so that handing a configuration's counters to each of its events allocates nothing.
     pub(crate) src: Arc<str>,
     /// Its `src` label (`_other` past the cap).
@@ -300,7 +371,7 @@ pub struct SrcMetrics {
 
 /// Handles of one configuration's delivery counters, carried with each of its queued events.
 #[derive(Debug, Clone)]
-pub struct SrcDelivery {
+pub(crate) struct SrcDelivery {
     /// Deliveries a watcher took.
     pub delivered: Counter,
     /// Deliveries given up on.
@@ -311,7 +382,7 @@ pub struct SrcDelivery {
 
 /// Handles of one watcher's metrics.
 #[derive(Debug, Clone)]
-pub struct WatcherMetrics {
+pub(crate) struct WatcherMetrics {
     /// Delivered.
     pub delivered: Counter,
     /// Given up on.

@@ -17,24 +17,23 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::http::{HttpSender, LazyClient};
 use crate::dispatch::stdout::StdoutSender;
-use crate::dispatch::watchers::{Environment, Target};
 use crate::dispatch::{
     DeadLetter, Delivery, Dispatcher, OutboxOptions, Sender, SenderFactory, WatcherEntry,
-    resolve_watchers,
 };
 use crate::executor::{GatewayConfig, SharedExecutor};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
+use crate::pipeline::{Transformer, parse_overrides};
 use crate::server::{AppState, GatewayInfo};
 use crate::source::SourceEvent;
+use crate::spec::watchers::{Environment, Target, resolve_watchers};
 use crate::spec::{DeliveryMode, Encoding, Gateway, GatewayFile};
 use crate::status::{LogSink, StatusBoard, StatusSink};
 use crate::supervisor::Supervisor;
-use crate::transform::{Transformer, parse_overrides};
 
 /// What runs a gateway's configurations.
 #[derive(Clone)]
-pub enum Processor {
+pub(crate) enum Processor {
     /// A Rust executor in this process (built-in or the user's).
     Core(SharedExecutor),
     /// The user's gRPC server, through the framework's client executor
@@ -59,7 +58,7 @@ impl Processor {
 
 /// How a gateway process runs.
 #[derive(Debug, Clone)]
-pub struct RunOptions {
+pub(crate) struct RunOptions {
     /// The gateway file (ignored when `cluster` is set).
     pub file: PathBuf,
     /// In a cluster: the Gateway and ConfigMap to follow through the API server instead of
@@ -102,10 +101,13 @@ impl Default for RunOptions {
 
 /// Why a gateway could not run.
 #[derive(Debug, thiserror::Error)]
-pub enum RunError {
+pub(crate) enum RunError {
     /// The gateway file is not valid.
     #[error("{0}")]
     Spec(#[from] crate::spec::SpecErrors),
+    /// The gateway cannot reach its cluster.
+    #[error("{0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// Anything else that stops the gateway from starting.
     #[error("{0}")]
     Start(String),
@@ -113,7 +115,7 @@ pub enum RunError {
 
 /// Builds the pipeline of `gateway`: its transformer and its watchers' dispatcher, with the
 /// outbox in its default place.
-pub fn build_pipeline(
+pub(crate) fn build_pipeline(
     gateway: &Gateway,
     env: &Environment,
     metrics: Arc<Metrics>,
@@ -123,7 +125,7 @@ pub fn build_pipeline(
 
 /// Where the pipeline keeps its files, and who makes broker senders.
 #[derive(Debug, Clone, Default)]
-pub struct PipelineOptions {
+pub(crate) struct PipelineOptions {
     /// Directory of the outbox, over the spec's and the default.
     pub outbox_dir: Option<PathBuf>,
     /// Directory relative paths of the spec are taken from (the gateway file's).
@@ -134,7 +136,7 @@ pub struct PipelineOptions {
 
 /// The [`SenderFactory`] of broker watchers, if any (`portico-bus` in the `portico` binary).
 #[derive(Clone, Default)]
-pub struct SenderFactories(pub Option<Arc<dyn SenderFactory>>);
+pub(crate) struct SenderFactories(pub(crate) Option<Arc<dyn SenderFactory>>);
 
 impl std::fmt::Debug for SenderFactories {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -147,7 +149,7 @@ impl std::fmt::Debug for SenderFactories {
 }
 
 /// [`build_pipeline`] with the places of its files given.
-pub fn build_pipeline_with(
+pub(crate) fn build_pipeline_with(
     gateway: &Gateway,
     env: &Environment,
     metrics: Arc<Metrics>,
@@ -174,7 +176,7 @@ pub fn build_pipeline_with(
             let dir = match (&opts.outbox_dir, &outbox.path) {
                 (Some(d), _) => d.clone(),
                 (None, Some(p)) => relative(p),
-                (None, None) => crate::dispatch::outbox::default_dir(gateway),
+                (None, None) => gateway.default_outbox_dir(),
             };
             let opts = OutboxOptions {
                 dir,
@@ -255,28 +257,22 @@ pub fn build_pipeline_with(
         &gateway.spec.event_version,
     );
     if let Some(text) = crate::env::var(crate::env::K_CE_OVERRIDES) {
-        transformer = transformer.with_overrides(parse_overrides(&text).map_err(RunError::Start)?);
+        transformer = transformer
+            .with_overrides(parse_overrides(&text).map_err(|e| RunError::Start(e.to_string()))?);
     }
     Ok(Pipeline::new(transformer, dispatcher, metrics))
 }
 
 /// Runs the gateway of `opts.file` with the processor `choose` picks for it, until
 /// `shutdown` resolves.
-pub async fn run_gateway(
+pub(crate) async fn run_gateway(
     opts: RunOptions,
     choose: impl FnOnce(&Gateway) -> Result<Processor, String>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), RunError> {
     // Where the gateway and its configurations come from: a file, or the API server.
     let (file, cluster) = match &opts.cluster {
-        Some(target) => (
-            None,
-            Some(
-                crate::cluster::connect(target)
-                    .await
-                    .map_err(RunError::Start)?,
-            ),
-        ),
+        Some(target) => (None, Some(crate::cluster::connect(target).await?)),
         None if opts.file.as_os_str().is_empty() => {
             return Err(RunError::Start(
                 "no gateway file given, and GATEWAY_NAMESPACE, GATEWAY_NAME and GATEWAY_PROCESSOR_CONFIG_MAP are not all set: give a FILE, or run in a cluster".to_string(),
@@ -433,7 +429,7 @@ pub async fn run_gateway(
 }
 
 /// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -458,7 +454,7 @@ pub async fn shutdown_signal() {
 
 /// Runs `main` on a new multi-threaded tokio runtime and turns its outcome into the process
 /// exit code: the shared `main` of the `portico` binary and of every user gateway.
-pub fn block_on_main<E: std::fmt::Display>(
+pub(crate) fn block_on_main<E: std::fmt::Display>(
     main: impl std::future::Future<Output = Result<(), E>>,
 ) -> std::process::ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()

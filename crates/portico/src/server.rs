@@ -26,19 +26,20 @@ use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::DispatchError;
+use crate::dispatch::Ack;
+use crate::error::DispatchError;
 use crate::http1;
 use crate::ingest::Ingested;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Item, Pipeline, Wait};
 use crate::status::{Node, StatusBoard};
 
 /// Default body size limit of the ingest API.
-pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+pub(crate) const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 
 /// What the gateway tells about itself on `/status`.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct GatewayInfo {
+pub(crate) struct GatewayInfo {
     /// Name of the gateway.
     pub name: String,
     /// Namespace of the gateway.
@@ -55,7 +56,7 @@ pub struct GatewayInfo {
 }
 
 /// Shared state of the handlers.
-pub struct AppState {
+pub(crate) struct AppState {
     /// The gateway.
     pub info: GatewayInfo,
     /// Its nodes.
@@ -79,7 +80,11 @@ fn router(state: Arc<AppState>) -> Router {
 
 /// Serves `router` on `listener` (HTTP/1.1) until `stop` is cancelled, then lets requests in
 /// flight finish for [`http1::DRAIN_TIMEOUT`].
-pub async fn serve(listener: tokio::net::TcpListener, router: Router, stop: CancellationToken) {
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    stop: CancellationToken,
+) {
     let s = stop.clone();
     http1::accept_loop(listener, stop, http1::DRAIN_TIMEOUT, move |tcp| {
         let service = TowerToHyperService::new(router.clone());
@@ -91,7 +96,7 @@ pub async fn serve(listener: tokio::net::TcpListener, router: Router, stop: Canc
 /// Serves the transformer's API on `listener` until `stop` is cancelled. `POST /` (one event
 /// per request, the hot path) is answered straight from hyper, without the router's
 /// per-request layers; the other routes go through the router.
-pub async fn serve_api(
+pub(crate) async fn serve_api(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     body_limit: usize,
@@ -156,7 +161,7 @@ async fn ingest_method_not_allowed() -> Response {
 }
 
 /// Binds the transformer's address, saying which port it got (port 0 picks a free one).
-pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
+pub(crate) async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -208,59 +213,42 @@ fn bad_request(reason: impl Into<String>) -> Response {
     (StatusCode::BAD_REQUEST, reason.into()).into_response()
 }
 
-/// The answer to a refused event.
-pub fn dispatch_error_response(e: &DispatchError) -> Response {
-    match e {
-        DispatchError::Full { retry_after } => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(
-                header::RETRY_AFTER,
-                retry_after.as_secs().max(1).to_string(),
-            )],
-            e.to_string(),
-        )
-            .into_response(),
-        DispatchError::Invalid(_) => bad_request(e.to_string()),
-        DispatchError::Stopped => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "1".to_string())],
-            e.to_string(),
-        )
-            .into_response(),
-    }
+/// The answer to a refused event (see [`http1::refusal`]).
+pub(crate) fn refusal(e: &DispatchError) -> Response {
+    http1::refusal::<axum::body::Body>(e)
 }
 
 async fn ingest(s: &AppState, headers: &http::HeaderMap, body: Bytes) -> Response {
+    let pipeline = &s.pipeline;
     match crate::ingest::decode(headers, body) {
         Err(e) => bad_request(e.0),
         Ok(Ingested::Raw { src, event }) => {
-            let metrics = s.pipeline.metrics().for_src(&src);
-            match s
-                .pipeline
-                .dispatch(&metrics, event, s.pipeline.briefly())
+            let src = pipeline.metrics().for_src(&src);
+            let admission = pipeline.admission(Wait::Briefly, None);
+            match pipeline
+                .submit(&src, Item::Raw(event), admission, Ack::OnAcceptance)
                 .await
             {
-                Ok(()) => StatusCode::OK.into_response(),
-                Err(e) => dispatch_error_response(&e),
+                Ok(_) => StatusCode::OK.into_response(),
+                Err(e) => refusal(&e),
             }
         }
         Ok(Ingested::CloudEvents(events)) => {
             let total = events.len();
             // One wait for room for the whole batch.
-            let admission = s.pipeline.briefly();
+            let admission = pipeline.admission(Wait::Briefly, None);
             for (i, ce) in events.into_iter().enumerate() {
-                let source = ce.source.clone();
-                s.pipeline.metrics().for_src(&source).received.inc();
-                if let Err(e) = s.pipeline.relay(&source, ce, admission).await {
-                    let mut answer = dispatch_error_response(&e);
+                let src = pipeline.metrics().for_src(&ce.source);
+                if let Err(e) = pipeline
+                    .submit(&src, Item::Made(ce), admission, Ack::OnAcceptance)
+                    .await
+                {
+                    let mut answer = refusal(&e);
                     if total > 1 {
                         // The events before this one were accepted and will be delivered.
-                        answer = (
-                            answer.status(),
-                            answer.headers().clone(),
-                            format!("accepted {i} of {total} events of the batch; then: {e}"),
-                        )
-                            .into_response();
+                        *answer.body_mut() = axum::body::Body::from(format!(
+                            "accepted {i} of {total} events of the batch; then: {e}\n"
+                        ));
                     }
                     return answer;
                 }

@@ -69,7 +69,7 @@ pub struct Node {
 
 /// One change of the board.
 #[derive(Debug, Clone, PartialEq)]
-pub enum NodeChange {
+pub(crate) enum NodeChange {
     /// A node appeared or changed phase or message.
     Updated {
         /// The node as it is now.
@@ -85,14 +85,14 @@ pub enum NodeChange {
 }
 
 /// Something that wants to hear of node changes.
-pub trait StatusSink: Send + Sync + 'static {
+pub(crate) trait StatusSink: Send + Sync + 'static {
     /// Called once per change, in order, outside the board's lock.
     fn node_changed(&self, change: &NodeChange);
 }
 
 /// Writes each transition as a log line.
 #[derive(Debug, Default)]
-pub struct LogSink;
+pub(crate) struct LogSink;
 
 impl StatusSink for LogSink {
     fn node_changed(&self, change: &NodeChange) {
@@ -118,7 +118,7 @@ impl StatusSink for LogSink {
 }
 
 /// The current nodes of a gateway, and the sinks told of their changes.
-pub struct StatusBoard {
+pub(crate) struct StatusBoard {
     nodes: Mutex<BTreeMap<ConfigId, Node>>,
     sinks: Vec<Arc<dyn StatusSink>>,
     metrics: Arc<Metrics>,
@@ -126,7 +126,7 @@ pub struct StatusBoard {
 
 impl StatusBoard {
     /// A board with these sinks.
-    pub fn new(metrics: Arc<Metrics>, sinks: Vec<Arc<dyn StatusSink>>) -> StatusBoard {
+    pub(crate) fn new(metrics: Arc<Metrics>, sinks: Vec<Arc<dyn StatusSink>>) -> StatusBoard {
         for phase in Phase::ALL {
             let _ = metrics.nodes.get_or_create(&PhaseLabels {
                 phase: phase.as_str().to_string(),
@@ -156,13 +156,13 @@ impl StatusBoard {
 
     /// Sets a node's phase and message, creating it if needed. Does nothing when neither
     /// changes.
-    pub fn set(&self, id: ConfigId, name: &str, phase: Phase, message: impl Into<String>) {
+    pub(crate) fn set(&self, id: ConfigId, name: &str, phase: Phase, message: impl Into<String>) {
         self.set_if(id, name, phase, message, |_| true);
     }
 
     /// [`StatusBoard::set`], only if the node is absent or `still(node)` holds, checked and
     /// set at once (so that a phase another task set meanwhile is not overwritten).
-    pub fn set_if(
+    pub(crate) fn set_if(
         &self,
         id: ConfigId,
         name: &str,
@@ -215,14 +215,14 @@ impl StatusBoard {
     }
 
     /// Counts one restart of a node.
-    pub fn restarted(&self, id: ConfigId) {
+    pub(crate) fn restarted(&self, id: ConfigId) {
         if let Some(node) = self.lock().get_mut(&id) {
             node.restarts += 1;
         }
     }
 
     /// Removes a node (its configuration left the map).
-    pub fn remove(&self, id: ConfigId) {
+    pub(crate) fn remove(&self, id: ConfigId) {
         let removed = self.lock().remove(&id);
         if let Some(node) = removed {
             self.gauge(node.phase, -1);
@@ -231,12 +231,12 @@ impl StatusBoard {
     }
 
     /// One node.
-    pub fn get(&self, id: ConfigId) -> Option<Node> {
+    pub(crate) fn get(&self, id: ConfigId) -> Option<Node> {
         self.lock().get(&id).cloned()
     }
 
     /// Every node, ordered by name.
-    pub fn nodes(&self) -> Vec<Node> {
+    pub(crate) fn nodes(&self) -> Vec<Node> {
         let mut nodes: Vec<Node> = self.lock().values().cloned().collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         nodes

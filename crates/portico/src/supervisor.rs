@@ -20,17 +20,18 @@ use futures::FutureExt;
 use tokio::task::JoinHandle;
 
 use crate::configuration::{ConfigId, Configuration};
-use crate::executor::{ConfigContext, ConfigErrorKind, GatewayConfig, SharedExecutor};
+use crate::error::ConfigErrorKind;
+use crate::executor::{Checked, ConfigContext, GatewayConfig, SharedExecutor};
 use crate::spec::ConfigMapData;
 use crate::status::{Phase, StatusBoard};
 
 /// Backoff between restarts of a failed configuration.
 #[derive(Debug, Clone)]
-pub struct RestartPolicy {
+pub(crate) struct RestartPolicy {
     /// Wait before the first restart.
-    pub initial: Duration,
+    pub(crate) initial: Duration,
     /// Longest wait.
-    pub max: Duration,
+    pub(crate) max: Duration,
 }
 
 impl Default for RestartPolicy {
@@ -60,7 +61,8 @@ struct Running {
     task: Option<JoinHandle<()>>,
 }
 
-/// Runs the configurations of one gateway with one processor.
+/// Runs the configurations of one gateway with one executor: starts, stops and restarts them
+/// as the map of configurations changes.
 pub struct Supervisor {
     executor: SharedExecutor,
     gateway: GatewayConfig,
@@ -72,7 +74,11 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// A supervisor running configurations with `executor`.
-    pub fn new(executor: SharedExecutor, gateway: GatewayConfig, board: Arc<StatusBoard>) -> Self {
+    pub(crate) fn new(
+        executor: SharedExecutor,
+        gateway: GatewayConfig,
+        board: Arc<StatusBoard>,
+    ) -> Self {
         Supervisor {
             executor,
             gateway,
@@ -84,20 +90,15 @@ impl Supervisor {
     }
 
     /// Sets the restart backoff.
-    pub fn with_restart_policy(mut self, restart: RestartPolicy) -> Self {
+    pub(crate) fn with_restart_policy(mut self, restart: RestartPolicy) -> Self {
         self.restart = restart;
         self
     }
 
     /// Sets how long a stopping configuration may take before its tasks are dropped.
-    pub fn with_stop_grace(mut self, grace: Duration) -> Self {
+    pub(crate) fn with_stop_grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self
-    }
-
-    /// The status board.
-    pub fn board(&self) -> &Arc<StatusBoard> {
-        &self.board
     }
 
     /// The ids of the configurations the supervisor holds (running or invalid), by key.
@@ -131,6 +132,15 @@ impl Supervisor {
         }
     }
 
+    /// Brings what runs in line with these configurations (key, value).
+    pub async fn apply_pairs(&mut self, map: &[(&str, &str)]) {
+        let map: ConfigMapData = map
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.apply(&map).await;
+    }
+
     /// Stops every configuration.
     pub async fn stop_all(&mut self) {
         let all = std::mem::take(&mut self.running);
@@ -141,19 +151,44 @@ impl Supervisor {
         let id = configuration.id;
         let src = configuration.src.clone();
         let ctx = ConfigContext::new(configuration, self.gateway.clone(), self.board.clone());
-        if let Err(e) = self.executor.dyn_validate(&ctx) {
-            self.board
-                .set(id, &src, Phase::Error, e.message().to_string());
-            return Running {
-                id,
-                ctx,
-                task: None,
+        let checked =
+            match std::panic::catch_unwind(AssertUnwindSafe(|| self.executor.dyn_validate(&ctx))) {
+                Ok(Ok(checked)) => checked,
+                Ok(Err(e)) => {
+                    self.board
+                        .set(id, &src, Phase::Error, e.message().to_string());
+                    return Running {
+                        id,
+                        ctx,
+                        task: None,
+                    };
+                }
+                Err(panic) => {
+                    self.board.set(
+                        id,
+                        &src,
+                        Phase::Error,
+                        format!(
+                            "validating the configuration panicked: {}",
+                            panic_text(&*panic)
+                        ),
+                    );
+                    return Running {
+                        id,
+                        ctx,
+                        task: None,
+                    };
+                }
             };
-        }
         self.board.set(id, &src, Phase::Initialized, "");
         let span = tracing::info_span!("configuration", src = %src, id = %id);
         let task = tokio::spawn(tracing::Instrument::instrument(
-            run_configuration(self.executor.clone(), ctx.clone(), self.restart.clone()),
+            run_configuration(
+                self.executor.clone(),
+                ctx.clone(),
+                checked,
+                self.restart.clone(),
+            ),
             span,
         ));
         Running {
@@ -193,11 +228,16 @@ impl Supervisor {
 }
 
 /// One configuration's life: start, and restart with backoff after failures, until stopped.
-async fn run_configuration(executor: SharedExecutor, ctx: ConfigContext, restart: RestartPolicy) {
+async fn run_configuration(
+    executor: SharedExecutor,
+    ctx: ConfigContext,
+    config: Checked,
+    restart: RestartPolicy,
+) {
     let mut failures: u32 = 0;
     loop {
         let started = Instant::now();
-        let attempt = AssertUnwindSafe(executor.dyn_start(ctx.clone())).catch_unwind();
+        let attempt = AssertUnwindSafe(executor.dyn_start(ctx.clone(), &config)).catch_unwind();
         let outcome = tokio::select! {
             biased;
             _ = ctx.hard_stop().cancelled() => return,
@@ -216,14 +256,7 @@ async fn run_configuration(executor: SharedExecutor, ctx: ConfigContext, restart
                 return;
             }
             Ok(Err(e)) => e.message().to_string(),
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".to_string());
-                format!("the configuration's task panicked: {what}")
-            }
+            Err(panic) => format!("the configuration's task panicked: {}", panic_text(&*panic)),
         };
         if started.elapsed() > restart.max {
             failures = 0;
@@ -244,4 +277,13 @@ async fn run_configuration(executor: SharedExecutor, ctx: ConfigContext, restart
         }
         ctx.set_phase(Phase::Initialized, "");
     }
+}
+
+/// What a panic said, when it said it with a string.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
 }

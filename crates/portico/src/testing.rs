@@ -1,8 +1,32 @@
-//! Helpers to test an executor without a gateway file, an HTTP server or a watcher: a
-//! [`Harness`] gives contexts whose events land in a channel, and the status board to check
-//! the nodes. The built-in gateways' tests use it; so can yours.
+//! A gateway in a box, to test an executor without a gateway file, an HTTP server or a
+//! watcher: a [`Harness`] gives contexts and supervisors whose events land in a channel, and
+//! the nodes to check. The built-in gateways' tests use it; so can yours.
+//!
+//! ```
+//! # async fn example() {
+//! use std::time::Duration;
+//! use portico::testing::Harness;
+//! # struct MyExecutor;
+//! # impl portico::ConfigExecutor for MyExecutor {
+//! #     type Config = ();
+//! #     fn validate(&self, _: &portico::ConfigContext) -> Result<(), portico::ConfigError> { Ok(()) }
+//! #     async fn start_config(&self, ctx: portico::ConfigContext, (): ()) -> Result<(), portico::ConfigError> {
+//! #         ctx.running(); ctx.dispatch("tick").await?; ctx.stopped().await; Ok(())
+//! #     }
+//! # }
+//!
+//! let mut h = Harness::new("my-gateway", "my-type");
+//! let mut configurations = h.supervisor(std::sync::Arc::new(MyExecutor));
+//! configurations.apply_pairs(&[("first", "every: 1")]).await;
+//! let event = h.next_event(Duration::from_secs(5)).await.expect("an event");
+//! assert_eq!(event.source, "my-gateway/first");
+//! configurations.stop_all().await;
+//! # }
+//! ```
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -10,19 +34,43 @@ use tokio::sync::mpsc;
 use crate::cloudevents::CloudEvent;
 use crate::configuration::Configuration;
 use crate::dispatch::{
-    DeadLetter, Delivery, DeliveryError, Dispatcher, QueueSettings, Sender, WatcherEntry,
+    DeadLetter, Delivery as Mode, Dispatcher, OutboxOptions, Sender, WatcherEntry,
 };
-use crate::executor::{BoxFuture, ConfigContext, GatewayConfig, SharedExecutor};
+use crate::error::{BoxFuture, ConfigError, DeliveryError};
+use crate::executor::{ConfigContext, GatewayConfig, SharedExecutor};
 use crate::metrics::Metrics;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Transformer};
+use crate::spec::watchers::{QueueSettings, RetryPolicy};
 use crate::status::{Node, Phase, StatusBoard};
-use crate::supervisor::{RestartPolicy, Supervisor};
-use crate::transform::Transformer;
+use crate::supervisor::RestartPolicy;
 
+pub use crate::supervisor::Supervisor;
+
+/// Parses a configuration value (YAML or JSON) into `T` as [`ConfigContext::parse`] does.
+pub fn parse_config<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    crate::spec::parse_config(text)
+}
+
+/// How a harness keeps accepted events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Delivery {
+    /// In memory, and sources wait for room (the default).
+    #[default]
+    Memory,
+    /// The `atMostOnce` mode: in memory, sources that cannot be slowed down drop events.
+    AtMostOnce,
+    /// The `atLeastOnce` mode, with the outbox in this directory.
+    AtLeastOnce(PathBuf),
+    /// The `ackAfterDelivery` mode, with the outbox in this directory.
+    AckAfterDelivery(PathBuf),
+}
+
+/// The capturing watcher: takes events into a channel, holds them while paused, fails (with a
+/// retryable failure) while down.
 struct Capture {
     tx: mpsc::UnboundedSender<CloudEvent>,
-    /// False while the harness holds deliveries back ([`Harness::pause`]).
     open: tokio::sync::watch::Receiver<bool>,
+    down: Arc<AtomicBool>,
 }
 
 impl Sender for Capture {
@@ -32,6 +80,9 @@ impl Sender for Capture {
             if open.wait_for(|o| *o).await.is_err() {
                 return Err(DeliveryError::permanent("the harness is gone"));
             }
+            if self.down.load(Ordering::SeqCst) {
+                return Err(DeliveryError::retryable("the watcher is down"));
+            }
             self.tx
                 .send(event.clone())
                 .map_err(|_| DeliveryError::permanent("the harness is gone"))
@@ -39,77 +90,133 @@ impl Sender for Capture {
     }
 }
 
-/// A gateway in a box: one capturing watcher, a status board, contexts on demand.
+/// How to build a [`Harness`]: see [`Harness::builder`].
+#[derive(Debug, Clone)]
+pub struct HarnessBuilder {
+    name: String,
+    gateway_type: String,
+    queue: QueueSettings,
+    delivery: Delivery,
+}
+
+impl HarnessBuilder {
+    /// Events the watcher holds (waiting or in flight) before sources are pushed back
+    /// (default 4096).
+    pub fn queue_size(mut self, n: usize) -> Self {
+        self.queue.queue_size = n.max(1);
+        self
+    }
+
+    /// Deliveries in flight at once (default 32).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.queue.concurrency = n.max(1);
+        self
+    }
+
+    /// A failed delivery is retried for ever, 20 to 100 ms apart (the default is the
+    /// gateway's: 10 attempts, then a dead letter in the log).
+    pub fn patient(mut self) -> Self {
+        self.queue.retry = RetryPolicy {
+            max_attempts: usize::MAX,
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(100),
+            max_age: None,
+        };
+        self
+    }
+
+    /// How accepted events are kept.
+    pub fn delivery(mut self, delivery: Delivery) -> Self {
+        self.delivery = delivery;
+        self
+    }
+
+    /// The harness. Panics when the outbox cannot be opened (a test's directory).
+    pub fn build(self) -> Harness {
+        let metrics = Metrics::new();
+        let (tx, events) = mpsc::unbounded_channel();
+        let (open, open_rx) = tokio::sync::watch::channel(true);
+        let down = Arc::new(AtomicBool::new(false));
+        let capture: Arc<dyn Sender> = Arc::new(Capture {
+            tx,
+            open: open_rx,
+            down: down.clone(),
+        });
+        let outbox = |dir: PathBuf| OutboxOptions {
+            dir,
+            max_bytes: 1 << 30,
+        };
+        let mode = match self.delivery {
+            Delivery::Memory => None,
+            Delivery::AtMostOnce => Some(Mode::AtMostOnce),
+            Delivery::AtLeastOnce(dir) => Some(Mode::AtLeastOnce(outbox(dir))),
+            Delivery::AckAfterDelivery(dir) => Some(Mode::AckAfterDelivery(outbox(dir))),
+        };
+        let dispatcher = match mode {
+            None => Dispatcher::start(vec![("capture".to_string(), capture, self.queue)], &metrics),
+            Some(mode) => Dispatcher::start_with(
+                vec![WatcherEntry {
+                    name: "capture".to_string(),
+                    sender: capture,
+                    queue: self.queue,
+                    dead_letter: Arc::new(DeadLetter::Log),
+                }],
+                &metrics,
+                &mode,
+            )
+            .unwrap_or_else(|e| panic!("cannot start the dispatcher: {e}")),
+        };
+        let pipeline = Pipeline::new(
+            Transformer::new(&self.name, &self.gateway_type, "1.0"),
+            dispatcher,
+            metrics.clone(),
+        );
+        Harness {
+            gateway: GatewayConfig::new(&self.name, "default", pipeline),
+            board: Arc::new(StatusBoard::new(metrics.clone(), Vec::new())),
+            metrics,
+            events,
+            open,
+            down,
+        }
+    }
+}
+
+/// A gateway in a box: one capturing watcher, the nodes, contexts and supervisors on demand.
 pub struct Harness {
-    /// The gateway.
-    pub gateway: GatewayConfig,
-    /// Its nodes.
-    pub board: Arc<StatusBoard>,
-    /// Its metrics.
-    pub metrics: Arc<Metrics>,
+    gateway: GatewayConfig,
+    board: Arc<StatusBoard>,
+    metrics: Arc<Metrics>,
     events: mpsc::UnboundedReceiver<CloudEvent>,
     open: tokio::sync::watch::Sender<bool>,
+    down: Arc<AtomicBool>,
 }
 
 impl Harness {
     /// A gateway `name` of type `gateway_type` whose events are captured.
     pub fn new(name: &str, gateway_type: &str) -> Harness {
-        Self::with_queue(name, gateway_type, QueueSettings::default())
+        Harness::builder(name, gateway_type).build()
     }
 
-    /// The same with the capturing watcher's queue settings given.
-    pub fn with_queue(name: &str, gateway_type: &str, queue: QueueSettings) -> Harness {
-        Self::build(name, gateway_type, queue, None)
-    }
-
-    /// The same in delivery mode `delivery` (`atMostOnce`, or an outbox in a directory of the
-    /// test's), its dead letters written to the log.
-    pub fn with_delivery(
-        name: &str,
-        gateway_type: &str,
-        queue: QueueSettings,
-        delivery: &Delivery,
-    ) -> Harness {
-        Self::build(name, gateway_type, queue, Some(delivery))
-    }
-
-    fn build(
-        name: &str,
-        gateway_type: &str,
-        queue: QueueSettings,
-        delivery: Option<&Delivery>,
-    ) -> Harness {
-        let metrics = Metrics::new();
-        let (tx, events) = mpsc::unbounded_channel();
-        let (open, open_rx) = tokio::sync::watch::channel(true);
-        let capture: Arc<dyn Sender> = Arc::new(Capture { tx, open: open_rx });
-        let dispatcher = match delivery {
-            None => Dispatcher::start(vec![("capture".to_string(), capture, queue)], &metrics),
-            Some(d) => Dispatcher::start_with(
-                vec![WatcherEntry {
-                    name: "capture".to_string(),
-                    sender: capture,
-                    queue,
-                    dead_letter: Arc::new(DeadLetter::Log),
-                }],
-                &metrics,
-                d,
-            )
-            .unwrap_or_else(|e| panic!("cannot start the dispatcher: {e}")),
-        };
-        let pipeline = Pipeline::new(
-            Transformer::new(name, gateway_type, "1.0"),
-            dispatcher,
-            metrics.clone(),
-        );
-        let board = Arc::new(StatusBoard::new(metrics.clone(), Vec::new()));
-        Harness {
-            gateway: GatewayConfig::new(name, "default", pipeline),
-            board,
-            metrics,
-            events,
-            open,
+    /// A harness to set up before it is built.
+    pub fn builder(name: &str, gateway_type: &str) -> HarnessBuilder {
+        HarnessBuilder {
+            name: name.to_string(),
+            gateway_type: gateway_type.to_string(),
+            queue: QueueSettings::default(),
+            delivery: Delivery::default(),
         }
+    }
+
+    /// The gateway.
+    pub fn gateway(&self) -> &GatewayConfig {
+        &self.gateway
+    }
+
+    /// Gives the gateway a Kubernetes client (a fake API server's), as it has in a cluster;
+    /// contexts and supervisors made afterwards see it.
+    pub fn set_kube_client(&mut self, client: kube::Client) {
+        self.gateway = self.gateway.clone().with_kube_client(client);
     }
 
     /// Holds deliveries back: the capturing watcher takes nothing until [`Harness::resume`],
@@ -121,6 +228,11 @@ impl Harness {
     /// Lets held deliveries through again.
     pub fn resume(&self) {
         self.open.send_replace(true);
+    }
+
+    /// Takes the watcher down (every delivery fails, retryably) or brings it back up.
+    pub fn watcher_up(&self, up: bool) {
+        self.down.store(!up, Ordering::SeqCst);
     }
 
     /// A context for configuration `src` → `value`.
@@ -155,6 +267,11 @@ impl Harness {
         self.events.try_recv().ok()
     }
 
+    /// Every node, ordered by name.
+    pub fn nodes(&self) -> Vec<Node> {
+        self.board.nodes()
+    }
+
     /// The node of configuration `src`.
     pub fn node(&self, src: &str) -> Option<Node> {
         self.board.nodes().into_iter().find(|n| n.name == src)
@@ -173,5 +290,23 @@ impl Harness {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// The gateway's metrics, in the Prometheus text format `GET /metrics` serves.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.encode()
+    }
+
+    /// The value of one metric sample: the sum of every line of `name` whose labels include
+    /// every `label="value"` pair of `labels` (0 when there is none).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        self.metrics_text()
+            .lines()
+            .filter(|l| {
+                l.split(['{', ' ']).next() == Some(name) && wanted.iter().all(|w| l.contains(w))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use portico::{ConfigContext, ConfigError, ConfigExecutor, Event};
 use serde::Deserialize;
 
-/// One configuration of the heartbeat gateway.
+/// One configuration of the heartbeat gateway, as written.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct HeartbeatConfig {
@@ -20,37 +20,42 @@ struct HeartbeatConfig {
     note: Option<String>,
 }
 
-impl HeartbeatConfig {
-    fn period(&self) -> Result<Duration, ConfigError> {
-        humantime::parse_duration(&self.every).map_err(|e| {
-            ConfigError::invalid(format!("every: `{}` is not a duration: {e}", self.every))
-        })
-    }
+/// A heartbeat configuration, checked: what `start_config` is handed.
+#[derive(Debug, Clone)]
+struct Beat {
+    period: Duration,
+    note: Option<String>,
 }
 
 /// The executor: validates and runs heartbeat configurations.
 struct Heartbeat;
 
 impl ConfigExecutor for Heartbeat {
-    fn validate(&self, ctx: &ConfigContext) -> Result<(), ConfigError> {
-        let config: HeartbeatConfig = ctx.parse()?;
-        config.period().map(|_| ())
+    type Config = Beat;
+
+    fn validate(&self, ctx: &ConfigContext) -> Result<Beat, ConfigError> {
+        let c: HeartbeatConfig = ctx.parse()?;
+        let period = humantime::parse_duration(&c.every).map_err(|e| {
+            ConfigError::invalid(format!("every: `{}` is not a duration: {e}", c.every))
+        })?;
+        Ok(Beat {
+            period,
+            note: c.note,
+        })
     }
 
-    async fn start_config(&self, ctx: ConfigContext) -> Result<(), ConfigError> {
-        let config: HeartbeatConfig = ctx.parse()?;
-        let period = config.period()?;
-        let mut ticks = tokio::time::interval(period);
+    async fn start_config(&self, ctx: ConfigContext, beat: Beat) -> Result<(), ConfigError> {
+        let mut ticks = tokio::time::interval(beat.period);
         ticks.tick().await;
         ctx.running();
-        let mut beat = 0u64;
+        let mut n = 0u64;
         loop {
             tokio::select! {
                 _ = ctx.stopped() => return Ok(()),
                 _ = ticks.tick() => {}
             }
-            beat += 1;
-            let payload = serde_json::json!({ "beat": beat, "note": config.note });
+            n += 1;
+            let payload = serde_json::json!({ "beat": n, "note": beat.note });
             ctx.dispatch(Event::json(&payload)?).await?;
         }
     }

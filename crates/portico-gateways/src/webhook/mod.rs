@@ -1,13 +1,6 @@
 //! The `webhook` gateway: one HTTP endpoint per configuration (SPEC §8).
 //!
-//! | field | meaning |
-//! |---|---|
-//! | `port` | the port to listen on, all interfaces (a number or a string, as in the original); required |
-//! | `endpoint` | the path, starting with `/`; required |
-//! | `method` | the HTTP method (default `POST`) |
-//! | `serverCertPath`, `serverKeyPath` | PEM certificate chain and key: the port serves HTTPS (rustls) |
-//! | `maxBodySize` | largest body taken: bytes, or `512KiB`, `4MiB`, `1MB`… (default `4MiB`); larger gets 413 |
-//! | `secretFile` / `secretEnv` | optional HMAC secret, from a file or an environment variable: each delivery must then carry `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>` or gets 401 |
+//! The fields are those of [`HookConfig`].
 //!
 //! Configurations that name the same port share one server (see [`server`]); each endpoint +
 //! method belongs to exactly one configuration, whose `src` its events carry. Configurations
@@ -26,6 +19,7 @@ use std::sync::Arc;
 use hmac::{Hmac, Mac};
 use hyper::http::{HeaderMap, HeaderName, Method};
 use portico::{ConfigContext, ConfigError, ConfigExecutor};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use sha2::Sha256;
 
@@ -35,7 +29,7 @@ pub use server::{Gate, Listen, Open, Route, RouteGuard, Servers, TlsFiles, Verdi
 pub const DEFAULT_MAX_BODY: usize = 4 * 1024 * 1024;
 
 /// A number or a string holding one (`port: 12000` and `port: "12000"` both work).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum NumberOrText {
     /// A number.
@@ -44,40 +38,48 @@ pub enum NumberOrText {
     Text(String),
 }
 
-/// The configuration of a `webhook`, `github` or `gitlab` configuration, as written.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// A `webhook` configuration; `github` and `gitlab` configurations have the same fields.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HookConfig {
-    /// Port.
+    /// The port to listen on, on every interface (a number or a string holding one);
+    /// required.
     #[serde(default)]
     pub port: Option<NumberOrText>,
-    /// Path.
-    #[serde(default)]
-    pub endpoint: Option<String>,
-    /// HTTP method.
+    /// The path, starting with `/`.
+    pub endpoint: String,
+    /// The HTTP method (default `POST`).
     #[serde(default)]
     pub method: Option<String>,
-    /// TLS certificate chain (PEM).
+    /// A PEM certificate chain: with `serverKeyPath`, the port serves HTTPS (rustls).
+    /// Configurations sharing a port must agree on TLS.
     #[serde(default)]
     pub server_cert_path: Option<String>,
-    /// TLS private key (PEM).
+    /// The PEM private key of `serverCertPath`.
     #[serde(default)]
     pub server_key_path: Option<String>,
-    /// Largest body.
+    /// The largest body taken: bytes, or `512KiB`, `4MiB`, `1MB`… (default `4MiB`); a larger
+    /// one gets 413.
     #[serde(default)]
     pub max_body_size: Option<NumberOrText>,
-    /// File holding the secret.
+    /// A file holding the secret (trailing newlines are not part of it). `webhook`: an
+    /// optional HMAC secret, each delivery must then carry `X-Hub-Signature-256:
+    /// sha256=<hex HMAC-SHA256 of the body>` or gets 401. `github`: the hook's secret,
+    /// required. `gitlab`: the hook's secret token (`X-Gitlab-Token`), required.
     #[serde(default)]
     pub secret_file: Option<String>,
-    /// Environment variable holding the secret.
+    /// An environment variable holding the secret, instead of `secretFile`.
     #[serde(default)]
     pub secret_env: Option<String>,
-    /// Event types to keep (`github`, `gitlab`).
+    /// `github` and `gitlab` only: the event types to keep (`X-GitHub-Event`: `push`,
+    /// `pull_request`, …; `X-Gitlab-Event`: `Push Hook` or `push`, …); default all. Other
+    /// deliveries get 200 with the reason and make no event.
     #[serde(default)]
     pub events: Option<Vec<String>>,
-    /// Provider-specific: register the hook through the provider's API (`github`).
+    /// `github` only: register the hook through GitHub's REST API when the configuration
+    /// starts.
     #[serde(default)]
-    pub register: Option<serde_json::Value>,
+    pub register: Option<crate::github::RegisterConfig>,
 }
 
 /// What a hook type requires of its configuration.
@@ -178,15 +180,11 @@ fn invalid(field: &str, what: impl std::fmt::Display) -> ConfigError {
     ConfigError::invalid(format!("{field}: {what}"))
 }
 
-impl Hook {
-    /// Parses and checks the configuration of `ctx` under `rules`; errors name the field.
-    pub fn from_context(ctx: &ConfigContext, rules: HookRules) -> Result<Hook, ConfigError> {
-        let config: HookConfig = ctx.parse()?;
-        Hook::check(&config, rules)
-    }
-
-    /// Checks `config` under `rules`.
-    pub fn check(config: &HookConfig, rules: HookRules) -> Result<Hook, ConfigError> {
+impl HookConfig {
+    /// Checks what the fields' types do not, under the rules of a hook type; errors name the
+    /// field.
+    pub fn check(&self, rules: HookRules) -> Result<Hook, ConfigError> {
+        let config = self;
         let (port, written) = match &config.port {
             None => {
                 return Err(invalid(
@@ -203,20 +201,20 @@ impl Hook {
                 format!("`{written}` is not a port number from 1 to 65535 (a webhook names its port: 0 cannot be used)"),
             )
         })?;
-        let endpoint = match config.endpoint.as_deref().map(str::trim) {
-            None | Some("") => {
-                return Err(invalid("endpoint", "required: a path like /push"));
+        let endpoint = match config.endpoint.trim() {
+            "" => {
+                return Err(invalid("endpoint", "empty (required): a path like /push"));
             }
-            Some(e) if !e.starts_with('/') => {
+            e if !e.starts_with('/') => {
                 return Err(invalid("endpoint", format!("`{e}` must start with /")));
             }
-            Some(e) if e.contains(['?', '#', ' ']) => {
+            e if e.contains(['?', '#', ' ']) => {
                 return Err(invalid(
                     "endpoint",
                     format!("`{e}` must be a path only (no query, fragment or spaces)"),
                 ));
             }
-            Some(e) => e.to_string(),
+            e => e.to_string(),
         };
         let method = match config.method.as_deref().map(str::trim) {
             None | Some("") => Method::POST,
@@ -483,12 +481,13 @@ impl Webhook {
 }
 
 impl ConfigExecutor for Webhook {
-    fn validate(&self, ctx: &ConfigContext) -> Result<(), ConfigError> {
-        Hook::from_context(ctx, WEBHOOK).map(|_| ())
+    type Config = Hook;
+
+    fn validate(&self, ctx: &ConfigContext) -> Result<Hook, ConfigError> {
+        ctx.parse::<HookConfig>()?.check(WEBHOOK)
     }
 
-    async fn start_config(&self, ctx: ConfigContext) -> Result<(), ConfigError> {
-        let hook = Hook::from_context(&ctx, WEBHOOK)?;
+    async fn start_config(&self, ctx: ConfigContext, hook: Hook) -> Result<(), ConfigError> {
         let gate: Arc<dyn Gate> = match &hook.secret {
             Some(source) => Arc::new(Signed {
                 secret: source.load()?,
@@ -504,8 +503,9 @@ mod tests {
     use super::*;
 
     fn check(yaml: &str) -> Result<Hook, String> {
-        let c: HookConfig = serde_saphyr::from_str(yaml).map_err(|e| e.to_string())?;
-        Hook::check(&c, WEBHOOK).map_err(|e| e.to_string())
+        portico::testing::parse_config::<HookConfig>(yaml)
+            .and_then(|c| c.check(WEBHOOK))
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -526,7 +526,11 @@ mod tests {
                 .unwrap_err()
                 .starts_with("port:")
         );
-        assert!(check("port: 1").unwrap_err().starts_with("endpoint:"));
+        assert!(
+            check("port: 1")
+                .unwrap_err()
+                .contains("missing field `endpoint`")
+        );
         assert!(
             check("port: 1\nendpoint: a")
                 .unwrap_err()

@@ -19,7 +19,8 @@
 //! | 405 | configurations own the endpoint, but none takes the method (`Allow` lists those that do) |
 //! | 408 | the body did not arrive within [`BODY_TIMEOUT`] |
 //! | 413 | the body is over the route's `maxBodySize` |
-//! | 503 + `Retry-After` | the dispatcher is full, or the configuration is stopping |
+//! | 400 | the event cannot be made valid |
+//! | 503 + `Retry-After` | the gateway is full, its outbox cannot write, or the configuration is stopping |
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -37,7 +38,7 @@ use hyper::http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header,
 };
 use portico::http1;
-use portico::{ConfigContext, ConfigError, ConfigId, DispatchError};
+use portico::{ConfigContext, ConfigError, ConfigId, RejectReason, Submit};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
@@ -492,15 +493,6 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Answer {
     r
 }
 
-fn retry_after(status: StatusCode, after: Duration, body: String) -> Answer {
-    let secs = after.as_secs().max(1).to_string();
-    let mut r = text(status, body);
-    if let Ok(v) = HeaderValue::from_str(&secs) {
-        r.headers_mut().insert(header::RETRY_AFTER, v);
-    }
-    r
-}
-
 /// Every request of a port: find the route, read the body, check it, dispatch it.
 async fn handle(routes: &RouteTable, req: Request<Incoming>) -> Answer {
     let (parts, body) = req.into_parts();
@@ -537,12 +529,7 @@ async fn handle(routes: &RouteTable, req: Request<Incoming>) -> Answer {
     match route.gate.admit(headers, &body) {
         Verdict::Accept => {}
         Verdict::Unauthorized(why) => {
-            route
-                .ctx
-                .gateway()
-                .pipeline()
-                .metrics()
-                .reject(src, "unauthorized");
+            route.ctx.count_rejected(RejectReason::Unauthorized, 1);
             tracing::debug!(src, reason = %why, "webhook delivery refused");
             return text(StatusCode::UNAUTHORIZED, format!("{why}\n"));
         }
@@ -557,23 +544,10 @@ async fn handle(routes: &RouteTable, req: Request<Incoming>) -> Answer {
             );
         }
     };
-    match route.ctx.try_dispatch(event).await {
+    match route.ctx.submit(event, Submit::BRIEFLY).await {
         // No body and no header to build: the answer to every event is the cheapest one.
-        Ok(()) => Response::new(Full::new(Bytes::new())),
-        Err(DispatchError::Full { retry_after: after }) => retry_after(
-            StatusCode::SERVICE_UNAVAILABLE,
-            after,
-            format!(
-                "the gateway is full; retry in {}s\n",
-                after.as_secs().max(1)
-            ),
-        ),
-        Err(DispatchError::Stopped) => retry_after(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Duration::from_secs(1),
-            "the configuration is stopping; retry\n".to_string(),
-        ),
-        Err(DispatchError::Invalid(m)) => text(StatusCode::BAD_REQUEST, format!("{m}\n")),
+        Ok(_) => Response::new(Full::new(Bytes::new())),
+        Err(e) => http1::refusal(&e),
     }
 }
 

@@ -7,27 +7,14 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use portico::cloudevents::CloudEvent;
-use portico::dispatch::{
-    DeadLetter, Delivery, DeliveryError, Dispatcher, QueueSettings, RetryPolicy, Sender,
-    WatcherEntry,
-};
-use portico::executor::BoxFuture;
-use portico::metrics::Metrics;
-use portico::pipeline::Pipeline;
-use portico::status::StatusBoard;
-use portico::supervisor::{RestartPolicy, Supervisor};
-use portico::transform::Transformer;
-use portico::{GatewayConfig, Node, Phase, SharedExecutor};
-use tokio::sync::mpsc;
+use portico::testing::{Delivery, Harness, Supervisor};
+use portico::{Node, Phase, SharedExecutor};
 
 /// How long a test waits for anything before failing.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -37,33 +24,11 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}", uuid::Uuid::new_v4().simple())
 }
 
-/// The watcher of a [`Rig`]: delivers into a channel while up, fails (retryably) while down.
-struct GatedWatcher {
-    up: Arc<AtomicBool>,
-    tx: mpsc::UnboundedSender<CloudEvent>,
-}
-
-impl Sender for GatedWatcher {
-    fn send<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {
-        let r = if self.up.load(Ordering::SeqCst) {
-            self.tx
-                .send(event.clone())
-                .map_err(|_| DeliveryError::permanent("the test is gone"))
-        } else {
-            Err(DeliveryError::retryable("the watcher is down"))
-        };
-        Box::pin(std::future::ready(r))
-    }
-}
-
-/// A gateway of one type with one watcher that can be taken down, and a supervisor.
+/// A gateway of one type with one watcher that can be taken down (its deliveries fail and are
+/// retried, 20 to 100 ms apart, for ever), one delivery at a time, and a supervisor.
 pub struct Rig {
-    pub gateway: GatewayConfig,
-    pub metrics: Arc<Metrics>,
-    pub board: Arc<StatusBoard>,
+    pub harness: Harness,
     pub supervisor: Supervisor,
-    up: Arc<AtomicBool>,
-    events: mpsc::UnboundedReceiver<CloudEvent>,
 }
 
 impl Rig {
@@ -80,90 +45,39 @@ impl Rig {
         executor: SharedExecutor,
         queue_size: usize,
     ) -> Rig {
-        Self::with_delivery(name, gateway_type, executor, queue_size, None)
+        Self::with_delivery(name, gateway_type, executor, queue_size, Delivery::Memory)
     }
 
-    /// The same in delivery mode `delivery` (`None`: in memory, sources wait for room).
+    /// The same in delivery mode `delivery`.
     pub fn with_delivery(
         name: &str,
         gateway_type: &str,
         executor: SharedExecutor,
         queue_size: usize,
-        delivery: Option<&Delivery>,
+        delivery: Delivery,
     ) -> Rig {
-        let metrics = Metrics::new();
-        let up = Arc::new(AtomicBool::new(true));
-        let (tx, events) = mpsc::unbounded_channel();
-        let settings = QueueSettings {
-            queue_size,
-            concurrency: 1,
-            retry: RetryPolicy {
-                max_attempts: usize::MAX,
-                initial_backoff: Duration::from_millis(20),
-                max_backoff: Duration::from_millis(100),
-                max_age: None,
-            },
-        };
-        let watcher = GatedWatcher { up: up.clone(), tx };
-        let dispatcher = match delivery {
-            None => Dispatcher::start(
-                vec![("watcher".to_string(), Arc::new(watcher), settings)],
-                &metrics,
-            ),
-            Some(d) => Dispatcher::start_with(
-                vec![WatcherEntry {
-                    name: "watcher".to_string(),
-                    sender: Arc::new(watcher),
-                    queue: settings,
-                    dead_letter: Arc::new(DeadLetter::Log),
-                }],
-                &metrics,
-                d,
-            )
-            .expect("start the dispatcher"),
-        };
-        let pipeline = Pipeline::new(
-            Transformer::new(name, gateway_type, "1.0"),
-            dispatcher,
-            metrics.clone(),
-        );
-        let board = Arc::new(StatusBoard::new(metrics.clone(), Vec::new()));
-        let gateway = GatewayConfig::new(name, "default", pipeline);
-        let supervisor = Supervisor::new(executor, gateway.clone(), board.clone())
-            .with_restart_policy(RestartPolicy {
-                initial: Duration::from_millis(50),
-                max: Duration::from_millis(500),
-            })
-            .with_stop_grace(Duration::from_secs(5));
+        let harness = Harness::builder(name, gateway_type)
+            .queue_size(queue_size)
+            .concurrency(1)
+            .patient()
+            .delivery(delivery)
+            .build();
+        let supervisor = harness.supervisor(executor);
         Rig {
-            gateway,
-            metrics,
-            board,
+            harness,
             supervisor,
-            up,
-            events,
         }
     }
 
     /// Runs exactly these configurations (src → YAML), stopping the others.
     pub async fn apply(&mut self, configs: &[(&str, &str)]) {
-        let map: BTreeMap<String, String> = configs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        self.supervisor.apply(&map).await;
+        self.supervisor.apply_pairs(configs).await;
     }
 
     /// How many events configuration `src` produced (accepted or still waiting for room).
     pub fn received(&self, src: &str) -> u64 {
-        let label = format!("src=\"{src}\"");
-        self.metrics
-            .encode()
-            .lines()
-            .filter(|l| l.starts_with("portico_events_received") && l.contains(&label))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .map(|v| v as u64)
-            .sum()
+        self.harness
+            .metric("portico_events_received_total", &[("src", src)]) as u64
     }
 
     /// Waits until configuration `src` produced at least `n` events.
@@ -176,15 +90,12 @@ impl Rig {
 
     /// Takes the watcher down or brings it up.
     pub fn watcher_up(&self, up: bool) {
-        self.up.store(up, Ordering::SeqCst);
+        self.harness.watcher_up(up);
     }
 
     /// The next delivered event, or `None` after `timeout`.
     pub async fn next_event(&mut self, timeout: Duration) -> Option<CloudEvent> {
-        tokio::time::timeout(timeout, self.events.recv())
-            .await
-            .ok()
-            .flatten()
+        self.harness.next_event(timeout).await
     }
 
     /// Exactly `n` events (panics if fewer arrive in [`WAIT`]), then checks that no more
@@ -199,7 +110,7 @@ impl Rig {
                 None => panic!(
                     "only {} of {n} events arrived in {WAIT:?}; nodes: {:?}",
                     got.len(),
-                    self.board.nodes()
+                    self.harness.nodes()
                 ),
             }
         }
@@ -228,7 +139,7 @@ impl Rig {
 
     /// The node of configuration `src`.
     pub fn node(&self, src: &str) -> Option<Node> {
-        self.board.nodes().into_iter().find(|n| n.name == src)
+        self.harness.node(src)
     }
 
     /// Waits until the node of `src` is in `phase`; panics with the node after [`WAIT`].

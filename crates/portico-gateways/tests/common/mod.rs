@@ -1,11 +1,11 @@
 //! Helpers shared by the built-in gateways' integration tests.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
 use portico::cloudevents::CloudEvent;
-use portico::spec::ConfigMapData;
 
 /// A port that was free a moment ago: bind 127.0.0.1:0, read the port, drop the listener.
 /// A webhook configuration names its port, so port 0 cannot be used; another process could
@@ -21,7 +21,7 @@ pub fn port_is_free(port: u16) -> bool {
 }
 
 /// A configuration map from pairs.
-pub fn map(pairs: &[(&str, &str)]) -> ConfigMapData {
+pub fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

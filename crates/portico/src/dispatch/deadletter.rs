@@ -11,12 +11,13 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use super::Sender;
 use super::http::HttpSender;
-use super::{DeliveryError, Sender};
 use crate::cloudevents::{CloudEvent, ExtensionName, ExtensionValue};
+use crate::error::DeliveryError;
 
 /// A dead-letter destination.
-pub enum DeadLetter {
+pub(crate) enum DeadLetter {
     /// Appended to a file, one JSON CloudEvent a line.
     File {
         /// The file.
@@ -32,7 +33,7 @@ pub enum DeadLetter {
 
 impl DeadLetter {
     /// A file destination.
-    pub fn file(path: PathBuf) -> DeadLetter {
+    pub(crate) fn file(path: PathBuf) -> DeadLetter {
         DeadLetter::File {
             path,
             lock: Arc::new(Mutex::new(())),
@@ -40,7 +41,7 @@ impl DeadLetter {
     }
 
     /// What this destination is, for log lines.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             DeadLetter::File { path, .. } => format!("file {}", path.display()),
             DeadLetter::Url(_) => "url".to_string(),
@@ -49,7 +50,7 @@ impl DeadLetter {
     }
 
     /// Writes `event` as a dead letter of `watcher` for `reason`, once.
-    pub async fn write(
+    pub(crate) async fn write(
         &self,
         watcher: &str,
         event: &CloudEvent,

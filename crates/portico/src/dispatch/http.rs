@@ -19,13 +19,13 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 
-use super::{DeliveryError, Sender};
+use super::Sender;
 use crate::cloudevents::{self, CloudEvent};
-use crate::executor::BoxFuture;
+use crate::error::{BoxFuture, DeliveryError};
 use crate::spec::Encoding;
 
 /// The client `https://` watchers of a gateway share (pooled keep-alive connections).
-pub fn shared_client() -> Result<reqwest::Client, String> {
+pub(crate) fn shared_client() -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
@@ -37,11 +37,11 @@ pub fn shared_client() -> Result<reqwest::Client, String> {
 /// The [`shared_client`] of a gateway, made the first time an `https://` watcher needs it: a
 /// gateway without one never loads TLS roots (memory of an idle gateway).
 #[derive(Clone, Default)]
-pub struct LazyClient(std::sync::Arc<std::sync::OnceLock<reqwest::Client>>);
+pub(crate) struct LazyClient(std::sync::Arc<std::sync::OnceLock<reqwest::Client>>);
 
 impl LazyClient {
     /// The client, made now if it was not yet.
-    pub fn get(&self) -> Result<reqwest::Client, String> {
+    pub(crate) fn get(&self) -> Result<reqwest::Client, String> {
         if let Some(c) = self.0.get() {
             return Ok(c.clone());
         }
@@ -57,7 +57,7 @@ const MAX_IDLE: usize = 256;
 const MAX_ANSWER: usize = 64 * 1024;
 
 /// Sends events to one URL.
-pub struct HttpSender {
+pub(crate) struct HttpSender {
     url: reqwest::Url,
     transport: Transport,
     encoding: Encoding,
@@ -94,7 +94,7 @@ struct Idle {
 
 impl HttpSender {
     /// A sender to `url`; `client` serves it when it is `https://`.
-    pub fn new(
+    pub(crate) fn new(
         client: &LazyClient,
         url: &str,
         encoding: Encoding,
@@ -340,7 +340,7 @@ impl Connections {
 }
 
 /// Whether a status is worth another attempt.
-pub fn retryable_status(status: StatusCode) -> bool {
+pub(crate) fn retryable_status(status: StatusCode) -> bool {
     status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS
         || status.is_server_error()

@@ -19,12 +19,11 @@
 //! took the event (or it was dead-lettered), and only then does the source ack it, so the broker
 //! keeps the event until it is safe.
 
-pub mod deadletter;
-pub mod http;
-pub mod outbox;
-pub mod retry;
-pub mod stdout;
-pub mod watchers;
+pub(crate) mod deadletter;
+pub(crate) mod http;
+pub(crate) mod outbox;
+pub(crate) mod retry;
+pub(crate) mod stdout;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,40 +35,12 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
 use crate::cloudevents::CloudEvent;
-use crate::executor::{Admission, BoxFuture, DispatchError};
+use crate::error::{Admission, BoxError, BoxFuture, DeliveryError, DispatchError};
 use crate::metrics::{Metrics, SrcDelivery, WatcherMetrics};
+use crate::spec::watchers::{QueueSettings, RetryPolicy, Target};
 
-pub use deadletter::DeadLetter;
-pub use outbox::{Outbox, OutboxOptions};
-pub use retry::RetryPolicy;
-pub use watchers::{WatcherDef, resolve_watchers, watcher_problems};
-
-/// Why one delivery attempt failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeliveryError {
-    /// True for connection errors, timeouts, 408, 429 and 5xx.
-    pub retryable: bool,
-    /// What happened.
-    pub reason: String,
-}
-
-impl DeliveryError {
-    /// A failure worth another attempt.
-    pub fn retryable(reason: impl Into<String>) -> DeliveryError {
-        DeliveryError {
-            retryable: true,
-            reason: reason.into(),
-        }
-    }
-
-    /// A failure that another attempt would repeat (a 400, a bad URL).
-    pub fn permanent(reason: impl Into<String>) -> DeliveryError {
-        DeliveryError {
-            retryable: false,
-            reason: reason.into(),
-        }
-    }
-}
+pub(crate) use deadletter::DeadLetter;
+pub(crate) use outbox::{Outbox, OutboxOptions};
 
 /// A destination of CloudEvents: one attempt to hand over one event.
 pub trait Sender: Send + Sync + 'static {
@@ -94,32 +65,11 @@ pub trait Sender: Send + Sync + 'static {
 /// crate depends on no broker client.
 pub trait SenderFactory: Send + Sync + 'static {
     /// The sender of `target`, or `None` when this factory does not know the target.
-    fn sender(&self, target: &watchers::Target) -> Option<Result<Arc<dyn Sender>, String>>;
-}
-
-/// Tuning of one watcher's queue and senders.
-#[derive(Debug, Clone, PartialEq)]
-pub struct QueueSettings {
-    /// Events waiting or in flight before sources are pushed back.
-    pub queue_size: usize,
-    /// Deliveries in flight at once.
-    pub concurrency: usize,
-    /// Retries.
-    pub retry: RetryPolicy,
-}
-
-impl Default for QueueSettings {
-    fn default() -> Self {
-        QueueSettings {
-            queue_size: 4096,
-            concurrency: 32,
-            retry: RetryPolicy::default(),
-        }
-    }
+    fn sender(&self, target: &Target) -> Option<Result<Arc<dyn Sender>, BoxError>>;
 }
 
 /// One watcher of a dispatcher: its name, its sender, its queue and where its dead letters go.
-pub struct WatcherEntry {
+pub(crate) struct WatcherEntry {
     /// Its name in metrics, logs and the outbox's cursors.
     pub name: String,
     /// How events reach it.
@@ -132,7 +82,7 @@ pub struct WatcherEntry {
 
 /// How a dispatcher keeps accepted events.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Delivery {
+pub(crate) enum Delivery {
     /// In memory only.
     AtMostOnce,
     /// In the durable outbox as well.
@@ -144,12 +94,25 @@ pub enum Delivery {
 
 impl Delivery {
     /// The outbox of this mode, if it has one.
-    pub fn outbox(&self) -> Option<&OutboxOptions> {
+    pub(crate) fn outbox(&self) -> Option<&OutboxOptions> {
         match self {
             Delivery::AtMostOnce => None,
             Delivery::AtLeastOnce(o) | Delivery::AckAfterDelivery(o) => Some(o),
         }
     }
+}
+
+/// When a source acknowledges an event to its own sender.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Ack {
+    /// Once the event is accepted (in `atLeastOnce`, once it is in the outbox on disk).
+    #[default]
+    OnAcceptance,
+    /// For a source that acknowledges its messages one by one (a broker's consumer): in
+    /// `ackAfterDelivery`, once every watcher took the event (or dead-lettered it), the event
+    /// skipping the outbox since the broker keeps it until then. In the other modes, as
+    /// [`Ack::OnAcceptance`].
+    AfterDelivery,
 }
 
 /// Resolves once an accepted event is done with: delivered to every watcher, or dead-lettered
@@ -228,7 +191,7 @@ struct WatcherQueue {
 }
 
 /// Fans accepted events out to every watcher.
-pub struct Dispatcher {
+pub(crate) struct Dispatcher {
     queues: Vec<WatcherQueue>,
     tasks: TaskTracker,
     abort: CancellationToken,
@@ -251,7 +214,7 @@ impl Dispatcher {
     /// Starts the senders of every watcher, in memory only, dead letters written to the log.
     /// Unlike `atMostOnce`, sources wait for room (as in the default mode): what tests and
     /// embedders want from a dispatcher without an outbox.
-    pub fn start(
+    pub(crate) fn start(
         watchers: Vec<(String, Arc<dyn Sender>, QueueSettings)>,
         metrics: &Metrics,
     ) -> Dispatcher {
@@ -269,7 +232,7 @@ impl Dispatcher {
 
     /// Starts the senders of every watcher under `delivery`; in `atLeastOnce` opens the
     /// outbox and starts replaying what was not delivered before.
-    pub fn start_with(
+    pub(crate) fn start_with(
         watchers: Vec<WatcherEntry>,
         metrics: &Metrics,
         delivery: &Delivery,
@@ -372,52 +335,30 @@ impl Dispatcher {
     }
 
     /// True in `atMostOnce`: sources never wait for room, a full queue drops the event.
-    pub fn never_waits(&self) -> bool {
+    pub(crate) fn never_waits(&self) -> bool {
         self.mode == Mode::AtMostOnce
     }
 
-    /// True in `ackAfterDelivery`: ackable sources ack only once the event is delivered.
-    pub fn acks_after_delivery(&self) -> bool {
-        self.mode == Mode::AckAfterDelivery
-    }
-
     /// The watchers' names.
-    pub fn watcher_names(&self) -> Vec<&str> {
+    pub(crate) fn watcher_names(&self) -> Vec<&str> {
         self.queues.iter().map(|q| q.name.as_str()).collect()
     }
 
-    /// Accepts an event for every watcher, or for none. In `atLeastOnce`, returns once the
-    /// event is in the outbox on disk.
-    pub async fn accept(
-        &self,
-        event: CloudEvent,
-        admission: Admission<'_>,
-    ) -> Result<(), DispatchError> {
-        self.accept_for(event, admission, None).await
-    }
-
-    /// [`Dispatcher::accept`], counting what becomes of the event in its configuration's
-    /// delivery counters too.
-    pub async fn accept_for(
+    /// Accepts an event for every watcher, or for none, waiting for room as `admission`
+    /// says. In `atLeastOnce` it returns once the event is in the outbox on disk; `src`
+    /// counts what becomes of it in its configuration's delivery counters.
+    ///
+    /// With [`Ack::AfterDelivery`] in `ackAfterDelivery`, the event skips the outbox (its
+    /// source, a broker, keeps it until the ack) and the returned [`Delivered`] resolves once
+    /// every watcher took it or dead-lettered it; otherwise it is done at once.
+    pub(crate) async fn accept(
         &self,
         event: CloudEvent,
         admission: Admission<'_>,
         src: Option<SrcDelivery>,
-    ) -> Result<(), DispatchError> {
-        self.enqueue(event, admission, src, None).await
-    }
-
-    /// Accepts an event of a source that acks it itself (a broker), returning what resolves
-    /// once it is delivered. In `ackAfterDelivery` the event skips the outbox (the broker keeps
-    /// it until the ack); in the other modes this is [`Dispatcher::accept_for`] and the
-    /// returned [`Delivered`] is done at once.
-    pub async fn accept_tracked(
-        &self,
-        event: CloudEvent,
-        admission: Admission<'_>,
-        src: Option<SrcDelivery>,
+        ack: Ack,
     ) -> Result<Delivered, DispatchError> {
-        if self.mode != Mode::AckAfterDelivery {
+        if ack == Ack::OnAcceptance || self.mode != Mode::AckAfterDelivery {
             self.enqueue(event, admission, src, None).await?;
             return Ok(Delivered::now());
         }
@@ -512,7 +453,7 @@ impl Dispatcher {
     /// Stops taking events and waits for the events in flight to be delivered; after
     /// `timeout`, abandons the rest (their retries stop) and says how many were left. In
     /// `atLeastOnce` the abandoned events stay in the outbox for the next start.
-    pub async fn drain(&self, timeout: Duration) -> usize {
+    pub(crate) async fn drain(&self, timeout: Duration) -> usize {
         self.closing.cancel();
         for q in &self.queues {
             q.slots.close();
@@ -842,9 +783,9 @@ mod tests {
             }),
         )
         .unwrap();
-        assert!(d.acks_after_delivery() && !d.never_waits());
+        assert!(!d.never_waits());
         let delivered = d
-            .accept_tracked(event(1), Admission::NoWait, None)
+            .accept(event(1), Admission::NoWait, None, Ack::AfterDelivery)
             .await
             .unwrap();
         assert!(!delivered.is_done());
@@ -862,7 +803,9 @@ mod tests {
         // The broker keeps the event until the ack: nothing went to the outbox.
         assert_eq!(metrics.outbox.appends.get(), 0);
         // An event of a source that cannot ack still goes through the outbox.
-        d.accept(event(2), Admission::NoWait).await.unwrap();
+        d.accept(event(2), Admission::NoWait, None, Ack::OnAcceptance)
+            .await
+            .unwrap();
         assert_eq!(metrics.outbox.appends.get(), 1);
         assert_eq!(d.drain(Duration::from_secs(5)).await, 0);
     }
@@ -887,7 +830,7 @@ mod tests {
         )
         .unwrap();
         let delivered = d
-            .accept_tracked(event(1), Admission::NoWait, None)
+            .accept(event(1), Admission::NoWait, None, Ack::AfterDelivery)
             .await
             .unwrap();
         assert!(delivered.wait().await);
@@ -907,7 +850,7 @@ mod tests {
         )
         .unwrap();
         let delivered = d
-            .accept_tracked(event(2), Admission::NoWait, None)
+            .accept(event(2), Admission::NoWait, None, Ack::AfterDelivery)
             .await
             .unwrap();
         d.drain(Duration::from_millis(50)).await;
@@ -927,12 +870,15 @@ mod tests {
             vec![("w".into(), Arc::new(Gated(gate_rx)) as Arc<dyn Sender>, one)],
             &metrics,
         );
-        d.accept(event(1), Admission::NoWait).await.unwrap();
+        d.accept(event(1), Admission::NoWait, None, Ack::OnAcceptance)
+            .await
+            .unwrap();
         // Full, and nothing frees a slot: refused when the wait is over, not before.
         let start = Instant::now();
         let until = tokio::time::Instant::now() + Duration::from_millis(100);
         assert!(matches!(
-            d.accept(event(2), Admission::Until(until)).await,
+            d.accept(event(2), Admission::Until(until), None, Ack::OnAcceptance)
+                .await,
             Err(DispatchError::Full { .. })
         ));
         assert!(start.elapsed() >= Duration::from_millis(100));
@@ -943,7 +889,9 @@ mod tests {
             gate
         });
         let until = tokio::time::Instant::now() + Duration::from_secs(10);
-        d.accept(event(3), Admission::Until(until)).await.unwrap();
+        d.accept(event(3), Admission::Until(until), None, Ack::OnAcceptance)
+            .await
+            .unwrap();
         let _gate = opener.await.unwrap();
         assert_eq!(d.drain(Duration::from_secs(5)).await, 0);
     }
@@ -963,7 +911,7 @@ mod tests {
         )
         .unwrap();
         let delivered = d
-            .accept_tracked(event(1), Admission::NoWait, None)
+            .accept(event(1), Admission::NoWait, None, Ack::AfterDelivery)
             .await
             .unwrap();
         assert!(delivered.is_done());
@@ -989,7 +937,9 @@ mod tests {
             }),
         )
         .unwrap();
-        d.accept(event(1), Admission::NoWait).await.unwrap();
+        d.accept(event(1), Admission::NoWait, None, Ack::OnAcceptance)
+            .await
+            .unwrap();
         let line = until(|| {
             std::fs::read_to_string(&dead)
                 .ok()
@@ -1027,7 +977,9 @@ mod tests {
         )
         .unwrap();
         for i in 0..50 {
-            d.accept(event(i), Admission::NoWait).await.unwrap();
+            d.accept(event(i), Admission::NoWait, None, Ack::OnAcceptance)
+                .await
+                .unwrap();
         }
         d.drain(Duration::from_millis(50)).await;
         drop(d);

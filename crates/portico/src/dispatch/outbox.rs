@@ -76,13 +76,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::yield_now;
 
 use crate::cloudevents::CloudEvent;
-use crate::executor::{Admission, DispatchError};
+use crate::error::{Admission, DispatchError};
+use crate::metrics::OutboxMetrics;
 
 const HEADER: usize = 24;
 const CURSORS: &str = "cursors.json";
@@ -94,7 +93,7 @@ const LOCK: &str = "LOCK";
 
 /// Where the outbox lives and how big it may grow.
 #[derive(Debug, Clone, PartialEq)]
-pub struct OutboxOptions {
+pub(crate) struct OutboxOptions {
     /// Its directory (created if missing).
     pub dir: PathBuf,
     /// Bytes on disk past which sources are pushed back.
@@ -102,36 +101,11 @@ pub struct OutboxOptions {
 }
 
 /// Default bound of an outbox: 1 GiB.
-pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
-
-/// Where a gateway's outbox lives unless told otherwise:
-/// `$XDG_STATE_HOME/portico/<namespace>/<gateway>/outbox`, with `XDG_STATE_HOME` defaulting to
-/// `~/.local/state`; without a home directory, `./.portico/<namespace>/<gateway>/outbox`.
-pub fn default_dir(gateway: &crate::spec::Gateway) -> PathBuf {
-    let base = crate::env::var("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| crate::env::var("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .map(|s| s.join("portico"))
-        .unwrap_or_else(|| PathBuf::from(".portico"));
-    base.join(gateway.namespace())
-        .join(&gateway.metadata.name)
-        .join("outbox")
-}
-
-/// The outbox's counters (see `metrics.rs`).
-#[derive(Debug, Clone, Default)]
-pub struct OutboxMetrics {
-    /// fsyncs of the log.
-    pub fsyncs: Counter,
-    /// Records appended.
-    pub appends: Counter,
-    /// Bytes of the log on disk.
-    pub bytes: Gauge,
-}
+pub(crate) const DEFAULT_MAX_BYTES: u64 = 1 << 30;
 
 /// One record read back from the log.
 #[derive(Debug, Clone)]
-pub struct Record {
+pub(crate) struct Record {
     /// Its sequence number.
     pub seq: u64,
     /// When it was accepted (ms since the Unix epoch).
@@ -219,7 +193,7 @@ enum Msg {
 
 /// What a watcher must replay after a restart: the records `from..to`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReplayRange {
+pub(crate) struct ReplayRange {
     /// First sequence number to deliver.
     pub from: u64,
     /// One past the last.
@@ -227,7 +201,7 @@ pub struct ReplayRange {
 }
 
 /// A durable outbox (see the module docs).
-pub struct Outbox {
+pub(crate) struct Outbox {
     shared: Arc<Shared>,
     tx: Mutex<Option<mpsc::UnboundedSender<Msg>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -317,7 +291,7 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> String {
 impl Outbox {
     /// Opens (or creates) the outbox in `opts.dir` for `watchers`, cutting off a torn tail,
     /// and says what each watcher must replay. Fails if another process holds it.
-    pub fn open(
+    pub(crate) fn open(
         opts: &OutboxOptions,
         watchers: &[String],
         metrics: OutboxMetrics,
@@ -501,7 +475,7 @@ impl Outbox {
     /// Writes `event` durably and gives its sequence number, once fsynced, with the event in
     /// the JSON event format as written (for structured-mode watchers to send as it is). Past
     /// the size bound, fails with `Full` or waits, as `admission` says.
-    pub async fn append(
+    pub(crate) async fn append(
         &self,
         event: &CloudEvent,
         admission: Admission<'_>,
@@ -600,7 +574,7 @@ impl Outbox {
 
     /// Watcher `watcher` (its index in `open`'s list) is done with `seq`: delivered or
     /// dead-lettered.
-    pub fn done(&self, watcher: usize, seq: u64) {
+    pub(crate) fn done(&self, watcher: usize, seq: u64) {
         let mut st = self.shared.lock();
         if let Some(w) = st.watchers.get_mut(watcher) {
             w.outstanding.remove(&seq);
@@ -609,7 +583,7 @@ impl Outbox {
 
     /// A replay of watcher `watcher` is about to queue `seq`: it becomes outstanding and the
     /// replay moves past it, in one step.
-    pub fn replaying(&self, watcher: usize, seq: u64) {
+    pub(crate) fn replaying(&self, watcher: usize, seq: u64) {
         let mut st = self.shared.lock();
         if let Some(w) = st.watchers.get_mut(watcher) {
             w.outstanding.insert(seq);
@@ -618,7 +592,7 @@ impl Outbox {
     }
 
     /// The replay of watcher `watcher` is over.
-    pub fn replay_done(&self, watcher: usize) {
+    pub(crate) fn replay_done(&self, watcher: usize) {
         let mut st = self.shared.lock();
         if let Some(w) = st.watchers.get_mut(watcher) {
             w.replay = None;
@@ -627,7 +601,11 @@ impl Outbox {
 
     /// The records of `range` that are still in the log, one segment at a time (reads files:
     /// call from a blocking context).
-    pub fn read_segment_records(&self, range: ReplayRange, after: u64) -> Option<Vec<Record>> {
+    pub(crate) fn read_segment_records(
+        &self,
+        range: ReplayRange,
+        after: u64,
+    ) -> Option<Vec<Record>> {
         // The first segment that holds a record ≥ max(range.from, after).
         let want = range.from.max(after);
         if want >= range.to {
@@ -680,7 +658,7 @@ impl Outbox {
     }
 
     /// Saves the cursors and stops the writer (after the appends already sent).
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
         drop(tx);
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -693,14 +671,14 @@ impl Outbox {
     }
 
     /// Asks the writer to save cursors and delete finished segments (cheap; never waits).
-    pub fn housekeep_soon(&self) {
+    pub(crate) fn housekeep_soon(&self) {
         if let Some(tx) = self.sender() {
             let _ = tx.send(Msg::Housekeep);
         }
     }
 
     /// Bytes of the log on disk.
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.shared.lock().bytes
     }
 }

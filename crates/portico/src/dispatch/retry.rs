@@ -10,48 +10,13 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::{DeliveryError, Sender};
+use super::Sender;
 use crate::cloudevents::CloudEvent;
-use crate::spec::RetrySettings;
-
-/// How often and how patiently a delivery is retried.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RetryPolicy {
-    /// Attempts in all, the first included (at least 1).
-    pub max_attempts: usize,
-    /// Wait before the first retry.
-    pub initial_backoff: Duration,
-    /// Longest wait between two attempts.
-    pub max_backoff: Duration,
-    /// Longest time an event is retried from its acceptance (no limit when `None`).
-    pub max_age: Option<Duration>,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 10,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(10),
-            max_age: None,
-        }
-    }
-}
+use crate::error::DeliveryError;
+use crate::spec::watchers::RetryPolicy;
 
 impl RetryPolicy {
-    /// This policy with the fields `settings` gives replaced.
-    pub fn merged(&self, settings: Option<&RetrySettings>) -> RetryPolicy {
-        let Some(s) = settings else {
-            return self.clone();
-        };
-        RetryPolicy {
-            max_attempts: s.max_attempts.unwrap_or(self.max_attempts).max(1),
-            initial_backoff: s.initial_backoff.unwrap_or(self.initial_backoff),
-            max_backoff: s.max_backoff.unwrap_or(self.max_backoff),
-            max_age: s.max_age.or(self.max_age),
-        }
-    }
-
+    /// The waits between attempts: capped exponential backoff with jitter.
     fn backoff(&self) -> ExponentialBuilder {
         ExponentialBuilder::default()
             .with_min_delay(self.initial_backoff)
@@ -63,7 +28,7 @@ impl RetryPolicy {
 
 /// Delivers `event` through `sender`, retrying per `policy` until it succeeds, fails for good,
 /// runs out of attempts, or `abort` is cancelled. `on_retry` hears of every retry.
-pub async fn deliver_with_retry(
+pub(crate) async fn deliver_with_retry(
     sender: &dyn Sender,
     event: &CloudEvent,
     policy: &RetryPolicy,
@@ -87,7 +52,7 @@ pub async fn deliver_with_retry(
 /// completes (a worker passes one cancellation future it keeps for all its deliveries, rather
 /// than registering a new one per event). `json`, the event's JSON event format when it is
 /// already written, goes to [`Sender::send_json`].
-pub async fn deliver_with_retry_aged(
+pub(crate) async fn deliver_with_retry_aged(
     sender: &dyn Sender,
     event: &CloudEvent,
     json: Option<&Bytes>,
@@ -140,11 +105,12 @@ pub async fn deliver_with_retry_aged(
             return Err(failure);
         };
         on_retry(&failure, wait);
+        // Past `maxAge`, no retry: the expiry is checked before the wait's end.
         tokio::select! {
             biased;
             _ = &mut aborted => return Err(gone()),
-            _ = tokio::time::sleep(wait) => {}
             _ = &mut expired => return Err(too_old(Some(&failure))),
+            _ = tokio::time::sleep(wait) => {}
         }
         last = Some(failure);
     }
@@ -153,7 +119,7 @@ pub async fn deliver_with_retry_aged(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::executor::BoxFuture;
+    use crate::error::BoxFuture;
     use std::sync::Mutex;
 
     struct Script(Mutex<Vec<Result<(), DeliveryError>>>);
@@ -165,7 +131,7 @@ mod tests {
     }
 
     fn event() -> CloudEvent {
-        crate::transform::Transformer::new("g", "t", "1")
+        crate::pipeline::Transformer::new("g", "t", "1")
             .transform("s", crate::Event::new(&b"x"[..]))
             .unwrap()
     }

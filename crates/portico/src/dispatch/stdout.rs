@@ -3,13 +3,13 @@
 
 use std::io::Write;
 
-use super::{DeliveryError, Sender};
+use super::Sender;
 use crate::cloudevents::CloudEvent;
-use crate::executor::BoxFuture;
+use crate::error::{BoxFuture, DeliveryError};
 
 /// Writes events to stdout.
 #[derive(Debug, Default)]
-pub struct StdoutSender;
+pub(crate) struct StdoutSender;
 
 impl Sender for StdoutSender {
     fn send<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {

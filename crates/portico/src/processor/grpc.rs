@@ -22,8 +22,10 @@ use backon::BackoffBuilder;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use crate::error::{ConfigError, DispatchError};
 use crate::event::Event;
-use crate::executor::{ConfigContext, ConfigError, ConfigExecutor, DispatchError};
+use crate::executor::{ConfigContext, ConfigExecutor};
+use crate::pipeline::Submit;
 use crate::proto::argo_generic::eventing_client::EventingClient;
 use crate::proto::argo_generic::{self, EventSource};
 use crate::proto::v1::gateway_processor_client::GatewayProcessorClient;
@@ -35,7 +37,7 @@ const VALIDATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs configurations on the user's gRPC server.
 #[derive(Debug, Clone)]
-pub struct GrpcProcessor {
+pub(crate) struct GrpcProcessor {
     endpoint: Endpoint,
     channel: OnceLock<Channel>,
     target: String,
@@ -47,12 +49,12 @@ pub struct GrpcProcessor {
 impl GrpcProcessor {
     /// A processor for the server listening on `127.0.0.1:port` (the user's server runs
     /// beside the framework: same pod, or a child of `portico run`), speaking `protocol`.
-    pub fn new(port: u16, protocol: GrpcProtocol) -> Result<GrpcProcessor, String> {
+    pub(crate) fn new(port: u16, protocol: GrpcProtocol) -> Result<GrpcProcessor, String> {
         GrpcProcessor::for_uri(&format!("http://127.0.0.1:{port}"), protocol)
     }
 
     /// A processor for the server at `uri` (`http://host:port`), speaking `protocol`.
-    pub fn for_uri(uri: &str, protocol: GrpcProtocol) -> Result<GrpcProcessor, String> {
+    pub(crate) fn for_uri(uri: &str, protocol: GrpcProtocol) -> Result<GrpcProcessor, String> {
         let endpoint = Endpoint::from_shared(uri.to_string())
             .map_err(|e| format!("gRPC server address `{uri}` is not valid: {e}"))?
             .connect_timeout(Duration::from_secs(5))
@@ -71,7 +73,7 @@ impl GrpcProcessor {
 
     /// Sets the backoff between attempts to reach the server (default 200 ms doubling up to
     /// 5 s, with jitter).
-    pub fn with_retry(mut self, min: Duration, max: Duration) -> GrpcProcessor {
+    pub(crate) fn with_retry(mut self, min: Duration, max: Duration) -> GrpcProcessor {
         self.retry_min = min;
         self.retry_max = max.max(min);
         self
@@ -169,8 +171,8 @@ impl GrpcProcessor {
                 Err(status) => return StreamEnd::Failed(status),
             };
             // A full gateway slows the stream down (HTTP/2 flow control) in every mode.
-            match ctx.dispatch_flow_controlled(event).await {
-                Ok(()) => {}
+            match ctx.submit(event, Submit::FLOW_CONTROLLED).await {
+                Ok(_) => {}
                 Err(DispatchError::Stopped) => return StreamEnd::Stopped,
                 Err(e) => {
                     // One bad event must not end the configuration: it is counted as
@@ -261,12 +263,14 @@ fn describe(status: &Status) -> String {
 }
 
 impl ConfigExecutor for GrpcProcessor {
+    /// Only the server knows its configurations: it is asked in `start_config`.
+    type Config = ();
+
     fn validate(&self, _ctx: &ConfigContext) -> Result<(), ConfigError> {
-        // Only the server knows its configurations; it is asked in `start_config`.
         Ok(())
     }
 
-    async fn start_config(&self, ctx: ConfigContext) -> Result<(), ConfigError> {
+    async fn start_config(&self, ctx: ConfigContext, (): ()) -> Result<(), ConfigError> {
         let req = GrpcProcessor::request(&ctx);
         let mut backoff = self.backoff();
         let what = match self.protocol {

@@ -39,13 +39,15 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::configuration::ConfigId;
 use crate::env;
+use crate::error::ConfigError;
 use crate::event::Event;
-use crate::executor::{ConfigContext, ConfigError, ConfigExecutor};
+use crate::executor::{ConfigContext, ConfigExecutor};
+use crate::pipeline::Submit;
 use crate::status::Phase;
 
 /// Where the user's server and the framework's server are, and their endpoints (SPEC §3).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpSettings {
+pub(crate) struct HttpSettings {
     /// Host of the user's server (the same pod or machine).
     pub server_host: IpAddr,
     /// `GATEWAY_PROCESSOR_SERVER_HTTP_PORT`: port of the user's server.
@@ -78,12 +80,12 @@ impl HttpSettings {
     /// The settings of SPEC §3: every variable read from the environment, with its default;
     /// `http_server_port` is the gateway's `httpServerPort`, which
     /// `GATEWAY_PROCESSOR_SERVER_HTTP_PORT` overrides.
-    pub fn from_env(http_server_port: Option<u16>) -> Result<HttpSettings, String> {
+    pub(crate) fn from_env(http_server_port: Option<u16>) -> Result<HttpSettings, String> {
         Self::from_lookup(env::var, http_server_port)
     }
 
     /// [`HttpSettings::from_env`] with the variables read by `lookup` (for tests).
-    pub fn from_lookup(
+    pub(crate) fn from_lookup(
         lookup: impl Fn(&str) -> Option<String>,
         http_server_port: Option<u16>,
     ) -> Result<HttpSettings, String> {
@@ -279,9 +281,9 @@ async fn on_event(State(routes): State<Arc<Routes>>, body: Bytes) -> Response {
     };
     let mut event = Event::new(payload);
     event.content_type = b.content_type;
-    match ctx.try_dispatch(event).await {
-        Ok(()) => StatusCode::OK.into_response(),
-        Err(e) => crate::server::dispatch_error_response(&e),
+    match ctx.submit(event, Submit::BRIEFLY).await {
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(e) => crate::server::refusal(&e),
     }
 }
 
@@ -318,7 +320,7 @@ async fn on_error(State(routes): State<Arc<Routes>>, body: Bytes) -> Response {
 }
 
 /// Runs configurations on the user's HTTP server.
-pub struct HttpProcessor {
+pub(crate) struct HttpProcessor {
     settings: HttpSettings,
     client: reqwest::Client,
     routes: Arc<Routes>,
@@ -330,7 +332,7 @@ pub struct HttpProcessor {
 impl HttpProcessor {
     /// Binds the framework's server (logging `processor server listening addr=…`) and starts
     /// serving it. Must be called inside a Tokio runtime.
-    pub fn start(settings: HttpSettings) -> Result<HttpProcessor, String> {
+    pub(crate) fn start(settings: HttpSettings) -> Result<HttpProcessor, String> {
         let addr = SocketAddr::new(settings.client_listen, settings.client_port);
         let std_listener = std::net::TcpListener::bind(addr).map_err(|e| {
             format!(
@@ -370,7 +372,7 @@ impl HttpProcessor {
     }
 
     /// The address the framework's server listens on.
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
@@ -419,12 +421,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 impl ConfigExecutor for HttpProcessor {
+    /// The user's server judges the configuration when it is started.
+    type Config = ();
+
     fn validate(&self, _ctx: &ConfigContext) -> Result<(), ConfigError> {
-        // The user's server judges the configuration when it is started.
         Ok(())
     }
 
-    async fn start_config(&self, ctx: ConfigContext) -> Result<(), ConfigError> {
+    async fn start_config(&self, ctx: ConfigContext, (): ()) -> Result<(), ConfigError> {
         self.routes.insert(ctx.clone());
         let started = self.start_with_retry(&ctx).await;
         if started {

@@ -2,5 +2,5 @@
 //! (SPEC §4): each processor is a [`ConfigExecutor`](crate::ConfigExecutor), so the
 //! supervisor starts, stops and restarts them like any Rust executor.
 
-pub mod grpc;
-pub mod http;
+pub(crate) mod grpc;
+pub(crate) mod http;

@@ -19,7 +19,7 @@ use crate::spec::ConfigMapData;
 
 /// Which ConfigMap to follow.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigMapRef {
+pub(crate) struct ConfigMapRef {
     /// Its namespace (`GATEWAY_NAMESPACE`).
     pub namespace: String,
     /// Its name (`GATEWAY_PROCESSOR_CONFIG_MAP`).
@@ -34,7 +34,7 @@ fn configurations(cm: &ConfigMap) -> ConfigMapData {
 /// Follows the ConfigMap `what` and sends its map to `tx` until `stop` is cancelled or the
 /// receiver is gone. Errors of the API server are logged and retried with backoff; this
 /// function only returns when told to.
-pub async fn watch(
+pub(crate) async fn watch(
     client: Client,
     what: ConfigMapRef,
     tx: mpsc::Sender<SourceEvent>,

@@ -22,11 +22,11 @@ use super::SourceEvent;
 use crate::spec::GatewayFile;
 
 /// How long changes are gathered before the file is read again.
-pub const DEBOUNCE: Duration = Duration::from_millis(150);
+pub(crate) const DEBOUNCE: Duration = Duration::from_millis(150);
 
 /// Watches `file` (already loaded once as `loaded`) and sends every new map to `tx` until
 /// `stop` is cancelled.
-pub async fn watch(
+pub(crate) async fn watch(
     loaded: GatewayFile,
     tx: mpsc::Sender<SourceEvent>,
     stop: CancellationToken,

@@ -1,14 +1,14 @@
 //! Where configurations come from: a gateway file ([`file`]) or, in a cluster, the
 //! gateway's ConfigMap. Every source sends the same [`SourceEvent`]s to the same supervisor.
 
-pub mod configmap;
-pub mod file;
+pub(crate) mod configmap;
+pub(crate) mod file;
 
 use crate::spec::ConfigMapData;
 
 /// What a configuration source reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SourceEvent {
+pub(crate) enum SourceEvent {
     /// The whole current map (not a delta): the supervisor diffs it against what runs.
     Map(ConfigMapData),
     /// The map is gone (its ConfigMap was deleted): every configuration stops.

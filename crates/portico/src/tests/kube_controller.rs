@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::controller::{ControllerOptions, run};
 use fake_kube::FakeKube;
-use portico::controller::{ControllerOptions, run};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 

@@ -1,36 +1,37 @@
-//! The `Gateway` and `ConfigMap` manifests (SPEC §2), and how a gateway file is read.
-//!
-//! A gateway file is multi-document YAML that `kubectl apply -f` takes as is: one `Gateway`
-//! and, optionally, the `ConfigMap` it names. Every document is read into one [`Document`]
-//! shape (so that parse errors keep their exact line and column), then checked for what a
-//! parser cannot check: kinds, API versions, names, ports, watchers. Every error names the
-//! file, the line and column, and what was expected.
+//! The gateway model: the `Gateway` and `ConfigMap` manifests, read from a file ([`file`]) or
+//! from the API server, and the watchers a gateway resolves to ([`watchers`]).
 //!
 //! The same [`GatewaySpec`] is the spec of the `Gateway` custom resource in a cluster: its
 //! derive makes [`GatewayResource`] (group `portico.dev`, version `v1alpha1`, kind `Gateway`,
 //! status subresource [`GatewayStatus`]) and the CRD that `portico crd` prints.
 
+pub(crate) mod file;
+pub(crate) mod watchers;
+
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PodSpec, ServiceSpec};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_saphyr::Spanned;
+
+use crate::env;
+
+pub(crate) use file::{GatewayFile, SpecErrors, parse_config};
 
 /// API groups whose `v1alpha1` Gateway Portico accepts (the second is the original's).
-pub const GATEWAY_API_VERSIONS: [&str; 2] = ["portico.dev/v1alpha1", "argoproj.io/v1alpha1"];
+pub(crate) const GATEWAY_API_VERSIONS: [&str; 2] = ["portico.dev/v1alpha1", "argoproj.io/v1alpha1"];
 
 /// The configurations of a gateway: key (`src`) → value (YAML or JSON text).
-pub type ConfigMapData = BTreeMap<String, String>;
+pub(crate) type ConfigMapData = BTreeMap<String, String>;
 
 /// Object metadata, the part of Kubernetes' `ObjectMeta` a gateway file uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ObjectMeta {
+pub(crate) struct ObjectMeta {
     /// Name of the object.
     #[serde(default)]
     pub name: String,
@@ -63,7 +64,7 @@ pub struct ObjectMeta {
     printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.phase"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
-pub struct GatewaySpec {
+pub(crate) struct GatewaySpec {
     /// CloudEvent `type` of every event; names the built-in executor in core style.
     #[serde(rename = "type", default)]
     pub gateway_type: String,
@@ -123,7 +124,7 @@ pub struct GatewaySpec {
 
 /// The gRPC contract a gRPC-style gateway's server speaks (`spec.grpcProtocol`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum GrpcProtocol {
+pub(crate) enum GrpcProtocol {
     /// Portico's `GatewayProcessor` service (`proto/portico/v1/gateway.proto`).
     #[default]
     #[serde(rename = "portico")]
@@ -198,7 +199,7 @@ impl<'de> Deserialize<'de> for Port {
 
 /// How events leave the gateway (SPEC §7).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum DispatchMechanism {
+pub(crate) enum DispatchMechanism {
     /// HTTP watchers (sensors, gateways, URLs, `K_SINK`), or stdout when there are none.
     #[default]
     #[serde(rename = "HTTP")]
@@ -244,7 +245,7 @@ pub struct KafkaDispatch {
 /// Where events go.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Watchers {
+pub(crate) struct Watchers {
     /// Sensors: `http://<name>-sensor-svc.<namespace>.svc:9300/` in a cluster, `url` elsewhere.
     #[serde(default)]
     pub sensors: Vec<SensorWatcher>,
@@ -259,7 +260,7 @@ pub struct Watchers {
 
 impl Watchers {
     /// True when no watcher of any kind is given.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.sensors.is_empty() && self.gateways.is_empty() && self.urls.is_empty()
     }
 }
@@ -267,7 +268,7 @@ impl Watchers {
 /// A sensor watcher.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct SensorWatcher {
+pub(crate) struct SensorWatcher {
     /// Name of the sensor.
     pub name: String,
     /// Where to send outside a cluster (or to override the cluster address).
@@ -281,7 +282,7 @@ pub struct SensorWatcher {
 /// A gateway watcher.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct GatewayWatcher {
+pub(crate) struct GatewayWatcher {
     /// Name of the gateway.
     pub name: String,
     /// Port of the gateway's service.
@@ -302,7 +303,7 @@ pub struct GatewayWatcher {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 #[allow(clippy::large_enum_variant)] // parsed once per file; boxing would only add noise
-pub enum UrlWatcher {
+pub(crate) enum UrlWatcher {
     /// `"http://…"`.
     Url(String),
     /// `{url: "http://…", encoding: binary, …}`.
@@ -347,7 +348,7 @@ pub enum Encoding {
 /// falls back to the gateway's.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct WatcherSettings {
+pub(crate) struct WatcherSettings {
     /// How events are written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoding: Option<Encoding>,
@@ -383,7 +384,7 @@ pub struct WatcherSettings {
 /// How events are delivered (SPEC §7).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub enum DeliveryMode {
+pub(crate) enum DeliveryMode {
     /// Every event is written to the durable outbox (fsynced) before its source is told it was
     /// accepted; events not yet delivered are replayed after a restart.
     #[default]
@@ -406,7 +407,7 @@ pub enum DeliveryMode {
 /// The durable outbox of a gateway.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct OutboxSettings {
+pub(crate) struct OutboxSettings {
     /// Its directory. Default: `$XDG_STATE_HOME/portico/<namespace>/<gateway>/outbox`
     /// (`~/.local/state/…` when `XDG_STATE_HOME` is unset); `--outbox-dir` /
     /// `PORTICO_OUTBOX_DIR` override both.
@@ -422,7 +423,7 @@ pub struct OutboxSettings {
 /// `deadletterreason`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct DeadLetterSettings {
+pub(crate) struct DeadLetterSettings {
     /// A file events are appended to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
@@ -434,7 +435,7 @@ pub struct DeadLetterSettings {
 /// Retries with capped exponential backoff and jitter.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RetrySettings {
+pub(crate) struct RetrySettings {
     /// Attempts in all, the first included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<usize>,
@@ -470,14 +471,16 @@ pub(crate) mod opt_duration {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
             Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
             None => s.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
         let text = Option::<String>::deserialize(d)?;
         text.map(|t| {
             humantime::parse_duration(t.trim()).map_err(|e| {
@@ -494,7 +497,7 @@ pub(crate) mod opt_duration {
 /// `message`, the gateway writes `nodes`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct GatewayStatus {
+pub(crate) struct GatewayStatus {
     /// What the controller made of the gateway: `Running` or `Error`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
@@ -509,7 +512,7 @@ pub struct GatewayStatus {
 /// One node (SPEC §1) as `Gateway.status.nodes` shows it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct NodeStatus {
+pub(crate) struct NodeStatus {
     /// The configuration id (hex).
     pub id: String,
     /// The configuration key (`src`).
@@ -533,7 +536,7 @@ pub struct NodeStatus {
 /// A `Gateway` resource.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Gateway {
+pub(crate) struct Gateway {
     /// `portico.dev/v1alpha1` or `argoproj.io/v1alpha1`.
     pub api_version: String,
     /// `Gateway`.
@@ -546,8 +549,76 @@ pub struct Gateway {
 
 impl Gateway {
     /// Namespace of the gateway (`default` when unset).
-    pub fn namespace(&self) -> &str {
+    pub(crate) fn namespace(&self) -> &str {
         self.metadata.namespace.as_deref().unwrap_or("default")
+    }
+
+    /// Where the gateway's outbox lives unless told otherwise:
+    /// `$XDG_STATE_HOME/portico/<namespace>/<gateway>/outbox`, with `XDG_STATE_HOME`
+    /// defaulting to `~/.local/state`; without a home directory,
+    /// `./.portico/<namespace>/<gateway>/outbox`.
+    pub(crate) fn default_outbox_dir(&self) -> PathBuf {
+        let base = env::var("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| env::var("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+            .map(|s| s.join("portico"))
+            .unwrap_or_else(|| PathBuf::from(".portico"));
+        base.join(self.namespace())
+            .join(&self.metadata.name)
+            .join("outbox")
+    }
+
+    /// The environment a gateway's user process gets: the controller puts these variables
+    /// on every container of the gateway's pod, `portico run FILE -- COMMAND` on the child.
+    pub(crate) fn contract(
+        &self,
+        transformer_port: u16,
+        instance_id: Option<&str>,
+    ) -> Vec<(&'static str, String)> {
+        let spec = &self.spec;
+        let mut vars = vec![
+            (env::TRANSFORMER_PORT, transformer_port.to_string()),
+            (env::GATEWAY_NAMESPACE, self.namespace().to_string()),
+            (env::GATEWAY_NAME, self.metadata.name.clone()),
+        ];
+        if let Some(cm) = &spec.config_map {
+            vars.push((env::GATEWAY_PROCESSOR_CONFIG_MAP, cm.clone()));
+        }
+        if let Some(id) = instance_id {
+            vars.push((env::GATEWAY_CONTROLLER_INSTANCE_ID, id.to_string()));
+        }
+        if let Some(p) = spec.rpc_port {
+            vars.push((env::GATEWAY_PROCESSOR_GRPC_SERVER_PORT, p.to_string()));
+        }
+        if let Some(p) = spec.http_server_port {
+            vars.push((env::GATEWAY_PROCESSOR_SERVER_HTTP_PORT, p.to_string()));
+            vars.push((
+                env::GATEWAY_PROCESSOR_CLIENT_HTTP_PORT,
+                env::DEFAULT_PROCESSOR_CLIENT_HTTP_PORT.to_string(),
+            ));
+            for (name, default) in [
+                (
+                    env::GATEWAY_HTTP_CONFIG_START,
+                    env::DEFAULT_HTTP_CONFIG_START,
+                ),
+                (env::GATEWAY_HTTP_CONFIG_STOP, env::DEFAULT_HTTP_CONFIG_STOP),
+                (
+                    env::GATEWAY_HTTP_CONFIG_EVENT,
+                    env::DEFAULT_HTTP_CONFIG_EVENT,
+                ),
+                (
+                    env::GATEWAY_HTTP_CONFIG_RUNNING,
+                    env::DEFAULT_HTTP_CONFIG_RUNNING,
+                ),
+                (
+                    env::GATEWAY_HTTP_CONFIG_ERROR,
+                    env::DEFAULT_HTTP_CONFIG_ERROR,
+                ),
+            ] {
+                vars.push((name, default.to_string()));
+            }
+        }
+        vars
     }
 }
 
@@ -571,530 +642,13 @@ impl From<&GatewayResource> for Gateway {
 
 /// The `Gateway` CustomResourceDefinition, as `portico crd` prints it and `deploy/crd.yaml`
 /// holds it.
-pub fn crd()
+pub(crate) fn crd()
 -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
     use kube::CustomResourceExt;
     GatewayResource::crd()
 }
 
 /// [`crd`] as YAML text.
-pub fn crd_yaml() -> Result<String, String> {
+pub(crate) fn crd_yaml() -> Result<String, String> {
     serde_saphyr::to_string(&crd()).map_err(|e| format!("cannot write the CRD as YAML: {e}"))
-}
-
-/// A gateway file, read and checked: the gateway and its configurations.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GatewayFile {
-    /// Where it was read from.
-    pub path: PathBuf,
-    /// The gateway.
-    pub gateway: Gateway,
-    /// The configurations of the ConfigMap the gateway names (empty when the file has none).
-    pub configurations: ConfigMapData,
-}
-
-/// One YAML document of a gateway file, in the one shape that fits both kinds, so that
-/// serde-saphyr reports every error at its exact place.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Document {
-    api_version: Option<Spanned<String>>,
-    kind: Option<Spanned<String>>,
-    #[serde(default)]
-    metadata: Option<Spanned<ObjectMeta>>,
-    spec: Option<Spanned<GatewaySpec>>,
-    data: Option<ConfigMapData>,
-    #[serde(default, rename = "binaryData")]
-    _binary_data: Option<serde::de::IgnoredAny>,
-    #[serde(default, rename = "status")]
-    _status: Option<serde::de::IgnoredAny>,
-}
-
-/// What is wrong with a gateway file, and where.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpecError {
-    /// The file.
-    pub path: PathBuf,
-    /// 1-based line, when known.
-    pub line: Option<u64>,
-    /// 1-based column, when known.
-    pub column: Option<u64>,
-    /// What was wrong and what was expected.
-    pub message: String,
-    /// The lines around the place, when the parser rendered them.
-    pub snippet: Option<String>,
-}
-
-impl fmt::Display for SpecError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.path.display())?;
-        if let (Some(l), Some(c)) = (self.line, self.column) {
-            write!(f, ":{l}:{c}")?;
-        }
-        write!(f, ": {}", self.message)?;
-        if let Some(s) = &self.snippet {
-            write!(f, "\n{s}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for SpecError {}
-
-/// Every problem found in one gateway file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpecErrors(pub Vec<SpecError>);
-
-impl fmt::Display for SpecErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for SpecErrors {}
-
-impl GatewayFile {
-    /// Reads and checks a gateway file.
-    pub fn load(path: &Path) -> Result<GatewayFile, SpecErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            SpecErrors(vec![SpecError {
-                path: path.to_path_buf(),
-                line: None,
-                column: None,
-                message: format!("cannot read the file: {e}"),
-                snippet: None,
-            }])
-        })?;
-        Self::parse(path, &text)
-    }
-
-    /// Parses and checks the text of a gateway file; `path` is only used in messages.
-    pub fn parse(path: &Path, text: &str) -> Result<GatewayFile, SpecErrors> {
-        let docs: Vec<Document> = serde_saphyr::from_multiple(text).map_err(|e| {
-            let loc = e.location();
-            let rendered = e.to_string();
-            // The first line repeats "line L column C: message"; keep the message alone and
-            // the rendered lines around the place as the snippet.
-            let mut lines = rendered.lines();
-            let first = lines.next().unwrap_or_default();
-            let message = first
-                .split_once(": ")
-                .map(|(_, rest)| rest)
-                .unwrap_or(first)
-                .trim_start_matches("error: ")
-                .to_string();
-            let message = message
-                .split_once(": ")
-                .filter(|(head, _)| head.starts_with("line "))
-                .map(|(_, m)| m.to_string())
-                .unwrap_or(message);
-            let snippet: Vec<&str> = lines.collect();
-            SpecErrors(vec![SpecError {
-                path: path.to_path_buf(),
-                line: loc.map(|l| l.line()),
-                column: loc.map(|l| l.column()),
-                message,
-                snippet: (!snippet.is_empty()).then(|| {
-                    snippet
-                        .join("\n")
-                        .replace("<input>", &path.display().to_string())
-                }),
-            }])
-        })?;
-        Checker::new(path).check(docs)
-    }
-}
-
-struct Checker<'a> {
-    path: &'a Path,
-    errors: Vec<SpecError>,
-}
-
-impl<'a> Checker<'a> {
-    fn new(path: &'a Path) -> Self {
-        Checker {
-            path,
-            errors: Vec::new(),
-        }
-    }
-
-    fn err(&mut self, at: Option<serde_saphyr::Location>, message: impl Into<String>) {
-        self.errors.push(SpecError {
-            path: self.path.to_path_buf(),
-            line: at.map(|l| l.line()),
-            column: at.map(|l| l.column()),
-            message: message.into(),
-            snippet: None,
-        });
-    }
-
-    fn check(mut self, docs: Vec<Document>) -> Result<GatewayFile, SpecErrors> {
-        let mut gateways = Vec::new();
-        let mut config_maps: Vec<(String, Option<serde_saphyr::Location>, ConfigMapData)> =
-            Vec::new();
-        let mut seen_docs = 0;
-        for (index, doc) in docs.into_iter().enumerate() {
-            let n = index + 1;
-            let (Some(kind), Some(api_version)) = (doc.kind.as_ref(), doc.api_version.as_ref())
-            else {
-                if doc.kind.is_none() && doc.api_version.is_none() && doc.spec.is_none() {
-                    // An empty document (a stray `---`) is harmless.
-                    if doc.metadata.is_none() && doc.data.is_none() {
-                        continue;
-                    }
-                }
-                let at = doc
-                    .kind
-                    .as_ref()
-                    .map(|k| k.referenced)
-                    .or(doc.api_version.as_ref().map(|a| a.referenced))
-                    .or(doc.metadata.as_ref().map(|m| m.referenced));
-                self.err(
-                    at,
-                    format!("document {n}: expected both `apiVersion` and `kind`"),
-                );
-                continue;
-            };
-            seen_docs += 1;
-            let meta = doc.metadata.as_ref().map(|m| m.value.clone());
-            match kind.value.as_str() {
-                "Gateway" => {
-                    if !GATEWAY_API_VERSIONS.contains(&api_version.value.as_str()) {
-                        self.err(
-                            Some(api_version.referenced),
-                            format!(
-                                "apiVersion `{}` is not a Gateway version: expected one of {}",
-                                api_version.value,
-                                GATEWAY_API_VERSIONS.join(", ")
-                            ),
-                        );
-                        continue;
-                    }
-                    let Some(meta) = meta.filter(|m| !m.name.is_empty()) else {
-                        self.err(
-                            Some(kind.referenced),
-                            "Gateway: expected `metadata.name`".to_string(),
-                        );
-                        continue;
-                    };
-                    let Some(spec) = doc.spec else {
-                        self.err(
-                            Some(kind.referenced),
-                            format!("Gateway `{}`: expected a `spec`", meta.name),
-                        );
-                        continue;
-                    };
-                    gateways.push((
-                        Gateway {
-                            api_version: api_version.value.clone(),
-                            kind: kind.value.clone(),
-                            metadata: meta,
-                            spec: spec.value,
-                        },
-                        spec.referenced,
-                    ));
-                }
-                "ConfigMap" => {
-                    if api_version.value != "v1" {
-                        self.err(
-                            Some(api_version.referenced),
-                            format!(
-                                "apiVersion `{}` is not a ConfigMap version: expected v1",
-                                api_version.value
-                            ),
-                        );
-                        continue;
-                    }
-                    let Some(meta) = meta.filter(|m| !m.name.is_empty()) else {
-                        self.err(
-                            Some(kind.referenced),
-                            "ConfigMap: expected `metadata.name`".to_string(),
-                        );
-                        continue;
-                    };
-                    config_maps.push((
-                        meta.name,
-                        Some(kind.referenced),
-                        doc.data.unwrap_or_default(),
-                    ));
-                }
-                other => self.err(
-                    Some(kind.referenced),
-                    format!("kind `{other}` is not expected here: expected Gateway or ConfigMap"),
-                ),
-            }
-        }
-        if gateways.len() > 1 {
-            let at = gateways.get(1).map(|(_, at)| *at);
-            self.err(at, "expected one Gateway in the file, found more");
-        }
-        let Some((gateway, spec_at)) = gateways.into_iter().next() else {
-            if self.errors.is_empty() {
-                let what = if seen_docs == 0 {
-                    "the file holds no document"
-                } else {
-                    "the file holds no Gateway"
-                };
-                self.err(None, format!("{what}: expected a `kind: Gateway` document"));
-            }
-            return Err(SpecErrors(self.errors));
-        };
-        self.check_spec(&gateway, spec_at);
-        let configurations = match &gateway.spec.config_map {
-            Some(name) => match config_maps.iter().find(|(n, _, _)| n == name) {
-                Some((_, _, data)) => data.clone(),
-                None if config_maps.is_empty() => ConfigMapData::new(),
-                None => {
-                    let found: Vec<&str> = config_maps.iter().map(|(n, _, _)| n.as_str()).collect();
-                    let at = config_maps.first().and_then(|(_, at, _)| *at);
-                    self.err(
-                        at,
-                        format!(
-                            "Gateway `{}` names ConfigMap `{name}`, but the file's ConfigMap is named {}",
-                            gateway.metadata.name,
-                            found.join(", ")
-                        ),
-                    );
-                    ConfigMapData::new()
-                }
-            },
-            None => match config_maps.len() {
-                0 => ConfigMapData::new(),
-                1 => config_maps.swap_remove(0).2,
-                _ => {
-                    self.err(
-                        Some(spec_at),
-                        "the file has several ConfigMaps: name the gateway's with `spec.configMap`",
-                    );
-                    ConfigMapData::new()
-                }
-            },
-        };
-        if self.errors.is_empty() {
-            Ok(GatewayFile {
-                path: self.path.to_path_buf(),
-                gateway,
-                configurations,
-            })
-        } else {
-            Err(SpecErrors(self.errors))
-        }
-    }
-
-    fn check_spec(&mut self, gateway: &Gateway, at: serde_saphyr::Location) {
-        let spec = &gateway.spec;
-        let name = &gateway.metadata.name;
-        if spec.gateway_type.trim().is_empty() {
-            self.err(
-                Some(at),
-                format!("Gateway `{name}`: expected `spec.type` (the CloudEvent type)"),
-            );
-        }
-        if spec.rpc_port.is_some() && spec.http_server_port.is_some() {
-            self.err(
-                Some(at),
-                format!(
-                    "Gateway `{name}`: `rpcPort` and `httpServerPort` are both set: choose one processor style"
-                ),
-            );
-        }
-        if spec.grpc_protocol != GrpcProtocol::Portico && spec.rpc_port.is_none() {
-            self.err(
-                Some(at),
-                format!(
-                    "Gateway `{name}`: `grpcProtocol` is set but `rpcPort` is not: set `rpcPort` to the gRPC server's port, or drop `grpcProtocol`"
-                ),
-            );
-        }
-        let problems = crate::dispatch::watcher_problems(spec);
-        for p in problems {
-            self.err(Some(at), format!("Gateway `{name}`: {p}"));
-        }
-    }
-}
-
-/// Parses one configuration's value (YAML or JSON text) into `T`, with the place of any error.
-pub fn parse_config<T: serde::de::DeserializeOwned>(src: &str, text: &str) -> Result<T, String> {
-    serde_saphyr::from_str::<T>(text).map_err(|e| {
-        let msg = e.to_string();
-        let first = msg.lines().next().unwrap_or_default().to_string();
-        let first = first.trim_start_matches("error: ").to_string();
-        format!("configuration `{src}`: {first}")
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> Result<GatewayFile, SpecErrors> {
-        GatewayFile::parse(Path::new("gw.yaml"), text)
-    }
-
-    const GOOD: &str = "apiVersion: portico.dev/v1alpha1
-kind: Gateway
-metadata:
-  name: cal
-spec:
-  type: calendar
-  configMap: cal-cm
-  watchers:
-    urls: [\"http://127.0.0.1:1/x\", {url: \"http://127.0.0.1:2/y\", encoding: binary, timeout: 2s}]
----
-apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: cal-cm
-data:
-  a: |
-    interval: 1s
-";
-
-    #[test]
-    fn reads_a_gateway_and_its_configmap() {
-        let f = parse(GOOD).unwrap();
-        assert_eq!(f.gateway.metadata.name, "cal");
-        assert_eq!(f.gateway.spec.gateway_type, "calendar");
-        assert_eq!(f.gateway.spec.event_version, "1.0");
-        assert_eq!(f.configurations.get("a").unwrap(), "interval: 1s\n");
-        assert_eq!(f.gateway.spec.watchers.urls.len(), 2);
-        match &f.gateway.spec.watchers.urls[1] {
-            UrlWatcher::Detailed { url, settings } => {
-                assert_eq!(url, "http://127.0.0.1:2/y");
-                assert_eq!(settings.encoding, Some(Encoding::Binary));
-                assert_eq!(settings.timeout, Some(Duration::from_secs(2)));
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn accepts_the_argoproj_group_and_numeric_ports() {
-        let text = GOOD
-            .replace("portico.dev/v1alpha1", "argoproj.io/v1alpha1")
-            .replace(
-                "  configMap: cal-cm",
-                "  configMap: cal-cm\n  rpcPort: 9898",
-            );
-        let f = parse(&text).unwrap();
-        assert_eq!(f.gateway.spec.rpc_port, Some(Port(9898)));
-    }
-
-    #[test]
-    fn grpc_protocol_selects_the_argo_generic_contract_and_needs_rpc_port() {
-        let text = GOOD.replace(
-            "  configMap: cal-cm",
-            "  configMap: cal-cm\n  rpcPort: 9898\n  grpcProtocol: argo-generic",
-        );
-        let f = parse(&text).unwrap();
-        assert_eq!(f.gateway.spec.grpc_protocol, GrpcProtocol::ArgoGeneric);
-        assert_eq!(
-            parse(GOOD).unwrap().gateway.spec.grpc_protocol,
-            GrpcProtocol::Portico
-        );
-        let text = GOOD.replace(
-            "  configMap: cal-cm",
-            "  configMap: cal-cm\n  grpcProtocol: argo-generic",
-        );
-        let e = parse(&text).unwrap_err().to_string();
-        assert!(e.contains("`rpcPort` is not"), "{e}");
-        let text = GOOD.replace(
-            "  configMap: cal-cm",
-            "  configMap: cal-cm\n  rpcPort: 9898\n  grpcProtocol: grpc-web",
-        );
-        let e = parse(&text).unwrap_err().to_string();
-        assert!(
-            e.contains("argo-generic"),
-            "the error lists the choices: {e}"
-        );
-    }
-
-    #[test]
-    fn a_syntax_error_names_file_line_and_column() {
-        let text = GOOD.replace("  type: calendar", "  type: [calendar");
-        let e = parse(&text).unwrap_err();
-        assert_eq!(e.0.len(), 1);
-        let e = &e.0[0];
-        assert_eq!(e.line, Some(6));
-        assert!(e.column.is_some());
-        assert!(e.to_string().starts_with("gw.yaml:6:"), "{e}");
-    }
-
-    #[test]
-    fn an_unknown_field_is_reported_with_what_was_expected() {
-        let text = GOOD.replace("  type: calendar", "  tpye: calendar");
-        let e = parse(&text).unwrap_err().to_string();
-        assert!(e.contains("gw.yaml:6:3"), "{e}");
-        assert!(e.contains("unknown field `tpye`"), "{e}");
-    }
-
-    #[test]
-    fn a_bad_port_names_its_place() {
-        let text = GOOD.replace(
-            "  configMap: cal-cm",
-            "  configMap: cal-cm\n  rpcPort: \"99999\"",
-        );
-        let e = parse(&text).unwrap_err().to_string();
-        assert!(e.contains("gw.yaml:8:"), "{e}");
-        assert!(e.contains("port number"), "{e}");
-    }
-
-    #[test]
-    fn a_wrong_api_version_and_kind_are_errors() {
-        let text = GOOD.replace("portico.dev/v1alpha1", "portico.dev/v9");
-        let e = parse(&text).unwrap_err().to_string();
-        assert!(e.contains("gw.yaml:1:13"), "{e}");
-        assert!(e.contains("portico.dev/v1alpha1"), "{e}");
-        let text = GOOD.replace("kind: ConfigMap", "kind: Secret");
-        let e = parse(&text).unwrap_err().to_string();
-        assert!(e.contains("kind `Secret`"), "{e}");
-    }
-
-    #[test]
-    fn a_configmap_value_must_be_text() {
-        let text = GOOD.replace("  a: |\n    interval: 1s\n", "  a:\n    interval: 1s\n");
-        let e = parse(&text).unwrap_err().to_string();
-        assert!(e.contains("gw.yaml:17:"), "{e}");
-    }
-
-    #[test]
-    fn the_named_configmap_must_be_the_files() {
-        let text = GOOD.replace("  name: cal-cm", "  name: other");
-        let e = parse(&text).unwrap_err().to_string();
-        assert!(e.contains("names ConfigMap `cal-cm`"), "{e}");
-    }
-
-    #[test]
-    fn a_sensor_needs_a_url_outside_a_cluster() {
-        let text = GOOD.replace("    urls:", "    sensors: [{name: s1}]\n    urls:");
-        let e = parse(&text).unwrap_err().to_string();
-        assert!(e.contains("watchers.sensors[0] `s1`"), "{e}");
-        assert!(e.contains("url"), "{e}");
-    }
-
-    #[test]
-    fn an_empty_file_is_an_error() {
-        let e = parse("").unwrap_err().to_string();
-        assert!(e.contains("no document"), "{e}");
-    }
-
-    #[test]
-    fn parse_config_reports_the_configuration() {
-        #[derive(Deserialize, Debug)]
-        #[allow(dead_code)]
-        struct C {
-            interval: String,
-        }
-        let e = parse_config::<C>("cal.a", "intreval: 1s").unwrap_err();
-        assert!(
-            e.starts_with("configuration `cal.a`: line 1 column 1"),
-            "{e}"
-        );
-    }
 }

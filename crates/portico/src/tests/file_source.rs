@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use portico::source::SourceEvent;
-use portico::source::file::watch;
-use portico::spec::GatewayFile;
+use crate::source::SourceEvent;
+use crate::source::file::watch;
+use crate::spec::GatewayFile;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 

@@ -1,8 +1,8 @@
-//! `portico run FILE -- COMMAND…`: the user's server as a child of the gateway (SPEC §3, §10).
+//! `portico run FILE -- COMMAND…`: the user's server as a child of the gateway.
 //!
 //! The child gets the inherited environment plus the gateway's contract variables
-//! ([`portico::env::contract`]): `TRANSFORMER_PORT`, `GATEWAY_NAME`, …, and for a gRPC-style
-//! gateway the port its server must listen on. Its stdout and stderr are forwarded line by
+//! ([`crate::spec::Gateway::contract`]): `TRANSFORMER_PORT`, `GATEWAY_NAME`, …, and for a
+//! gRPC-style gateway the port its server must listen on. Its stdout and stderr are forwarded line by
 //! line to portico's stderr (portico's stdout carries CloudEvents when a gateway has no
 //! watchers). The gateway does not wait for the child to be up: its processor keeps retrying
 //! until the server answers. A child that exits is logged and the gateway keeps running; when
@@ -14,12 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use portico::cli::GatewayArgs;
-use portico::spec::GatewayFile;
+use super::GatewayArgs;
+use crate::env;
+use crate::spec::GatewayFile;
 
 /// Starts `command` with the gateway's environment, runs the gateway with `run`, then stops
 /// the child.
-pub fn serve_with(
+pub(crate) fn serve_with(
     args: &mut GatewayArgs,
     command: &[String],
     run: impl FnOnce(GatewayArgs) -> ExitCode,
@@ -38,14 +39,11 @@ pub fn serve_with(
             }
         }
     }
-    let mut env = portico::env::contract(&file.gateway, args.transformer_port, None);
-    match crate::grpc::server_port(&file.gateway) {
+    let mut vars = file.gateway.contract(args.transformer_port, None);
+    match super::grpc_port(&file.gateway) {
         Ok(Some(port)) => {
-            env.retain(|(k, _)| *k != portico::env::GATEWAY_PROCESSOR_GRPC_SERVER_PORT);
-            env.push((
-                portico::env::GATEWAY_PROCESSOR_GRPC_SERVER_PORT,
-                port.to_string(),
-            ));
+            vars.retain(|(k, _)| *k != env::GATEWAY_PROCESSOR_GRPC_SERVER_PORT);
+            vars.push((env::GATEWAY_PROCESSOR_GRPC_SERVER_PORT, port.to_string()));
         }
         Ok(None) => {}
         Err(e) => {
@@ -56,7 +54,7 @@ pub fn serve_with(
     let program = &command[0];
     let mut cmd = Command::new(program);
     cmd.args(&command[1..])
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -87,7 +87,7 @@ fn path_or_empty(s: &str) -> Result<PathBuf, std::convert::Infallible> {
 
 impl GatewayArgs {
     /// These flags as run options.
-    pub fn options(&self) -> RunOptions {
+    pub(crate) fn options(&self) -> RunOptions {
         let cluster = if self.file.as_os_str().is_empty() {
             crate::cluster::ClusterTarget::from_env()
         } else {

@@ -1,18 +1,18 @@
 //! The gRPC style in-process: the framework's client ([`GrpcProcessor`]) under the real
 //! supervisor, talking over real gRPC on port 0 to a server made with the library's helper
-//! ([`portico::grpc_server`]).
+//! ([`crate::grpc_server`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use portico::cloudevents::{Data, ExtensionName, ExtensionValue};
-use portico::grpc_server::{EventSender, GrpcGateway};
-use portico::processor::grpc::GrpcProcessor;
-use portico::proto::v1::GatewayConfig;
-use portico::spec::{ConfigMapData, GrpcProtocol};
-use portico::testing::Harness;
-use portico::{Event, Phase};
+use crate::cloudevents::{Data, ExtensionName, ExtensionValue};
+use crate::grpc_server::{EventSender, GrpcGateway};
+use crate::processor::grpc::GrpcProcessor;
+use crate::proto::v1::GatewayConfig;
+use crate::spec::{ConfigMapData, GrpcProtocol};
+use crate::testing::Harness;
+use crate::{Event, Phase};
 use tonic::Status;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -71,7 +71,7 @@ async fn server(gateway: Scripted) -> (u16, tokio::sync::oneshot::Sender<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(portico::grpc_server::serve(gateway, listener, async {
+    tokio::spawn(crate::grpc_server::serve(gateway, listener, async {
         let _ = rx.await;
     }));
     (port, tx)
@@ -203,7 +203,7 @@ async fn a_server_that_is_not_up_is_waited_for() {
         .await
         .unwrap();
     let (_tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(portico::grpc_server::serve(
+    tokio::spawn(crate::grpc_server::serve(
         Scripted::default(),
         listener,
         async {

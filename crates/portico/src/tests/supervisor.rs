@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use portico::spec::ConfigMapData;
-use portico::testing::Harness;
-use portico::{ConfigContext, ConfigError, ConfigExecutor, Event, Phase};
+use crate::spec::ConfigMapData;
+use crate::testing::Harness;
+use crate::{ConfigContext, ConfigError, ConfigExecutor, Event, Phase};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -27,6 +27,8 @@ impl Scripted {
 }
 
 impl ConfigExecutor for Scripted {
+    type Config = ();
+
     fn validate(&self, ctx: &ConfigContext) -> Result<(), ConfigError> {
         if ctx.config().starts_with("invalid") {
             return Err(ConfigError::invalid("mode: `invalid` is not a mode"));
@@ -34,7 +36,7 @@ impl ConfigExecutor for Scripted {
         Ok(())
     }
 
-    async fn start_config(&self, ctx: ConfigContext) -> Result<(), ConfigError> {
+    async fn start_config(&self, ctx: ConfigContext, (): ()) -> Result<(), ConfigError> {
         let n = {
             let mut starts = self.starts.lock().unwrap();
             let n = starts.entry(ctx.src().to_string()).or_default();
@@ -129,9 +131,9 @@ async fn the_diff_restarts_only_what_changed() {
         h.node("b").is_none(),
         "a removed configuration's node is gone"
     );
-    assert_eq!(h.board.nodes().len(), 1);
+    assert_eq!(h.nodes().len(), 1);
     sup.stop_all().await;
-    assert!(h.board.nodes().is_empty());
+    assert!(h.nodes().is_empty());
 }
 
 #[tokio::test]
@@ -240,5 +242,5 @@ async fn a_stopped_configuration_leaves_no_task_behind() {
         "tasks left after stopping: {} (baseline {baseline})",
         alive() - baseline
     );
-    assert!(h.board.nodes().is_empty());
+    assert!(h.nodes().is_empty());
 }

@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::source::SourceEvent;
+use crate::source::configmap::{ConfigMapRef, watch};
+use crate::testing::Harness;
+use crate::{ConfigContext, ConfigError, ConfigExecutor, Phase, SharedExecutor};
 use fake_kube::FakeKube;
-use portico::source::SourceEvent;
-use portico::source::configmap::{ConfigMapRef, watch};
-use portico::testing::Harness;
-use portico::{ConfigContext, ConfigError, ConfigExecutor, Phase, SharedExecutor};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -30,11 +30,13 @@ impl Counting {
 struct CountingExecutor(Arc<Counting>);
 
 impl ConfigExecutor for CountingExecutor {
+    type Config = ();
+
     fn validate(&self, _: &ConfigContext) -> Result<(), ConfigError> {
         Ok(())
     }
 
-    async fn start_config(&self, ctx: ConfigContext) -> Result<(), ConfigError> {
+    async fn start_config(&self, ctx: ConfigContext, (): ()) -> Result<(), ConfigError> {
         *self
             .0
             .0
@@ -158,7 +160,7 @@ async fn add_update_delete_reach_the_supervisor_and_410_relists_without_restarts
         .wait_for_phase("b", Phase::Running, WAIT)
         .await
         .expect("b runs");
-    assert_eq!(b.id, portico::ConfigId::of("b", "three"));
+    assert_eq!(b.id, crate::ConfigId::of("b", "three"));
     assert_eq!(counting.starts("a"), 1, "a must not be started twice");
     assert_eq!(
         counting.starts("b"),
@@ -177,7 +179,7 @@ async fn add_update_delete_reach_the_supervisor_and_410_relists_without_restarts
         .expect("the ConfigMap exists");
     assert_eq!(next(&mut rx).await, SourceEvent::Gone);
     supervisor.stop_all().await;
-    assert!(harness.board.nodes().is_empty());
+    assert!(harness.nodes().is_empty());
 
     // Re-created: it runs again.
     fake.create(configmap(json!({"a": "one"})));

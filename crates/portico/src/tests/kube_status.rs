@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
+use crate::ConfigId;
+use crate::kube_status::{GatewayRef, KubeStatusOptions, KubeStatusSink};
+use crate::metrics::Metrics;
+use crate::status::{Phase, StatusBoard};
 use fake_kube::FakeKube;
-use portico::ConfigId;
-use portico::kube_status::{GatewayRef, KubeStatusOptions, KubeStatusSink};
-use portico::metrics::Metrics;
-use portico::status::{Phase, StatusBoard};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 

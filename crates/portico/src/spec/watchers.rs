@@ -7,14 +7,13 @@
 
 use std::time::Duration;
 
-use super::{QueueSettings, RetryPolicy};
-use crate::spec::{
-    DeadLetterSettings, DispatchMechanism, Encoding, Gateway, GatewaySpec, UrlWatcher,
-    WatcherSettings,
+use super::{
+    DeadLetterSettings, DispatchMechanism, Encoding, Gateway, GatewaySpec, KafkaDispatch,
+    NatsDispatch, RetrySettings, UrlWatcher, WatcherSettings,
 };
 
 /// Port of a sensor's service in a cluster.
-pub const SENSOR_PORT: u16 = 9300;
+pub(crate) const SENSOR_PORT: u16 = 9300;
 
 /// Where one watcher's events go.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,15 +29,75 @@ pub enum Target {
     },
     /// One JSON line per event on stdout.
     Stdout,
-    /// A NATS JetStream subject (the sender comes from a [`super::SenderFactory`]).
-    Nats(crate::spec::NatsDispatch),
-    /// A Kafka topic (the sender comes from a [`super::SenderFactory`]).
-    Kafka(crate::spec::KafkaDispatch),
+    /// A NATS JetStream subject (the sender comes from a [`crate::watcher::SenderFactory`]).
+    Nats(NatsDispatch),
+    /// A Kafka topic (the sender comes from a [`crate::watcher::SenderFactory`]).
+    Kafka(KafkaDispatch),
+}
+
+/// Tuning of one watcher's queue and senders.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct QueueSettings {
+    /// Events waiting or in flight before sources are pushed back.
+    pub queue_size: usize,
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+    /// Retries.
+    pub retry: RetryPolicy,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings {
+            queue_size: 4096,
+            concurrency: 32,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// How often and how patiently a delivery is retried: capped exponential backoff with jitter.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RetryPolicy {
+    /// Attempts in all, the first included (at least 1).
+    pub max_attempts: usize,
+    /// Wait before the first retry.
+    pub initial_backoff: Duration,
+    /// Longest wait between two attempts.
+    pub max_backoff: Duration,
+    /// Longest time an event is retried from its acceptance (no limit when `None`).
+    pub max_age: Option<Duration>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            max_age: None,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// This policy with the fields `settings` gives replaced.
+    pub(crate) fn merged(&self, settings: Option<&RetrySettings>) -> RetryPolicy {
+        let Some(s) = settings else {
+            return self.clone();
+        };
+        RetryPolicy {
+            max_attempts: s.max_attempts.unwrap_or(self.max_attempts).max(1),
+            initial_backoff: s.initial_backoff.unwrap_or(self.initial_backoff),
+            max_backoff: s.max_backoff.unwrap_or(self.max_backoff),
+            max_age: s.max_age.or(self.max_age),
+        }
+    }
 }
 
 /// One resolved watcher.
 #[derive(Debug, Clone, PartialEq)]
-pub struct WatcherDef {
+pub(crate) struct WatcherDef {
     /// Its name in metrics and logs: `sensor:<name>`, `gateway:<name>`, `url:<url>`,
     /// `k_sink:<url>`, `stdout`.
     pub name: String,
@@ -52,7 +111,7 @@ pub struct WatcherDef {
 
 /// What the environment tells about where the gateway runs.
 #[derive(Debug, Clone, Default)]
-pub struct Environment {
+pub(crate) struct Environment {
     /// Inside a Kubernetes pod.
     pub in_cluster: bool,
     /// Knative's `K_SINK`.
@@ -61,7 +120,7 @@ pub struct Environment {
 
 impl Environment {
     /// Read from the process environment.
-    pub fn from_process() -> Environment {
+    pub(crate) fn from_process() -> Environment {
         Environment {
             in_cluster: crate::env::in_cluster(),
             k_sink: crate::env::var(crate::env::K_SINK),
@@ -147,7 +206,7 @@ fn check_url(what: &str, url: &str) -> Result<(), String> {
 }
 
 /// The watchers of `gateway` in `env`, or every problem found.
-pub fn resolve_watchers(
+pub(crate) fn resolve_watchers(
     gateway: &Gateway,
     env: &Environment,
 ) -> Result<Vec<WatcherDef>, Vec<String>> {
@@ -304,7 +363,7 @@ pub fn resolve_watchers(
 }
 
 /// Every problem with the watchers of `spec` in this process's environment.
-pub fn watcher_problems(spec: &GatewaySpec) -> Vec<String> {
+pub(crate) fn problems(spec: &GatewaySpec) -> Vec<String> {
     let gateway = Gateway {
         api_version: String::new(),
         kind: String::new(),

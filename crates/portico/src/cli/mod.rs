@@ -1,0 +1,269 @@
+//! The `portico` command line: run, validate and serve gateways, run the Kubernetes
+//! controller, print the CRD.
+//!
+//! `portico run FILE` runs a gateway file on a laptop or in a pod; `portico validate FILE`
+//! checks one and lists every problem; `portico transformer FILE` runs only the transformer
+//! (for framework-independent gateways that post their own events); `portico controller` runs
+//! the Kubernetes controller; `portico crd` prints the Gateway CRD. The `portico` binary is
+//! [`main`] with the built-in gateways; a user gateway built on [`crate::run`] shares the
+//! flags of `run` ([`GatewayArgs`]) and the logging flags ([`LogArgs`]).
+
+mod args;
+mod child;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+pub use args::{GatewayArgs, LogArgs, LogFormat};
+
+use crate::configuration::Configuration;
+use crate::dispatch::{Dispatcher, SenderFactory};
+use crate::env;
+use crate::executor::{ConfigContext, GatewayConfig, SharedExecutor};
+use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, Transformer};
+use crate::processor::grpc::GrpcProcessor;
+use crate::processor::http::{HttpProcessor, HttpSettings};
+use crate::runtime::{Processor, block_on_main, run_gateway, shutdown_signal};
+use crate::spec::{Gateway, GatewayFile};
+use crate::status::StatusBoard;
+
+/// What the `portico` binary brings beside this crate: the built-in gateways and the
+/// clients of the event-bus watchers.
+#[derive(Clone)]
+pub struct Builtins {
+    /// The executor of a built-in gateway type, `None` for a type that is not built in.
+    pub executor: fn(&str) -> Option<SharedExecutor>,
+    /// The senders of NATS JetStream and Kafka watchers (`dispatchMechanism`).
+    pub senders: Option<Arc<dyn SenderFactory>>,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "portico", version, about = "Portico: an event-gateway framework", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a gateway file: its configurations, the transformer and the watchers.
+    Run {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+        /// The user's server to start beside the gateway (`-- COMMAND ARGS…`); it gets the
+        /// gateway's environment (`TRANSFORMER_PORT`, `GATEWAY_NAME`, …) and is stopped when
+        /// portico exits.
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Check a gateway file and every configuration in it; exit non-zero listing every problem.
+    Validate {
+        /// The gateway file.
+        file: std::path::PathBuf,
+    },
+    /// Run only the transformer of a gateway file: for gateways that post their own events.
+    Transformer {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Run the Kubernetes controller: each Gateway labelled with its instance id becomes a
+    /// Deployment (and a Service when `serviceSpec` is set).
+    Controller {
+        /// Only Gateways labelled `portico.dev/controller-instance-id=<this>` are reconciled.
+        #[arg(long, env = env::GATEWAY_CONTROLLER_INSTANCE_ID)]
+        instance_id: String,
+        /// Only this namespace (default: every namespace).
+        #[arg(long, env = "PORTICO_CONTROLLER_NAMESPACE")]
+        namespace: Option<String>,
+        /// `TRANSFORMER_PORT` given to the gateways' containers.
+        #[arg(long, default_value_t = env::DEFAULT_TRANSFORMER_PORT)]
+        transformer_port: u16,
+    },
+    /// Print the Gateway CustomResourceDefinition (YAML) for `kubectl apply -f -`.
+    Crd,
+}
+
+/// The `portico` command: parses the command line and runs what it says. Returns the process
+/// exit code.
+pub fn main(builtins: Builtins) -> ExitCode {
+    let cli = Cli::parse();
+    cli.log.init();
+    match cli.command {
+        Command::Validate { file } => validate(&file, &builtins),
+        Command::Run {
+            mut gateway,
+            command,
+        } => {
+            let choose = |g: &Gateway| processor_for(g, &builtins);
+            if command.is_empty() {
+                serve(gateway, &builtins, choose)
+            } else {
+                child::serve_with(&mut gateway, &command, |g| serve(g, &builtins, choose))
+            }
+        }
+        Command::Transformer { gateway } => {
+            serve(gateway, &builtins, |_| Ok(Processor::Independent))
+        }
+        Command::Controller {
+            instance_id,
+            namespace,
+            transformer_port,
+        } => {
+            let mut options = crate::controller::ControllerOptions::new(instance_id);
+            options.namespace = namespace;
+            options.transformer_port = transformer_port;
+            block_on_main(async move {
+                let client = crate::cluster::client().await?;
+                crate::controller::run(client, options, shutdown_signal()).await;
+                Ok::<(), crate::cluster::ClusterError>(())
+            })
+        }
+        Command::Crd => match crate::spec::crd_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// The port of the user's gRPC server when the gateway is gRPC style (`spec.rpcPort` set;
+/// `GATEWAY_PROCESSOR_GRPC_SERVER_PORT` takes precedence over its value), else `None`.
+fn grpc_port(gateway: &Gateway) -> Result<Option<u16>, String> {
+    let Some(port) = gateway.spec.rpc_port else {
+        return Ok(None);
+    };
+    let name = env::GATEWAY_PROCESSOR_GRPC_SERVER_PORT;
+    match env::var(name) {
+        None => Ok(Some(port.0)),
+        Some(text) => match text.trim().parse::<u16>() {
+            Ok(p) if p > 0 => Ok(Some(p)),
+            _ => Err(format!(
+                "{name}=`{text}` is not a port number (1–65535); fix or unset it"
+            )),
+        },
+    }
+}
+
+/// The HTTP-style settings of a gateway that sets `httpServerPort` (or whose environment sets
+/// `GATEWAY_PROCESSOR_SERVER_HTTP_PORT`), `None` for other styles.
+fn http_settings(gateway: &Gateway) -> Result<Option<HttpSettings>, String> {
+    let port = gateway.spec.http_server_port.map(|p| p.0);
+    if port.is_none() && env::var(env::GATEWAY_PROCESSOR_SERVER_HTTP_PORT).is_none() {
+        return Ok(None);
+    }
+    HttpSettings::from_env(port)
+        .map(Some)
+        .map_err(|e| format!("gateway `{}`: {e}", gateway.metadata.name))
+}
+
+/// Picks the processor of a gateway from its spec: `rpcPort` set ⇒ gRPC style; else
+/// `httpServerPort` set ⇒ HTTP style; else a built-in `type` ⇒ core style; else only the
+/// transformer runs.
+fn processor_for(gateway: &Gateway, builtins: &Builtins) -> Result<Processor, String> {
+    let name = &gateway.metadata.name;
+    if let Some(port) = grpc_port(gateway)? {
+        let processor = GrpcProcessor::new(port, gateway.spec.grpc_protocol)
+            .map_err(|e| format!("gateway `{name}`: {e}"))?;
+        return Ok(Processor::Grpc(Arc::new(processor)));
+    }
+    if let Some(settings) = http_settings(gateway)? {
+        let processor =
+            HttpProcessor::start(settings).map_err(|e| format!("gateway `{name}`: {e}"))?;
+        return Ok(Processor::Http(Arc::new(processor)));
+    }
+    Ok(match (builtins.executor)(&gateway.spec.gateway_type) {
+        Some(executor) => Processor::Core(executor),
+        None => Processor::Independent,
+    })
+}
+
+fn serve(
+    args: GatewayArgs,
+    builtins: &Builtins,
+    choose: impl FnOnce(&Gateway) -> Result<Processor, String>,
+) -> ExitCode {
+    let mut options = args.options();
+    options.senders = crate::runtime::SenderFactories(builtins.senders.clone());
+    block_on_main(run_gateway(options, choose, shutdown_signal()))
+}
+
+/// `portico validate FILE`.
+fn validate(file: &Path, builtins: &Builtins) -> ExitCode {
+    let loaded = match GatewayFile::load(file) {
+        Ok(f) => f,
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            eprintln!("{}: {} problem(s)", file.display(), errors.0.len());
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut problems = Vec::new();
+    // The user's HTTP server judges its own configurations: only its settings are checked here
+    // (without starting the framework's server).
+    let chosen = match http_settings(&loaded.gateway) {
+        Ok(Some(_)) => Ok(Processor::Independent),
+        Ok(None) => processor_for(&loaded.gateway, builtins),
+        Err(e) => Err(e),
+    };
+    match chosen {
+        Err(e) => problems.push(e),
+        Ok(Processor::Independent) => {}
+        // Only the user's server knows its configurations; it is asked when they start.
+        Ok(Processor::Grpc(_) | Processor::Http(_)) => {}
+        Ok(Processor::Core(executor)) => {
+            let gateway = &loaded.gateway;
+            // Validation dispatches nothing: a pipeline with no watchers will do.
+            let metrics = Metrics::new();
+            let pipeline = Pipeline::new(
+                Transformer::new(&gateway.metadata.name, &gateway.spec.gateway_type, "1.0"),
+                Dispatcher::start(Vec::new(), &metrics),
+                metrics.clone(),
+            );
+            let gateway_config =
+                GatewayConfig::new(&gateway.metadata.name, gateway.namespace(), pipeline);
+            let board = Arc::new(StatusBoard::new(metrics, Vec::new()));
+            for (src, value) in &loaded.configurations {
+                let ctx = ConfigContext::new(
+                    Configuration::new(src.clone(), value.clone()),
+                    gateway_config.clone(),
+                    board.clone(),
+                );
+                if let Err(e) = executor.dyn_validate(&ctx) {
+                    problems.push(format!(
+                        "{}: configuration `{src}`: {}",
+                        file.display(),
+                        e.message()
+                    ));
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        println!(
+            "{}: gateway `{}` is valid ({} configuration(s))",
+            file.display(),
+            loaded.gateway.metadata.name,
+            loaded.configurations.len()
+        );
+        ExitCode::SUCCESS
+    } else {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        eprintln!("{}: {} problem(s)", file.display(), problems.len());
+        ExitCode::FAILURE
+    }
+}
