@@ -338,6 +338,49 @@ mod tests {
         String::from_utf8_lossy(&out).into_owned()
     }
 
+    #[test]
+    fn every_refusal_has_its_answer() {
+        use std::time::Duration;
+        let cases = [
+            (
+                DispatchError::Full {
+                    retry_after: Duration::from_secs(3),
+                },
+                503,
+                Some("3"),
+                "full",
+            ),
+            (
+                DispatchError::Disk("no space left".into()),
+                503,
+                Some("1"),
+                "cannot store the event: no space left",
+            ),
+            (DispatchError::Stopped, 503, Some("1"), "stopping"),
+            (
+                DispatchError::Invalid("bad".into()),
+                400,
+                None,
+                "invalid event: bad",
+            ),
+        ];
+        for (e, status, retry_after, text) in cases {
+            let r: Response<Full<Bytes>> = refusal(&e);
+            assert_eq!(r.status().as_u16(), status, "{e}");
+            assert_eq!(
+                r.headers()
+                    .get(http::header::RETRY_AFTER)
+                    .map(|v| v.to_str().unwrap()),
+                retry_after,
+                "{e}"
+            );
+            let body = futures::executor::block_on(r.into_body().collect())
+                .unwrap()
+                .to_bytes();
+            assert!(String::from_utf8_lossy(&body).contains(text), "{e}");
+        }
+    }
+
     #[tokio::test]
     async fn bodies_in_one_piece_in_chunks_and_over_the_limit() {
         let (addr, stop) = echo(10).await;

@@ -252,6 +252,11 @@ impl Metrics {
             "Bytes of the durable outbox on disk",
             m.outbox.bytes.clone(),
         );
+        registry.register(
+            "outbox_write_errors",
+            "Batches of events the durable outbox could not write to its disk (their sources were answered 503)",
+            m.outbox.write_errors.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -307,11 +312,6 @@ impl Metrics {
         m
     }
 
-    /// The delivery counters of one configuration.
-    pub(crate) fn src_delivery(&self, src: &str) -> SrcDelivery {
-        self.for_src(src).delivery
-    }
-
     /// The metrics of one watcher.
     pub(crate) fn for_watcher(&self, watcher: &str) -> WatcherMetrics {
         let labels = WatcherLabels {
@@ -352,6 +352,8 @@ pub(crate) struct OutboxMetrics {
     pub appends: Counter,
     /// Bytes of the log on disk.
     pub bytes: Gauge,
+    /// Batches the disk refused.
+    pub write_errors: Counter,
 }
 
 /// Handles of one configuration's counters.
@@ -408,7 +410,8 @@ mod tests {
             m.for_src(&format!("s{i}")).received.inc();
         }
         m.for_src("s0").received.inc();
-        m.src_delivery(&format!("s{}", MAX_SRC_LABELS + 1))
+        m.for_src(&format!("s{}", MAX_SRC_LABELS + 1))
+            .delivery
             .delivered
             .inc();
         let text = m.encode();

@@ -113,16 +113,6 @@ pub(crate) enum RunError {
     Start(String),
 }
 
-/// Builds the pipeline of `gateway`: its transformer and its watchers' dispatcher, with the
-/// outbox in its default place.
-pub(crate) fn build_pipeline(
-    gateway: &Gateway,
-    env: &Environment,
-    metrics: Arc<Metrics>,
-) -> Result<Arc<Pipeline>, RunError> {
-    build_pipeline_with(gateway, env, metrics, &PipelineOptions::default())
-}
-
 /// Where the pipeline keeps its files, and who makes broker senders.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PipelineOptions {
@@ -148,8 +138,9 @@ impl std::fmt::Debug for SenderFactories {
     }
 }
 
-/// [`build_pipeline`] with the places of its files given.
-pub(crate) fn build_pipeline_with(
+/// Builds the pipeline of `gateway`: its transformer, and its watchers' dispatcher with the
+/// outbox where `opts` says.
+pub(crate) fn build_pipeline(
     gateway: &Gateway,
     env: &Environment,
     metrics: Arc<Metrics>,
@@ -288,7 +279,7 @@ pub(crate) async fn run_gateway(
     let processor = choose(&gateway).map_err(RunError::Start)?;
     let metrics = Metrics::new();
     let env = Environment::from_process();
-    let pipeline = build_pipeline_with(
+    let pipeline = build_pipeline(
         &gateway,
         &env,
         metrics.clone(),

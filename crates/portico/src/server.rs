@@ -6,7 +6,7 @@
 //! | `POST /` a CloudEvent (structured, binary) or a batch | validated ([`crate::ingest`]), relayed with its own attributes; same answers |
 //! | `GET /readiness` | 200 once the first configurations are applied, else 503 |
 //! | `GET /healthz` | 200 while the process serves |
-//! | `GET /status` | the gateway and every node, as JSON |
+//! | `GET /status` | the gateway, every node and the outbox, as JSON |
 //! | `GET /metrics` | Prometheus text format |
 
 use std::convert::Infallible;
@@ -27,6 +27,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::Ack;
+use crate::dispatch::outbox::OutboxStatus;
 use crate::error::DispatchError;
 use crate::http1;
 use crate::ingest::Ingested;
@@ -188,12 +189,15 @@ async fn readiness(State(s): State<Arc<AppState>>) -> Response {
 struct StatusBody<'a> {
     gateway: &'a GatewayInfo,
     nodes: Vec<Node>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outbox: Option<OutboxStatus>,
 }
 
 async fn status(State(s): State<Arc<AppState>>) -> Response {
     axum::Json(StatusBody {
         gateway: &s.info,
         nodes: s.board.nodes(),
+        outbox: s.pipeline.dispatcher().outbox_status(),
     })
     .into_response()
 }

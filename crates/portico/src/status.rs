@@ -230,11 +230,6 @@ impl StatusBoard {
         }
     }
 
-    /// One node.
-    pub(crate) fn get(&self, id: ConfigId) -> Option<Node> {
-        self.lock().get(&id).cloned()
-    }
-
     /// Every node, ordered by name.
     pub(crate) fn nodes(&self) -> Vec<Node> {
         let mut nodes: Vec<Node> = self.lock().values().cloned().collect();

@@ -236,7 +236,7 @@ impl Dispatcher {
         watchers: Vec<WatcherEntry>,
         metrics: &Metrics,
         delivery: &Delivery,
-    ) -> Result<Dispatcher, String> {
+    ) -> Result<Dispatcher, outbox::OutboxError> {
         let mode = match delivery {
             Delivery::AtMostOnce => Mode::AtMostOnce,
             Delivery::AtLeastOnce(_) => Mode::AtLeastOnce,
@@ -337,6 +337,11 @@ impl Dispatcher {
     /// True in `atMostOnce`: sources never wait for room, a full queue drops the event.
     pub(crate) fn never_waits(&self) -> bool {
         self.mode == Mode::AtMostOnce
+    }
+
+    /// What `/status` shows of the outbox, when there is one.
+    pub(crate) fn outbox_status(&self) -> Option<outbox::OutboxStatus> {
+        self.outbox.as_ref().map(|o| o.status())
     }
 
     /// The watchers' names.
@@ -586,7 +591,7 @@ impl Worker {
             Some(_) => Duration::from_millis(now_ms().saturating_sub(queued.accepted_ms)),
             None => Duration::ZERO,
         };
-        let attempt = retry::deliver_with_retry_aged(
+        let attempt = retry::deliver_with_retry(
             self.sender.as_ref(),
             event,
             queued.json.as_ref(),

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
-use tokio_util::sync::CancellationToken;
 
 use super::Sender;
 use crate::cloudevents::CloudEvent;
@@ -26,33 +25,14 @@ impl RetryPolicy {
     }
 }
 
-/// Delivers `event` through `sender`, retrying per `policy` until it succeeds, fails for good,
-/// runs out of attempts, or `abort` is cancelled. `on_retry` hears of every retry.
-pub(crate) async fn deliver_with_retry(
-    sender: &dyn Sender,
-    event: &CloudEvent,
-    policy: &RetryPolicy,
-    abort: &CancellationToken,
-    on_retry: impl FnMut(&DeliveryError, Duration),
-) -> Result<(), DeliveryError> {
-    deliver_with_retry_aged(
-        sender,
-        event,
-        None,
-        policy,
-        Duration::ZERO,
-        abort.cancelled(),
-        on_retry,
-    )
-    .await
-}
-
-/// [`deliver_with_retry`] for an event accepted `age` ago: with `policy.max_age`, retries stop
+/// Delivers `event` through `sender`, retrying per `policy` until it succeeds, fails for good or
+/// runs out of attempts; `on_retry` hears of every retry. For an event accepted `age` ago: with
+/// `policy.max_age`, retries stop
 /// once the event is that old, and the last failure is returned. It gives up when `aborted`
 /// completes (a worker passes one cancellation future it keeps for all its deliveries, rather
 /// than registering a new one per event). `json`, the event's JSON event format when it is
 /// already written, goes to [`Sender::send_json`].
-pub(crate) async fn deliver_with_retry_aged(
+pub(crate) async fn deliver_with_retry(
     sender: &dyn Sender,
     event: &CloudEvent,
     json: Option<&Bytes>,
@@ -121,6 +101,27 @@ mod tests {
     use super::*;
     use crate::error::BoxFuture;
     use std::sync::Mutex;
+    use tokio_util::sync::CancellationToken;
+
+    /// Delivers a fresh event, retrying until `abort` is cancelled.
+    async fn deliver(
+        sender: &dyn Sender,
+        event: &CloudEvent,
+        policy: &RetryPolicy,
+        abort: &CancellationToken,
+        on_retry: impl FnMut(&DeliveryError, Duration),
+    ) -> Result<(), DeliveryError> {
+        deliver_with_retry(
+            sender,
+            event,
+            None,
+            policy,
+            Duration::ZERO,
+            abort.cancelled(),
+            on_retry,
+        )
+        .await
+    }
 
     struct Script(Mutex<Vec<Result<(), DeliveryError>>>);
     impl Sender for Script {
@@ -153,7 +154,7 @@ mod tests {
             Ok(()),
         ]));
         let mut retries = 0;
-        let r = deliver_with_retry(&s, &event(), &fast(5), &CancellationToken::new(), |_, _| {
+        let r = deliver(&s, &event(), &fast(5), &CancellationToken::new(), |_, _| {
             retries += 1
         })
         .await;
@@ -167,8 +168,7 @@ mod tests {
             Err(DeliveryError::permanent("400")),
             Ok(()),
         ]));
-        let r =
-            deliver_with_retry(&s, &event(), &fast(5), &CancellationToken::new(), |_, _| {}).await;
+        let r = deliver(&s, &event(), &fast(5), &CancellationToken::new(), |_, _| {}).await;
         assert_eq!(r, Err(DeliveryError::permanent("400")));
     }
 
@@ -179,8 +179,7 @@ mod tests {
                 .map(|_| Err(DeliveryError::retryable("503")))
                 .collect(),
         ));
-        let r =
-            deliver_with_retry(&s, &event(), &fast(3), &CancellationToken::new(), |_, _| {}).await;
+        let r = deliver(&s, &event(), &fast(3), &CancellationToken::new(), |_, _| {}).await;
         assert_eq!(r, Err(DeliveryError::retryable("503")));
         assert!(s.0.lock().unwrap().is_empty());
     }
@@ -202,7 +201,7 @@ mod tests {
             max_age: Some(Duration::from_millis(50)),
             ..fast(0)
         };
-        let r = deliver_with_retry(&s, &event(), &policy, &CancellationToken::new(), |_, _| {})
+        let r = deliver(&s, &event(), &policy, &CancellationToken::new(), |_, _| {})
             .await
             .unwrap_err();
         assert!(!r.retryable);
@@ -220,7 +219,7 @@ mod tests {
             max_age: Some(Duration::from_millis(50)),
             ..fast(5)
         };
-        let r = deliver_with_retry_aged(
+        let r = deliver_with_retry(
             &s,
             &event(),
             None,
@@ -249,7 +248,7 @@ mod tests {
             max_age: None,
         };
         let abort = CancellationToken::new();
-        let r = deliver_with_retry(&s, &event(), &policy, &abort, |_, _| abort.cancel()).await;
+        let r = deliver(&s, &event(), &policy, &abort, |_, _| abort.cancel()).await;
         assert_eq!(
             r,
             Err(DeliveryError::permanent(

@@ -73,6 +73,7 @@ impl GrpcProcessor {
 
     /// Sets the backoff between attempts to reach the server (default 200 ms doubling up to
     /// 5 s, with jitter).
+    #[cfg(test)]
     pub(crate) fn with_retry(mut self, min: Duration, max: Duration) -> GrpcProcessor {
         self.retry_min = min;
         self.retry_max = max.max(min);

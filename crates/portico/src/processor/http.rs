@@ -324,7 +324,6 @@ pub(crate) struct HttpProcessor {
     settings: HttpSettings,
     client: reqwest::Client,
     routes: Arc<Routes>,
-    local_addr: SocketAddr,
     /// Stops the framework's server when the processor is dropped.
     _server: DropGuard,
 }
@@ -366,14 +365,8 @@ impl HttpProcessor {
             settings,
             client,
             routes,
-            local_addr,
             _server: stop.drop_guard(),
         })
-    }
-
-    /// The address the framework's server listens on.
-    pub(crate) fn local_addr(&self) -> SocketAddr {
-        self.local_addr
     }
 
     fn url(&self, path: &str) -> String {

@@ -258,13 +258,6 @@ pub(crate) struct Watchers {
     pub urls: Vec<UrlWatcher>,
 }
 
-impl Watchers {
-    /// True when no watcher of any kind is given.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.sensors.is_empty() && self.gateways.is_empty() && self.urls.is_empty()
-    }
-}
-
 /// A sensor watcher.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
