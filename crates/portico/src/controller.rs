@@ -29,7 +29,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::spec::watchers::{Environment, resolve_watchers};
-use crate::spec::{Gateway, GatewayResource};
+use crate::spec::{Gateway, GatewayResource, Problems};
 
 /// Label that assigns a Gateway to a controller instance.
 pub(crate) const INSTANCE_LABEL: &str = "portico.dev/controller-instance-id";
@@ -78,7 +78,7 @@ impl ControllerOptions {
 pub(crate) enum ReconcileError {
     /// The Gateway is not valid; its status says why.
     #[error("gateway is not valid: {0}")]
-    Invalid(String),
+    Invalid(Problems),
     /// The API server refused or failed.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
@@ -114,7 +114,7 @@ pub(crate) fn service_name(gateway: &str) -> String {
 pub(crate) fn desired(
     resource: &GatewayResource,
     options: &ControllerOptions,
-) -> Result<Desired, String> {
+) -> Result<Desired, Problems> {
     let gateway = Gateway::from(resource);
     let spec = &gateway.spec;
     let name = &gateway.metadata.name;
@@ -132,7 +132,7 @@ pub(crate) fn desired(
         k_sink: None,
     };
     if let Err(p) = resolve_watchers(&gateway, &cluster) {
-        problems.extend(p);
+        problems.extend(p.0);
     }
     let pod = match &spec.deploy_spec {
         Some(pod) if !pod.containers.is_empty() => Some(pod.clone()),
@@ -149,11 +149,11 @@ pub(crate) fn desired(
         }
     };
     let (Some(mut pod), true) = (pod, problems.is_empty()) else {
-        return Err(problems.join("; "));
+        return Err(Problems(problems));
     };
     let owner = resource
         .controller_owner_ref(&())
-        .ok_or_else(|| "the Gateway has no uid yet".to_string())?;
+        .ok_or_else(|| Problems(vec!["the Gateway has no uid yet".to_string()]))?;
     let labels = BTreeMap::from([
         (GATEWAY_LABEL.to_string(), name.clone()),
         (INSTANCE_LABEL.to_string(), options.instance_id.clone()),
@@ -250,10 +250,11 @@ async fn reconcile(
     }
     let desired = match desired(&gateway, &ctx.options) {
         Ok(d) => d,
-        Err(reason) => {
+        Err(problems) => {
+            let reason = problems.to_string();
             tracing::warn!(gateway = %name, namespace = %ns, "gateway is not valid: {reason}");
             set_status(&gateways, &gateway, PHASE_ERROR, &reason).await?;
-            return Err(ReconcileError::Invalid(reason));
+            return Err(ReconcileError::Invalid(problems));
         }
     };
     let apply = PatchParams::apply(FIELD_MANAGER).force();
@@ -396,7 +397,9 @@ mod tests {
     fn an_invalid_gateway_says_what_is_missing() {
         let mut g = GatewayResource::new("g", crate::spec::GatewaySpec::default());
         g.metadata.uid = Some("u".into());
-        let e = desired(&g, &ControllerOptions::new("a")).unwrap_err();
+        let e = desired(&g, &ControllerOptions::new("a"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("spec.type"), "{e}");
         assert!(e.contains("spec.deploySpec"), "{e}");
     }

@@ -37,18 +37,28 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status};
 
+use crate::error::ConfigError;
 use crate::event::Event;
 use crate::proto::v1::gateway_processor_server::{GatewayProcessor, GatewayProcessorServer};
 use crate::proto::v1::{self as pb, GatewayConfig, Validation};
+
+/// Why [`run`] ended.
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    #[error("{0}")]
+    Listen(crate::http1::ListenError),
+    #[error("the gRPC server failed: {0}")]
+    Serve(tonic::transport::Error),
+}
 
 /// Events buffered per stream before [`EventSender::send`] waits for the framework.
 const STREAM_BUFFER: usize = 256;
 
 /// A gateway served over gRPC: one [`run`](GrpcGateway::run) per configuration.
 pub trait GrpcGateway: Send + Sync + 'static {
-    /// Checks a configuration before it runs; `Err(reason)` becomes the node's message and
-    /// the configuration does not run until it changes. The default takes everything.
-    fn validate(&self, config: &GatewayConfig) -> Result<(), String> {
+    /// Checks a configuration before it runs; an error becomes the node's message and the
+    /// configuration does not run until it changes. The default takes everything.
+    fn validate(&self, config: &GatewayConfig) -> Result<(), ConfigError> {
         let _ = config;
         Ok(())
     }
@@ -95,12 +105,22 @@ fn to_proto(e: Event) -> pb::Event {
 }
 
 impl GatewayConfig {
-    /// Parses the configuration value (YAML or JSON) into `T`; the error (an
-    /// `INVALID_ARGUMENT` status) names the configuration, line and column.
-    #[allow(clippy::result_large_err)]
-    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, Status> {
+    /// Parses the configuration value (YAML or JSON) into `T`; the error names the line,
+    /// column and field (and becomes an `INVALID_ARGUMENT` status with `?` in
+    /// [`GrpcGateway::run`]).
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
         crate::spec::parse_config(&self.config)
-            .map_err(|e| Status::invalid_argument(format!("configuration `{}`: {e}", self.src)))
+    }
+}
+
+/// A configuration error as the gRPC contract says it: `INVALID_ARGUMENT` for a wrong
+/// configuration (`Error` until it changes), `UNAVAILABLE` for a failure (retried).
+impl From<ConfigError> for Status {
+    fn from(e: ConfigError) -> Status {
+        match e.kind() {
+            crate::ConfigErrorKind::Invalid => Status::invalid_argument(e.message()),
+            crate::ConfigErrorKind::Failed => Status::unavailable(e.message()),
+        }
     }
 }
 
@@ -119,7 +139,7 @@ impl<G: GrpcGateway> GatewayProcessor for Service<G> {
         let config = request.into_inner();
         self.gateway
             .validate(&config)
-            .map_err(Status::invalid_argument)?;
+            .map_err(|e| Status::invalid_argument(e.message()))?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let gateway = self.gateway.clone();
         tokio::spawn(async move {
@@ -151,9 +171,9 @@ impl<G: GrpcGateway> GatewayProcessor for Service<G> {
                 valid: true,
                 reason: String::new(),
             },
-            Err(reason) => Validation {
+            Err(e) => Validation {
                 valid: false,
-                reason,
+                reason: e.message().to_string(),
             },
         };
         Ok(Response::new(answer))
@@ -165,7 +185,7 @@ pub async fn serve<G: GrpcGateway>(
     gateway: G,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), String> {
+) -> Result<(), tonic::transport::Error> {
     let service = GatewayProcessorServer::new(Service {
         gateway: Arc::new(gateway),
     })
@@ -175,7 +195,6 @@ pub async fn serve<G: GrpcGateway>(
         .add_service(service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
-        .map_err(|e| format!("the gRPC server failed: {e}"))
 }
 
 /// Runs `gateway` as a gRPC server on `127.0.0.1:$GATEWAY_PROCESSOR_GRPC_SERVER_PORT` until
@@ -208,8 +227,10 @@ pub fn run<G: GrpcGateway>(gateway: G) -> ExitCode {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let listener = TcpListener::bind(addr)
             .await
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            .map_err(|source| ServeError::Listen(crate::http1::ListenError { addr, source }))?;
         tracing::info!(addr = %addr, "gRPC gateway server listening");
-        serve(gateway, listener, crate::runtime::shutdown_signal()).await
+        serve(gateway, listener, crate::runtime::shutdown_signal())
+            .await
+            .map_err(ServeError::Serve)
     })
 }

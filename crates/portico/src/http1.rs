@@ -233,6 +233,16 @@ pub fn refusal<B: From<Bytes>>(e: &DispatchError) -> Response<B> {
     answer
 }
 
+/// A server cannot listen on its address.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct ListenError {
+    /// The address.
+    pub addr: std::net::SocketAddr,
+    /// What the system said.
+    pub source: std::io::Error,
+}
+
 /// Why a body could not be read.
 #[derive(Debug)]
 pub enum BodyError {

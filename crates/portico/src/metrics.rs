@@ -404,6 +404,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_metric_has_help_and_every_counter_ends_in_total() {
+        let m = Metrics::new();
+        // One sample of each labelled family, so that every family shows a sample line.
+        m.for_src("s").received.inc();
+        m.for_watcher("w").delivered.inc();
+        for reason in RejectReason::ALL {
+            m.reject("s", reason);
+        }
+        let text = m.encode();
+        let mut families = 0;
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("# TYPE ") else {
+                continue;
+            };
+            families += 1;
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{name} has no HELP text"
+            );
+            if kind == "counter" {
+                let samples: Vec<&str> = text
+                    .lines()
+                    .filter(|l| !l.starts_with('#') && l.starts_with(name))
+                    .collect();
+                assert!(!samples.is_empty(), "{name}: no sample");
+                for s in samples {
+                    assert!(
+                        s.starts_with(&format!("{name}_total")),
+                        "{name}: sample {s} does not end in _total"
+                    );
+                }
+            }
+        }
+        assert!(families >= 16, "{text}");
+        for reason in RejectReason::ALL {
+            assert!(
+                text.contains(&format!("reason=\"{}\"", reason.as_str())),
+                "{reason:?}"
+            );
+        }
+    }
+
+    #[test]
     fn src_labels_are_bounded() {
         let m = Metrics::new();
         for i in 0..MAX_SRC_LABELS + 10 {

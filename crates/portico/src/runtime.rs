@@ -108,9 +108,65 @@ pub(crate) enum RunError {
     /// The gateway cannot reach its cluster.
     #[error("{0}")]
     Cluster(#[from] crate::cluster::ClusterError),
-    /// Anything else that stops the gateway from starting.
+    /// Neither a file nor a cluster says which gateway to run.
+    #[error(
+        "no gateway file given, and GATEWAY_NAMESPACE, GATEWAY_NAME and GATEWAY_PROCESSOR_CONFIG_MAP are not all set: give a FILE, or run in a cluster"
+    )]
+    NoGateway,
+    /// The gateway's processor cannot be set up.
+    #[error("gateway `{gateway}`: {source}")]
+    Processor {
+        /// The gateway.
+        gateway: String,
+        /// Why.
+        source: ProcessorError,
+    },
+    /// The gateway's watchers are not valid.
+    #[error("gateway `{gateway}`: {problems}")]
+    Watchers {
+        /// The gateway.
+        gateway: String,
+        /// Every problem.
+        problems: crate::spec::Problems,
+    },
+    /// One watcher cannot be made.
+    #[error("watcher `{watcher}`: {source}")]
+    Watcher {
+        /// The watcher.
+        watcher: String,
+        /// Why.
+        source: crate::error::BoxError,
+    },
+    /// The outbox cannot be opened.
+    #[error("gateway `{gateway}`: {source}")]
+    Outbox {
+        /// The gateway.
+        gateway: String,
+        /// Why.
+        source: crate::dispatch::outbox::OutboxError,
+    },
+    /// `K_CE_OVERRIDES` is not valid.
     #[error("{0}")]
-    Start(String),
+    Overrides(#[from] crate::pipeline::BadOverrides),
+    /// The transformer's API cannot listen.
+    #[error("{0}")]
+    Listen(#[from] crate::http1::ListenError),
+}
+
+/// Why a gateway's processor cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProcessorError {
+    /// `GATEWAY_PROCESSOR_GRPC_SERVER_PORT` is not a port.
+    #[error(
+        "GATEWAY_PROCESSOR_GRPC_SERVER_PORT=`{0}` is not a port number (1–65535); fix or unset it"
+    )]
+    GrpcPort(String),
+    /// The gRPC server's address is not valid.
+    #[error("{0}")]
+    Grpc(#[from] crate::processor::grpc::BadAddress),
+    /// The HTTP style cannot be set up.
+    #[error("{0}")]
+    Http(#[from] crate::processor::http::HttpStyleError),
 }
 
 /// Where the pipeline keeps its files, and who makes broker senders.
@@ -146,13 +202,14 @@ pub(crate) fn build_pipeline(
     metrics: Arc<Metrics>,
     opts: &PipelineOptions,
 ) -> Result<Arc<Pipeline>, RunError> {
-    let defs = resolve_watchers(gateway, env).map_err(|p| {
-        RunError::Start(format!(
-            "gateway `{}`: {}",
-            gateway.metadata.name,
-            p.join("; ")
-        ))
+    let defs = resolve_watchers(gateway, env).map_err(|problems| RunError::Watchers {
+        gateway: gateway.metadata.name.clone(),
+        problems,
     })?;
+    let watcher_error = |watcher: &str, e: crate::error::BoxError| RunError::Watcher {
+        watcher: watcher.to_string(),
+        source: e,
+    };
     let client = LazyClient::default();
     let version = Some(gateway.spec.event_version.clone());
     let relative = |p: &Path| match &opts.base_dir {
@@ -191,19 +248,18 @@ pub(crate) fn build_pipeline(
                 timeout,
             } => Arc::new(
                 HttpSender::new(&client, url, *encoding, *timeout, version.clone())
-                    .map_err(RunError::Start)?,
+                    .map_err(|e| watcher_error(&def.name, e.into()))?,
             ),
             Target::Stdout => Arc::new(StdoutSender),
             Target::Nats(_) | Target::Kafka(_) => {
                 match opts.senders.0.as_ref().and_then(|f| f.sender(&def.target)) {
-                    Some(made) => {
-                        made.map_err(|e| RunError::Start(format!("watcher `{}`: {e}", def.name)))?
-                    }
+                    Some(made) => made.map_err(|e| watcher_error(&def.name, e))?,
                     None => {
-                        return Err(RunError::Start(format!(
-                            "watcher `{}`: this program has no NATS or Kafka client (the `portico` binary has; a user's gateway can register `portico_bus::factory()`)",
-                            def.name
-                        )));
+                        return Err(watcher_error(
+                            &def.name,
+                            "this program has no NATS or Kafka client (the `portico` binary has)"
+                                .into(),
+                        ));
                     }
                 }
             }
@@ -217,7 +273,7 @@ pub(crate) fn build_pipeline(
                 (Some(file), _) => DeadLetter::file(relative(file)),
                 (None, Some(url)) => DeadLetter::Url(Box::new(
                     HttpSender::new(&client, url, Encoding::Structured, timeout, version.clone())
-                        .map_err(RunError::Start)?,
+                        .map_err(|e| watcher_error(&def.name, e.into()))?,
                 )),
                 (None, None) => DeadLetter::Log,
             },
@@ -233,8 +289,12 @@ pub(crate) fn build_pipeline(
             dead_letter: Arc::new(dead_letter),
         });
     }
-    let dispatcher = Dispatcher::start_with(watchers, &metrics, &delivery)
-        .map_err(|e| RunError::Start(format!("gateway `{}`: {e}", gateway.metadata.name)))?;
+    let dispatcher = Dispatcher::start_with(watchers, &metrics, &delivery).map_err(|source| {
+        RunError::Outbox {
+            gateway: gateway.metadata.name.clone(),
+            source,
+        }
+    })?;
     if let Delivery::AtLeastOnce(o) = &delivery {
         tracing::info!(outbox = %o.dir.display(), max_bytes = o.max_bytes, "delivery atLeastOnce: durable outbox");
     } else if let Delivery::AckAfterDelivery(o) = &delivery {
@@ -248,8 +308,7 @@ pub(crate) fn build_pipeline(
         &gateway.spec.event_version,
     );
     if let Some(text) = crate::env::var(crate::env::K_CE_OVERRIDES) {
-        transformer = transformer
-            .with_overrides(parse_overrides(&text).map_err(|e| RunError::Start(e.to_string()))?);
+        transformer = transformer.with_overrides(parse_overrides(&text)?);
     }
     Ok(Pipeline::new(transformer, dispatcher, metrics))
 }
@@ -258,25 +317,24 @@ pub(crate) fn build_pipeline(
 /// `shutdown` resolves.
 pub(crate) async fn run_gateway(
     opts: RunOptions,
-    choose: impl FnOnce(&Gateway) -> Result<Processor, String>,
+    choose: impl FnOnce(&Gateway) -> Result<Processor, ProcessorError>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), RunError> {
     // Where the gateway and its configurations come from: a file, or the API server.
     let (file, cluster) = match &opts.cluster {
         Some(target) => (None, Some(crate::cluster::connect(target).await?)),
-        None if opts.file.as_os_str().is_empty() => {
-            return Err(RunError::Start(
-                "no gateway file given, and GATEWAY_NAMESPACE, GATEWAY_NAME and GATEWAY_PROCESSOR_CONFIG_MAP are not all set: give a FILE, or run in a cluster".to_string(),
-            ));
-        }
+        None if opts.file.as_os_str().is_empty() => return Err(RunError::NoGateway),
         None => (Some(GatewayFile::load(&opts.file)?), None),
     };
     let gateway = match (&file, &cluster) {
         (Some(f), _) => f.gateway.clone(),
         (None, Some(c)) => c.gateway.clone(),
-        (None, None) => return Err(RunError::Start("no gateway to run".to_string())),
+        (None, None) => return Err(RunError::NoGateway),
     };
-    let processor = choose(&gateway).map_err(RunError::Start)?;
+    let processor = choose(&gateway).map_err(|source| RunError::Processor {
+        gateway: gateway.metadata.name.clone(),
+        source,
+    })?;
     let metrics = Metrics::new();
     let env = Environment::from_process();
     let pipeline = build_pipeline(
@@ -322,9 +380,7 @@ pub(crate) async fn run_gateway(
         pipeline: pipeline.clone(),
         ready: Default::default(),
     });
-    let listener = crate::server::bind(SocketAddr::new(opts.listen, opts.transformer_port))
-        .await
-        .map_err(RunError::Start)?;
+    let listener = crate::server::bind(SocketAddr::new(opts.listen, opts.transformer_port)).await?;
     let server_stop = CancellationToken::new();
     let server = tokio::spawn(crate::server::serve_api(
         listener,
@@ -362,7 +418,7 @@ pub(crate) async fn run_gateway(
                 )),
             )
         }
-        (None, None) => return Err(RunError::Start("no gateway to run".to_string())),
+        (None, None) => return Err(RunError::NoGateway),
     };
     let mut supervisor = match &processor {
         Processor::Core(executor) | Processor::Grpc(executor) | Processor::Http(executor) => Some(

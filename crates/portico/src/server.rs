@@ -162,14 +162,13 @@ async fn ingest_method_not_allowed() -> Response {
 }
 
 /// Binds the transformer's address, saying which port it got (port 0 picks a free one).
-pub(crate) async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
+pub(crate) async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, http1::ListenError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| format!("cannot read the address of {addr}: {e}"))?;
-    tracing::info!(addr = %local, "transformer listening");
+        .map_err(|source| http1::ListenError { addr, source })?;
+    if let Ok(local) = listener.local_addr() {
+        tracing::info!(addr = %local, "transformer listening");
+    }
     Ok(listener)
 }
 

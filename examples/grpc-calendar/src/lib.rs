@@ -1,5 +1,5 @@
-//! A calendar gateway as a gRPC server (Portico's gRPC style, SPEC §4): the whole gateway is
-//! one [`GrpcGateway`] impl. It takes the configurations of the built-in `calendar` gateway
+//! A calendar gateway as a gRPC server (Portico's gRPC style): the whole gateway is one
+//! [`GrpcGateway`] impl. It takes the configurations of the built-in `calendar` gateway
 //! (`schedule` or `interval`, `timezone`, `exclusionDates`, `recurrence`, `userPayload`) and
 //! streams one `{"eventTime", "userPayload"}` JSON event per due time.
 //!
@@ -8,9 +8,9 @@
 //! drops [`GrpcGateway::run`]'s future: there is nothing else to clean up.
 
 use chrono::Utc;
-use portico::Event;
 use portico::grpc_server::{EventSender, GrpcGateway};
 use portico::proto::v1::GatewayConfig;
+use portico::{ConfigError, Event};
 use portico_gateways::calendar::{CalendarConfig, Schedule};
 use tonic::Status;
 
@@ -18,19 +18,19 @@ use tonic::Status;
 #[derive(Debug, Default, Clone)]
 pub struct GrpcCalendar;
 
-fn schedule(config: &GatewayConfig) -> Result<(CalendarConfig, Schedule), String> {
-    let parsed: CalendarConfig = config.parse().map_err(|s| s.message().to_string())?;
-    let schedule = Schedule::parse(&parsed).map_err(|e| e.message().to_string())?;
+fn schedule(config: &GatewayConfig) -> Result<(CalendarConfig, Schedule), ConfigError> {
+    let parsed: CalendarConfig = config.parse()?;
+    let schedule = Schedule::parse(&parsed)?;
     Ok((parsed, schedule))
 }
 
 impl GrpcGateway for GrpcCalendar {
-    fn validate(&self, config: &GatewayConfig) -> Result<(), String> {
+    fn validate(&self, config: &GatewayConfig) -> Result<(), ConfigError> {
         schedule(config).map(|_| ())
     }
 
     async fn run(&self, config: GatewayConfig, events: EventSender) -> Result<(), Status> {
-        let (parsed, schedule) = schedule(&config).map_err(Status::invalid_argument)?;
+        let (parsed, schedule) = schedule(&config)?;
         let user_payload = parsed.user_payload.unwrap_or(serde_json::Value::Null);
         let start = Utc::now();
         let mut last = start;

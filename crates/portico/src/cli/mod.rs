@@ -27,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Transformer};
 use crate::processor::grpc::GrpcProcessor;
 use crate::processor::http::{HttpProcessor, HttpSettings};
-use crate::runtime::{Processor, block_on_main, run_gateway, shutdown_signal};
+use crate::runtime::{Processor, ProcessorError, block_on_main, run_gateway, shutdown_signal};
 use crate::spec::{Gateway, GatewayFile};
 use crate::status::StatusBoard;
 
@@ -139,47 +139,39 @@ pub fn main(builtins: Builtins) -> ExitCode {
 
 /// The port of the user's gRPC server when the gateway is gRPC style (`spec.rpcPort` set;
 /// `GATEWAY_PROCESSOR_GRPC_SERVER_PORT` takes precedence over its value), else `None`.
-fn grpc_port(gateway: &Gateway) -> Result<Option<u16>, String> {
+fn grpc_port(gateway: &Gateway) -> Result<Option<u16>, ProcessorError> {
     let Some(port) = gateway.spec.rpc_port else {
         return Ok(None);
     };
-    let name = env::GATEWAY_PROCESSOR_GRPC_SERVER_PORT;
-    match env::var(name) {
+    match env::var(env::GATEWAY_PROCESSOR_GRPC_SERVER_PORT) {
         None => Ok(Some(port.0)),
         Some(text) => match text.trim().parse::<u16>() {
             Ok(p) if p > 0 => Ok(Some(p)),
-            _ => Err(format!(
-                "{name}=`{text}` is not a port number (1–65535); fix or unset it"
-            )),
+            _ => Err(ProcessorError::GrpcPort(text)),
         },
     }
 }
 
 /// The HTTP-style settings of a gateway that sets `httpServerPort` (or whose environment sets
 /// `GATEWAY_PROCESSOR_SERVER_HTTP_PORT`), `None` for other styles.
-fn http_settings(gateway: &Gateway) -> Result<Option<HttpSettings>, String> {
+fn http_settings(gateway: &Gateway) -> Result<Option<HttpSettings>, ProcessorError> {
     let port = gateway.spec.http_server_port.map(|p| p.0);
     if port.is_none() && env::var(env::GATEWAY_PROCESSOR_SERVER_HTTP_PORT).is_none() {
         return Ok(None);
     }
-    HttpSettings::from_env(port)
-        .map(Some)
-        .map_err(|e| format!("gateway `{}`: {e}", gateway.metadata.name))
+    Ok(Some(HttpSettings::from_env(port)?))
 }
 
 /// Picks the processor of a gateway from its spec: `rpcPort` set ⇒ gRPC style; else
 /// `httpServerPort` set ⇒ HTTP style; else a built-in `type` ⇒ core style; else only the
 /// transformer runs.
-fn processor_for(gateway: &Gateway, builtins: &Builtins) -> Result<Processor, String> {
-    let name = &gateway.metadata.name;
+fn processor_for(gateway: &Gateway, builtins: &Builtins) -> Result<Processor, ProcessorError> {
     if let Some(port) = grpc_port(gateway)? {
-        let processor = GrpcProcessor::new(port, gateway.spec.grpc_protocol)
-            .map_err(|e| format!("gateway `{name}`: {e}"))?;
+        let processor = GrpcProcessor::new(port, gateway.spec.grpc_protocol)?;
         return Ok(Processor::Grpc(Arc::new(processor)));
     }
     if let Some(settings) = http_settings(gateway)? {
-        let processor =
-            HttpProcessor::start(settings).map_err(|e| format!("gateway `{name}`: {e}"))?;
+        let processor = HttpProcessor::start(settings).map_err(ProcessorError::Http)?;
         return Ok(Processor::Http(Arc::new(processor)));
     }
     Ok(match (builtins.executor)(&gateway.spec.gateway_type) {
@@ -191,7 +183,7 @@ fn processor_for(gateway: &Gateway, builtins: &Builtins) -> Result<Processor, St
 fn serve(
     args: GatewayArgs,
     builtins: &Builtins,
-    choose: impl FnOnce(&Gateway) -> Result<Processor, String>,
+    choose: impl FnOnce(&Gateway) -> Result<Processor, ProcessorError>,
 ) -> ExitCode {
     let mut options = args.options();
     options.senders = crate::runtime::SenderFactories(builtins.senders.clone());
@@ -219,7 +211,7 @@ fn validate(file: &Path, builtins: &Builtins) -> ExitCode {
         Err(e) => Err(e),
     };
     match chosen {
-        Err(e) => problems.push(e),
+        Err(e) => problems.push(format!("gateway `{}`: {e}", loaded.gateway.metadata.name)),
         Ok(Processor::Independent) => {}
         // Only the user's server knows its configurations; it is asked when they start.
         Ok(Processor::Grpc(_) | Processor::Http(_)) => {}

@@ -24,14 +24,37 @@ use crate::cloudevents::{self, CloudEvent};
 use crate::error::{BoxFuture, DeliveryError};
 use crate::spec::Encoding;
 
+/// Why an HTTP watcher cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HttpSenderError {
+    /// Its URL cannot be sent to.
+    #[error("url `{url}`: {reason}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The TLS client cannot be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
+fn bad_url(url: &str, reason: impl std::fmt::Display) -> HttpSenderError {
+    HttpSenderError::Url {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
 /// The client `https://` watchers of a gateway share (pooled keep-alive connections).
-pub(crate) fn shared_client() -> Result<reqwest::Client, String> {
+pub(crate) fn shared_client() -> Result<reqwest::Client, HttpSenderError> {
     reqwest::Client::builder()
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
         .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+        .map_err(HttpSenderError::Client)
 }
 
 /// The [`shared_client`] of a gateway, made the first time an `https://` watcher needs it: a
@@ -41,7 +64,7 @@ pub(crate) struct LazyClient(std::sync::Arc<std::sync::OnceLock<reqwest::Client>
 
 impl LazyClient {
     /// The client, made now if it was not yet.
-    pub(crate) fn get(&self) -> Result<reqwest::Client, String> {
+    pub(crate) fn get(&self) -> Result<reqwest::Client, HttpSenderError> {
         if let Some(c) = self.0.get() {
             return Ok(c.clone());
         }
@@ -100,13 +123,11 @@ impl HttpSender {
         encoding: Encoding,
         timeout: Duration,
         event_type_version: Option<String>,
-    ) -> Result<HttpSender, String> {
-        let parsed = reqwest::Url::parse(url).map_err(|e| format!("url `{url}`: {e}"))?;
+    ) -> Result<HttpSender, HttpSenderError> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| bad_url(url, e))?;
         let transport = match parsed.scheme() {
             "http" => {
-                let host = parsed
-                    .host_str()
-                    .ok_or_else(|| format!("url `{url}`: no host"))?;
+                let host = parsed.host_str().ok_or_else(|| bad_url(url, "no host"))?;
                 let port = parsed.port_or_known_default().unwrap_or(80);
                 let authority = match parsed.port() {
                     Some(p) => format!("{host}:{p}"),
@@ -123,10 +144,10 @@ impl HttpSender {
                         host.trim_start_matches('[').trim_end_matches(']')
                     ),
                     host: HeaderValue::from_str(&authority)
-                        .map_err(|e| format!("url `{url}`: host: {e}"))?,
+                        .map_err(|e| bad_url(url, format!("host: {e}")))?,
                     path: path
                         .parse()
-                        .map_err(|e| format!("url `{url}`: path: {e}"))?,
+                        .map_err(|e| bad_url(url, format!("path: {e}")))?,
                     idle: Mutex::new(Vec::new()),
                 })
             }

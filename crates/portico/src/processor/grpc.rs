@@ -35,6 +35,14 @@ use crate::spec::GrpcProtocol;
 /// How long `ValidateGateway` may take before the server counts as unreachable.
 const VALIDATE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The address of a gRPC server is not one.
+#[derive(Debug, thiserror::Error)]
+#[error("gRPC server address `{uri}` is not valid: {source}")]
+pub(crate) struct BadAddress {
+    uri: String,
+    source: tonic::transport::Error,
+}
+
 /// Runs configurations on the user's gRPC server.
 #[derive(Debug, Clone)]
 pub(crate) struct GrpcProcessor {
@@ -49,14 +57,17 @@ pub(crate) struct GrpcProcessor {
 impl GrpcProcessor {
     /// A processor for the server listening on `127.0.0.1:port` (the user's server runs
     /// beside the framework: same pod, or a child of `portico run`), speaking `protocol`.
-    pub(crate) fn new(port: u16, protocol: GrpcProtocol) -> Result<GrpcProcessor, String> {
+    pub(crate) fn new(port: u16, protocol: GrpcProtocol) -> Result<GrpcProcessor, BadAddress> {
         GrpcProcessor::for_uri(&format!("http://127.0.0.1:{port}"), protocol)
     }
 
     /// A processor for the server at `uri` (`http://host:port`), speaking `protocol`.
-    pub(crate) fn for_uri(uri: &str, protocol: GrpcProtocol) -> Result<GrpcProcessor, String> {
+    pub(crate) fn for_uri(uri: &str, protocol: GrpcProtocol) -> Result<GrpcProcessor, BadAddress> {
         let endpoint = Endpoint::from_shared(uri.to_string())
-            .map_err(|e| format!("gRPC server address `{uri}` is not valid: {e}"))?
+            .map_err(|source| BadAddress {
+                uri: uri.to_string(),
+                source,
+            })?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))

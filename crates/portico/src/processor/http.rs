@@ -76,11 +76,47 @@ pub(crate) struct HttpSettings {
     pub body_limit: usize,
 }
 
+/// Why the HTTP style cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HttpStyleError {
+    /// A port variable is not a port.
+    #[error("{name}={value:?} is not a port number (0–65535): {source}")]
+    Port {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// Why.
+        source: std::num::ParseIntError,
+    },
+    /// A path variable is not a path.
+    #[error("{name}={value:?} is not a path: it must start with `/` (default {default})")]
+    Path {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// Its default.
+        default: &'static str,
+    },
+    /// No port is given for the user's server.
+    #[error(
+        "HTTP style needs the port of the user's server: set httpServerPort in the gateway or GATEWAY_PROCESSOR_SERVER_HTTP_PORT"
+    )]
+    NoServerPort,
+    /// The framework's server cannot listen.
+    #[error("the HTTP-style processor (GATEWAY_PROCESSOR_CLIENT_HTTP_PORT): {0}")]
+    Listen(crate::http1::ListenError),
+    /// The client of the user's server cannot be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(reqwest::Error),
+}
+
 impl HttpSettings {
-    /// The settings of SPEC §3: every variable read from the environment, with its default;
-    /// `http_server_port` is the gateway's `httpServerPort`, which
+    /// The settings of the HTTP style: every variable read from the environment, with its
+    /// default; `http_server_port` is the gateway's `httpServerPort`, which
     /// `GATEWAY_PROCESSOR_SERVER_HTTP_PORT` overrides.
-    pub(crate) fn from_env(http_server_port: Option<u16>) -> Result<HttpSettings, String> {
+    pub(crate) fn from_env(http_server_port: Option<u16>) -> Result<HttpSettings, HttpStyleError> {
         Self::from_lookup(env::var, http_server_port)
     }
 
@@ -88,34 +124,35 @@ impl HttpSettings {
     pub(crate) fn from_lookup(
         lookup: impl Fn(&str) -> Option<String>,
         http_server_port: Option<u16>,
-    ) -> Result<HttpSettings, String> {
-        let port = |name: &str| -> Result<Option<u16>, String> {
+    ) -> Result<HttpSettings, HttpStyleError> {
+        let port = |name: &'static str| -> Result<Option<u16>, HttpStyleError> {
             lookup(name)
                 .map(|v| {
                     v.trim()
                         .parse::<u16>()
-                        .map_err(|e| format!("{name}={v:?} is not a port number (0–65535): {e}"))
+                        .map_err(|source| HttpStyleError::Port {
+                            name,
+                            value: v.clone(),
+                            source,
+                        })
                 })
                 .transpose()
         };
-        let path = |name: &str, default: &str| -> Result<String, String> {
+        let path = |name: &'static str, default: &'static str| -> Result<String, HttpStyleError> {
             let p = lookup(name).unwrap_or_else(|| default.to_string());
             if p.starts_with('/') {
                 Ok(p)
             } else {
-                Err(format!(
-                    "{name}={p:?} is not a path: it must start with `/` (default {default})"
-                ))
+                Err(HttpStyleError::Path {
+                    name,
+                    value: p,
+                    default,
+                })
             }
         };
         let server_port = match port(env::GATEWAY_PROCESSOR_SERVER_HTTP_PORT)? {
             Some(p) => p,
-            None => http_server_port.ok_or_else(|| {
-                format!(
-                    "HTTP style needs the port of the user's server: set httpServerPort in the gateway or {}",
-                    env::GATEWAY_PROCESSOR_SERVER_HTTP_PORT
-                )
-            })?,
+            None => http_server_port.ok_or(HttpStyleError::NoServerPort)?,
         };
         Ok(HttpSettings {
             server_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -331,23 +368,15 @@ pub(crate) struct HttpProcessor {
 impl HttpProcessor {
     /// Binds the framework's server (logging `processor server listening addr=…`) and starts
     /// serving it. Must be called inside a Tokio runtime.
-    pub(crate) fn start(settings: HttpSettings) -> Result<HttpProcessor, String> {
+    pub(crate) fn start(settings: HttpSettings) -> Result<HttpProcessor, HttpStyleError> {
         let addr = SocketAddr::new(settings.client_listen, settings.client_port);
-        let std_listener = std::net::TcpListener::bind(addr).map_err(|e| {
-            format!(
-                "cannot listen on {addr} for the HTTP-style processor ({}): {e}",
-                env::GATEWAY_PROCESSOR_CLIENT_HTTP_PORT
-            )
-        })?;
-        std_listener
-            .set_nonblocking(true)
-            .map_err(|e| format!("cannot set up the listener on {addr}: {e}"))?;
-        let listener = tokio::net::TcpListener::from_std(std_listener)
-            .map_err(|e| format!("cannot set up the listener on {addr}: {e}"))?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|e| format!("cannot read the address of {addr}: {e}"))?;
-        tracing::info!(addr = %local_addr, "processor server listening");
+        let listen = |source| HttpStyleError::Listen(crate::http1::ListenError { addr, source });
+        let std_listener = std::net::TcpListener::bind(addr).map_err(listen)?;
+        std_listener.set_nonblocking(true).map_err(listen)?;
+        let listener = tokio::net::TcpListener::from_std(std_listener).map_err(listen)?;
+        if let Ok(local) = listener.local_addr() {
+            tracing::info!(addr = %local, "processor server listening");
+        }
         let routes = Arc::new(Routes::default());
         let router = Router::new()
             .route(&settings.event_path, post(on_event))
@@ -360,7 +389,7 @@ impl HttpProcessor {
         let client = reqwest::Client::builder()
             .timeout(settings.request_timeout)
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            .map_err(HttpStyleError::Client)?;
         Ok(HttpProcessor {
             settings,
             client,
@@ -497,7 +526,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        HttpSettings::from_lookup(|name| vars.get(name).cloned(), port)
+        HttpSettings::from_lookup(|name| vars.get(name).cloned(), port).map_err(|e| e.to_string())
     }
 
     #[test]

@@ -14,7 +14,7 @@ use kube::{Api, Client};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::SourceEvent;
+use super::{SourceError, SourceEvent};
 use crate::spec::ConfigMapData;
 
 /// Which ConfigMap to follow.
@@ -39,7 +39,7 @@ pub(crate) async fn watch(
     what: ConfigMapRef,
     tx: mpsc::Sender<SourceEvent>,
     stop: CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), SourceError> {
     let api: Api<ConfigMap> = Api::namespaced(client, &what.namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={}", what.name));
     let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
@@ -53,7 +53,7 @@ pub(crate) async fn watch(
             e = stream.next() => e,
         };
         let next: Option<Option<ConfigMapData>> = match event {
-            None => return Err("the ConfigMap watch ended".to_string()),
+            None => return Err(SourceError::Ended),
             Some(Err(e)) => {
                 tracing::warn!(
                     configmap = %what.name, namespace = %what.namespace,

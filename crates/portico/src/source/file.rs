@@ -18,7 +18,7 @@ use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::SourceEvent;
+use super::{SourceError, SourceEvent};
 use crate::spec::GatewayFile;
 
 /// How long changes are gathered before the file is read again.
@@ -30,7 +30,7 @@ pub(crate) async fn watch(
     loaded: GatewayFile,
     tx: mpsc::Sender<SourceEvent>,
     stop: CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), SourceError> {
     let path = loaded.path.clone();
     let dir = watched_dir(&path);
     let (changed_tx, mut changed) = mpsc::channel::<()>(1);
@@ -50,10 +50,16 @@ pub(crate) async fn watch(
             let _ = changed_tx.try_send(());
         }
     })
-    .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+    .map_err(|source| SourceError::Watch {
+        dir: dir.clone(),
+        source,
+    })?;
     debouncer
         .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+        .map_err(|source| SourceError::Watch {
+            dir: dir.clone(),
+            source,
+        })?;
     tracing::info!(file = %path.display(), "watching the gateway file for changes");
 
     let mut last_good = loaded;

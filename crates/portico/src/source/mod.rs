@@ -6,6 +6,22 @@ pub(crate) mod file;
 
 use crate::spec::ConfigMapData;
 
+/// Why a configuration source stopped.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SourceError {
+    /// The gateway file's directory cannot be watched.
+    #[error("cannot watch {}: {source}", dir.display())]
+    Watch {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// What the watcher said.
+        source: notify_debouncer_full::notify::Error,
+    },
+    /// The API server's watch of the ConfigMap ended.
+    #[error("the ConfigMap watch ended")]
+    Ended,
+}
+
 /// What a configuration source reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum SourceEvent {

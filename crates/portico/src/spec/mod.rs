@@ -385,7 +385,7 @@ pub(crate) enum DeliveryMode {
     /// Events are queued in memory only: nothing survives a crash, and a source never waits
     /// for a disk. A source that cannot be slowed down without loss never waits for room
     /// either: an event that finds the gateway full is dropped and counted
-    /// (`portico_events_rejected{reason="full"}`): calendar ticks, broker messages, file and
+    /// (`portico_events_rejected_total{reason="full"}`): calendar ticks, broker messages, file and
     /// resource events. Sources that push back without loss still do: HTTP callers are held up
     /// to `--admission-wait` then get 503, a gRPC stream is slowed by its flow control.
     AtMostOnce,
@@ -642,6 +642,11 @@ pub(crate) fn crd()
 }
 
 /// [`crd`] as YAML text.
-pub(crate) fn crd_yaml() -> Result<String, String> {
-    serde_saphyr::to_string(&crd()).map_err(|e| format!("cannot write the CRD as YAML: {e}"))
+pub(crate) fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {
+    serde_saphyr::to_string(&crd())
 }
+
+/// Every problem found with a gateway, each saying what is wrong and where.
+#[derive(Debug, Clone, Default, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("; "))]
+pub(crate) struct Problems(pub(crate) Vec<String>);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::{
     DeadLetterSettings, DispatchMechanism, Encoding, Gateway, GatewaySpec, KafkaDispatch,
-    NatsDispatch, RetrySettings, UrlWatcher, WatcherSettings,
+    NatsDispatch, Problems, RetrySettings, UrlWatcher, WatcherSettings,
 };
 
 /// Port of a sensor's service in a cluster.
@@ -209,7 +209,7 @@ fn check_url(what: &str, url: &str) -> Result<(), String> {
 pub(crate) fn resolve_watchers(
     gateway: &Gateway,
     env: &Environment,
-) -> Result<Vec<WatcherDef>, Vec<String>> {
+) -> Result<Vec<WatcherDef>, Problems> {
     let spec = &gateway.spec;
     let ns = gateway.namespace();
     let defaults = &spec.delivery;
@@ -358,7 +358,7 @@ pub(crate) fn resolve_watchers(
     if problems.is_empty() {
         Ok(out)
     } else {
-        Err(problems)
+        Err(Problems(problems))
     }
 }
 
@@ -373,6 +373,7 @@ pub(crate) fn problems(spec: &GatewaySpec) -> Vec<String> {
     resolve_watchers(&gateway, &Environment::from_process())
         .err()
         .unwrap_or_default()
+        .0
 }
 
 #[cfg(test)]
@@ -446,7 +447,7 @@ mod tests {
             }],
             ..Default::default()
         });
-        let e = resolve_watchers(&g, &Environment::default()).unwrap_err();
+        let e = resolve_watchers(&g, &Environment::default()).unwrap_err().0;
         assert!(
             e[0].contains("watchers.sensors[0] `s`: `url` is required"),
             "{e:?}"
@@ -466,7 +467,7 @@ mod tests {
             ],
             ..Default::default()
         });
-        let e = resolve_watchers(&g, &Environment::default()).unwrap_err();
+        let e = resolve_watchers(&g, &Environment::default()).unwrap_err().0;
         assert_eq!(e.len(), 2);
         assert!(
             e[0].contains("watchers.urls[0]") && e[0].contains("scheme `ftp`"),

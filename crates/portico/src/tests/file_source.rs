@@ -33,7 +33,7 @@ fn start(
 ) -> (
     mpsc::Receiver<SourceEvent>,
     CancellationToken,
-    tokio::task::JoinHandle<Result<(), String>>,
+    tokio::task::JoinHandle<Result<(), crate::source::SourceError>>,
 ) {
     let loaded = GatewayFile::load(path).unwrap();
     let (tx, rx) = mpsc::channel(4);

@@ -12,7 +12,7 @@ use crate::processor::grpc::GrpcProcessor;
 use crate::proto::v1::GatewayConfig;
 use crate::spec::{ConfigMapData, GrpcProtocol};
 use crate::testing::Harness;
-use crate::{Event, Phase};
+use crate::{ConfigError, Event, Phase};
 use tonic::Status;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -33,9 +33,9 @@ impl Drop for Live {
 }
 
 impl GrpcGateway for Scripted {
-    fn validate(&self, config: &GatewayConfig) -> Result<(), String> {
+    fn validate(&self, config: &GatewayConfig) -> Result<(), ConfigError> {
         if config.config.contains("reject") {
-            Err("rejected by the server".into())
+            Err(ConfigError::invalid("rejected by the server"))
         } else {
             Ok(())
         }

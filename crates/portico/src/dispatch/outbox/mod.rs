@@ -37,7 +37,7 @@
 //! the batch over. The writer writes it in one buffer, calls `fdatasync` once and answers every
 //! appender. An idle gateway thus commits a lone event at once, while a busy one commits what
 //! its clients sent meanwhile in one fsync, without a timer that every client would wait out
-//! (`portico_outbox_fsyncs` / `portico_outbox_appends` in the metrics say how large the
+//! (`portico_outbox_fsyncs_total` / `portico_outbox_appends_total` in the metrics say how large the
 //! batches are). With 64 clients on one core this took fsyncs per event from 0.05 to 0.017.
 //!
 //! # Reusing segments
