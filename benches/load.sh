@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Portico's load benchmark (issue 9): every scenario beside the least a Rust program does for
+# Portico's load benchmark: every scenario beside the least a Rust program does for
 # the same result, in the same run on this machine, so that the ratios hold where absolute
 # numbers drift.
 #
@@ -551,7 +551,7 @@ case "$OUT" in /*) ;; *) unchanged+=(":(exclude)$OUT") ;; esac
   cat <<EOF
 # Benchmarks
 
-Written by \`benches/load.sh\` (issue 9). Every Portico figure stands beside a baseline measured
+Written by \`benches/load.sh\`. Every Portico figure stands beside a baseline measured
 in the same run on the same machine: the least a Rust program does for the same result. The
 machine is shared and noisy, so absolute numbers drift; compare the ratios.
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Figures of issue 2: RSS of `portico run` idle with N calendar configurations, and the time
+# Figures of start-up: RSS of `portico run` idle with N calendar configurations, and the time
 # from process start until all N are Running (polled on /status every 10 ms).
 #
 #   benches/startup.sh [N]          # default 1000; builds portico in release mode first

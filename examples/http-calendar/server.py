@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """An HTTP-style calendar gateway for Portico, in Python with only the standard library.
 
-Portico (SPEC §4, HTTP style) POSTs {"id", "src", "config"} to this server's /start and /stop.
+Portico (HTTP style) POSTs {"id", "src", "config"} to this server's /start and /stop.
 For each started configuration this server emits an event every `interval` and POSTs it to the
 framework's /event as {"src", "payload": "<base64>"}; it tells the framework once a
 configuration runs (/activated) and when it cannot run (/error).
 
-Every port and path comes from the environment variables of SPEC §3, with their defaults:
+Every port and path comes from the variables of the gateway environment (docs/contract.md), with their defaults:
 GATEWAY_PROCESSOR_SERVER_HTTP_PORT (this server), GATEWAY_PROCESSOR_CLIENT_HTTP_PORT (the
 framework's), GATEWAY_HTTP_CONFIG_START/STOP/EVENT/RUNNING/ERROR.
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# A framework-independent Portico gateway (SPEC §4) in a shell script: it does everything
+# A framework-independent Portico gateway in a shell script: it does everything
 # itself and POSTs its events to the transformer in the original format
 # {"src": "...", "payload": "<base64>"}.
 #
 # Every INTERVAL seconds it reports the machine's load average as configuration `loadavg`.
 #
-#   TRANSFORMER_PORT  port of the transformer (default 9300, SPEC §3)
+#   TRANSFORMER_PORT  port of the transformer (default 9300)
 #   SRC               the configuration key of the events (default loadavg)
 #   INTERVAL          seconds between events (default 5)
 #   COUNT             stop after this many events (default: never)

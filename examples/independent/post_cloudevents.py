@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""A framework-independent Portico gateway (SPEC §4) in Python, standard library only.
+"""A framework-independent Portico gateway in Python, standard library only.
 
 It makes its own CloudEvents and POSTs them to the transformer in structured mode
 (`application/cloudevents+json`); the transformer validates them and relays them to the
 gateway's watchers with their own id, source and type. A 503 means the gateway is full: the
 event is sent again after `Retry-After` seconds.
 
-    TRANSFORMER_PORT  port of the transformer (default 9300, SPEC §3)
+    TRANSFORMER_PORT  port of the transformer (default 9300)
     INTERVAL          seconds between events (default 5)
     COUNT             stop after this many events (default: never)
 """

@@ -1,4 +1,4 @@
-//! End to end, no event lost (SPEC §7): the real `portico` binary with its durable outbox,
+//! End to end, no event lost: the real `portico` binary with its durable outbox,
 //! a real HTTP watcher that goes away and comes back, a SIGKILL in the middle of a run,
 //! dead letters, and backpressure with a watcher that never answers. Events are counted
 //! exactly: each carries its number `n` in its data, and the tests check that every `n` that

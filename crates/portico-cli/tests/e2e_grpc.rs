@@ -1,4 +1,4 @@
-//! End to end, gRPC style (SPEC §4): the real `portico` binary driving real gRPC servers — the
+//! End to end, gRPC style: the real `portico` binary driving real gRPC servers — the
 //! Python example (`examples/python-grpc/server.py`, grpcio in the venv that `scripts/test`
 //! makes, `PORTICO_VENV`), a server written for Argo Events' generic event source, and the
 //! Rust example (`examples/grpc-calendar`) — delivering CloudEvents to a real HTTP watcher.
@@ -469,7 +469,7 @@ async fn run_gives_the_command_the_contract_environment_and_logs_its_exit() {
         &[],
     )
     .await;
-    // Its output is forwarded (to portico's stderr), with the environment of SPEC §3.
+    // Its output is forwarded (to portico's stderr), with the gateway environment (docs/contract.md).
     let expected = format!("contract envg default {} {port}", portico.addr.port());
     eventually(WAIT, || {
         (!portico.stderr.containing(&expected).is_empty()).then_some(())

@@ -299,7 +299,7 @@ async fn http_style_configurations_start_once_the_user_server_comes_up() {
     assert!(events.iter().all(|e| e["source"] == "hcal/late"));
 }
 
-/// Custom endpoint paths of SPEC §3, set alike on portico and on the user's server.
+/// Custom endpoint paths of the HTTP style, set alike on portico and on the user's server.
 const CUSTOM_PATHS: [(&str, &str); 5] = [
     ("GATEWAY_HTTP_CONFIG_START", "/v2/begin"),
     ("GATEWAY_HTTP_CONFIG_STOP", "/v2/end"),

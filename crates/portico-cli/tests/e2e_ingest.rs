@@ -1,4 +1,4 @@
-//! End to end with the real `portico` binary: the transformer's HTTP API (SPEC §5) for
+//! End to end with the real `portico` binary: the transformer's HTTP API for
 //! framework-independent gateways. The original JSON and CloudEvents in structured, binary and
 //! batched mode reach a real HTTP watcher; every bad body gets its status and reason while the
 //! process keeps serving; a full dispatcher answers 503 with `Retry-After`; `/metrics` parses as

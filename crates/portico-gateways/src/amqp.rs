@@ -1,21 +1,7 @@
 //! The `amqp` gateway: messages routed to a queue bound to an AMQP 0-9-1 exchange
-//! (RabbitMQ, SPEC §8).
+//! (RabbitMQ).
 //!
-//! The fields are those of [`AmqpConfig`].
-//!
-//! Payload: the message body, untouched; `datacontenttype` from the message's
-//! `content-type` property. Extensions: `exchange`, `routingkey`, `redelivered`
-//! (`true` when the broker delivers it again), and one `h<name>` per header (`X-Trace-Id` ⇒
-//! `hxtraceid`; string, number and boolean values).
-//!
-//! Each message is acknowledged only after its CloudEvent is accepted for delivery. When the
-//! configuration stops, what it holds unacknowledged (the message waiting for room and those
-//! prefetched) is rejected with requeue, so the broker gives it to the next consumer. With a
-//! named `queue` nothing is lost across a restart of the gateway: at least once.
-//!
-//! A lost connection (broker down, connection closed by an operator) is reported on the node
-//! and re-established with capped backoff; the exchange, queue and binding are declared
-//! again on every connection.
+//! Its configuration, what its events carry and how it acknowledges its sources: [`AmqpConfig`].
 
 use futures::StreamExt;
 use lapin::options::{
@@ -34,6 +20,20 @@ use crate::broker::{self, Progress, SessionError, SessionResult, accepted};
 const PREFETCH: u16 = 32;
 
 /// An `amqp` configuration.
+///
+/// Payload: the message body, untouched; `datacontenttype` from the message's
+/// `content-type` property. Extensions: `exchange`, `routingkey`, `redelivered`
+/// (`true` when the broker delivers it again), and one `h<name>` per header (`X-Trace-Id` ⇒
+/// `hxtraceid`; string, number and boolean values).
+///
+/// Each message is acknowledged only after its CloudEvent is accepted for delivery. When the
+/// configuration stops, what it holds unacknowledged (the message waiting for room and those
+/// prefetched) is rejected with requeue, so the broker gives it to the next consumer. With a
+/// named `queue` nothing is lost across a restart of the gateway: at least once.
+///
+/// A lost connection (broker down, connection closed by an operator) is reported on the node
+/// and re-established with capped backoff; the exchange, queue and binding are declared
+/// again on every connection.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AmqpConfig {

@@ -1,8 +1,6 @@
-//! The `calendar` gateway: events on a schedule (SPEC §8).
+//! The `calendar` gateway: events on a schedule.
 //!
-//! The fields are those of [`CalendarConfig`].
-//!
-//! Payload: `{"eventTime": "<RFC 3339>", "userPayload": …}` as `application/json`.
+//! Its configuration, what its events carry and how it acknowledges its sources: [`CalendarConfig`].
 //!
 //! Time is read through a [`Clock`], so the schedule logic is tested with a manual clock
 //! instead of by waiting. Times are computed in the configured zone, so daylight-saving
@@ -56,6 +54,8 @@ impl Clock for SystemClock {
 }
 
 /// A `calendar` configuration: a `schedule` or an `interval`.
+///
+/// Payload: `{"eventTime": "<RFC 3339>", "userPayload": …}` as `application/json`.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CalendarConfig {

@@ -1,13 +1,6 @@
-//! The `file` gateway: events when files in a directory change (SPEC §8).
+//! The `file` gateway: events when files in a directory change.
 //!
-//! The fields are those of [`FileConfig`].
-//!
-//! Payload: `{"name": "<path relative to directory>", "op": "CREATE", "path": "<full path>"}`
-//! as `application/json`, one event per change (a large write can be several `WRITE`s).
-//!
-//! Operations follow the original (Go's fsnotify): a file renamed inside the directory gives
-//! `RENAME` for its old name and `CREATE` for its new one; `WRITE` is a change of content,
-//! `CHMOD` one of metadata (mode, owner, times).
+//! Its configuration, what its events carry and how it acknowledges its sources: [`FileConfig`].
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -68,6 +61,13 @@ pub enum OneOrMany {
 }
 
 /// A `file` configuration.
+///
+/// Payload: `{"name": "<path relative to directory>", "op": "CREATE", "path": "<full path>"}`
+/// as `application/json`, one event per change (a large write can be several `WRITE`s).
+///
+/// Operations follow the original (Go's fsnotify): a file renamed inside the directory gives
+/// `RENAME` for its old name and `CREATE` for its new one; `WRITE` is a change of content,
+/// `CHMOD` one of metadata (mode, owner, times).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FileConfig {

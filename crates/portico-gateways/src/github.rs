@@ -1,4 +1,4 @@
-//! The `github` gateway: GitHub webhook deliveries, verified and filtered (SPEC §8).
+//! The `github` gateway: GitHub webhook deliveries, verified and filtered.
 //!
 //! A `webhook` configuration (`port`, `endpoint`, `method`, TLS, `maxBodySize`; see
 //! [`crate::webhook`]) plus:

@@ -1,15 +1,6 @@
-//! The `kafka` gateway: records of a Kafka topic, read in a consumer group (SPEC §8).
+//! The `kafka` gateway: records of a Kafka topic, read in a consumer group.
 //!
-//! The fields are those of [`KafkaConfig`].
-//!
-//! Payload: the record value, untouched; `datacontenttype` from a `content-type` header; the
-//! record's timestamp as the event time. Extensions: `topic`, `partition`, `offset`, `key`
-//! (the record key as text, when it has one) and one `h<name>` per other header
-//! (`X-Trace-Id` ⇒ `hxtraceid`).
-//!
-//! A record's offset is stored for commit only after its CloudEvent is accepted for delivery
-//! (`enable.auto.offset.store=false`; stored offsets are committed every second and when the
-//! configuration stops): records not accepted before a stop are read again: at least once.
+//! Its configuration, what its events carry and how it acknowledges its sources: [`KafkaConfig`].
 //!
 //! Broker loss: when the client (librdkafka) reports the brokers unreachable, the node shows
 //! `Error` with the reason, the consumer is dropped (what was stored is committed if it still
@@ -36,6 +27,15 @@ use serde::Deserialize;
 use crate::broker::{self, Progress, SessionError, SessionResult, accepted};
 
 /// A `kafka` configuration.
+///
+/// Payload: the record value, untouched; `datacontenttype` from a `content-type` header; the
+/// record's timestamp as the event time. Extensions: `topic`, `partition`, `offset`, `key`
+/// (the record key as text, when it has one) and one `h<name>` per other header
+/// (`X-Trace-Id` ⇒ `hxtraceid`).
+///
+/// A record's offset is stored for commit only after its CloudEvent is accepted for delivery
+/// (`enable.auto.offset.store=false`; stored offsets are committed every second and when the
+/// configuration stops): records not accepted before a stop are read again: at least once.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KafkaConfig {

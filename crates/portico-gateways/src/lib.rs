@@ -14,6 +14,7 @@ pub mod kafka;
 pub mod mqtt;
 pub mod nats;
 pub mod redis;
+pub mod reference;
 
 use std::sync::Arc;
 

@@ -1,20 +1,6 @@
-//! The `mqtt` gateway: messages of an MQTT topic filter (MQTT 3.1.1, SPEC §8).
+//! The `mqtt` gateway: messages of an MQTT topic filter (MQTT 3.1.1).
 //!
-//! The fields are those of [`MqttConfig`].
-//!
-//! Payload: the message payload, untouched (MQTT 3.1.1 carries no content type). Extension:
-//! `topic` (the message's topic).
-//!
-//! With `qos: 1` the gateway keeps a persistent session (clean session off) and acknowledges
-//! each message (`PUBACK`) only after its CloudEvent is accepted for delivery; messages
-//! published while it is stopped, and those it received but never acknowledged, are sent
-//! again by the broker when it comes back with the same `clientId`. While a message waits
-//! for room in a full dispatcher the connection is not serviced; if that lasts longer than the
-//! keep-alive (15 s, ×1.5) the broker drops it, the gateway reconnects and the broker sends
-//! the unacknowledged messages again.
-//!
-//! A lost connection is reported on the node and re-established with capped backoff; the
-//! subscription is made again on every connection.
+//! Its configuration, what its events carry and how it acknowledges its sources: [`MqttConfig`].
 
 use std::time::Duration;
 
@@ -26,6 +12,20 @@ use serde::Deserialize;
 use crate::broker::{self, Progress, SessionError, SessionResult, accepted};
 
 /// An `mqtt` configuration.
+///
+/// Payload: the message payload, untouched (MQTT 3.1.1 carries no content type). Extension:
+/// `topic` (the message's topic).
+///
+/// With `qos: 1` the gateway keeps a persistent session (clean session off) and acknowledges
+/// each message (`PUBACK`) only after its CloudEvent is accepted for delivery; messages
+/// published while it is stopped, and those it received but never acknowledged, are sent
+/// again by the broker when it comes back with the same `clientId`. While a message waits
+/// for room in a full dispatcher the connection is not serviced; if that lasts longer than the
+/// keep-alive (15 s, ×1.5) the broker drops it, the gateway reconnects and the broker sends
+/// the unacknowledged messages again.
+///
+/// A lost connection is reported on the node and re-established with capped backoff; the
+/// subscription is made again on every connection.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MqttConfig {

@@ -1,25 +1,7 @@
 //! The `nats` gateway: messages of a NATS subject, by core subscription or from a JetStream
-//! stream through a durable consumer (SPEC §8).
+//! stream through a durable consumer.
 //!
-//! The fields are those of [`NatsConfig`].
-//!
-//! Payload: the message body, untouched; `datacontenttype` from a `Content-Type` header.
-//! Extensions: `natssubject` (the message's subject; `subject` itself is a core attribute), one `h<name>` per other header (the name
-//! lower-cased with only a–z and 0–9 kept, at most 20 characters: `X-Trace-Id` ⇒
-//! `hxtraceid`; repeated values joined with `,`), and for JetStream `stream` and `streamseq`
-//! (the stream sequence number).
-//!
-//! Delivery: a core subscription is at-most-once, as NATS itself. A JetStream message is
-//! acknowledged only after its CloudEvent is accepted for delivery (written to the outbox), or,
-//! with `spec.delivery.mode: ackAfterDelivery`, only after every watcher took it (the event then
-//! skips the outbox); one not acknowledged (the gateway stopped, the dispatcher was full until
-//! the stop) is delivered again by the server.
-//!
-//! Connection loss: the client reconnects by itself with a capped backoff; the node shows
-//! `Error` while disconnected and `Running` once reconnected. A session whose JetStream
-//! pull fails is started over with capped backoff. Messages are pulled in batches of 64;
-//! when the configuration stops, the messages of the current batch not yet accepted are
-//! given back (NAK) so the server redelivers them at once.
+//! Its configuration, what its events carry and how it acknowledges its sources: [`NatsConfig`].
 
 use std::time::Duration;
 
@@ -34,6 +16,24 @@ use crate::broker::{
 };
 
 /// A `nats` configuration.
+///
+/// Payload: the message body, untouched; `datacontenttype` from a `Content-Type` header.
+/// Extensions: `natssubject` (the message's subject; `subject` itself is a core attribute), one `h<name>` per other header (the name
+/// lower-cased with only a–z and 0–9 kept, at most 20 characters: `X-Trace-Id` ⇒
+/// `hxtraceid`; repeated values joined with `,`), and for JetStream `stream` and `streamseq`
+/// (the stream sequence number).
+///
+/// Delivery: a core subscription is at-most-once, as NATS itself. A JetStream message is
+/// acknowledged only after its CloudEvent is accepted for delivery (written to the outbox), or,
+/// with `spec.delivery.mode: ackAfterDelivery`, only after every watcher took it (the event then
+/// skips the outbox); one not acknowledged (the gateway stopped, the dispatcher was full until
+/// the stop) is delivered again by the server.
+///
+/// Connection loss: the client reconnects by itself with a capped backoff; the node shows
+/// `Error` while disconnected and `Running` once reconnected. A session whose JetStream
+/// pull fails is started over with capped backoff. Messages are pulled in batches of 64;
+/// when the configuration stops, the messages of the current batch not yet accepted are
+/// given back (NAK) so the server redelivers them at once.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NatsConfig {

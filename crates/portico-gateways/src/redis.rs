@@ -1,19 +1,6 @@
-//! The `redis` gateway: Redis pub/sub channels, or a Redis stream read by a consumer group
-//! (SPEC §8).
+//! The `redis` gateway: Redis pub/sub channels, or a Redis stream read by a consumer group.
 //!
-//! The fields are those of [`RedisConfig`].
-//!
-//! Pub/sub payload: the message, untouched; extensions `channel` and, for a pattern,
-//! `pattern`. At most once, as Redis pub/sub itself.
-//!
-//! Stream payload: the entry's fields as a JSON object of strings (`application/json`);
-//! extensions `stream` and `streamid` (the entry id). Each entry is acknowledged (`XACK`)
-//! only after its CloudEvent is accepted for delivery (written to the outbox), or, with
-//! `spec.delivery.mode: ackAfterDelivery`, once every watcher took it. At start (and after every reconnect)
-//! the consumer first reads its own pending entries (delivered before, never acknowledged),
-//! then new ones (`XREADGROUP … >`): at least once.
-//!
-//! A lost connection is reported on the node and re-established with capped backoff.
+//! Its configuration, what its events carry and how it acknowledges its sources: [`RedisConfig`].
 
 use std::time::Duration;
 
@@ -27,6 +14,18 @@ use serde::Deserialize;
 use crate::broker::{self, Progress, SessionError, SessionResult, accepted, accepted_ackable};
 
 /// A `redis` configuration: pub/sub `channels`, or a `stream` read by a consumer group.
+///
+/// Pub/sub payload: the message, untouched; extensions `channel` and, for a pattern,
+/// `pattern`. At most once, as Redis pub/sub itself.
+///
+/// Stream payload: the entry's fields as a JSON object of strings (`application/json`);
+/// extensions `stream` and `streamid` (the entry id). Each entry is acknowledged (`XACK`)
+/// only after its CloudEvent is accepted for delivery (written to the outbox), or, with
+/// `spec.delivery.mode: ackAfterDelivery`, once every watcher took it. At start (and after every reconnect)
+/// the consumer first reads its own pending entries (delivered before, never acknowledged),
+/// then new ones (`XREADGROUP … >`): at least once.
+///
+/// A lost connection is reported on the node and re-established with capped backoff.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RedisConfig {

@@ -1,18 +1,7 @@
 //! The `resource` gateway: events when Kubernetes objects of any kind are added, updated or
-//! deleted (SPEC §8).
+//! deleted.
 //!
-//! The fields are those of [`ResourceConfig`].
-//!
-//! Payload: `{"type": "ADD" | "UPDATE" | "DELETE", "object": {…}}` as `application/json`.
-//!
-//! The watch is kube-runtime's watcher: it reconnects with backoff and re-lists after a
-//! broken watch or `410 Gone`. The gateway remembers the objects it has seen, so a re-list
-//! emits only what really changed meanwhile (`ADD` for new objects, `UPDATE` for changed
-//! ones, `DELETE` for those gone) and never repeats an event. Objects that exist when the
-//! configuration starts are reported as `ADD`, as the original's informer did.
-//!
-//! The Kubernetes client is the gateway's ([`portico::GatewayConfig::kube_client`], set in a
-//! cluster); outside one it is made from `KUBECONFIG`.
+//! Its configuration, what its events carry and how it acknowledges its sources: [`ResourceConfig`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -74,6 +63,17 @@ pub struct ResourceFilter {
 }
 
 /// A `resource` configuration.
+///
+/// Payload: `{"type": "ADD" | "UPDATE" | "DELETE", "object": {…}}` as `application/json`.
+///
+/// The watch is kube-runtime's watcher: it reconnects with backoff and re-lists after a
+/// broken watch or `410 Gone`. The gateway remembers the objects it has seen, so a re-list
+/// emits only what really changed meanwhile (`ADD` for new objects, `UPDATE` for changed
+/// ones, `DELETE` for those gone) and never repeats an event. Objects that exist when the
+/// configuration starts are reported as `ADD`, as the original's informer did.
+///
+/// The Kubernetes client is the gateway's ([`portico::GatewayConfig::kube_client`], set in a
+/// cluster); outside one it is made from `KUBECONFIG`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResourceConfig {

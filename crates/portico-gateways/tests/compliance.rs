@@ -1,5 +1,4 @@
-//! The compliance test every built-in gateway passes (ARCHITECTURE.md, "a shared compliance
-//! test"): `validate` rejects junk with a clear message naming what is wrong; start →
+//! The compliance test every built-in gateway passes: `validate` rejects junk with a clear message naming what is wrong; start →
 //! `Running` → events; a changed value restarts it and it works again; stopping leaves no
 //! task, socket or port behind.
 //!

@@ -1,4 +1,4 @@
-//! The controller (`portico controller`, SPEC §9): makes each Gateway labelled
+//! The controller (`portico controller`): makes each Gateway labelled
 //! `portico.dev/controller-instance-id=<its id>` into a Deployment (and a Service when
 //! `serviceSpec` is given) and shows the gateway's phase.
 //!
@@ -12,7 +12,7 @@
 //!
 //! Names: the Deployment is `<gateway>-gateway`, the Service `<gateway>-gateway-svc` (the
 //! address other gateways' watchers resolve to). Every container of `deploySpec` gets the
-//! environment of SPEC §3 for the gateway's style ([`crate::env::contract`]); a variable of
+//! environment of the gateway environment (docs/contract.md) for the gateway's style ([`crate::env::contract`]); a variable of
 //! the contract replaces one of the same name in the spec.
 
 use std::collections::{BTreeMap, HashMap};

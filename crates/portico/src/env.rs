@@ -1,4 +1,4 @@
-//! The environment contract of SPEC §3, in one place.
+//! The environment contract of a gateway's processes, in one place (docs/contract.md states it).
 //!
 //! The controller sets these variables on every container of a gateway pod, and
 //! `portico run FILE -- COMMAND…` sets them on the user's process. Names are the seed's; every

@@ -1,4 +1,4 @@
-//! Decoding what a framework-independent gateway POSTs to the transformer (SPEC §5).
+//! Decoding what a framework-independent gateway POSTs to the transformer.
 //!
 //! One request body is either the original's JSON `{"src", "payload": "<base64>"}` (a raw event
 //! of configuration `src`, to be transformed), or CloudEvents in the HTTP binding's structured,

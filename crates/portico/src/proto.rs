@@ -1,6 +1,6 @@
 //! The gRPC contracts, generated at build time from `proto/` (see `build.rs`).
 //!
-//! [`v1`] is Portico's own `GatewayProcessor` service (SPEC §4, gRPC style); [`argo_generic`]
+//! [`v1`] is Portico's own `GatewayProcessor` service (gRPC style); [`argo_generic`]
 //! is the Argo Events generic event source contract, which a gateway drives when it sets
 //! `spec.grpcProtocol: argo-generic`. Both carry client and server code.
 

@@ -1,4 +1,4 @@
-//! The transformer's HTTP API on `TRANSFORMER_PORT` (SPEC §5).
+//! The transformer's HTTP API on `TRANSFORMER_PORT`.
 //!
 //! | request | answer |
 //! |---|---|

@@ -1,4 +1,4 @@
-//! Nodes: the status of each configuration (SPEC §1), and where status changes go.
+//! Nodes: the status of each configuration, and where status changes go.
 //!
 //! The supervisor and the configurations' contexts write phases into one [`StatusBoard`]. The
 //! board keeps the current nodes (what `GET /status` shows) and tells every [`StatusSink`] of
@@ -77,7 +77,7 @@ pub(crate) enum NodeChange {
         /// Its phase before, `None` for a new node.
         previous: Option<Phase>,
     },
-    /// The configuration left the map (SPEC's `Removed`).
+    /// The configuration left the map (the node is `Removed`).
     Removed {
         /// The node as it was.
         node: Node,

@@ -1,4 +1,4 @@
-//! An HTTP-style Portico gateway in Rust (SPEC §4): a calendar that emits an event every
+//! An HTTP-style Portico gateway in Rust: a calendar that emits an event every
 //! `interval`, driven by the framework over HTTP. It uses no Portico crate — only the wire
 //! contract — so it is also a model for a server in any language (`server.py` beside it is the
 //! same gateway in Python).
@@ -9,7 +9,7 @@
 //!   once a configuration runs, `/event` `{"src", "payload": "<base64>"}` for each event,
 //!   `/error` `{"src", "error"}` when a configuration cannot run.
 //!
-//! Every port and path comes from the environment of SPEC §3, with its default. A configuration
+//! Every port and path comes from the gateway environment (docs/contract.md), with its default. A configuration
 //! is YAML: `interval: 2s` (required) and `userPayload:` (any value, copied into each event).
 
 use std::collections::HashMap;
@@ -24,7 +24,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-/// Ports and paths of SPEC §3.
+/// Ports and paths of the HTTP style, from the environment.
 #[derive(Debug, Clone)]
 struct Contract {
     server_port: u16,

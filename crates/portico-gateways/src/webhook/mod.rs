@@ -1,11 +1,7 @@
-//! The `webhook` gateway: one HTTP endpoint per configuration (SPEC §8).
+//! The `webhook` gateway: one HTTP endpoint per configuration.
 //!
-//! The fields are those of [`HookConfig`].
-//!
-//! Configurations that name the same port share one server (see [`server`]); each endpoint +
-//! method belongs to exactly one configuration, whose `src` its events carry. Configurations
-//! sharing a port must agree on TLS. The caller gets 200 only once the event is accepted for
-//! delivery; see [`server`] for every answer, and [`payload`] for the event.
+//! Its configuration and what its events carry: [`HookConfig`]; the servers, shared by port,
+//! and every answer a caller can get: [`server`]; the event a delivery becomes: [`payload`].
 //!
 //! The `github` and `gitlab` gateways are this one with their own [`Gate`]: they are written
 //! on top of [`Hook`], [`run_hook`] and [`Servers`], the way a user would add another provider.
@@ -39,6 +35,21 @@ pub enum NumberOrText {
 }
 
 /// A `webhook` configuration; `github` and `gitlab` configurations have the same fields.
+///
+/// Configurations that name the same port share one server; each endpoint and method belongs
+/// to exactly one configuration, whose `src` its events carry. The caller gets 200 only once
+/// the event is accepted for delivery (503 with `Retry-After` when the gateway is full, 401
+/// for a bad signature or token, 413 over `maxBodySize`).
+///
+/// Payload: `application/json` `{"header": {…}, "body": …, "bodyEncoding": "json" | "text" |
+/// "base64"}`: every request header by lower-case name (each an array of its values; headers
+/// carrying a secret left out); the body as it came when it is JSON (`json`), as a string when
+/// it is other UTF-8 text (`text`), in standard base64 otherwise (`base64`).
+///
+/// `github`: every delivery must carry `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the
+/// body>` under the secret; `gitlab`: `X-Gitlab-Token` equal to the secret. Both are checked
+/// in constant time; a missing or wrong one gets 401, makes no event and counts in
+/// `portico_events_rejected_total{reason="unauthorized"}`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HookConfig {

@@ -1,4 +1,4 @@
-//! CloudEvents 0.1 JSON, for consumers written against the original project (SPEC §6).
+//! CloudEvents 0.1 JSON, for consumers written against the original project.
 //!
 //! Field names follow the 0.1 specification as the original emitted it: `eventType`,
 //! `eventTypeVersion`, `cloudEventsVersion`, `source` as `{"host": ...}`, `eventID`, `eventTime`,

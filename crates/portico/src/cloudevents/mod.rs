@@ -1,6 +1,6 @@
 //! CloudEvents 1.0: the event model every gateway produces, and its codecs.
 //!
-//! A [`CloudEvent`] is what the transformer makes from an executor's payload (SPEC §6). This
+//! A [`CloudEvent`] is what the transformer makes from an executor's payload. This
 //! module holds the model and its validation; [`json`] writes and reads the JSON event format
 //! (single and batch), [`http`] the HTTP protocol binding (structured, binary and batched mode) and
 //! [`legacy`] the CloudEvents 0.1 JSON that old consumers of the original project expect.

@@ -1,5 +1,5 @@
 //! Dead letters: where an event goes when a watcher never took it (every attempt failed, a
-//! permanent failure such as a 400, or `retry.maxAge` passed). Never silently away (SPEC §7).
+//! permanent failure such as a 400, or `retry.maxAge` passed). Never silently away.
 //!
 //! The destination is a file (one CloudEvent in the JSON event format a line, fsynced) or a
 //! URL (the CloudEvent POSTed in structured mode, with the watcher's retries). The event keeps

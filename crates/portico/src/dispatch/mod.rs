@@ -1,4 +1,4 @@
-//! The dispatcher: one bounded queue and a set of senders per watcher (SPEC §7).
+//! The dispatcher: one bounded queue and a set of senders per watcher.
 //!
 //! `accept` takes a slot in every watcher's queue before it enqueues anything, so an event is
 //! either accepted for all watchers or refused (`Full`) for all; the slot is given back when
@@ -6,7 +6,7 @@
 //! or dead watcher therefore fills only its own queue and never delays the others until that
 //! queue is full; then sources are pushed back rather than memory growing.
 //!
-//! Each watcher's senders pull from its queue and deliver with retries ([`retry`]): capped
+//! Each watcher's senders pull from its queue and deliver with retries: capped
 //! exponential backoff with jitter on connection errors, 408, 429 and 5xx. An event a watcher
 //! never takes goes to the dead-letter destination ([`deadletter`]).
 //!
@@ -22,13 +22,13 @@
 pub(crate) mod deadletter;
 pub(crate) mod http;
 pub(crate) mod outbox;
-pub(crate) mod retry;
 pub(crate) mod stdout;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -591,7 +591,7 @@ impl Worker {
             Some(_) => Duration::from_millis(now_ms().saturating_sub(queued.accepted_ms)),
             None => Duration::ZERO,
         };
-        let attempt = retry::deliver_with_retry(
+        let attempt = deliver_with_retry(
             self.sender.as_ref(),
             event,
             queued.json.as_ref(),
@@ -687,326 +687,90 @@ impl Worker {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Mutex;
+// Retries: capped exponential backoff with jitter (backon). Only failures that another
+// attempt may cure are retried: connection errors, timeouts, 408, 429 and 5xx.
 
-    /// Never takes an event (a retryable failure every time).
-    struct Refuses;
-    impl Sender for Refuses {
-        fn send<'a>(&'a self, _: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {
-            Box::pin(async { Err(DeliveryError::retryable("503")) })
-        }
-    }
-
-    /// Takes every event and remembers its id.
-    #[derive(Default)]
-    struct Takes(Mutex<Vec<String>>);
-    impl Sender for Takes {
-        fn send<'a>(&'a self, e: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {
-            self.0.lock().unwrap().push(e.id.clone());
-            Box::pin(async { Ok(()) })
-        }
-    }
-
-    fn event(i: usize) -> CloudEvent {
-        CloudEvent::new(format!("id-{i}"), "g/s", "t")
-    }
-
-    fn entry(sender: Arc<dyn Sender>, retry: RetryPolicy, dead: &std::path::Path) -> WatcherEntry {
-        WatcherEntry {
-            name: "w".into(),
-            sender,
-            queue: QueueSettings {
-                retry,
-                ..QueueSettings::default()
-            },
-            dead_letter: Arc::new(DeadLetter::file(dead.to_path_buf())),
-        }
-    }
-
-    fn patient() -> RetryPolicy {
-        RetryPolicy {
-            max_attempts: usize::MAX,
-            initial_backoff: Duration::from_millis(1),
-            max_backoff: Duration::from_millis(5),
-            max_age: None,
-        }
-    }
-
-    async fn until<T>(mut f: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "condition not met within 10 s");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// Takes events only while its gate is open.
-    struct Gated(tokio::sync::watch::Receiver<bool>);
-    impl Sender for Gated {
-        fn send<'a>(&'a self, _: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {
-            let mut open = self.0.clone();
-            Box::pin(async move {
-                let _ = open.wait_for(|o| *o).await;
-                Ok(())
-            })
-        }
-    }
-
-    fn named(
-        name: &str,
-        sender: Arc<dyn Sender>,
-        retry: RetryPolicy,
-        dead: &std::path::Path,
-    ) -> WatcherEntry {
-        WatcherEntry {
-            name: name.into(),
-            ..entry(sender, retry, dead)
-        }
-    }
-
-    #[tokio::test]
-    async fn ack_after_delivery_resolves_once_every_watcher_took_the_event() {
-        let dir = tempfile::tempdir().unwrap();
-        let dead = dir.path().join("dead.jsonl");
-        let (gate, gate_rx) = tokio::sync::watch::channel(false);
-        let metrics = Metrics::new();
-        let d = Dispatcher::start_with(
-            vec![
-                named("fast", Arc::new(Takes::default()), patient(), &dead),
-                named("slow", Arc::new(Gated(gate_rx)), patient(), &dead),
-            ],
-            &metrics,
-            &Delivery::AckAfterDelivery(OutboxOptions {
-                dir: dir.path().join("outbox"),
-                max_bytes: 1 << 20,
-            }),
-        )
-        .unwrap();
-        assert!(!d.never_waits());
-        let delivered = d
-            .accept(event(1), Admission::NoWait, None, Ack::AfterDelivery)
-            .await
-            .unwrap();
-        assert!(!delivered.is_done());
-        let fast = metrics.for_watcher("fast").delivered;
-        until(|| (fast.get() == 1).then_some(())).await;
-        let mut waiting = tokio::spawn(delivered.wait());
-        assert!(
-            tokio::time::timeout(Duration::from_millis(100), &mut waiting)
-                .await
-                .is_err(),
-            "resolved before the slow watcher took the event"
-        );
-        gate.send_replace(true);
-        assert!(waiting.await.unwrap());
-        // The broker keeps the event until the ack: nothing went to the outbox.
-        assert_eq!(metrics.outbox.appends.get(), 0);
-        // An event of a source that cannot ack still goes through the outbox.
-        d.accept(event(2), Admission::NoWait, None, Ack::OnAcceptance)
-            .await
-            .unwrap();
-        assert_eq!(metrics.outbox.appends.get(), 1);
-        assert_eq!(d.drain(Duration::from_secs(5)).await, 0);
-    }
-
-    #[tokio::test]
-    async fn ack_after_delivery_counts_a_dead_letter_as_done_and_a_shutdown_as_not() {
-        let dir = tempfile::tempdir().unwrap();
-        let dead = dir.path().join("dead.jsonl");
-        let give_up = RetryPolicy {
-            max_attempts: 2,
-            ..patient()
-        };
-        let metrics = Metrics::new();
-        let opts = OutboxOptions {
-            dir: dir.path().join("outbox"),
-            max_bytes: 1 << 20,
-        };
-        let d = Dispatcher::start_with(
-            vec![entry(Arc::new(Refuses), give_up, &dead)],
-            &metrics,
-            &Delivery::AckAfterDelivery(opts.clone()),
-        )
-        .unwrap();
-        let delivered = d
-            .accept(event(1), Admission::NoWait, None, Ack::AfterDelivery)
-            .await
-            .unwrap();
-        assert!(delivered.wait().await);
-        let line = std::fs::read_to_string(&dead).unwrap();
-        assert!(line.contains("id-1"), "{line}");
-        assert_eq!(d.drain(Duration::from_secs(5)).await, 0);
-
-        drop(d);
-        // A watcher that never takes it, and the gateway stops: not done, do not ack.
-        let d = Dispatcher::start_with(
-            vec![entry(Arc::new(Refuses), patient(), &dead)],
-            &metrics,
-            &Delivery::AckAfterDelivery(OutboxOptions {
-                dir: dir.path().join("outbox2"),
-                ..opts
-            }),
-        )
-        .unwrap();
-        let delivered = d
-            .accept(event(2), Admission::NoWait, None, Ack::AfterDelivery)
-            .await
-            .unwrap();
-        d.drain(Duration::from_millis(50)).await;
-        assert!(!delivered.wait().await);
-    }
-
-    #[tokio::test]
-    async fn a_bounded_admission_waits_for_room_then_says_full() {
-        let (gate, gate_rx) = tokio::sync::watch::channel(false);
-        let metrics = Metrics::new();
-        let one = QueueSettings {
-            queue_size: 1,
-            concurrency: 1,
-            retry: patient(),
-        };
-        let d = Dispatcher::start(
-            vec![("w".into(), Arc::new(Gated(gate_rx)) as Arc<dyn Sender>, one)],
-            &metrics,
-        );
-        d.accept(event(1), Admission::NoWait, None, Ack::OnAcceptance)
-            .await
-            .unwrap();
-        // Full, and nothing frees a slot: refused when the wait is over, not before.
-        let start = Instant::now();
-        let until = tokio::time::Instant::now() + Duration::from_millis(100);
-        assert!(matches!(
-            d.accept(event(2), Admission::Until(until), None, Ack::OnAcceptance)
-                .await,
-            Err(DispatchError::Full { .. })
-        ));
-        assert!(start.elapsed() >= Duration::from_millis(100));
-        // Room comes within the wait: accepted.
-        let opener = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            gate.send_replace(true);
-            gate
-        });
-        let until = tokio::time::Instant::now() + Duration::from_secs(10);
-        d.accept(event(3), Admission::Until(until), None, Ack::OnAcceptance)
-            .await
-            .unwrap();
-        let _gate = opener.await.unwrap();
-        assert_eq!(d.drain(Duration::from_secs(5)).await, 0);
-    }
-
-    #[tokio::test]
-    async fn tracked_events_are_done_at_once_in_the_other_modes() {
-        let dir = tempfile::tempdir().unwrap();
-        let dead = dir.path().join("dead.jsonl");
-        let metrics = Metrics::new();
-        let d = Dispatcher::start_with(
-            vec![entry(Arc::new(Refuses), patient(), &dead)],
-            &metrics,
-            &Delivery::AtLeastOnce(OutboxOptions {
-                dir: dir.path().join("outbox"),
-                max_bytes: 1 << 20,
-            }),
-        )
-        .unwrap();
-        let delivered = d
-            .accept(event(1), Admission::NoWait, None, Ack::AfterDelivery)
-            .await
-            .unwrap();
-        assert!(delivered.is_done());
-        assert_eq!(metrics.outbox.appends.get(), 1);
-        d.drain(Duration::from_millis(10)).await;
-    }
-
-    #[tokio::test]
-    async fn an_event_older_than_max_age_goes_to_the_dead_letter_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let dead = dir.path().join("dead.jsonl");
-        let retry = RetryPolicy {
-            max_age: Some(Duration::from_millis(200)),
-            ..patient()
-        };
-        let metrics = Metrics::new();
-        let d = Dispatcher::start_with(
-            vec![entry(Arc::new(Refuses), retry, &dead)],
-            &metrics,
-            &Delivery::AtLeastOnce(OutboxOptions {
-                dir: dir.path().join("outbox"),
-                max_bytes: 1 << 20,
-            }),
-        )
-        .unwrap();
-        d.accept(event(1), Admission::NoWait, None, Ack::OnAcceptance)
-            .await
-            .unwrap();
-        let line = until(|| {
-            std::fs::read_to_string(&dead)
-                .ok()
-                .filter(|t| t.ends_with('\n'))
-        })
-        .await;
-        let letter = CloudEvent::from_json(line.trim().as_bytes()).unwrap();
-        assert_eq!(letter.id, "id-1");
-        let json: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
-        assert!(
-            json["deadletterreason"]
-                .as_str()
-                .unwrap()
-                .contains("maxAge"),
-            "{json}"
-        );
-        assert_eq!(json["deadletterwatcher"], "w");
-        let counted = metrics.for_watcher("w").dead_lettered;
-        until(|| (counted.get() == 1).then_some(())).await;
-        assert_eq!(d.drain(Duration::from_secs(5)).await, 0);
-    }
-
-    #[tokio::test]
-    async fn events_not_delivered_before_a_stop_are_replayed_at_the_next_start_with_their_ids() {
-        let dir = tempfile::tempdir().unwrap();
-        let dead = dir.path().join("dead.jsonl");
-        let delivery = Delivery::AtLeastOnce(OutboxOptions {
-            dir: dir.path().join("outbox"),
-            max_bytes: 1 << 20,
-        });
-        let d = Dispatcher::start_with(
-            vec![entry(Arc::new(Refuses), patient(), &dead)],
-            &Metrics::new(),
-            &delivery,
-        )
-        .unwrap();
-        for i in 0..50 {
-            d.accept(event(i), Admission::NoWait, None, Ack::OnAcceptance)
-                .await
-                .unwrap();
-        }
-        d.drain(Duration::from_millis(50)).await;
-        drop(d);
-
-        let takes = Arc::new(Takes::default());
-        let d = Dispatcher::start_with(
-            vec![entry(takes.clone(), patient(), &dead)],
-            &Metrics::new(),
-            &delivery,
-        )
-        .unwrap();
-        let mut ids = until(|| {
-            let ids = takes.0.lock().unwrap().clone();
-            (ids.len() >= 50).then_some(ids)
-        })
-        .await;
-        ids.sort();
-        ids.dedup();
-        let mut want: Vec<String> = (0..50).map(|i| format!("id-{i}")).collect();
-        want.sort();
-        assert_eq!(ids, want);
-        assert_eq!(d.drain(Duration::from_secs(5)).await, 0);
-        assert!(!dead.exists(), "nothing dead-lettered");
+impl RetryPolicy {
+    /// The waits between attempts: capped exponential backoff with jitter.
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.initial_backoff)
+            .with_max_delay(self.max_backoff.max(self.initial_backoff))
+            .with_max_times(self.max_attempts.saturating_sub(1))
+            .with_jitter()
     }
 }
+
+/// Delivers `event` through `sender`, retrying per `policy` until it succeeds, fails for good or
+/// runs out of attempts; `on_retry` hears of every retry. For an event accepted `age` ago: with
+/// `policy.max_age`, retries stop
+/// once the event is that old, and the last failure is returned. It gives up when `aborted`
+/// completes (a worker passes one cancellation future it keeps for all its deliveries, rather
+/// than registering a new one per event). `json`, the event's JSON event format when it is
+/// already written, goes to [`Sender::send_json`].
+pub(crate) async fn deliver_with_retry(
+    sender: &dyn Sender,
+    event: &CloudEvent,
+    json: Option<&Bytes>,
+    policy: &RetryPolicy,
+    age: Duration,
+    aborted: impl Future<Output = ()>,
+    mut on_retry: impl FnMut(&DeliveryError, Duration),
+) -> Result<(), DeliveryError> {
+    let expired = async {
+        match policy.max_age {
+            Some(max) => tokio::time::sleep(max.saturating_sub(age)).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(aborted, expired);
+    let gone = || DeliveryError::permanent("abandoned: the gateway is shutting down");
+    let too_old = |last: Option<&DeliveryError>| {
+        DeliveryError::permanent(format!(
+            "not delivered within maxAge {}{}",
+            humantime::format_duration(policy.max_age.unwrap_or_default()),
+            last.map(|e| format!(" (last failure: {})", e.reason))
+                .unwrap_or_default()
+        ))
+    };
+    // The waits between attempts, made at the first failure: nearly every event is delivered
+    // by its first attempt, which then costs no more than the attempt itself.
+    let mut backoff = None;
+    let mut last = None;
+    loop {
+        let attempt = match json {
+            Some(json) => sender.send_json(event, json),
+            None => sender.send(event),
+        };
+        let failure = tokio::select! {
+            biased;
+            _ = &mut aborted => return Err(gone()),
+            r = attempt => match r {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            },
+            _ = &mut expired => return Err(too_old(last.as_ref())),
+        };
+        if !failure.retryable {
+            return Err(failure);
+        }
+        let Some(wait) = backoff
+            .get_or_insert_with(|| policy.backoff().build())
+            .next()
+        else {
+            return Err(failure);
+        };
+        on_retry(&failure, wait);
+        // Past `maxAge`, no retry: the expiry is checked before the wait's end.
+        tokio::select! {
+            biased;
+            _ = &mut aborted => return Err(gone()),
+            _ = &mut expired => return Err(too_old(Some(&failure))),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        last = Some(failure);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,4 +1,4 @@
-//! The gRPC style (SPEC §4): the framework's side of a user's gRPC server.
+//! The gRPC style: the framework's side of a user's gRPC server.
 //!
 //! [`GrpcProcessor`] is a [`ConfigExecutor`], so the supervisor runs, stops and restarts gRPC
 //! configurations exactly as it runs Rust ones. For each configuration it opens one

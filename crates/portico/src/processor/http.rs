@@ -1,4 +1,4 @@
-//! The HTTP-style processor client (SPEC §4): the framework's side of a user's HTTP server.
+//! The HTTP-style processor client: the framework's side of a user's HTTP server.
 //!
 //! The user runs an HTTP server on `GATEWAY_PROCESSOR_SERVER_HTTP_PORT`. For each configuration
 //! the framework POSTs `{"id","src","config"}` to its start endpoint (`/start`), retrying with
@@ -16,7 +16,7 @@
 //! | `POST /error` `{"src", "error"}` | the node becomes `Error` with that text |
 //!
 //! A body naming no running configuration gets 404 with the reason. Every path and port comes
-//! from the environment of SPEC §3 ([`HttpSettings::from_env`]).
+//! from the gateway environment (docs/contract.md) ([`HttpSettings::from_env`]).
 //!
 //! [`HttpProcessor`] is a [`ConfigExecutor`], so the supervisor's validation, restarts, stop
 //! grace and nodes apply to HTTP-style configurations exactly as to core ones.
@@ -45,7 +45,7 @@ use crate::executor::{ConfigContext, ConfigExecutor};
 use crate::pipeline::Submit;
 use crate::status::Phase;
 
-/// Where the user's server and the framework's server are, and their endpoints (SPEC §3).
+/// Where the user's server and the framework's server are, and their endpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct HttpSettings {
     /// Host of the user's server (the same pod or machine).

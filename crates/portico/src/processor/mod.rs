@@ -1,5 +1,5 @@
 //! The framework's side of gateways whose configurations run in the user's own server
-//! (SPEC §4): each processor is a [`ConfigExecutor`](crate::ConfigExecutor), so the
+//!: each processor is a [`ConfigExecutor`](crate::ConfigExecutor), so the
 //! supervisor starts, stops and restarts them like any Rust executor.
 
 pub(crate) mod grpc;

@@ -104,7 +104,7 @@ pub(crate) struct GatewaySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaDispatch>,
     /// The pod of the gateway's Deployment (used by the controller, which adds the
-    /// environment of SPEC §3 to every container).
+    /// environment of the gateway environment (docs/contract.md) to every container).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy_spec: Option<PodSpec>,
     /// The gateway's Service `<name>-gateway-svc` (used by the controller; the selector
@@ -197,7 +197,7 @@ impl<'de> Deserialize<'de> for Port {
     }
 }
 
-/// How events leave the gateway (SPEC §7).
+/// How events leave the gateway.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub(crate) enum DispatchMechanism {
     /// HTTP watchers (sensors, gateways, URLs, `K_SINK`), or stdout when there are none.
@@ -324,7 +324,7 @@ impl JsonSchema for UrlWatcher {
     }
 }
 
-/// How CloudEvents are written on an HTTP request (SPEC §6).
+/// How CloudEvents are written on an HTTP request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Encoding {
@@ -374,7 +374,7 @@ pub(crate) struct WatcherSettings {
     pub dead_letter: Option<DeadLetterSettings>,
 }
 
-/// How events are delivered (SPEC §7).
+/// How events are delivered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) enum DeliveryMode {
@@ -502,7 +502,7 @@ pub(crate) struct GatewayStatus {
     pub nodes: BTreeMap<String, NodeStatus>,
 }
 
-/// One node (SPEC §1) as `Gateway.status.nodes` shows it.
+/// One node as `Gateway.status.nodes` shows it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct NodeStatus {

@@ -1,6 +1,6 @@
 //! The controller against the fake API server (crates/fake-kube): a Gateway with the right
 //! instance id becomes a Deployment (and a Service) whose containers have the environment of
-//! SPEC §3 for its style; another id is ignored; a deleted Deployment comes back; an edited
+//! the gateway environment (docs/contract.md) for its style; another id is ignored; a deleted Deployment comes back; an edited
 //! spec updates it; an invalid Gateway gets phase Error.
 
 use std::collections::BTreeMap;
@@ -91,7 +91,7 @@ async fn gateways_become_deployments_that_are_repaired_and_updated() {
         shutdown.cancelled().await
     }));
 
-    // gRPC style: every variable of SPEC §3 for that style, on every container.
+    // gRPC style: every variable of the gateway environment for that style, on every container.
     let d = fake
         .wait_for("the grpc Deployment", WAIT, |f| deployment(f, "grpc"))
         .await;

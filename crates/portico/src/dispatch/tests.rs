@@ -1,0 +1,487 @@
+//! The dispatcher's promises: acceptance for every watcher or none, waiting for room,
+//! ack after delivery, maxAge, replay after a restart, and the retry policy.
+
+use std::sync::Mutex;
+
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::error::BoxFuture;
+
+/// Never takes an event (a retryable failure every time).
+struct Refuses;
+impl Sender for Refuses {
+    fn send<'a>(&'a self, _: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        Box::pin(async { Err(DeliveryError::retryable("503")) })
+    }
+}
+
+/// Takes every event and remembers its id.
+#[derive(Default)]
+struct Takes(Mutex<Vec<String>>);
+impl Sender for Takes {
+    fn send<'a>(&'a self, e: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        self.0.lock().unwrap().push(e.id.clone());
+        Box::pin(async { Ok(()) })
+    }
+}
+
+fn event(i: usize) -> CloudEvent {
+    CloudEvent::new(format!("id-{i}"), "g/s", "t")
+}
+
+fn entry(sender: Arc<dyn Sender>, retry: RetryPolicy, dead: &std::path::Path) -> WatcherEntry {
+    WatcherEntry {
+        name: "w".into(),
+        sender,
+        queue: QueueSettings {
+            retry,
+            ..QueueSettings::default()
+        },
+        dead_letter: Arc::new(DeadLetter::file(dead.to_path_buf())),
+    }
+}
+
+fn patient() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: usize::MAX,
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(5),
+        max_age: None,
+    }
+}
+
+async fn until<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "condition not met within 10 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Takes events only while its gate is open.
+struct Gated(tokio::sync::watch::Receiver<bool>);
+impl Sender for Gated {
+    fn send<'a>(&'a self, _: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        let mut open = self.0.clone();
+        Box::pin(async move {
+            let _ = open.wait_for(|o| *o).await;
+            Ok(())
+        })
+    }
+}
+
+fn named(
+    name: &str,
+    sender: Arc<dyn Sender>,
+    retry: RetryPolicy,
+    dead: &std::path::Path,
+) -> WatcherEntry {
+    WatcherEntry {
+        name: name.into(),
+        ..entry(sender, retry, dead)
+    }
+}
+
+#[tokio::test]
+async fn ack_after_delivery_resolves_once_every_watcher_took_the_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join("dead.jsonl");
+    let (gate, gate_rx) = tokio::sync::watch::channel(false);
+    let metrics = Metrics::new();
+    let d = Dispatcher::start_with(
+        vec![
+            named("fast", Arc::new(Takes::default()), patient(), &dead),
+            named("slow", Arc::new(Gated(gate_rx)), patient(), &dead),
+        ],
+        &metrics,
+        &Delivery::AckAfterDelivery(OutboxOptions {
+            dir: dir.path().join("outbox"),
+            max_bytes: 1 << 20,
+        }),
+    )
+    .unwrap();
+    assert!(!d.never_waits());
+    let delivered = d
+        .accept(event(1), Admission::NoWait, None, Ack::AfterDelivery)
+        .await
+        .unwrap();
+    assert!(!delivered.is_done());
+    let fast = metrics.for_watcher("fast").delivered;
+    until(|| (fast.get() == 1).then_some(())).await;
+    let mut waiting = tokio::spawn(delivered.wait());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), &mut waiting)
+            .await
+            .is_err(),
+        "resolved before the slow watcher took the event"
+    );
+    gate.send_replace(true);
+    assert!(waiting.await.unwrap());
+    // The broker keeps the event until the ack: nothing went to the outbox.
+    assert_eq!(metrics.outbox.appends.get(), 0);
+    // An event of a source that cannot ack still goes through the outbox.
+    d.accept(event(2), Admission::NoWait, None, Ack::OnAcceptance)
+        .await
+        .unwrap();
+    assert_eq!(metrics.outbox.appends.get(), 1);
+    assert_eq!(d.drain(Duration::from_secs(5)).await, 0);
+}
+
+#[tokio::test]
+async fn ack_after_delivery_counts_a_dead_letter_as_done_and_a_shutdown_as_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join("dead.jsonl");
+    let give_up = RetryPolicy {
+        max_attempts: 2,
+        ..patient()
+    };
+    let metrics = Metrics::new();
+    let opts = OutboxOptions {
+        dir: dir.path().join("outbox"),
+        max_bytes: 1 << 20,
+    };
+    let d = Dispatcher::start_with(
+        vec![entry(Arc::new(Refuses), give_up, &dead)],
+        &metrics,
+        &Delivery::AckAfterDelivery(opts.clone()),
+    )
+    .unwrap();
+    let delivered = d
+        .accept(event(1), Admission::NoWait, None, Ack::AfterDelivery)
+        .await
+        .unwrap();
+    assert!(delivered.wait().await);
+    let line = std::fs::read_to_string(&dead).unwrap();
+    assert!(line.contains("id-1"), "{line}");
+    assert_eq!(d.drain(Duration::from_secs(5)).await, 0);
+
+    drop(d);
+    // A watcher that never takes it, and the gateway stops: not done, do not ack.
+    let d = Dispatcher::start_with(
+        vec![entry(Arc::new(Refuses), patient(), &dead)],
+        &metrics,
+        &Delivery::AckAfterDelivery(OutboxOptions {
+            dir: dir.path().join("outbox2"),
+            ..opts
+        }),
+    )
+    .unwrap();
+    let delivered = d
+        .accept(event(2), Admission::NoWait, None, Ack::AfterDelivery)
+        .await
+        .unwrap();
+    d.drain(Duration::from_millis(50)).await;
+    assert!(!delivered.wait().await);
+}
+
+#[tokio::test]
+async fn a_bounded_admission_waits_for_room_then_says_full() {
+    let (gate, gate_rx) = tokio::sync::watch::channel(false);
+    let metrics = Metrics::new();
+    let one = QueueSettings {
+        queue_size: 1,
+        concurrency: 1,
+        retry: patient(),
+    };
+    let d = Dispatcher::start(
+        vec![("w".into(), Arc::new(Gated(gate_rx)) as Arc<dyn Sender>, one)],
+        &metrics,
+    );
+    d.accept(event(1), Admission::NoWait, None, Ack::OnAcceptance)
+        .await
+        .unwrap();
+    // Full, and nothing frees a slot: refused when the wait is over, not before.
+    let start = Instant::now();
+    let until = tokio::time::Instant::now() + Duration::from_millis(100);
+    assert!(matches!(
+        d.accept(event(2), Admission::Until(until), None, Ack::OnAcceptance)
+            .await,
+        Err(DispatchError::Full { .. })
+    ));
+    assert!(start.elapsed() >= Duration::from_millis(100));
+    // Room comes within the wait: accepted.
+    let opener = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        gate.send_replace(true);
+        gate
+    });
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    d.accept(event(3), Admission::Until(until), None, Ack::OnAcceptance)
+        .await
+        .unwrap();
+    let _gate = opener.await.unwrap();
+    assert_eq!(d.drain(Duration::from_secs(5)).await, 0);
+}
+
+#[tokio::test]
+async fn tracked_events_are_done_at_once_in_the_other_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join("dead.jsonl");
+    let metrics = Metrics::new();
+    let d = Dispatcher::start_with(
+        vec![entry(Arc::new(Refuses), patient(), &dead)],
+        &metrics,
+        &Delivery::AtLeastOnce(OutboxOptions {
+            dir: dir.path().join("outbox"),
+            max_bytes: 1 << 20,
+        }),
+    )
+    .unwrap();
+    let delivered = d
+        .accept(event(1), Admission::NoWait, None, Ack::AfterDelivery)
+        .await
+        .unwrap();
+    assert!(delivered.is_done());
+    assert_eq!(metrics.outbox.appends.get(), 1);
+    d.drain(Duration::from_millis(10)).await;
+}
+
+#[tokio::test]
+async fn an_event_older_than_max_age_goes_to_the_dead_letter_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join("dead.jsonl");
+    let retry = RetryPolicy {
+        max_age: Some(Duration::from_millis(200)),
+        ..patient()
+    };
+    let metrics = Metrics::new();
+    let d = Dispatcher::start_with(
+        vec![entry(Arc::new(Refuses), retry, &dead)],
+        &metrics,
+        &Delivery::AtLeastOnce(OutboxOptions {
+            dir: dir.path().join("outbox"),
+            max_bytes: 1 << 20,
+        }),
+    )
+    .unwrap();
+    d.accept(event(1), Admission::NoWait, None, Ack::OnAcceptance)
+        .await
+        .unwrap();
+    let line = until(|| {
+        std::fs::read_to_string(&dead)
+            .ok()
+            .filter(|t| t.ends_with('\n'))
+    })
+    .await;
+    let letter = CloudEvent::from_json(line.trim().as_bytes()).unwrap();
+    assert_eq!(letter.id, "id-1");
+    let json: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert!(
+        json["deadletterreason"]
+            .as_str()
+            .unwrap()
+            .contains("maxAge"),
+        "{json}"
+    );
+    assert_eq!(json["deadletterwatcher"], "w");
+    let counted = metrics.for_watcher("w").dead_lettered;
+    until(|| (counted.get() == 1).then_some(())).await;
+    assert_eq!(d.drain(Duration::from_secs(5)).await, 0);
+}
+
+#[tokio::test]
+async fn events_not_delivered_before_a_stop_are_replayed_at_the_next_start_with_their_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join("dead.jsonl");
+    let delivery = Delivery::AtLeastOnce(OutboxOptions {
+        dir: dir.path().join("outbox"),
+        max_bytes: 1 << 20,
+    });
+    let d = Dispatcher::start_with(
+        vec![entry(Arc::new(Refuses), patient(), &dead)],
+        &Metrics::new(),
+        &delivery,
+    )
+    .unwrap();
+    for i in 0..50 {
+        d.accept(event(i), Admission::NoWait, None, Ack::OnAcceptance)
+            .await
+            .unwrap();
+    }
+    d.drain(Duration::from_millis(50)).await;
+    drop(d);
+
+    let takes = Arc::new(Takes::default());
+    let d = Dispatcher::start_with(
+        vec![entry(takes.clone(), patient(), &dead)],
+        &Metrics::new(),
+        &delivery,
+    )
+    .unwrap();
+    let mut ids = until(|| {
+        let ids = takes.0.lock().unwrap().clone();
+        (ids.len() >= 50).then_some(ids)
+    })
+    .await;
+    ids.sort();
+    ids.dedup();
+    let mut want: Vec<String> = (0..50).map(|i| format!("id-{i}")).collect();
+    want.sort();
+    assert_eq!(ids, want);
+    assert_eq!(d.drain(Duration::from_secs(5)).await, 0);
+    assert!(!dead.exists(), "nothing dead-lettered");
+}
+
+/// The retry loop.
+mod retry {
+    use super::*;
+
+    /// Delivers a fresh event, retrying until `abort` is cancelled.
+    async fn deliver(
+        sender: &dyn Sender,
+        event: &CloudEvent,
+        policy: &RetryPolicy,
+        abort: &CancellationToken,
+        on_retry: impl FnMut(&DeliveryError, Duration),
+    ) -> Result<(), DeliveryError> {
+        deliver_with_retry(
+            sender,
+            event,
+            None,
+            policy,
+            Duration::ZERO,
+            abort.cancelled(),
+            on_retry,
+        )
+        .await
+    }
+
+    struct Script(Mutex<Vec<Result<(), DeliveryError>>>);
+    impl Sender for Script {
+        fn send<'a>(&'a self, _: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {
+            let next = self.0.lock().unwrap().remove(0);
+            Box::pin(async move { next })
+        }
+    }
+
+    fn event() -> CloudEvent {
+        crate::pipeline::Transformer::new("g", "t", "1")
+            .transform("s", crate::Event::new(&b"x"[..]))
+            .unwrap()
+    }
+
+    fn fast(max_attempts: usize) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(2),
+            max_age: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_retryable_failures_until_success() {
+        let s = Script(Mutex::new(vec![
+            Err(DeliveryError::retryable("503")),
+            Err(DeliveryError::retryable("503")),
+            Ok(()),
+        ]));
+        let mut retries = 0;
+        let r = deliver(&s, &event(), &fast(5), &CancellationToken::new(), |_, _| {
+            retries += 1
+        })
+        .await;
+        assert_eq!(r, Ok(()));
+        assert_eq!(retries, 2);
+    }
+
+    #[tokio::test]
+    async fn does_not_retry_permanent_failures() {
+        let s = Script(Mutex::new(vec![
+            Err(DeliveryError::permanent("400")),
+            Ok(()),
+        ]));
+        let r = deliver(&s, &event(), &fast(5), &CancellationToken::new(), |_, _| {}).await;
+        assert_eq!(r, Err(DeliveryError::permanent("400")));
+    }
+
+    #[tokio::test]
+    async fn gives_up_after_max_attempts() {
+        let s = Script(Mutex::new(
+            (0..3)
+                .map(|_| Err(DeliveryError::retryable("503")))
+                .collect(),
+        ));
+        let r = deliver(&s, &event(), &fast(3), &CancellationToken::new(), |_, _| {}).await;
+        assert_eq!(r, Err(DeliveryError::retryable("503")));
+        assert!(s.0.lock().unwrap().is_empty());
+    }
+
+    /// Fails every attempt with a retryable error, counting them.
+    struct Down(Mutex<usize>);
+    impl Sender for Down {
+        fn send<'a>(&'a self, _: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {
+            *self.0.lock().unwrap() += 1;
+            Box::pin(async { Err(DeliveryError::retryable("503")) })
+        }
+    }
+
+    #[tokio::test]
+    async fn max_age_stops_the_retries_and_names_the_last_failure() {
+        let s = Down(Mutex::new(0));
+        let policy = RetryPolicy {
+            max_attempts: usize::MAX,
+            max_age: Some(Duration::from_millis(50)),
+            ..fast(0)
+        };
+        let r = deliver(&s, &event(), &policy, &CancellationToken::new(), |_, _| {})
+            .await
+            .unwrap_err();
+        assert!(!r.retryable);
+        assert_eq!(
+            r.reason,
+            "not delivered within maxAge 50ms (last failure: 503)"
+        );
+        assert!(*s.0.lock().unwrap() >= 2, "it retried before giving up");
+    }
+
+    #[tokio::test]
+    async fn an_event_already_too_old_gets_one_attempt_and_no_retry() {
+        let s = Down(Mutex::new(0));
+        let policy = RetryPolicy {
+            max_age: Some(Duration::from_millis(50)),
+            ..fast(5)
+        };
+        let r = deliver_with_retry(
+            &s,
+            &event(),
+            None,
+            &policy,
+            Duration::from_secs(1),
+            std::future::pending(),
+            |_, _| {},
+        )
+        .await;
+        assert_eq!(
+            r,
+            Err(DeliveryError::permanent(
+                "not delivered within maxAge 50ms (last failure: 503)"
+            ))
+        );
+        assert_eq!(*s.0.lock().unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn shutting_down_abandons_the_retries() {
+        let s = Down(Mutex::new(0));
+        let policy = RetryPolicy {
+            max_attempts: usize::MAX,
+            initial_backoff: Duration::from_secs(60),
+            max_backoff: Duration::from_secs(60),
+            max_age: None,
+        };
+        let abort = CancellationToken::new();
+        let r = deliver(&s, &event(), &policy, &abort, |_, _| abort.cancel()).await;
+        assert_eq!(
+            r,
+            Err(DeliveryError::permanent(
+                "abandoned: the gateway is shutting down"
+            ))
+        );
+        assert_eq!(*s.0.lock().unwrap(), 1, "no attempt after the abort");
+    }
+}
