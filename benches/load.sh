@@ -68,21 +68,27 @@ else
   cargo build -q -p portico-cli -p portico-benches
 fi
 bin="$CARGO_TARGET_DIR/$profile"
-# How much of the start-up and event-path layout (crates/portico-cli/link-order.txt) the release
-# binary still has: its idle RSS depends on it (scripts/link-order regenerates the file).
+# Portico is measured as it ships: the build of scripts/release (release settings, laid out by
+# crates/portico-cli/link-order.txt, packed relocations). The memory rows are measured again
+# on the plain `cargo build --release` binary, to show what the release step buys.
+portico="$bin/portico"
+plain=""
 link_order="not used (debug build)"
 if [ "$profile" = release ]; then
-  link_order=$("$root/scripts/link-order" --check | sed 's/^link order: //; s/ are in .*/ are in the binary/')
+  portico=$("$root/scripts/release" 2>/dev/null | tail -n 1)
+  [ -x "$portico" ] || { echo "benches/load.sh: scripts/release did not build portico" >&2; exit 1; }
+  plain="$bin/portico"
+  link_order=$("$root/scripts/link-order" --check "$portico" | sed 's/^link order: //; s/ are in .*/ are in the binary/')
   printf "==> link order: %s\n" "$link_order" >&2
 fi
 
 # What the build was, read off the workspace's [profile.release] (lto, codegen-units).
 build_desc="debug builds (--smoke)"
 if [ "$profile" = release ]; then
-  build_desc="release (\`[profile.release]\` of the workspace: $(awk '
+  build_desc="portico as \`scripts/release\` builds it (\`[profile.release]\` settings: $(awk '
     /^\[/ { inside = ($0 == "[profile.release]") ; next }
     inside && /^(lto|codegen-units) *=/ { gsub(/"/, ""); sub(/ *= */, " "); out = out sep $0; sep = ", " }
-    END { print out }' "$root/Cargo.toml"))"
+    END { print out }' "$root/Cargo.toml"); link order, packed relocations); baselines and the plain-build memory rows: \`cargo build --release\`"
 fi
 
 SERVER_CPU=""; LOAD_CPU=""
@@ -317,12 +323,45 @@ gateway() {
   } > "$file"
 }
 
-# start_gateway NAME FILE: starts `portico run FILE` on the server CPU and waits until it is
-# ready; its transformer port goes in $port. (Not in a $(…) subshell: PID must stay ours.)
+# start_gateway NAME FILE [BINARY]: starts `portico run FILE` (BINARY: another build of
+# portico) on the server CPU and waits until it is ready; its transformer port goes in $port.
+# (Not in a $(…) subshell: PID must stay ours.)
 start_gateway() {
   port=$(free_port)
-  start "$1" "$SERVER_CPU" "$bin/portico" run "$2" --transformer-port "$port" --log warn
+  start "$1" "$SERVER_CPU" "${3:-$portico}" run "$2" --transformer-port "$port" --log warn
   ready "$1" "$port"
+}
+
+# until_running NAME N: waits until N configurations of gateway NAME (on $port) are Running.
+until_running() {
+  local end=$((SECONDS + DEADLINE))
+  until [ "$("${PIN_LOAD[@]}" curl -s "http://127.0.0.1:$port/status" 2>/dev/null | grep -o '"phase":"Running"' | wc -l)" -ge "$2" ]; do
+    [ $SECONDS -lt $end ] || { cat "$dir/$1.err" >&2; die "$2 configurations were not Running within ${DEADLINE}s"; }
+    alive "$1" || { cat "$dir/$1.err" >&2; die "portico exited"; }
+    sleep 0.01
+  done
+}
+
+# memory KEY BINARY: idle RSS of BINARY with no configuration, one, and CONFIGS calendar
+# configurations (KEY.idle_rss, KEY.cal1_rss, KEY.calN_rss), and the time from start to CONFIGS
+# Running (KEY.start_ms).
+memory() {
+  local key=$1 exe=$2 t0 t1
+  start_gateway "$key-idle" "$dir/amo.yaml" "$exe"
+  add "$key.idle_rss" "$(awk -v k="$(rss_kb "${PID[$key-idle]}")" 'BEGIN {printf "%.1f", k / 1024}')"
+  stop "$key-idle"
+  start_gateway "$key-cal1" "$dir/cal1.yaml" "$exe"
+  until_running "$key-cal1" 1
+  add "$key.cal1_rss" "$(awk -v k="$(rss_kb "${PID[$key-cal1]}")" 'BEGIN {printf "%.1f", k / 1024}')"
+  stop "$key-cal1"
+  port=$(free_port)
+  t0=$(date +%s%N)
+  start "$key-calN" "$SERVER_CPU" "$exe" run "$dir/calN.yaml" --transformer-port "$port" --log warn
+  until_running "$key-calN" "$CONFIGS"
+  t1=$(date +%s%N)
+  add "$key.start_ms" $(( (t1 - t0) / 1000000 ))
+  add "$key.calN_rss" "$(awk -v k="$(rss_kb "${PID[$key-calN]}")" 'BEGIN {printf "%.1f", k / 1024}')"
+  stop "$key-calN"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -367,7 +406,6 @@ for rep in $(seq 1 "$REPS"); do
 
   gateway "$dir/amo.yaml" bench bench "http://$SINK/" atMostOnce
   start_gateway amo "$dir/amo.yaml"
-  add "amo.idle_rss" "$(awk -v k="$(rss_kb "${PID[amo]}")" 'BEGIN {printf "%.1f", k / 1024}')"
   measure_http amo "${PID[amo]}" "http://127.0.0.1:$port/" "$dir/ingest.lua"
   stop amo
 
@@ -406,34 +444,15 @@ for rep in $(seq 1 "$REPS"); do
   measure_stream grpc_base grpc-forward "$bin/grpc_stream" forward "$GRPC_PORT" "$SINK"
   gateway "$dir/grpc.yaml" bench bench "http://$SINK/" atMostOnce "  rpcPort: \"$GRPC_PORT\"" \
     '  flood: "{}"'
-  measure_stream grpc grpc-portico "$bin/portico" run "$dir/grpc.yaml" --transformer-port 0 --log warn
+  measure_stream grpc grpc-portico "$portico" run "$dir/grpc.yaml" --transformer-port 0 --log warn
 
-  # Memory and start-up: one calendar configuration, then CONFIGS of them.
+  # Memory and start-up: no configuration, one calendar configuration, then CONFIGS of them;
+  # as shipped, and as a plain release build.
   gateway "$dir/cal1.yaml" cal calendar "" atMostOnce "" '  c00001: "interval: 1h"'
-  start_gateway cal1 "$dir/cal1.yaml"
-  end=$((SECONDS + DEADLINE))
-  until [ "$(running_count "$port")" -ge 1 ]; do
-    [ $SECONDS -lt $end ] || die "the calendar configuration did not run"
-    sleep 0.02
-  done
-  add "cal1.idle_rss" "$(awk -v k="$(rss_kb "${PID[cal1]}")" 'BEGIN {printf "%.1f", k / 1024}')"
-  stop cal1
-
   gateway "$dir/calN.yaml" cal calendar "" atMostOnce "" \
     "$(for i in $(seq 1 "$CONFIGS"); do printf '  c%05d: "interval: 1h"\n' "$i"; done)"
-  port=$(free_port)
-  t0=$(date +%s%N)
-  start calN "$SERVER_CPU" "$bin/portico" run "$dir/calN.yaml" --transformer-port "$port" --log warn
-  end=$((SECONDS + DEADLINE))
-  until [ "$("${PIN_LOAD[@]}" curl -s "http://127.0.0.1:$port/status" 2>/dev/null | grep -o '"phase":"Running"' | wc -l)" -ge "$CONFIGS" ]; do
-    [ $SECONDS -lt $end ] || { cat "$dir/calN.err" >&2; die "$CONFIGS configurations were not Running within ${DEADLINE}s"; }
-    alive calN || { cat "$dir/calN.err" >&2; die "portico exited"; }
-    sleep 0.01
-  done
-  t1=$(date +%s%N)
-  add calN.start_ms $(( (t1 - t0) / 1000000 ))
-  add "calN.idle_rss" "$(awk -v k="$(rss_kb "${PID[calN]}")" 'BEGIN {printf "%.1f", k / 1024}')"
-  stop calN
+  memory mem "$portico"
+  if [ -n "$plain" ]; then memory plain "$plain"; fi
 done
 stop grpc-server
 stop sink
@@ -512,11 +531,17 @@ table() {
   row "1 gRPC stream (256 B JSON) → HTTP watcher, atMostOnce" "events/s" "$(fmt grpc.rps 0)" "$(fmt grpc_base.rps 0) tonic forwarder" "$(rfmt grpc.rps grpc_base.rps)" "≥ 0.80" "$(check "$r" '>=' 0.8)"
   r=$(ratio grpc.cpu grpc_base.cpu)
   row "" "CPU-s per 100k events" "$(fmt grpc.cpu 2)" "$(fmt grpc_base.cpu 2)" "$(rfmt grpc.cpu grpc_base.cpu)" "≤ 1.5" "$(check "$r" '<=' 1.5)"
-  row "memory" "RSS idle, no configuration, MB" "$(fmt amo.idle_rss 1)" "$(fmt sink.idle_rss 1) hyper server" "$(rfmt amo.idle_rss sink.idle_rss)" "≤ 10 MB" "$(check "$(med amo.idle_rss)" '<=' 10)"
-  row "" "RSS idle, 1 calendar configuration, MB" "$(fmt cal1.idle_rss 1)" "—" "—" "≤ 10 MB" "$(check "$(med cal1.idle_rss)" '<=' 10)"
-  row "" "RSS, $CONFIGS calendar configurations, MB" "$(fmt calN.idle_rss 1)" "—" "—" "≤ 30 MB" "$(check "$(med calN.idle_rss)" '<=' 30)"
+  row "memory" "RSS idle, no configuration, MB" "$(fmt mem.idle_rss 1)" "$(fmt sink.idle_rss 1) hyper server" "$(rfmt mem.idle_rss sink.idle_rss)" "≤ 10 MB" "$(check "$(med mem.idle_rss)" '<=' 10)"
+  row "" "RSS idle, 1 calendar configuration, MB" "$(fmt mem.cal1_rss 1)" "—" "—" "≤ 10 MB" "$(check "$(med mem.cal1_rss)" '<=' 10)"
+  row "" "RSS, $CONFIGS calendar configurations, MB" "$(fmt mem.calN_rss 1)" "—" "—" "≤ 30 MB" "$(check "$(med mem.calN_rss)" '<=' 30)"
+  if [ -n "$plain" ]; then
+    row "what scripts/release buys" "RSS idle, no configuration, MB" "$(fmt mem.idle_rss 1)" "$(fmt plain.idle_rss 1) plain release build" "$(rfmt mem.idle_rss plain.idle_rss)" "—" "—"
+    row "" "RSS idle, 1 calendar configuration, MB" "$(fmt mem.cal1_rss 1)" "$(fmt plain.cal1_rss 1) plain release build" "$(rfmt mem.cal1_rss plain.cal1_rss)" "—" "—"
+    row "" "RSS, $CONFIGS calendar configurations, MB" "$(fmt mem.calN_rss 1)" "$(fmt plain.calN_rss 1) plain release build" "$(rfmt mem.calN_rss plain.calN_rss)" "—" "—"
+    row "" "start → $CONFIGS configurations Running, ms" "$(fmt mem.start_ms 0)" "$(fmt plain.start_ms 0) plain release build" "$(rfmt mem.start_ms plain.start_ms)" "—" "—"
+  fi
   row "" "RSS under the ingest load (atMostOnce), MB" "$(fmt amo.rss 1)" "$(fmt relay.rss 1) relay" "$(rfmt amo.rss relay.rss)" "—" "—"
-  row "start-up" "start → $CONFIGS configurations Running, ms" "$(fmt calN.start_ms 0)" "—" "—" "≤ 1000 ms" "$(check "$(med calN.start_ms)" '<=' 1000)"
+  row "start-up" "start → $CONFIGS configurations Running, ms" "$(fmt mem.start_ms 0)" "—" "—" "≤ 1000 ms" "$(check "$(med mem.start_ms)" '<=' 1000)"
   row "reference" "POST → 200, no work (the sink), events/s" "—" "$(fmt ceiling.rps 0)" "—" "—" "—"
   local k all=""
   for k in amo alo webhook grpc relay relay_webhook grpc_base ceiling; do all="$all ${R[$k.foreign]:-}"; done
@@ -530,9 +555,9 @@ printf '\n%s\n' "$result"
 if [ -n "$SMOKE" ]; then
   # Every figure must be there and above zero.
   bad=""
-  for k in ceiling.rps relay.rps relay.cpu amo.rps amo.p99 amo.cpu amo.delivered amo.idle_rss amo.rss \
+  for k in ceiling.rps relay.rps relay.cpu amo.rps amo.p99 amo.cpu amo.delivered amo.rss \
     alo.rps alo.cpu alo.delivered alo.fsyncs relay_webhook.rps webhook.rps webhook.cpu webhook.delivered \
-    grpc_base.rps grpc_base.cpu grpc.rps grpc.cpu cal1.idle_rss calN.idle_rss calN.start_ms sink.idle_rss; do
+    grpc_base.rps grpc_base.cpu grpc.rps grpc.cpu mem.idle_rss mem.cal1_rss mem.calN_rss mem.start_ms sink.idle_rss; do
     awk -v v="$(med "$k")" 'BEGIN {exit !(v > 0)}' || bad="$bad $k"
   done
   [ -z "$bad" ] || die "smoke: these figures are zero or missing:$bad"
@@ -584,6 +609,8 @@ $result
   was measured, sampled once a second from \`/proc/*/stat\`; median (min–max) over every window.
   Well above 0, the run was disturbed and its figures (ratios less so) are low.
 - **RSS**: VmRSS of the process; under load, sampled halfway through each run.
+- **what scripts/release buys**: the same memory scenarios run with the plain
+  \`cargo build --release\` binary (no link order, no packed relocations) beside the shipped one.
 - **Baselines**: \`relay ingest\` / \`relay webhook\` (\`benches/src/bin/relay.rs\`) parse the same
   body, build the same structured CloudEvent (uuid id, RFC 3339 time, source, type, subject,
   \`eventtypeversion\`, JSON data spliced) and POST it over 32 dedicated keep-alive connections

@@ -78,10 +78,7 @@ pub(crate) async fn connect(target: &ClusterTarget) -> Result<Connected, Cluster
 }
 
 /// [`connect`] with a given client.
-pub(crate) async fn connect_with(
-    client: Client,
-    target: &ClusterTarget,
-) -> Result<Connected, ClusterError> {
+async fn connect_with(client: Client, target: &ClusterTarget) -> Result<Connected, ClusterError> {
     let api: Api<GatewayResource> = Api::namespaced(client.clone(), &target.namespace);
     let resource = api
         .get(&target.gateway)

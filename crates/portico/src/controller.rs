@@ -32,15 +32,15 @@ use crate::spec::watchers::{Environment, resolve_watchers};
 use crate::spec::{Gateway, GatewayResource, Problems};
 
 /// Label that assigns a Gateway to a controller instance.
-pub(crate) const INSTANCE_LABEL: &str = "portico.dev/controller-instance-id";
+const INSTANCE_LABEL: &str = "portico.dev/controller-instance-id";
 /// Label on a gateway's Deployment, pods and Service naming the gateway.
-pub(crate) const GATEWAY_LABEL: &str = "portico.dev/gateway";
+const GATEWAY_LABEL: &str = "portico.dev/gateway";
 /// Field manager of the controller's server-side applies.
-pub(crate) const FIELD_MANAGER: &str = "portico-controller";
+const FIELD_MANAGER: &str = "portico-controller";
 /// Phase of a Gateway whose Deployment (and Service) are applied.
-pub(crate) const PHASE_RUNNING: &str = "Running";
+const PHASE_RUNNING: &str = "Running";
 /// Phase of a Gateway that fails validation or cannot be applied.
-pub(crate) const PHASE_ERROR: &str = "Error";
+const PHASE_ERROR: &str = "Error";
 
 /// How the controller runs.
 #[derive(Debug, Clone)]
@@ -93,7 +93,7 @@ struct Context {
 
 /// What a Gateway should become.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Desired {
+struct Desired {
     /// The Deployment.
     pub deployment: Deployment,
     /// The Service, when `serviceSpec` is set.
@@ -101,20 +101,17 @@ pub(crate) struct Desired {
 }
 
 /// Name of a gateway's Deployment.
-pub(crate) fn deployment_name(gateway: &str) -> String {
+fn deployment_name(gateway: &str) -> String {
     format!("{gateway}-gateway")
 }
 
 /// Name of a gateway's Service (what `watchers.gateways` resolve to).
-pub(crate) fn service_name(gateway: &str) -> String {
+fn service_name(gateway: &str) -> String {
     format!("{gateway}-gateway-svc")
 }
 
 /// Checks a Gateway for what the controller needs and computes its Deployment and Service.
-pub(crate) fn desired(
-    resource: &GatewayResource,
-    options: &ControllerOptions,
-) -> Result<Desired, Problems> {
+fn desired(resource: &GatewayResource, options: &ControllerOptions) -> Result<Desired, Problems> {
     let gateway = Gateway::from(resource);
     let spec = &gateway.spec;
     let name = &gateway.metadata.name;
@@ -308,7 +305,7 @@ async fn reconcile(
 
 /// Requeue delay after the `failures`-th consecutive failure: `initial_backoff` doubled each
 /// time, capped at `max_backoff`.
-pub(crate) fn retry_delay(options: &ControllerOptions, failures: u32) -> Duration {
+fn retry_delay(options: &ControllerOptions, failures: u32) -> Duration {
     options
         .initial_backoff
         .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))

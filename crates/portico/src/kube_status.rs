@@ -92,7 +92,7 @@ pub(crate) struct KubeStatusSink {
 }
 
 /// A node as `status.nodes` shows it.
-pub(crate) fn node_status(node: &Node) -> NodeStatus {
+fn node_status(node: &Node) -> NodeStatus {
     NodeStatus {
         id: node.id.to_string(),
         name: node.name.clone(),

@@ -114,9 +114,9 @@ fn latency_histogram() -> Histogram {
 }
 
 /// Distinct `src` label values before the rest are counted under [`OTHER_SRC`].
-pub(crate) const MAX_SRC_LABELS: usize = 4096;
+const MAX_SRC_LABELS: usize = 4096;
 /// The `src` label of sources past [`MAX_SRC_LABELS`].
-pub(crate) const OTHER_SRC: &str = "_other";
+const OTHER_SRC: &str = "_other";
 
 /// Every metric of a gateway.
 pub(crate) struct Metrics {

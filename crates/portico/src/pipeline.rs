@@ -241,7 +241,7 @@ pub(crate) struct Transformer {
 }
 
 /// The name of the extension that carries `spec.eventVersion`.
-pub(crate) const EVENT_TYPE_VERSION: &str = "eventtypeversion";
+const EVENT_TYPE_VERSION: &str = "eventtypeversion";
 
 impl Transformer {
     /// A transformer for gateway `gateway` of type `event_type` and version `event_version`.

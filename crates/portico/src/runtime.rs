@@ -171,7 +171,7 @@ pub(crate) enum ProcessorError {
 
 /// Where the pipeline keeps its files, and who makes broker senders.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct PipelineOptions {
+struct PipelineOptions {
     /// Directory of the outbox, over the spec's and the default.
     pub outbox_dir: Option<PathBuf>,
     /// Directory relative paths of the spec are taken from (the gateway file's).
@@ -196,7 +196,7 @@ impl std::fmt::Debug for SenderFactories {
 
 /// Builds the pipeline of `gateway`: its transformer, and its watchers' dispatcher with the
 /// outbox where `opts` says.
-pub(crate) fn build_pipeline(
+fn build_pipeline(
     gateway: &Gateway,
     env: &Environment,
     metrics: Arc<Metrics>,

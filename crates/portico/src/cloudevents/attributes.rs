@@ -191,7 +191,7 @@ pub(crate) fn check_non_empty(name: &str, value: &str) -> Result<(), Error> {
 
 /// `value` must hold only characters the CloudEvents type system allows in a String: no control
 /// characters (U+0000–U+001F, U+007F–U+009F) and no Unicode noncharacters.
-pub(crate) fn check_string(name: &str, value: &str) -> Result<(), Error> {
+fn check_string(name: &str, value: &str) -> Result<(), Error> {
     // Fast path: printable ASCII, the usual case, needs no per-character decoding. A fold
     // without early exit, which the compiler turns into vector instructions.
     if value

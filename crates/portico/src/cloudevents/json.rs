@@ -146,7 +146,7 @@ pub(crate) fn write_extension_value(out: &mut Vec<u8>, value: &ExtensionValue) {
 }
 
 /// Writes `{"name":value,...}` for the event's extensions as members (each preceded by `,`).
-pub(crate) fn write_extension_members(out: &mut Vec<u8>, ev: &CloudEvent) {
+fn write_extension_members(out: &mut Vec<u8>, ev: &CloudEvent) {
     for (name, value) in &ev.extensions {
         // Extension names are a-z0-9 only: nothing to escape.
         out.extend_from_slice(b",\"");

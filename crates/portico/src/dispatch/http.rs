@@ -48,7 +48,7 @@ fn bad_url(url: &str, reason: impl std::fmt::Display) -> HttpSenderError {
 }
 
 /// The client `https://` watchers of a gateway share (pooled keep-alive connections).
-pub(crate) fn shared_client() -> Result<reqwest::Client, HttpSenderError> {
+fn shared_client() -> Result<reqwest::Client, HttpSenderError> {
     reqwest::Client::builder()
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
@@ -361,7 +361,7 @@ impl Connections {
 }
 
 /// Whether a status is worth another attempt.
-pub(crate) fn retryable_status(status: StatusCode) -> bool {
+fn retryable_status(status: StatusCode) -> bool {
     status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS
         || status.is_server_error()

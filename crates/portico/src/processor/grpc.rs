@@ -62,7 +62,7 @@ impl GrpcProcessor {
     }
 
     /// A processor for the server at `uri` (`http://host:port`), speaking `protocol`.
-    pub(crate) fn for_uri(uri: &str, protocol: GrpcProtocol) -> Result<GrpcProcessor, BadAddress> {
+    fn for_uri(uri: &str, protocol: GrpcProtocol) -> Result<GrpcProcessor, BadAddress> {
         let endpoint = Endpoint::from_shared(uri.to_string())
             .map_err(|source| BadAddress {
                 uri: uri.to_string(),

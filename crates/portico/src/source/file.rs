@@ -22,7 +22,7 @@ use super::{SourceError, SourceEvent};
 use crate::spec::GatewayFile;
 
 /// How long changes are gathered before the file is read again.
-pub(crate) const DEBOUNCE: Duration = Duration::from_millis(150);
+const DEBOUNCE: Duration = Duration::from_millis(150);
 
 /// Watches `file` (already loaded once as `loaded`) and sends every new map to `tx` until
 /// `stop` is cancelled.

@@ -353,13 +353,29 @@ impl<'a> Checker<'a> {
     }
 }
 
-/// Parses one configuration's value (YAML or JSON text) into `T`; the error names the line
-/// and column (and the field, when one is wrong).
+/// Parses one configuration's value (YAML or JSON text) into `T`; the error names the field
+/// (its path, when it is not at the top), the line and the column:
+/// `exchangeType: line 3 column 15: unknown variant …`.
 pub(crate) fn parse_config<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
-    serde_saphyr::from_str::<T>(text).map_err(|e| {
+    let mut path = String::new();
+    serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            path = e.path().to_string();
+            e.into_inner()
+        })
+    })
+    .map_err(|e| {
         let msg = e.to_string();
-        let first = msg.lines().next().unwrap_or_default();
-        ConfigError::invalid(first.trim_start_matches("error: "))
+        let first = msg
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ");
+        if path.is_empty() || path == "." {
+            ConfigError::invalid(first)
+        } else {
+            ConfigError::invalid(format!("{path}: {first}"))
+        }
     })
 }
 
@@ -529,5 +545,27 @@ data:
         }
         let e = parse_config::<C>("intreval: 1s").unwrap_err();
         assert!(e.message().starts_with("line 1 column 1"), "{e}");
+        #[derive(Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Outer {
+            inner: Inner,
+        }
+        #[derive(Deserialize, Debug)]
+        #[allow(dead_code)]
+        enum Mode {
+            #[serde(rename = "a")]
+            A,
+        }
+        #[derive(Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Inner {
+            mode: Mode,
+        }
+        let e = parse_config::<Outer>("inner:\n  mode: b\n").unwrap_err();
+        assert!(
+            e.message()
+                .starts_with("inner.mode: line 2 column 9: unknown variant `b`"),
+            "{e}"
+        );
     }
 }

@@ -13,7 +13,7 @@ use super::{
 };
 
 /// Port of a sensor's service in a cluster.
-pub(crate) const SENSOR_PORT: u16 = 9300;
+const SENSOR_PORT: u16 = 9300;
 
 /// Where one watcher's events go.
 #[derive(Debug, Clone, PartialEq)]
