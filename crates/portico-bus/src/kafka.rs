@@ -4,6 +4,7 @@
 //! is the event's `subject` by default (the configuration key, so that one configuration's
 //! events keep their order in a partition), or `source`, `id`, `type`, or none.
 
+use portico::secret::redact_url;
 use std::time::Duration;
 
 use portico::cloudevents::CloudEvent;
@@ -51,7 +52,7 @@ impl KafkaSender {
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", "30000")
             .create()
-            .map_err(|e| format!("kafka producer for `{}`: {e}", settings.url))?;
+            .map_err(|e| format!("kafka producer for `{}`: {e}", redact_url(&settings.url)))?;
         Ok(KafkaSender {
             producer,
             topic: settings.topic.clone(),

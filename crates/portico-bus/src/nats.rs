@@ -8,6 +8,7 @@
 
 use async_nats::jetstream;
 use portico::cloudevents::CloudEvent;
+use portico::secret::redact_url;
 use portico::watcher::{BoxFuture, DeliveryError, NatsDispatch, Sender};
 use tokio::sync::OnceCell;
 
@@ -31,7 +32,7 @@ impl JetStreamSender {
             .get_or_try_init(|| async {
                 let s = &self.settings;
                 let client = async_nats::connect(&s.url).await.map_err(|e| {
-                    DeliveryError::retryable(format!("cannot connect to NATS at {}: {e}", s.url))
+                    DeliveryError::retryable(format!("cannot connect to NATS at {}: {e}", redact_url(&s.url)))
                 })?;
                 let js = jetstream::new(client);
                 if let Some(stream) = &s.stream {
@@ -48,7 +49,7 @@ impl JetStreamSender {
                         ))
                     })?;
                 }
-                tracing::info!(url = %s.url, subject = %s.subject, "NATS JetStream watcher connected");
+                tracing::info!(url = %redact_url(&s.url), subject = %s.subject, "NATS JetStream watcher connected");
                 Ok(js)
             })
             .await

@@ -9,6 +9,7 @@
 //! exponential backoff and starts a new session, which calls `running()` again once it is
 //! back. The backoff starts over after a session that got as far as running.
 
+use portico::secret::redact_url;
 use std::future::Future;
 use std::time::Duration;
 
@@ -164,22 +165,24 @@ pub(crate) fn check_url(
     value: &str,
     schemes: &[&str],
 ) -> Result<url::Url, ConfigError> {
+    // Shown without its password or token.
+    let shown = redact_url(value.trim());
     let u = url::Url::parse(value.trim()).map_err(|e| {
         ConfigError::invalid(format!(
-            "{field}: `{value}` is not a URL ({e}); expected like `{}://127.0.0.1`",
+            "{field}: `{shown}` is not a URL ({e}); expected like `{}://127.0.0.1`",
             schemes[0]
         ))
     })?;
     if !schemes.contains(&u.scheme()) {
         return Err(ConfigError::invalid(format!(
-            "{field}: `{value}` has scheme `{}`; expected one of {}",
+            "{field}: `{shown}` has scheme `{}`; expected one of {}",
             u.scheme(),
             schemes.join(", ")
         )));
     }
     if u.host_str().is_none_or(str::is_empty) {
         return Err(ConfigError::invalid(format!(
-            "{field}: `{value}` names no host"
+            "{field}: `{shown}` names no host"
         )));
     }
     Ok(u)

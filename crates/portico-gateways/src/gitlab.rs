@@ -1,9 +1,7 @@
 //! The `gitlab` gateway: GitLab webhook deliveries, verified and filtered.
 //!
 //! A `webhook` configuration (`port`, `endpoint`, `method`, TLS, `maxBodySize`; see
-//! [`crate::webhook`]) plus:
-//!
-//! plus `events` and a required secret token.
+//! [`crate::webhook`]) plus `events`, a required secret token and, optionally, `register`.
 //!
 //! Every delivery must carry `X-Gitlab-Token` equal to the secret (compared in constant
 //! time); a missing or wrong one gets 401, produces no event and counts in
@@ -11,22 +9,28 @@
 //! in `events` gets 200 with the reason and produces no event. The payload is the webhook's
 //! (`{"header", "body", "bodyEncoding"}`) without the `x-gitlab-token` header. The secret is
 //! never logged.
+//!
+//! With `register` ([`crate::webhook::register`]), the configuration registers its project
+//! hook through GitLab's REST API (the secret as the hook's token; updating the hook with the
+//! same `url`, or creating it) and keeps it across restarts. Without `register`, add the hook
+//! in the project's settings with the same secret token.
 
 use std::sync::Arc;
 
 use hyper::http::{HeaderMap, HeaderName};
-use portico::{ConfigContext, ConfigError, ConfigExecutor};
+use portico::{ConfigContext, ConfigError, ConfigExecutor, Secret};
 use subtle::ConstantTimeEq;
 
+use crate::webhook::register::{self, Forge, Register};
 use crate::webhook::{
-    Gate, Hook, HookConfig, HookRules, Secret, Servers, Verdict, filter_event, run_hook,
+    Gate, Hook, HookConfig, HookRules, Registration, Servers, Verdict, filter_event, run_hook,
 };
 
 const RULES: HookRules = HookRules {
     gateway_type: "gitlab",
     secret_required: true,
     takes_events: true,
-    takes_register: false,
+    takes_register: true,
 };
 
 const TOKEN: HeaderName = HeaderName::from_static("x-gitlab-token");
@@ -66,30 +70,57 @@ impl Gate for GitLabGate {
 }
 
 /// The gitlab executor. Its configurations share servers by port.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct GitLab {
     servers: Arc<Servers>,
+    client: reqwest::Client,
+}
+
+impl Default for GitLab {
+    fn default() -> Self {
+        GitLab {
+            servers: Arc::default(),
+            client: register::client(),
+        }
+    }
 }
 
 impl ConfigExecutor for GitLab {
-    type Config = Hook;
+    type Config = (Hook, Option<Register>);
 
-    fn validate(&self, ctx: &ConfigContext) -> Result<Hook, ConfigError> {
-        ctx.parse::<HookConfig>()?.check(RULES)
+    fn validate(&self, ctx: &ConfigContext) -> Result<(Hook, Option<Register>), ConfigError> {
+        let config: HookConfig = ctx.parse()?;
+        let hook = config.check(RULES)?;
+        let register = config
+            .register
+            .as_ref()
+            .map(|r| r.check(Forge::GitLab, &hook.events))
+            .transpose()?;
+        Ok((hook, register))
     }
 
-    async fn start_config(&self, ctx: ConfigContext, hook: Hook) -> Result<(), ConfigError> {
+    async fn start_config(
+        &self,
+        ctx: ConfigContext,
+        (hook, register): (Hook, Option<Register>),
+    ) -> Result<(), ConfigError> {
         let Some(source) = &hook.secret else {
             return Err(ConfigError::invalid(
                 "a gitlab configuration needs its secret",
             ));
         };
+        let secret = source.load()?;
         let gate = GitLabGate {
-            secret: source.load()?,
+            secret: secret.clone(),
             events: hook.events.clone(),
             redacted: [TOKEN],
         };
-        run_hook(&self.servers, &ctx, &hook, Arc::new(gate)).await
+        let registration = register.as_ref().map(|register| Registration {
+            register,
+            client: &self.client,
+            secret: &secret,
+        });
+        run_hook(&self.servers, &ctx, &hook, Arc::new(gate), registration).await
     }
 }
 

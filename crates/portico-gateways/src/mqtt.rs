@@ -2,6 +2,7 @@
 //!
 //! Its configuration, what its events carry and how it acknowledges its sources: [`MqttConfig`].
 
+use portico::secret::redact_url;
 use std::time::Duration;
 
 use portico::{ConfigContext, ConfigError, ConfigExecutor, Event};
@@ -125,7 +126,10 @@ async fn session(ctx: &ConfigContext, c: &Settings, progress: Progress) -> Sessi
             };
             let event = polled.map_err(|e| {
                 SessionError::broker(
-                    format!("connection to the MQTT broker at {} lost", c.url),
+                    format!(
+                        "connection to the MQTT broker at {} lost",
+                        redact_url(&c.url)
+                    ),
                     e,
                 )
             })?;

@@ -3,6 +3,7 @@
 //!
 //! Its configuration, what its events carry and how it acknowledges its sources: [`NatsConfig`].
 
+use portico::secret::redact_url;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -173,7 +174,8 @@ async fn connect(
         .collect::<Result<_, _>>()
         .map_err(|e| SessionError::Fatal(ConfigError::invalid(format!("url: {e}"))))?;
     options.connect(addrs).await.map_err(|e| {
-        SessionError::broker(format!("cannot connect to NATS at {}", c.urls.join(",")), e)
+        let shown: Vec<String> = c.urls.iter().map(|u| redact_url(u)).collect();
+        SessionError::broker(format!("cannot connect to NATS at {}", shown.join(",")), e)
     })
 }
 

@@ -2,6 +2,7 @@
 //!
 //! Its configuration, what its events carry and how it acknowledges its sources: [`RedisConfig`].
 
+use portico::secret::redact_url;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -76,7 +77,7 @@ impl RedisConfig {
         let url = self.url.trim().to_string();
         broker::check_url("url", &url, &["redis", "rediss"])?;
         let client = redis::Client::open(url.as_str())
-            .map_err(|e| ConfigError::invalid(format!("url: `{url}`: {e}")))?;
+            .map_err(|e| ConfigError::invalid(format!("url: `{}`: {e}", redact_url(&url))))?;
         let mode = match (broker::optional(self.stream), self.channels.is_empty()) {
             (Some(_), false) => {
                 return Err(ConfigError::invalid(
@@ -176,10 +177,9 @@ async fn pubsub(
     channels: &[String],
     progress: Progress,
 ) -> SessionResult {
-    let mut ps = client
-        .get_async_pubsub()
-        .await
-        .map_err(|e| SessionError::broker(format!("cannot connect to Redis at {url}"), e))?;
+    let mut ps = client.get_async_pubsub().await.map_err(|e| {
+        SessionError::broker(format!("cannot connect to Redis at {}", redact_url(url)), e)
+    })?;
     for c in channels {
         let r = if is_pattern(c) {
             ps.psubscribe(c).await
@@ -203,7 +203,8 @@ async fn pubsub(
         }
     }
     Err(SessionError::Broker(format!(
-        "the connection to Redis at {url} was closed"
+        "the connection to Redis at {} was closed",
+        redact_url(url)
     )))
 }
 
@@ -231,7 +232,9 @@ async fn streams(
     let mut conn = client
         .get_multiplexed_async_connection_with_config(&config)
         .await
-        .map_err(|e| SessionError::broker(format!("cannot connect to Redis at {url}"), e))?;
+        .map_err(|e| {
+            SessionError::broker(format!("cannot connect to Redis at {}", redact_url(url)), e)
+        })?;
     let created: redis::RedisResult<()> = conn.xgroup_create_mkstream(stream, group, "$").await;
     if let Err(e) = created
         && e.code() != Some("BUSYGROUP")

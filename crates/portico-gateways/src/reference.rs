@@ -40,10 +40,10 @@ pub fn page(gateway_type: &str) -> Option<String> {
         out.push_str(&paragraphs(d));
         out.push_str("\n\n");
     }
-    out.push_str(&format!(
+    out.push_str(
         "Each value of the gateway's ConfigMap is one configuration: YAML or JSON with these \
-         fields. Unknown fields are refused, with their line and column.\n\n"
-    ));
+         fields. Unknown fields are refused, with their line and column.\n\n",
+    );
     let mut nested = Vec::new();
     table(&mut out, root, &defs, &mut nested);
     let mut done = Vec::new();

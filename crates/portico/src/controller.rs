@@ -12,8 +12,11 @@
 //!
 //! Names: the Deployment is `<gateway>-gateway`, the Service `<gateway>-gateway-svc` (the
 //! address other gateways' watchers resolve to). Every container of `deploySpec` gets the
-//! environment of the gateway environment (docs/contract.md) for the gateway's style ([`crate::env::contract`]); a variable of
-//! the contract replaces one of the same name in the spec.
+//! environment of the gateway's style (docs/contract.md); a variable of the contract replaces
+//! one of the same name in the spec. The pod gets a memory-backed volume, mounted at
+//! `/var/run/portico` in every container, where the first `portico` to start writes the
+//! ingest token (`PORTICO_INGEST_TOKEN_FILE`) that the other containers send when they post
+//! events.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -21,12 +24,17 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{EnvVar, PodTemplateSpec, Service};
+use k8s_openapi::api::core::v1::{
+    EmptyDirVolumeSource, EnvVar, PodTemplateSpec, Service, Volume, VolumeMount,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
+
+/// The pod volume the ingest token is shared through.
+const RUN_VOLUME: &str = "portico-run";
 
 use crate::spec::watchers::{Environment, resolve_watchers};
 use crate::spec::{Gateway, GatewayResource, Problems};
@@ -155,7 +163,15 @@ fn desired(resource: &GatewayResource, options: &ControllerOptions) -> Result<De
         (GATEWAY_LABEL.to_string(), name.clone()),
         (INSTANCE_LABEL.to_string(), options.instance_id.clone()),
     ]);
-    let contract = gateway.contract(options.transformer_port, Some(&options.instance_id));
+    let mut contract = gateway.contract(options.transformer_port, Some(&options.instance_id));
+    contract.push((
+        crate::env::PORTICO_INGEST_TOKEN_FILE,
+        crate::env::POD_INGEST_TOKEN_FILE.to_string(),
+    ));
+    let run_dir = std::path::Path::new(crate::env::POD_INGEST_TOKEN_FILE)
+        .parent()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
     for container in &mut pod.containers {
         let mut env = container.env.take().unwrap_or_default();
         env.retain(|e| !contract.iter().any(|(k, _)| *k == e.name));
@@ -165,6 +181,25 @@ fn desired(resource: &GatewayResource, options: &ControllerOptions) -> Result<De
             value_from: None,
         }));
         container.env = Some(env);
+        let mounts = container.volume_mounts.get_or_insert_with(Vec::new);
+        if !mounts.iter().any(|m| m.mount_path == run_dir) {
+            mounts.push(VolumeMount {
+                name: RUN_VOLUME.to_string(),
+                mount_path: run_dir.clone(),
+                ..Default::default()
+            });
+        }
+    }
+    let volumes = pod.volumes.get_or_insert_with(Vec::new);
+    if !volumes.iter().any(|v| v.name == RUN_VOLUME) {
+        volumes.push(Volume {
+            name: RUN_VOLUME.to_string(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".to_string()),
+                size_limit: None,
+            }),
+            ..Default::default()
+        });
     }
     let meta = |n: String| ObjectMeta {
         name: Some(n),

@@ -34,9 +34,16 @@ pub const GATEWAY_HTTP_CONFIG_ERROR: &str = "GATEWAY_HTTP_CONFIG_ERROR";
 pub const K_SINK: &str = "K_SINK";
 /// Knative: `{"extensions":{…}}` set on every outgoing event.
 pub const K_CE_OVERRIDES: &str = "K_CE_OVERRIDES";
+/// A file holding the bearer token the transformer's ingest API requires (`Authorization:
+/// Bearer <token>`); a user process posting events reads it from there.
+pub const PORTICO_INGEST_TOKEN_FILE: &str = "PORTICO_INGEST_TOKEN_FILE";
 /// Set by Kubernetes in every pod: tells that the process runs in a cluster.
 pub const KUBERNETES_SERVICE_HOST: &str = "KUBERNETES_SERVICE_HOST";
 
+/// Where the ingest token is in a gateway's pod: the controller mounts a volume shared by
+/// the pod's containers at its directory, and the first `portico` to start writes a token
+/// there.
+pub const POD_INGEST_TOKEN_FILE: &str = "/var/run/portico/ingest-token";
 /// Default of [`TRANSFORMER_PORT`].
 pub const DEFAULT_TRANSFORMER_PORT: u16 = 9300;
 /// Default of [`GATEWAY_PROCESSOR_CLIENT_HTTP_PORT`].

@@ -158,11 +158,14 @@ pub struct GatewayConfig {
     inner: Arc<GatewayInner>,
 }
 
+#[derive(Clone)]
 struct GatewayInner {
     name: String,
     namespace: String,
     pipeline: Arc<Pipeline>,
     kube_client: Option<kube::Client>,
+    require_auth: bool,
+    http_limits: crate::http1::Limits,
 }
 
 impl fmt::Debug for GatewayConfig {
@@ -183,20 +186,51 @@ impl GatewayConfig {
                 namespace: namespace.to_string(),
                 pipeline,
                 kube_client: None,
+                require_auth: false,
+                http_limits: crate::http1::Limits::default(),
             }),
         }
+    }
+
+    /// The same gateway, refusing unauthenticated configurations when `require` is set
+    /// (`spec.security.requireAuth`).
+    pub(crate) fn with_require_auth(self, require: bool) -> GatewayConfig {
+        let mut inner = (*self.inner).clone();
+        inner.require_auth = require;
+        GatewayConfig {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The same gateway, its HTTP servers with these limits (`--idle-timeout`,
+    /// `--body-timeout`, `--max-connections`).
+    pub(crate) fn with_http_limits(self, limits: crate::http1::Limits) -> GatewayConfig {
+        let mut inner = (*self.inner).clone();
+        inner.http_limits = limits;
+        GatewayConfig {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The timeouts and connection cap every HTTP server of the gateway uses (the
+    /// transformer's API, the webhooks', the HTTP style's): the same flags set them all.
+    pub fn http_limits(&self) -> crate::http1::Limits {
+        self.inner.http_limits
+    }
+
+    /// Whether configurations that would take events from anyone (a webhook with no secret)
+    /// are errors rather than warnings (`spec.security.requireAuth`).
+    pub fn require_auth(&self) -> bool {
+        self.inner.require_auth
     }
 
     /// The same gateway with a Kubernetes client (set by the runtime in a cluster; tests set
     /// one for a fake API server).
     pub fn with_kube_client(self, client: kube::Client) -> GatewayConfig {
+        let mut inner = (*self.inner).clone();
+        inner.kube_client = Some(client);
         GatewayConfig {
-            inner: Arc::new(GatewayInner {
-                name: self.inner.name.clone(),
-                namespace: self.inner.namespace.clone(),
-                pipeline: self.inner.pipeline.clone(),
-                kube_client: Some(client),
-            }),
+            inner: Arc::new(inner),
         }
     }
 
@@ -242,8 +276,23 @@ pub struct ConfigContext {
     inner: Arc<ContextInner>,
 }
 
+/// Why a configuration was asked to stop ([`ConfigContext::stop_reason`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// Its key left the configuration map: it is gone for good (a registered webhook may be
+    /// deleted).
+    Removed,
+    /// Its value changed: the new value starts under the same key once this one has stopped.
+    Replaced,
+    /// The gateway is shutting down, or the configuration was stopped by hand: it may run
+    /// again when the gateway starts.
+    Shutdown,
+}
+
 struct ContextInner {
     configuration: Configuration,
+    stop_reason: std::sync::OnceLock<StopReason>,
+    warnings: std::sync::Mutex<Vec<String>>,
     gateway: GatewayConfig,
     board: Arc<StatusBoard>,
     intake: Intake,
@@ -272,6 +321,8 @@ impl ConfigContext {
         ConfigContext {
             inner: Arc::new(ContextInner {
                 configuration,
+                stop_reason: std::sync::OnceLock::new(),
+                warnings: Default::default(),
                 gateway,
                 board,
                 intake,
@@ -315,8 +366,35 @@ impl ConfigContext {
 
     /// Tells the framework that the configuration runs (node `Running`). Call it again after
     /// recovering from a reported error.
+    /// A running node's message is its warnings ([`ConfigContext::warn`]), if any.
     pub fn running(&self) {
-        self.set_phase(Phase::Running, "");
+        let note = self.warnings().join("; ");
+        self.set_phase(Phase::Running, note);
+    }
+
+    /// Warns about something that works but should not be left so (a webhook anyone can post
+    /// to): logged at WARN now, printed by `portico validate`, and the message of the node
+    /// while it runs (in `/status` and the Gateway's `status.nodes`). Said once per text.
+    pub fn warn(&self, text: impl Into<String>) {
+        let text = text.into();
+        let mut warnings = self
+            .inner
+            .warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !warnings.contains(&text) {
+            tracing::warn!(src = %self.src(), "{text}");
+            warnings.push(text);
+        }
+    }
+
+    /// The warnings given so far.
+    pub fn warnings(&self) -> Vec<String> {
+        self.inner
+            .warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Reports a problem the configuration is recovering from by itself (a broker is gone
@@ -371,9 +449,27 @@ impl ConfigContext {
         }
     }
 
-    /// Asks the configuration to stop.
+    /// Asks the configuration to stop (reason [`StopReason::Shutdown`]).
     pub fn stop(&self) {
+        self.stop_because(StopReason::Shutdown);
+    }
+
+    /// Records why the configuration is about to stop (the first reason given is kept), so
+    /// that [`ConfigExecutor::stop_config`] can read it.
+    pub(crate) fn stopping_because(&self, reason: StopReason) {
+        let _ = self.inner.stop_reason.set(reason);
+    }
+
+    /// Asks the configuration to stop for `reason` (the first reason given is kept).
+    pub(crate) fn stop_because(&self, reason: StopReason) {
+        self.stopping_because(reason);
         self.inner.stop.cancel();
+    }
+
+    /// Why the configuration was asked to stop; `None` while it runs.
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        let given = self.inner.stop_reason.get().copied();
+        given.or(self.is_stopped().then_some(StopReason::Shutdown))
     }
 
     /// True once the configuration was asked to stop.

@@ -28,6 +28,7 @@
 //! - [`cloudevents`]: the CloudEvents 1.0 model and its JSON and HTTP codecs;
 //! - [`grpc_server`] and [`proto`]: a gateway written as a gRPC server, in Rust;
 //! - [`http1`]: the HTTP/1.1 serving path, for executors that take events over HTTP;
+//! - [`secret`]: secrets that never print, and where they are read from;
 //! - [`watcher`]: watchers of other kinds, behind a [`watcher::SenderFactory`];
 //! - [`env`]: the environment contract of a gateway's processes; [`ingest`]: the format of
 //!   events posted to the transformer; [`cli`]: the `portico` command line.
@@ -57,7 +58,9 @@ mod metrics;
 mod pipeline;
 mod processor;
 pub mod proto;
+mod ratelog;
 mod runtime;
+pub mod secret;
 mod server;
 mod source;
 mod spec;
@@ -84,9 +87,11 @@ pub use error::{ConfigError, ConfigErrorKind, DispatchError};
 pub use event::Event;
 pub use executor::{
     Checked, ConfigContext, ConfigExecutor, DynConfigExecutor, GatewayConfig, SharedExecutor,
+    StopReason,
 };
 pub use metrics::RejectReason;
 pub use pipeline::{Submit, Wait};
+pub use secret::{Secret, SecretSource};
 pub use status::{Node, Phase};
 
 /// Watchers Portico has no built-in client for: a [`watcher::SenderFactory`] makes the
@@ -95,7 +100,7 @@ pub use status::{Node, Phase};
 pub mod watcher {
     pub use crate::dispatch::{Sender, SenderFactory};
     pub use crate::error::{BoxError, BoxFuture, DeliveryError};
-    pub use crate::spec::watchers::Target;
+    pub use crate::spec::watchers::{HeaderValueFrom, Target, WatcherHeader};
     pub use crate::spec::{KafkaDispatch, NatsDispatch};
 }
 
@@ -113,15 +118,19 @@ struct UserGatewayCli {
 
 /// Runs a gateway whose every configuration is run by `executor`: parses the command line
 /// (`GATEWAY_FILE`, `--transformer-port`, `--log-format`, …, each with its environment
-/// variable), serves until SIGINT or SIGTERM, then stops the configurations and drains the
-/// events in flight. Returns the process exit code.
+/// variable), serves until SIGTERM, SIGINT, SIGQUIT, SIGUSR1 or SIGUSR2, then stops the
+/// configurations and drains the events in flight (a second such signal ends the drain at
+/// once). SIGHUP reads the gateway file again. Returns the process exit code.
 pub fn run<E: ConfigExecutor>(executor: E) -> ExitCode {
     let args = UserGatewayCli::parse();
     args.log.init();
     let executor: SharedExecutor = Arc::new(executor);
-    runtime::block_on_main(runtime::run_gateway(
-        args.gateway.options(),
-        move |_| Ok(runtime::Processor::Core(executor)),
-        runtime::shutdown_signal(),
-    ))
+    runtime::block_on_main(async move {
+        runtime::run_gateway(
+            args.gateway.options(),
+            move |_| Ok(runtime::Processor::Core(executor)),
+            runtime::Signals::install(),
+        )
+        .await
+    })
 }

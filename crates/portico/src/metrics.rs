@@ -115,15 +115,28 @@ fn latency_histogram() -> Histogram {
 
 /// Distinct `src` label values before the rest are counted under [`OTHER_SRC`].
 const MAX_SRC_LABELS: usize = 4096;
+/// Distinct `src` label values named by callers of the ingest API (a posted event's `src`,
+/// a posted CloudEvent's source), counted apart from the configured ones: junk cannot push a
+/// configuration's own label out.
+const MAX_POSTED_SRC_LABELS: usize = 256;
 /// The `src` label of sources past [`MAX_SRC_LABELS`].
 const OTHER_SRC: &str = "_other";
+
+/// The sources with a label of their own.
+#[derive(Default)]
+struct Srcs {
+    /// Their counters, by key.
+    known: HashMap<String, SrcMetrics>,
+    /// How many of them were named by callers.
+    posted: usize,
+}
 
 /// Every metric of a gateway.
 pub(crate) struct Metrics {
     registry: Registry,
     /// The counters of every configuration key seen, up to `MAX_SRC_LABELS` (made once: the
     /// ingest API looks them up per request).
-    srcs: Mutex<HashMap<String, SrcMetrics>>,
+    srcs: Mutex<Srcs>,
     /// Events produced by configurations (or posted to the ingest API).
     pub received: Family<SrcLabels, Counter>,
     /// Events turned into CloudEvents.
@@ -174,7 +187,7 @@ impl Metrics {
             dead_lettered: Family::default(),
             outbox: Default::default(),
             registry: Registry::default(),
-            srcs: Mutex::new(HashMap::new()),
+            srcs: Mutex::new(Srcs::default()),
         };
         registry.register(
             "events_received",
@@ -253,6 +266,11 @@ impl Metrics {
             m.outbox.bytes.clone(),
         );
         registry.register(
+            "outbox_damaged_records",
+            "Records found damaged in the durable outbox at start (lost; their bytes are in the outbox's quarantine directory)",
+            m.outbox.damaged_records.clone(),
+        );
+        registry.register(
             "outbox_write_errors",
             "Batches of events the durable outbox could not write to its disk (their sources were answered 503)",
             m.outbox.write_errors.clone(),
@@ -268,30 +286,32 @@ impl Metrics {
         out
     }
 
-    /// The label value for `src`: itself, or [`OTHER_SRC`] once [`MAX_SRC_LABELS`] distinct
-    /// values exist, so that sources named from outside (the ingest API) cannot grow the
-    /// registry without bound.
-    fn src_label(&self, src: &str) -> String {
-        let known = self
-            .srcs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(src);
-        if known {
-            src.to_string()
-        } else {
-            // Registers `src` if there is room.
-            self.for_src(src).label.to_string()
-        }
+    /// The counters of one configuration of the gateway: labelled by its key, up to
+    /// [`MAX_SRC_LABELS`] keys (then [`OTHER_SRC`]).
+    pub(crate) fn for_src(&self, src: &str) -> SrcMetrics {
+        self.src_metrics(src, MAX_SRC_LABELS, false)
     }
 
-    /// The counters of one configuration.
-    pub(crate) fn for_src(&self, src: &str) -> SrcMetrics {
+    /// The counters of a source named by a caller (the `src` of an event posted to the ingest
+    /// API, the source of a posted CloudEvent): its own label while fewer than
+    /// [`MAX_POSTED_SRC_LABELS`] such names were seen, [`OTHER_SRC`] after. The
+    /// configurations' own labels are kept apart, so a caller posting junk names cannot push
+    /// them into [`OTHER_SRC`].
+    pub(crate) fn for_posted_src(&self, src: &str) -> SrcMetrics {
+        self.src_metrics(src, MAX_POSTED_SRC_LABELS, true)
+    }
+
+    fn src_metrics(&self, src: &str, cap: usize, posted: bool) -> SrcMetrics {
         let mut srcs = self.srcs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(m) = srcs.get(src) {
+        if let Some(m) = srcs.known.get(src) {
             return m.clone();
         }
-        let room = srcs.len() < MAX_SRC_LABELS;
+        let count = if posted {
+            srcs.posted
+        } else {
+            srcs.known.len() - srcs.posted
+        };
+        let room = count < cap;
         let labels = SrcLabels {
             src: if room { src } else { OTHER_SRC }.to_string(),
         };
@@ -307,7 +327,10 @@ impl Metrics {
             },
         };
         if room {
-            srcs.insert(src.to_string(), m.clone());
+            srcs.known.insert(src.to_string(), m.clone());
+            if posted {
+                srcs.posted += 1;
+            }
         }
         m
     }
@@ -327,16 +350,16 @@ impl Metrics {
         }
     }
 
-    /// Counts an event refused for `reason`.
-    pub(crate) fn reject(&self, src: &str, reason: RejectReason) {
+    /// Counts an event of `src` refused for `reason`.
+    pub(crate) fn reject(&self, src: &SrcMetrics, reason: RejectReason) {
         self.reject_many(src, reason, 1);
     }
 
-    /// Counts `n` events refused for `reason`.
-    pub(crate) fn reject_many(&self, src: &str, reason: RejectReason, n: u64) {
+    /// Counts `n` events of `src` refused for `reason`.
+    pub(crate) fn reject_many(&self, src: &SrcMetrics, reason: RejectReason, n: u64) {
         self.rejected
             .get_or_create(&RejectLabels {
-                src: self.src_label(src),
+                src: src.label.to_string(),
                 reason,
             })
             .inc_by(n);
@@ -354,6 +377,8 @@ pub(crate) struct OutboxMetrics {
     pub bytes: Gauge,
     /// Batches the disk refused.
     pub write_errors: Counter,
+    /// Records found damaged in the log (lost; their bytes quarantined).
+    pub damaged_records: Counter,
 }
 
 /// Handles of one configuration's counters.
@@ -410,7 +435,7 @@ mod tests {
         m.for_src("s").received.inc();
         m.for_watcher("w").delivered.inc();
         for reason in RejectReason::ALL {
-            m.reject("s", reason);
+            m.reject(&m.for_src("s"), reason);
         }
         let text = m.encode();
         let mut families = 0;
@@ -445,6 +470,33 @@ mod tests {
                 "{reason:?}"
             );
         }
+    }
+
+    #[test]
+    fn names_posted_by_callers_cannot_push_configurations_out() {
+        let m = Metrics::new();
+        m.for_src("real").received.inc();
+        for i in 0..10_000 {
+            let junk = m.for_posted_src(&format!("junk{i}"));
+            junk.received.inc();
+            m.reject(&junk, RejectReason::Invalid);
+        }
+        m.for_src("late-config").received.inc();
+        let text = m.encode();
+        assert!(
+            text.contains("portico_events_received_total{src=\"real\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("portico_events_received_total{src=\"late-config\"} 1"));
+        let junk_labels = text
+            .lines()
+            .filter(|l| l.starts_with("portico_events_received_total{src=\"junk"))
+            .count();
+        assert_eq!(junk_labels, MAX_POSTED_SRC_LABELS);
+        assert!(text.contains(&format!(
+            "portico_events_received_total{{src=\"_other\"}} {}",
+            10_000 - MAX_POSTED_SRC_LABELS
+        )));
     }
 
     #[test]

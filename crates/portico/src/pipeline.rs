@@ -172,7 +172,7 @@ impl Pipeline {
                     ce
                 }
                 Err(e) => {
-                    self.metrics.reject(&src.src, RejectReason::of(&e));
+                    self.metrics.reject(src, RejectReason::of(&e));
                     return Err(e);
                 }
             },
@@ -182,7 +182,7 @@ impl Pipeline {
             .accept(event, admission, Some(src.delivery.clone()), ack)
             .await;
         if let Err(e) = &accepted {
-            self.metrics.reject(&src.src, RejectReason::of(e));
+            self.metrics.reject(src, RejectReason::of(e));
         }
         accepted
     }
@@ -220,7 +220,7 @@ impl Intake {
 
     /// Counts `n` events of this configuration refused for `reason`.
     pub(crate) fn count_rejected(&self, reason: RejectReason, n: u64) {
-        self.pipeline.metrics.reject_many(&self.src.src, reason, n);
+        self.pipeline.metrics.reject_many(&self.src, reason, n);
     }
 }
 

@@ -24,6 +24,7 @@ use crate::executor::{GatewayConfig, SharedExecutor};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::pipeline::{Transformer, parse_overrides};
+use crate::secret::{LiveSecret, SecretSource};
 use crate::server::{AppState, GatewayInfo};
 use crate::source::SourceEvent;
 use crate::spec::watchers::{Environment, Target, resolve_watchers};
@@ -66,10 +67,16 @@ pub(crate) struct RunOptions {
     pub cluster: Option<crate::cluster::ClusterTarget>,
     /// Address of the transformer's API.
     pub listen: IpAddr,
+    /// The file of the ingest API's bearer token (made when absent).
+    pub ingest_token_file: Option<PathBuf>,
+    /// Listen beyond loopback with no ingest token.
+    pub insecure_listen: bool,
     /// Port of the transformer's API (0: any free port, logged at start).
     pub transformer_port: u16,
     /// Body size limit of the ingest API.
     pub body_limit: usize,
+    /// Timeouts and the connection cap of the transformer's API.
+    pub http_limits: crate::http1::Limits,
     /// How long HTTP callers wait for room before 503.
     pub admission_wait: Duration,
     /// How long events in flight may take to drain at shutdown.
@@ -78,6 +85,8 @@ pub(crate) struct RunOptions {
     pub stop_grace: Duration,
     /// Directory of the durable outbox, over `spec.delivery.outbox.path` and the default.
     pub outbox_dir: Option<PathBuf>,
+    /// The largest gateway file read.
+    pub max_file_size: u64,
     /// Senders of NATS and Kafka watchers.
     pub senders: SenderFactories,
 }
@@ -88,12 +97,16 @@ impl Default for RunOptions {
             file: PathBuf::new(),
             cluster: None,
             listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ingest_token_file: None,
+            insecure_listen: false,
             transformer_port: crate::env::DEFAULT_TRANSFORMER_PORT,
             body_limit: crate::server::DEFAULT_BODY_LIMIT,
+            http_limits: crate::http1::Limits::default(),
             admission_wait: crate::pipeline::DEFAULT_ADMISSION_WAIT,
             drain_timeout: Duration::from_secs(10),
             stop_grace: Duration::from_secs(10),
             outbox_dir: None,
+            max_file_size: crate::spec::file::DEFAULT_MAX_FILE_BYTES,
             senders: SenderFactories::default(),
         }
     }
@@ -151,6 +164,48 @@ pub(crate) enum RunError {
     /// The transformer's API cannot listen.
     #[error("{0}")]
     Listen(#[from] crate::http1::ListenError),
+    /// The ingest API would take events from anyone on the network.
+    #[error(
+        "the transformer's API would listen on {0} with no ingest token: anyone who reaches the port could post events. Give --ingest-token-file (PORTICO_INGEST_TOKEN_FILE), listen on 127.0.0.1, or pass --insecure-listen (PORTICO_INSECURE_LISTEN=true) to accept this"
+    )]
+    InsecureListen(IpAddr),
+    /// The ingest token cannot be read or made.
+    #[error("ingest token: {0}")]
+    IngestToken(String),
+}
+
+/// The ingest API's token: read from `path`, or made there when the file does not exist
+/// (a random 256-bit token in hex, mode 0600, written only if no one else wrote it first).
+pub(crate) fn ingest_token(path: &Path) -> Result<LiveSecret, RunError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let made = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    match made {
+        Ok(mut f) => {
+            let token: String = (0..32)
+                .map(|_| format!("{:02x}", rand::random::<u8>()))
+                .collect();
+            f.write_all(token.as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(|e| {
+                    RunError::IngestToken(format!("cannot write {}: {e}", path.display()))
+                })?;
+            tracing::info!(file = %path.display(), "ingest token made: processes posting events send it as `Authorization: Bearer <token>`");
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(RunError::IngestToken(format!(
+                "{} does not exist and cannot be made: {e}",
+                path.display()
+            )));
+        }
+    }
+    LiveSecret::load(SecretSource::File(path.to_path_buf()))
+        .map_err(|e| RunError::IngestToken(e.message().to_string()))
 }
 
 /// Why a gateway's processor cannot be set up.
@@ -246,8 +301,10 @@ fn build_pipeline(
                 url,
                 encoding,
                 timeout,
+                headers,
             } => Arc::new(
                 HttpSender::new(&client, url, *encoding, *timeout, version.clone())
+                    .and_then(|s| s.with_headers(headers))
                     .map_err(|e| watcher_error(&def.name, e.into()))?,
             ),
             Target::Stdout => Arc::new(StdoutSender),
@@ -287,6 +344,7 @@ fn build_pipeline(
             sender,
             queue: def.queue,
             dead_letter: Arc::new(dead_letter),
+            moved_from: def.moved_from,
         });
     }
     let dispatcher = Dispatcher::start_with(watchers, &metrics, &delivery).map_err(|source| {
@@ -318,13 +376,25 @@ fn build_pipeline(
 pub(crate) async fn run_gateway(
     opts: RunOptions,
     choose: impl FnOnce(&Gateway) -> Result<Processor, ProcessorError>,
-    shutdown: impl std::future::Future<Output = ()>,
+    signals: Signals,
 ) -> Result<(), RunError> {
+    let ingest_token = match &opts.ingest_token_file {
+        Some(path) => Some(Arc::new(ingest_token(path)?)),
+        None if opts.listen.is_loopback() => None,
+        None if opts.insecure_listen => {
+            tracing::warn!(listen = %opts.listen, "the ingest API listens beyond loopback with no token (--insecure-listen): anyone who reaches the port can post events");
+            None
+        }
+        None => return Err(RunError::InsecureListen(opts.listen)),
+    };
     // Where the gateway and its configurations come from: a file, or the API server.
     let (file, cluster) = match &opts.cluster {
         Some(target) => (None, Some(crate::cluster::connect(target).await?)),
         None if opts.file.as_os_str().is_empty() => return Err(RunError::NoGateway),
-        None => (Some(GatewayFile::load(&opts.file)?), None),
+        None => (
+            Some(GatewayFile::load(&opts.file, opts.max_file_size)?),
+            None,
+        ),
     };
     let gateway = match (&file, &cluster) {
         (Some(f), _) => f.gateway.clone(),
@@ -385,7 +455,11 @@ pub(crate) async fn run_gateway(
     let server = tokio::spawn(crate::server::serve_api(
         listener,
         state.clone(),
-        opts.body_limit,
+        crate::server::IngestOptions {
+            body_limit: opts.body_limit,
+            token: ingest_token,
+        },
+        opts.http_limits,
         server_stop.clone(),
     ));
     tracing::info!(
@@ -400,11 +474,19 @@ pub(crate) async fn run_gateway(
         &gateway.metadata.name,
         gateway.namespace(),
         pipeline.clone(),
-    );
+    )
+    .with_require_auth(gateway.spec.security.require_auth)
+    .with_http_limits(opts.http_limits);
     let (initial, source) = match (file, &cluster) {
         (Some(file), _) => (
             file.configurations.clone(),
-            tokio::spawn(crate::source::file::watch(file, tx, source_stop.clone())),
+            tokio::spawn(crate::source::file::watch(
+                file,
+                opts.max_file_size,
+                tx,
+                signals.reload.clone(),
+                source_stop.clone(),
+            )),
         ),
         (None, Some(c)) => {
             gateway_config = gateway_config.with_kube_client(c.client.clone());
@@ -430,14 +512,24 @@ pub(crate) async fn run_gateway(
     if let Some(s) = supervisor.as_mut() {
         s.apply(&initial).await;
     }
+    // Without a supervisor the configurations' keys are still the gateway's own sources: the
+    // events posted for them are counted under their own labels.
+    let own_labels = |map: &crate::spec::ConfigMapData| {
+        for key in map.keys() {
+            metrics.for_src(key);
+        }
+    };
+    own_labels(&initial);
     state.ready.store(true, Ordering::Release);
 
+    let shutdown = signals.stop.clone().cancelled_owned();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             ev = rx.recv() => match ev {
                 Some(SourceEvent::Map(map)) => {
+                    own_labels(&map);
                     if let Some(s) = supervisor.as_mut() { s.apply(&map).await; }
                 }
                 Some(SourceEvent::Gone) => {
@@ -462,7 +554,10 @@ pub(crate) async fn run_gateway(
     if let Some(task) = status_writer {
         let _ = task.await;
     }
-    let left = pipeline.dispatcher().drain(opts.drain_timeout).await;
+    let left = pipeline
+        .dispatcher()
+        .drain(opts.drain_timeout, &signals.hurry)
+        .await;
     if left == 0 {
         tracing::info!("every accepted event was delivered or given up on");
     }
@@ -475,28 +570,115 @@ pub(crate) async fn run_gateway(
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// The signals a gateway process answers, as daemons do: SIGTERM, SIGINT, SIGQUIT, SIGUSR1
+/// and SIGUSR2 stop it gracefully (configurations stopped, events in flight drained); a second
+/// one of them ends the drain at once, the outbox flushed and what was left said; SIGHUP reads
+/// the gateway file again.
+#[derive(Clone)]
+pub(crate) struct Signals {
+    /// Cancelled at the first stop signal.
+    pub(crate) stop: CancellationToken,
+    /// Cancelled at the second.
+    pub(crate) hurry: CancellationToken,
+    /// Notified at every SIGHUP.
+    pub(crate) reload: Arc<tokio::sync::Notify>,
+}
+
+impl Signals {
+    /// Starts listening to the signals (needs a Tokio runtime).
+    pub(crate) fn install() -> Signals {
+        let signals = Signals {
+            stop: CancellationToken::new(),
+            hurry: CancellationToken::new(),
+            reload: Arc::new(tokio::sync::Notify::new()),
+        };
+        let s = signals.clone();
+        tokio::spawn(async move { s.listen().await });
+        signals
+    }
+
     #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
+    async fn listen(self) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let kinds = [
+            ("SIGTERM", SignalKind::terminate()),
+            ("SIGINT", SignalKind::interrupt()),
+            ("SIGQUIT", SignalKind::quit()),
+            ("SIGUSR1", SignalKind::user_defined1()),
+            ("SIGUSR2", SignalKind::user_defined2()),
+        ];
+        let mut stops = Vec::new();
+        for (name, kind) in kinds {
+            match signal(kind) {
+                Ok(s) => stops.push((name, s)),
+                Err(e) => tracing::warn!("cannot listen to {name}: {e}"),
             }
-            Err(_) => {
-                let _ = ctrl_c.await;
+        }
+        let mut hup = signal(SignalKind::hangup()).ok();
+        loop {
+            let any_stop = futures::future::select_all(
+                stops
+                    .iter_mut()
+                    .map(|(name, s)| Box::pin(async move { s.recv().await.map(|_| *name) })),
+            );
+            let hangup = async {
+                match hup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                (name, _, _) = any_stop => {
+                    let name = name.unwrap_or("a stop signal");
+                    if self.stop.is_cancelled() {
+                        tracing::warn!(signal = name, "second stop signal: ending the drain now");
+                        self.hurry.cancel();
+                    } else {
+                        tracing::info!(signal = name, "stop signal received: stopping gracefully (a second one ends the drain at once)");
+                        self.stop.cancel();
+                    }
+                }
+                _ = hangup => {
+                    tracing::info!(signal = "SIGHUP", "reading the gateway file again");
+                    self.reload.notify_waiters();
+                }
             }
         }
     }
+
     #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+    async fn listen(self) {
+        loop {
+            if tokio::signal::ctrl_c().await.is_err() {
+                return;
+            }
+            if self.stop.is_cancelled() {
+                self.hurry.cancel();
+            } else {
+                self.stop.cancel();
+            }
+        }
     }
-    tracing::info!("shutdown signal received");
+}
+
+/// Resolves at the first stop signal (see [`Signals`]).
+pub(crate) async fn shutdown_signal() {
+    Signals::install().stop.cancelled_owned().await
+}
+
+/// Raises the soft limit on open file descriptors to the hard one, so that a server holding
+/// many connections runs out of them as late as the system allows.
+fn raise_fd_limit() {
+    #[cfg(unix)]
+    {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+            && soft < hard
+            && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+        {
+            tracing::debug!("cannot raise the file descriptor limit from {soft} to {hard}: {e}");
+        }
+    }
 }
 
 /// Runs `main` on a new multi-threaded tokio runtime and turns its outcome into the process
@@ -504,6 +686,7 @@ pub(crate) async fn shutdown_signal() {
 pub(crate) fn block_on_main<E: std::fmt::Display>(
     main: impl std::future::Future<Output = Result<(), E>>,
 ) -> std::process::ExitCode {
+    raise_fd_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

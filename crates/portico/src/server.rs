@@ -8,6 +8,9 @@
 //! | `GET /healthz` | 200 while the process serves |
 //! | `GET /status` | the gateway, every node and the outbox, as JSON |
 //! | `GET /metrics` | Prometheus text format |
+//!
+//! With an ingest token (`--ingest-token-file`), `POST /` needs `Authorization: Bearer
+//! <token>` (401 otherwise); the read-only routes stay open to probes and Prometheus.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -31,7 +34,9 @@ use crate::dispatch::outbox::OutboxStatus;
 use crate::error::DispatchError;
 use crate::http1;
 use crate::ingest::Ingested;
+use crate::metrics::RejectReason;
 use crate::pipeline::{Item, Pipeline, Wait};
+use crate::secret::LiveSecret;
 use crate::status::{Node, StatusBoard};
 
 /// Default body size limit of the ingest API.
@@ -84,14 +89,22 @@ fn router(state: Arc<AppState>) -> Router {
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
+    limits: http1::Limits,
     stop: CancellationToken,
 ) {
-    let s = stop.clone();
-    http1::accept_loop(listener, stop, http1::DRAIN_TIMEOUT, move |tcp| {
+    http1::accept_loop(listener, stop, limits, move |tcp, conn| {
         let service = TowerToHyperService::new(router.clone());
-        http1::serve_connection(tcp, service, s.clone(), None)
+        http1::serve_connection(tcp, service, conn)
     })
     .await
+}
+
+/// What `POST /` takes.
+pub(crate) struct IngestOptions {
+    /// Largest body.
+    pub body_limit: usize,
+    /// The bearer token callers must send, if one is set.
+    pub token: Option<Arc<LiveSecret>>,
 }
 
 /// Serves the transformer's API on `listener` until `stop` is cancelled. `POST /` (one event
@@ -100,22 +113,24 @@ pub(crate) async fn serve(
 pub(crate) async fn serve_api(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
-    body_limit: usize,
+    ingest: IngestOptions,
+    limits: http1::Limits,
     stop: CancellationToken,
 ) {
     let api = Arc::new(Api {
         rest: TowerToHyperService::new(router(state.clone())),
         state,
-        body_limit,
+        body_limit: ingest.body_limit,
+        token: ingest.token,
+        body_timeout: limits.body_timeout,
     });
-    let s = stop.clone();
-    http1::accept_loop(listener, stop, http1::DRAIN_TIMEOUT, move |tcp| {
+    http1::accept_loop(listener, stop, limits, move |tcp, conn| {
         let api = api.clone();
         let service = hyper::service::service_fn(move |req| {
             let api = api.clone();
             async move { Ok::<_, Infallible>(api.handle(req).await) }
         });
-        http1::serve_connection(tcp, service, s.clone(), None)
+        http1::serve_connection(tcp, service, conn)
     })
     .await
 }
@@ -123,6 +138,8 @@ pub(crate) async fn serve_api(
 struct Api {
     state: Arc<AppState>,
     body_limit: usize,
+    token: Option<Arc<LiveSecret>>,
+    body_timeout: std::time::Duration,
     rest: TowerToHyperService<Router>,
 }
 
@@ -134,14 +151,39 @@ impl Api {
                 Err(never) => match never {},
             };
         }
+        if let Some(token) = &self.token {
+            let offered = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+            if !offered.is_some_and(|t| token.matches(t)) {
+                // Counted under one label: the `src` of an unauthenticated caller is not taken.
+                let m = self.state.pipeline.metrics();
+                m.reject(&m.for_src("_unauthenticated"), RejectReason::Unauthorized);
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, "Bearer")],
+                    "POST / needs `Authorization: Bearer <token>` with the gateway's ingest token\n",
+                )
+                    .into_response();
+            }
+        }
         let (parts, body) = req.into_parts();
-        match http1::read_body(&parts.headers, body, self.body_limit).await {
+        match http1::read_body(&parts.headers, body, self.body_limit, self.body_timeout).await {
             Ok(body) => ingest(&self.state, &parts.headers, body).await,
             Err(http1::BodyError::TooLarge) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
                     "the body is over the size limit of this gateway ({} bytes): send smaller events or raise --body-limit (PORTICO_BODY_LIMIT)",
                     self.body_limit
+                ),
+            )
+                .into_response(),
+            Err(http1::BodyError::TimedOut) => (
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within {}s",
+                    self.body_timeout.as_secs()
                 ),
             )
                 .into_response(),
@@ -226,7 +268,7 @@ async fn ingest(s: &AppState, headers: &http::HeaderMap, body: Bytes) -> Respons
     match crate::ingest::decode(headers, body) {
         Err(e) => bad_request(e.0),
         Ok(Ingested::Raw { src, event }) => {
-            let src = pipeline.metrics().for_src(&src);
+            let src = pipeline.metrics().for_posted_src(&src);
             let admission = pipeline.admission(Wait::Briefly, None);
             match pipeline
                 .submit(&src, Item::Raw(event), admission, Ack::OnAcceptance)
@@ -241,7 +283,7 @@ async fn ingest(s: &AppState, headers: &http::HeaderMap, body: Bytes) -> Respons
             // One wait for room for the whole batch.
             let admission = pipeline.admission(Wait::Briefly, None);
             for (i, ce) in events.into_iter().enumerate() {
-                let src = pipeline.metrics().for_src(&ce.source);
+                let src = pipeline.metrics().for_posted_src(&ce.source);
                 if let Err(e) = pipeline
                     .submit(&src, Item::Made(ce), admission, Ack::OnAcceptance)
                     .await

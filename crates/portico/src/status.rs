@@ -98,7 +98,7 @@ impl StatusSink for LogSink {
     fn node_changed(&self, change: &NodeChange) {
         match change {
             NodeChange::Updated { node, .. } if node.phase == Phase::Error => tracing::warn!(
-                src = %node.name, id = %node.id, phase = node.phase.as_str(), message = %node.message,
+                src = %node.name, id = %node.id, phase = node.phase.as_str(), reason = %node.message,
                 "configuration failed"
             ),
             NodeChange::Updated { node, .. } if node.phase == Phase::Initialized => {
@@ -107,7 +107,7 @@ impl StatusSink for LogSink {
                 )
             }
             NodeChange::Updated { node, .. } => tracing::info!(
-                src = %node.name, id = %node.id, phase = node.phase.as_str(), message = %node.message,
+                src = %node.name, id = %node.id, phase = node.phase.as_str(), reason = %node.message,
                 "configuration {}", node.phase.as_str().to_lowercase()
             ),
             NodeChange::Removed { node } => {

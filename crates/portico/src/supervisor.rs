@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::configuration::{ConfigId, Configuration};
 use crate::error::ConfigErrorKind;
-use crate::executor::{Checked, ConfigContext, GatewayConfig, SharedExecutor};
+use crate::executor::{Checked, ConfigContext, GatewayConfig, SharedExecutor, StopReason};
 use crate::spec::ConfigMapData;
 use crate::status::{Phase, StatusBoard};
 
@@ -117,11 +117,18 @@ impl Supervisor {
             .filter(|(src, r)| map.get(*src).map(|v| ConfigId::of(src, v)) != Some(r.id))
             .map(|(src, _)| src.clone())
             .collect();
-        let stopping: Vec<Running> = stale
+        let stopping: Vec<(Running, StopReason)> = stale
             .iter()
-            .filter_map(|src| self.running.remove(src))
+            .filter_map(|src| {
+                let reason = if map.contains_key(src) {
+                    StopReason::Replaced
+                } else {
+                    StopReason::Removed
+                };
+                self.running.remove(src).map(|r| (r, reason))
+            })
             .collect();
-        futures::future::join_all(stopping.into_iter().map(|r| self.stop_one(r))).await;
+        futures::future::join_all(stopping.into_iter().map(|(r, why)| self.stop_one(r, why))).await;
         for (src, value) in map {
             if self.running.contains_key(src) {
                 continue;
@@ -144,7 +151,11 @@ impl Supervisor {
     /// Stops every configuration.
     pub async fn stop_all(&mut self) {
         let all = std::mem::take(&mut self.running);
-        futures::future::join_all(all.into_values().map(|r| self.stop_one(r))).await;
+        futures::future::join_all(
+            all.into_values()
+                .map(|r| self.stop_one(r, StopReason::Shutdown)),
+        )
+        .await;
     }
 
     fn start_one(&self, configuration: Configuration) -> Running {
@@ -198,11 +209,12 @@ impl Supervisor {
         }
     }
 
-    async fn stop_one(&self, r: Running) {
+    async fn stop_one(&self, r: Running, reason: StopReason) {
         let Running { id, ctx, task } = r;
         if let Some(task) = task {
+            ctx.stopping_because(reason);
             self.executor.dyn_stop(&ctx).await;
-            ctx.stop();
+            ctx.stop_because(reason);
             let tasks = ctx.tasks().clone();
             tasks.close();
             let all_done = async {

@@ -160,6 +160,7 @@ impl HarnessBuilder {
                     sender: capture,
                     queue: self.queue,
                     dead_letter: Arc::new(DeadLetter::Log),
+                    moved_from: None,
                 }],
                 &metrics,
                 &mode,

@@ -103,15 +103,18 @@ impl Portico {
         Self::start(&["run", file.to_str().unwrap()], &[]).await
     }
 
-    /// Runs `portico ARGS… --log-format json --transformer-port 0` with extra environment
-    /// variables, and waits until the transformer listens.
+    /// Runs `portico ARGS… --transformer-port 0` with JSON logs (unless `envs` sets
+    /// `PORTICO_LOG_FORMAT`) and extra environment variables, and waits until the transformer
+    /// listens.
     pub async fn start(args: &[&str], envs: &[(&str, &str)]) -> Portico {
         let mut cmd = Command::new(portico_bin());
         // The flags go before a `--` that starts the user's command (`run FILE -- CMD…`).
         let split = args.iter().position(|a| *a == "--").unwrap_or(args.len());
         cmd.args(&args[..split])
-            .args(["--log-format", "json", "--transformer-port", "0"])
+            .args(["--transformer-port", "0"])
             .args(&args[split..])
+            // JSON logs unless the test's environment says otherwise.
+            .env("PORTICO_LOG_FORMAT", "json")
             .env("PORTICO_LOG", "info,portico=debug")
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env_remove("K_SINK")
@@ -156,11 +159,18 @@ impl Portico {
             });
         }
         let addr = eventually(Duration::from_secs(20), || {
-            stderr
+            let line = stderr
                 .containing("transformer listening")
-                .first()
-                .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .and_then(|v| v["addr"].as_str().and_then(|a| a.parse().ok()))
+                .into_iter()
+                .next()?;
+            match serde_json::from_str::<serde_json::Value>(&line) {
+                Ok(v) => v["addr"].as_str().and_then(|a| a.parse().ok()),
+                // A text line: `… transformer listening addr=127.0.0.1:PORT`.
+                Err(_) => line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="))
+                    .and_then(|a| a.parse().ok()),
+            }
         })
         .await
         .unwrap_or_else(|| {
@@ -237,6 +247,23 @@ impl Portico {
         let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
     }
 
+    /// Sends signal `name` (`TERM`, `HUP`, `USR1`, …) to the process.
+    pub fn signal(&self, name: &str) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args([&format!("-{name}"), &pid.to_string()])
+                .status();
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit; its exit code, or `None` if it did not.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(Ok(status)) => status.code(),
+            _ => None,
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit; returns the exit code.
     pub async fn terminate(mut self) -> Option<i32> {
         if let Some(pid) = self.child.id() {
@@ -263,6 +290,8 @@ pub enum Behaviour {
     Script(Vec<u16>),
     /// Never answers (the connection stays open).
     Hang,
+    /// 200 to everything, each after this delay.
+    Slow(Duration),
 }
 
 /// One request a sink received.
@@ -286,6 +315,7 @@ impl Received {
 struct SinkState {
     script: Mutex<VecDeque<u16>>,
     hang: bool,
+    delay: Option<Duration>,
     /// What it received, and whether it is stopped (one lock: a request is either recorded
     /// before the stop or refused after it).
     received: Mutex<(Vec<Received>, bool)>,
@@ -322,14 +352,16 @@ impl Sink {
 
     fn serve(listener: tokio::net::TcpListener, behaviour: Behaviour) -> Sink {
         let addr = listener.local_addr().unwrap();
-        let (script, hang) = match behaviour {
-            Behaviour::Ok => (VecDeque::new(), false),
-            Behaviour::Script(s) => (s.into(), false),
-            Behaviour::Hang => (VecDeque::new(), true),
+        let (script, hang, delay) = match behaviour {
+            Behaviour::Ok => (VecDeque::new(), false, None),
+            Behaviour::Script(s) => (s.into(), false, None),
+            Behaviour::Hang => (VecDeque::new(), true, None),
+            Behaviour::Slow(d) => (VecDeque::new(), false, Some(d)),
         };
         let state = Arc::new(SinkState {
             script: Mutex::new(script),
             hang,
+            delay,
             received: Mutex::new((Vec::new(), false)),
         });
         let app = axum::Router::new()
@@ -423,6 +455,9 @@ async fn record(
     };
     if s.hang {
         return std::future::pending::<axum::response::Response>().await;
+    }
+    if let Some(d) = s.delay {
+        tokio::time::sleep(d).await;
     }
     StatusCode::from_u16(status).unwrap().into_response()
 }

@@ -7,6 +7,7 @@
 //! on top of [`Hook`], [`run_hook`] and [`Servers`], the way a user would add another provider.
 
 pub mod payload;
+pub mod register;
 pub mod server;
 
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 
 use hmac::{Hmac, Mac};
 use hyper::http::{HeaderMap, HeaderName, Method};
-use portico::{ConfigContext, ConfigError, ConfigExecutor};
+use portico::{ConfigContext, ConfigError, ConfigExecutor, Secret, SecretSource};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use sha2::Sha256;
@@ -87,10 +88,10 @@ pub struct HookConfig {
     /// deliveries get 200 with the reason and make no event.
     #[serde(default)]
     pub events: Option<Vec<String>>,
-    /// `github` only: register the hook through GitHub's REST API when the configuration
-    /// starts.
+    /// `github` and `gitlab` only: register the hook through the forge's REST API, and keep
+    /// it registered (see [`register`]).
     #[serde(default)]
-    pub register: Option<crate::github::RegisterConfig>,
+    pub register: Option<register::RegisterConfig>,
 }
 
 /// What a hook type requires of its configuration.
@@ -104,70 +105,6 @@ pub struct HookRules {
     pub takes_events: bool,
     /// `register` may be given.
     pub takes_register: bool,
-}
-
-/// Where a secret comes from.
-#[derive(Clone, PartialEq, Eq)]
-pub enum SecretSource {
-    /// A file (trailing newlines are not part of the secret).
-    File(PathBuf),
-    /// An environment variable.
-    Env(String),
-}
-
-impl std::fmt::Debug for SecretSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SecretSource::File(p) => write!(f, "secretFile {}", p.display()),
-            SecretSource::Env(n) => write!(f, "secretEnv {n}"),
-        }
-    }
-}
-
-/// A secret's bytes. Its `Debug` never shows them.
-#[derive(Clone)]
-pub struct Secret(Arc<[u8]>);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl Secret {
-    /// The bytes.
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl SecretSource {
-    /// Reads the secret. A file that cannot be read is `failed` (it may be mounted later); an
-    /// unset variable or an empty secret is `invalid`.
-    pub fn load(&self) -> Result<Secret, ConfigError> {
-        let bytes = match self {
-            SecretSource::File(path) => std::fs::read(path).map_err(|e| {
-                ConfigError::failed(format!("secretFile: cannot read {}: {e}", path.display()))
-            })?,
-            SecretSource::Env(name) => std::env::var_os(name)
-                .ok_or_else(|| {
-                    ConfigError::invalid(format!(
-                        "secretEnv: the environment variable {name} is not set"
-                    ))
-                })?
-                .into_encoded_bytes(),
-        };
-        let mut end = bytes.len();
-        while end > 0 && matches!(bytes[end - 1], b'\n' | b'\r') {
-            end -= 1;
-        }
-        if end == 0 {
-            return Err(ConfigError::invalid(format!(
-                "{self:?}: the secret is empty"
-            )));
-        }
-        Ok(Secret(Arc::from(&bytes[..end])))
-    }
 }
 
 /// A checked hook configuration.
@@ -264,28 +201,17 @@ impl HookConfig {
         if max_body == 0 {
             return Err(invalid("maxBodySize", "must be more than 0"));
         }
-        let secret = match (&config.secret_file, &config.secret_env) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::invalid(
-                    "secretFile and secretEnv are both set: give one",
-                ));
-            }
-            (Some(f), None) if !f.trim().is_empty() => {
-                Some(SecretSource::File(PathBuf::from(f.trim())))
-            }
-            (None, Some(e)) if !e.trim().is_empty() => {
-                Some(SecretSource::Env(e.trim().to_string()))
-            }
-            (Some(_), None) => return Err(invalid("secretFile", "is empty")),
-            (None, Some(_)) => return Err(invalid("secretEnv", "is empty")),
-            (None, None) if rules.secret_required => {
-                return Err(ConfigError::invalid(format!(
-                    "a {} configuration needs its secret: set secretFile (a file holding it) or secretEnv (an environment variable holding it)",
-                    rules.gateway_type
-                )));
-            }
-            (None, None) => None,
-        };
+        let secret = SecretSource::from_fields(
+            "secret",
+            config.secret_file.as_deref(),
+            config.secret_env.as_deref(),
+        )?;
+        if secret.is_none() && rules.secret_required {
+            return Err(ConfigError::invalid(format!(
+                "a {} configuration needs its secret: set secretFile (a file holding it) or secretEnv (an environment variable holding it)",
+                rules.gateway_type
+            )));
+        }
         let events = match &config.events {
             Some(_) if !rules.takes_events => {
                 return Err(invalid(
@@ -312,7 +238,7 @@ impl HookConfig {
             return Err(invalid(
                 "register",
                 format!(
-                    "a {} configuration cannot register its hook (github can)",
+                    "a {} configuration cannot register its hook (github and gitlab can)",
                     rules.gateway_type
                 ),
             ));
@@ -438,19 +364,39 @@ pub async fn attach_hook(
     Ok(Some(guard))
 }
 
-/// Runs one hook configuration: attaches its route, reports `Running`, and releases the route
-/// (and the port, if it was the last route there) once the configuration is stopped.
+/// A hook's registration at its forge: what [`run_hook`] keeps registered.
+#[derive(Debug, Clone, Copy)]
+pub struct Registration<'a> {
+    /// The checked `register:`.
+    pub register: &'a register::Register,
+    /// The client the API is called with ([`register::client`]).
+    pub client: &'a reqwest::Client,
+    /// The hook's secret, sent to the forge.
+    pub secret: &'a Secret,
+}
+
+/// Runs one hook configuration: attaches its route, keeps its hook registered when
+/// `registration` is given ([`register`]: the node is `Running` once registered) or reports
+/// `Running` at once, and releases the route (and the port, if it was the last route there)
+/// once the configuration is stopped.
 pub async fn run_hook(
     servers: &Arc<Servers>,
     ctx: &ConfigContext,
     hook: &Hook,
     gate: Arc<dyn Gate>,
+    registration: Option<Registration<'_>>,
 ) -> Result<(), ConfigError> {
     let Some(guard) = attach_hook(servers, ctx, hook, gate).await? else {
         return Ok(());
     };
-    ctx.running();
-    ctx.stopped().await;
+    // The route is up first, so that the forge's test delivery on creation finds it.
+    match registration {
+        Some(r) => r.register.keep(ctx, r.client, r.secret, &hook.events).await,
+        None => {
+            ctx.running();
+            ctx.stopped().await;
+        }
+    }
     guard.release().await;
     Ok(())
 }
@@ -495,7 +441,21 @@ impl ConfigExecutor for Webhook {
     type Config = Hook;
 
     fn validate(&self, ctx: &ConfigContext) -> Result<Hook, ConfigError> {
-        ctx.parse::<HookConfig>()?.check(WEBHOOK)
+        let hook = ctx.parse::<HookConfig>()?.check(WEBHOOK)?;
+        if hook.secret.is_none() {
+            // It listens on every interface: anyone who reaches the port is believed.
+            let risk = format!(
+                "unauthenticated: port {} takes events on {} from anyone who reaches it (set secretFile or secretEnv to require signed deliveries)",
+                hook.listen.port, hook.endpoint
+            );
+            if ctx.gateway().require_auth() {
+                return Err(ConfigError::invalid(format!(
+                    "{risk}; refused because spec.security.requireAuth is true"
+                )));
+            }
+            ctx.warn(risk);
+        }
+        Ok(hook)
     }
 
     async fn start_config(&self, ctx: ConfigContext, hook: Hook) -> Result<(), ConfigError> {
@@ -505,7 +465,7 @@ impl ConfigExecutor for Webhook {
             }),
             None => Arc::new(Open),
         };
-        run_hook(&self.servers, &ctx, &hook, gate).await
+        run_hook(&self.servers, &ctx, &hook, gate, None).await
     }
 }
 
@@ -584,7 +544,7 @@ mod tests {
 
     #[test]
     fn hmac_round_trip() {
-        let secret = Secret(Arc::from(&b"It's a Secret to Everybody"[..]));
+        let secret = Secret::new(b"It's a Secret to Everybody");
         // GitHub's documented example.
         let sig = sign_hmac_sha256(secret.expose(), b"Hello, World!");
         assert_eq!(

@@ -17,7 +17,7 @@
 //! | 401 | the [`Gate`] refused the delivery (bad or missing signature); counted as `portico_events_rejected_total{reason="unauthorized"}` |
 //! | 404 | no configuration owns the endpoint |
 //! | 405 | configurations own the endpoint, but none takes the method (`Allow` lists those that do) |
-//! | 408 | the body did not arrive within [`BODY_TIMEOUT`] |
+//! | 408 | the body did not arrive within the body timeout (`--body-timeout`, default 60 s) |
 //! | 413 | the body is over the route's `maxBodySize` |
 //! | 400 | the event cannot be made valid |
 //! | 503 + `Retry-After` | the gateway is full, its outbox cannot write, or the configuration is stopping |
@@ -29,7 +29,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use std::convert::Infallible;
-use std::task::Poll;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -46,15 +45,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::payload;
 
-/// How long a request body may take to arrive.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a request's headers may take to arrive.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a stopping server waits for requests in flight before dropping them (under the
-/// supervisor's default stop grace of 10 s, so a stop never leaves the server behind).
-const DRAIN_TIMEOUT: Duration = http1::DRAIN_TIMEOUT;
 /// How long attaching waits for a port that a stopping server of ours still holds.
 const REBIND_WAIT: Duration = Duration::from_secs(2);
 
@@ -265,6 +257,7 @@ impl Servers {
             None => None,
         };
         let deadline = tokio::time::Instant::now() + REBIND_WAIT;
+        let limits = route.ctx.gateway().http_limits();
         let mut route = Some(route);
         loop {
             {
@@ -304,6 +297,7 @@ impl Servers {
                             listener,
                             acceptor.clone(),
                             routes.clone(),
+                            limits,
                             stop.clone(),
                         ));
                         tracing::info!(
@@ -442,11 +436,11 @@ async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     routes: Arc<RouteTable>,
+    limits: http1::Limits,
     stop: CancellationToken,
 ) {
-    let s = stop.clone();
-    http1::accept_loop(listener, stop, DRAIN_TIMEOUT, move |tcp| {
-        connection(tcp, tls.clone(), routes.clone(), s.clone())
+    http1::accept_loop(listener, stop, limits, move |tcp, conn| {
+        connection(tcp, tls.clone(), routes.clone(), conn)
     })
     .await
 }
@@ -455,18 +449,19 @@ async fn connection(
     tcp: tokio::net::TcpStream,
     tls: Option<TlsAcceptor>,
     routes: Arc<RouteTable>,
-    stop: CancellationToken,
+    conn: http1::Conn,
 ) {
+    let body_timeout = conn.limits().body_timeout;
     let service = hyper::service::service_fn(move |req| {
         let routes = routes.clone();
-        async move { Ok::<_, Infallible>(handle(&routes, req).await) }
+        async move { Ok::<_, Infallible>(handle(&routes, req, body_timeout).await) }
     });
     match tls {
-        None => http1::serve_connection(tcp, service, stop, Some(HEADER_TIMEOUT)).await,
+        None => http1::serve_connection(tcp, service, conn).await,
         Some(acceptor) => {
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
             let stream = tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = conn.stop().cancelled() => return,
                 r = handshake => match r {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
@@ -476,7 +471,7 @@ async fn connection(
                     Err(_) => return,
                 }
             };
-            http1::serve_connection(stream, service, stop, Some(HEADER_TIMEOUT)).await
+            http1::serve_connection(stream, service, conn).await
         }
     }
 }
@@ -494,7 +489,7 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Answer {
 }
 
 /// Every request of a port: find the route, read the body, check it, dispatch it.
-async fn handle(routes: &RouteTable, req: Request<Incoming>) -> Answer {
+async fn handle(routes: &RouteTable, req: Request<Incoming>, body_timeout: Duration) -> Answer {
     let (parts, body) = req.into_parts();
     let (method, uri, headers) = (&parts.method, &parts.uri, &parts.headers);
     let route = match routes.find(uri.path(), method) {
@@ -521,7 +516,7 @@ async fn handle(routes: &RouteTable, req: Request<Incoming>) -> Answer {
             return r;
         }
     };
-    let body = match read_body(headers, body, route.max_body).await {
+    let body = match read_body(headers, body, route.max_body, body_timeout).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -551,29 +546,23 @@ async fn handle(routes: &RouteTable, req: Request<Incoming>) -> Answer {
     }
 }
 
-async fn read_body(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Bytes, Answer> {
-    // The body of a small request usually came with its head: only a body still on its way
-    // needs the timer (arming one per request is measurable on the hot path).
-    let mut read = std::pin::pin!(http1::read_body(headers, body, limit));
-    let now = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
-    let read = match now {
-        Poll::Ready(r) => Ok(r),
-        Poll::Pending => tokio::time::timeout(BODY_TIMEOUT, read).await,
-    };
-    match read {
-        Err(_) => Err(text(
+async fn read_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, Answer> {
+    match http1::read_body(headers, body, limit, timeout).await {
+        Ok(body) => Ok(body),
+        Err(http1::BodyError::TimedOut) => Err(text(
             StatusCode::REQUEST_TIMEOUT,
-            format!(
-                "the body did not arrive within {}s\n",
-                BODY_TIMEOUT.as_secs()
-            ),
+            format!("the body did not arrive within {}s\n", timeout.as_secs()),
         )),
-        Ok(Ok(body)) => Ok(body),
-        Ok(Err(http1::BodyError::TooLarge)) => Err(text(
+        Err(http1::BodyError::TooLarge) => Err(text(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("the body is over this endpoint's limit of {limit} bytes (maxBodySize)\n"),
         )),
-        Ok(Err(http1::BodyError::Read(e))) => Err(text(
+        Err(http1::BodyError::Read(e)) => Err(text(
             StatusCode::BAD_REQUEST,
             format!("cannot read the body: {e}\n"),
         )),

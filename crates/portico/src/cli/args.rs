@@ -35,8 +35,11 @@ impl LogArgs {
     pub fn init(&self) {
         let filter = tracing_subscriber::EnvFilter::try_new(&self.log)
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // Colours only on a terminal: a file or a log collector gets plain text.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(ansi)
             .with_writer(std::io::stderr);
         // A second init (tests) keeps the first subscriber.
         let _ = match self.log_format {
@@ -58,12 +61,34 @@ pub struct GatewayArgs {
     /// Port of the transformer's HTTP API (ingest, health, metrics, status); 0 picks a free one.
     #[arg(long, env = "TRANSFORMER_PORT", default_value_t = crate::env::DEFAULT_TRANSFORMER_PORT)]
     pub transformer_port: u16,
-    /// Address the transformer's HTTP API listens on.
+    /// Address the transformer's HTTP API listens on. Beyond loopback, the ingest API needs
+    /// `--ingest-token-file` (or `--insecure-listen`).
     #[arg(long, env = "TRANSFORMER_ADDRESS", default_value = "127.0.0.1")]
     pub listen: IpAddr,
+    /// A file holding the bearer token `POST /` of the transformer's API requires
+    /// (`Authorization: Bearer <token>`): a mounted Secret, read again when it changes. When
+    /// the file does not exist, a random token is written there (mode 0600) for the processes
+    /// that post events to read.
+    #[arg(long, env = "PORTICO_INGEST_TOKEN_FILE")]
+    pub ingest_token_file: Option<PathBuf>,
+    /// Let the ingest API listen beyond loopback with no token: anyone who reaches the port
+    /// can post events.
+    #[arg(long, env = "PORTICO_INSECURE_LISTEN")]
+    pub insecure_listen: bool,
     /// Largest body the ingest API takes, in bytes.
     #[arg(long, env = "PORTICO_BODY_LIMIT", default_value_t = crate::server::DEFAULT_BODY_LIMIT)]
     pub body_limit: usize,
+    /// The transformer's API closes a connection that starts no request for this long (a
+    /// client sending its head slowly, or idle).
+    #[arg(long, env = "PORTICO_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// The transformer's API answers 408 to a request whose body does not arrive within this.
+    #[arg(long, env = "PORTICO_BODY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+    /// Connections the transformer's API serves at once; past it, the one idle the longest is
+    /// closed to make room.
+    #[arg(long, env = "PORTICO_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
     /// How long an HTTP caller (ingest API, webhook, the HTTP style's `/event`) is held
     /// waiting for room in a full gateway before it gets 503 + `Retry-After` (`0s`: at once).
     #[arg(long, env = "PORTICO_ADMISSION_WAIT", default_value = "500ms", value_parser = humantime::parse_duration)]
@@ -74,6 +99,10 @@ pub struct GatewayArgs {
     /// How long a stopping configuration may take before its tasks are dropped.
     #[arg(long, env = "PORTICO_STOP_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub stop_grace: Duration,
+    /// The largest gateway file read, in bytes (a bigger one is refused, and the last good
+    /// configurations keep running).
+    #[arg(long, env = "PORTICO_MAX_FILE_SIZE", default_value_t = crate::spec::file::DEFAULT_MAX_FILE_BYTES)]
+    pub max_file_size: u64,
     /// Directory of the durable outbox (`atLeastOnce`), over `spec.delivery.outbox.path`.
     /// Default: `$XDG_STATE_HOME/portico/<namespace>/<gateway>/outbox`.
     #[arg(long, env = "PORTICO_OUTBOX_DIR")]
@@ -97,12 +126,20 @@ impl GatewayArgs {
             file: self.file.clone(),
             cluster,
             listen: self.listen,
+            ingest_token_file: self.ingest_token_file.clone(),
+            insecure_listen: self.insecure_listen,
             transformer_port: self.transformer_port,
             body_limit: self.body_limit,
+            http_limits: crate::http1::Limits {
+                idle_timeout: self.idle_timeout,
+                body_timeout: self.body_timeout,
+                max_connections: self.max_connections,
+            },
             admission_wait: self.admission_wait,
             drain_timeout: self.drain_timeout,
             stop_grace: self.stop_grace,
             outbox_dir: self.outbox_dir.clone(),
+            max_file_size: self.max_file_size,
             senders: Default::default(),
         }
     }

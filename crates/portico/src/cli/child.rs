@@ -26,7 +26,7 @@ pub(crate) fn serve_with(
     run: impl FnOnce(GatewayArgs) -> ExitCode,
 ) -> ExitCode {
     // A file that does not load is reported by the gateway itself, with every problem.
-    let Ok(file) = GatewayFile::load(&args.file) else {
+    let Ok(file) = GatewayFile::load(&args.file, args.max_file_size) else {
         return run(args.clone());
     };
     if args.transformer_port == 0 {
@@ -50,6 +50,14 @@ pub(crate) fn serve_with(
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
+    }
+    if let Some(path) = &args.ingest_token_file {
+        // Made before the child starts, so that it finds the token it must send.
+        if let Err(e) = crate::runtime::ingest_token(path) {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+        vars.push((env::PORTICO_INGEST_TOKEN_FILE, path.display().to_string()));
     }
     let program = &command[0];
     let mut cmd = Command::new(program);

@@ -27,7 +27,9 @@ use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Transformer};
 use crate::processor::grpc::GrpcProcessor;
 use crate::processor::http::{HttpProcessor, HttpSettings};
-use crate::runtime::{Processor, ProcessorError, block_on_main, run_gateway, shutdown_signal};
+use crate::runtime::{
+    Processor, ProcessorError, Signals, block_on_main, run_gateway, shutdown_signal,
+};
 use crate::spec::{Gateway, GatewayFile};
 use crate::status::StatusBoard;
 
@@ -100,11 +102,13 @@ pub fn main(builtins: Builtins) -> ExitCode {
             mut gateway,
             command,
         } => {
-            let choose = |g: &Gateway| processor_for(g, &builtins);
+            let limits = gateway.options().http_limits;
+            let builtins = &builtins;
+            let choose = move |g: &Gateway| processor_for(g, builtins, limits);
             if command.is_empty() {
-                serve(gateway, &builtins, choose)
+                serve(gateway, builtins, choose)
             } else {
-                child::serve_with(&mut gateway, &command, |g| serve(g, &builtins, choose))
+                child::serve_with(&mut gateway, &command, |g| serve(g, builtins, choose))
             }
         }
         Command::Transformer { gateway } => {
@@ -165,12 +169,17 @@ fn http_settings(gateway: &Gateway) -> Result<Option<HttpSettings>, ProcessorErr
 /// Picks the processor of a gateway from its spec: `rpcPort` set ⇒ gRPC style; else
 /// `httpServerPort` set ⇒ HTTP style; else a built-in `type` ⇒ core style; else only the
 /// transformer runs.
-fn processor_for(gateway: &Gateway, builtins: &Builtins) -> Result<Processor, ProcessorError> {
+fn processor_for(
+    gateway: &Gateway,
+    builtins: &Builtins,
+    limits: crate::http1::Limits,
+) -> Result<Processor, ProcessorError> {
     if let Some(port) = grpc_port(gateway)? {
         let processor = GrpcProcessor::new(port, gateway.spec.grpc_protocol)?;
         return Ok(Processor::Grpc(Arc::new(processor)));
     }
-    if let Some(settings) = http_settings(gateway)? {
+    if let Some(mut settings) = http_settings(gateway)? {
+        settings.limits = limits;
         let processor = HttpProcessor::start(settings).map_err(ProcessorError::Http)?;
         return Ok(Processor::Http(Arc::new(processor)));
     }
@@ -187,12 +196,12 @@ fn serve(
 ) -> ExitCode {
     let mut options = args.options();
     options.senders = crate::runtime::SenderFactories(builtins.senders.clone());
-    block_on_main(run_gateway(options, choose, shutdown_signal()))
+    block_on_main(async move { run_gateway(options, choose, Signals::install()).await })
 }
 
 /// `portico validate FILE`.
 fn validate(file: &Path, builtins: &Builtins) -> ExitCode {
-    let loaded = match GatewayFile::load(file) {
+    let loaded = match GatewayFile::load(file, crate::spec::file::DEFAULT_MAX_FILE_BYTES) {
         Ok(f) => f,
         Err(errors) => {
             for e in &errors.0 {
@@ -207,7 +216,7 @@ fn validate(file: &Path, builtins: &Builtins) -> ExitCode {
     // (without starting the framework's server).
     let chosen = match http_settings(&loaded.gateway) {
         Ok(Some(_)) => Ok(Processor::Independent),
-        Ok(None) => processor_for(&loaded.gateway, builtins),
+        Ok(None) => processor_for(&loaded.gateway, builtins, Default::default()),
         Err(e) => Err(e),
     };
     match chosen {
@@ -225,7 +234,8 @@ fn validate(file: &Path, builtins: &Builtins) -> ExitCode {
                 metrics.clone(),
             );
             let gateway_config =
-                GatewayConfig::new(&gateway.metadata.name, gateway.namespace(), pipeline);
+                GatewayConfig::new(&gateway.metadata.name, gateway.namespace(), pipeline)
+                    .with_require_auth(gateway.spec.security.require_auth);
             let board = Arc::new(StatusBoard::new(metrics, Vec::new()));
             for (src, value) in &loaded.configurations {
                 let ctx = ConfigContext::new(
@@ -239,6 +249,9 @@ fn validate(file: &Path, builtins: &Builtins) -> ExitCode {
                         file.display(),
                         e.message()
                     ));
+                }
+                for w in ctx.warnings() {
+                    eprintln!("{}: configuration `{src}`: warning: {w}", file.display());
                 }
             }
         }

@@ -15,6 +15,7 @@ use super::Sender;
 use super::http::HttpSender;
 use crate::cloudevents::{CloudEvent, ExtensionName, ExtensionValue};
 use crate::error::DeliveryError;
+use crate::ratelog::Throttle;
 
 /// A dead-letter destination.
 pub(crate) enum DeadLetter {
@@ -46,6 +47,39 @@ impl DeadLetter {
             DeadLetter::File { path, .. } => format!("file {}", path.display()),
             DeadLetter::Url(_) => "url".to_string(),
             DeadLetter::Log => "log".to_string(),
+        }
+    }
+
+    /// [`DeadLetter::write`], again and again (backing off up to 30 s) until the destination
+    /// takes it: true once written, false when `abort` is cancelled first.
+    pub(crate) async fn write_until_taken(
+        &self,
+        watcher: &str,
+        event: &CloudEvent,
+        reason: &str,
+        abort: &tokio_util::sync::CancellationToken,
+    ) -> bool {
+        let mut wait = std::time::Duration::from_millis(100);
+        loop {
+            match self.write(watcher, event, reason).await {
+                Ok(()) => return true,
+                Err(e) => {
+                    static FAILED: Throttle = Throttle::new();
+                    if let Some(suppressed) = FAILED.check() {
+                        tracing::error!(
+                            watcher, id = %event.id, reason = %e.reason,
+                            dead_letter = %self.describe(),
+                            retry_in_ms = wait.as_millis() as u64, suppressed,
+                            "cannot write the dead letter; retrying (suppressed: how many such failures were not logged since the last line)"
+                        );
+                    }
+                    tokio::select! {
+                        _ = abort.cancelled() => return false,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(std::time::Duration::from_secs(30));
+                }
+            }
         }
     }
 

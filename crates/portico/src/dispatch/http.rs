@@ -22,7 +22,9 @@ use hyper::client::conn::http1::SendRequest;
 use super::Sender;
 use crate::cloudevents::{self, CloudEvent};
 use crate::error::{BoxFuture, DeliveryError};
+use crate::secret::{LiveSecret, redact_url};
 use crate::spec::Encoding;
+use crate::spec::watchers::{HeaderValueFrom, WatcherHeader};
 
 /// Why an HTTP watcher cannot be made.
 #[derive(Debug, thiserror::Error)]
@@ -38,11 +40,19 @@ pub(crate) enum HttpSenderError {
     /// The TLS client cannot be built.
     #[error("cannot build the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+    /// A header's value cannot be read or sent.
+    #[error("header `{name}`: {reason}")]
+    Header {
+        /// The header's name.
+        name: http::HeaderName,
+        /// What is wrong (the value itself is never shown).
+        reason: String,
+    },
 }
 
 fn bad_url(url: &str, reason: impl std::fmt::Display) -> HttpSenderError {
     HttpSenderError::Url {
-        url: url.to_string(),
+        url: redact_url(url),
         reason: reason.to_string(),
     }
 }
@@ -50,6 +60,9 @@ fn bad_url(url: &str, reason: impl std::fmt::Display) -> HttpSenderError {
 /// The client `https://` watchers of a gateway share (pooled keep-alive connections).
 fn shared_client() -> Result<reqwest::Client, HttpSenderError> {
     reqwest::Client::builder()
+        // A redirect is a failure: following it would send the event elsewhere (a POST
+        // turned into a GET on 301-303, whose 2xx would count as delivered).
+        .redirect(reqwest::redirect::Policy::none())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
@@ -81,11 +94,81 @@ const MAX_ANSWER: usize = 64 * 1024;
 
 /// Sends events to one URL.
 pub(crate) struct HttpSender {
+    /// The URL requests go to, without credentials.
     url: reqwest::Url,
+    /// The URL as it may be shown (in failure reasons): no password, no token.
+    shown: String,
+    /// `Authorization: Basic …` from the credentials of the URL, if it had some.
+    auth: Option<HeaderValue>,
+    /// Headers sent with every delivery, from the watcher's settings.
+    extra: Option<ExtraHeaders>,
     transport: Transport,
     encoding: Encoding,
     timeout: Duration,
     event_type_version: Option<String>,
+}
+
+/// The headers a watcher sends with every delivery ([`WatcherHeader`]): values from files
+/// follow the file ([`LiveSecret`]); secret values are marked sensitive.
+struct ExtraHeaders(Vec<(http::HeaderName, &'static str, ExtraValue)>);
+
+enum ExtraValue {
+    Text(HeaderValue),
+    Secret(LiveSecret),
+}
+
+impl ExtraHeaders {
+    /// The headers of `sources`, each read now: an error names the header that cannot be.
+    fn load(sources: &[WatcherHeader]) -> Result<ExtraHeaders, HttpSenderError> {
+        let mut out = Vec::with_capacity(sources.len());
+        for h in sources {
+            let failed = |reason: String| HttpSenderError::Header {
+                name: h.name.clone(),
+                reason,
+            };
+            let value = match &h.value {
+                HeaderValueFrom::Text(t) => ExtraValue::Text(
+                    HeaderValue::from_str(&format!("{}{t}", h.prefix))
+                        .map_err(|_| failed("the value cannot be sent in a header".into()))?,
+                ),
+                HeaderValueFrom::Secret(source) => {
+                    let live = LiveSecret::load(source.clone())
+                        .map_err(|e| failed(e.message().to_string()))?;
+                    secret_value(h.prefix, &live.current())
+                        .ok_or_else(|| failed("the value cannot be sent in a header".into()))?;
+                    ExtraValue::Secret(live)
+                }
+            };
+            out.push((h.name.clone(), h.prefix, value));
+        }
+        Ok(ExtraHeaders(out))
+    }
+
+    /// Adds the headers as they are now to `headers`.
+    fn add_to(&self, headers: &mut HeaderMap) {
+        for (name, prefix, value) in &self.0 {
+            match value {
+                ExtraValue::Text(v) => {
+                    headers.insert(name.clone(), v.clone());
+                }
+                ExtraValue::Secret(live) => {
+                    if let Some(v) = secret_value(prefix, &live.current()) {
+                        headers.insert(name.clone(), v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `prefix` and the secret as a sensitive header value; `None` when it cannot be one.
+fn secret_value(prefix: &str, secret: &crate::secret::Secret) -> Option<HeaderValue> {
+    let mut bytes = Vec::with_capacity(prefix.len() + secret.expose().len());
+    bytes.extend_from_slice(prefix.as_bytes());
+    bytes.extend_from_slice(secret.expose());
+    let mut v = HeaderValue::from_bytes(&bytes).ok()?;
+    v.set_sensitive(true);
+    Some(v)
 }
 
 enum Transport {
@@ -103,6 +186,8 @@ struct Connections {
     host: HeaderValue,
     /// Path and query of every request.
     path: http::uri::PathAndQuery,
+    /// `Authorization: Basic …` from the URL's credentials, if it had some.
+    auth: Option<HeaderValue>,
     idle: Mutex<Vec<Idle>>,
 }
 
@@ -124,7 +209,24 @@ impl HttpSender {
         timeout: Duration,
         event_type_version: Option<String>,
     ) -> Result<HttpSender, HttpSenderError> {
-        let parsed = reqwest::Url::parse(url).map_err(|e| bad_url(url, e))?;
+        let mut parsed = reqwest::Url::parse(url).map_err(|e| bad_url(url, e))?;
+        // Credentials in the URL are sent as Basic auth, never shown.
+        let auth = if parsed.username().is_empty() && parsed.password().is_none() {
+            None
+        } else {
+            let user = percent_encoding::percent_decode_str(parsed.username()).decode_utf8_lossy();
+            let pass = percent_encoding::percent_decode_str(parsed.password().unwrap_or(""))
+                .decode_utf8_lossy();
+            use base64::Engine;
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+            let mut value = HeaderValue::from_str(&format!("Basic {token}"))
+                .map_err(|_| bad_url(url, "the credentials cannot be a header"))?;
+            value.set_sensitive(true);
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            Some(value)
+        };
+        let shown = redact_url(url);
         let transport = match parsed.scheme() {
             "http" => {
                 let host = parsed.host_str().ok_or_else(|| bad_url(url, "no host"))?;
@@ -148,6 +250,7 @@ impl HttpSender {
                     path: path
                         .parse()
                         .map_err(|e| bad_url(url, format!("path: {e}")))?,
+                    auth: auth.clone(),
                     idle: Mutex::new(Vec::new()),
                 })
             }
@@ -155,11 +258,27 @@ impl HttpSender {
         };
         Ok(HttpSender {
             url: parsed,
+            shown,
+            auth,
+            extra: None,
             transport,
             encoding,
             timeout,
             event_type_version,
         })
+    }
+
+    /// This sender, also sending `headers` with every delivery (each value read now).
+    pub(crate) fn with_headers(
+        mut self,
+        headers: &[WatcherHeader],
+    ) -> Result<HttpSender, HttpSenderError> {
+        self.extra = if headers.is_empty() {
+            None
+        } else {
+            Some(ExtraHeaders::load(headers)?)
+        };
+        Ok(self)
     }
 
     fn encode(&self, event: &CloudEvent) -> (HeaderMap, Bytes) {
@@ -193,9 +312,11 @@ impl HttpSender {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<StatusCode, DeliveryError> {
-        let mut response = client
-            .post(self.url.clone())
-            .headers(headers)
+        let mut request = client.post(self.url.clone()).headers(headers);
+        if let Some(auth) = &self.auth {
+            request = request.header(http::header::AUTHORIZATION, auth.clone());
+        }
+        let mut response = request
             .body(body)
             .timeout(self.timeout)
             .send()
@@ -288,6 +409,11 @@ impl Connections {
         request
             .headers_mut()
             .insert(http::header::HOST, self.host.clone());
+        if let Some(auth) = &self.auth {
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, auth.clone());
+        }
         request
     }
 
@@ -369,7 +495,10 @@ fn retryable_status(status: StatusCode) -> bool {
 
 impl HttpSender {
     /// One attempt with this request head and body.
-    async fn post(&self, headers: HeaderMap, body: Bytes) -> Result<(), DeliveryError> {
+    async fn post(&self, mut headers: HeaderMap, body: Bytes) -> Result<(), DeliveryError> {
+        if let Some(extra) = &self.extra {
+            extra.add_to(&mut headers);
+        }
         let status = match &self.transport {
             // Boxed: reqwest's future would make every `http://` event's future larger.
             Transport::Shared(client) => Box::pin(self.send_shared(client, headers, body)).await?,
@@ -401,7 +530,13 @@ impl HttpSender {
         if status.is_success() {
             return Ok(());
         }
-        let reason = format!("{} answered {status}", self.url);
+        if status.is_redirection() {
+            return Err(DeliveryError::permanent(format!(
+                "{} answered {status}: watchers do not follow redirects; give the watcher the URL it redirects to",
+                self.shown
+            )));
+        }
+        let reason = format!("{} answered {status}", self.shown);
         if retryable_status(status) {
             Err(DeliveryError::retryable(reason))
         } else {

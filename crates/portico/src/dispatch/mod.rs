@@ -37,6 +37,7 @@ use tokio_util::task::TaskTracker;
 use crate::cloudevents::CloudEvent;
 use crate::error::{Admission, BoxError, BoxFuture, DeliveryError, DispatchError};
 use crate::metrics::{Metrics, SrcDelivery, WatcherMetrics};
+use crate::ratelog::Throttle;
 use crate::spec::watchers::{QueueSettings, RetryPolicy, Target};
 
 pub(crate) use deadletter::DeadLetter;
@@ -78,10 +79,14 @@ pub(crate) struct WatcherEntry {
     pub queue: QueueSettings,
     /// Where events go that it never takes.
     pub dead_letter: Arc<DeadLetter>,
+    /// The name of the watcher this one replaces (its address changed): it takes the old
+    /// one's pending events.
+    pub moved_from: Option<String>,
 }
 
 /// How a dispatcher keeps accepted events.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::enum_variant_names)] // the names of the delivery modes users write
 pub(crate) enum Delivery {
     /// In memory only.
     AtMostOnce,
@@ -185,6 +190,8 @@ struct Queued {
 
 struct WatcherQueue {
     name: String,
+    /// Its number of slots.
+    size: usize,
     slots: Arc<Semaphore>,
     tx: async_channel::Sender<Queued>,
     metrics: WatcherMetrics,
@@ -225,6 +232,7 @@ impl Dispatcher {
                 sender,
                 queue,
                 dead_letter: Arc::new(DeadLetter::Log),
+                moved_from: None,
             })
             .collect();
         Self::start_parts(entries, metrics, None, Vec::new(), Mode::Memory)
@@ -246,7 +254,12 @@ impl Dispatcher {
             None => Ok(Self::start_parts(watchers, metrics, None, Vec::new(), mode)),
             Some(opts) => {
                 let names: Vec<String> = watchers.iter().map(|w| w.name.clone()).collect();
-                let (outbox, replays) = Outbox::open(opts, &names, metrics.outbox.clone())?;
+                let moves: std::collections::BTreeMap<String, String> = watchers
+                    .iter()
+                    .filter_map(|w| Some((w.name.clone(), w.moved_from.clone()?)))
+                    .collect();
+                let (outbox, replays) =
+                    Outbox::open_moved(opts, &names, &moves, metrics.outbox.clone())?;
                 Ok(Self::start_parts(
                     watchers,
                     metrics,
@@ -305,12 +318,17 @@ impl Dispatcher {
             }
             queues.push(WatcherQueue {
                 name,
+                size: settings.queue_size.max(1),
                 slots,
                 tx,
                 metrics: wm,
             });
         }
         if let Some(o) = &outbox {
+            let dead_letter = Arc::new(DeadLetter::file(o.status().dir.join("dead-letter.jsonl")));
+            for orphan in o.take_orphans() {
+                tasks.spawn(bury(o.clone(), orphan, dead_letter.clone(), abort.clone()));
+            }
             let o = o.clone();
             let closing = closing.clone();
             tasks.spawn(async move {
@@ -458,31 +476,49 @@ impl Dispatcher {
     /// Stops taking events and waits for the events in flight to be delivered; after
     /// `timeout`, abandons the rest (their retries stop) and says how many were left. In
     /// `atLeastOnce` the abandoned events stay in the outbox for the next start.
-    pub(crate) async fn drain(&self, timeout: Duration) -> usize {
+    pub(crate) async fn drain(&self, timeout: Duration, hurry: &CancellationToken) -> usize {
         self.closing.cancel();
         for q in &self.queues {
             q.slots.close();
             q.tx.close();
         }
-        let mut left = 0;
-        if tokio::time::timeout(timeout, self.tasks.wait())
-            .await
-            .is_err()
-        {
-            left = self.queues.iter().map(|q| q.tx.len()).sum();
-            if self.outbox.is_some() {
-                tracing::warn!(
-                    left,
-                    "drain timeout: events still queued or being retried stay in the outbox and are replayed at the next start"
-                );
-            } else {
-                tracing::warn!(
-                    left,
-                    "drain timeout: abandoning events still queued or being retried"
-                );
+        let finished = tokio::select! {
+            _ = self.tasks.wait() => true,
+            _ = tokio::time::sleep(timeout) => {
+                tracing::warn!(timeout = ?timeout, "drain timeout: stopping the deliveries still in flight");
+                false
             }
+            _ = hurry.cancelled() => {
+                tracing::warn!("a second stop signal: stopping the deliveries still in flight now");
+                false
+            }
+        };
+        let mut left = 0;
+        if !finished {
             self.abort.cancel();
             self.tasks.wait().await;
+            for (index, q) in self.queues.iter().enumerate() {
+                let n = match &self.outbox {
+                    // What the next start replays for this watcher.
+                    Some(o) => o.pending(index),
+                    // What its queue still held: lost.
+                    None => q.size.saturating_sub(q.slots.available_permits()) as u64,
+                };
+                if n == 0 {
+                    continue;
+                }
+                left += n as usize;
+                match &self.outbox {
+                    Some(o) => tracing::warn!(
+                        watcher = %q.name, events = n, outbox = %o.status().dir.display(),
+                        "events not delivered stay in the outbox: they are delivered at the next start"
+                    ),
+                    None => tracing::error!(
+                        watcher = %q.name, events = n,
+                        "events not delivered are abandoned (atMostOnce keeps no outbox)"
+                    ),
+                }
+            }
         }
         if let Some(o) = &self.outbox {
             let o = o.clone();
@@ -648,43 +684,74 @@ impl Worker {
 
     /// Writes a dead letter, retrying the destination until it takes it or shutdown.
     async fn dead_letter(&self, event: &CloudEvent, reason: &str) -> bool {
-        let mut wait = Duration::from_millis(100);
-        loop {
-            match self.dead_letter.write(&self.name, event, reason).await {
-                Ok(()) => {
-                    self.metrics.dead_lettered.inc();
-                    tracing::error!(
-                        watcher = %self.name, id = %event.id, source = %event.source,
-                        reason, dead_letter = %self.dead_letter.describe(),
-                        "event not delivered: sent to the dead-letter destination"
-                    );
-                    return true;
-                }
-                Err(e) => {
-                    tracing::error!(
-                        watcher = %self.name, id = %event.id, reason = %e.reason,
-                        dead_letter = %self.dead_letter.describe(),
-                        retry_in_ms = wait.as_millis() as u64,
-                        "cannot write the dead letter; retrying"
-                    );
-                    tokio::select! {
-                        _ = self.abort.cancelled() => {
-                            if self.outbox.is_none() {
-                                tracing::error!(
-                                    watcher = %self.name, id = %event.id,
-                                    event = %String::from_utf8_lossy(&event.to_json()),
-                                    "dead letter lost at shutdown: the event in full"
-                                );
-                            }
-                            return false;
-                        }
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                    wait = (wait * 2).min(Duration::from_secs(30));
-                }
+        if !self
+            .dead_letter
+            .write_until_taken(&self.name, event, reason, &self.abort)
+            .await
+        {
+            if self.outbox.is_none() {
+                tracing::error!(
+                    watcher = %self.name, id = %event.id,
+                    event = %String::from_utf8_lossy(&event.to_json()),
+                    "dead letter lost at shutdown: the event in full"
+                );
             }
+            return false;
+        }
+        self.metrics.dead_lettered.inc();
+        // Every dead letter is in its destination and counted; the log says it once in a
+        // while, with how many more there were.
+        static SENT: Throttle = Throttle::new();
+        if let Some(suppressed) = SENT.check() {
+            tracing::error!(
+                watcher = %self.name, id = %event.id, source = %event.source,
+                reason, dead_letter = %self.dead_letter.describe(), suppressed,
+                "event not delivered: sent to the dead-letter destination (suppressed: how many more were since the last line)"
+            );
+        }
+        true
+    }
+}
+
+/// Sends to `dead_letter` what a watcher the gateway no longer has (`orphan`) left pending,
+/// with the reason `watcher removed`, then forgets its cursor: no accepted event stays in the
+/// outbox with nobody to deliver or account for it.
+async fn bury(
+    outbox: Arc<Outbox>,
+    orphan: outbox::Orphan,
+    dead_letter: Arc<DeadLetter>,
+    abort: CancellationToken,
+) {
+    let mut after = orphan.range.from;
+    let mut buried = 0u64;
+    loop {
+        let o = outbox.clone();
+        let range = orphan.range;
+        let batch =
+            match tokio::task::spawn_blocking(move || o.read_segment_records(range, after)).await {
+                Ok(Some(b)) => b,
+                Ok(None) | Err(_) => break,
+            };
+        for record in batch {
+            after = record.seq + 1;
+            outbox.replaying(orphan.index, record.seq);
+            if !dead_letter
+                .write_until_taken(&orphan.name, &record.event, "watcher removed", &abort)
+                .await
+            {
+                return;
+            }
+            outbox.done(orphan.index, record.seq);
+            buried += 1;
         }
     }
+    if buried > 0 {
+        tracing::warn!(
+            watcher = %orphan.name, events = buried, dead_letter = %dead_letter.describe(),
+            "the pending events of a removed watcher were written to the dead letters"
+        );
+    }
+    outbox.retire(orphan.index);
 }
 
 // Retries: capped exponential backoff with jitter (backon). Only failures that another

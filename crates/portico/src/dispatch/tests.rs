@@ -39,6 +39,7 @@ fn entry(sender: Arc<dyn Sender>, retry: RetryPolicy, dead: &std::path::Path) ->
             ..QueueSettings::default()
         },
         dead_letter: Arc::new(DeadLetter::file(dead.to_path_buf())),
+        moved_from: None,
     }
 }
 
@@ -128,7 +129,11 @@ async fn ack_after_delivery_resolves_once_every_watcher_took_the_event() {
         .await
         .unwrap();
     assert_eq!(metrics.outbox.appends.get(), 1);
-    assert_eq!(d.drain(Duration::from_secs(5)).await, 0);
+    assert_eq!(
+        d.drain(Duration::from_secs(5), &CancellationToken::new())
+            .await,
+        0
+    );
 }
 
 #[tokio::test]
@@ -157,7 +162,11 @@ async fn ack_after_delivery_counts_a_dead_letter_as_done_and_a_shutdown_as_not()
     assert!(delivered.wait().await);
     let line = std::fs::read_to_string(&dead).unwrap();
     assert!(line.contains("id-1"), "{line}");
-    assert_eq!(d.drain(Duration::from_secs(5)).await, 0);
+    assert_eq!(
+        d.drain(Duration::from_secs(5), &CancellationToken::new())
+            .await,
+        0
+    );
 
     drop(d);
     // A watcher that never takes it, and the gateway stops: not done, do not ack.
@@ -174,7 +183,8 @@ async fn ack_after_delivery_counts_a_dead_letter_as_done_and_a_shutdown_as_not()
         .accept(event(2), Admission::NoWait, None, Ack::AfterDelivery)
         .await
         .unwrap();
-    d.drain(Duration::from_millis(50)).await;
+    d.drain(Duration::from_millis(50), &CancellationToken::new())
+        .await;
     assert!(!delivered.wait().await);
 }
 
@@ -214,7 +224,11 @@ async fn a_bounded_admission_waits_for_room_then_says_full() {
         .await
         .unwrap();
     let _gate = opener.await.unwrap();
-    assert_eq!(d.drain(Duration::from_secs(5)).await, 0);
+    assert_eq!(
+        d.drain(Duration::from_secs(5), &CancellationToken::new())
+            .await,
+        0
+    );
 }
 
 #[tokio::test]
@@ -237,7 +251,8 @@ async fn tracked_events_are_done_at_once_in_the_other_modes() {
         .unwrap();
     assert!(delivered.is_done());
     assert_eq!(metrics.outbox.appends.get(), 1);
-    d.drain(Duration::from_millis(10)).await;
+    d.drain(Duration::from_millis(10), &CancellationToken::new())
+        .await;
 }
 
 #[tokio::test]
@@ -280,7 +295,11 @@ async fn an_event_older_than_max_age_goes_to_the_dead_letter_file() {
     assert_eq!(json["deadletterwatcher"], "w");
     let counted = metrics.for_watcher("w").dead_lettered;
     until(|| (counted.get() == 1).then_some(())).await;
-    assert_eq!(d.drain(Duration::from_secs(5)).await, 0);
+    assert_eq!(
+        d.drain(Duration::from_secs(5), &CancellationToken::new())
+            .await,
+        0
+    );
 }
 
 #[tokio::test]
@@ -302,7 +321,8 @@ async fn events_not_delivered_before_a_stop_are_replayed_at_the_next_start_with_
             .await
             .unwrap();
     }
-    d.drain(Duration::from_millis(50)).await;
+    d.drain(Duration::from_millis(50), &CancellationToken::new())
+        .await;
     drop(d);
 
     let takes = Arc::new(Takes::default());
@@ -322,7 +342,11 @@ async fn events_not_delivered_before_a_stop_are_replayed_at_the_next_start_with_
     let mut want: Vec<String> = (0..50).map(|i| format!("id-{i}")).collect();
     want.sort();
     assert_eq!(ids, want);
-    assert_eq!(d.drain(Duration::from_secs(5)).await, 0);
+    assert_eq!(
+        d.drain(Duration::from_secs(5), &CancellationToken::new())
+            .await,
+        0
+    );
     assert!(!dead.exists(), "nothing dead-lettered");
 }
 

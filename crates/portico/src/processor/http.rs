@@ -48,6 +48,8 @@ use crate::status::Phase;
 /// Where the user's server and the framework's server are, and their endpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct HttpSettings {
+    /// Timeouts and connection cap of the framework's server.
+    pub limits: crate::http1::Limits,
     /// Host of the user's server (the same pod or machine).
     pub server_host: IpAddr,
     /// `GATEWAY_PROCESSOR_SERVER_HTTP_PORT`: port of the user's server.
@@ -155,6 +157,7 @@ impl HttpSettings {
             None => http_server_port.ok_or(HttpStyleError::NoServerPort)?,
         };
         Ok(HttpSettings {
+            limits: crate::http1::Limits::default(),
             server_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             server_port,
             client_listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -385,7 +388,12 @@ impl HttpProcessor {
             .layer(DefaultBodyLimit::max(settings.body_limit))
             .with_state(routes.clone());
         let stop = CancellationToken::new();
-        tokio::spawn(crate::server::serve(listener, router, stop.clone()));
+        tokio::spawn(crate::server::serve(
+            listener,
+            router,
+            settings.limits,
+            stop.clone(),
+        ));
         let client = reqwest::Client::builder()
             .timeout(settings.request_timeout)
             .build()

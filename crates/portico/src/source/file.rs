@@ -15,11 +15,17 @@ use std::time::Duration;
 use notify_debouncer_full::notify::RecursiveMode;
 use notify_debouncer_full::notify::event::{AccessKind, AccessMode, EventKind};
 use notify_debouncer_full::{DebounceEventResult, new_debouncer};
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{SourceError, SourceEvent};
 use crate::spec::GatewayFile;
+use crate::spec::file::read_text;
+
+/// How long one read of the gateway file may take.
+const READ_DEADLINE: Duration = Duration::from_secs(10);
 
 /// How long changes are gathered before the file is read again.
 const DEBOUNCE: Duration = Duration::from_millis(150);
@@ -28,7 +34,9 @@ const DEBOUNCE: Duration = Duration::from_millis(150);
 /// `stop` is cancelled.
 pub(crate) async fn watch(
     loaded: GatewayFile,
+    max_bytes: u64,
     tx: mpsc::Sender<SourceEvent>,
+    reload: Arc<Notify>,
     stop: CancellationToken,
 ) -> Result<(), SourceError> {
     let path = loaded.path.clone();
@@ -72,9 +80,24 @@ pub(crate) async fn watch(
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
                 c = changed.recv() => if c.is_none() { return Ok(()) },
+                _ = reload.notified() => last_text = None,
             }
         }
-        let text = match std::fs::read_to_string(&path) {
+        // Off the runtime and with a deadline: a file system that hangs (a dead network mount)
+        // holds this read, not the gateway.
+        let read = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || read_text(&path, max_bytes))
+        };
+        let text = match tokio::time::timeout(READ_DEADLINE, read).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(format!("cannot read the file: {e}")),
+            Err(_) => Err(format!(
+                "cannot read the file within {}s",
+                READ_DEADLINE.as_secs()
+            )),
+        };
+        let text = match text {
             Ok(t) => t,
             Err(e) => {
                 // Said once per outage, not at every event in the directory.

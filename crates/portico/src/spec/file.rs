@@ -27,6 +27,59 @@ pub(crate) struct GatewayFile {
     pub configurations: ConfigMapData,
 }
 
+/// The largest gateway file read by default (`--max-file-size`): 16 MiB, room for about
+/// 100,000 ordinary configurations.
+pub(crate) const DEFAULT_MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// The text of the gateway file at `path`: a regular file (or a symbolic link to one, as a
+/// ConfigMap volume's `..data` is) of at most `max_bytes`. Anything else (a directory, a FIFO,
+/// a device such as `/dev/zero`) is refused without being opened.
+pub(crate) fn read_text(path: &Path, max_bytes: u64) -> Result<String, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read the file: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "is not a regular file but {}: give the path of a gateway file",
+            kind_of(&meta.file_type())
+        ));
+    }
+    let too_big = |n: u64| {
+        format!(
+            "the file is {n} bytes, over the limit of {max_bytes} (--max-file-size, PORTICO_MAX_FILE_SIZE)"
+        )
+    };
+    if meta.len() > max_bytes {
+        return Err(too_big(meta.len()));
+    }
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read the file: {e}"))?;
+    let mut text = String::new();
+    file.take(max_bytes.saturating_add(1))
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    if text.len() as u64 > max_bytes {
+        return Err(too_big(text.len() as u64));
+    }
+    Ok(text)
+}
+
+/// What a file that is not a regular one is, in words.
+fn kind_of(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a named pipe (FIFO)"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    }
+}
+
 /// One YAML document of a gateway file, in the one shape that fits both kinds, so that
 /// serde-saphyr reports every error at its exact place.
 #[derive(Debug, Deserialize)]
@@ -95,13 +148,13 @@ impl std::error::Error for SpecErrors {}
 
 impl GatewayFile {
     /// Reads and checks a gateway file.
-    pub(crate) fn load(path: &Path) -> Result<GatewayFile, SpecErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+    pub(crate) fn load(path: &Path, max_bytes: u64) -> Result<GatewayFile, SpecErrors> {
+        let text = read_text(path, max_bytes).map_err(|message| {
             SpecErrors(vec![SpecError {
                 path: path.to_path_buf(),
                 line: None,
                 column: None,
-                message: format!("cannot read the file: {e}"),
+                message,
                 snippet: None,
             }])
         })?;

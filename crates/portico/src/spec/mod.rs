@@ -111,6 +111,9 @@ pub(crate) struct GatewaySpec {
     /// defaults to the gateway's pods).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_spec: Option<ServiceSpec>,
+    /// What the gateway demands of its configurations' security.
+    #[serde(default, skip_serializing_if = "Security::is_default")]
+    pub security: Security,
     /// Original field kept for compatibility with Argo manifests; unused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<String>,
@@ -120,6 +123,22 @@ pub(crate) struct GatewaySpec {
     /// Original field kept for compatibility with Argo manifests; unused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processor_port: Option<Port>,
+}
+
+/// `spec.security`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct Security {
+    /// Refuse a configuration that would take events from anyone who reaches its port (a
+    /// webhook with no secret): an error instead of a warning. Default `false`.
+    #[serde(default)]
+    pub require_auth: bool,
+}
+
+impl Security {
+    fn is_default(&self) -> bool {
+        *self == Security::default()
+    }
 }
 
 /// The gRPC contract a gRPC-style gateway's server speaks (`spec.grpcProtocol`).
@@ -372,6 +391,42 @@ pub(crate) struct WatcherSettings {
     /// Where events go that exhaust their retries (`maxAttempts` or `maxAge`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter: Option<DeadLetterSettings>,
+    /// `urls` only: the URL this watcher had before its address changed. The events still
+    /// pending for the old address are delivered to the new one; without it they go to the
+    /// dead letters (reason `watcher removed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_from: Option<String>,
+    /// A watcher's own: a file holding a bearer token, sent with every delivery as
+    /// `Authorization: Bearer <token>` (a mounted Kubernetes Secret or a projected service
+    /// account token; read again when the file changes). The token is never shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_file: Option<String>,
+    /// A watcher's own: an environment variable holding the bearer token, instead of
+    /// `bearerTokenFile` (from a Secret with `valueFrom.secretKeyRef`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_env: Option<String>,
+    /// A watcher's own: headers sent with every delivery. A value from a file or an
+    /// environment variable is a secret: never shown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderSetting>,
+}
+
+/// A header an HTTP watcher sends with every delivery: its value written out, or read from a
+/// file (read again when it changes) or an environment variable.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct HeaderSetting {
+    /// The header's name (`X-Api-Key`).
+    pub name: String,
+    /// The value, written out (not a secret: it is in the gateway file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// A file holding the value (trailing newlines are not part of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_file: Option<String>,
+    /// An environment variable holding the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_env: Option<String>,
 }
 
 /// How events are delivered.

@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use crate::secret::{SecretSource, redact_url};
+
 use super::{
     DeadLetterSettings, DispatchMechanism, Encoding, Gateway, GatewaySpec, KafkaDispatch,
     NatsDispatch, Problems, RetrySettings, UrlWatcher, WatcherSettings,
@@ -26,6 +28,8 @@ pub enum Target {
         encoding: Encoding,
         /// Timeout of one attempt.
         timeout: Duration,
+        /// Headers sent with every delivery (a bearer token among them).
+        headers: Vec<WatcherHeader>,
     },
     /// One JSON line per event on stdout.
     Stdout,
@@ -33,6 +37,26 @@ pub enum Target {
     Nats(NatsDispatch),
     /// A Kafka topic (the sender comes from a [`crate::watcher::SenderFactory`]).
     Kafka(KafkaDispatch),
+}
+
+/// A header an HTTP watcher sends with every delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatcherHeader {
+    /// Its name.
+    pub name: http::HeaderName,
+    /// Text before the value (`Bearer ` for a bearer token).
+    pub prefix: &'static str,
+    /// The value.
+    pub value: HeaderValueFrom,
+}
+
+/// Where a watcher header's value comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeaderValueFrom {
+    /// Written out in the gateway file.
+    Text(String),
+    /// A secret: a file (read again when it changes) or an environment variable.
+    Secret(SecretSource),
 }
 
 /// Tuning of one watcher's queue and senders.
@@ -107,6 +131,8 @@ pub(crate) struct WatcherDef {
     pub queue: QueueSettings,
     /// Its dead-letter destination, if one is set (its own or the gateway's).
     pub dead_letter: Option<DeadLetterSettings>,
+    /// The name of the watcher it replaces (a URL watcher whose address changed).
+    pub moved_from: Option<String>,
 }
 
 /// What the environment tells about where the gateway runs.
@@ -148,12 +174,90 @@ fn queue_settings(gateway: &WatcherSettings, own: &WatcherSettings) -> QueueSett
     }
 }
 
-fn http(url: String, gateway: &WatcherSettings, own: &WatcherSettings) -> Target {
+fn http(
+    what: &str,
+    url: String,
+    gateway: &WatcherSettings,
+    own: &WatcherSettings,
+    problems: &mut Vec<String>,
+) -> Target {
     Target::Http {
         url,
         encoding: own.encoding.or(gateway.encoding).unwrap_or_default(),
         timeout: own.timeout.or(gateway.timeout).unwrap_or(DEFAULT_TIMEOUT),
+        headers: headers(what, own, problems),
     }
+}
+
+/// The headers of a watcher's own settings: its bearer token and its `headers`.
+fn headers(what: &str, own: &WatcherSettings, problems: &mut Vec<String>) -> Vec<WatcherHeader> {
+    let mut out = Vec::new();
+    match SecretSource::from_fields(
+        "bearerToken",
+        own.bearer_token_file.as_deref(),
+        own.bearer_token_env.as_deref(),
+    ) {
+        Ok(Some(source)) => out.push(WatcherHeader {
+            name: http::header::AUTHORIZATION,
+            prefix: "Bearer ",
+            value: HeaderValueFrom::Secret(source),
+        }),
+        Ok(None) => {}
+        Err(e) => problems.push(format!("{what}: {}", e.message())),
+    }
+    for (i, h) in own.headers.iter().enumerate() {
+        let at = format!("{what}: headers[{i}]");
+        let name = match http::HeaderName::from_bytes(h.name.trim().as_bytes()) {
+            Ok(n) => n,
+            Err(_) => {
+                problems.push(format!("{at}: `{}` is not a header name", h.name));
+                continue;
+            }
+        };
+        if name == http::header::HOST || name == http::header::CONTENT_LENGTH {
+            problems.push(format!("{at}: `{name}` is set by the gateway"));
+            continue;
+        }
+        if out.iter().any(|o| o.name == name) {
+            problems.push(format!(
+                "{at}: `{name}` is given twice (a bearer token is the `authorization` header)"
+            ));
+            continue;
+        }
+        let value = match (
+            &h.value,
+            SecretSource::from_fields("value", h.value_file.as_deref(), h.value_env.as_deref()),
+        ) {
+            (_, Err(e)) => {
+                problems.push(format!("{at}: {}", e.message()));
+                continue;
+            }
+            (Some(v), Ok(None)) => {
+                if http::HeaderValue::from_str(v).is_err() {
+                    problems.push(format!(
+                        "{at}: the value of `{name}` cannot be sent in a header"
+                    ));
+                    continue;
+                }
+                HeaderValueFrom::Text(v.clone())
+            }
+            (None, Ok(Some(source))) => HeaderValueFrom::Secret(source),
+            (Some(_), Ok(Some(_))) => {
+                problems.push(format!("{at}: give one of value, valueFile or valueEnv"));
+                continue;
+            }
+            (None, Ok(None)) => {
+                problems.push(format!("{at}: give its value, valueFile or valueEnv"));
+                continue;
+            }
+        };
+        out.push(WatcherHeader {
+            name,
+            prefix: "",
+            value,
+        });
+    }
+    out
 }
 
 fn dead_letter(gateway: &WatcherSettings, own: &WatcherSettings) -> Option<DeadLetterSettings> {
@@ -189,6 +293,11 @@ fn settings_problems(what: &str, own: &WatcherSettings, problems: &mut Vec<Strin
             "{what}: `outbox` is a setting of the whole gateway: move it to spec.delivery.outbox"
         ));
     }
+    if own.moved_from.is_some() && !what.starts_with("watchers.urls") {
+        problems.push(format!(
+            "{what}: `movedFrom` is for URL watchers (a sensor or gateway watcher keeps its name when its address changes)"
+        ));
+    }
     if let Some(d) = &own.dead_letter {
         dead_letter_problems(&format!("{what}: deadLetter"), d, problems);
     }
@@ -198,10 +307,14 @@ fn check_url(what: &str, url: &str) -> Result<(), String> {
     match reqwest::Url::parse(url) {
         Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Ok(()),
         Ok(u) => Err(format!(
-            "{what}: url `{url}` has scheme `{}`: expected http or https",
+            "{what}: url `{}` has scheme `{}`: expected http or https",
+            redact_url(url),
             u.scheme()
         )),
-        Err(e) => Err(format!("{what}: url `{url}` is not a valid URL: {e}")),
+        Err(e) => Err(format!(
+            "{what}: url `{}` is not a valid URL: {e}",
+            redact_url(url)
+        )),
     }
 }
 
@@ -218,6 +331,20 @@ pub(crate) fn resolve_watchers(
     if let Some(d) = &defaults.dead_letter {
         dead_letter_problems("delivery.deadLetter", d, &mut problems);
     }
+    if defaults.moved_from.is_some() {
+        problems.push(
+            "delivery: `movedFrom` is a setting of one URL watcher, not of the gateway".into(),
+        );
+    }
+    if defaults.bearer_token_file.is_some()
+        || defaults.bearer_token_env.is_some()
+        || !defaults.headers.is_empty()
+    {
+        problems.push(
+            "delivery: `bearerTokenFile`, `bearerTokenEnv` and `headers` are settings of one watcher (a credential goes only where it is meant to)"
+                .into(),
+        );
+    }
     match (spec.dispatch_mechanism, &spec.nats, &spec.kafka) {
         (DispatchMechanism::Http, _, _) => {}
         (DispatchMechanism::Nats, Some(n), _) => {
@@ -227,7 +354,7 @@ pub(crate) fn resolve_watchers(
             if !(n.url.starts_with("nats://") || n.url.starts_with("tls://")) {
                 problems.push(format!(
                     "nats.url `{}`: expected nats://host:port or tls://host:port",
-                    n.url
+                    redact_url(&n.url)
                 ));
             }
             out.push(WatcherDef {
@@ -235,6 +362,7 @@ pub(crate) fn resolve_watchers(
                 target: Target::Nats(n.clone()),
                 queue: queue_settings(defaults, &WatcherSettings::default()),
                 dead_letter: defaults.dead_letter.clone(),
+                moved_from: None,
             });
         }
         (DispatchMechanism::Kafka, _, Some(k)) => {
@@ -249,6 +377,7 @@ pub(crate) fn resolve_watchers(
                 target: Target::Kafka(k.clone()),
                 queue: queue_settings(defaults, &WatcherSettings::default()),
                 dead_letter: defaults.dead_letter.clone(),
+                moved_from: None,
             });
         }
         (DispatchMechanism::Nats, None, _) => {
@@ -277,9 +406,10 @@ pub(crate) fn resolve_watchers(
         }
         out.push(WatcherDef {
             name: format!("sensor:{}", s.name),
-            target: http(url, defaults, &s.settings),
+            target: http(&what, url, defaults, &s.settings, &mut problems),
             queue: queue_settings(defaults, &s.settings),
             dead_letter: dead_letter(defaults, &s.settings),
+            moved_from: None,
         });
         settings_problems(&what, &s.settings, &mut problems);
     }
@@ -313,9 +443,10 @@ pub(crate) fn resolve_watchers(
         }
         out.push(WatcherDef {
             name: format!("gateway:{}", g.name),
-            target: http(url, defaults, &g.settings),
+            target: http(&what, url, defaults, &g.settings, &mut problems),
             queue: queue_settings(defaults, &g.settings),
             dead_letter: dead_letter(defaults, &g.settings),
+            moved_from: None,
         });
         settings_problems(&what, &g.settings, &mut problems);
     }
@@ -328,21 +459,33 @@ pub(crate) fn resolve_watchers(
             problems.push(p);
             continue;
         }
-        settings_problems(&format!("watchers.urls[{i}]"), &own, &mut problems);
+        let what = format!("watchers.urls[{i}]");
+        settings_problems(&what, &own, &mut problems);
         out.push(WatcherDef {
-            name: format!("url:{url}"),
-            target: http(url, defaults, &own),
+            name: format!("url:{}", redact_url(&url)),
+            target: http(&what, url, defaults, &own, &mut problems),
             queue: queue_settings(defaults, &own),
             dead_letter: dead_letter(defaults, &own),
+            moved_from: own
+                .moved_from
+                .as_deref()
+                .map(|old| format!("url:{}", redact_url(old))),
         });
     }
     if let Some(sink) = &env.k_sink {
         match check_url("K_SINK", sink) {
             Ok(()) => out.push(WatcherDef {
-                name: format!("k_sink:{sink}"),
-                target: http(sink.clone(), defaults, &WatcherSettings::default()),
+                name: format!("k_sink:{}", redact_url(sink)),
+                target: http(
+                    "K_SINK",
+                    sink.clone(),
+                    defaults,
+                    &WatcherSettings::default(),
+                    &mut problems,
+                ),
                 queue: queue_settings(defaults, &WatcherSettings::default()),
                 dead_letter: defaults.dead_letter.clone(),
+                moved_from: None,
             }),
             Err(p) => problems.push(p),
         }
@@ -353,6 +496,7 @@ pub(crate) fn resolve_watchers(
             target: Target::Stdout,
             queue: queue_settings(defaults, &WatcherSettings::default()),
             dead_letter: defaults.dead_letter.clone(),
+            moved_from: None,
         });
     }
     if problems.is_empty() {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::source::SourceEvent;
 use crate::source::file::watch;
 use crate::spec::GatewayFile;
+use crate::spec::file::DEFAULT_MAX_FILE_BYTES;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -35,10 +36,16 @@ fn start(
     CancellationToken,
     tokio::task::JoinHandle<Result<(), crate::source::SourceError>>,
 ) {
-    let loaded = GatewayFile::load(path).unwrap();
+    let loaded = GatewayFile::load(path, DEFAULT_MAX_FILE_BYTES).unwrap();
     let (tx, rx) = mpsc::channel(4);
     let stop = CancellationToken::new();
-    let task = tokio::spawn(watch(loaded, tx, stop.clone()));
+    let task = tokio::spawn(watch(
+        loaded,
+        DEFAULT_MAX_FILE_BYTES,
+        tx,
+        Default::default(),
+        stop.clone(),
+    ));
     (rx, stop, task)
 }
 

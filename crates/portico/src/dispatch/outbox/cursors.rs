@@ -36,6 +36,8 @@ pub(super) struct WatcherCursor {
     pub(super) outstanding: BTreeSet<u64>,
     /// While a replay feeds this watcher: the next sequence number it will read.
     pub(super) replay: Option<u64>,
+    /// A removed watcher whose pending events went to the dead letters: no longer saved.
+    pub(super) retired: bool,
 }
 
 impl State {
@@ -53,6 +55,28 @@ impl State {
     pub(super) fn marks(&self) -> Vec<u64> {
         self.watchers.iter().map(|w| self.mark(w)).collect()
     }
+
+    /// The names and marks to save: every cursor but those of removed watchers whose pending
+    /// events went to the dead letters.
+    pub(super) fn saved(&self) -> (Vec<String>, Vec<u64>) {
+        self.watchers
+            .iter()
+            .filter(|w| !w.retired)
+            .map(|w| (w.name.clone(), self.mark(w)))
+            .unzip()
+    }
+}
+
+/// A watcher the cursor file names but the gateway no longer has (removed, or its address
+/// changed): what it had not finished goes to the dead letters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Orphan {
+    /// Its cursor's index, after the gateway's watchers.
+    pub(crate) index: usize,
+    /// Its name.
+    pub(crate) name: String,
+    /// What it had not finished.
+    pub(crate) range: ReplayRange,
 }
 
 /// What a watcher must replay after a restart: the records `from..to`.
@@ -64,14 +88,16 @@ pub(crate) struct ReplayRange {
     pub to: u64,
 }
 
-/// The cursors of `watchers` and what each must replay, from the cursor file of `dir`; the
-/// log holds records `oldest..next_seq`.
+/// The cursors of `watchers` and what each must replay, from the cursor file of `dir`, and the
+/// watchers of that file the gateway no longer has; the log holds records `oldest..next_seq`.
+/// A watcher that `moves` names (new name → old name) takes the old one's place.
 pub(super) fn load(
     dir: &Path,
     watchers: &[String],
+    moves: &BTreeMap<String, String>,
     oldest: u64,
     next_seq: u64,
-) -> (Vec<WatcherCursor>, Vec<ReplayRange>) {
+) -> (Vec<WatcherCursor>, Vec<ReplayRange>, Vec<Orphan>) {
     // Without a readable cursor file every watcher replays the whole log (duplicates rather
     // than losses); with one, a watcher it does not name is new and starts at the head.
     let cursors_path = dir.join(CURSORS);
@@ -88,21 +114,60 @@ pub(super) fn load(
     };
     let mut cursors = Vec::with_capacity(watchers.len());
     let mut replays = Vec::with_capacity(watchers.len());
+    let mut taken: Vec<&str> = Vec::new();
     for name in watchers {
+        let moved = moves
+            .get(name)
+            .filter(|_| saved.as_ref().is_some_and(|s| !s.contains_key(name)));
+        let own = moved.unwrap_or(name);
         let from = match &saved {
-            Some(saved) => saved.get(name).copied().unwrap_or(next_seq),
+            Some(saved) => saved.get(own).copied().unwrap_or(next_seq),
             None => oldest,
         }
         .max(oldest);
+        taken.push(own);
+        if let Some(old) = moved {
+            tracing::info!(
+                watcher = %name, from = %old, events = next_seq.saturating_sub(from),
+                "outbox: a moved watcher takes the pending events of its old address"
+            );
+        }
         let range = ReplayRange { from, to: next_seq };
-        cursors.push(WatcherCursor {
-            name: name.clone(),
-            outstanding: BTreeSet::new(),
-            replay: (from < next_seq).then_some(from),
-        });
+        cursors.push(new_cursor(name, range));
         replays.push(range);
     }
-    (cursors, replays)
+    let mut orphans = Vec::new();
+    for (name, mark) in saved.iter().flatten() {
+        if taken.contains(&name.as_str()) || watchers.contains(name) {
+            continue;
+        }
+        let range = ReplayRange {
+            from: (*mark).max(oldest),
+            to: next_seq,
+        };
+        if range.from < range.to {
+            tracing::warn!(
+                watcher = %name, events = range.to - range.from,
+                "outbox: a watcher that is no longer in the gateway had events pending: they go to the dead letters (reason `watcher removed`)"
+            );
+        }
+        orphans.push(Orphan {
+            index: cursors.len(),
+            name: name.clone(),
+            range,
+        });
+        cursors.push(new_cursor(name, range));
+    }
+    (cursors, replays, orphans)
+}
+
+fn new_cursor(name: &str, range: ReplayRange) -> WatcherCursor {
+    WatcherCursor {
+        name: name.to_string(),
+        outstanding: BTreeSet::new(),
+        replay: (range.from < range.to).then_some(range.from),
+        retired: false,
+    }
 }
 
 /// Writes the marks of the watchers `names` to the cursor file of `dir` (atomically).
@@ -178,9 +243,10 @@ impl Outbox {
                 return None;
             }
         };
-        let (records, _) = scan(&buf, first);
+        let records = scan(&buf, first).records;
         let mut out = Vec::new();
-        for (seq, ms, payload) in records {
+        for found in records {
+            let (seq, ms, payload) = (found.seq, found.accepted_ms, found.payload);
             if seq < want || seq >= range.to {
                 continue;
             }
@@ -205,5 +271,29 @@ impl Outbox {
             return self.read_segment_records(range, next_first);
         }
         Some(out)
+    }
+
+    /// The watchers of the cursor file the gateway no longer has (once: the dispatcher
+    /// dead-letters what they had pending, then [`Outbox::retire`]s them).
+    pub(crate) fn take_orphans(&self) -> Vec<Orphan> {
+        std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// How many records watcher `watcher` has not finished: what the next start replays.
+    pub(crate) fn pending(&self, watcher: usize) -> u64 {
+        let st = self.shared.lock();
+        st.watchers
+            .get(watcher)
+            .map_or(0, |w| st.next_seq.saturating_sub(st.mark(w)))
+    }
+
+    /// The removed watcher `watcher` is done with: its cursor is forgotten.
+    pub(crate) fn retire(&self, watcher: usize) {
+        let mut st = self.shared.lock();
+        if let Some(w) = st.watchers.get_mut(watcher) {
+            w.replay = None;
+            w.outstanding.clear();
+            w.retired = true;
+        }
     }
 }

@@ -39,8 +39,8 @@ pub(super) fn run(shared: &Shared) -> Result<(), OutboxError> {
             return Ok(());
         }
         st.saved_marks = marks.clone();
-        let names: Vec<String> = st.watchers.iter().map(|w| w.name.clone()).collect();
-        (marks, names, doomed)
+        let (names, saved) = st.saved();
+        (saved, names, doomed)
     };
     cursors::save(&shared.dir, &names, marks)?;
     let freed = !doomed.is_empty();

@@ -13,11 +13,14 @@
 //! <dir>/spare.seg                    a finished segment kept to be written over (see below)
 //! ```
 //!
-//! A record is `len: u32 | crc32: u32 | seq: u64 | accepted_ms: u64 | payload`, little endian,
-//! where the CRC-32 covers `seq`, `accepted_ms` and the payload (the CloudEvent in the JSON event
-//! format). A torn write at the tail (a crash mid-append) fails its CRC and is cut off at open.
-//! Within a segment sequence numbers only grow, from the one in its name: a record with an
-//! older number is a leftover of the segment's previous life (below), and ends the segment.
+//! A record is `magic | len | crc32 | seq | accepted_ms | payload` (see [`record`]): a reader
+//! that meets a damaged record (a flipped bit, a torn append) finds the next sound one and goes
+//! on, so only the damaged records are lost. At open, every damaged stretch is copied to
+//! `quarantine/<segment>.<offset>.bad`, counted in `portico_outbox_damaged_records_total` and
+//! logged (ERROR; WARN for a torn record at the very end of the log, an append a crash
+//! interrupted, never acknowledged). Within a segment sequence numbers only grow, from the one
+//! in its name: a record with an older number is a leftover of the segment's previous life
+//! (below), and ends the segment.
 //!
 //! # Why a log and not redb
 //!
@@ -90,6 +93,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -100,8 +104,8 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::metrics::OutboxMetrics;
 
-pub(crate) use cursors::ReplayRange;
 use cursors::WatcherCursor;
+pub(crate) use cursors::{Orphan, ReplayRange};
 use segment::Segment;
 use writer::{Msg, Reply};
 
@@ -222,6 +226,8 @@ pub(crate) struct Outbox {
     shared: Arc<Shared>,
     tx: Mutex<Option<mpsc::UnboundedSender<Msg>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Watchers of the cursor file the gateway no longer has, until taken.
+    orphans: Mutex<Vec<Orphan>>,
     _lock: File,
 }
 
@@ -235,9 +241,21 @@ fn now_ms() -> u64 {
 impl Outbox {
     /// Opens (or creates) the outbox in `opts.dir` for `watchers`, cutting off a torn tail,
     /// and says what each watcher must replay. Fails if another process holds it.
+    #[cfg(any(test, feature = "bench"))]
     pub(crate) fn open(
         opts: &OutboxOptions,
         watchers: &[String],
+        metrics: OutboxMetrics,
+    ) -> Result<(Arc<Outbox>, Vec<ReplayRange>), OutboxError> {
+        Outbox::open_moved(opts, watchers, &BTreeMap::new(), metrics)
+    }
+
+    /// [`Outbox::open`], where the watchers `moves` names (new name → old name) take the
+    /// places of their old names (their pending events included).
+    pub(crate) fn open_moved(
+        opts: &OutboxOptions,
+        watchers: &[String],
+        moves: &BTreeMap<String, String>,
         metrics: OutboxMetrics,
     ) -> Result<(Arc<Outbox>, Vec<ReplayRange>), OutboxError> {
         let dir = &opts.dir;
@@ -252,11 +270,11 @@ impl Outbox {
         lock.try_lock()
             .map_err(|_| OutboxError::InUse { dir: dir.clone() })?;
 
-        let (segments, next_seq) = segment::load(dir)?;
+        let (segments, next_seq) = segment::load(dir, &metrics)?;
         let spare_path = dir.join(housekeeping::SPARE);
         let spare = spare_path.exists().then_some(spare_path);
         let oldest = segments.first().map_or(next_seq, |s| s.first);
-        let (cursors, replays) = cursors::load(dir, watchers, oldest, next_seq);
+        let (cursors, replays, orphans) = cursors::load(dir, watchers, moves, oldest, next_seq);
         let bytes = segments.iter().map(|s| s.bytes).sum();
         metrics.bytes.set(bytes as i64);
         let pending: u64 = replays.iter().map(|r| r.to - r.from).sum();
@@ -305,6 +323,7 @@ impl Outbox {
                 shared,
                 tx: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(writer)),
+                orphans: Mutex::new(orphans),
                 _lock: lock,
             }),
             replays,

@@ -6,8 +6,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::record::{decode_at, scan};
+use super::record::scan;
 use super::{OutboxError, Shared, io};
+use crate::metrics::OutboxMetrics;
 
 /// One segment of the log.
 pub(super) struct Segment {
@@ -38,9 +39,13 @@ pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// The segments of the log in `dir`, oldest first, each cut after its last whole record, with
-/// a fresh empty active segment last; and the next sequence number.
-pub(super) fn load(dir: &Path) -> Result<(Vec<Segment>, u64), OutboxError> {
+/// The segments of the log in `dir`, oldest first, with a fresh empty active segment last; and
+/// the next sequence number. Damaged stretches are copied to `quarantine/` and reported (the
+/// records around them stay readable); what a reused file kept of its previous life is cut.
+pub(super) fn load(
+    dir: &Path,
+    metrics: &OutboxMetrics,
+) -> Result<(Vec<Segment>, u64), OutboxError> {
     let mut names: Vec<(u64, PathBuf)> = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| io("list", dir, e))? {
         let entry = entry.map_err(|e| io("list", dir, e))?;
@@ -60,45 +65,58 @@ pub(super) fn load(dir: &Path) -> Result<(Vec<Segment>, u64), OutboxError> {
     let count = names.len();
     for (i, (first, path)) in names.into_iter().enumerate() {
         let buf = read_file(&path).map_err(|e| io("read", &path, e))?;
-        let (records, valid) = scan(&buf, first);
-        if valid < buf.len() {
-            if decode_at(&buf, valid).is_some() {
-                // A whole record with an older number: what a reused file held before.
-                tracing::debug!(
-                    segment = %path.display(), offset = valid,
-                    "outbox: cutting off the old records of a reused segment"
-                );
-            } else if i + 1 == count {
-                tracing::warn!(
-                    segment = %path.display(), offset = valid, dropped_bytes = buf.len() - valid,
-                    "outbox: cutting off a torn record at the end of the log (an append the crash interrupted; it was never acknowledged)"
-                );
-            } else {
-                tracing::error!(
-                    segment = %path.display(), offset = valid, dropped_bytes = buf.len() - valid,
-                    "outbox: corrupt record in the middle of the log; the rest of this segment is skipped"
-                );
+        let found = scan(&buf, first);
+        for d in &found.damage {
+            quarantine(dir, &path, &buf[d.start..d.end], d.start)?;
+            let lost = d.lost.unwrap_or(1);
+            metrics.damaged_records.inc_by(lost);
+            match d.lost {
+                Some(lost) => tracing::error!(
+                    segment = %path.display(), offset = d.start, bytes = d.end - d.start, lost,
+                    "outbox: damaged records in the log: they are lost, the records after them are kept; their bytes are in quarantine/"
+                ),
+                None if i + 1 == count => tracing::warn!(
+                    segment = %path.display(), offset = d.start, bytes = d.end - d.start,
+                    "outbox: a torn record at the end of the log (an append a crash interrupted, never acknowledged); its bytes are in quarantine/"
+                ),
+                None => tracing::error!(
+                    segment = %path.display(), offset = d.start, bytes = d.end - d.start,
+                    "outbox: damaged records at the end of a segment: they are lost; their bytes are in quarantine/"
+                ),
             }
+        }
+        let last = found.records.last().map(|r| r.seq);
+        // Past the segment's own bytes is what a reused file held before (not this log's), and
+        // after damage at the end nothing good follows: cut (the damage is in quarantine). A
+        // segment with no record left keeps nothing.
+        let keep = match (last, found.damage.last()) {
+            (None, _) => 0,
+            (Some(_), Some(d)) if d.lost.is_none() => d.start,
+            (Some(_), _) => found.end,
+        };
+        if keep < buf.len() {
             let f = OpenOptions::new()
                 .write(true)
                 .open(&path)
                 .map_err(|e| io("open", &path, e))?;
-            f.set_len(valid as u64)
+            f.set_len(keep as u64)
                 .and_then(|_| f.sync_all())
                 .map_err(|e| io("truncate", &path, e))?;
         }
-        let last = records.last().map(|r| r.0);
         next_seq = next_seq.max(last.map_or(first, |l| l + 1));
         segments.push(Segment {
             first,
             last,
-            bytes: valid as u64,
+            bytes: keep as u64,
             path,
         });
     }
-    // Appends always go to a fresh segment: nothing is ever written after a cut tail.
+    // Appends always go to a fresh segment: nothing is ever written after a damaged tail.
     let active_path = dir.join(segment_name(next_seq));
-    if segments.last().is_some_and(|s| s.first == next_seq) {
+    if segments
+        .last()
+        .is_some_and(|s| s.first == next_seq && s.bytes == 0)
+    {
         // An empty last segment: reuse it.
     } else {
         File::create(&active_path).map_err(|e| io("create", &active_path, e))?;
@@ -111,6 +129,29 @@ pub(super) fn load(dir: &Path) -> Result<(Vec<Segment>, u64), OutboxError> {
         });
     }
     Ok((segments, next_seq))
+}
+
+/// The directory damaged bytes are copied to.
+pub(super) const QUARANTINE: &str = "quarantine";
+
+/// Copies the damaged `bytes` found at `offset` of `segment` to
+/// `quarantine/<segment>.<offset>.bad` (once: a later open finds the copy there).
+fn quarantine(dir: &Path, segment: &Path, bytes: &[u8], offset: usize) -> Result<(), OutboxError> {
+    let qdir = dir.join(QUARANTINE);
+    let name = segment
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let path = qdir.join(format!("{name}.{offset}.bad"));
+    if path.exists() {
+        return Ok(());
+    }
+    fs::create_dir_all(&qdir).map_err(|e| io("create the directory", &qdir, e))?;
+    let tmp = qdir.join(format!("{name}.{offset}.tmp"));
+    fs::write(&tmp, bytes)
+        .and_then(|_| File::open(&tmp)?.sync_all())
+        .and_then(|_| fs::rename(&tmp, &path))
+        .map_err(|e| io("quarantine damaged bytes in", &path, e))
 }
 
 /// The segment appends go to.

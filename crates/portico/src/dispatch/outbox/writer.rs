@@ -14,6 +14,7 @@ use super::segment::{open_active, roll_if_full};
 use super::{Outbox, OutboxError, Shared, housekeeping, io, now_ms};
 use crate::cloudevents::CloudEvent;
 use crate::error::{Admission, DispatchError};
+use crate::ratelog::Throttle;
 
 /// Most times the leader of a batch yields to the runtime for more records once the writer is
 /// free: the bound on what a batch waits when records keep coming.
@@ -237,11 +238,15 @@ pub(super) fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Msg>) {
                         }
                     }
                     Err(e) => {
-                        // Said once for the batch; its appenders hear `Disk`.
-                        tracing::error!(
-                            events = replies.len(),
-                            "{e}: these events were not accepted (their sources were answered 503)"
-                        );
+                        // Said once in a while, not per batch; the appenders hear `Disk`.
+                        static FAILED: Throttle = Throttle::new();
+                        if let Some(suppressed) = FAILED.check() {
+                            tracing::error!(
+                                events = replies.len(),
+                                suppressed,
+                                "{e}: these events were not accepted (their sources were answered 503; suppressed: failed writes since the last line)"
+                            );
+                        }
                         shared.metrics.write_errors.inc();
                         st.last_error = Some(e.to_string());
                         // Not written: nobody will deliver these sequence numbers.
