@@ -410,6 +410,10 @@ async fn validate_lists_every_problem_and_fails() {
     );
     assert!(!err.contains("configuration `ok`"), "{err}");
     assert!(err.contains("2 problem(s)"), "{err}");
+    // Each problem names its configuration once.
+    for line in err.lines() {
+        assert!(line.matches("configuration `").count() <= 1, "{line}");
+    }
 
     let (_dir, file) = GatewayFileBuilder::new("v", "calendar")
         .config("ok", "interval: 1s")

@@ -462,6 +462,114 @@ async fn junk_source_names_cannot_push_configurations_out_of_the_metrics() {
     assert!(labels <= 258, "{labels} labels");
 }
 
+#[tokio::test]
+async fn a_flipped_byte_in_the_outbox_costs_one_event_not_the_rest_of_its_segment() {
+    // 100 acknowledged events wait in the outbox for a watcher that never answers.
+    let hang = Sink::start(Behaviour::Hang).await;
+    let addr = hang.addr;
+    let outbox = tempfile::tempdir().unwrap();
+    let outbox_dir = outbox.path().to_str().unwrap().to_string();
+    let file = GatewayFileBuilder::new("flip", "independent")
+        .watchers(&[hang.url()])
+        .spec_lines("  delivery: {timeout: 60s}")
+        .write();
+    let args = ["run", file.1.to_str().unwrap()];
+    let p = Portico::start(&args, &[("PORTICO_OUTBOX_DIR", &outbox_dir)]).await;
+    post(&p, "s", 100).await;
+    p.kill().await;
+    drop(hang);
+
+    // One byte of event 50's record flips on the disk.
+    let segment = std::fs::read_dir(outbox.path())
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.extension().is_some_and(|x| x == "log")
+                && std::fs::metadata(p).is_ok_and(|m| m.len() > 0)
+        })
+        .expect("a segment with the events");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let at = bytes
+        .windows(7)
+        .position(|w| w == br#""n":50}"#)
+        .expect("event 50 in the segment");
+    bytes[at + 5] ^= 0x01;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    // Restarted with the watcher back: every other event arrives, the damage is in
+    // quarantine, logged with its count and counted.
+    let sink = Sink::start_on(addr, Behaviour::Ok).await;
+    let p = Portico::start(&args, &[("PORTICO_OUTBOX_DIR", &outbox_dir)]).await;
+    sink.wait_for_events(99, WAIT).await;
+    let expected: Vec<u64> = (0..100).filter(|n| *n != 50).collect();
+    assert_eq!(numbers(&sink), expected);
+    let damaged = logged(&p, "damaged records in the log");
+    assert_eq!(damaged.len(), 1, "{damaged:?}");
+    assert_eq!(damaged[0]["lost"], 1);
+    assert_eq!(damaged[0]["level"], "ERROR");
+    let quarantined: Vec<_> = std::fs::read_dir(outbox.path().join("quarantine"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "bad"))
+        .collect();
+    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+    let metrics = p
+        .http
+        .get(p.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("portico_outbox_damaged_records_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn with_few_file_descriptors_idle_connections_cannot_take_the_api_down() {
+    // A hard limit of 256 descriptors that the gateway cannot raise, and 600 idle connections:
+    // the cap sheds the oldest idle ones, so health checks and events still get through.
+    let sink = Sink::start(Behaviour::Ok).await;
+    let file = GatewayFileBuilder::new("fds", "independent")
+        .watchers(&[sink.url()])
+        .spec_lines("  delivery: {mode: atMostOnce}")
+        .write();
+    let p = Portico::start_wrapped(
+        &["prlimit", "--nofile=256:256", "--"],
+        &["run", file.1.to_str().unwrap(), "--max-connections", "128"],
+        &[],
+    )
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..600 {
+        match TcpStream::connect(p.addr) {
+            Ok(c) => idle.push(c),
+            Err(_) => break,
+        }
+    }
+    assert!(idle.len() >= 300, "only {} connections opened", idle.len());
+    let health = eventually_async(WAIT, || async {
+        let r = reqwest::Client::new()
+            .get(p.url("/healthz"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    assert!(health.is_some(), "/healthz did not answer");
+    post(&p, "s", 3).await;
+    sink.wait_for_events(3, WAIT).await;
+    assert!(
+        logged(&p, "Too many open files").len() <= 1,
+        "descriptor errors are not logged in a loop"
+    );
+}
+
 /// Runs `portico ARGS…` to its end; (exit code, stderr).
 fn run_to_end(args: &[&str]) -> (Option<i32>, String) {
     let out = std::process::Command::new(support::portico_bin())

@@ -107,7 +107,20 @@ impl Portico {
     /// `PORTICO_LOG_FORMAT`) and extra environment variables, and waits until the transformer
     /// listens.
     pub async fn start(args: &[&str], envs: &[(&str, &str)]) -> Portico {
-        let mut cmd = Command::new(portico_bin());
+        Self::start_wrapped(&[], args, envs).await
+    }
+
+    /// [`Portico::start`] under `wrapper` (a program and its arguments, like `prlimit
+    /// --nofile=256:256 --`), which runs `portico ARGS…`.
+    pub async fn start_wrapped(wrapper: &[&str], args: &[&str], envs: &[(&str, &str)]) -> Portico {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(portico_bin());
+                c
+            }
+            None => Command::new(portico_bin()),
+        };
         // The flags go before a `--` that starts the user's command (`run FILE -- CMD…`).
         let split = args.iter().position(|a| *a == "--").unwrap_or(args.len());
         cmd.args(&args[..split])
