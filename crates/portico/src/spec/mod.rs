@@ -104,12 +104,17 @@ pub(crate) struct GatewaySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaDispatch>,
     /// The pod of the gateway's Deployment (used by the controller, which adds the
-    /// environment of the gateway environment (docs/contract.md) to every container).
+    /// gateway's environment (docs/contract.md) to every container). A Kubernetes PodSpec,
+    /// kept open in the CRD's schema: the API server checks it when the controller applies
+    /// the Deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "open_pod_spec")]
     pub deploy_spec: Option<PodSpec>,
     /// The gateway's Service `<name>-gateway-svc` (used by the controller; the selector
-    /// defaults to the gateway's pods).
+    /// defaults to the gateway's pods). A Kubernetes ServiceSpec, kept open in the CRD's
+    /// schema like `deploySpec`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "open_service_spec")]
     pub service_spec: Option<ServiceSpec>,
     /// What the gateway demands of its configurations' security.
     #[serde(default, skip_serializing_if = "Security::is_default")]
@@ -326,6 +331,25 @@ pub(crate) enum UrlWatcher {
         #[serde(flatten)]
         settings: WatcherSettings,
     },
+}
+
+/// The schema of an embedded Kubernetes object kept open (as Argo Events does): inlining the
+/// whole PodSpec and ServiceSpec schemas makes a CRD that client-side `kubectl apply` cannot
+/// store (its last-applied annotation would pass the API server's 256 KiB limit).
+fn open_object(description: &str) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "description": description,
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+fn open_pod_spec(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    open_object("A Kubernetes PodSpec: the pod of the gateway's Deployment.")
+}
+
+fn open_service_spec(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    open_object("A Kubernetes ServiceSpec: the gateway's Service.")
 }
 
 impl JsonSchema for UrlWatcher {
