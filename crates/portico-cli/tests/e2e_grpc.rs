@@ -464,13 +464,17 @@ async fn run_gives_the_command_the_contract_environment_and_logs_its_exit() {
             "--",
             "sh",
             "-c",
-            "echo \"contract $GATEWAY_NAME $GATEWAY_NAMESPACE $TRANSFORMER_PORT $GATEWAY_PROCESSOR_GRPC_SERVER_PORT\"; exit 3",
+            "echo \"contract $GATEWAY_NAME $GATEWAY_NAMESPACE $TRANSFORMER_PORT $GATEWAY_PROCESSOR_GRPC_SERVER_PORT $GATEWAY_PROCESSOR_CONFIG_MAP [${GATEWAY_CONTROLLER_INSTANCE_ID-unset}]\"; exit 3",
         ],
         &[],
     )
     .await;
     // Its output is forwarded (to portico's stderr), with the gateway environment (docs/contract.md).
-    let expected = format!("contract envg default {} {port}", portico.addr.port());
+    // All five variables of Argo's contract, the instance id empty (no controller).
+    let expected = format!(
+        "contract envg default {} {port} envg-cm []",
+        portico.addr.port()
+    );
     eventually(WAIT, || {
         (!portico.stderr.containing(&expected).is_empty()).then_some(())
     })

@@ -393,3 +393,63 @@ async fn the_rust_http_calendar_example_runs_under_portico() {
     }
     assert_eq!(portico.terminate().await, Some(0));
 }
+
+/// A user server that takes every `/start` and `/stop` and does nothing else.
+async fn silent_user_server() -> u16 {
+    let app = axum::Router::new()
+        .route("/start", axum::routing::post(|| async { "Success" }))
+        .route("/stop", axum::routing::post(|| async { "Success" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_plain_text_error_as_argo_servers_post_it_marks_the_only_configuration() {
+    let sink = Sink::start(Behaviour::Ok).await;
+    let server_port = silent_user_server().await;
+    let (_dir, file) = gateway(&sink, server_port, &[("only", "interval: 1s")]).write();
+    let portico = Portico::start(
+        &["run", file.to_str().unwrap()],
+        &[("GATEWAY_PROCESSOR_CLIENT_HTTP_PORT", "0")],
+    )
+    .await;
+    let client = processor_addr(&portico).await;
+    let http = reqwest::Client::new();
+    // Taken once the configuration is started on the user's server.
+    let taken = eventually_async(WAIT, || async {
+        let r = http
+            .post(format!("http://{client}/error"))
+            .header("content-type", "text/plain")
+            .body("the calendar broke: no schedule")
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    assert!(taken.is_some(), "the plain-text error was not taken");
+    let node = wait_for_error(&portico, "only", "the calendar broke").await;
+    assert_eq!(node["message"], "the calendar broke: no schedule");
+
+    // With two configurations running, a text that names none is refused with the reason.
+    let (_dir2, file2) = gateway(
+        &sink,
+        server_port,
+        &[("one", "interval: 1s"), ("two", "interval: 1s")],
+    )
+    .write();
+    replace_file(&file, &std::fs::read_to_string(&file2).unwrap());
+    portico.wait_for_phase("two", "Initialized", WAIT).await;
+    let r = http
+        .post(format!("http://{client}/error"))
+        .body("which one?")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("names no configuration"));
+}

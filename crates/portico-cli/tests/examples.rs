@@ -13,7 +13,8 @@ fn every_builtin_type_has_an_example_that_validates() {
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("no example for `{gateway_type}`: {}: {e}", path.display()));
         assert!(
-            text.lines().any(|l| l.trim() == format!("type: {gateway_type}")),
+            text.lines()
+                .any(|l| l.trim() == format!("type: {gateway_type}")),
             "{}: its Gateway is not of type `{gateway_type}`",
             path.display()
         );

@@ -40,7 +40,7 @@ use crate::spec::watchers::{Environment, resolve_watchers};
 use crate::spec::{Gateway, GatewayResource, Problems};
 
 /// Label that assigns a Gateway to a controller instance.
-const INSTANCE_LABEL: &str = "portico.dev/controller-instance-id";
+use crate::spec::INSTANCE_LABEL;
 /// Label on a gateway's Deployment, pods and Service naming the gateway.
 const GATEWAY_LABEL: &str = "portico.dev/gateway";
 /// Field manager of the controller's server-side applies.

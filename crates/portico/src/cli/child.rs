@@ -40,6 +40,14 @@ pub(crate) fn serve_with(
         }
     }
     let mut vars = file.gateway.contract(args.transformer_port, None);
+    // The ConfigMap of the file, when the Gateway does not name it.
+    if let Some(cm) = &file.config_map {
+        for (k, v) in vars.iter_mut() {
+            if *k == env::GATEWAY_PROCESSOR_CONFIG_MAP && v.is_empty() {
+                *v = cm.clone();
+            }
+        }
+    }
     match super::grpc_port(&file.gateway) {
         Ok(Some(port)) => {
             vars.retain(|(k, _)| *k != env::GATEWAY_PROCESSOR_GRPC_SERVER_PORT);

@@ -342,21 +342,36 @@ async fn on_activated(State(routes): State<Arc<Routes>>, body: Bytes) -> Respons
 }
 
 async fn on_error(State(routes): State<Arc<Routes>>, body: Bytes) -> Response {
-    let b: ErrorBody = match json(&body, "{\"src\", \"error\"}") {
-        Ok(b) => b,
-        Err(r) => return r.into_response(),
-    };
-    match routes.find(b.src.as_deref(), b.id.as_deref()) {
-        Ok(ctx) => {
-            let text = b
-                .error
-                .filter(|e| !e.trim().is_empty())
-                .unwrap_or_else(|| "the user's server reported an error without a text".into());
-            ctx.report_error(text);
-            StatusCode::OK.into_response()
+    // `{"src", "error"}`; or, as Argo Events' servers post it, the error as plain text, which
+    // names no configuration: it is the only one's.
+    let (ctx, text) = match serde_json::from_slice::<ErrorBody>(&body) {
+        Ok(b) => match routes.find(b.src.as_deref(), b.id.as_deref()) {
+            Ok(ctx) => (ctx, b.error.unwrap_or_default()),
+            Err(r) => return r.into_response(),
+        },
+        Err(_) => {
+            let running: Vec<ConfigContext> = routes.lock().values().cloned().collect();
+            match running.as_slice() {
+                [only] => (only.clone(), String::from_utf8_lossy(&body).into_owned()),
+                _ => {
+                    return reply(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "a plain-text error names no configuration and {} run here: post {{\"src\", \"error\"}}",
+                            running.len()
+                        ),
+                    )
+                    .into_response();
+                }
+            }
         }
-        Err(r) => r.into_response(),
-    }
+    };
+    let text = match text.trim() {
+        "" => "the user's server reported an error without a text".to_string(),
+        t => t.to_string(),
+    };
+    ctx.report_error(text);
+    StatusCode::OK.into_response()
 }
 
 /// Runs configurations on the user's HTTP server.

@@ -25,6 +25,8 @@ pub(crate) struct GatewayFile {
     pub gateway: Gateway,
     /// The configurations of the ConfigMap the gateway names (empty when the file has none).
     pub configurations: ConfigMapData,
+    /// The name of that ConfigMap, when the file has it.
+    pub config_map: Option<String>,
 }
 
 /// The largest gateway file read by default (`--max-file-size`): 16 MiB, room for about
@@ -333,10 +335,10 @@ impl<'a> Checker<'a> {
             return Err(SpecErrors(self.errors));
         };
         self.check_spec(&gateway, spec_at);
-        let configurations = match &gateway.spec.config_map {
+        let (config_map, configurations) = match &gateway.spec.config_map {
             Some(name) => match config_maps.iter().find(|(n, _, _)| n == name) {
-                Some((_, _, data)) => data.clone(),
-                None if config_maps.is_empty() => ConfigMapData::new(),
+                Some((_, _, data)) => (Some(name.clone()), data.clone()),
+                None if config_maps.is_empty() => (None, ConfigMapData::new()),
                 None => {
                     let found: Vec<&str> = config_maps.iter().map(|(n, _, _)| n.as_str()).collect();
                     let at = config_maps.first().and_then(|(_, at, _)| *at);
@@ -348,18 +350,21 @@ impl<'a> Checker<'a> {
                             found.join(", ")
                         ),
                     );
-                    ConfigMapData::new()
+                    (None, ConfigMapData::new())
                 }
             },
             None => match config_maps.len() {
-                0 => ConfigMapData::new(),
-                1 => config_maps.swap_remove(0).2,
+                0 => (None, ConfigMapData::new()),
+                1 => {
+                    let (name, _, data) = config_maps.swap_remove(0);
+                    (Some(name), data)
+                }
                 _ => {
                     self.err(
                         Some(spec_at),
                         "the file has several ConfigMaps: name the gateway's with `spec.configMap`",
                     );
-                    ConfigMapData::new()
+                    (None, ConfigMapData::new())
                 }
             },
         };
@@ -368,6 +373,7 @@ impl<'a> Checker<'a> {
                 path: self.path.to_path_buf(),
                 gateway,
                 configurations,
+                config_map,
             })
         } else {
             Err(SpecErrors(self.errors))

@@ -130,6 +130,9 @@ pub(crate) struct GatewaySpec {
     pub processor_port: Option<Port>,
 }
 
+/// The label that gives a Gateway to the controller of that instance id.
+pub(crate) const INSTANCE_LABEL: &str = "portico.dev/controller-instance-id";
+
 /// `spec.security`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -642,6 +645,9 @@ impl Gateway {
 
     /// The environment a gateway's user process gets: the controller puts these variables
     /// on every container of the gateway's pod, `portico run FILE -- COMMAND` on the child.
+    /// The five variables every gateway process had in Argo Events are always there (empty
+    /// when there is no value): the controller's instance id is `instance_id`, else the
+    /// gateway's `portico.dev/controller-instance-id` label.
     pub(crate) fn contract(
         &self,
         transformer_port: u16,
@@ -653,12 +659,15 @@ impl Gateway {
             (env::GATEWAY_NAMESPACE, self.namespace().to_string()),
             (env::GATEWAY_NAME, self.metadata.name.clone()),
         ];
-        if let Some(cm) = &spec.config_map {
-            vars.push((env::GATEWAY_PROCESSOR_CONFIG_MAP, cm.clone()));
-        }
-        if let Some(id) = instance_id {
-            vars.push((env::GATEWAY_CONTROLLER_INSTANCE_ID, id.to_string()));
-        }
+        vars.push((
+            env::GATEWAY_PROCESSOR_CONFIG_MAP,
+            spec.config_map.clone().unwrap_or_default(),
+        ));
+        let instance = instance_id
+            .map(str::to_string)
+            .or_else(|| self.metadata.labels.get(INSTANCE_LABEL).cloned())
+            .unwrap_or_default();
+        vars.push((env::GATEWAY_CONTROLLER_INSTANCE_ID, instance));
         if let Some(p) = spec.rpc_port {
             vars.push((env::GATEWAY_PROCESSOR_GRPC_SERVER_PORT, p.to_string()));
         }
