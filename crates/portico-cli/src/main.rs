@@ -6,6 +6,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     portico::cli::main(portico::cli::Builtins {
         executor: portico_gateways::builtin,
+        types: portico_gateways::BUILTIN_TYPES,
         senders: Some(portico_bus::factory()),
     })
 }

@@ -444,3 +444,41 @@ async fn validate_lists_every_problem_and_fails() {
         "file:line:column first: {err}"
     );
 }
+
+#[tokio::test]
+async fn a_type_this_program_does_not_run_is_said_so_by_validate_and_run() {
+    let (_dir, file) = GatewayFileBuilder::new("art", "artifact")
+        .config("a", "bucket: x")
+        .config("b", "bucket: y")
+        .write();
+    let out = std::process::Command::new(support::portico_bin())
+        .args(["validate", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("2 configuration(s), not run by this program"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("type `artifact`")
+            && stderr.contains("its 2 configuration(s) are not run here")
+            && stderr.contains("calendar, webhook"),
+        "{stderr}"
+    );
+    let portico = Portico::run(&file).await;
+    let warned = eventually(WAIT, || {
+        portico
+            .stderr
+            .containing("which this program does not run")
+            .first()
+            .cloned()
+    })
+    .await
+    .expect("run says so");
+    assert!(warned.contains("WARN"), "{warned}");
+}

@@ -39,6 +39,8 @@ use crate::status::StatusBoard;
 pub struct Builtins {
     /// The executor of a built-in gateway type, `None` for a type that is not built in.
     pub executor: fn(&str) -> Option<SharedExecutor>,
+    /// The built-in gateway types, for the messages that name them.
+    pub types: &'static [&'static str],
     /// The senders of NATS JetStream and Kafka watchers (`dispatchMechanism`).
     pub senders: Option<Arc<dyn SenderFactory>>,
 }
@@ -104,7 +106,13 @@ pub fn main(builtins: Builtins) -> ExitCode {
         } => {
             let limits = gateway.options().http_limits;
             let builtins = &builtins;
-            let choose = move |g: &Gateway| processor_for(g, builtins, limits);
+            let choose = move |g: &Gateway| {
+                let chosen = processor_for(g, builtins, limits);
+                if let (Ok(Processor::Independent), Some(_)) = (&chosen, &g.spec.config_map) {
+                    tracing::warn!("{}", independent_note(g, "its configurations", builtins));
+                }
+                chosen
+            };
             if command.is_empty() {
                 serve(gateway, builtins, choose)
             } else {
@@ -199,6 +207,16 @@ fn serve(
     block_on_main(async move { run_gateway(options, choose, Signals::install()).await })
 }
 
+/// What a gateway whose type runs nowhere in this process does with its configurations.
+fn independent_note(gateway: &Gateway, configurations: &str, builtins: &Builtins) -> String {
+    format!(
+        "gateway `{}` has type `{}`, which this program does not run (its built-in types: {}), and names no rpcPort or httpServerPort: {configurations} are not run here. The gateway relays the events a program of its own posts to the transformer (framework-independent style)",
+        gateway.metadata.name,
+        gateway.spec.gateway_type,
+        builtins.types.join(", ")
+    )
+}
+
 /// `portico validate FILE`.
 fn validate(file: &Path, builtins: &Builtins) -> ExitCode {
     let loaded = match GatewayFile::load(file, crate::spec::file::DEFAULT_MAX_FILE_BYTES) {
@@ -219,9 +237,25 @@ fn validate(file: &Path, builtins: &Builtins) -> ExitCode {
         Ok(None) => processor_for(&loaded.gateway, builtins, Default::default()),
         Err(e) => Err(e),
     };
+    let mut not_run = false;
     match chosen {
         Err(e) => problems.push(format!("gateway `{}`: {e}", loaded.gateway.metadata.name)),
-        Ok(Processor::Independent) => {}
+        Ok(Processor::Independent) => {
+            if http_settings(&loaded.gateway).ok().flatten().is_none()
+                && !loaded.configurations.is_empty()
+            {
+                not_run = true;
+                eprintln!(
+                    "{}: note: {}",
+                    file.display(),
+                    independent_note(
+                        &loaded.gateway,
+                        &format!("its {} configuration(s)", loaded.configurations.len()),
+                        builtins
+                    )
+                );
+            }
+        }
         // Only the user's server knows its configurations; it is asked when they start.
         Ok(Processor::Grpc(_) | Processor::Http(_)) => {}
         Ok(Processor::Core(executor)) => {
@@ -258,10 +292,15 @@ fn validate(file: &Path, builtins: &Builtins) -> ExitCode {
     }
     if problems.is_empty() {
         println!(
-            "{}: gateway `{}` is valid ({} configuration(s))",
+            "{}: gateway `{}` is valid ({} configuration(s){})",
             file.display(),
             loaded.gateway.metadata.name,
-            loaded.configurations.len()
+            loaded.configurations.len(),
+            if not_run {
+                ", not run by this program"
+            } else {
+                ""
+            }
         );
         ExitCode::SUCCESS
     } else {
