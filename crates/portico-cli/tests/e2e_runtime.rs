@@ -482,3 +482,35 @@ async fn a_type_this_program_does_not_run_is_said_so_by_validate_and_run() {
     .expect("run says so");
     assert!(warned.contains("WARN"), "{warned}");
 }
+
+#[test]
+fn argo_gateway_fields_are_warnings_and_unknown_keys_errors_in_validate() {
+    let (_dir, file) = GatewayFileBuilder::new("argo", "calendar")
+        .spec_lines("  imageVersion: v0.6\n  delivery: {mode: atMostOnce}")
+        .config("a", "interval: 1s")
+        .write();
+    let out = std::process::Command::new(support::portico_bin())
+        .args(["validate", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: spec.imageVersion: a field of Argo Events"),
+        "{err}"
+    );
+
+    let (_dir, file) = GatewayFileBuilder::new("typo", "calendar")
+        .spec_lines("  delivery: {mode: atMostOnce, retry: {maxAtempts: 3}}")
+        .write();
+    let out = std::process::Command::new(support::portico_bin())
+        .args(["validate", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("unknown field `maxAtempts`") && err.contains("gateway.yaml:8:"),
+        "{err}"
+    );
+}

@@ -467,6 +467,9 @@ pub(crate) async fn run_gateway(
         processor = processor.name(), watchers = ?state.info.watchers,
         "gateway starting"
     );
+    for w in gateway.spec.warnings() {
+        tracing::warn!(gateway = %gateway.metadata.name, "{w}");
+    }
 
     let source_stop = CancellationToken::new();
     let (tx, mut rx) = mpsc::channel::<SourceEvent>(4);

@@ -230,6 +230,9 @@ fn validate(file: &Path, builtins: &Builtins) -> ExitCode {
         }
     };
     let mut problems = Vec::new();
+    for w in loaded.gateway.spec.warnings() {
+        eprintln!("{}: warning: {w}", file.display());
+    }
     // The user's HTTP server judges its own configurations: only its settings are checked here
     // (without starting the framework's server).
     let chosen = match http_settings(&loaded.gateway) {

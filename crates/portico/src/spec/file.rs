@@ -627,4 +627,82 @@ data:
             "{e}"
         );
     }
+
+    /// A gateway file whose spec has `spec_lines` (indented two spaces).
+    fn with_spec(spec_lines: &str) -> String {
+        format!(
+            "apiVersion: portico.dev/v1alpha1\nkind: Gateway\nmetadata:\n  name: g\nspec:\n  type: calendar\n{spec_lines}\n"
+        )
+    }
+
+    #[test]
+    fn an_unknown_key_at_any_level_of_the_spec_is_an_error_with_its_line() {
+        for (lines, key, line) in [
+            ("  delivery: {mode: atMostOnce, bogus: 1}", "bogus", 7),
+            (
+                "  watchers:\n    urls:\n      - {url: \"http://h/\", nonsense: x}",
+                "nonsense",
+                9,
+            ),
+            // In a block map, the line of the entry that holds the key.
+            (
+                "  watchers:\n    sensors:\n      - name: s\n        colour: red",
+                "colour",
+                9,
+            ),
+            (
+                "  watchers:\n    gateways:\n      - {name: g, port: 1, retry: {maxAtempts: 3}}",
+                "maxAtempts",
+                9,
+            ),
+            ("  deliveryy: {}", "deliveryy", 7),
+        ] {
+            let e = parse(&with_spec(lines)).unwrap_err();
+            let first = &e.0[0];
+            assert!(
+                first.message.contains(&format!("unknown field `{key}`")),
+                "{lines}: {e}"
+            );
+            assert_eq!(first.line, Some(line), "{lines}: {e}");
+        }
+    }
+
+    #[test]
+    fn argo_gateway_fields_are_taken_with_a_warning_each() {
+        let f = parse(&with_spec(
+            "  imageVersion: v0.6\n  imagePullPolicy: Always\n  serviceAccountName: sa",
+        ))
+        .unwrap();
+        let w = f.gateway.spec.warnings();
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(
+            w[0].starts_with("spec.imageVersion: a field of Argo Events"),
+            "{w:?}"
+        );
+        assert!(parse(GOOD).unwrap().gateway.spec.warnings().is_empty());
+    }
+
+    #[test]
+    fn watcher_entries_take_their_own_keys_and_every_setting() {
+        let f = parse(&with_spec(
+            "  watchers:\n    sensors:\n      - {name: s, url: \"http://h/\", timeout: 3s, bearerTokenEnv: T}",
+        ))
+        .unwrap();
+        let s = &f.gateway.spec.watchers.sensors[0];
+        assert_eq!(s.settings.timeout, Some(Duration::from_secs(3)));
+        assert_eq!(s.settings.bearer_token_env.as_deref(), Some("T"));
+        // The keys an entry takes besides its own are exactly the settings' fields.
+        let schema = schemars::schema_for!(crate::spec::WatcherSettings);
+        let mut fields: Vec<&str> = schema
+            .get("properties")
+            .and_then(|p| p.as_object())
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        fields.sort();
+        let mut keys = crate::spec::SETTINGS_KEYS.to_vec();
+        keys.sort();
+        assert_eq!(fields, keys);
+    }
 }

@@ -119,15 +119,58 @@ pub(crate) struct GatewaySpec {
     /// What the gateway demands of its configurations' security.
     #[serde(default, skip_serializing_if = "Security::is_default")]
     pub security: Security,
-    /// Original field kept for compatibility with Argo manifests; unused.
+    /// Argo Events v0.6: the tag of its framework images. Taken, with a warning: Portico's
+    /// image is the one `deploySpec` names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_version: Option<String>,
+    /// Argo Events (before v0.6): taken, with a warning; set `imagePullPolicy` on the
+    /// containers of `deploySpec`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<String>,
-    /// Original field kept for compatibility with Argo manifests; unused.
+    /// Argo Events (before v0.6): taken, with a warning; set `serviceAccountName` in
+    /// `deploySpec`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
-    /// Original field kept for compatibility with Argo manifests; unused.
+    /// Argo Events (before v0.6): taken, with a warning; the processor's port is
+    /// `rpcPort` or `httpServerPort`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processor_port: Option<Port>,
+}
+
+impl GatewaySpec {
+    /// The fields of Argo Events' Gateway that this spec takes but that have no effect, each
+    /// with why and what to use instead.
+    pub(crate) fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut say = |set: bool, field: &str, why: &str| {
+            if set {
+                out.push(format!(
+                    "spec.{field}: a field of Argo Events' Gateway that has no effect here: {why}"
+                ));
+            }
+        };
+        say(
+            self.image_version.is_some(),
+            "imageVersion",
+            "the gateway's image is the one its deploySpec names",
+        );
+        say(
+            self.image_pull_policy.is_some(),
+            "imagePullPolicy",
+            "set imagePullPolicy on the containers of deploySpec",
+        );
+        say(
+            self.service_account_name.is_some(),
+            "serviceAccountName",
+            "set serviceAccountName in deploySpec",
+        );
+        say(
+            self.processor_port.is_some(),
+            "processorPort",
+            "the processor's port is rpcPort or httpServerPort",
+        );
+        out
+    }
 }
 
 /// The label that gives a Gateway to the controller of that instance id.
@@ -286,7 +329,7 @@ pub(crate) struct Watchers {
 }
 
 /// A sensor watcher.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct SensorWatcher {
     /// Name of the sensor.
@@ -300,7 +343,7 @@ pub(crate) struct SensorWatcher {
 }
 
 /// A gateway watcher.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct GatewayWatcher {
     /// Name of the gateway.
@@ -320,7 +363,7 @@ pub(crate) struct GatewayWatcher {
 }
 
 /// A URL watcher: a bare URL string or a URL with its own settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 #[allow(clippy::large_enum_variant)] // parsed once per file; boxing would only add noise
 pub(crate) enum UrlWatcher {
@@ -334,6 +377,162 @@ pub(crate) enum UrlWatcher {
         #[serde(flatten)]
         settings: WatcherSettings,
     },
+}
+
+/// The keys of [`WatcherSettings`] as they are written (a test checks them against its schema).
+pub(crate) const SETTINGS_KEYS: &[&str] = &[
+    "encoding",
+    "timeout",
+    "queueSize",
+    "concurrency",
+    "retry",
+    "mode",
+    "outbox",
+    "deadLetter",
+    "movedFrom",
+    "bearerTokenFile",
+    "bearerTokenEnv",
+    "headers",
+];
+
+/// A watcher entry as written: its own keys (`own`) and its delivery settings. Every key must
+/// be one of them: any other is an error where it is written (serde's `flatten` would let it
+/// pass unseen).
+fn watcher_entry<'de, D, T>(
+    d: D,
+    what: &'static str,
+    own: &'static [&'static str],
+) -> Result<(T, WatcherSettings), D::Error>
+where
+    D: Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::de::{Error, MapAccess, Visitor};
+    use serde_json::{Map, Value};
+
+    struct Entry {
+        what: &'static str,
+        own: &'static [&'static str],
+    }
+
+    impl<'de> Visitor<'de> for Entry {
+        type Value = (Map<String, Value>, Map<String, Value>);
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "{}", self.what)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let (mut own, mut settings) = (Map::new(), Map::new());
+            while let Some(key) = map.next_key::<String>()? {
+                if self.own.contains(&key.as_str()) {
+                    own.insert(key, map.next_value()?);
+                } else if SETTINGS_KEYS.contains(&key.as_str()) {
+                    settings.insert(key, map.next_value()?);
+                } else {
+                    let expected: Vec<&str> =
+                        self.own.iter().chain(SETTINGS_KEYS).copied().collect();
+                    return Err(A::Error::custom(format!(
+                        "unknown field `{key}`, expected one of {}",
+                        expected.join(", ")
+                    )));
+                }
+            }
+            Ok((own, settings))
+        }
+    }
+
+    let (own, settings) = d.deserialize_map(Entry { what, own })?;
+    let own: T = serde_json::from_value(Value::Object(own)).map_err(D::Error::custom)?;
+    let settings: WatcherSettings =
+        serde_json::from_value(Value::Object(settings)).map_err(D::Error::custom)?;
+    Ok((own, settings))
+}
+
+impl<'de> Deserialize<'de> for SensorWatcher {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Own {
+            name: String,
+            #[serde(default)]
+            url: Option<String>,
+        }
+        let (own, settings): (Own, _) = watcher_entry(
+            d,
+            "a sensor watcher: `{name, url, …settings}`",
+            &["name", "url"],
+        )?;
+        Ok(SensorWatcher {
+            name: own.name,
+            url: own.url,
+            settings,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for GatewayWatcher {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Own {
+            name: String,
+            #[serde(default)]
+            port: Option<Port>,
+            #[serde(default)]
+            endpoint: Option<String>,
+            #[serde(default)]
+            url: Option<String>,
+        }
+        let (own, settings): (Own, _) = watcher_entry(
+            d,
+            "a gateway watcher: `{name, port, endpoint, url, …settings}`",
+            &["name", "port", "endpoint", "url"],
+        )?;
+        Ok(GatewayWatcher {
+            name: own.name,
+            port: own.port,
+            endpoint: own.endpoint,
+            url: own.url,
+            settings,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for UrlWatcher {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{MapAccess, Visitor, value::MapAccessDeserializer};
+
+        struct Either;
+
+        impl<'de> Visitor<'de> for Either {
+            type Value = UrlWatcher;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a URL, or `{url, …settings}`")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<UrlWatcher, E> {
+                Ok(UrlWatcher::Url(v.to_string()))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<UrlWatcher, A::Error> {
+                #[derive(Deserialize)]
+                struct Own {
+                    url: String,
+                }
+                let (own, settings): (Own, _) = watcher_entry(
+                    MapAccessDeserializer::new(map),
+                    "`{url, …settings}`",
+                    &["url"],
+                )?;
+                Ok(UrlWatcher::Detailed {
+                    url: own.url,
+                    settings,
+                })
+            }
+        }
+
+        d.deserialize_any(Either)
+    }
 }
 
 /// The schema of an embedded Kubernetes object kept open (as Argo Events does): inlining the
@@ -386,7 +585,7 @@ pub enum Encoding {
 /// Delivery settings: gateway-wide in `spec.delivery`, and per watcher, where every field
 /// falls back to the gateway's.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct WatcherSettings {
     /// How events are written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
