@@ -514,3 +514,100 @@ fn argo_gateway_fields_are_warnings_and_unknown_keys_errors_in_validate() {
         "{err}"
     );
 }
+
+const SPLIT_GATEWAY: &str = "apiVersion: portico.dev/v1alpha1\nkind: Gateway\nmetadata:\n  name: split\nspec:\n  type: calendar\n  configMap: split-cm\n  watchers:\n    urls: [\"URL\"]\n  delivery: {mode: atMostOnce}\n";
+
+fn split_configmap(data: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: split-cm\ndata:\n{data}")
+}
+
+#[tokio::test]
+async fn a_gateway_and_its_configmap_in_two_files_validate_and_run_live() {
+    let sink = Sink::start(Behaviour::Ok).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = dir.path().join("gateway.yaml");
+    let cm = dir.path().join("configmap.yaml");
+    std::fs::write(&gw, SPLIT_GATEWAY.replace("URL", &sink.url())).unwrap();
+    std::fs::write(&cm, split_configmap("  a: 'interval: 100ms'\n")).unwrap();
+
+    // validate takes the two files, and the directory.
+    for args in [
+        vec!["validate", gw.to_str().unwrap(), cm.to_str().unwrap()],
+        vec!["validate", dir.path().to_str().unwrap()],
+    ] {
+        let out = std::process::Command::new(support::portico_bin())
+            .args(&args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("gateway `split` is valid (1 configuration(s))"),
+            "{stdout}"
+        );
+    }
+
+    // run takes them too, and follows a change of the ConfigMap's file.
+    let portico = Portico::start(&["run", gw.to_str().unwrap(), cm.to_str().unwrap()], &[]).await;
+    portico.wait_for_phase("a", "Running", WAIT).await;
+    replace_file(
+        &cm,
+        &split_configmap("  a: 'interval: 100ms'\n  b: 'interval: 100ms'\n"),
+    );
+    portico.wait_for_phase("b", "Running", WAIT).await;
+    let subjects = eventually(WAIT, || {
+        let e = sink.events();
+        let has = |s: &str| e.iter().any(|v| v["subject"] == s);
+        (has("a") && has("b")).then_some(())
+    })
+    .await;
+    assert!(subjects.is_some(), "events of a and b");
+}
+
+#[test]
+fn validate_checks_every_gateway_of_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        "apiVersion: portico.dev/v1alpha1\nkind: Gateway\nmetadata: {name: a}\nspec: {type: calendar, configMap: a-cm}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: a-cm}\ndata: {x: 'interval: 1s'}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("b.yaml"),
+        "apiVersion: portico.dev/v1alpha1\nkind: Gateway\nmetadata: {name: b}\nspec: {type: calendar, configMap: b-cm}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b-cm}\ndata: {y: 'interval: never'}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(support::portico_bin())
+        .args(["validate", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("gateway `a` is valid"), "{stdout}");
+    assert!(
+        stderr.contains("b.yaml: configuration `y`: interval:"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 of 2 gateways have problems"), "{stderr}");
+    // run takes one gateway: it says which it found.
+    let out = std::process::Command::new(support::portico_bin())
+        .args([
+            "run",
+            dir.path().to_str().unwrap(),
+            "--transformer-port",
+            "0",
+        ])
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("expected one Gateway, found 2"), "{stderr}");
+}

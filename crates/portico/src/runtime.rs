@@ -60,8 +60,8 @@ impl Processor {
 /// How a gateway process runs.
 #[derive(Debug, Clone)]
 pub(crate) struct RunOptions {
-    /// The gateway file (ignored when `cluster` is set).
-    pub file: PathBuf,
+    /// The gateway's files and directories (ignored when `cluster` is set).
+    pub files: Vec<PathBuf>,
     /// In a cluster: the Gateway and ConfigMap to follow through the API server instead of
     /// a file.
     pub cluster: Option<crate::cluster::ClusterTarget>,
@@ -94,7 +94,7 @@ pub(crate) struct RunOptions {
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
-            file: PathBuf::new(),
+            files: Vec::new(),
             cluster: None,
             listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
             ingest_token_file: None,
@@ -371,7 +371,7 @@ fn build_pipeline(
     Ok(Pipeline::new(transformer, dispatcher, metrics))
 }
 
-/// Runs the gateway of `opts.file` with the processor `choose` picks for it, until
+/// Runs the gateway of `opts.files` with the processor `choose` picks for it, until
 /// `shutdown` resolves.
 pub(crate) async fn run_gateway(
     opts: RunOptions,
@@ -390,9 +390,9 @@ pub(crate) async fn run_gateway(
     // Where the gateway and its configurations come from: a file, or the API server.
     let (file, cluster) = match &opts.cluster {
         Some(target) => (None, Some(crate::cluster::connect(target).await?)),
-        None if opts.file.as_os_str().is_empty() => return Err(RunError::NoGateway),
+        None if opts.files.is_empty() => return Err(RunError::NoGateway),
         None => (
-            Some(GatewayFile::load(&opts.file, opts.max_file_size)?),
+            Some(GatewayFile::load_one(&opts.files, opts.max_file_size)?),
             None,
         ),
     };
@@ -413,7 +413,10 @@ pub(crate) async fn run_gateway(
         metrics.clone(),
         &PipelineOptions {
             outbox_dir: opts.outbox_dir.clone(),
-            base_dir: opts.file.parent().map(Path::to_path_buf),
+            base_dir: file
+                .as_ref()
+                .and_then(|f| f.path.parent())
+                .map(Path::to_path_buf),
             senders: opts.senders.clone(),
         },
     )?;
@@ -484,6 +487,7 @@ pub(crate) async fn run_gateway(
         (Some(file), _) => (
             file.configurations.clone(),
             tokio::spawn(crate::source::file::watch(
+                opts.files.clone(),
                 file,
                 opts.max_file_size,
                 tx,

@@ -52,12 +52,14 @@ impl LogArgs {
 /// Flags of a running gateway.
 #[derive(Debug, Clone, Args)]
 pub struct GatewayArgs {
-    /// The gateway file: a Gateway and the ConfigMap it names, as multi-document YAML.
-    /// Without it, in a cluster (`GATEWAY_NAMESPACE`, `GATEWAY_NAME` and
-    /// `GATEWAY_PROCESSOR_CONFIG_MAP` set), the Gateway and its ConfigMap are read from the
-    /// API server (in-cluster config or `KUBECONFIG`).
-    #[arg(env = "PORTICO_GATEWAY_FILE", default_value = "", hide_default_value = true, value_parser = path_or_empty)]
-    pub file: PathBuf,
+    /// The gateway's files, as `kubectl apply -f` takes them: a file with the Gateway and the
+    /// ConfigMap it names (multi-document YAML), or several files and directories holding
+    /// them (every .yaml, .yml and .json file of a directory). Without any, in a cluster
+    /// (`GATEWAY_NAMESPACE`, `GATEWAY_NAME` and `GATEWAY_PROCESSOR_CONFIG_MAP` set), the
+    /// Gateway and its ConfigMap are read from the API server (in-cluster config or
+    /// `KUBECONFIG`).
+    #[arg(env = "PORTICO_GATEWAY_FILE", value_name = "FILE")]
+    pub files: Vec<PathBuf>,
     /// Port of the transformer's HTTP API (ingest, health, metrics, status); 0 picks a free one.
     #[arg(long, env = "TRANSFORMER_PORT", default_value_t = crate::env::DEFAULT_TRANSFORMER_PORT)]
     pub transformer_port: u16,
@@ -109,21 +111,22 @@ pub struct GatewayArgs {
     pub outbox_dir: Option<PathBuf>,
 }
 
-/// A path, or the empty path that means "no file" (clap's own path parser refuses it).
-fn path_or_empty(s: &str) -> Result<PathBuf, std::convert::Infallible> {
-    Ok(PathBuf::from(s))
-}
-
 impl GatewayArgs {
     /// These flags as run options.
     pub(crate) fn options(&self) -> RunOptions {
-        let cluster = if self.file.as_os_str().is_empty() {
+        let files: Vec<PathBuf> = self
+            .files
+            .iter()
+            .filter(|f| !f.as_os_str().is_empty())
+            .cloned()
+            .collect();
+        let cluster = if files.is_empty() {
             crate::cluster::ClusterTarget::from_env()
         } else {
             None
         };
         RunOptions {
-            file: self.file.clone(),
+            files,
             cluster,
             listen: self.listen,
             ingest_token_file: self.ingest_token_file.clone(),

@@ -26,7 +26,7 @@ pub(crate) fn serve_with(
     run: impl FnOnce(GatewayArgs) -> ExitCode,
 ) -> ExitCode {
     // A file that does not load is reported by the gateway itself, with every problem.
-    let Ok(file) = GatewayFile::load(&args.file, args.max_file_size) else {
+    let Ok(file) = GatewayFile::load_one(&args.files, args.max_file_size) else {
         return run(args.clone());
     };
     if args.transformer_port == 0 {

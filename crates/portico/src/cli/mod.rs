@@ -11,7 +11,7 @@
 mod args;
 mod child;
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -66,10 +66,13 @@ enum Command {
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
-    /// Check a gateway file and every configuration in it; exit non-zero listing every problem.
+    /// Check gateway files and every configuration in them; exit non-zero listing every
+    /// problem. Takes files and directories as `kubectl apply -f` does, and checks each
+    /// Gateway with the ConfigMap it names.
     Validate {
-        /// The gateway file.
-        file: std::path::PathBuf,
+        /// Gateway files and directories of them.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
     },
     /// Run only the transformer of a gateway file: for gateways that post their own events.
     Transformer {
@@ -99,7 +102,7 @@ pub fn main(builtins: Builtins) -> ExitCode {
     let cli = Cli::parse();
     cli.log.init();
     match cli.command {
-        Command::Validate { file } => validate(&file, &builtins),
+        Command::Validate { files } => validate(&files, &builtins),
         Command::Run {
             mut gateway,
             command,
@@ -217,18 +220,44 @@ fn independent_note(gateway: &Gateway, configurations: &str, builtins: &Builtins
     )
 }
 
-/// `portico validate FILE`.
-fn validate(file: &Path, builtins: &Builtins) -> ExitCode {
-    let loaded = match GatewayFile::load(file, crate::spec::file::DEFAULT_MAX_FILE_BYTES) {
-        Ok(f) => f,
+/// `portico validate FILE…`: every gateway of the files and directories, each with its
+/// ConfigMap.
+fn validate(sources: &[PathBuf], builtins: &Builtins) -> ExitCode {
+    let shown = sources
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let gateways = match GatewayFile::load_all(sources, crate::spec::file::DEFAULT_MAX_FILE_BYTES) {
+        Ok(g) => g,
         Err(errors) => {
             for e in &errors.0 {
                 eprintln!("{e}");
             }
-            eprintln!("{}: {} problem(s)", file.display(), errors.0.len());
+            eprintln!("{shown}: {} problem(s)", errors.0.len());
             return ExitCode::FAILURE;
         }
     };
+    let failed = gateways
+        .iter()
+        .filter(|g| !validate_gateway(g, builtins))
+        .count();
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        if gateways.len() > 1 {
+            eprintln!(
+                "{shown}: {failed} of {} gateways have problems",
+                gateways.len()
+            );
+        }
+        ExitCode::FAILURE
+    }
+}
+
+/// Checks one gateway and its configurations, printing what it finds; true when it is valid.
+fn validate_gateway(loaded: &GatewayFile, builtins: &Builtins) -> bool {
+    let file = &loaded.path;
     let mut problems = Vec::new();
     for w in loaded.gateway.spec.warnings() {
         eprintln!("{}: warning: {w}", file.display());
@@ -305,12 +334,12 @@ fn validate(file: &Path, builtins: &Builtins) -> ExitCode {
                 ""
             }
         );
-        ExitCode::SUCCESS
+        true
     } else {
         for p in &problems {
             eprintln!("{p}");
         }
         eprintln!("{}: {} problem(s)", file.display(), problems.len());
-        ExitCode::FAILURE
+        false
     }
 }

@@ -1,10 +1,10 @@
-//! The file configuration source: a gateway file, watched live.
+//! The file configuration source: a gateway's files (or directories of them), watched live.
 //!
-//! The file is watched through its directory, not by itself: editors save by writing a new
+//! Each file is watched through its directory, not by itself: editors save by writing a new
 //! file and renaming it over the old one, and Kubernetes ConfigMap volumes swap a `..data`
-//! symlink, so a watch on the file's own inode would go stale. Any change in the directory
-//! (a file created, written, renamed or removed) makes the source re-read the file; an
-//! unchanged text is ignored. Reads are not changes: the source's own read of the file
+//! symlink, so a watch on the file's own inode would go stale. A directory given is watched
+//! itself. Any change in a watched directory (a file created, written, renamed or removed)
+//! makes the source read the files again; unchanged texts are ignored. Reads are not changes: the source's own read of the file
 //! raises open, access and close events, which would otherwise start the next read, forever.
 //! A file that no longer parses is reported with every problem and the last good map keeps
 //! running.
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{SourceError, SourceEvent};
 use crate::spec::GatewayFile;
-use crate::spec::file::read_text;
+use crate::spec::file::{SpecErrors, expand, read_all};
 
 /// How long one read of the gateway file may take.
 const READ_DEADLINE: Duration = Duration::from_secs(10);
@@ -30,9 +30,10 @@ const READ_DEADLINE: Duration = Duration::from_secs(10);
 /// How long changes are gathered before the file is read again.
 const DEBOUNCE: Duration = Duration::from_millis(150);
 
-/// Watches `file` (already loaded once as `loaded`) and sends every new map to `tx` until
-/// `stop` is cancelled.
+/// Watches `sources` (files and directories, already loaded once as `loaded`) and sends every
+/// new map to `tx` until `stop` is cancelled.
 pub(crate) async fn watch(
+    sources: Vec<PathBuf>,
     loaded: GatewayFile,
     max_bytes: u64,
     tx: mpsc::Sender<SourceEvent>,
@@ -40,7 +41,9 @@ pub(crate) async fn watch(
     stop: CancellationToken,
 ) -> Result<(), SourceError> {
     let path = loaded.path.clone();
-    let dir = watched_dir(&path);
+    let mut dirs: Vec<PathBuf> = sources.iter().map(|s| watched_dir(s)).collect();
+    dirs.sort();
+    dirs.dedup();
     let (changed_tx, mut changed) = mpsc::channel::<()>(1);
     let mut debouncer = new_debouncer(DEBOUNCE, None, move |r: DebounceEventResult| {
         let changed = match &r {
@@ -59,19 +62,21 @@ pub(crate) async fn watch(
         }
     })
     .map_err(|source| SourceError::Watch {
-        dir: dir.clone(),
+        dir: dirs.first().cloned().unwrap_or_default(),
         source,
     })?;
-    debouncer
-        .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(|source| SourceError::Watch {
-            dir: dir.clone(),
-            source,
-        })?;
-    tracing::info!(file = %path.display(), "watching the gateway file for changes");
+    for dir in &dirs {
+        debouncer
+            .watch(dir, RecursiveMode::NonRecursive)
+            .map_err(|source| SourceError::Watch {
+                dir: dir.clone(),
+                source,
+            })?;
+    }
+    tracing::info!(file = %path.display(), files = loaded.files.len(), "watching the gateway's files for changes");
 
     let mut last_good = loaded;
-    let mut last_text: Option<String> = None;
+    let mut last_text: Option<Vec<(PathBuf, String)>> = None;
     // The file may have changed between its first load and the watch: read it once now.
     let mut first = true;
     let mut first_read_error = true;
@@ -86,18 +91,27 @@ pub(crate) async fn watch(
         // Off the runtime and with a deadline: a file system that hangs (a dead network mount)
         // holds this read, not the gateway.
         let read = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || read_text(&path, max_bytes))
+            let sources = sources.clone();
+            tokio::task::spawn_blocking(move || read_all(&expand(&sources)?, max_bytes))
         };
-        let text = match tokio::time::timeout(READ_DEADLINE, read).await {
+        let texts = match tokio::time::timeout(READ_DEADLINE, read).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => Err(format!("cannot read the file: {e}")),
-            Err(_) => Err(format!(
-                "cannot read the file within {}s",
-                READ_DEADLINE.as_secs()
-            )),
+            Ok(Err(e)) => Err(SpecErrors(vec![crate::spec::file::SpecError {
+                path: path.clone(),
+                line: None,
+                column: None,
+                message: format!("cannot read the files: {e}"),
+                snippet: None,
+            }])),
+            Err(_) => Err(SpecErrors(vec![crate::spec::file::SpecError {
+                path: path.clone(),
+                line: None,
+                column: None,
+                message: format!("cannot read the files within {}s", READ_DEADLINE.as_secs()),
+                snippet: None,
+            }])),
         };
-        let text = match text {
+        let texts = match texts {
             Ok(t) => t,
             Err(e) => {
                 // Said once per outage, not at every event in the directory.
@@ -105,18 +119,18 @@ pub(crate) async fn watch(
                     first_read_error = false;
                     tracing::error!(
                         file = %path.display(), error = %e,
-                        "cannot read the gateway file; the last good configurations keep running"
+                        "cannot read the gateway's files; the last good configurations keep running"
                     );
                 }
                 last_text = None;
                 continue;
             }
         };
-        if last_text.as_deref() == Some(text.as_str()) {
+        if last_text.as_ref() == Some(&texts) {
             continue;
         }
-        last_text = Some(text.clone());
-        match GatewayFile::parse(&path, &text) {
+        last_text = Some(texts.clone());
+        match GatewayFile::parse_texts(&texts).and_then(GatewayFile::one_of) {
             Ok(new) => {
                 if new.gateway != last_good.gateway {
                     tracing::warn!(
@@ -141,7 +155,7 @@ pub(crate) async fn watch(
             Err(errors) => {
                 for e in &errors.0 {
                     tracing::error!(
-                        file = %path.display(), line = e.line, column = e.column,
+                        file = %e.path.display(), line = e.line, column = e.column,
                         "the gateway file does not parse; the last good configurations keep running: {}",
                         e.message
                     );
@@ -161,7 +175,11 @@ fn is_change(kind: &EventKind) -> bool {
     }
 }
 
+/// The directory to watch for `source`: itself when it is one, else its parent.
 fn watched_dir(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        return path.to_path_buf();
+    }
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),

@@ -16,11 +16,13 @@ use crate::error::ConfigError;
 
 use super::{ConfigMapData, GATEWAY_API_VERSIONS, Gateway, GatewaySpec, GrpcProtocol, ObjectMeta};
 
-/// A gateway file, read and checked: the gateway and its configurations.
+/// A gateway read from its files and checked: the gateway and its configurations.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct GatewayFile {
-    /// Where it was read from.
+    /// The file of the Gateway document.
     pub path: PathBuf,
+    /// Every file read with it (the Gateway's and its ConfigMap's among them).
+    pub files: Vec<PathBuf>,
     /// The gateway.
     pub gateway: Gateway,
     /// The configurations of the ConfigMap the gateway names (empty when the file has none).
@@ -148,74 +150,210 @@ impl fmt::Display for SpecErrors {
 
 impl std::error::Error for SpecErrors {}
 
+/// The files a gateway is read from, as `kubectl apply -f` takes them: each file given, and
+/// the `.yaml`, `.yml` and `.json` files of each directory given (not its subdirectories), in
+/// name order.
+pub(crate) fn expand(sources: &[PathBuf]) -> Result<Vec<PathBuf>, SpecErrors> {
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for source in sources {
+        match std::fs::metadata(source) {
+            Ok(m) if m.is_dir() => match std::fs::read_dir(source) {
+                Ok(entries) => {
+                    let mut found: Vec<PathBuf> = entries
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| {
+                            p.extension()
+                                .and_then(|x| x.to_str())
+                                .is_some_and(|x| matches!(x, "yaml" | "yml" | "json"))
+                                && std::fs::metadata(p).is_ok_and(|m| m.is_file())
+                        })
+                        .collect();
+                    found.sort();
+                    if found.is_empty() {
+                        errors.push(SpecError::whole(
+                            source,
+                            "the directory holds no .yaml, .yml or .json file",
+                        ));
+                    }
+                    files.extend(found);
+                }
+                Err(e) => errors.push(SpecError::whole(
+                    source,
+                    format!("cannot read the directory: {e}"),
+                )),
+            },
+            // Files (and what is not one: `read_text` says what it is).
+            _ => files.push(source.clone()),
+        }
+    }
+    if errors.is_empty() {
+        Ok(files)
+    } else {
+        Err(SpecErrors(errors))
+    }
+}
+
+impl SpecError {
+    /// A problem with a whole file (no line).
+    fn whole(path: &Path, message: impl Into<String>) -> SpecError {
+        SpecError {
+            path: path.to_path_buf(),
+            line: None,
+            column: None,
+            message: message.into(),
+            snippet: None,
+        }
+    }
+}
+
+/// Reads the texts of `files`, each a regular file of at most `max_bytes`.
+pub(crate) fn read_all(
+    files: &[PathBuf],
+    max_bytes: u64,
+) -> Result<Vec<(PathBuf, String)>, SpecErrors> {
+    let mut texts = Vec::with_capacity(files.len());
+    let mut errors = Vec::new();
+    for f in files {
+        match read_text(f, max_bytes) {
+            Ok(t) => texts.push((f.clone(), t)),
+            Err(message) => errors.push(SpecError::whole(f, message)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(texts)
+    } else {
+        Err(SpecErrors(errors))
+    }
+}
+
 impl GatewayFile {
-    /// Reads and checks a gateway file.
+    /// Reads and checks the gateway of one file.
+    #[cfg(test)]
     pub(crate) fn load(path: &Path, max_bytes: u64) -> Result<GatewayFile, SpecErrors> {
-        let text = read_text(path, max_bytes).map_err(|message| {
-            SpecErrors(vec![SpecError {
-                path: path.to_path_buf(),
-                line: None,
-                column: None,
-                message,
-                snippet: None,
-            }])
-        })?;
-        Self::parse(path, &text)
+        Self::load_one(&[path.to_path_buf()], max_bytes)
+    }
+
+    /// Reads and checks the one gateway that `sources` (files and directories) hold, with the
+    /// ConfigMap it names.
+    pub(crate) fn load_one(sources: &[PathBuf], max_bytes: u64) -> Result<GatewayFile, SpecErrors> {
+        let texts = read_all(&expand(sources)?, max_bytes)?;
+        Self::one_of(Self::parse_texts(&texts)?)
+    }
+
+    /// Reads and checks every gateway that `sources` hold, each with its ConfigMap.
+    pub(crate) fn load_all(
+        sources: &[PathBuf],
+        max_bytes: u64,
+    ) -> Result<Vec<GatewayFile>, SpecErrors> {
+        let texts = read_all(&expand(sources)?, max_bytes)?;
+        Self::parse_texts(&texts)
     }
 
     /// Parses and checks the text of a gateway file; `path` is only used in messages.
+    #[cfg(test)]
     pub(crate) fn parse(path: &Path, text: &str) -> Result<GatewayFile, SpecErrors> {
-        let docs: Vec<Document> = serde_saphyr::from_multiple(text).map_err(|e| {
-            let loc = e.location();
-            let rendered = e.to_string();
-            // The first line repeats "line L column C: message"; keep the message alone and
-            // the rendered lines around the place as the snippet.
-            let mut lines = rendered.lines();
-            let first = lines.next().unwrap_or_default();
-            let message = first
-                .split_once(": ")
-                .map(|(_, rest)| rest)
-                .unwrap_or(first)
-                .trim_start_matches("error: ")
-                .to_string();
-            let message = message
-                .split_once(": ")
-                .filter(|(head, _)| head.starts_with("line "))
-                .map(|(_, m)| m.to_string())
-                .unwrap_or(message);
-            let snippet: Vec<&str> = lines.collect();
-            SpecErrors(vec![SpecError {
-                path: path.to_path_buf(),
-                line: loc.map(|l| l.line()),
-                column: loc.map(|l| l.column()),
-                message,
-                snippet: (!snippet.is_empty()).then(|| {
-                    snippet
-                        .join("\n")
-                        .replace("<input>", &path.display().to_string())
-                }),
-            }])
-        })?;
-        Checker::new(path).check(docs)
+        Self::one_of(Self::parse_texts(&[(
+            path.to_path_buf(),
+            text.to_string(),
+        )])?)
     }
-}
 
-struct Checker<'a> {
-    path: &'a Path,
-    errors: Vec<SpecError>,
-}
-
-impl<'a> Checker<'a> {
-    fn new(path: &'a Path) -> Self {
-        Checker {
-            path,
-            errors: Vec::new(),
+    /// The one gateway of `gateways`, or an error naming them.
+    pub(crate) fn one_of(mut gateways: Vec<GatewayFile>) -> Result<GatewayFile, SpecErrors> {
+        if gateways.len() == 1 {
+            return Ok(gateways.remove(0));
         }
+        let names: Vec<String> = gateways
+            .iter()
+            .map(|g| format!("`{}` ({})", g.gateway.metadata.name, g.path.display()))
+            .collect();
+        let path = gateways.first().map(|g| g.path.clone()).unwrap_or_default();
+        Err(SpecErrors(vec![SpecError::whole(
+            &path,
+            format!(
+                "expected one Gateway, found {}: {}; give the files of one gateway",
+                gateways.len(),
+                names.join(", ")
+            ),
+        )]))
     }
 
+    /// Parses and checks the texts of gateway files (path, text): every Gateway among their
+    /// documents, each paired with the ConfigMap it names.
+    pub(crate) fn parse_texts(texts: &[(PathBuf, String)]) -> Result<Vec<GatewayFile>, SpecErrors> {
+        let mut checker = Checker::default();
+        for (path, text) in texts {
+            match serde_saphyr::from_multiple::<Document>(text) {
+                Ok(docs) => checker.read(path, docs),
+                Err(e) => checker.errors.push(parse_error(path, &e)),
+            }
+        }
+        checker.pair(texts.iter().map(|(p, _)| p.clone()).collect())
+    }
+}
+
+/// A YAML error of `path` as a [`SpecError`]: the message, its place, and the lines around it.
+fn parse_error(path: &Path, e: &serde_saphyr::Error) -> SpecError {
+    let loc = e.location();
+    let rendered = e.to_string();
+    // The first line repeats "line L column C: message"; keep the message alone and the
+    // rendered lines around the place as the snippet.
+    let mut lines = rendered.lines();
+    let first = lines.next().unwrap_or_default();
+    let message = first
+        .split_once(": ")
+        .map(|(_, rest)| rest)
+        .unwrap_or(first)
+        .trim_start_matches("error: ")
+        .to_string();
+    let message = message
+        .split_once(": ")
+        .filter(|(head, _)| head.starts_with("line "))
+        .map(|(_, m)| m.to_string())
+        .unwrap_or(message);
+    let snippet: Vec<&str> = lines.collect();
+    SpecError {
+        path: path.to_path_buf(),
+        line: loc.map(|l| l.line()),
+        column: loc.map(|l| l.column()),
+        message,
+        snippet: (!snippet.is_empty()).then(|| {
+            snippet
+                .join("\n")
+                .replace("<input>", &path.display().to_string())
+        }),
+    }
+}
+
+/// A ConfigMap read from a file: its name, where its `kind` is, its data, its file.
+struct FoundConfigMap {
+    name: String,
+    at: Option<serde_saphyr::Location>,
+    data: ConfigMapData,
+    path: PathBuf,
+}
+
+/// A Gateway read from a file: it, where its `spec` is, its file.
+struct FoundGateway {
+    gateway: Gateway,
+    spec_at: serde_saphyr::Location,
+    path: PathBuf,
+}
+
+#[derive(Default)]
+struct Checker {
+    path: PathBuf,
+    errors: Vec<SpecError>,
+    gateways: Vec<FoundGateway>,
+    config_maps: Vec<FoundConfigMap>,
+    seen_docs: usize,
+}
+
+impl Checker {
     fn err(&mut self, at: Option<serde_saphyr::Location>, message: impl Into<String>) {
         self.errors.push(SpecError {
-            path: self.path.to_path_buf(),
+            path: self.path.clone(),
             line: at.map(|l| l.line()),
             column: at.map(|l| l.column()),
             message: message.into(),
@@ -223,20 +361,21 @@ impl<'a> Checker<'a> {
         });
     }
 
-    fn check(mut self, docs: Vec<Document>) -> Result<GatewayFile, SpecErrors> {
-        let mut gateways = Vec::new();
-        let mut config_maps: Vec<(String, Option<serde_saphyr::Location>, ConfigMapData)> =
-            Vec::new();
-        let mut seen_docs = 0;
+    /// Takes the documents of the file at `path`.
+    fn read(&mut self, path: &Path, docs: Vec<Document>) {
+        self.path = path.to_path_buf();
         for (index, doc) in docs.into_iter().enumerate() {
             let n = index + 1;
             let (Some(kind), Some(api_version)) = (doc.kind.as_ref(), doc.api_version.as_ref())
             else {
-                if doc.kind.is_none() && doc.api_version.is_none() && doc.spec.is_none() {
+                if doc.kind.is_none()
+                    && doc.api_version.is_none()
+                    && doc.spec.is_none()
+                    && doc.metadata.is_none()
+                    && doc.data.is_none()
+                {
                     // An empty document (a stray `---`) is harmless.
-                    if doc.metadata.is_none() && doc.data.is_none() {
-                        continue;
-                    }
+                    continue;
                 }
                 let at = doc
                     .kind
@@ -250,7 +389,7 @@ impl<'a> Checker<'a> {
                 );
                 continue;
             };
-            seen_docs += 1;
+            self.seen_docs += 1;
             let meta = doc.metadata.as_ref().map(|m| m.value.clone());
             match kind.value.as_str() {
                 "Gateway" => {
@@ -279,15 +418,16 @@ impl<'a> Checker<'a> {
                         );
                         continue;
                     };
-                    gateways.push((
-                        Gateway {
+                    self.gateways.push(FoundGateway {
+                        gateway: Gateway {
                             api_version: api_version.value.clone(),
                             kind: kind.value.clone(),
                             metadata: meta,
                             spec: spec.value,
                         },
-                        spec.referenced,
-                    ));
+                        spec_at: spec.referenced,
+                        path: path.to_path_buf(),
+                    });
                 }
                 "ConfigMap" => {
                     if api_version.value != "v1" {
@@ -307,11 +447,12 @@ impl<'a> Checker<'a> {
                         );
                         continue;
                     };
-                    config_maps.push((
-                        meta.name,
-                        Some(kind.referenced),
-                        doc.data.unwrap_or_default(),
-                    ));
+                    self.config_maps.push(FoundConfigMap {
+                        name: meta.name,
+                        at: Some(kind.referenced),
+                        data: doc.data.unwrap_or_default(),
+                        path: path.to_path_buf(),
+                    });
                 }
                 other => self.err(
                     Some(kind.referenced),
@@ -319,62 +460,102 @@ impl<'a> Checker<'a> {
                 ),
             }
         }
-        if gateways.len() > 1 {
-            let at = gateways.get(1).map(|(_, at)| *at);
-            self.err(at, "expected one Gateway in the file, found more");
-        }
-        let Some((gateway, spec_at)) = gateways.into_iter().next() else {
+    }
+
+    /// Pairs each Gateway read with the ConfigMap it names (or the only one, when it names
+    /// none and there is one of each); `files` are the files read.
+    fn pair(mut self, files: Vec<PathBuf>) -> Result<Vec<GatewayFile>, SpecErrors> {
+        if self.gateways.is_empty() {
             if self.errors.is_empty() {
-                let what = if seen_docs == 0 {
-                    "the file holds no document"
+                let what = if self.seen_docs == 0 {
+                    "holds no document"
                 } else {
-                    "the file holds no Gateway"
+                    "holds no Gateway"
                 };
-                self.err(None, format!("{what}: expected a `kind: Gateway` document"));
+                let (path, what) = match files.as_slice() {
+                    [one] => (one.clone(), format!("the file {what}")),
+                    _ => (
+                        files.first().cloned().unwrap_or_default(),
+                        format!(
+                            "none of the {} files {}",
+                            files.len(),
+                            what.replace("holds", "hold")
+                        ),
+                    ),
+                };
+                self.errors.push(SpecError::whole(
+                    &path,
+                    format!("{what}: expected a `kind: Gateway` document"),
+                ));
             }
             return Err(SpecErrors(self.errors));
-        };
-        self.check_spec(&gateway, spec_at);
-        let (config_map, configurations) = match &gateway.spec.config_map {
-            Some(name) => match config_maps.iter().find(|(n, _, _)| n == name) {
-                Some((_, _, data)) => (Some(name.clone()), data.clone()),
-                None if config_maps.is_empty() => (None, ConfigMapData::new()),
-                None => {
-                    let found: Vec<&str> = config_maps.iter().map(|(n, _, _)| n.as_str()).collect();
-                    let at = config_maps.first().and_then(|(_, at, _)| *at);
-                    self.err(
-                        at,
-                        format!(
-                            "Gateway `{}` names ConfigMap `{name}`, but the file's ConfigMap is named {}",
+        }
+        let mut names: Vec<&str> = self
+            .gateways
+            .iter()
+            .map(|g| g.gateway.metadata.name.as_str())
+            .collect();
+        names.sort();
+        if let Some(twice) = names
+            .windows(2)
+            .find(|w| w[0] == w[1])
+            .map(|w| w[0].to_string())
+        {
+            self.path = self.gateways[1].path.clone();
+            let at = self.gateways[1].spec_at;
+            self.err(
+                Some(at),
+                format!("Gateway `{twice}` is given more than once"),
+            );
+        }
+        let gateways = std::mem::take(&mut self.gateways);
+        let only_pair = gateways.len() == 1 && self.config_maps.len() == 1;
+        let mut out = Vec::new();
+        for found in gateways {
+            self.path = found.path.clone();
+            self.check_spec(&found.gateway, found.spec_at);
+            let gateway = found.gateway;
+            let (config_map, configurations) = match &gateway.spec.config_map {
+                Some(name) => match self.config_maps.iter().find(|c| &c.name == name) {
+                    Some(c) => (Some(name.clone()), c.data.clone()),
+                    None if self.config_maps.is_empty() => (None, ConfigMapData::new()),
+                    None => {
+                        let found: Vec<&str> =
+                            self.config_maps.iter().map(|c| c.name.as_str()).collect();
+                        let message = format!(
+                            "Gateway `{}` names ConfigMap `{name}`, but the ConfigMap given is named {}",
                             gateway.metadata.name,
                             found.join(", ")
-                        ),
-                    );
-                    (None, ConfigMapData::new())
+                        );
+                        let (path, at) = (self.config_maps[0].path.clone(), self.config_maps[0].at);
+                        self.path = path;
+                        self.err(at, message);
+                        (None, ConfigMapData::new())
+                    }
+                },
+                None if only_pair => {
+                    let c = &self.config_maps[0];
+                    (Some(c.name.clone()), c.data.clone())
                 }
-            },
-            None => match config_maps.len() {
-                0 => (None, ConfigMapData::new()),
-                1 => {
-                    let (name, _, data) = config_maps.swap_remove(0);
-                    (Some(name), data)
-                }
-                _ => {
+                None if self.config_maps.len() > 1 => {
                     self.err(
-                        Some(spec_at),
-                        "the file has several ConfigMaps: name the gateway's with `spec.configMap`",
+                        Some(found.spec_at),
+                        "several ConfigMaps are given: name the gateway's with `spec.configMap`",
                     );
                     (None, ConfigMapData::new())
                 }
-            },
-        };
-        if self.errors.is_empty() {
-            Ok(GatewayFile {
-                path: self.path.to_path_buf(),
+                None => (None, ConfigMapData::new()),
+            };
+            out.push(GatewayFile {
+                path: found.path,
+                files: files.clone(),
                 gateway,
                 configurations,
                 config_map,
-            })
+            });
+        }
+        if self.errors.is_empty() {
+            Ok(out)
         } else {
             Err(SpecErrors(self.errors))
         }
@@ -704,5 +885,95 @@ data:
         let mut keys = crate::spec::SETTINGS_KEYS.to_vec();
         keys.sort();
         assert_eq!(fields, keys);
+    }
+
+    fn texts(files: &[(&str, &str)]) -> Vec<(PathBuf, String)> {
+        files
+            .iter()
+            .map(|(p, t)| (PathBuf::from(p), t.to_string()))
+            .collect()
+    }
+
+    const GW_A: &str = "apiVersion: portico.dev/v1alpha1\nkind: Gateway\nmetadata: {name: a}\nspec: {type: calendar, configMap: a-cm}\n";
+    const CM_A: &str =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a-cm}\ndata: {x: 'interval: 1s'}\n";
+    const GW_B: &str = "apiVersion: portico.dev/v1alpha1\nkind: Gateway\nmetadata: {name: b}\nspec: {type: calendar, configMap: b-cm}\n";
+    const CM_B: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: b-cm}\ndata: {y: 'interval: 2s', z: 'interval: 3s'}\n";
+
+    #[test]
+    fn a_gateway_and_its_configmap_in_two_files_are_paired() {
+        let all =
+            GatewayFile::parse_texts(&texts(&[("gw.yaml", GW_A), ("cm.yaml", CM_A)])).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].path, PathBuf::from("gw.yaml"));
+        assert_eq!(all[0].config_map.as_deref(), Some("a-cm"));
+        assert_eq!(all[0].configurations.len(), 1);
+        assert_eq!(all[0].files.len(), 2);
+    }
+
+    #[test]
+    fn several_gateways_each_get_the_configmap_they_name() {
+        let all = GatewayFile::parse_texts(&texts(&[
+            ("b.yaml", &format!("{GW_B}---\n{CM_B}")),
+            ("a-gw.yaml", GW_A),
+            ("a-cm.yaml", CM_A),
+        ]))
+        .unwrap();
+        let sizes: Vec<(String, usize)> = all
+            .iter()
+            .map(|g| (g.gateway.metadata.name.clone(), g.configurations.len()))
+            .collect();
+        assert_eq!(sizes, [("b".to_string(), 2), ("a".to_string(), 1)]);
+        // Running takes one gateway: several are an error naming them.
+        let e = GatewayFile::one_of(all).unwrap_err().to_string();
+        assert!(
+            e.contains("expected one Gateway, found 2: `b` (b.yaml), `a` (a-gw.yaml)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_same_gateway_twice_and_a_missing_configmap_are_errors_in_their_files() {
+        let e = GatewayFile::parse_texts(&texts(&[("one.yaml", GW_A), ("two.yaml", GW_A)]))
+            .unwrap_err();
+        assert!(
+            e.0[0]
+                .message
+                .contains("Gateway `a` is given more than once"),
+            "{e}"
+        );
+        assert_eq!(e.0[0].path, PathBuf::from("two.yaml"));
+        let e =
+            GatewayFile::parse_texts(&texts(&[("gw.yaml", GW_A), ("cm.yaml", CM_B)])).unwrap_err();
+        assert!(
+            e.0[0]
+                .message
+                .contains("names ConfigMap `a-cm`, but the ConfigMap given is named b-cm"),
+            "{e}"
+        );
+        assert_eq!(e.0[0].path, PathBuf::from("cm.yaml"));
+    }
+
+    #[test]
+    fn directories_give_their_yaml_and_json_files_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("2-cm.yml"), CM_A).unwrap();
+        std::fs::write(dir.path().join("1-gw.yaml"), GW_A).unwrap();
+        std::fs::write(dir.path().join("README.md"), "not a manifest").unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let files = expand(&[dir.path().to_path_buf()]).unwrap();
+        let names: Vec<String> = files
+            .iter()
+            .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["1-gw.yaml", "2-cm.yml"]);
+        let g = GatewayFile::load_one(&[dir.path().to_path_buf()], DEFAULT_MAX_FILE_BYTES).unwrap();
+        assert_eq!(g.configurations.len(), 1);
+        let empty = tempfile::tempdir().unwrap();
+        let e = expand(&[empty.path().to_path_buf()]).unwrap_err();
+        assert!(
+            e.to_string().contains("holds no .yaml, .yml or .json file"),
+            "{e}"
+        );
     }
 }

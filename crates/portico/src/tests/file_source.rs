@@ -40,6 +40,7 @@ fn start(
     let (tx, rx) = mpsc::channel(4);
     let stop = CancellationToken::new();
     let task = tokio::spawn(watch(
+        vec![path.to_path_buf()],
         loaded,
         DEFAULT_MAX_FILE_BYTES,
         tx,
