@@ -611,3 +611,44 @@ fn validate_checks_every_gateway_of_a_directory() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("expected one Gateway, found 2"), "{stderr}");
 }
+
+#[tokio::test]
+async fn sensors_named_only_validate_anywhere_and_run_with_a_url_template() {
+    let sink = Sink::start(Behaviour::Ok).await;
+    let (_dir, file) = GatewayFileBuilder::new("named", "calendar")
+        .spec_lines("  watchers:\n    sensors: [{name: payments}]\n  delivery: {mode: atMostOnce}")
+        .config("tick", "interval: 100ms")
+        .write();
+    let out = std::process::Command::new(support::portico_bin())
+        .args(["validate", file.to_str().unwrap()])
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("PORTICO_SENSOR_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("note: watchers.sensors[0] `payments` is named only")
+            && stderr.contains("payments-sensor-svc.default.svc:9300"),
+        "{stderr}"
+    );
+    // Outside a cluster, run needs to know where it is.
+    let out = std::process::Command::new(support::portico_bin())
+        .args(["run", file.to_str().unwrap(), "--transformer-port", "0"])
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("PORTICO_SENSOR_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--sensor-url"), "{stderr}");
+    // With a template it runs, and the events reach the sensor.
+    let template = format!("http://{}/sensors/{{name}}", sink.addr);
+    let _portico = Portico::start(
+        &["run", file.to_str().unwrap(), "--sensor-url", &template],
+        &[],
+    )
+    .await;
+    let events = sink.wait_for_events(2, WAIT).await;
+    assert_eq!(events[0]["source"], "named/tick");
+}

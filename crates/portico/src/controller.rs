@@ -135,6 +135,9 @@ fn desired(resource: &GatewayResource, options: &ControllerOptions) -> Result<De
     let cluster = Environment {
         in_cluster: true,
         k_sink: None,
+        sensor_url: None,
+        gateway_url: None,
+        checking: false,
     };
     if let Err(p) = resolve_watchers(&gateway, &cluster) {
         problems.extend(p.0);

@@ -37,6 +37,11 @@ pub const K_CE_OVERRIDES: &str = "K_CE_OVERRIDES";
 /// A file holding the bearer token the transformer's ingest API requires (`Authorization:
 /// Bearer <token>`); a user process posting events reads it from there.
 pub const PORTICO_INGEST_TOKEN_FILE: &str = "PORTICO_INGEST_TOKEN_FILE";
+/// The URL of a sensor watcher given by name only, as a template (`{name}`, `{namespace}`).
+pub const PORTICO_SENSOR_URL: &str = "PORTICO_SENSOR_URL";
+/// The URL of a gateway watcher given by name only, as a template (`{name}`, `{namespace}`,
+/// `{port}`, `{endpoint}`).
+pub const PORTICO_GATEWAY_URL: &str = "PORTICO_GATEWAY_URL";
 /// Set by Kubernetes in every pod: tells that the process runs in a cluster.
 pub const KUBERNETES_SERVICE_HOST: &str = "KUBERNETES_SERVICE_HOST";
 

@@ -87,6 +87,10 @@ pub(crate) struct RunOptions {
     pub outbox_dir: Option<PathBuf>,
     /// The largest gateway file read.
     pub max_file_size: u64,
+    /// The URL template of sensor watchers named only.
+    pub sensor_url: Option<String>,
+    /// The URL template of gateway watchers named only.
+    pub gateway_url: Option<String>,
     /// Senders of NATS and Kafka watchers.
     pub senders: SenderFactories,
 }
@@ -107,6 +111,8 @@ impl Default for RunOptions {
             stop_grace: Duration::from_secs(10),
             outbox_dir: None,
             max_file_size: crate::spec::file::DEFAULT_MAX_FILE_BYTES,
+            sensor_url: None,
+            gateway_url: None,
             senders: SenderFactories::default(),
         }
     }
@@ -406,7 +412,9 @@ pub(crate) async fn run_gateway(
         source,
     })?;
     let metrics = Metrics::new();
-    let env = Environment::from_process();
+    let mut env = Environment::from_process();
+    env.sensor_url = opts.sensor_url.clone().or(env.sensor_url);
+    env.gateway_url = opts.gateway_url.clone().or(env.gateway_url);
     let pipeline = build_pipeline(
         &gateway,
         &env,

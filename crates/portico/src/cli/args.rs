@@ -105,6 +105,15 @@ pub struct GatewayArgs {
     /// configurations keep running).
     #[arg(long, env = "PORTICO_MAX_FILE_SIZE", default_value_t = crate::spec::file::DEFAULT_MAX_FILE_BYTES)]
     pub max_file_size: u64,
+    /// Where a sensor watcher given by name only goes, as a URL template with `{name}` and
+    /// `{namespace}` (in a cluster: `http://{name}-sensor-svc.{namespace}.svc:9300/`).
+    #[arg(long, env = "PORTICO_SENSOR_URL", value_name = "TEMPLATE")]
+    pub sensor_url: Option<String>,
+    /// Where a gateway watcher given by name only goes, as a URL template with `{name}`,
+    /// `{namespace}`, `{port}` and `{endpoint}` (in a cluster:
+    /// `http://{name}-gateway-svc.{namespace}.svc:{port}{endpoint}`).
+    #[arg(long, env = "PORTICO_GATEWAY_URL", value_name = "TEMPLATE")]
+    pub gateway_url: Option<String>,
     /// Directory of the durable outbox (`atLeastOnce`), over `spec.delivery.outbox.path`.
     /// Default: `$XDG_STATE_HOME/portico/<namespace>/<gateway>/outbox`.
     #[arg(long, env = "PORTICO_OUTBOX_DIR")]
@@ -143,6 +152,8 @@ impl GatewayArgs {
             stop_grace: self.stop_grace,
             outbox_dir: self.outbox_dir.clone(),
             max_file_size: self.max_file_size,
+            sensor_url: self.sensor_url.clone(),
+            gateway_url: self.gateway_url.clone(),
             senders: Default::default(),
         }
     }

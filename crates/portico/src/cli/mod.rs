@@ -262,6 +262,9 @@ fn validate_gateway(loaded: &GatewayFile, builtins: &Builtins) -> bool {
     for w in loaded.gateway.spec.warnings() {
         eprintln!("{}: warning: {w}", file.display());
     }
+    for n in crate::spec::watchers::notes(&loaded.gateway) {
+        eprintln!("{}: note: {n}", file.display());
+    }
     // The user's HTTP server judges its own configurations: only its settings are checked here
     // (without starting the framework's server).
     let chosen = match http_settings(&loaded.gateway) {

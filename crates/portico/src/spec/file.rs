@@ -763,11 +763,16 @@ data:
     }
 
     #[test]
-    fn a_sensor_needs_a_url_outside_a_cluster() {
+    fn a_sensor_named_only_is_taken_when_checking_a_file() {
+        // It resolves where the gateway runs: in a cluster, or with --sensor-url.
         let text = GOOD.replace("    urls:", "    sensors: [{name: s1}]\n    urls:");
-        let e = parse(&text).unwrap_err().to_string();
-        assert!(e.contains("watchers.sensors[0] `s1`"), "{e}");
-        assert!(e.contains("url"), "{e}");
+        let f = parse(&text).unwrap();
+        assert_eq!(f.gateway.spec.watchers.sensors[0].name, "s1");
+        let notes = crate::spec::watchers::notes(&f.gateway);
+        assert!(
+            notes[0].contains("`s1`") && notes[0].contains("s1-sensor-svc.default.svc:9300"),
+            "{notes:?}"
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! In a cluster a sensor `name` is `http://<name>-sensor-svc.<namespace>.svc:9300/` and a
 //! gateway `{name, port, endpoint}` is `http://<name>-gateway-svc.<namespace>.svc:<port><endpoint>`
-//! (the original looked gateways up under the sensor name). Outside one, both need a `url`.
+//! (the original looked gateways up under the sensor name). Outside one, both need a `url` or
+//! a URL template (`--sensor-url`, `--gateway-url`); a file is checked without one.
 //! `K_SINK` is one more URL watcher. With no watcher at all, events go to stdout.
 
 use std::time::Duration;
@@ -11,11 +12,8 @@ use crate::secret::{SecretSource, redact_url};
 
 use super::{
     DeadLetterSettings, DispatchMechanism, Encoding, Gateway, GatewaySpec, KafkaDispatch,
-    NatsDispatch, Problems, RetrySettings, UrlWatcher, WatcherSettings,
+    NatsDispatch, Port, Problems, RetrySettings, UrlWatcher, WatcherSettings,
 };
-
-/// Port of a sensor's service in a cluster.
-const SENSOR_PORT: u16 = 9300;
 
 /// Where one watcher's events go.
 #[derive(Debug, Clone, PartialEq)]
@@ -142,16 +140,64 @@ pub(crate) struct Environment {
     pub in_cluster: bool,
     /// Knative's `K_SINK`.
     pub k_sink: Option<String>,
+    /// The URL of a sensor given by name only (`{name}`, `{namespace}`); in a cluster it
+    /// defaults to [`SENSOR_URL_TEMPLATE`].
+    pub sensor_url: Option<String>,
+    /// The URL of a gateway given by name only (`{name}`, `{namespace}`, `{port}`,
+    /// `{endpoint}`); in a cluster it defaults to [`GATEWAY_URL_TEMPLATE`].
+    pub gateway_url: Option<String>,
+    /// Checking a file, not running it: watchers named only are taken as they are (they
+    /// resolve where the gateway runs).
+    pub checking: bool,
 }
 
+/// Where a sensor named only is in a cluster: its Service, as Argo Events named it.
+pub(crate) const SENSOR_URL_TEMPLATE: &str = "http://{name}-sensor-svc.{namespace}.svc:9300/";
+/// Where a gateway named only is in a cluster: its Service, port and endpoint.
+pub(crate) const GATEWAY_URL_TEMPLATE: &str =
+    "http://{name}-gateway-svc.{namespace}.svc:{port}{endpoint}";
+
 impl Environment {
-    /// Read from the process environment.
+    /// Read from the process environment (`KUBERNETES_SERVICE_HOST`, `K_SINK`,
+    /// `PORTICO_SENSOR_URL`, `PORTICO_GATEWAY_URL`).
     pub(crate) fn from_process() -> Environment {
         Environment {
             in_cluster: crate::env::in_cluster(),
             k_sink: crate::env::var(crate::env::K_SINK),
+            sensor_url: crate::env::var(crate::env::PORTICO_SENSOR_URL),
+            gateway_url: crate::env::var(crate::env::PORTICO_GATEWAY_URL),
+            checking: false,
         }
     }
+
+    /// The environment a file is checked in: anywhere.
+    pub(crate) fn checking() -> Environment {
+        Environment {
+            checking: true,
+            ..Environment::from_process()
+        }
+    }
+
+    fn sensor_template(&self) -> Option<&str> {
+        self.sensor_url
+            .as_deref()
+            .or(self.in_cluster.then_some(SENSOR_URL_TEMPLATE))
+    }
+
+    fn gateway_template(&self) -> Option<&str> {
+        self.gateway_url
+            .as_deref()
+            .or(self.in_cluster.then_some(GATEWAY_URL_TEMPLATE))
+    }
+}
+
+/// `template` with `{name}`, `{namespace}`, `{port}` and `{endpoint}` filled in.
+fn fill(template: &str, name: &str, namespace: &str, port: Option<Port>, endpoint: &str) -> String {
+    template
+        .replace("{name}", name)
+        .replace("{namespace}", namespace)
+        .replace("{port}", &port.map(|p| p.to_string()).unwrap_or_default())
+        .replace("{endpoint}", endpoint)
 }
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -389,13 +435,16 @@ pub(crate) fn resolve_watchers(
     }
     for (i, s) in spec.watchers.sensors.iter().enumerate() {
         let what = format!("watchers.sensors[{i}] `{}`", s.name);
-        let url = match (&s.url, env.in_cluster) {
+        let url = match (&s.url, env.sensor_template()) {
             (Some(u), _) => u.clone(),
-            (None, true) => format!("http://{}-sensor-svc.{ns}.svc:{SENSOR_PORT}/", s.name),
-            (None, false) => {
+            (None, Some(t)) => fill(t, &s.name, ns, None, ""),
+            (None, None) if env.checking => {
+                settings_problems(&what, &s.settings, &mut problems);
+                continue;
+            }
+            (None, None) => {
                 problems.push(format!(
-                    "{what}: `url` is required outside a cluster (no Kubernetes service to resolve `{}` to)",
-                    s.name
+                    "{what}: a sensor named only resolves in a cluster; outside one give its `url`, or a URL template: --sensor-url '{SENSOR_URL_TEMPLATE}' (PORTICO_SENSOR_URL)"
                 ));
                 continue;
             }
@@ -415,24 +464,26 @@ pub(crate) fn resolve_watchers(
     }
     for (i, g) in spec.watchers.gateways.iter().enumerate() {
         let what = format!("watchers.gateways[{i}] `{}`", g.name);
-        let url = match (&g.url, env.in_cluster, g.port) {
-            (Some(u), _, _) => u.clone(),
-            (None, true, Some(port)) => {
-                let endpoint = g.endpoint.as_deref().unwrap_or("/");
-                let sep = if endpoint.starts_with('/') { "" } else { "/" };
-                format!(
-                    "http://{}-gateway-svc.{ns}.svc:{port}{sep}{endpoint}",
-                    g.name
-                )
-            }
-            (None, true, None) => {
+        let endpoint = g.endpoint.as_deref().unwrap_or("/");
+        let endpoint = if endpoint.starts_with('/') {
+            endpoint.to_string()
+        } else {
+            format!("/{endpoint}")
+        };
+        let url = match (&g.url, env.gateway_template()) {
+            (Some(u), _) => u.clone(),
+            (None, _) if g.port.is_none() => {
                 problems.push(format!("{what}: `port` is required to reach a gateway"));
                 continue;
             }
-            (None, false, _) => {
+            (None, Some(t)) => fill(t, &g.name, ns, g.port, &endpoint),
+            (None, None) if env.checking => {
+                settings_problems(&what, &g.settings, &mut problems);
+                continue;
+            }
+            (None, None) => {
                 problems.push(format!(
-                    "{what}: `url` is required outside a cluster (no Kubernetes service to resolve `{}` to)",
-                    g.name
+                    "{what}: a gateway named only resolves in a cluster; outside one give its `url`, or a URL template: --gateway-url '{GATEWAY_URL_TEMPLATE}' (PORTICO_GATEWAY_URL)"
                 ));
                 continue;
             }
@@ -506,7 +557,8 @@ pub(crate) fn resolve_watchers(
     }
 }
 
-/// Every problem with the watchers of `spec` in this process's environment.
+/// Every problem with the watchers of `spec`, wherever it runs (watchers named only are
+/// taken: they resolve where it runs).
 pub(crate) fn problems(spec: &GatewaySpec) -> Vec<String> {
     let gateway = Gateway {
         api_version: String::new(),
@@ -514,10 +566,45 @@ pub(crate) fn problems(spec: &GatewaySpec) -> Vec<String> {
         metadata: Default::default(),
         spec: spec.clone(),
     };
-    resolve_watchers(&gateway, &Environment::from_process())
+    resolve_watchers(&gateway, &Environment::checking())
         .err()
         .unwrap_or_default()
         .0
+}
+
+/// What to know about the watchers of `spec` before running it here: where each one named
+/// only goes, or that `run` needs its URL.
+pub(crate) fn notes(gateway: &Gateway) -> Vec<String> {
+    let env = Environment::from_process();
+    let ns = gateway.namespace();
+    let spec = &gateway.spec;
+    let mut out = Vec::new();
+    for (i, s) in spec.watchers.sensors.iter().enumerate() {
+        if s.url.is_none() {
+            out.push(match env.sensor_template() {
+                Some(t) => format!("watchers.sensors[{i}] `{}` goes to {}", s.name, fill(t, &s.name, ns, None, "")),
+                None => format!(
+                    "watchers.sensors[{i}] `{}` is named only: it resolves in a cluster ({}); to run it elsewhere give its `url` or --sensor-url",
+                    s.name,
+                    fill(SENSOR_URL_TEMPLATE, &s.name, ns, None, "")
+                ),
+            });
+        }
+    }
+    for (i, g) in spec.watchers.gateways.iter().enumerate() {
+        if g.url.is_none() && g.port.is_some() {
+            let endpoint = g.endpoint.as_deref().unwrap_or("/");
+            out.push(match env.gateway_template() {
+                Some(t) => format!("watchers.gateways[{i}] `{}` goes to {}", g.name, fill(t, &g.name, ns, g.port, endpoint)),
+                None => format!(
+                    "watchers.gateways[{i}] `{}` is named only: it resolves in a cluster ({}); to run it elsewhere give its `url` or --gateway-url",
+                    g.name,
+                    fill(GATEWAY_URL_TEMPLATE, &g.name, ns, g.port, endpoint)
+                ),
+            });
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -562,6 +649,7 @@ mod tests {
         let env = Environment {
             in_cluster: true,
             k_sink: Some("http://sink.ns.svc/".into()),
+            ..Default::default()
         };
         let w = resolve_watchers(&g, &env).unwrap();
         let urls: Vec<_> = w
@@ -593,9 +681,25 @@ mod tests {
         });
         let e = resolve_watchers(&g, &Environment::default()).unwrap_err().0;
         assert!(
-            e[0].contains("watchers.sensors[0] `s`: `url` is required"),
+            e[0].contains("watchers.sensors[0] `s`: a sensor named only resolves in a cluster")
+                && e[0].contains("--sensor-url"),
             "{e:?}"
         );
+        // A template resolves it; checking a file takes it as it is.
+        let env = Environment {
+            sensor_url: Some("http://{name}.{namespace}.example:9300/".into()),
+            ..Default::default()
+        };
+        let w = resolve_watchers(&g, &env).unwrap();
+        assert_eq!(w[0].name, "sensor:s");
+        assert!(
+            matches!(&w[0].target, Target::Http { url, .. } if url == "http://s.ns.example:9300/")
+        );
+        let checking = Environment {
+            checking: true,
+            ..Default::default()
+        };
+        assert!(resolve_watchers(&g, &checking).is_ok());
         let g = gateway(Default::default());
         let w = resolve_watchers(&g, &Environment::default()).unwrap();
         assert_eq!(w.len(), 1);
