@@ -139,15 +139,7 @@ fn check_all_arrived(
 }
 
 async fn metric(portico: &Portico, name: &str) -> f64 {
-    let text = portico
-        .http
-        .get(portico.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = portico.metrics().await;
     text.lines()
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

@@ -261,15 +261,7 @@ async fn a_watcher_answering_503_twice_gets_the_event_exactly_once_more() {
         vec![503, 503, 200],
         "two refusals, then exactly one delivery"
     );
-    let metrics = portico
-        .http
-        .get(portico.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = portico.metrics().await;
     assert!(
         metrics.contains("portico_events_retried_total{watcher=\"url:"),
         "{metrics}"
@@ -581,15 +573,8 @@ fn validate_checks_every_gateway_of_a_directory() {
         "apiVersion: portico.dev/v1alpha1\nkind: Gateway\nmetadata: {name: b}\nspec: {type: calendar, configMap: b-cm}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b-cm}\ndata: {y: 'interval: never'}\n",
     )
     .unwrap();
-    let out = std::process::Command::new(support::portico_bin())
-        .args(["validate", dir.path().to_str().unwrap()])
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let (code, stdout, stderr) = support::run_to_end(&["validate", dir.path().to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
     assert!(stdout.contains("gateway `a` is valid"), "{stdout}");
     assert!(
         stderr.contains("b.yaml: configuration `y`: interval:"),
@@ -619,28 +604,17 @@ async fn sensors_named_only_validate_anywhere_and_run_with_a_url_template() {
         .spec_lines("  watchers:\n    sensors: [{name: payments}]\n  delivery: {mode: atMostOnce}")
         .config("tick", "interval: 100ms")
         .write();
-    let out = std::process::Command::new(support::portico_bin())
-        .args(["validate", file.to_str().unwrap()])
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .env_remove("PORTICO_SENSOR_URL")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (code, _, stderr) = support::run_to_end(&["validate", file.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains("note: watchers.sensors[0] `payments` is named only")
             && stderr.contains("payments-sensor-svc.default.svc:9300"),
         "{stderr}"
     );
     // Outside a cluster, run needs to know where it is.
-    let out = std::process::Command::new(support::portico_bin())
-        .args(["run", file.to_str().unwrap(), "--transformer-port", "0"])
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .env_remove("PORTICO_SENSOR_URL")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, _, stderr) =
+        support::run_to_end(&["run", file.to_str().unwrap(), "--transformer-port", "0"]);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("--sensor-url"), "{stderr}");
     // With a template it runs, and the events reach the sensor.
     let template = format!("http://{}/sensors/{{name}}", sink.addr);

@@ -248,15 +248,7 @@ async fn redirects_are_failures_and_credentials_are_sent_never_shown() {
         "{dead:?}"
     );
     let status = p.status().await.to_string();
-    let metrics = p
-        .http
-        .get(p.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = p.metrics().await;
     for text in [
         status.as_str(),
         metrics.as_str(),
@@ -513,15 +505,7 @@ async fn a_flipped_byte_in_the_outbox_costs_one_event_not_the_rest_of_its_segmen
         .filter(|p| p.extension().is_some_and(|x| x == "bad"))
         .collect();
     assert_eq!(quarantined.len(), 1, "{quarantined:?}");
-    let metrics = p
-        .http
-        .get(p.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = p.metrics().await;
     assert!(
         metrics.contains("portico_outbox_damaged_records_total 1"),
         "{metrics}"
@@ -572,17 +556,8 @@ async fn with_few_file_descriptors_idle_connections_cannot_take_the_api_down() {
 
 /// Runs `portico ARGS…` to its end; (exit code, stderr).
 fn run_to_end(args: &[&str]) -> (Option<i32>, String) {
-    let out = std::process::Command::new(support::portico_bin())
-        .args(args)
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .env("PORTICO_LOG_FORMAT", "json")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, _, stderr) = support::run_to_end(args);
+    (code, stderr)
 }
 
 /// Sets a file's modification time `secs` seconds ahead (a rotated file is seen as changed
@@ -671,15 +646,7 @@ async fn the_ingest_api_beyond_loopback_needs_a_token() {
     .await;
     assert!(rotated.is_some(), "the rotated token was never taken");
     assert_eq!(post_with(&p, Some(&token)).await, 401);
-    let metrics = p
-        .http
-        .get(p.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = p.metrics().await;
     assert!(
         metrics.lines().any(|l| l.starts_with(
             "portico_events_rejected_total{src=\"_unauthenticated\",reason=\"unauthorized\"}"

@@ -18,13 +18,10 @@
 use std::sync::Arc;
 
 use hyper::http::{HeaderMap, HeaderName};
-use portico::{ConfigContext, ConfigError, ConfigExecutor, Secret};
+use portico::Secret;
 
-use crate::webhook::register::{self, Forge, Register};
-use crate::webhook::{
-    Gate, Hook, HookConfig, HookRules, Registration, Servers, Verdict, filter_event, run_hook,
-    verify_hmac_sha256,
-};
+use crate::webhook::register::{Forge, ForgeHooks};
+use crate::webhook::{Gate, HookRules, Verdict, filter_event, verify_hmac_sha256};
 
 const RULES: HookRules = HookRules {
     gateway_type: "github",
@@ -52,56 +49,12 @@ impl Gate for GitHubGate {
     }
 }
 
-/// The github executor. Its configurations share servers by port.
-#[derive(Debug, Clone)]
-pub struct GitHub {
-    servers: Arc<Servers>,
-    client: reqwest::Client,
-}
-
-impl Default for GitHub {
-    fn default() -> Self {
-        GitHub {
-            servers: Arc::default(),
-            client: register::client(),
-        }
-    }
-}
-
-impl ConfigExecutor for GitHub {
-    type Config = (Hook, Option<Register>);
-
-    fn validate(&self, ctx: &ConfigContext) -> Result<(Hook, Option<Register>), ConfigError> {
-        let config: HookConfig = ctx.parse()?;
-        let hook = config.check(RULES)?;
-        let register = config
-            .register
-            .as_ref()
-            .map(|r| r.check(Forge::GitHub, &hook.events))
-            .transpose()?;
-        Ok((hook, register))
-    }
-
-    async fn start_config(
-        &self,
-        ctx: ConfigContext,
-        (hook, register): (Hook, Option<Register>),
-    ) -> Result<(), ConfigError> {
-        let Some(source) = &hook.secret else {
-            return Err(ConfigError::invalid(
-                "a github configuration needs its secret",
-            ));
-        };
-        let secret = source.load()?;
-        let gate = GitHubGate {
-            secret: secret.clone(),
+/// The github executor: [`ForgeHooks`] with GitHub's gate.
+pub fn executor() -> ForgeHooks {
+    ForgeHooks::new(Forge::GitHub, RULES, |secret, hook| {
+        Arc::new(GitHubGate {
+            secret,
             events: hook.events.clone(),
-        };
-        let registration = register.as_ref().map(|register| Registration {
-            register,
-            client: &self.client,
-            secret: &secret,
-        });
-        run_hook(&self.servers, &ctx, &hook, Arc::new(gate), registration).await
-    }
+        })
+    })
 }

@@ -18,13 +18,11 @@
 use std::sync::Arc;
 
 use hyper::http::{HeaderMap, HeaderName};
-use portico::{ConfigContext, ConfigError, ConfigExecutor, Secret};
+use portico::Secret;
 use subtle::ConstantTimeEq;
 
-use crate::webhook::register::{self, Forge, Register};
-use crate::webhook::{
-    Gate, Hook, HookConfig, HookRules, Registration, Servers, Verdict, filter_event, run_hook,
-};
+use crate::webhook::register::{Forge, ForgeHooks};
+use crate::webhook::{Gate, HookRules, Verdict, filter_event};
 
 const RULES: HookRules = HookRules {
     gateway_type: "gitlab",
@@ -69,59 +67,15 @@ impl Gate for GitLabGate {
     }
 }
 
-/// The gitlab executor. Its configurations share servers by port.
-#[derive(Debug, Clone)]
-pub struct GitLab {
-    servers: Arc<Servers>,
-    client: reqwest::Client,
-}
-
-impl Default for GitLab {
-    fn default() -> Self {
-        GitLab {
-            servers: Arc::default(),
-            client: register::client(),
-        }
-    }
-}
-
-impl ConfigExecutor for GitLab {
-    type Config = (Hook, Option<Register>);
-
-    fn validate(&self, ctx: &ConfigContext) -> Result<(Hook, Option<Register>), ConfigError> {
-        let config: HookConfig = ctx.parse()?;
-        let hook = config.check(RULES)?;
-        let register = config
-            .register
-            .as_ref()
-            .map(|r| r.check(Forge::GitLab, &hook.events))
-            .transpose()?;
-        Ok((hook, register))
-    }
-
-    async fn start_config(
-        &self,
-        ctx: ConfigContext,
-        (hook, register): (Hook, Option<Register>),
-    ) -> Result<(), ConfigError> {
-        let Some(source) = &hook.secret else {
-            return Err(ConfigError::invalid(
-                "a gitlab configuration needs its secret",
-            ));
-        };
-        let secret = source.load()?;
-        let gate = GitLabGate {
-            secret: secret.clone(),
+/// The gitlab executor: [`ForgeHooks`] with GitLab's gate.
+pub fn executor() -> ForgeHooks {
+    ForgeHooks::new(Forge::GitLab, RULES, |secret, hook| {
+        Arc::new(GitLabGate {
+            secret,
             events: hook.events.clone(),
             redacted: [TOKEN],
-        };
-        let registration = register.as_ref().map(|register| Registration {
-            register,
-            client: &self.client,
-            secret: &secret,
-        });
-        run_hook(&self.servers, &ctx, &hook, Arc::new(gate), registration).await
-    }
+        })
+    })
 }
 
 #[cfg(test)]

@@ -32,8 +32,8 @@ pub fn builtin(gateway_type: &str) -> Option<SharedExecutor> {
     match gateway_type {
         "calendar" => Some(Arc::new(calendar::Calendar::default())),
         "webhook" => Some(Arc::new(webhook::Webhook::default())),
-        "github" => Some(Arc::new(github::GitHub::default())),
-        "gitlab" => Some(Arc::new(gitlab::GitLab::default())),
+        "github" => Some(Arc::new(github::executor())),
+        "gitlab" => Some(Arc::new(gitlab::executor())),
         "file" => Some(Arc::new(file::File)),
         "resource" => Some(Arc::new(resource::Resource::default())),
         "amqp" => Some(Arc::new(amqp::Amqp)),

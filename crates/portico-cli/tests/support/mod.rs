@@ -26,6 +26,25 @@ pub fn portico_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_portico"))
 }
 
+/// Runs `portico ARGS…` to its end, outside any cluster, with JSON logs: (exit code, stdout,
+/// stderr).
+pub fn run_to_end(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(portico_bin())
+        .args(args)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("PORTICO_SENSOR_URL")
+        .env_remove("PORTICO_GATEWAY_URL")
+        .env("PORTICO_LOG_FORMAT", "json")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run portico");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, or `None` after `timeout`.
 pub async fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
@@ -217,6 +236,18 @@ impl Portico {
             .json()
             .await
             .expect("/status is JSON")
+    }
+
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("the metrics text")
     }
 
     /// The node named `src` in `/status`, if any.

@@ -15,11 +15,14 @@
 //! token and the hook secret before they reach the node, the logs or an error, and are cut
 //! to 300 characters: an API that echoes the request shows nothing secret.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use portico::secret::scrub;
-use portico::{ConfigContext, ConfigError, Secret, SecretSource, StopReason};
+use portico::{ConfigContext, ConfigError, ConfigExecutor, Secret, SecretSource, StopReason};
+
+use super::{Gate, Hook, HookConfig, HookRules, Registration, Servers, run_hook};
 use reqwest::{Method, RequestBuilder, Url};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -424,6 +427,26 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 impl Register {
+    /// The calls of one attempt, with the token as it is now (a mounted Secret may change).
+    fn calls<'a>(
+        &'a self,
+        client: &'a reqwest::Client,
+        secret: &'a Secret,
+        events: &'a [String],
+    ) -> Result<Calls<'a>, ApiError> {
+        let token = self
+            .token
+            .load()
+            .map_err(|e| ApiError(format!("the token: {}", e.message())))?;
+        Ok(Calls {
+            reg: self,
+            client,
+            token,
+            secret,
+            events,
+        })
+    }
+
     /// Registers the hook of `ctx`'s configuration (`secret`, keeping `events`) and keeps it
     /// until the configuration stops, as the module's documentation says: retried with
     /// backoff while refused (the node shows why), `Running` once registered, deleted at the
@@ -445,20 +468,7 @@ impl Register {
             .build();
         let mut registered = None;
         while !ctx.is_stopped() {
-            let attempt = async {
-                let token = self
-                    .token
-                    .load()
-                    .map_err(|e| ApiError(format!("the token: {}", e.message())))?;
-                let calls = Calls {
-                    reg: self,
-                    client,
-                    token,
-                    secret,
-                    events,
-                };
-                calls.ensure().await
-            };
+            let attempt = async { self.calls(client, secret, events)?.ensure().await };
             let outcome = tokio::select! {
                 _ = ctx.stopped() => break,
                 o = attempt => o,
@@ -491,20 +501,7 @@ impl Register {
             }
             return;
         }
-        let delete = async {
-            let token = self
-                .token
-                .load()
-                .map_err(|e| ApiError(format!("the token: {}", e.message())))?;
-            let calls = Calls {
-                reg: self,
-                client,
-                token,
-                secret,
-                events,
-            };
-            calls.delete(registered).await
-        };
+        let delete = async { self.calls(client, secret, events)?.delete(registered).await };
         match tokio::time::timeout(DELETE_DEADLINE, delete).await {
             Ok(Ok(Some(id))) => tracing::info!(%repository, id, "{forge} hook deleted"),
             Ok(Ok(None)) => {
@@ -519,6 +516,69 @@ impl Register {
                 DELETE_DEADLINE.as_secs()
             ),
         }
+    }
+}
+
+/// The executor of a forge's hooks: a webhook whose [`Gate`] checks the forge's signature,
+/// with its hook registered and kept when the configuration says `register:`. The `github` and
+/// `gitlab` executors are this one with their own gate. Its configurations share servers by
+/// port.
+#[derive(Debug, Clone)]
+pub struct ForgeHooks {
+    servers: Arc<Servers>,
+    client: reqwest::Client,
+    forge: Forge,
+    rules: HookRules,
+    gate: fn(Secret, &Hook) -> Arc<dyn Gate>,
+}
+
+impl ForgeHooks {
+    /// The executor of `forge`'s hooks, checked by `rules`, each delivery judged by the gate
+    /// `gate` makes from the configuration's secret and hook.
+    pub fn new(forge: Forge, rules: HookRules, gate: fn(Secret, &Hook) -> Arc<dyn Gate>) -> Self {
+        ForgeHooks {
+            servers: Arc::default(),
+            client: client(),
+            forge,
+            rules,
+            gate,
+        }
+    }
+}
+
+impl ConfigExecutor for ForgeHooks {
+    type Config = (Hook, Option<Register>);
+
+    fn validate(&self, ctx: &ConfigContext) -> Result<(Hook, Option<Register>), ConfigError> {
+        let config: HookConfig = ctx.parse()?;
+        let hook = config.check(self.rules)?;
+        let register = config
+            .register
+            .as_ref()
+            .map(|r| r.check(self.forge, &hook.events))
+            .transpose()?;
+        Ok((hook, register))
+    }
+
+    async fn start_config(
+        &self,
+        ctx: ConfigContext,
+        (hook, register): (Hook, Option<Register>),
+    ) -> Result<(), ConfigError> {
+        let Some(source) = &hook.secret else {
+            return Err(ConfigError::invalid(format!(
+                "a {} configuration needs its secret",
+                self.rules.gateway_type
+            )));
+        };
+        let secret = source.load()?;
+        let gate = (self.gate)(secret.clone(), &hook);
+        let registration = register.as_ref().map(|register| Registration {
+            register,
+            client: &self.client,
+            secret: &secret,
+        });
+        run_hook(&self.servers, &ctx, &hook, gate, registration).await
     }
 }
 

@@ -77,19 +77,29 @@ pub(super) struct Scan<'a> {
 
 /// The record at `at`, if one starts there whole and sound.
 fn decode_at(buf: &[u8], at: usize) -> Option<(Found<'_>, usize)> {
-    let h = buf.get(at..at.checked_add(HEADER)?)?;
-    if h[0..4] != MAGIC {
+    if buf.get(at..at.checked_add(MAGIC.len())?)? != MAGIC {
         return None;
     }
-    let len = u32::from_le_bytes(h[4..8].try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(h[8..12].try_into().ok()?);
-    let seq = u64::from_le_bytes(h[12..20].try_into().ok()?);
-    let accepted_ms = u64::from_le_bytes(h[20..28].try_into().ok()?);
-    let end = at.checked_add(HEADER)?.checked_add(len)?;
-    let payload = buf.get(at + HEADER..end)?;
+    decode_fields(buf, at + MAGIC.len(), true)
+}
+
+/// The record whose `len | crc | seq | accepted_ms` start at `fields`, its payload right after,
+/// if it is whole and its CRC holds; `crc_over_len`: the CRC covers `len` too (the format with
+/// magic does, the one before it does not).
+fn decode_fields(buf: &[u8], fields: usize, crc_over_len: bool) -> Option<(Found<'_>, usize)> {
+    let h = buf.get(fields..fields.checked_add(HEADER_V1)?)?;
+    let len = u32::from_le_bytes(h[0..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(h[4..8].try_into().ok()?);
+    let seq = u64::from_le_bytes(h[8..16].try_into().ok()?);
+    let accepted_ms = u64::from_le_bytes(h[16..24].try_into().ok()?);
+    let start = fields + HEADER_V1;
+    let end = start.checked_add(len)?;
+    let payload = buf.get(start..end)?;
     let mut c = crc32fast::Hasher::new();
-    c.update(&h[4..8]);
-    c.update(&h[12..28]);
+    if crc_over_len {
+        c.update(&h[0..4]);
+    }
+    c.update(&h[8..24]);
     c.update(payload);
     (c.finalize() == crc).then_some((
         Found {
@@ -180,24 +190,7 @@ fn leftover_start(buf: &[u8], from: usize, least: u64) -> Option<usize> {
 
 /// A record in the format without magic at `at`, if one is there whole and sound.
 fn decode_v1(buf: &[u8], at: usize) -> Option<(Found<'_>, usize)> {
-    let h = buf.get(at..at.checked_add(HEADER_V1)?)?;
-    let len = u32::from_le_bytes(h[0..4].try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(h[4..8].try_into().ok()?);
-    let seq = u64::from_le_bytes(h[8..16].try_into().ok()?);
-    let accepted_ms = u64::from_le_bytes(h[16..24].try_into().ok()?);
-    let end = at.checked_add(HEADER_V1)?.checked_add(len)?;
-    let payload = buf.get(at + HEADER_V1..end)?;
-    let mut c = crc32fast::Hasher::new();
-    c.update(&h[8..24]);
-    c.update(payload);
-    (c.finalize() == crc).then_some((
-        Found {
-            seq,
-            accepted_ms,
-            payload,
-        },
-        end,
-    ))
+    decode_fields(buf, at, false)
 }
 
 /// [`scan`] of a segment written before the magic: its records up to the first that cannot be
