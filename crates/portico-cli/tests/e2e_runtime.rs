@@ -389,12 +389,8 @@ async fn validate_lists_every_problem_and_fails() {
         .config("bad-cron", "schedule: \"not a cron\"")
         .config("bad-field", "intervall: 1s")
         .write();
-    let out = std::process::Command::new(support::portico_bin())
-        .args(["validate", file.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, _, err) = support::run_to_end(&["validate", file.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("configuration `bad-cron`: schedule:"), "{err}");
     assert!(
         err.contains("configuration `bad-field`") && err.contains("unknown field `intervall`"),
@@ -410,27 +406,16 @@ async fn validate_lists_every_problem_and_fails() {
     let (_dir, file) = GatewayFileBuilder::new("v", "calendar")
         .config("ok", "interval: 1s")
         .write();
-    let out = std::process::Command::new(support::portico_bin())
-        .args(["validate", file.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, _, err) = support::run_to_end(&["validate", file.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
 
     std::fs::write(
         &file,
         "apiVersion: portico.dev/v1alpha1\nkind: Gateway\nmetadata: {name: x}\nspec:\n  type: [\n",
     )
     .unwrap();
-    let out = std::process::Command::new(support::portico_bin())
-        .args(["validate", file.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
+    let (code, _, err) = support::run_to_end(&["validate", file.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
     assert!(
         err.contains(&format!("{}:5:", file.display())),
         "file:line:column first: {err}"
@@ -443,15 +428,8 @@ async fn a_type_this_program_does_not_run_is_said_so_by_validate_and_run() {
         .config("a", "bucket: x")
         .config("b", "bucket: y")
         .write();
-    let out = std::process::Command::new(support::portico_bin())
-        .args(["validate", file.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{stderr}");
+    let (code, stdout, stderr) = support::run_to_end(&["validate", file.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stdout.contains("2 configuration(s), not run by this program"),
         "{stdout}"
@@ -495,12 +473,8 @@ fn argo_gateway_fields_are_warnings_and_unknown_keys_errors_in_validate() {
     let (_dir, file) = GatewayFileBuilder::new("typo", "calendar")
         .spec_lines("  delivery: {mode: atMostOnce, retry: {maxAtempts: 3}}")
         .write();
-    let out = std::process::Command::new(support::portico_bin())
-        .args(["validate", file.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, _, err) = support::run_to_end(&["validate", file.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("unknown field `maxAtempts`") && err.contains("gateway.yaml:8:"),
         "{err}"
