@@ -37,6 +37,8 @@ impl ClusterTarget {
 pub(crate) struct Connected {
     /// The client.
     pub client: Client,
+    /// The configuration the client was made from (server, credentials, namespace).
+    pub config: kube::Config,
     /// The Gateway as read from the API server.
     pub gateway: Gateway,
     /// Where its status goes.
@@ -65,20 +67,28 @@ pub(crate) enum ClusterError {
     },
 }
 
-/// A Kubernetes client: `KUBECONFIG` (or `~/.kube/config`) when there is one, else the pod's
-/// in-cluster configuration.
-pub(crate) async fn client() -> Result<Client, ClusterError> {
-    Client::try_default().await.map_err(ClusterError::Client)
+/// A Kubernetes client and its configuration: `KUBECONFIG` (or `~/.kube/config`) when there is
+/// one, else the pod's in-cluster configuration.
+pub(crate) async fn client() -> Result<(Client, kube::Config), ClusterError> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| ClusterError::Client(kube::Error::InferConfig(e)))?;
+    let client = Client::try_from(config.clone()).map_err(ClusterError::Client)?;
+    Ok((client, config))
 }
 
 /// Connects and reads the Gateway `target` names.
 pub(crate) async fn connect(target: &ClusterTarget) -> Result<Connected, ClusterError> {
-    let client = client().await?;
-    connect_with(client, target).await
+    let (client, config) = client().await?;
+    connect_with(client, config, target).await
 }
 
 /// [`connect`] with a given client.
-async fn connect_with(client: Client, target: &ClusterTarget) -> Result<Connected, ClusterError> {
+async fn connect_with(
+    client: Client,
+    config: kube::Config,
+    target: &ClusterTarget,
+) -> Result<Connected, ClusterError> {
     let api: Api<GatewayResource> = Api::namespaced(client.clone(), &target.namespace);
     let resource = api
         .get(&target.gateway)
@@ -92,6 +102,7 @@ async fn connect_with(client: Client, target: &ClusterTarget) -> Result<Connecte
     gateway.metadata.namespace = Some(target.namespace.clone());
     Ok(Connected {
         client,
+        config,
         status: GatewayRef {
             namespace: target.namespace.clone(),
             name: target.gateway.clone(),
@@ -108,4 +119,46 @@ async fn connect_with(client: Client, target: &ClusterTarget) -> Result<Connecte
         },
         gateway,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::GatewayConfig;
+    use fake_kube::FakeKube;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn a_connected_gateway_has_its_client_configuration() {
+        let fake = FakeKube::start().await;
+        fake.create(json!({
+            "apiVersion": "portico.dev/v1alpha1", "kind": "Gateway",
+            "metadata": {"name": "g", "namespace": "ns"},
+            "spec": {"type": "calendar", "configMap": "g-cm"},
+        }));
+        let config = kube::Config::new(fake.url().parse().unwrap());
+        let client = Client::try_from(config.clone()).unwrap();
+        let target = ClusterTarget {
+            namespace: "ns".into(),
+            gateway: "g".into(),
+            config_map: "g-cm".into(),
+        };
+        let c = connect_with(client, config, &target).await.unwrap();
+        assert_eq!(c.gateway.spec.gateway_type, "calendar");
+        // What the core SDK hands an executor: the client and its configuration.
+        let metrics = crate::metrics::Metrics::new();
+        let pipeline = crate::pipeline::Pipeline::new(
+            crate::pipeline::Transformer::new("g", "calendar", "1.0"),
+            crate::dispatch::Dispatcher::start(Vec::new(), &metrics),
+            metrics,
+        );
+        let gateway = GatewayConfig::new("g", "ns", pipeline)
+            .with_kube_client(c.client.clone())
+            .with_kube_config(c.config.clone());
+        assert!(gateway.kube_client().is_some());
+        assert_eq!(
+            gateway.kube_config().unwrap().cluster_url.to_string(),
+            format!("{}/", fake.url())
+        );
+    }
 }

@@ -164,6 +164,8 @@ struct GatewayInner {
     namespace: String,
     pipeline: Arc<Pipeline>,
     kube_client: Option<kube::Client>,
+    kube_config: Option<kube::Config>,
+    span: tracing::Span,
     require_auth: bool,
     http_limits: crate::http1::Limits,
 }
@@ -186,6 +188,8 @@ impl GatewayConfig {
                 namespace: namespace.to_string(),
                 pipeline,
                 kube_client: None,
+                kube_config: None,
+                span: tracing::info_span!("gateway", name = %name, namespace = %namespace),
                 require_auth: false,
                 http_limits: crate::http1::Limits::default(),
             }),
@@ -237,6 +241,30 @@ impl GatewayConfig {
     /// The Kubernetes client of a gateway that runs in a cluster, `None` elsewhere.
     pub fn kube_client(&self) -> Option<kube::Client> {
         self.inner.kube_client.clone()
+    }
+
+    /// The configuration the Kubernetes client was made from (API server, credentials,
+    /// default namespace), for an executor that makes clients of its own; `None` outside a
+    /// cluster.
+    pub fn kube_config(&self) -> Option<&kube::Config> {
+        self.inner.kube_config.as_ref()
+    }
+
+    /// The same gateway with the configuration of its Kubernetes client.
+    pub(crate) fn with_kube_config(self, config: kube::Config) -> GatewayConfig {
+        let mut inner = (*self.inner).clone();
+        inner.kube_config = Some(config);
+        GatewayConfig {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The gateway's logger: a `tracing` span with its `name` and `namespace`. Log under it
+    /// (`tracing::info!(parent: gateway.span(), …)`, or `span.in_scope`) so that each line
+    /// says which gateway wrote it; configurations' tasks already run in a span with their
+    /// `src` and `id`.
+    pub fn span(&self) -> &tracing::Span {
+        &self.inner.span
     }
 
     /// The gateway's name.

@@ -504,7 +504,9 @@ pub(crate) async fn run_gateway(
             )),
         ),
         (None, Some(c)) => {
-            gateway_config = gateway_config.with_kube_client(c.client.clone());
+            gateway_config = gateway_config
+                .with_kube_client(c.client.clone())
+                .with_kube_config(c.config.clone());
             (
                 Default::default(),
                 tokio::spawn(crate::source::configmap::watch(

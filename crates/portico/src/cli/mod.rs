@@ -134,7 +134,7 @@ pub fn main(builtins: Builtins) -> ExitCode {
             options.namespace = namespace;
             options.transformer_port = transformer_port;
             block_on_main(async move {
-                let client = crate::cluster::client().await?;
+                let (client, _) = crate::cluster::client().await?;
                 crate::controller::run(client, options, shutdown_signal()).await;
                 Ok::<(), crate::cluster::ClusterError>(())
             })
