@@ -196,7 +196,10 @@ fn case(gateway_type: &str) -> Option<Case> {
         },
         "webhook" => Case {
             junk: common_junk(vec![
-                ("endpoint: /x".into(), "port"),
+                (
+                    "endpoint: /x\nserverCertPath: c\nserverKeyPath: k".into(),
+                    "port",
+                ),
                 ("port: 0\nendpoint: /x".into(), "port"),
                 ("port: 8080\nendpoint: x".into(), "endpoint"),
                 (
@@ -219,7 +222,7 @@ fn case(gateway_type: &str) -> Option<Case> {
             Case {
                 junk: common_junk(vec![
                     ("port: 8080\nendpoint: /x".into(), "secret"),
-                    (format!("endpoint: /x\n{secret_line}"), "port"),
+                    (format!("port: 70000\nendpoint: /x\n{secret_line}"), "port"),
                     (
                         format!("port: 8080\nendpoint: /x\n{secret_line}\nsecretEnv: X"),
                         "secretEnv",

@@ -202,6 +202,52 @@ async fn one_endpoint_two_methods_two_configurations() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_without_a_port_shares_the_gateways_server_as_in_argo() {
+    // Argo Events' guide: `portConfig` names the port, `fooConfig` only its endpoint.
+    let mut h = Harness::new("webhook-gateway", "webhook");
+    let mut sup = h.supervisor(builtin("webhook").unwrap());
+    let p = free_port();
+    let port_config = format!("port: \"{p}\"\nendpoint: /\nmethod: POST");
+    let foo_config = "endpoint: /foo\nmethod: POST";
+    // The portless one may start first: it waits for the server.
+    sup.apply(&map(&[
+        ("webhook.fooConfig", foo_config),
+        ("webhook.portConfig", &port_config),
+    ]))
+    .await;
+    running(&h, &["webhook.fooConfig", "webhook.portConfig"]).await;
+    let c = client();
+    let r = c
+        .post(format!("http://127.0.0.1:{p}/foo"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ce = h.next_event(WAIT).await.unwrap();
+    assert_eq!(ce.source, "webhook-gateway/webhook.fooConfig");
+    // With two ports to choose from, one without a port is an error that says so.
+    let other = format!("port: {}\nendpoint: /other", free_port());
+    sup.apply(&map(&[
+        ("webhook.portConfig", &port_config),
+        ("other", &other),
+        ("bar", "endpoint: /bar"),
+    ]))
+    .await;
+    let node = h
+        .wait_for_phase("bar", Phase::Error, WAIT)
+        .await
+        .expect("bar in Error");
+    assert!(
+        node.message.contains("names no port") && node.message.contains("give it its `port`"),
+        "{}",
+        node.message
+    );
+    sup.stop_all().await;
+    assert!(port_is_free(p));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_forms_and_size_limit() {
     let mut h = Harness::new("hooks", "webhook");
     let mut sup = h.supervisor(builtin("webhook").unwrap());

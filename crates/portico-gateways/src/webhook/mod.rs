@@ -54,8 +54,9 @@ pub enum NumberOrText {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HookConfig {
-    /// The port to listen on, on every interface (a number or a string holding one);
-    /// required.
+    /// The port to listen on, on every interface (a number or a string holding one).
+    /// Without it, the configuration shares the server of the gateway's other configurations,
+    /// as Argo Events' webhooks did (they must listen on one port between them).
     #[serde(default)]
     pub port: Option<NumberOrText>,
     /// The path, starting with `/`.
@@ -110,8 +111,9 @@ pub struct HookRules {
 /// A checked hook configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hook {
-    /// Port and TLS.
-    pub listen: Listen,
+    /// Port and TLS; `None` for a configuration that names no port and shares the server of
+    /// the gateway's other configurations (as Argo Events' webhooks did).
+    pub listen: Option<Listen>,
     /// Path.
     pub endpoint: String,
     /// Method.
@@ -133,22 +135,21 @@ impl HookConfig {
     /// field.
     pub fn check(&self, rules: HookRules) -> Result<Hook, ConfigError> {
         let config = self;
-        let (port, written) = match &config.port {
-            None => {
-                return Err(invalid(
-                    "port",
-                    "required: the port to listen on, like 12000",
-                ));
+        let port = match &config.port {
+            None => None,
+            Some(p) => {
+                let (port, written) = match p {
+                    NumberOrText::Number(n) => (u16::try_from(*n).ok(), n.to_string()),
+                    NumberOrText::Text(t) => (t.trim().parse::<u16>().ok(), t.clone()),
+                };
+                Some(port.filter(|p| *p != 0).ok_or_else(|| {
+                    invalid(
+                        "port",
+                        format!("`{written}` is not a port number from 1 to 65535 (a webhook names its port: 0 cannot be used)"),
+                    )
+                })?)
             }
-            Some(NumberOrText::Number(n)) => (u16::try_from(*n).ok(), n.to_string()),
-            Some(NumberOrText::Text(t)) => (t.trim().parse::<u16>().ok(), t.clone()),
         };
-        let port = port.filter(|p| *p != 0).ok_or_else(|| {
-            invalid(
-                "port",
-                format!("`{written}` is not a port number from 1 to 65535 (a webhook names its port: 0 cannot be used)"),
-            )
-        })?;
         let endpoint = match config.endpoint.trim() {
             "" => {
                 return Err(invalid("endpoint", "empty (required): a path like /push"));
@@ -243,8 +244,18 @@ impl HookConfig {
                 ),
             ));
         }
+        let listen = match (port, tls) {
+            (Some(port), tls) => Some(Listen { port, tls }),
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "serverCertPath",
+                    "a configuration without `port` shares another configuration's server, and its TLS: give the TLS files where the port is",
+                ));
+            }
+        };
         Ok(Hook {
-            listen: Listen { port, tls },
+            listen,
             endpoint,
             method,
             max_body,
@@ -353,10 +364,15 @@ pub async fn attach_hook(
     };
     let guard = tokio::select! {
         _ = ctx.stopped() => return Ok(None),
-        g = servers.attach(&hook.listen, route) => g?,
+        g = async {
+            match &hook.listen {
+                Some(listen) => servers.attach(listen, route).await,
+                None => servers.attach_shared(route).await,
+            }
+        } => g?,
     };
     tracing::info!(
-        port = hook.listen.port,
+        port = guard.port(),
         endpoint = %hook.endpoint,
         method = %hook.method,
         "webhook route ready"
@@ -446,7 +462,10 @@ impl ConfigExecutor for Webhook {
             // It listens on every interface: anyone who reaches the port is believed.
             let risk = format!(
                 "unauthenticated: port {} takes events on {} from anyone who reaches it (set secretFile or secretEnv to require signed deliveries)",
-                hook.listen.port, hook.endpoint
+                hook.listen
+                    .as_ref()
+                    .map_or("shared".to_string(), |l| l.port.to_string()),
+                hook.endpoint
             );
             if ctx.gateway().require_auth() {
                 return Err(ConfigError::invalid(format!(
@@ -482,11 +501,17 @@ mod tests {
     #[test]
     fn fields_are_checked_by_name() {
         let h = check("port: '12000'\nendpoint: /a\nmethod: put\nmaxBodySize: 1KiB").unwrap();
-        assert_eq!(h.listen.port, 12000);
+        assert_eq!(h.listen.as_ref().map(|l| l.port), Some(12000));
         assert_eq!(h.method, Method::PUT);
         assert_eq!(h.max_body, 1024);
         assert_eq!(check("port: 1\nendpoint: /a").unwrap().method, Method::POST);
-        assert!(check("endpoint: /a").unwrap_err().starts_with("port:"));
+        // No port: it shares the gateway's server; TLS then belongs where the port is.
+        assert_eq!(check("endpoint: /a").unwrap().listen, None);
+        assert!(
+            check("endpoint: /a\nserverCertPath: c\nserverKeyPath: k")
+                .unwrap_err()
+                .starts_with("serverCertPath:")
+        );
         assert!(
             check("port: 0\nendpoint: /a")
                 .unwrap_err()

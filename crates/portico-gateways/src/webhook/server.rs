@@ -47,6 +47,8 @@ use super::payload;
 
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a configuration without a port waits for the gateway's server to start.
+const SHARED_WAIT: Duration = Duration::from_secs(5);
 /// How long attaching waits for a port that a stopping server of ours still holds.
 const REBIND_WAIT: Duration = Duration::from_secs(2);
 
@@ -236,6 +238,43 @@ impl Servers {
         ports
     }
 
+    /// Adds `route` to the one server of this gateway: the route of a configuration that names
+    /// no port (as Argo Events allowed) shares the port another configuration listens on.
+    /// Configurations start together, so it waits a while for that server; with none, or with
+    /// several ports to choose from, the error says so (`failed`: retried with backoff).
+    pub async fn attach_shared(self: &Arc<Self>, route: Route) -> Result<RouteGuard, ConfigError> {
+        let deadline = tokio::time::Instant::now() + SHARED_WAIT;
+        loop {
+            let listen = {
+                let ports = self.lock();
+                if ports.len() > 1 {
+                    let mut list: Vec<u16> = ports.keys().copied().collect();
+                    list.sort_unstable();
+                    return Err(ConfigError::failed(format!(
+                        "this configuration names no port, and the gateway's webhooks listen on several ({}): give it its `port`",
+                        list.iter()
+                            .map(u16::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+                ports.iter().next().map(|(port, server)| Listen {
+                    port: *port,
+                    tls: server.tls.clone(),
+                })
+            };
+            if let Some(listen) = listen {
+                return self.attach(&listen, route).await;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ConfigError::failed(
+                    "this configuration names no port and no configuration of the gateway listens on one yet: it shares the port of a configuration that names it",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Adds `route` to the server of `listen.port`, starting the server if the port has none.
     /// Errors are `failed` (retried with backoff): the port may be held by someone else for a
     /// while, or the route by a configuration that is going away.
@@ -366,6 +405,11 @@ pub struct RouteGuard {
 }
 
 impl RouteGuard {
+    /// The port the route is served on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Removes the route; if it was its port's last, stops the server and waits until the
     /// port is released (requests in flight are answered first, within a drain time).
     pub async fn release(mut self) {
