@@ -25,6 +25,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::broker::{self, Progress, SessionError, SessionResult, accepted};
+use crate::webhook::NumberOrText;
 
 /// A `kafka` configuration.
 ///
@@ -44,10 +45,14 @@ pub struct KafkaConfig {
     pub url: String,
     /// The topic.
     pub topic: String,
-    /// Read only this partition (assigned, not balanced in the group).
+    /// Read only this partition (assigned, not balanced in the group); a number or a string
+    /// holding one (Argo Events wrote `"0"`).
     #[serde(default)]
-    pub partition: Option<i32>,
-    /// The consumer group whose committed offsets say where to resume.
+    pub partition: Option<NumberOrText>,
+    /// The consumer group whose committed offsets say where to resume; required unless
+    /// `partition` is given. A `partition` without a group reads as Argo Events' kafka gateway
+    /// did: from `startOffset` at every start, committing nothing, so records produced while
+    /// the configuration is stopped are not read (a warning says so).
     #[serde(default)]
     pub consumer_group: Option<String>,
     /// Where a group with no committed offset starts.
@@ -72,7 +77,8 @@ pub struct Settings {
     brokers: String,
     topic: String,
     partition: Option<i32>,
-    group: String,
+    /// `None`: a partition read without a group (nothing committed).
+    group: Option<String>,
     reset: &'static str,
 }
 
@@ -100,18 +106,30 @@ impl KafkaConfig {
                 "url: empty (required): the brokers, like `127.0.0.1:9092`",
             ));
         }
-        if let Some(p) = self.partition
-            && p < 0
-        {
-            return Err(ConfigError::invalid(format!("partition: {p} is negative")));
-        }
-        let Some(group) = broker::optional(self.consumer_group) else {
-            return Err(ConfigError::invalid("consumerGroup: missing (required)"));
+        let partition = match &self.partition {
+            None => None,
+            Some(p) => {
+                let (n, written) = match p {
+                    NumberOrText::Number(n) => (i32::try_from(*n).ok(), n.to_string()),
+                    NumberOrText::Text(t) => (t.trim().parse::<i32>().ok(), t.clone()),
+                };
+                Some(n.filter(|n| *n >= 0).ok_or_else(|| {
+                    ConfigError::invalid(format!(
+                        "partition: `{written}` is not a partition number (0, 1, …)"
+                    ))
+                })?)
+            }
         };
+        let group = broker::optional(self.consumer_group);
+        if group.is_none() && partition.is_none() {
+            return Err(ConfigError::invalid(
+                "consumerGroup: missing (required unless `partition` is given)",
+            ));
+        }
         Ok(Settings {
             brokers: brokers.join(","),
             topic: broker::non_blank("topic", &self.topic)?.to_string(),
-            partition: self.partition,
+            partition,
             group,
             reset: match self.start_offset {
                 StartOffset::Newest => "latest",
@@ -129,7 +147,13 @@ impl ConfigExecutor for Kafka {
     type Config = Settings;
 
     fn validate(&self, ctx: &ConfigContext) -> Result<Settings, ConfigError> {
-        ctx.parse::<KafkaConfig>()?.check()
+        let settings = ctx.parse::<KafkaConfig>()?.check()?;
+        if settings.group.is_none() {
+            ctx.warn(
+                "partition without consumerGroup (Argo Events' kafka shape): it is read from startOffset at every start and nothing is committed, so records produced while the configuration is stopped are not read; give a consumerGroup to resume where it stopped",
+            );
+        }
+        Ok(settings)
     }
 
     async fn start_config(&self, ctx: ConfigContext, c: Settings) -> Result<(), ConfigError> {
@@ -198,14 +222,16 @@ fn event_of<M: Message>(m: &M) -> Event {
 async fn session(ctx: &ConfigContext, c: &Settings, progress: Progress) -> SessionResult {
     let down = Arc::new(AtomicBool::new(false));
     let lost = Arc::new(tokio::sync::Notify::new());
+    let client_id = format!("portico-{}-{}", ctx.gateway().name(), ctx.src());
     let consumer: StreamConsumer<Watch> = ClientConfig::new()
         .set("bootstrap.servers", &c.brokers)
-        .set("group.id", &c.group)
+        // Without a group of the configuration's, an id of its own that commits nothing.
+        .set("group.id", c.group.as_deref().unwrap_or(&client_id))
+        .set("client.id", &client_id)
         .set(
-            "client.id",
-            format!("portico-{}-{}", ctx.gateway().name(), ctx.src()),
+            "enable.auto.commit",
+            if c.group.is_some() { "true" } else { "false" },
         )
-        .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", c.reset)
@@ -221,8 +247,13 @@ async fn session(ctx: &ConfigContext, c: &Settings, progress: Progress) -> Sessi
     let consumer = Arc::new(consumer);
     match c.partition {
         Some(p) => {
+            let from = match (&c.group, c.reset) {
+                (Some(_), _) => Offset::Stored,
+                (None, "earliest") => Offset::Beginning,
+                (None, _) => Offset::End,
+            };
             let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(&c.topic, p, Offset::Stored)
+            tpl.add_partition_offset(&c.topic, p, from)
                 .map_err(|e| SessionError::broker("cannot assign the partition", e))?;
             consumer
                 .assign(&tpl)
@@ -257,7 +288,9 @@ async fn session(ctx: &ConfigContext, c: &Settings, progress: Progress) -> Sessi
                         if !accepted(ctx.dispatch(event_of(&m)).await)? {
                             return Ok(());
                         }
-                        if let Err(e) = consumer.store_offset_from_message(&m) {
+                        if c.group.is_some()
+                            && let Err(e) = consumer.store_offset_from_message(&m)
+                        {
                             tracing::warn!(src = ctx.src(), "cannot store the offset {}: {e}", m.offset());
                         }
                     }
@@ -286,8 +319,11 @@ async fn session(ctx: &ConfigContext, c: &Settings, progress: Progress) -> Sessi
     // Commit what was stored, then leave the group (closing the consumer off the runtime).
     let closing = consumer.clone();
     drop(consumer);
+    let commit = c.group.is_some();
     let close = tokio::task::spawn_blocking(move || {
-        let _ = closing.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
+        if commit {
+            let _ = closing.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
+        }
         drop(closing);
     });
     if result.is_ok() {
@@ -341,5 +377,8 @@ mod tests {
         );
         let e = check("url: h:1\ntopic: t\nconsumerGroup: g\npartition: -1").unwrap_err();
         assert!(e.message().starts_with("partition:"), "{e}");
+        // Argo Events' shape: the partition as text, no group.
+        let s = check("url: h:1\ntopic: t\npartition: \"0\"").unwrap();
+        assert_eq!((s.partition, s.group), (Some(0), None));
     }
 }

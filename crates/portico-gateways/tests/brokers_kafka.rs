@@ -136,6 +136,41 @@ async fn each_record_arrives_once_with_key_partition_and_offset() {
 }
 
 #[tokio::test]
+async fn argo_shape_a_partition_without_a_group_reads_from_the_newest_record() {
+    let b = broker().await;
+    let topic = unique("argo");
+    create_topic(&addr(&b), &topic).await;
+    let p = producer(&addr(&b));
+    // Produced before the configuration starts: not read (Argo Events read from the newest).
+    produce(&p, &topic, "k", "before").await;
+    let mut rig = Rig::new("kafkagw", "kafka", Arc::new(Kafka));
+    let argo = format!("url: {}\ntopic: {topic}\npartition: \"0\"", addr(&b));
+    rig.apply(&[("argo", &argo)]).await;
+    rig.wait_phase("argo", Phase::Running).await;
+    // Where "newest" lands is settled at the first fetch: produce until one arrives.
+    let mut first = None;
+    for i in 0..100 {
+        produce(&p, &topic, "k", &format!("warm{i}")).await;
+        if let Some(e) = rig.next_event(Duration::from_millis(200)).await {
+            first = Some(e);
+            break;
+        }
+    }
+    let first = first.expect("a record produced while it runs arrives");
+    assert_ne!(data(&first), "before");
+    assert_eq!(ext(&first, "partition").as_deref(), Some("0"));
+    // Drain the other warm-up records, then every later record arrives once, in order.
+    while rig.next_event(Duration::from_millis(300)).await.is_some() {}
+    for i in 0..5 {
+        produce(&p, &topic, "k", &format!("r{i}")).await;
+    }
+    let got = rig.exactly(5, Duration::from_millis(500)).await;
+    let values: Vec<String> = got.iter().map(data).collect();
+    assert_eq!(values, ["r0", "r1", "r2", "r3", "r4"]);
+    rig.supervisor.stop_all().await;
+}
+
+#[tokio::test]
 async fn two_configurations_with_different_topics_stay_apart() {
     let b = broker().await;
     let (ta, tb) = (unique("a"), unique("b"));
