@@ -37,7 +37,10 @@ fn every_builtin_type_has_a_current_reference_page() {
 fn a_page_lists_every_field_with_its_type_and_whether_it_is_required() {
     let page = reference::page("kafka").unwrap();
     assert!(page.contains("| `url` | string | yes |"), "{page}");
-    assert!(page.contains("| `partition` | number or string | no |"), "{page}");
+    assert!(
+        page.contains("| `partition` | number or string | no |"),
+        "{page}"
+    );
     assert!(page.contains("`newest` (At the end"), "{page}");
     let page = reference::page("resource").unwrap();
     assert!(

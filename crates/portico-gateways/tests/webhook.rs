@@ -231,6 +231,12 @@ async fn a_configuration_without_a_port_shares_the_gateways_server_as_in_argo() 
     sup.apply(&map(&[
         ("webhook.portConfig", &port_config),
         ("other", &other),
+    ]))
+    .await;
+    running(&h, &["webhook.portConfig", "other"]).await;
+    sup.apply(&map(&[
+        ("webhook.portConfig", &port_config),
+        ("other", &other),
         ("bar", "endpoint: /bar"),
     ]))
     .await;
