@@ -401,8 +401,9 @@ impl ConfigContext {
     }
 
     /// Warns about something that works but should not be left so (a webhook anyone can post
-    /// to): logged at WARN now, printed by `portico validate`, and the message of the node
-    /// while it runs (in `/status` and the Gateway's `status.nodes`). Said once per text.
+    /// to): logged at WARN when the configuration starts, printed by `portico validate`, and
+    /// the message of the node while it runs (in `/status` and the Gateway's `status.nodes`).
+    /// Said once per text.
     pub fn warn(&self, text: impl Into<String>) {
         let text = text.into();
         let mut warnings = self
@@ -411,7 +412,6 @@ impl ConfigContext {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if !warnings.contains(&text) {
-            tracing::warn!(src = %self.src(), "{text}");
             warnings.push(text);
         }
     }

@@ -191,6 +191,9 @@ impl Supervisor {
                     };
                 }
             };
+        for w in ctx.warnings() {
+            tracing::warn!(src = %src, id = %id, "{w}");
+        }
         self.board.set(id, &src, Phase::Initialized, "");
         let span = tracing::info_span!("configuration", src = %src, id = %id);
         let task = tokio::spawn(tracing::Instrument::instrument(
