@@ -3,8 +3,8 @@
 //! the `resource` gateway) talk to this one over loopback through a real `kube::Client`.
 //!
 //! It serves the real REST paths and JSON of the API server for the kinds it knows
-//! (ConfigMaps, Services, Events, Deployments, Gateways and one custom kind, `Widget` of
-//! `example.com/v1`):
+//! (ConfigMaps, Services, Events, Deployments, Gateways of `portico.dev/v1alpha1` and of
+//! `argoproj.io/v1alpha1`, and one custom kind, `Widget` of `example.com/v1`):
 //!
 //! - discovery: `/api`, `/api/v1`, `/apis`, `/apis/{group}/{version}`;
 //! - list (`fieldSelector` on `metadata.name`/`metadata.namespace`, `labelSelector` with
@@ -35,8 +35,8 @@ use http::{Method, StatusCode, header};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-/// A kind the fake serves.
-#[derive(Debug, Clone)]
+/// A kind the fake serves (two kinds may share a plural in different groups).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct KindInfo {
     /// API group, empty for the core group.
     pub group: &'static str,
@@ -105,6 +105,14 @@ pub const KINDS: &[KindInfo] = &[
         status: true,
     },
     KindInfo {
+        group: "argoproj.io",
+        version: "v1alpha1",
+        kind: "Gateway",
+        plural: "gateways",
+        namespaced: true,
+        status: true,
+    },
+    KindInfo {
         group: "example.com",
         version: "v1",
         kind: "Widget",
@@ -152,7 +160,7 @@ struct Injection {
 #[derive(Debug, Clone)]
 struct LogEntry {
     rv: u64,
-    kind: &'static str,
+    kind: &'static KindInfo,
     namespace: String,
     event: &'static str,
     object: Value,
@@ -165,7 +173,7 @@ enum Signal {
     Break,
 }
 
-type Key = (&'static str, String, String);
+type Key = (&'static KindInfo, String, String);
 
 #[derive(Default)]
 struct Store {
@@ -418,7 +426,7 @@ fn route(path: &str) -> Option<Route> {
 impl Store {
     fn key(kind: &'static KindInfo, ns: &str, name: &str) -> Key {
         let ns = if kind.namespaced { ns } else { "" };
-        (kind.plural, ns.to_string(), name.to_string())
+        (kind, ns.to_string(), name.to_string())
     }
 
     fn next_rv(&mut self) -> u64 {
@@ -433,7 +441,7 @@ impl Store {
         let rv = self.rv;
         self.log.push(LogEntry {
             rv,
-            kind: kind.plural,
+            kind,
             namespace,
             event,
             object,
@@ -681,8 +689,8 @@ fn answer(
             let items: Vec<Value> = store
                 .objects
                 .iter()
-                .filter(|((plural, ons, _), obj)| {
-                    *plural == t.kind.plural
+                .filter(|((k, ons, _), obj)| {
+                    *k == t.kind
                         && t.namespace.as_ref().is_none_or(|n| n == ons)
                         && selected(
                             obj,
@@ -830,8 +838,8 @@ fn watch_response(shared: Arc<Shared>, t: &Target, q: &BTreeMap<String, String>)
         .filter(|v| *v > 0);
     let mut signals = shared.signals.subscribe();
     tokio::spawn(async move {
-        let matches = |e_kind: &str, e_ns: &str, obj: &Value| {
-            e_kind == kind.plural
+        let matches = |e_kind: &KindInfo, e_ns: &str, obj: &Value| {
+            e_kind == kind
                 && namespace.as_ref().is_none_or(|n| n == e_ns)
                 && selected(obj, fields.as_deref(), labels.as_deref())
         };
@@ -1067,7 +1075,7 @@ impl FakeKube {
             .lock()
             .objects
             .iter()
-            .filter(|((p, ons, _), _)| *p == kind.plural && ons == ns)
+            .filter(|((k, ons, _), _)| *k == kind && ons == ns)
             .map(|(_, o)| o.clone())
             .collect()
     }

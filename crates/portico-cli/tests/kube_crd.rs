@@ -1,14 +1,19 @@
-//! `portico crd`: the output parses, declares the status subresource, the printer columns
-//! and the schema of the spec, is small enough for `kubectl apply`, and `deploy/crd.yaml` is
-//! exactly what it prints.
+//! `portico crd`: the output parses into two CRDs (Portico's group and Argo Events'), each
+//! declares the status subresource, the printer columns and the schema of the spec, is small
+//! enough for `kubectl apply`, and `deploy/crd.yaml` is exactly what it prints.
 
 use std::process::Command;
 
 use serde_json::Value;
 
 fn crd_text() -> String {
+    crd_text_with(&[])
+}
+
+fn crd_text_with(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_portico"))
         .arg("crd")
+        .args(args)
         .output()
         .expect("run portico crd");
     assert!(
@@ -19,9 +24,30 @@ fn crd_text() -> String {
     String::from_utf8(out.stdout).expect("UTF-8 output")
 }
 
+/// The CRDs `portico crd` prints, Portico's first.
+fn crds() -> Vec<Value> {
+    serde_saphyr::from_multiple(&crd_text()).expect("the CRDs are YAML")
+}
+
+#[test]
+fn both_groups_are_printed_and_one_can_be_chosen() {
+    let names: Vec<Value> = crds()
+        .iter()
+        .map(|c| c["metadata"]["name"].clone())
+        .collect();
+    assert_eq!(names, ["gateways.portico.dev", "gateways.argoproj.io"]);
+    let argo: Value =
+        serde_saphyr::from_str(&crd_text_with(&["--group", "argoproj.io"])).expect("one CRD");
+    assert_eq!(argo["spec"]["group"], "argoproj.io");
+    // The same schema in both groups.
+    assert_eq!(argo["spec"]["versions"], crds()[0]["spec"]["versions"]);
+    assert_eq!(argo["spec"]["names"]["kind"], "Gateway");
+    assert_eq!(argo["spec"]["names"]["plural"], "gateways");
+}
+
 #[test]
 fn crd_declares_status_columns_and_the_spec_schema() {
-    let crd: Value = serde_saphyr::from_str(&crd_text()).expect("the CRD is YAML");
+    let crd = crds().remove(0);
     assert_eq!(crd["kind"], "CustomResourceDefinition");
     assert_eq!(crd["metadata"]["name"], "gateways.portico.dev");
     assert_eq!(crd["spec"]["group"], "portico.dev");
@@ -74,13 +100,15 @@ fn crd_declares_status_columns_and_the_spec_schema() {
 /// takes up to 262,144 bytes: the CRD's JSON must stay well under it.
 #[test]
 fn the_crd_is_small_enough_for_kubectl_apply() {
-    let crd: Value = serde_saphyr::from_str(&crd_text()).expect("the CRD is YAML");
-    let json = serde_json::to_string(&crd).unwrap();
-    assert!(
-        json.len() < 200 * 1024,
-        "the CRD's JSON is {} bytes, over 200 KiB",
-        json.len()
-    );
+    for crd in crds() {
+        let json = serde_json::to_string(&crd).unwrap();
+        assert!(
+            json.len() < 200 * 1024,
+            "the JSON of {} is {} bytes, over 200 KiB",
+            crd["metadata"]["name"],
+            json.len()
+        );
+    }
 }
 
 #[test]

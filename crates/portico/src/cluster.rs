@@ -2,12 +2,13 @@
 //! spec read from the API server. The runtime then follows the ConfigMap
 //! ([`crate::source::configmap`]) and writes status through [`crate::kube_status`].
 
+use kube::api::DynamicObject;
 use kube::{Api, Client};
 
 use crate::env;
 use crate::kube_status::GatewayRef;
 use crate::source::configmap::ConfigMapRef;
-use crate::spec::{Gateway, GatewayResource};
+use crate::spec::{Gateway, GatewayGroup, status_of};
 
 /// The gateway a process runs in a cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +66,26 @@ pub(crate) enum ClusterError {
         /// What the API server said.
         source: kube::Error,
     },
+    /// There is no such Gateway in either group.
+    #[error(
+        "there is no Gateway `{name}` in namespace `{namespace}` (neither portico.dev/v1alpha1 nor argoproj.io/v1alpha1)"
+    )]
+    NotFound {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// The Gateway's spec is not valid.
+    #[error("Gateway `{name}` in namespace `{namespace}`: spec: {source}")]
+    Spec {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// What is wrong.
+        source: serde_json::Error,
+    },
 }
 
 /// A Kubernetes client and its configuration: `KUBECONFIG` (or `~/.kube/config`) when there is
@@ -89,29 +110,49 @@ async fn connect_with(
     config: kube::Config,
     target: &ClusterTarget,
 ) -> Result<Connected, ClusterError> {
-    let api: Api<GatewayResource> = Api::namespaced(client.clone(), &target.namespace);
-    let resource = api
-        .get(&target.gateway)
-        .await
-        .map_err(|source| ClusterError::Gateway {
+    // `portico.dev` first; a Gateway kept from Argo Events is in `argoproj.io`.
+    let mut found = None;
+    for group in GatewayGroup::ALL {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &target.namespace, &group.api_resource());
+        let gateway_error = |source| ClusterError::Gateway {
+            namespace: target.namespace.clone(),
+            name: target.gateway.clone(),
+            source,
+        };
+        match api.get_opt(&target.gateway).await {
+            Ok(Some(object)) => {
+                found = Some((group, object));
+                break;
+            }
+            Ok(None) => {}
+            // The group is not served (its CRD is not installed): look in the other.
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => return Err(gateway_error(e)),
+        }
+    }
+    let Some((group, resource)) = found else {
+        return Err(ClusterError::NotFound {
+            namespace: target.namespace.clone(),
+            name: target.gateway.clone(),
+        });
+    };
+    let mut gateway =
+        Gateway::from_object(group, &resource).map_err(|source| ClusterError::Spec {
             namespace: target.namespace.clone(),
             name: target.gateway.clone(),
             source,
         })?;
-    let mut gateway = Gateway::from(&resource);
     gateway.metadata.namespace = Some(target.namespace.clone());
     Ok(Connected {
         client,
         config,
         status: GatewayRef {
+            group,
             namespace: target.namespace.clone(),
             name: target.gateway.clone(),
             uid: resource.metadata.uid.clone(),
-            previous_nodes: resource
-                .status
-                .as_ref()
-                .map(|s| s.nodes.keys().cloned().collect())
-                .unwrap_or_default(),
+            previous_nodes: status_of(&resource).nodes.into_keys().collect(),
         },
         config_map: ConfigMapRef {
             namespace: target.namespace.clone(),
@@ -143,8 +184,39 @@ mod tests {
             gateway: "g".into(),
             config_map: "g-cm".into(),
         };
-        let c = connect_with(client, config, &target).await.unwrap();
+        let c = connect_with(client.clone(), config.clone(), &target)
+            .await
+            .unwrap();
         assert_eq!(c.gateway.spec.gateway_type, "calendar");
+        assert_eq!(c.status.group, GatewayGroup::Portico);
+
+        // A Gateway kept from Argo Events v0.6 is found in its own group, and its watchers
+        // default to v0.6's encoding.
+        fake.create(json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "Gateway",
+            "metadata": {"name": "old", "namespace": "ns"},
+            "spec": {"type": "webhook", "configMap": "old-cm", "imageVersion": "latest",
+                "dispatchMechanism": "HTTP", "watchers": {"sensors": [{"name": "s"}]}},
+        }));
+        let old = ClusterTarget {
+            gateway: "old".into(),
+            ..target.clone()
+        };
+        let c_old = connect_with(client.clone(), config.clone(), &old)
+            .await
+            .unwrap();
+        assert_eq!(c_old.status.group, GatewayGroup::Argo);
+        assert_eq!(c_old.gateway.group(), GatewayGroup::Argo);
+        let missing = ClusterTarget {
+            gateway: "nowhere".into(),
+            ..target.clone()
+        };
+        let e = connect_with(client, config, &missing)
+            .await
+            .err()
+            .expect("no such Gateway")
+            .to_string();
+        assert!(e.contains("no Gateway `nowhere`"), "{e}");
         // What the core SDK hands an executor: the client and its configuration.
         let metrics = crate::metrics::Metrics::new();
         let pipeline = crate::pipeline::Pipeline::new(

@@ -1,6 +1,9 @@
 //! The controller (`portico controller`): makes each Gateway labelled
 //! `portico.dev/controller-instance-id=<its id>` into a Deployment (and a Service when
-//! `serviceSpec` is given) and shows the gateway's phase.
+//! `serviceSpec` is given) and shows the gateway's phase. Argo Events v0.6's Gateways
+//! (`argoproj.io/v1alpha1`, the same spec) are reconciled the same way when labelled
+//! `gateways.argoproj.io/gateway-controller-instanceid=<its id>`, as v0.6's controller selected
+//! them, so that a cluster moves from Argo Events by replacing its controller.
 //!
 //! Reconcile is a function of the Gateway and the world (kube-runtime's `Controller`): it
 //! computes the desired Deployment and Service, applies them with server-side apply (owned by
@@ -10,8 +13,11 @@
 //! once and never again). A Gateway that fails validation gets phase `Error` with the reason
 //! and is requeued with capped exponential backoff.
 //!
-//! Names: the Deployment is `<gateway>-gateway`, the Service `<gateway>-gateway-svc` (the
-//! address other gateways' watchers resolve to). Every container of `deploySpec` gets the
+//! Names: the Deployment is `<gateway>-gateway` (`<gateway>-gateway-deployment` for an
+//! `argoproj.io` Gateway, v0.6's name), the Service `<gateway>-gateway-svc` (the address other
+//! gateways' watchers resolve to). The pods of an `argoproj.io` Gateway also carry the
+//! Gateway's own labels and `gateway-name: <gateway>`, which v0.6's `serviceSpec` selectors
+//! name. Every container of `deploySpec` gets the
 //! environment of the gateway's style (docs/contract.md); a variable of the contract replaces
 //! one of the same name in the spec. The pod gets a memory-backed volume, mounted at
 //! `/var/run/portico` in every container, where the first `portico` to start writes the
@@ -27,8 +33,8 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     EmptyDirVolumeSource, EnvVar, PodTemplateSpec, Service, Volume, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use kube::api::{DeleteParams, Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -37,12 +43,12 @@ use kube::{Api, Client, Resource, ResourceExt};
 const RUN_VOLUME: &str = "portico-run";
 
 use crate::spec::watchers::{Environment, resolve_watchers};
-use crate::spec::{Gateway, GatewayResource, Problems};
+use crate::spec::{Gateway, GatewayGroup, Problems, status_of};
 
-/// Label that assigns a Gateway to a controller instance.
-use crate::spec::INSTANCE_LABEL;
 /// Label on a gateway's Deployment, pods and Service naming the gateway.
 const GATEWAY_LABEL: &str = "portico.dev/gateway";
+/// Label Argo Events v0.6 put on a gateway's pods (its examples' Service selectors name it).
+const ARGO_GATEWAY_NAME_LABEL: &str = "gateway-name";
 /// Field manager of the controller's server-side applies.
 const FIELD_MANAGER: &str = "portico-controller";
 /// Phase of a Gateway whose Deployment (and Service) are applied.
@@ -53,7 +59,8 @@ const PHASE_ERROR: &str = "Error";
 /// How the controller runs.
 #[derive(Debug, Clone)]
 pub(crate) struct ControllerOptions {
-    /// Its instance id: only Gateways labelled with it are reconciled.
+    /// Its instance id: only Gateways labelled with it (with their group's label) are
+    /// reconciled.
     pub instance_id: String,
     /// Only this namespace (`None`: every namespace).
     pub namespace: Option<String>,
@@ -95,6 +102,8 @@ pub(crate) enum ReconcileError {
 struct Context {
     client: Client,
     options: ControllerOptions,
+    /// The group of the Gateways this context reconciles.
+    group: GatewayGroup,
     /// Consecutive failures by `namespace/name`, for the backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -109,8 +118,11 @@ struct Desired {
 }
 
 /// Name of a gateway's Deployment.
-fn deployment_name(gateway: &str) -> String {
-    format!("{gateway}-gateway")
+fn deployment_name(group: GatewayGroup, gateway: &str) -> String {
+    match group {
+        GatewayGroup::Portico => format!("{gateway}-gateway"),
+        GatewayGroup::Argo => format!("{gateway}-gateway-deployment"),
+    }
 }
 
 /// Name of a gateway's Service (what `watchers.gateways` resolve to).
@@ -118,9 +130,32 @@ fn service_name(gateway: &str) -> String {
     format!("{gateway}-gateway-svc")
 }
 
-/// Checks a Gateway for what the controller needs and computes its Deployment and Service.
-fn desired(resource: &GatewayResource, options: &ControllerOptions) -> Result<Desired, Problems> {
-    let gateway = Gateway::from(resource);
+/// Checks a Gateway object for what the controller needs and computes its Deployment and
+/// Service.
+fn desired(
+    object: &DynamicObject,
+    group: GatewayGroup,
+    options: &ControllerOptions,
+) -> Result<Desired, Problems> {
+    let gateway =
+        Gateway::from_object(group, object).map_err(|e| Problems(vec![format!("spec: {e}")]))?;
+    let owner = owner_reference(object, group)
+        .ok_or_else(|| Problems(vec!["the Gateway has no uid yet".to_string()]))?;
+    desired_of(&gateway, owner, options)
+}
+
+/// The controller owner reference to `object`.
+fn owner_reference(object: &DynamicObject, group: GatewayGroup) -> Option<OwnerReference> {
+    object.controller_owner_ref(&group.api_resource())
+}
+
+/// [`desired`] of a parsed gateway.
+fn desired_of(
+    gateway: &Gateway,
+    owner: OwnerReference,
+    options: &ControllerOptions,
+) -> Result<Desired, Problems> {
+    let group = gateway.group();
     let spec = &gateway.spec;
     let name = &gateway.metadata.name;
     let mut problems = Vec::new();
@@ -139,7 +174,7 @@ fn desired(resource: &GatewayResource, options: &ControllerOptions) -> Result<De
         gateway_url: None,
         checking: false,
     };
-    if let Err(p) = resolve_watchers(&gateway, &cluster) {
+    if let Err(p) = resolve_watchers(gateway, &cluster) {
         problems.extend(p.0);
     }
     let pod = match &spec.deploy_spec {
@@ -159,13 +194,20 @@ fn desired(resource: &GatewayResource, options: &ControllerOptions) -> Result<De
     let (Some(mut pod), true) = (pod, problems.is_empty()) else {
         return Err(Problems(problems));
     };
-    let owner = resource
-        .controller_owner_ref(&())
-        .ok_or_else(|| Problems(vec!["the Gateway has no uid yet".to_string()]))?;
     let labels = BTreeMap::from([
         (GATEWAY_LABEL.to_string(), name.clone()),
-        (INSTANCE_LABEL.to_string(), options.instance_id.clone()),
+        (
+            group.instance_label().to_string(),
+            options.instance_id.clone(),
+        ),
     ]);
+    let mut pod_labels = labels.clone();
+    if group == GatewayGroup::Argo {
+        for (k, v) in &gateway.metadata.labels {
+            pod_labels.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        pod_labels.insert(ARGO_GATEWAY_NAME_LABEL.to_string(), name.clone());
+    }
     let mut contract = gateway.contract(options.transformer_port, Some(&options.instance_id));
     contract.push((
         crate::env::PORTICO_INGEST_TOKEN_FILE,
@@ -206,13 +248,13 @@ fn desired(resource: &GatewayResource, options: &ControllerOptions) -> Result<De
     }
     let meta = |n: String| ObjectMeta {
         name: Some(n),
-        namespace: resource.namespace(),
+        namespace: gateway.metadata.namespace.clone(),
         labels: Some(labels.clone()),
         owner_references: Some(vec![owner.clone()]),
         ..Default::default()
     };
     let deployment = Deployment {
-        metadata: meta(deployment_name(name)),
+        metadata: meta(deployment_name(group, name)),
         spec: Some(DeploymentSpec {
             replicas: Some(1),
             selector: LabelSelector {
@@ -221,7 +263,7 @@ fn desired(resource: &GatewayResource, options: &ControllerOptions) -> Result<De
             },
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(labels.clone()),
+                    labels: Some(pod_labels),
                     ..Default::default()
                 }),
                 spec: Some(pod),
@@ -246,20 +288,18 @@ fn desired(resource: &GatewayResource, options: &ControllerOptions) -> Result<De
     })
 }
 
-fn key(g: &GatewayResource) -> String {
+fn key(g: &DynamicObject) -> String {
     format!("{}/{}", g.namespace().unwrap_or_default(), g.name_any())
 }
 
 async fn set_status(
-    api: &Api<GatewayResource>,
-    gateway: &GatewayResource,
+    api: &Api<DynamicObject>,
+    gateway: &DynamicObject,
     phase: &str,
     message: &str,
 ) -> Result<(), kube::Error> {
-    let current = gateway.status.as_ref();
-    if current.and_then(|s| s.phase.as_deref()) == Some(phase)
-        && current.and_then(|s| s.message.as_deref()) == Some(message)
-    {
+    let current = status_of(gateway);
+    if current.phase.as_deref() == Some(phase) && current.message.as_deref() == Some(message) {
         return Ok(());
     }
     let patch = serde_json::json!({"status": {"phase": phase, "message": message}});
@@ -273,17 +313,18 @@ async fn set_status(
 }
 
 async fn reconcile(
-    gateway: Arc<GatewayResource>,
+    gateway: Arc<DynamicObject>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
     let ns = gateway.namespace().unwrap_or_else(|| "default".to_string());
     let name = gateway.name_any();
-    let gateways: Api<GatewayResource> = Api::namespaced(ctx.client.clone(), &ns);
+    let gateways: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &ns, &ctx.group.api_resource());
     if gateway.metadata.deletion_timestamp.is_some() {
         // Owner references let the garbage collector remove what it owned.
         return Ok(Action::await_change());
     }
-    let desired = match desired(&gateway, &ctx.options) {
+    let desired = match desired(&gateway, ctx.group, &ctx.options) {
         Ok(d) => d,
         Err(problems) => {
             let reason = problems.to_string();
@@ -294,7 +335,7 @@ async fn reconcile(
     };
     let apply = PatchParams::apply(FIELD_MANAGER).force();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let deployment_name = deployment_name(&name);
+    let deployment_name = deployment_name(ctx.group, &name);
     if let Err(e) = deployments
         .patch(&deployment_name, &apply, &Patch::Apply(&desired.deployment))
         .await
@@ -350,11 +391,7 @@ fn retry_delay(options: &ControllerOptions, failures: u32) -> Duration {
         .min(options.max_backoff)
 }
 
-fn error_policy(
-    gateway: Arc<GatewayResource>,
-    error: &ReconcileError,
-    ctx: Arc<Context>,
-) -> Action {
+fn error_policy(gateway: Arc<DynamicObject>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
     let n = {
         let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
         let n = failures.entry(key(&gateway)).or_insert(0);
@@ -369,49 +406,74 @@ fn error_policy(
     Action::requeue(delay)
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller until `shutdown` resolves: one for the Gateways of each group, both
+/// with the same instance id.
 pub(crate) async fn run(
     client: Client,
     options: ControllerOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let selector = format!("{INSTANCE_LABEL}={}", options.instance_id);
-    let (gateways, deployments, services) = match &options.namespace {
-        Some(ns) => (
-            Api::<GatewayResource>::namespaced(client.clone(), ns),
-            Api::<Deployment>::namespaced(client.clone(), ns),
-            Api::<Service>::namespaced(client.clone(), ns),
-        ),
-        None => (
-            Api::<GatewayResource>::all(client.clone()),
-            Api::<Deployment>::all(client.clone()),
-            Api::<Service>::all(client.clone()),
-        ),
-    };
-    let owned = watcher::Config::default().labels(&selector);
+    use futures::FutureExt;
     tracing::info!(
         instance_id = %options.instance_id,
         namespace = options.namespace.as_deref().unwrap_or("(all)"),
         "controller starting"
     );
+    let shutdown = shutdown.shared();
+    futures::future::join_all(
+        GatewayGroup::ALL
+            .map(|group| run_group(client.clone(), options.clone(), group, shutdown.clone())),
+    )
+    .await;
+    tracing::info!("controller stopped");
+}
+
+/// The controller of one group's Gateways.
+async fn run_group(
+    client: Client,
+    options: ControllerOptions,
+    group: GatewayGroup,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let selector = format!("{}={}", group.instance_label(), options.instance_id);
+    let resource = group.api_resource();
+    let (gateways, deployments, services) = match &options.namespace {
+        Some(ns) => (
+            Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource),
+            Api::<Deployment>::namespaced(client.clone(), ns),
+            Api::<Service>::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::<DynamicObject>::all_with(client.clone(), &resource),
+            Api::<Deployment>::all(client.clone()),
+            Api::<Service>::all(client.clone()),
+        ),
+    };
+    let owned = watcher::Config::default().labels(&selector);
     let ctx = Arc::new(Context {
         client,
         options,
+        group,
         failures: Mutex::new(HashMap::new()),
     });
-    Controller::new(gateways, watcher::Config::default().labels(&selector))
-        .owns(deployments, owned.clone())
-        .owns(services, owned)
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::debug!(gateway = %object.name, "reconciled"),
-                Err(e) => tracing::debug!("reconcile: {e}"),
+    Controller::new_with(
+        gateways,
+        watcher::Config::default().labels(&selector),
+        resource,
+    )
+    .owns(deployments, owned.clone())
+    .owns(services, owned)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        match result {
+            Ok((object, _)) => {
+                tracing::debug!(group = group.group(), gateway = %object.name, "reconciled")
             }
-        })
-        .await;
-    tracing::info!("controller stopped");
+            Err(e) => tracing::debug!(group = group.group(), "reconcile: {e}"),
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -430,12 +492,24 @@ mod tests {
 
     #[test]
     fn an_invalid_gateway_says_what_is_missing() {
-        let mut g = GatewayResource::new("g", crate::spec::GatewaySpec::default());
+        let mut g = DynamicObject::new("g", &GatewayGroup::Portico.api_resource())
+            .data(serde_json::json!({"spec": {}}));
         g.metadata.uid = Some("u".into());
-        let e = desired(&g, &ControllerOptions::new("a"))
+        let e = desired(&g, GatewayGroup::Portico, &ControllerOptions::new("a"))
             .unwrap_err()
             .to_string();
         assert!(e.contains("spec.type"), "{e}");
         assert!(e.contains("spec.deploySpec"), "{e}");
+    }
+
+    #[test]
+    fn a_spec_that_cannot_be_read_is_an_error_naming_the_field() {
+        let mut g = DynamicObject::new("g", &GatewayGroup::Argo.api_resource())
+            .data(serde_json::json!({"spec": {"type": "webhook", "bogus": 1}}));
+        g.metadata.uid = Some("u".into());
+        let e = desired(&g, GatewayGroup::Argo, &ControllerOptions::new("a"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus"), "{e}");
     }
 }

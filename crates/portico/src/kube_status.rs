@@ -17,12 +17,12 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::spec::{GatewayResource, NodeStatus};
+use crate::spec::{GatewayGroup, NodeStatus};
 use crate::status::{Node, NodeChange, Phase, StatusSink};
 
 /// Events waiting to be written beyond which the oldest are dropped (and counted in a log).
@@ -49,6 +49,8 @@ impl Default for KubeStatusOptions {
 /// The Gateway whose status is written.
 #[derive(Debug, Clone)]
 pub(crate) struct GatewayRef {
+    /// Its API group.
+    pub group: GatewayGroup,
     /// Namespace.
     pub namespace: String,
     /// Name.
@@ -201,7 +203,11 @@ impl KubeStatusSink {
             inner.wake.notify_one();
         }
         let writer = Writer {
-            gateways: Api::namespaced(client.clone(), &gateway.namespace),
+            gateways: Api::namespaced_with(
+                client.clone(),
+                &gateway.namespace,
+                &gateway.group.api_resource(),
+            ),
             events: Api::namespaced(client, &gateway.namespace),
             gateway,
             options,
@@ -213,7 +219,7 @@ impl KubeStatusSink {
 }
 
 struct Writer {
-    gateways: Api<GatewayResource>,
+    gateways: Api<DynamicObject>,
     events: Api<Event>,
     gateway: GatewayRef,
     options: KubeStatusOptions,
@@ -304,7 +310,7 @@ impl Writer {
                 ..Default::default()
             },
             involved_object: ObjectReference {
-                api_version: Some("portico.dev/v1alpha1".to_string()),
+                api_version: Some(self.gateway.group.api_version().to_string()),
                 kind: Some("Gateway".to_string()),
                 name: Some(self.gateway.name.clone()),
                 namespace: Some(self.gateway.namespace.clone()),

@@ -92,8 +92,14 @@ enum Command {
         #[arg(long, default_value_t = env::DEFAULT_TRANSFORMER_PORT)]
         transformer_port: u16,
     },
-    /// Print the Gateway CustomResourceDefinition (YAML) for `kubectl apply -f -`.
-    Crd,
+    /// Print the Gateway CustomResourceDefinitions (YAML) for `kubectl apply -f -`: Portico's
+    /// (`gateways.portico.dev`) and, with the same schema, Argo Events v0.6's
+    /// (`gateways.argoproj.io`), which the controller also reconciles.
+    Crd {
+        /// Only this group's: `portico.dev` or `argoproj.io`.
+        #[arg(long, value_parser = ["portico.dev", "argoproj.io"])]
+        group: Option<String>,
+    },
 }
 
 /// The `portico` command: parses the command line and runs what it says. Returns the process
@@ -139,7 +145,12 @@ pub fn main(builtins: Builtins) -> ExitCode {
                 Ok::<(), crate::cluster::ClusterError>(())
             })
         }
-        Command::Crd => match crate::spec::crd_yaml() {
+        Command::Crd { group } => match crate::spec::crd_yaml(
+            &crate::spec::GatewayGroup::ALL
+                .into_iter()
+                .filter(|g| group.as_deref().is_none_or(|name| name == g.group()))
+                .collect::<Vec<_>>(),
+        ) {
             Ok(yaml) => {
                 print!("{yaml}");
                 ExitCode::SUCCESS

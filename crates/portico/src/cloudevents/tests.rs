@@ -730,3 +730,74 @@ fn legacy_v01_fields() {
     assert_eq!(v["eventTypeVersion"], "v2");
     assert!(v.get("payload").is_none() && v.get("extensions").is_none());
 }
+
+/// The base64-decoded `payload` of `ev` in CloudEvents 0.1 JSON.
+fn v01_payload(ev: &CloudEvent) -> Vec<u8> {
+    use base64::Engine;
+    let v: serde_json::Value = serde_json::from_slice(&legacy::to_json_v01(ev, None)).unwrap();
+    base64::engine::general_purpose::STANDARD
+        .decode(v["payload"].as_str().expect("a payload"))
+        .unwrap()
+}
+
+fn typed(ty: &str, data: &str) -> CloudEvent {
+    let mut ev = CloudEvent::new("1", "g/c", ty);
+    ev.data = Some(Data::Json(Bytes::from(data.to_string())));
+    ev
+}
+
+#[test]
+fn legacy_calendar_payload_is_the_scheduled_time_as_a_kubernetes_timestamp() {
+    let mut ev = typed(
+        "calendar",
+        r#"{"eventTime":"2018-11-25T10:00:00Z","userPayload":null}"#,
+    );
+    ev.time = Some(Utc.with_ymd_and_hms(2018, 11, 25, 10, 0, 0).unwrap());
+    // seconds = 1543140000 (field 1, varint), nanos = 0 (field 2, written even when zero).
+    assert_eq!(
+        v01_payload(&ev),
+        [0x08, 0xa0, 0xe5, 0xe9, 0xdf, 0x05, 0x10, 0x00]
+    );
+    // Another shape under the same type (a user server's payload) is left as it is.
+    let mut other = typed("calendar", r#"{"tick":1}"#);
+    other.time = ev.time;
+    assert_eq!(v01_payload(&other), br#"{"tick":1}"#);
+}
+
+#[test]
+fn legacy_webhook_resource_and_file_payloads_are_what_v06_sent() {
+    let json = typed(
+        "webhook",
+        r#"{"header":{"x-a":["1"]},"body":{"a": [1, 2]},"bodyEncoding":"json"}"#,
+    );
+    assert_eq!(v01_payload(&json), br#"{"a": [1, 2]}"#);
+    let text = typed(
+        "webhook",
+        r#"{"header":{},"body":"plain \"text\"","bodyEncoding":"text"}"#,
+    );
+    assert_eq!(v01_payload(&text), br#"plain "text""#);
+    let bytes = typed(
+        "webhook",
+        r#"{"header":{},"body":"/w==","bodyEncoding":"base64"}"#,
+    );
+    assert_eq!(v01_payload(&bytes), [0xff]);
+    let resource = typed(
+        "resource",
+        r#"{"type":"ADDED","object":{"kind":"Pod","metadata":{"name":"p"}}}"#,
+    );
+    assert_eq!(
+        v01_payload(&resource),
+        br#"{"kind":"Pod","metadata":{"name":"p"}}"#
+    );
+    let file = typed(
+        "file",
+        r#"{"name":"a.txt","op":"CREATE","path":"/watched/a.txt"}"#,
+    );
+    assert_eq!(v01_payload(&file), br#""/watched/a.txt": CREATE"#);
+    // Stream gateways' message bytes and any other type: unchanged.
+    let nats = typed("nats", r#"{"header":{},"body":1,"bodyEncoding":"json"}"#);
+    assert_eq!(
+        v01_payload(&nats),
+        br#"{"header":{},"body":1,"bodyEncoding":"json"}"#
+    );
+}

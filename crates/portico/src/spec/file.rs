@@ -14,7 +14,7 @@ use serde_saphyr::Spanned;
 
 use crate::error::ConfigError;
 
-use super::{ConfigMapData, GATEWAY_API_VERSIONS, Gateway, GatewaySpec, GrpcProtocol, ObjectMeta};
+use super::{ConfigMapData, Gateway, GatewayGroup, GatewaySpec, GrpcProtocol, ObjectMeta};
 
 /// A gateway read from its files and checked: the gateway and its configurations.
 #[derive(Debug, Clone, PartialEq)]
@@ -393,13 +393,13 @@ impl Checker {
             let meta = doc.metadata.as_ref().map(|m| m.value.clone());
             match kind.value.as_str() {
                 "Gateway" => {
-                    if !GATEWAY_API_VERSIONS.contains(&api_version.value.as_str()) {
+                    if GatewayGroup::of(&api_version.value).is_none() {
                         self.err(
                             Some(api_version.referenced),
                             format!(
                                 "apiVersion `{}` is not a Gateway version: expected one of {}",
                                 api_version.value,
-                                GATEWAY_API_VERSIONS.join(", ")
+                                GatewayGroup::ALL.map(GatewayGroup::api_version).join(", ")
                             ),
                         );
                         continue;

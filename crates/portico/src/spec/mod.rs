@@ -3,7 +3,9 @@
 //!
 //! The same [`GatewaySpec`] is the spec of the `Gateway` custom resource in a cluster: its
 //! derive makes [`GatewayResource`] (group `portico.dev`, version `v1alpha1`, kind `Gateway`,
-//! status subresource [`GatewayStatus`]) and the CRD that `portico crd` prints.
+//! status subresource [`GatewayStatus`]) and the CRD that `portico crd` prints. The same
+//! schema is served a second time in Argo Events' group `argoproj.io` ([`GatewayGroup`]), so
+//! that the Gateways of a cluster moving from Argo Events v0.6 run unchanged.
 
 pub(crate) mod file;
 pub(crate) mod watchers;
@@ -22,8 +24,88 @@ use crate::env;
 
 pub(crate) use file::{GatewayFile, SpecErrors, parse_config};
 
-/// API groups whose `v1alpha1` Gateway Portico accepts (the second is the original's).
-pub(crate) const GATEWAY_API_VERSIONS: [&str; 2] = ["portico.dev/v1alpha1", "argoproj.io/v1alpha1"];
+/// The API group of a Gateway: Portico's own, or Argo Events v0.6's (`argoproj.io`), whose
+/// objects a cluster moving from Argo keeps. Both have version `v1alpha1`, kind `Gateway` and
+/// the same spec; they differ in the label that gives a Gateway to a controller instance and
+/// in how watchers receive events unless told otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum GatewayGroup {
+    /// `portico.dev/v1alpha1`.
+    Portico,
+    /// `argoproj.io/v1alpha1`, Argo Events v0.6's.
+    Argo,
+}
+
+impl GatewayGroup {
+    /// Both groups, Portico's first.
+    pub(crate) const ALL: [GatewayGroup; 2] = [GatewayGroup::Portico, GatewayGroup::Argo];
+
+    /// The API group.
+    pub(crate) fn group(self) -> &'static str {
+        match self {
+            GatewayGroup::Portico => "portico.dev",
+            GatewayGroup::Argo => "argoproj.io",
+        }
+    }
+
+    /// `<group>/v1alpha1`.
+    pub(crate) fn api_version(self) -> &'static str {
+        match self {
+            GatewayGroup::Portico => "portico.dev/v1alpha1",
+            GatewayGroup::Argo => "argoproj.io/v1alpha1",
+        }
+    }
+
+    /// The group of a Gateway's `apiVersion`, if it is one of the two.
+    pub(crate) fn of(api_version: &str) -> Option<GatewayGroup> {
+        GatewayGroup::ALL
+            .into_iter()
+            .find(|g| g.api_version() == api_version)
+    }
+
+    /// The label that gives a Gateway of this group to the controller of an instance id:
+    /// `portico.dev/controller-instance-id`, or Argo Events' own
+    /// `gateways.argoproj.io/gateway-controller-instanceid`.
+    pub(crate) fn instance_label(self) -> &'static str {
+        match self {
+            GatewayGroup::Portico => INSTANCE_LABEL,
+            GatewayGroup::Argo => ARGO_INSTANCE_LABEL,
+        }
+    }
+
+    /// How HTTP watchers receive events when neither they nor `spec.delivery` name an
+    /// encoding: CloudEvents 1.0 structured, or, for Argo's group, the CloudEvents 0.1 JSON
+    /// that Argo Events v0.6's sensors read.
+    pub(crate) fn default_encoding(self) -> Encoding {
+        match self {
+            GatewayGroup::Portico => Encoding::Structured,
+            GatewayGroup::Argo => Encoding::Legacy,
+        }
+    }
+
+    /// The resource, for API calls on Gateways of this group.
+    pub(crate) fn api_resource(self) -> kube::core::ApiResource {
+        let gvk = kube::core::GroupVersionKind::gvk(self.group(), "v1alpha1", "Gateway");
+        kube::core::ApiResource::from_gvk_with_plural(&gvk, "gateways")
+    }
+
+    /// The CustomResourceDefinition of this group's Gateway: the same schema, names and
+    /// columns in both groups.
+    pub(crate) fn crd(
+        self,
+    ) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition
+    {
+        use kube::CustomResourceExt;
+        let mut crd = GatewayResource::crd();
+        if self == GatewayGroup::Argo {
+            crd.metadata.name = Some(format!("gateways.{}", self.group()));
+            crd.spec.group = self.group().to_string();
+            crd.spec.names.categories =
+                Some(vec!["argo-events".to_string(), "portico".to_string()]);
+        }
+        crd
+    }
+}
 
 /// The configurations of a gateway: key (`src`) → value (YAML or JSON text).
 pub(crate) type ConfigMapData = BTreeMap<String, String>;
@@ -173,8 +255,11 @@ impl GatewaySpec {
     }
 }
 
-/// The label that gives a Gateway to the controller of that instance id.
+/// The label that gives a `portico.dev` Gateway to the controller of that instance id.
 pub(crate) const INSTANCE_LABEL: &str = "portico.dev/controller-instance-id";
+/// The label that gives an `argoproj.io` Gateway to the controller of that instance id (Argo
+/// Events' own).
+pub(crate) const ARGO_INSTANCE_LABEL: &str = "gateways.argoproj.io/gateway-controller-instanceid";
 
 /// `spec.security`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -822,6 +907,11 @@ pub(crate) struct Gateway {
 }
 
 impl Gateway {
+    /// The API group of the gateway (Portico's when its `apiVersion` is neither).
+    pub(crate) fn group(&self) -> GatewayGroup {
+        GatewayGroup::of(&self.api_version).unwrap_or(GatewayGroup::Portico)
+    }
+
     /// Namespace of the gateway (`default` when unset).
     pub(crate) fn namespace(&self) -> &str {
         self.metadata.namespace.as_deref().unwrap_or("default")
@@ -846,7 +936,8 @@ impl Gateway {
     /// on every container of the gateway's pod, `portico run FILE -- COMMAND` on the child.
     /// The five variables every gateway process had in Argo Events are always there (empty
     /// when there is no value): the controller's instance id is `instance_id`, else the
-    /// gateway's `portico.dev/controller-instance-id` label.
+    /// gateway's instance label (`portico.dev/controller-instance-id`, or
+    /// `gateways.argoproj.io/gateway-controller-instanceid` for an `argoproj.io` Gateway).
     pub(crate) fn contract(
         &self,
         transformer_port: u16,
@@ -864,7 +955,10 @@ impl Gateway {
         ));
         let instance = instance_id
             .map(str::to_string)
-            .or_else(|| self.metadata.labels.get(INSTANCE_LABEL).cloned())
+            .or_else(|| {
+                let label = self.group().instance_label();
+                self.metadata.labels.get(label).cloned()
+            })
             .unwrap_or_default();
         vars.push((env::GATEWAY_CONTROLLER_INSTANCE_ID, instance));
         if let Some(p) = spec.rpc_port {
@@ -902,12 +996,20 @@ impl Gateway {
     }
 }
 
-impl From<&GatewayResource> for Gateway {
-    /// The gateway of a custom resource read from the API server.
-    fn from(r: &GatewayResource) -> Gateway {
-        let m = &r.metadata;
-        Gateway {
-            api_version: "portico.dev/v1alpha1".to_string(),
+impl Gateway {
+    /// The gateway of a Gateway object of `group` read from the API server.
+    pub(crate) fn from_object(
+        group: GatewayGroup,
+        object: &kube::core::DynamicObject,
+    ) -> Result<Gateway, serde_json::Error> {
+        let m = &object.metadata;
+        let spec = object
+            .data
+            .get("spec")
+            .cloned()
+            .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+        Ok(Gateway {
+            api_version: group.api_version().to_string(),
             kind: "Gateway".to_string(),
             metadata: ObjectMeta {
                 name: m.name.clone().unwrap_or_default(),
@@ -915,22 +1017,32 @@ impl From<&GatewayResource> for Gateway {
                 labels: m.labels.clone().unwrap_or_default(),
                 annotations: m.annotations.clone().unwrap_or_default(),
             },
-            spec: r.spec.clone(),
-        }
+            spec: serde_json::from_value(spec)?,
+        })
     }
 }
 
-/// The `Gateway` CustomResourceDefinition, as `portico crd` prints it and `deploy/crd.yaml`
-/// holds it.
-pub(crate) fn crd()
--> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
-    use kube::CustomResourceExt;
-    GatewayResource::crd()
+/// The status of a Gateway object read from the API server (empty when it has none or it
+/// cannot be read).
+pub(crate) fn status_of(object: &kube::core::DynamicObject) -> GatewayStatus {
+    object
+        .data
+        .get("status")
+        .and_then(|s| serde_json::from_value(s.clone()).ok())
+        .unwrap_or_default()
 }
 
-/// [`crd`] as YAML text.
-pub(crate) fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {
-    serde_saphyr::to_string(&crd())
+/// The `Gateway` CustomResourceDefinitions of both groups as YAML documents, as `portico crd`
+/// prints them and `deploy/crd.yaml` holds them.
+pub(crate) fn crd_yaml(groups: &[GatewayGroup]) -> Result<String, serde_saphyr::SerializeError> {
+    let mut out = String::new();
+    for group in groups {
+        if !out.is_empty() {
+            out.push_str("---\n");
+        }
+        out.push_str(&serde_saphyr::to_string(&group.crd())?);
+    }
+    Ok(out)
 }
 
 /// Every problem found with a gateway, each saying what is wrong and where.

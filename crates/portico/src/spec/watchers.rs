@@ -5,6 +5,10 @@
 //! (the original looked gateways up under the sensor name). Outside one, both need a `url` or
 //! a URL template (`--sensor-url`, `--gateway-url`); a file is checked without one.
 //! `K_SINK` is one more URL watcher. With no watcher at all, events go to stdout.
+//!
+//! HTTP watchers get CloudEvents 1.0 (structured) unless they or `spec.delivery` name an
+//! `encoding`; those of an `argoproj.io` Gateway get Argo Events v0.6's CloudEvents 0.1 JSON
+//! (`legacy`) instead, what that group's sensors read. `K_SINK` always defaults to 1.0.
 
 use std::time::Duration;
 
@@ -220,16 +224,18 @@ fn queue_settings(gateway: &WatcherSettings, own: &WatcherSettings) -> QueueSett
     }
 }
 
+/// An HTTP watcher's target. Its encoding is its own, else the gateway's, else `fallback`.
 fn http(
     what: &str,
     url: String,
     gateway: &WatcherSettings,
     own: &WatcherSettings,
+    fallback: Encoding,
     problems: &mut Vec<String>,
 ) -> Target {
     Target::Http {
         url,
-        encoding: own.encoding.or(gateway.encoding).unwrap_or_default(),
+        encoding: own.encoding.or(gateway.encoding).unwrap_or(fallback),
         timeout: own.timeout.or(gateway.timeout).unwrap_or(DEFAULT_TIMEOUT),
         headers: headers(what, own, problems),
     }
@@ -372,6 +378,9 @@ pub(crate) fn resolve_watchers(
     let spec = &gateway.spec;
     let ns = gateway.namespace();
     let defaults = &spec.delivery;
+    // An `argoproj.io` Gateway's watchers are Argo Events v0.6's sensors and gateways: they
+    // get its CloudEvents 0.1 JSON unless told otherwise.
+    let encoding = gateway.group().default_encoding();
     let mut problems = Vec::new();
     let mut out = Vec::new();
     if let Some(d) = &defaults.dead_letter {
@@ -455,7 +464,7 @@ pub(crate) fn resolve_watchers(
         }
         out.push(WatcherDef {
             name: format!("sensor:{}", s.name),
-            target: http(&what, url, defaults, &s.settings, &mut problems),
+            target: http(&what, url, defaults, &s.settings, encoding, &mut problems),
             queue: queue_settings(defaults, &s.settings),
             dead_letter: dead_letter(defaults, &s.settings),
             moved_from: None,
@@ -494,7 +503,7 @@ pub(crate) fn resolve_watchers(
         }
         out.push(WatcherDef {
             name: format!("gateway:{}", g.name),
-            target: http(&what, url, defaults, &g.settings, &mut problems),
+            target: http(&what, url, defaults, &g.settings, encoding, &mut problems),
             queue: queue_settings(defaults, &g.settings),
             dead_letter: dead_letter(defaults, &g.settings),
             moved_from: None,
@@ -514,7 +523,7 @@ pub(crate) fn resolve_watchers(
         settings_problems(&what, &own, &mut problems);
         out.push(WatcherDef {
             name: format!("url:{}", redact_url(&url)),
-            target: http(&what, url, defaults, &own, &mut problems),
+            target: http(&what, url, defaults, &own, encoding, &mut problems),
             queue: queue_settings(defaults, &own),
             dead_letter: dead_letter(defaults, &own),
             moved_from: own
@@ -532,6 +541,8 @@ pub(crate) fn resolve_watchers(
                     sink.clone(),
                     defaults,
                     &WatcherSettings::default(),
+                    // Knative's sinks take CloudEvents 1.0, whatever the group.
+                    Encoding::default(),
                     &mut problems,
                 ),
                 queue: queue_settings(defaults, &WatcherSettings::default()),
@@ -579,6 +590,12 @@ pub(crate) fn notes(gateway: &Gateway) -> Vec<String> {
     let ns = gateway.namespace();
     let spec = &gateway.spec;
     let mut out = Vec::new();
+    if gateway.group() == super::GatewayGroup::Argo && spec.delivery.encoding.is_none() {
+        out.push(format!(
+            "apiVersion {}: watchers get Argo Events v0.6's CloudEvents 0.1 JSON (encoding: legacy) unless they set `encoding` (structured or binary for CloudEvents 1.0)",
+            gateway.api_version
+        ));
+    }
     for (i, s) in spec.watchers.sensors.iter().enumerate() {
         if s.url.is_none() {
             out.push(match env.sensor_template() {
@@ -627,6 +644,71 @@ mod tests {
                 ..Default::default()
             },
         }
+    }
+
+    #[test]
+    fn argo_gateways_default_to_the_legacy_encoding_and_watchers_can_opt_out() {
+        let sensor = |encoding: Option<Encoding>| SensorWatcher {
+            name: "s".into(),
+            url: Some("http://127.0.0.1:1/".into()),
+            settings: WatcherSettings {
+                encoding,
+                ..Default::default()
+            },
+        };
+        let mut g = gateway(crate::spec::Watchers {
+            sensors: vec![sensor(None), sensor(Some(Encoding::Structured))],
+            gateways: vec![],
+            urls: vec![UrlWatcher::Url("http://127.0.0.1:2/".into())],
+        });
+        let env = Environment {
+            in_cluster: false,
+            k_sink: Some("http://127.0.0.1:3/".into()),
+            sensor_url: None,
+            gateway_url: None,
+            checking: false,
+        };
+        let encodings = |g: &Gateway| -> Vec<Encoding> {
+            resolve_watchers(g, &env)
+                .unwrap()
+                .into_iter()
+                .map(|w| match w.target {
+                    Target::Http { encoding, .. } => encoding,
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        };
+        // sensor, sensor (structured), url, K_SINK
+        assert_eq!(
+            encodings(&g),
+            [
+                Encoding::Structured,
+                Encoding::Structured,
+                Encoding::Structured,
+                Encoding::Structured
+            ]
+        );
+        g.api_version = "argoproj.io/v1alpha1".into();
+        assert_eq!(
+            encodings(&g),
+            [
+                Encoding::Legacy,
+                Encoding::Structured,
+                Encoding::Legacy,
+                Encoding::Structured
+            ]
+        );
+        assert!(notes(&g)[0].contains("encoding: legacy"), "{:?}", notes(&g));
+        g.spec.delivery.encoding = Some(Encoding::Binary);
+        assert_eq!(
+            encodings(&g),
+            [
+                Encoding::Binary,
+                Encoding::Structured,
+                Encoding::Binary,
+                Encoding::Binary
+            ]
+        );
     }
 
     #[test]

@@ -250,3 +250,140 @@ async fn gateways_become_deployments_that_are_repaired_and_updated() {
         .expect("the controller stops")
         .expect("the controller task ends cleanly");
 }
+
+/// An Argo Events v0.6 Gateway, as its examples wrote it.
+fn argo_gateway(name: &str, instance: &str) -> Value {
+    json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Gateway",
+        "metadata": {"name": name, "namespace": "ns", "labels": {
+            "gateways.argoproj.io/gateway-controller-instanceid": instance,
+            "gateway-name": name,
+        }},
+        "spec": {
+            "configMap": format!("{name}-configmap"),
+            "type": "webhook",
+            "dispatchMechanism": "HTTP",
+            "eventVersion": "1.0",
+            "imageVersion": "latest",
+            "deploySpec": {
+                "containers": [{"name": "webhook-events", "image": "argoproj/webhook-gateway",
+                    "command": ["/bin/webhook-gateway"]}],
+                "serviceAccountName": "argo-events-sa",
+            },
+            "serviceSpec": {
+                "selector": {"gateway-name": name},
+                "ports": [{"port": 12000, "targetPort": 12000}],
+                "type": "LoadBalancer",
+            },
+            "watchers": {"sensors": [{"name": "webhook-sensor"}]},
+        },
+    })
+}
+
+#[tokio::test]
+async fn argo_gateways_are_selected_by_their_own_instance_label() {
+    const ARGO: &str = "argoproj.io/v1alpha1";
+    let fake = FakeKube::start().await;
+    let ours = fake.create(argo_gateway("webhook-gateway", "argo-events"));
+    fake.create(argo_gateway("other-gateway", "another-instance"));
+    // A portico.dev Gateway labelled with Argo's label (not its group's) is not ours either.
+    let mut mislabelled = argo_gateway("mislabelled", "argo-events");
+    mislabelled["apiVersion"] = json!(GW);
+    mislabelled["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("imageVersion");
+    fake.create(mislabelled);
+
+    let stop = CancellationToken::new();
+    let mut options = ControllerOptions::new("argo-events");
+    options.namespace = Some("ns".into());
+    let shutdown = stop.clone();
+    let controller = tokio::spawn(run(fake.client(), options, async move {
+        shutdown.cancelled().await
+    }));
+
+    // v0.6's names: `<gateway>-gateway-deployment` and `<gateway>-gateway-svc`.
+    let d = fake
+        .wait_for("the Argo gateway's Deployment", WAIT, |f| {
+            f.get(
+                "apps/v1",
+                "Deployment",
+                "ns",
+                "webhook-gateway-gateway-deployment",
+            )
+        })
+        .await;
+    let owner = &d["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["apiVersion"], ARGO);
+    assert_eq!(owner["kind"], "Gateway");
+    assert_eq!(owner["uid"], ours["metadata"]["uid"]);
+    let pod_labels = &d["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(pod_labels["gateway-name"], "webhook-gateway", "{d}");
+    assert_eq!(
+        pod_labels["gateways.argoproj.io/gateway-controller-instanceid"],
+        "argo-events"
+    );
+    let env = env_of(&containers(&d)[0]);
+    for (k, v) in [
+        ("GATEWAY_NAME", "webhook-gateway"),
+        ("GATEWAY_NAMESPACE", "ns"),
+        ("GATEWAY_PROCESSOR_CONFIG_MAP", "webhook-gateway-configmap"),
+        ("GATEWAY_CONTROLLER_INSTANCE_ID", "argo-events"),
+        ("TRANSFORMER_PORT", "9300"),
+    ] {
+        assert_eq!(env.get(k).map(String::as_str), Some(v), "{k}");
+    }
+    // The Service's v0.6 selector (`gateway-name`) matches the pods.
+    let svc = fake
+        .wait_for("the Argo gateway's Service", WAIT, |f| {
+            f.get("v1", "Service", "ns", "webhook-gateway-gateway-svc")
+        })
+        .await;
+    assert_eq!(svc["spec"]["selector"]["gateway-name"], "webhook-gateway");
+    fake.wait_for("the Argo gateway Running", WAIT, |f| {
+        let g = f.get(ARGO, "Gateway", "ns", "webhook-gateway")?;
+        (g["status"]["phase"] == "Running").then_some(())
+    })
+    .await;
+
+    // Repaired like Portico's own.
+    fake.delete(
+        "apps/v1",
+        "Deployment",
+        "ns",
+        "webhook-gateway-gateway-deployment",
+    )
+    .expect("the Deployment exists");
+    fake.wait_for("the Argo Deployment again", WAIT, |f| {
+        f.get(
+            "apps/v1",
+            "Deployment",
+            "ns",
+            "webhook-gateway-gateway-deployment",
+        )
+    })
+    .await;
+
+    // Another instance id's Gateway and the mislabelled one were never touched.
+    for (api, name) in [(ARGO, "other-gateway"), (GW, "mislabelled")] {
+        let g = fake.get(api, "Gateway", "ns", name).unwrap();
+        assert!(g["status"].is_null(), "{g}");
+    }
+    for name in [
+        "other-gateway-gateway-deployment",
+        "mislabelled-gateway",
+        "mislabelled-gateway-deployment",
+    ] {
+        assert!(
+            fake.get("apps/v1", "Deployment", "ns", name).is_none(),
+            "{name}"
+        );
+    }
+
+    stop.cancel();
+    tokio::time::timeout(WAIT, controller)
+        .await
+        .expect("the controller stops")
+        .expect("the controller task ends cleanly");
+}

@@ -50,6 +50,7 @@ async fn nodes_reach_status_and_events_and_conflicts_are_retried() {
     let (sink, writer) = KubeStatusSink::start(
         fake.client(),
         GatewayRef {
+            group: crate::spec::GatewayGroup::Portico,
             namespace: "ns".into(),
             name: "gw".into(),
             uid: uid.clone(),
