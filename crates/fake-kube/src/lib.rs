@@ -3,8 +3,9 @@
 //! the `resource` gateway) talk to this one over loopback through a real `kube::Client`.
 //!
 //! It serves the real REST paths and JSON of the API server for the kinds it knows
-//! (ConfigMaps, Services, Events, Deployments, Gateways of `portico.dev/v1alpha1` and of
-//! `argoproj.io/v1alpha1`, and one custom kind, `Widget` of `example.com/v1`):
+//! (ConfigMaps, Services, Events, Deployments, StatefulSets, `coordination.k8s.io/v1`
+//! Leases, Gateways of `portico.dev/v1alpha1` and of `argoproj.io/v1alpha1`, and one custom
+//! kind, `Widget` of `example.com/v1`):
 //!
 //! - discovery: `/api`, `/api/v1`, `/apis`, `/apis/{group}/{version}`;
 //! - list (`fieldSelector` on `metadata.name`/`metadata.namespace`, `labelSelector` with
@@ -111,6 +112,22 @@ pub const KINDS: &[KindInfo] = &[
         plural: "gateways",
         namespaced: true,
         status: true,
+    },
+    KindInfo {
+        group: "apps",
+        version: "v1",
+        kind: "StatefulSet",
+        plural: "statefulsets",
+        namespaced: true,
+        status: true,
+    },
+    KindInfo {
+        group: "coordination.k8s.io",
+        version: "v1",
+        kind: "Lease",
+        plural: "leases",
+        namespaced: true,
+        status: false,
     },
     KindInfo {
         group: "example.com",
@@ -934,12 +951,17 @@ fn watch_response(shared: Arc<Shared>, t: &Target, q: &BTreeMap<String, String>)
 impl FakeKube {
     /// Starts a fake API server on a free loopback port.
     pub async fn start() -> FakeKube {
+        FakeKube::start_on(0).await
+    }
+
+    /// Starts a fake API server on loopback port `port` (0: a free one).
+    pub async fn start_on(port: u16) -> FakeKube {
         let (signals, _) = broadcast::channel(1024);
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::default()),
             signals,
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind a loopback port for the fake API server");
         let addr = listener.local_addr().expect("local address");
