@@ -35,8 +35,10 @@ impl LogArgs {
     pub fn init(&self) {
         let filter = tracing_subscriber::EnvFilter::try_new(&self.log)
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-        // Colours only on a terminal: a file or a log collector gets plain text.
-        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let ansi = colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR"),
+        );
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_ansi(ansi)
@@ -47,6 +49,12 @@ impl LogArgs {
             LogFormat::Json => builder.json().flatten_event(true).try_init(),
         };
     }
+}
+
+/// Whether log lines are coloured: only on a terminal (a file or a log collector gets plain
+/// text), and never when `NO_COLOR` is set to anything but the empty string (no-color.org).
+fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Flags of a running gateway.
@@ -156,5 +164,18 @@ impl GatewayArgs {
             gateway_url: self.gateway_url.clone(),
             senders: Default::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_and_never_with_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".into())));
+        assert!(!colour(true, Some("1".into())));
+        assert!(!colour(false, None));
     }
 }
