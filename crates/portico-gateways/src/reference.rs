@@ -10,7 +10,8 @@ pub fn schema(gateway_type: &str) -> Option<schemars::Schema> {
     use schemars::schema_for;
     Some(match gateway_type {
         "calendar" => schema_for!(crate::calendar::CalendarConfig),
-        "webhook" | "github" | "gitlab" => schema_for!(crate::webhook::HookConfig),
+        "webhook" | "github" => schema_for!(crate::webhook::HookConfig),
+        "gitlab" => schema_for!(crate::gitlab::GitLabConfig),
         "file" => schema_for!(crate::file::FileConfig),
         "resource" => schema_for!(crate::resource::ResourceConfig),
         "amqp" => schema_for!(crate::amqp::AmqpConfig),

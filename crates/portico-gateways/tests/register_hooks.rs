@@ -241,6 +241,33 @@ async fn gl_delete(
     }
 }
 
+/// Secret `gitlab-access` in namespace `default`, its key `accesskey` the GitLab token; every
+/// other Secret is missing.
+async fn kube_secret(Path((namespace, name)): Path<(String, String)>) -> Answer {
+    if (namespace.as_str(), name.as_str()) != ("default", "gitlab-access") {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": format!("secrets \"{name}\" not found"), "reason": "NotFound", "code": 404}),
+            ),
+        );
+    }
+    // base64 of "gl-token\n": the trailing newline is not part of the token.
+    (
+        StatusCode::OK,
+        Json(json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace, "resourceVersion": "1"},
+            "type": "Opaque", "data": {"accesskey": "Z2wtdG9rZW4K"}})),
+    )
+}
+
+/// A Kubernetes client for the fake at `base`.
+fn kube_client(base: &str) -> kube::Client {
+    let config = kube::Config::new(base.parse().unwrap());
+    kube::Client::try_from(config).unwrap()
+}
+
 /// Both fakes on one free port; the base URL.
 async fn start_api(api: Arc<Api>) -> (String, tokio::task::JoinHandle<()>) {
     let app = axum::Router::new()
@@ -256,6 +283,11 @@ async fn start_api(api: Arc<Api>) -> (String, tokio::task::JoinHandle<()>) {
         .route(
             "/api/v4/projects/{project}/hooks/{id}",
             put(gl_update).delete(gl_delete),
+        )
+        // A Kubernetes API that serves one Secret, for Argo Events v0.6's `accessToken`.
+        .route(
+            "/api/v1/namespaces/{namespace}/secrets/{name}",
+            get(kube_secret),
         )
         .with_state(api);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -606,4 +638,186 @@ async fn register_fields_are_checked() {
         ),
         "register:",
     );
+}
+
+/// Argo Events v0.6's gitlab configuration, as its example wrote it.
+fn v06_gitlab(base: &str, event: &str, access_token: &str) -> String {
+    format!(
+        "projectId: \"28\"\nurl: \"http://webhook-gateway-gateway-svc/push\"\nevent: \"{event}\"\naccessToken:\n{access_token}\nenableSSLVerification: false\ngitlabBaseUrl: \"{base}\""
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v06_gitlab_configuration_registers_its_one_event_with_the_token_from_its_secret() {
+    let api = Arc::new(Api::default());
+    let (base, server) = start_api(api.clone()).await;
+    let mut h = Harness::new("gitlab-gateway", "gitlab");
+    h.set_kube_client(kube_client(&base));
+    let gitlab = builtin("gitlab").unwrap();
+    let cfg = v06_gitlab(
+        &base,
+        "MergeRequestsEvents",
+        "  key: accesskey\n  name: gitlab-access",
+    );
+    // It says what it does: a registration, no server.
+    let ctx = h.context("gitlab.fooConfig", &cfg);
+    gitlab.dyn_validate(&ctx).unwrap();
+    let warnings = ctx.warnings().join("; ");
+    assert!(
+        warnings.contains("Argo Events v0.6's gitlab shape")
+            && warnings.contains("project 28")
+            && warnings.contains("runs no server"),
+        "{warnings}"
+    );
+
+    let mut sup = h.supervisor(gitlab.clone());
+    sup.apply(&map(&[("gitlab.fooConfig", &cfg)])).await;
+    h.wait_for_phase("gitlab.fooConfig", Phase::Running, WAIT)
+        .await
+        .unwrap_or_else(|| panic!("{:?}", h.node("gitlab.fooConfig")));
+    // gitlabBaseUrl without /api/v4 gets it, as v0.6's client added it.
+    let hooks = "/projects/28/hooks";
+    assert_eq!(
+        api.methods(),
+        [
+            (Method::GET, hooks.to_string()),
+            (Method::POST, hooks.to_string())
+        ]
+    );
+    {
+        let calls = api.calls.lock().unwrap();
+        let body = &calls[1].2;
+        assert_eq!(body["url"], "http://webhook-gateway-gateway-svc/push");
+        // The API token is the hook's secret token, as in v0.6.
+        assert_eq!(body["token"], "gl-token");
+        assert_eq!(body["enable_ssl_verification"], false);
+        // Exactly the one event.
+        for (flag, value) in body.as_object().unwrap() {
+            if flag.ends_with("_events") {
+                assert_eq!(
+                    value.as_bool(),
+                    Some(flag == "merge_requests_events"),
+                    "{flag} in {body}"
+                );
+            }
+        }
+    }
+    // No server: nothing listens for the deliveries, no event is made.
+    assert!(h.next_event(Duration::from_millis(200)).await.is_none());
+
+    // Stopped and started again: kept, found by its URL and updated; removed: still kept.
+    sup.stop_all().await;
+    let mut sup = h.supervisor(gitlab.clone());
+    sup.apply(&map(&[("gitlab.fooConfig", &cfg)])).await;
+    assert!(wait_until(WAIT, || async { api.methods().len() == 4 }).await);
+    assert_eq!(api.methods()[3], (Method::PUT, format!("{hooks}/101")));
+    sup.apply(&map(&[])).await;
+    assert!(!api.methods().iter().any(|(m, _)| m == Method::DELETE));
+    assert_eq!(api.hooks.lock().unwrap().len(), 1);
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v06_gitlab_token_may_come_from_a_file_outside_a_cluster() {
+    let api = Arc::new(Api::default());
+    let (base, server) = start_api(api.clone()).await;
+    let files = Files::new();
+    let h = Harness::new("gitlab-gateway", "gitlab");
+    let cfg = v06_gitlab(
+        &format!("{base}/api/v4"),
+        "PushEvents",
+        &format!("  file: {}/gl-token", files.path()),
+    )
+    .replace(
+        "enableSSLVerification: false",
+        "enableSSLVerification: true",
+    );
+    let mut sup = h.supervisor(builtin("gitlab").unwrap());
+    sup.apply(&map(&[("gitlab.fooConfig", &cfg)])).await;
+    h.wait_for_phase("gitlab.fooConfig", Phase::Running, WAIT)
+        .await
+        .unwrap_or_else(|| panic!("{:?}", h.node("gitlab.fooConfig")));
+    let body = api.calls.lock().unwrap()[1].2.clone();
+    assert_eq!(body["token"], "gl-token");
+    assert_eq!(body["enable_ssl_verification"], true);
+    assert_eq!(body["push_events"], true);
+    assert_eq!(body["issues_events"], false);
+    sup.stop_all().await;
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v06_gitlab_secret_that_cannot_be_read_is_an_error_node_that_says_how_to_give_it() {
+    let api = Arc::new(Api::default());
+    let (base, server) = start_api(api.clone()).await;
+    let mut h = Harness::new("gitlab-gateway", "gitlab");
+    h.set_kube_client(kube_client(&base));
+    let cfg = v06_gitlab(&base, "PushEvents", "  key: accesskey\n  name: nowhere");
+    let mut sup = h.supervisor(builtin("gitlab").unwrap());
+    sup.apply(&map(&[("gitlab.fooConfig", &cfg)])).await;
+    let node = h
+        .wait_for_phase("gitlab.fooConfig", Phase::Error, WAIT)
+        .await
+        .expect("an Error node");
+    assert!(
+        node.message.contains(
+            "accessToken: cannot read the Kubernetes Secret `nowhere` in namespace `default`"
+        ),
+        "{}",
+        node.message
+    );
+    assert!(api.methods().is_empty(), "{:?}", api.methods());
+    sup.stop_all().await;
+    server.abort();
+}
+
+#[tokio::test]
+async fn v06_gitlab_fields_are_checked_and_do_not_mix_with_portico_s() {
+    let h = Harness::new("gitlab-gateway", "gitlab");
+    let gitlab = builtin("gitlab").unwrap();
+    let check = |cfg: &str| {
+        gitlab
+            .dyn_validate(&h.context("gitlab.fooConfig", cfg))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    let token = "  key: accesskey\n  name: gitlab-access";
+    let good = v06_gitlab("https://gitlab.example", "PushEvents", token);
+    assert!(check(&good).is_ok());
+    let e = check(&format!("{good}\nport: 12000\nendpoint: /push")).unwrap_err();
+    assert!(
+        e.contains("Argo Events v0.6's gitlab fields")
+            && e.contains("(port, endpoint)")
+            && e.contains("use one shape"),
+        "{e}"
+    );
+    let e = check(&v06_gitlab("https://gitlab.example", "BuildEvents", token)).unwrap_err();
+    assert!(
+        e.starts_with("event: `BuildEvents` is not one of PushEvents, IssuesEvents"),
+        "{e}"
+    );
+    let e = check(&good.replace("projectId: \"28\"", "projectId: \"a b\"")).unwrap_err();
+    assert!(e.starts_with("projectId: `a b`"), "{e}");
+    let e = check(&good.replace("http://webhook-gateway-gateway-svc/push", "webhook")).unwrap_err();
+    assert!(e.starts_with("url: `webhook`"), "{e}");
+    let e = check(&good.replace("https://gitlab.example", "gitlab.example")).unwrap_err();
+    assert!(e.starts_with("gitlabBaseUrl: `gitlab.example`"), "{e}");
+    let e = check(&v06_gitlab(
+        "https://g",
+        "PushEvents",
+        "  name: gitlab-access",
+    ))
+    .unwrap_err();
+    assert!(e.starts_with("accessToken.key: required with name"), "{e}");
+    let e = check(&v06_gitlab(
+        "https://g",
+        "PushEvents",
+        "  name: s\n  key: k\n  env: T",
+    ))
+    .unwrap_err();
+    assert!(e.starts_with("accessToken: give one of {name, key}"), "{e}");
+    let e = check(&v06_gitlab("https://g", "PushEvents", "  secret: s")).unwrap_err();
+    assert!(e.contains("secret"), "unknown fields are named: {e}");
+    let e = check("projectId: \"28\"\nurl: https://h/push\nevent: PushEvents").unwrap_err();
+    assert!(e.starts_with("accessToken: required"), "{e}");
 }

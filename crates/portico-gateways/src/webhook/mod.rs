@@ -407,7 +407,11 @@ pub async fn run_hook(
     };
     // The route is up first, so that the forge's test delivery on creation finds it.
     match registration {
-        Some(r) => r.register.keep(ctx, r.client, r.secret, &hook.events).await,
+        Some(r) => {
+            r.register
+                .keep(ctx, r.client, Some(r.secret), &hook.events)
+                .await
+        }
         None => {
             ctx.running();
             ctx.stopped().await;

@@ -19,8 +19,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use base64::Engine;
+use kube::api::{Api, ApiResource, DynamicObject};
 use portico::secret::scrub;
-use portico::{ConfigContext, ConfigError, ConfigExecutor, Secret, SecretSource, StopReason};
+use portico::{
+    ConfigContext, ConfigError, ConfigExecutor, GatewayConfig, Secret, SecretSource, StopReason,
+};
 
 use super::{Gate, Hook, HookConfig, HookRules, Registration, Servers, run_hook};
 use reqwest::{Method, RequestBuilder, Url};
@@ -92,13 +96,85 @@ impl Forge {
     }
 }
 
+/// Where the token that manages the hooks comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// A file or an environment variable (`tokenFile`, `tokenEnv`; `accessToken: {file}` or
+    /// `{env}`), read again at every attempt.
+    Local(SecretSource),
+    /// Key `key` of the Kubernetes Secret `name` in the gateway's namespace (Argo Events
+    /// v0.6's `accessToken: {name, key}`), read at every attempt through the gateway's
+    /// Kubernetes client (in a cluster) or `KUBECONFIG` (outside one).
+    KubeSecret {
+        /// The Secret's name.
+        name: String,
+        /// The key of its `data`.
+        key: String,
+    },
+}
+
+impl TokenSource {
+    /// The token as it is now; an error says where it was looked for, never its value.
+    async fn load(&self, gateway: &GatewayConfig) -> Result<Secret, String> {
+        let (name, key) = match self {
+            TokenSource::Local(source) => {
+                return source
+                    .load()
+                    .map_err(|e| format!("the token: {}", e.message()));
+            }
+            TokenSource::KubeSecret { name, key } => (name, key),
+        };
+        let client = match gateway.kube_client() {
+            Some(c) => c,
+            None => kube::Client::try_default().await.map_err(|e| {
+                format!(
+                    "accessToken: cannot read key `{key}` of the Kubernetes Secret `{name}`: no Kubernetes client ({e}); run in a cluster or set KUBECONFIG, or give the token as accessToken: {{file: PATH}} or {{env: VARIABLE}}"
+                )
+            })?,
+        };
+        let namespace = match gateway.namespace() {
+            "" => client.default_namespace().to_string(),
+            ns => ns.to_string(),
+        };
+        let resource = ApiResource {
+            group: String::new(),
+            version: "v1".into(),
+            api_version: "v1".into(),
+            kind: "Secret".into(),
+            plural: "secrets".into(),
+        };
+        let api: Api<DynamicObject> = Api::namespaced_with(client, &namespace, &resource);
+        let secret = api.get(name).await.map_err(|e| {
+            format!("accessToken: cannot read the Kubernetes Secret `{name}` in namespace `{namespace}`: {e}")
+        })?;
+        let encoded = secret.data["data"][key.as_str()].as_str().ok_or_else(|| {
+            format!("accessToken: the Kubernetes Secret `{name}` in namespace `{namespace}` has no key `{key}`")
+        })?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .map_err(|_| {
+                format!("accessToken: key `{key}` of the Kubernetes Secret `{name}` is not base64")
+            })?;
+        let mut end = bytes.len();
+        while end > 0 && matches!(bytes[end - 1], b'\n' | b'\r') {
+            end -= 1;
+        }
+        if end == 0 {
+            return Err(format!(
+                "accessToken: key `{key}` of the Kubernetes Secret `{name}` is empty"
+            ));
+        }
+        Ok(Secret::new(&bytes[..end]))
+    }
+}
+
 /// A checked `register:`.
 #[derive(Debug, Clone)]
 pub struct Register {
     forge: Forge,
     repository: String,
     url: String,
-    token: SecretSource,
+    token: TokenSource,
     api: Url,
     insecure_ssl: bool,
     delete_on_remove: bool,
@@ -204,7 +280,7 @@ impl RegisterConfig {
             forge,
             repository,
             url: url.to_string(),
-            token,
+            token: TokenSource::Local(token),
             api,
             insecure_ssl: self.insecure_ssl,
             delete_on_remove: self.delete_hook_on_remove,
@@ -222,7 +298,7 @@ struct Calls<'a> {
     reg: &'a Register,
     client: &'a reqwest::Client,
     token: Secret,
-    secret: &'a Secret,
+    secret: Secret,
     events: &'a [String],
 }
 
@@ -268,7 +344,7 @@ impl Calls<'_> {
 
     /// `text` without the token or the secret, and not too long.
     fn clean(&self, text: &str) -> String {
-        let mut out = scrub(text, &[&self.token, self.secret]);
+        let mut out = scrub(text, &[&self.token, &self.secret]);
         if out.len() > MAX_MESSAGE {
             let mut end = MAX_MESSAGE;
             while !out.is_char_boundary(end) {
@@ -427,17 +503,51 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 impl Register {
-    /// The calls of one attempt, with the token as it is now (a mounted Secret may change).
-    fn calls<'a>(
+    /// The registration of Argo Events v0.6's gitlab configuration: the hook of `project`
+    /// calls `url` for the one event `flag` (`push_events`, …), with the token itself as its
+    /// secret token; `enable_ssl_verification` as given. The hook is kept when the
+    /// configuration is removed, as v0.6 left it.
+    pub fn gitlab_v06(
+        project: &str,
+        url: &str,
+        flag: &'static str,
+        token: TokenSource,
+        api: Url,
+        enable_ssl_verification: bool,
+    ) -> Register {
+        Register {
+            forge: Forge::GitLab,
+            repository: project.to_string(),
+            url: url.to_string(),
+            token,
+            api,
+            insecure_ssl: !enable_ssl_verification,
+            delete_on_remove: false,
+            gitlab_events: vec![flag],
+        }
+    }
+
+    /// The project or repository.
+    pub fn repository(&self) -> &str {
+        &self.repository
+    }
+
+    /// The URL the hook calls.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The calls of one attempt, with the token as it is now (a mounted Secret may change);
+    /// the hook's secret is `secret`, or the token itself when there is none.
+    async fn calls<'a>(
         &'a self,
+        gateway: &GatewayConfig,
         client: &'a reqwest::Client,
-        secret: &'a Secret,
+        secret: Option<&Secret>,
         events: &'a [String],
     ) -> Result<Calls<'a>, ApiError> {
-        let token = self
-            .token
-            .load()
-            .map_err(|e| ApiError(format!("the token: {}", e.message())))?;
+        let token = self.token.load(gateway).await.map_err(ApiError)?;
+        let secret = secret.cloned().unwrap_or_else(|| token.clone());
         Ok(Calls {
             reg: self,
             client,
@@ -447,15 +557,16 @@ impl Register {
         })
     }
 
-    /// Registers the hook of `ctx`'s configuration (`secret`, keeping `events`) and keeps it
-    /// until the configuration stops, as the module's documentation says: retried with
-    /// backoff while refused (the node shows why), `Running` once registered, deleted at the
-    /// end only if the configuration was removed and `deleteHookOnRemove` is set.
+    /// Registers the hook of `ctx`'s configuration (with `secret` as the hook's secret, or
+    /// the token when `None`; keeping `events`) and keeps it until the configuration stops,
+    /// as the module's documentation says: retried with backoff while refused (the node shows
+    /// why), `Running` once registered, deleted at the end only if the configuration was
+    /// removed and `deleteHookOnRemove` is set.
     pub async fn keep(
         &self,
         ctx: &ConfigContext,
         client: &reqwest::Client,
-        secret: &Secret,
+        secret: Option<&Secret>,
         events: &[String],
     ) {
         let forge = self.forge.name();
@@ -468,7 +579,12 @@ impl Register {
             .build();
         let mut registered = None;
         while !ctx.is_stopped() {
-            let attempt = async { self.calls(client, secret, events)?.ensure().await };
+            let attempt = async {
+                self.calls(ctx.gateway(), client, secret, events)
+                    .await?
+                    .ensure()
+                    .await
+            };
             let outcome = tokio::select! {
                 _ = ctx.stopped() => break,
                 o = attempt => o,
@@ -501,7 +617,12 @@ impl Register {
             }
             return;
         }
-        let delete = async { self.calls(client, secret, events)?.delete(registered).await };
+        let delete = async {
+            self.calls(ctx.gateway(), client, secret, events)
+                .await?
+                .delete(registered)
+                .await
+        };
         match tokio::time::timeout(DELETE_DEADLINE, delete).await {
             Ok(Ok(Some(id))) => tracing::info!(%repository, id, "{forge} hook deleted"),
             Ok(Ok(None)) => {
@@ -546,11 +667,9 @@ impl ForgeHooks {
     }
 }
 
-impl ConfigExecutor for ForgeHooks {
-    type Config = (Hook, Option<Register>);
-
-    fn validate(&self, ctx: &ConfigContext) -> Result<(Hook, Option<Register>), ConfigError> {
-        let config: HookConfig = ctx.parse()?;
+impl ForgeHooks {
+    /// Checks a configuration under this forge's rules: its hook and its `register:`.
+    pub fn check(&self, config: &HookConfig) -> Result<(Hook, Option<Register>), ConfigError> {
         let hook = config.check(self.rules)?;
         let register = config
             .register
@@ -558,6 +677,19 @@ impl ConfigExecutor for ForgeHooks {
             .map(|r| r.check(self.forge, &hook.events))
             .transpose()?;
         Ok((hook, register))
+    }
+
+    /// The client hooks are registered with.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+}
+
+impl ConfigExecutor for ForgeHooks {
+    type Config = (Hook, Option<Register>);
+
+    fn validate(&self, ctx: &ConfigContext) -> Result<(Hook, Option<Register>), ConfigError> {
+        self.check(&ctx.parse()?)
     }
 
     async fn start_config(
@@ -609,7 +741,7 @@ mod tests {
             reg: &reg,
             client: &reqwest::Client::new(),
             token: Secret::new("t"),
-            secret: &Secret::new("s"),
+            secret: Secret::new("s"),
             events: &[],
         };
         assert_eq!(
@@ -651,7 +783,7 @@ mod tests {
             reg: &reg,
             client: &reqwest::Client::new(),
             token: Secret::new("ghp_token_2"),
-            secret: &secret,
+            secret: secret.clone(),
             events: &[],
         };
         let echoed = format!(
