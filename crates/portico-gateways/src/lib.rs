@@ -9,12 +9,15 @@ pub mod resource;
 pub mod webhook;
 
 pub mod amqp;
+pub mod artifact;
 mod broker;
 pub mod kafka;
 pub mod mqtt;
 pub mod nats;
 pub mod redis;
 pub mod reference;
+pub mod s3event;
+pub mod storagegrid;
 
 use std::sync::Arc;
 
@@ -22,8 +25,19 @@ use portico::SharedExecutor;
 
 /// The types of the built-in gateways.
 pub const BUILTIN_TYPES: &[&str] = &[
-    "calendar", "webhook", "github", "gitlab", "file", "resource", "amqp", "kafka", "mqtt", "nats",
+    "calendar",
+    "webhook",
+    "github",
+    "gitlab",
+    "file",
+    "resource",
+    "amqp",
+    "kafka",
+    "mqtt",
+    "nats",
     "redis",
+    "artifact",
+    "storagegrid",
 ];
 
 /// The executor of built-in gateway `gateway_type`, if there is one. Each call gives a new
@@ -41,6 +55,8 @@ pub fn builtin(gateway_type: &str) -> Option<SharedExecutor> {
         "mqtt" => Some(Arc::new(mqtt::Mqtt)),
         "nats" => Some(Arc::new(nats::Nats)),
         "redis" => Some(Arc::new(redis::Redis)),
+        "artifact" => Some(Arc::new(artifact::Artifact)),
+        "storagegrid" => Some(Arc::new(storagegrid::StorageGrid::default())),
         _ => None,
     }
 }

@@ -19,6 +19,8 @@ pub fn schema(gateway_type: &str) -> Option<schemars::Schema> {
         "mqtt" => schema_for!(crate::mqtt::MqttConfig),
         "nats" => schema_for!(crate::nats::NatsConfig),
         "redis" => schema_for!(crate::redis::RedisConfig),
+        "artifact" => schema_for!(crate::artifact::ArtifactConfig),
+        "storagegrid" => schema_for!(crate::storagegrid::StorageGridConfig),
         _ => return None,
     })
 }

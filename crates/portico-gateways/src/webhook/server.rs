@@ -14,6 +14,7 @@
 //! |---|---|
 //! | 200, empty body | the event was accepted for delivery (as the transformer's `POST /` answers) |
 //! | 200, `ignored: …` | the [`Gate`] ignored the delivery (the body says why) |
+//! | the gate's [`Reply`] | a gate that makes its own events ([`Gate::event`]) answers for itself: once the event is accepted, or instead of one (a body it cannot read, a filter that does not keep it) |
 //! | 401 | the [`Gate`] refused the delivery (bad or missing signature); counted as `portico_events_rejected_total{reason="unauthorized"}` |
 //! | 404 | no configuration owns the endpoint |
 //! | 405 | configurations own the endpoint, but none takes the method (`Allow` lists those that do) |
@@ -37,7 +38,7 @@ use hyper::http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header,
 };
 use portico::http1;
-use portico::{ConfigContext, ConfigError, ConfigId, RejectReason, Submit};
+use portico::{ConfigContext, ConfigError, ConfigId, Event, RejectReason, Submit};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
@@ -74,6 +75,62 @@ pub trait Gate: Send + Sync + 'static {
     /// Headers never copied into the event (they carry a secret).
     fn redacted_headers(&self) -> &[HeaderName] {
         &[]
+    }
+
+    /// The event an admitted delivery becomes, or the answer the caller gets instead. The
+    /// default: the webhook's payload ([`payload`]), and an empty 200 once it is accepted.
+    /// A gateway with its own body format (`storagegrid`) reads the body here.
+    fn event(&self, headers: &HeaderMap, body: &Bytes) -> Made {
+        match payload::event(headers, body, self.redacted_headers()) {
+            Ok(e) => Made::Event(e, None),
+            Err(e) => Made::Answer(Reply::text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot encode the event: {e}\n"),
+            )),
+        }
+    }
+}
+
+/// What [`Gate::event`] makes of a delivery.
+#[derive(Debug)]
+pub enum Made {
+    /// Dispatch this event; once it is accepted, answer with the reply (`None`: 200 with an
+    /// empty body). When it is not accepted, the caller gets 503 or 400 as for any event.
+    Event(Event, Option<Reply>),
+    /// Make no event and answer with this (400 for a body the route cannot read, 200 for a
+    /// delivery its filters do not keep).
+    Answer(Reply),
+}
+
+/// An answer to the caller of a webhook-style route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The status.
+    pub status: StatusCode,
+    /// The `Content-Type`.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// A `text/plain; charset=utf-8` answer.
+    pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Reply {
+        Reply {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+        }
+    }
+
+    fn response(self) -> Answer {
+        let mut r = Response::new(Full::new(self.body));
+        *r.status_mut() = self.status;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(self.content_type),
+        );
+        r
     }
 }
 
@@ -574,18 +631,16 @@ async fn handle(routes: &RouteTable, req: Request<Incoming>, body_timeout: Durat
         }
         Verdict::Ignore(why) => return text(StatusCode::OK, format!("ignored: {why}\n")),
     }
-    let event = match payload::event(headers, &body, route.gate.redacted_headers()) {
-        Ok(e) => e,
-        Err(e) => {
-            return text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot encode the event: {e}\n"),
-            );
-        }
+    let (event, reply) = match route.gate.event(headers, &body) {
+        Made::Event(event, reply) => (event, reply),
+        Made::Answer(reply) => return reply.response(),
     };
     match route.ctx.submit(event, Submit::BRIEFLY).await {
         // No body and no header to build: the answer to every event is the cheapest one.
-        Ok(_) => Response::new(Full::new(Bytes::new())),
+        Ok(_) => match reply {
+            None => Response::new(Full::new(Bytes::new())),
+            Some(reply) => reply.response(),
+        },
         Err(e) => http1::refusal(&e),
     }
 }
