@@ -411,6 +411,14 @@ impl Checker {
                         );
                         continue;
                     };
+                    if let Err(why) = check_object_name(&meta.name) {
+                        let at = doc.metadata.as_ref().map(|m| m.referenced);
+                        self.err(
+                            at.or(Some(kind.referenced)),
+                            format!("Gateway: metadata.name `{}` {why}", meta.name),
+                        );
+                        continue;
+                    }
                     let Some(spec) = doc.spec else {
                         self.err(
                             Some(kind.referenced),
@@ -619,6 +627,34 @@ pub(crate) fn parse_config<T: serde::de::DeserializeOwned>(text: &str) -> Result
     })
 }
 
+/// Checks an object name as the API server does for a Gateway (a DNS subdomain: at most 253
+/// lower-case letters, digits, `-` and `.`, starting and ending with a letter or digit), so
+/// that a file that runs here also applies to a cluster.
+fn check_object_name(name: &str) -> Result<(), String> {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    if name.len() > 253 {
+        return Err(format!(
+            "is {} characters long: a Kubernetes object name has at most 253",
+            name.len()
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(alnum(*c) || *c == '-' || *c == '.'))
+    {
+        return Err(format!(
+            "has `{bad}`: a Kubernetes object name has only lower-case letters, digits, `-` and `.`"
+        ));
+    }
+    if !name.starts_with(alnum) || !name.ends_with(alnum) {
+        return Err(
+            "must start and end with a lower-case letter or a digit (a Kubernetes object name)"
+                .to_string(),
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -735,6 +771,24 @@ data:
         let e = parse(&text).unwrap_err().to_string();
         assert!(e.contains("gw.yaml:8:"), "{e}");
         assert!(e.contains("port number"), "{e}");
+    }
+
+    #[test]
+    fn a_gateway_name_must_be_a_kubernetes_object_name() {
+        for (name, word) in [
+            ("storage_grid-gateway", "`_`"),
+            ("Upper", "`U`"),
+            ("-dash", "start and end"),
+        ] {
+            let text = GOOD.replacen("name: cal\n", &format!("name: {name}\n"), 1);
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(
+                e.contains("metadata.name") && e.contains(word),
+                "{name}: {e}"
+            );
+            assert!(e.contains("gw.yaml:4"), "the line of the name: {e}");
+        }
+        assert!(check_object_name("calendar-gateway.v1").is_ok());
     }
 
     #[test]
