@@ -3,7 +3,7 @@
 //! the `resource` gateway) talk to this one over loopback through a real `kube::Client`.
 //!
 //! It serves the real REST paths and JSON of the API server for the kinds it knows
-//! (ConfigMaps, Services, Events, Deployments, StatefulSets, `coordination.k8s.io/v1`
+//! (ConfigMaps, Secrets, Services, Events, Deployments, StatefulSets, `coordination.k8s.io/v1`
 //! Leases, Gateways of `portico.dev/v1alpha1` and of `argoproj.io/v1alpha1`, and one custom
 //! kind, `Widget` of `example.com/v1`):
 //!
@@ -70,6 +70,14 @@ pub const KINDS: &[KindInfo] = &[
         version: "v1",
         kind: "ConfigMap",
         plural: "configmaps",
+        namespaced: true,
+        status: false,
+    },
+    KindInfo {
+        group: "",
+        version: "v1",
+        kind: "Secret",
+        plural: "secrets",
         namespaced: true,
         status: false,
     },

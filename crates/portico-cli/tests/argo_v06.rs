@@ -1161,3 +1161,133 @@ fn the_watcher_reads_cloudevents_1_0_and_v06_legacy_json() {
     assert_eq!(parse("/", &binary, b"raw").unwrap().payload, b"raw");
     assert!(parse("/", &none, b"{}").is_err());
 }
+
+// ---------------------------------------------------------------------------------------
+// run: artifact (S3 notifications through SQS, against moto) and storagegrid
+
+#[path = "../../portico-gateways/tests/moto_support/mod.rs"]
+mod moto_support;
+
+#[tokio::test]
+async fn artifact_runs_with_the_queue_v06_lacked_and_its_keys_from_the_secret() {
+    let moto = moto_support::Moto::shared();
+    let bucket = moto_support::unique("input");
+    let queue = moto_support::unique("input-events");
+    let endpoint = moto.url.trim_start_matches("http://").to_string();
+    let subs = [
+        ("${BUCKET}", bucket.as_str()),
+        ("${S3_ENDPOINT}", endpoint.as_str()),
+    ];
+    // v0.6's configuration as it is listened to MinIO's own API: it is refused, naming the
+    // one field to add (the SQS queue S3 sends the bucket's notifications to).
+    let v06 = Example::new("artifact", &subs);
+    let (code, out, err) = run_to_end(&["validate", v06.gateway(), v06.configmap()]);
+    let text = format!("{out}{err}");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("s3.fooConfig") && text.contains("queue"),
+        "{text}"
+    );
+
+    // With the queue added, it runs: the keys come from v0.6's Secret `artifacts-minio`
+    // (through KUBECONFIG, here a fake API server), the bucket's notifications from moto.
+    let moto_setup = moto.clone();
+    let (b, q) = (bucket.clone(), queue.clone());
+    tokio::task::spawn_blocking(move || moto_setup.setup(&b, &q, 30))
+        .await
+        .unwrap();
+    let fake = fake_kube::FakeKube::start().await;
+    fake.create(json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "artifacts-minio", "namespace": "default"},
+        // "testing", as moto takes any key.
+        "data": {"accesskey": "dGVzdGluZw==", "secretkey": "dGVzdGluZw=="}}));
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, fake.kubeconfig()).unwrap();
+    let queue_line = format!("    insecure: true\n    queue: {queue}");
+    let mut with_queue = subs.to_vec();
+    with_queue.push(("    insecure: true", queue_line.as_str()));
+    let example = Example::new("artifact", &with_queue);
+    let watcher = Watcher::start().await;
+    let portico = example
+        .run(
+            &watcher,
+            &[],
+            &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+        )
+        .await;
+    portico
+        .wait_for_phase("s3.fooConfig", "Running", WAIT)
+        .await;
+    let key = moto_support::unique("hello");
+    let (m, b, k) = (moto.clone(), bucket.clone(), key.clone());
+    tokio::task::spawn_blocking(move || m.put(&b, &[&k]))
+        .await
+        .unwrap();
+    let d = watcher
+        .wait_for("the S3 record", |d| d.payload_text().contains(&key))
+        .await;
+    assert_event(&d, "artifact-gateway/s3.fooConfig", "artifact");
+    // v0.6's payload: the notification's record.
+    let record: Value = serde_json::from_slice(&d.payload).expect("the record's JSON");
+    assert_eq!(record["s3"]["bucket"]["name"], bucket.as_str(), "{record}");
+    assert_eq!(record["s3"]["object"]["key"], key.as_str(), "{record}");
+    assert_eq!(record["eventName"], "ObjectCreated:Put", "{record}");
+    assert_eq!(portico.terminate().await, Some(0));
+}
+
+#[tokio::test]
+async fn storagegrid_takes_its_sns_form_and_answers_as_sns() {
+    let port = free_port();
+    let example = Example::pair(
+        "storage-grid.yaml",
+        "storage-grid-configmap.yaml",
+        &[("${STORAGEGRID_PORT}", &port.to_string())],
+    );
+    example.validate();
+    let watcher = Watcher::start().await;
+    let portico = example.run(&watcher, &[], &[]).await;
+    portico
+        .wait_for_phase("storageGrid.fooConfig", "Running", WAIT)
+        .await;
+    let key = nonce("images/cat");
+    let message = json!({"Records": [{
+        "eventVersion": "2.0", "eventSource": "sgws:s3", "eventTime": "2026-12-03T10:00:00Z",
+        "eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": "media"}, "object": {"key": key, "size": 3}},
+    }]});
+    // StorageGRID posts SNS's Publish action as a form.
+    let mut form = reqwest::Url::parse("http://form.invalid/").unwrap();
+    form.query_pairs_mut()
+        .append_pair("Action", "Publish")
+        .append_pair("Message", &message.to_string())
+        .append_pair("TopicArn", "urn:sgws:sns:local::media")
+        .append_pair("Version", "2010-03-31");
+    let r = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form.query().unwrap().to_string())
+        .send()
+        .await
+        .expect("POST the notification");
+    assert_eq!(r.status(), 200);
+    let answer = r.text().await.unwrap();
+    assert!(answer.contains("<PublishResponse"), "{answer}");
+    let d = watcher
+        .wait_for("the notification", |d| d.payload_text().contains(&key))
+        .await;
+    assert_event(
+        &d,
+        "storage-grid-gateway/storageGrid.fooConfig",
+        "storagegrid",
+    );
+    // v0.6's payload: the form as JSON, its Message parsed.
+    let payload: Value = serde_json::from_slice(&d.payload).expect("JSON");
+    assert_eq!(payload["Action"], "Publish", "{payload}");
+    assert_eq!(
+        payload["Message"]["Records"][0]["s3"]["object"]["key"],
+        key.as_str(),
+        "{payload}"
+    );
+    assert_eq!(portico.terminate().await, Some(0));
+}

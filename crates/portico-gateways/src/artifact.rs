@@ -91,8 +91,9 @@ pub struct ArtifactConfig {
     /// With `queue`: the SQS API's URL (default `https://sqs.<region>.amazonaws.com`).
     #[serde(default)]
     pub endpoint: Option<String>,
-    /// The AWS region requests are signed for (default: the one the SQS host names,
-    /// `sqs.<region>.amazonaws.com`; required for other hosts).
+    /// The AWS region requests are signed for (default: the one an AWS SQS host names,
+    /// `sqs.<region>.amazonaws.com`; `us-east-1` for an SQS API outside AWS, which takes any;
+    /// required for other AWS hosts).
     #[serde(default)]
     pub region: Option<String>,
     /// Only notifications of this bucket (default: every bucket that sends to the queue).
@@ -245,6 +246,14 @@ fn region_of_host(host: &str) -> Option<String> {
         base.strip_prefix("s3-")?
     };
     (!region.is_empty() && !region.contains('.')).then(|| region.to_string())
+}
+
+/// The region requests to an SQS API outside AWS are signed for when none is given.
+const LOCAL_REGION: &str = "us-east-1";
+
+/// Whether `host` is one of AWS's.
+fn is_aws_host(host: &str) -> bool {
+    host.ends_with(".amazonaws.com") || host.ends_with(".amazonaws.com.cn")
 }
 
 /// Whether `host` is AWS S3's (`s3.amazonaws.com`, `s3.<region>.amazonaws.com`, …).
@@ -442,11 +451,13 @@ impl ArtifactConfig {
                 return Err(invalid(region_field, format!("`{r}` is not a region")));
             }
             Some(r) => r,
+            // A local SQS (moto, ElasticMQ, …) takes any region: requests are signed for one.
+            None if !is_aws_host(&host) => LOCAL_REGION.to_string(),
             None => {
                 return Err(invalid(
                     region_field,
                     format!(
-                        "required: the SQS host `{host}` does not name its region (requests are signed for one; any works for a local SQS)"
+                        "required: the SQS host `{host}` does not name its region (requests are signed for one)"
                     ),
                 ));
             }

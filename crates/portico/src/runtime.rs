@@ -492,17 +492,31 @@ pub(crate) async fn run_gateway(
     .with_require_auth(gateway.spec.security.require_auth)
     .with_http_limits(opts.http_limits);
     let (initial, source) = match (file, &cluster) {
-        (Some(file), _) => (
-            file.configurations.clone(),
-            tokio::spawn(crate::source::file::watch(
-                opts.files.clone(),
-                file,
-                opts.max_file_size,
-                tx,
-                signals.reload.clone(),
-                source_stop.clone(),
-            )),
-        ),
+        (Some(file), _) => {
+            // A gateway file outside a cluster: with KUBECONFIG set, executors get its client
+            // for the Kubernetes Secrets their configurations name.
+            if crate::env::var("KUBECONFIG").is_some() {
+                match crate::cluster::client().await {
+                    Ok((client, config)) => {
+                        gateway_config = gateway_config
+                            .with_kube_client(client)
+                            .with_kube_config(config);
+                    }
+                    Err(e) => tracing::warn!("KUBECONFIG is set but unusable: {e}"),
+                }
+            }
+            (
+                file.configurations.clone(),
+                tokio::spawn(crate::source::file::watch(
+                    opts.files.clone(),
+                    file,
+                    opts.max_file_size,
+                    tx,
+                    signals.reload.clone(),
+                    source_stop.clone(),
+                )),
+            )
+        }
         (None, Some(c)) => {
             gateway_config = gateway_config
                 .with_kube_client(c.client.clone())

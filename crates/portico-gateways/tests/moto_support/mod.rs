@@ -122,7 +122,12 @@ impl Moto {
 
     /// Runs `s3.py` with these arguments; its output, trimmed.
     pub fn run(&self, args: &[&str]) -> String {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/moto_support/s3.py");
+        // Beside this file, whichever crate's test includes it (`file!()` is relative to the
+        // workspace's root).
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(file!())
+            .with_file_name("s3.py");
         let out = Command::new(venv().join("bin/python"))
             .arg(&script)
             .arg(&self.url)
