@@ -131,6 +131,10 @@ impl Example {
             text.contains("is named only: it resolves in a cluster"),
             "named watchers resolve in a cluster:\n{text}"
         );
+        assert!(
+            text.contains("note: spec.deploySpec is for the controller"),
+            "deploySpec is said to be the controller's:\n{text}"
+        );
         text
     }
 

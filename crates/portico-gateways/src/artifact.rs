@@ -600,7 +600,7 @@ async fn load_key(ctx: &ConfigContext, source: &KeySource) -> Result<Secret, Con
                 return Err(invalid(
                     field,
                     format!(
-                        "names key `{}` of Kubernetes Secret `{}`, which needs the gateway to run in a cluster; outside one, give {field}File or {field}Env",
+                        "names key `{}` of Kubernetes Secret `{}`, which needs the gateway to run in a cluster or KUBECONFIG to be set; or give {field}File or {field}Env",
                         selector.key, selector.name
                     ),
                 ));

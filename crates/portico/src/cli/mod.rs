@@ -276,6 +276,18 @@ fn validate_gateway(loaded: &GatewayFile, builtins: &Builtins) -> bool {
     for n in crate::spec::watchers::notes(&loaded.gateway) {
         eprintln!("{}: note: {n}", file.display());
     }
+    let spec = &loaded.gateway.spec;
+    for (set, field) in [
+        (spec.deploy_spec.is_some(), "deploySpec"),
+        (spec.service_spec.is_some(), "serviceSpec"),
+    ] {
+        if set {
+            eprintln!(
+                "{}: note: spec.{field} is for the controller, which makes the gateway's pod and Service of it in a cluster; `portico run FILE` does not use it",
+                file.display()
+            );
+        }
+    }
     // The user's HTTP server judges its own configurations: only its settings are checked here
     // (without starting the framework's server).
     let chosen = match http_settings(&loaded.gateway) {
