@@ -424,9 +424,10 @@ async fn validate_lists_every_problem_and_fails() {
 
 #[tokio::test]
 async fn a_type_this_program_does_not_run_is_said_so_by_validate_and_run() {
-    let (_dir, file) = GatewayFileBuilder::new("art", "artifact")
-        .config("a", "bucket: x")
-        .config("b", "bucket: y")
+    // A type only the user's own program knows (v0.6-era gateways were often such).
+    let (_dir, file) = GatewayFileBuilder::new("pubsub", "gcp-pubsub")
+        .config("a", "topic: x")
+        .config("b", "topic: y")
         .write();
     let (code, stdout, stderr) = support::run_to_end(&["validate", file.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{stderr}");
@@ -435,7 +436,7 @@ async fn a_type_this_program_does_not_run_is_said_so_by_validate_and_run() {
         "{stdout}"
     );
     assert!(
-        stderr.contains("type `artifact`")
+        stderr.contains("type `gcp-pubsub`")
             && stderr.contains("its 2 configuration(s) are not run here")
             && stderr.contains("calendar, webhook"),
         "{stderr}"

@@ -500,7 +500,7 @@ fn case(gateway_type: &str) -> Option<Case> {
                 junk: common_junk(vec![
                     ("region: us-east-1".into(), "queueUrl"),
                     ("queueUrl: ftp://127.0.0.1/q\nregion: r".into(), "queueUrl"),
-                    ("queueUrl: http://127.0.0.1:1/1/q".into(), "region"),
+                    ("queueUrl: https://queue.amazonaws.com/1/q".into(), "region"),
                     (
                         "queueUrl: http://127.0.0.1:1/1/q\nregion: r\nwaitTime: 1h".into(),
                         "waitTime",
