@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 /// How often a repeated error is said at most.
 pub(crate) const EVERY: Duration = Duration::from_secs(10);
 
-/// One site's repeated error: said at most once per [`EVERY`].
+/// One site's repeated error: said at most once per [`EVERY`]. A crate-private type, so its
+/// use is shown as text (a doctest cannot reach it):
 ///
-/// ```ignore
+/// ```text
 /// static FAILED: Throttle = Throttle::new();
 /// if let Some(suppressed) = FAILED.check() {
 ///     tracing::error!(suppressed, "…");
