@@ -25,8 +25,6 @@ use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
-use base64::Engine;
-use kube::api::{Api, ApiResource, DynamicObject};
 use portico::secret::{redact_url, scrub};
 use portico::{
     ConfigContext, ConfigError, ConfigErrorKind, ConfigExecutor, Event, RejectReason, Secret,
@@ -605,53 +603,14 @@ async fn load_key(ctx: &ConfigContext, source: &KeySource) -> Result<Secret, Con
                     ),
                 ));
             };
-            let resource = ApiResource {
-                group: String::new(),
-                version: "v1".into(),
-                api_version: "v1".into(),
-                kind: "Secret".into(),
-                plural: "secrets".into(),
-            };
-            let ns = ctx.gateway().namespace();
-            let api: Api<DynamicObject> = Api::namespaced_with(client, ns, &resource);
-            let secret = api.get(&selector.name).await.map_err(|e| match e {
-                kube::Error::Api(s) if s.code == 404 => ConfigError::failed(format!(
-                    "{field}: there is no Secret `{}` in namespace `{ns}`",
-                    selector.name
-                )),
-                e => ConfigError::failed(format!(
-                    "{field}: cannot read Secret `{}` of namespace `{ns}`: {e}",
-                    selector.name
-                )),
-            })?;
-            let value = secret
-                .data
-                .get("data")
-                .and_then(|d| d.get(&selector.key))
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    ConfigError::failed(format!(
-                        "{field}: Secret `{}` has no key `{}`",
-                        selector.name, selector.key
-                    ))
-                })?;
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(value)
-                .map_err(|_| {
-                    ConfigError::failed(format!(
-                        "{field}: key `{}` of Secret `{}` is not base64",
-                        selector.key, selector.name
-                    ))
-                })?;
-            let text = String::from_utf8_lossy(&bytes);
-            let trimmed = text.trim_end_matches(['\n', '\r']);
-            if trimmed.is_empty() {
-                return Err(ConfigError::failed(format!(
-                    "{field}: key `{}` of Secret `{}` is empty",
-                    selector.key, selector.name
-                )));
-            }
-            Ok(Secret::new(trimmed))
+            crate::kube_secret::read(
+                client,
+                ctx.gateway().namespace(),
+                &selector.name,
+                &selector.key,
+            )
+            .await
+            .map_err(|e| ConfigError::failed(format!("{field}: {e}")))
         }
     }
 }

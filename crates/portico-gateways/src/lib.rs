@@ -12,6 +12,7 @@ pub mod amqp;
 pub mod artifact;
 mod broker;
 pub mod kafka;
+mod kube_secret;
 pub mod mqtt;
 pub mod nats;
 pub mod redis;

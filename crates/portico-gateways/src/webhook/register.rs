@@ -19,8 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use base64::Engine;
-use kube::api::{Api, ApiResource, DynamicObject};
 use portico::secret::scrub;
 use portico::{
     ConfigContext, ConfigError, ConfigExecutor, GatewayConfig, Secret, SecretSource, StopReason,
@@ -136,35 +134,9 @@ impl TokenSource {
             "" => client.default_namespace().to_string(),
             ns => ns.to_string(),
         };
-        let resource = ApiResource {
-            group: String::new(),
-            version: "v1".into(),
-            api_version: "v1".into(),
-            kind: "Secret".into(),
-            plural: "secrets".into(),
-        };
-        let api: Api<DynamicObject> = Api::namespaced_with(client, &namespace, &resource);
-        let secret = api.get(name).await.map_err(|e| {
-            format!("accessToken: cannot read the Kubernetes Secret `{name}` in namespace `{namespace}`: {e}")
-        })?;
-        let encoded = secret.data["data"][key.as_str()].as_str().ok_or_else(|| {
-            format!("accessToken: the Kubernetes Secret `{name}` in namespace `{namespace}` has no key `{key}`")
-        })?;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(encoded.trim())
-            .map_err(|_| {
-                format!("accessToken: key `{key}` of the Kubernetes Secret `{name}` is not base64")
-            })?;
-        let mut end = bytes.len();
-        while end > 0 && matches!(bytes[end - 1], b'\n' | b'\r') {
-            end -= 1;
-        }
-        if end == 0 {
-            return Err(format!(
-                "accessToken: key `{key}` of the Kubernetes Secret `{name}` is empty"
-            ));
-        }
-        Ok(Secret::new(&bytes[..end]))
+        crate::kube_secret::read(client, &namespace, name, key)
+            .await
+            .map_err(|e| format!("accessToken: {e}"))
     }
 }
 
