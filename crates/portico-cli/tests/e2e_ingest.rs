@@ -249,10 +249,10 @@ async fn every_bad_body_gets_its_status_and_reason_and_the_process_keeps_serving
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    // Events are POSTed; any other method on `/` is told which one.
-    let r = portico.http.get(portico.url("/")).send().await.unwrap();
+    // Events are POSTed and the status page is got; any other method on `/` is told which.
+    let r = portico.http.put(portico.url("/")).send().await.unwrap();
     assert_eq!(r.status(), 405);
-    assert_eq!(r.headers()["allow"], "POST");
+    assert_eq!(r.headers()["allow"], "GET, POST");
     let (status, _, _) = post(&portico, None, &[], r#"{"src": "ok", "payload": "aGk="}"#).await;
     assert_eq!(status, 200);
     let events = sink.wait_for_events(1, WAIT).await;

@@ -73,3 +73,20 @@ pub fn var(name: &str) -> Option<String> {
 pub fn in_cluster() -> bool {
     var(KUBERNETES_SERVICE_HOST).is_some()
 }
+
+/// The name of this replica of a gateway (`/status` and the status page show it):
+/// `PORTICO_REPLICA` (a pod's name, in a cluster), else the host's name and the process id.
+pub fn replica() -> String {
+    var(PORTICO_REPLICA).unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .or_else(|| var("HOSTNAME"))
+            .unwrap_or_else(|| "localhost".to_string());
+        format!("{host}-{}", std::process::id())
+    })
+}
+
+/// Names this replica of a gateway (see [`replica`]).
+pub const PORTICO_REPLICA: &str = "PORTICO_REPLICA";

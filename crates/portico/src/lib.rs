@@ -59,6 +59,7 @@ mod pipeline;
 mod processor;
 pub mod proto;
 mod ratelog;
+mod rates;
 mod runtime;
 pub mod secret;
 mod server;

@@ -278,12 +278,18 @@ impl Metrics {
         Arc::new(Metrics { registry, ..m })
     }
 
-    /// The metrics in Prometheus text format.
+    /// The metrics in the OpenMetrics text format.
     pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// The metrics in the Prometheus text format 0.0.4, for scrapers that do not ask for
+    /// OpenMetrics.
+    pub(crate) fn encode_prometheus(&self) -> String {
+        openmetrics_to_prometheus(&self.encode())
     }
 
     /// The counters of one configuration of the gateway: labelled by its key, up to
@@ -333,6 +339,15 @@ impl Metrics {
             }
         }
         m
+    }
+
+    /// Calls `f` with the key and received-event count of every source with a label of its
+    /// own (for the status page's rates).
+    pub(crate) fn each_src_received(&self, mut f: impl FnMut(&str, u64)) {
+        let srcs = self.srcs.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, m) in &srcs.known {
+            f(key, m.received.get());
+        }
     }
 
     /// The metrics of one watcher.
@@ -424,9 +439,97 @@ pub(crate) struct WatcherMetrics {
     pub dead_lettered: Counter,
 }
 
+/// The media type of [`Metrics::encode`].
+pub(crate) const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The media type of [`Metrics::encode_prometheus`].
+pub(crate) const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Whether a scraper's `Accept` header asks for OpenMetrics (with a weight above zero).
+pub(crate) fn wants_openmetrics(accept: &str) -> bool {
+    accept.split(',').any(|range| {
+        let mut params = range.split(';').map(str::trim);
+        params
+            .next()
+            .is_some_and(|t| t.eq_ignore_ascii_case("application/openmetrics-text"))
+            && !params.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            })
+    })
+}
+
+/// Rewrites what this registry writes in OpenMetrics into the Prometheus text format 0.0.4:
+/// a counter's HELP and TYPE name its samples' `_total` name, `_created` samples, UNIT lines,
+/// exemplars and `# EOF` go. Only the metric types this registry holds (counters, gauges,
+/// histograms) are written.
+fn openmetrics_to_prometheus(text: &str) -> String {
+    let counters: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
+        if let Some((prefix, rest)) = meta {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            out.push_str(prefix);
+            out.push_str(name);
+            if counters.contains(name) {
+                out.push_str("_total");
+            }
+            out.push(' ');
+            out.push_str(tail);
+            out.push('\n');
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        if line[..name_end]
+            .strip_suffix("_created")
+            .is_some_and(|base| counters.contains(base))
+        {
+            continue;
+        }
+        // An exemplar follows ` # ` after the value.
+        out.push_str(line.split(" # ").next().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prometheus_text_names_counters_by_their_samples() {
+        let m = Metrics::new();
+        m.for_src("s").received.inc();
+        m.for_watcher("w").latency.observe(0.01);
+        let text = m.encode_prometheus();
+        assert!(text.contains("# HELP portico_events_received_total Events produced"), "{text}");
+        assert!(text.contains("# TYPE portico_events_received_total counter"), "{text}");
+        assert!(text.contains("portico_events_received_total{src=\"s\"} 1"), "{text}");
+        assert!(text.contains("# TYPE portico_delivery_latency_seconds histogram"), "{text}");
+        assert!(text.contains("# TYPE portico_watcher_queue_depth gauge"), "{text}");
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
+    }
+
+    #[test]
+    fn openmetrics_is_chosen_only_when_asked_for() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert!(wants_openmetrics(prometheus));
+        assert!(!wants_openmetrics("text/plain;version=0.0.4"));
+        assert!(!wants_openmetrics("*/*"));
+        assert!(!wants_openmetrics("application/openmetrics-text; q=0"));
+    }
 
     #[test]
     fn every_metric_has_help_and_every_counter_ends_in_total() {

@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::cloudevents::{CloudEvent, Data, ExtensionName, ExtensionValue, is_json_content_type};
@@ -100,7 +101,14 @@ pub(crate) struct Pipeline {
     metrics: Arc<Metrics>,
     /// Milliseconds HTTP callers wait for room before 503 (0: refused at once).
     admission_wait_ms: AtomicU64,
+    /// Every accepted event in the JSON event format, for whoever follows them live (`GET
+    /// /events`); written only while someone does.
+    tail: broadcast::Sender<Arc<str>>,
 }
+
+/// Accepted events kept for a follower that reads slower than they come; past it, the
+/// follower is told how many it missed.
+const TAIL_CAPACITY: usize = 1024;
 
 impl Pipeline {
     /// A pipeline from its parts.
@@ -114,6 +122,7 @@ impl Pipeline {
             dispatcher,
             metrics,
             admission_wait_ms: AtomicU64::new(DEFAULT_ADMISSION_WAIT.as_millis() as u64),
+            tail: broadcast::channel(TAIL_CAPACITY).0,
         })
     }
 
@@ -133,6 +142,11 @@ impl Pipeline {
     /// The dispatcher.
     pub(crate) fn dispatcher(&self) -> &Dispatcher {
         &self.dispatcher
+    }
+
+    /// Follows every event accepted from now on, in the JSON event format.
+    pub(crate) fn follow(&self) -> broadcast::Receiver<Arc<str>> {
+        self.tail.subscribe()
     }
 
     /// What `wait` means in this gateway, for a source that stops with `stop`.
@@ -177,12 +191,20 @@ impl Pipeline {
                 }
             },
         };
+        // Encoded for followers only while there are some: the hot path pays a load.
+        let followed = (self.tail.receiver_count() > 0)
+            .then(|| Arc::<str>::from(String::from_utf8_lossy(&event.to_json())));
         let accepted = self
             .dispatcher
             .accept(event, admission, Some(src.delivery.clone()), ack)
             .await;
-        if let Err(e) = &accepted {
-            self.metrics.reject(src, RejectReason::of(e));
+        match &accepted {
+            Ok(_) => {
+                if let Some(json) = followed {
+                    let _ = self.tail.send(json);
+                }
+            }
+            Err(e) => self.metrics.reject(src, RejectReason::of(e)),
         }
         accepted
     }

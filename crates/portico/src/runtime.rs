@@ -456,13 +456,16 @@ pub(crate) async fn run_gateway(
                 .map(String::from)
                 .collect(),
             started_at: Utc::now(),
+            replica: crate::env::replica(),
         },
         board: board.clone(),
         pipeline: pipeline.clone(),
+        rates: crate::rates::Rates::new(pipeline.clone()),
         ready: Default::default(),
     });
     let listener = crate::server::bind(SocketAddr::new(opts.listen, opts.transformer_port)).await?;
     let server_stop = CancellationToken::new();
+    tokio::spawn(state.rates.clone().run(server_stop.clone()));
     let server = tokio::spawn(crate::server::serve_api(
         listener,
         state.clone(),

@@ -7,10 +7,16 @@
 //! | `GET /readiness` | 200 once the first configurations are applied, else 503 |
 //! | `GET /healthz` | 200 while the process serves |
 //! | `GET /status` | the gateway, every node and the outbox, as JSON |
-//! | `GET /metrics` | Prometheus text format |
+//! | `GET /metrics` | Prometheus text format 0.0.4, or OpenMetrics when `Accept` asks for it |
+//! | `GET /` | the status page (HTML) |
+//! | `GET /rates` | events per second per configuration and per watcher, last five minutes |
+//! | `GET /events[?filter=TEXT]` | every event accepted from now on, as Server-Sent Events |
+//! | `GET /dead-letters` | the dead letters of the watchers' dead-letter files |
+//! | `POST /dead-letters/redrive` `{"all": true}` or `{"ids": […]}` | delivers them again; removes those taken |
 //!
-//! With an ingest token (`--ingest-token-file`), `POST /` needs `Authorization: Bearer
-//! <token>` (401 otherwise); the read-only routes stay open to probes and Prometheus.
+//! With an ingest token (`--ingest-token-file`), `POST /` and the redrive need
+//! `Authorization: Bearer <token>` (401 otherwise); the read-only routes stay open to probes
+//! and Prometheus.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,7 +28,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use hyper::service::Service as _;
 use hyper_util::service::TowerToHyperService;
@@ -59,6 +65,8 @@ pub(crate) struct GatewayInfo {
     pub watchers: Vec<String>,
     /// When the process started.
     pub started_at: DateTime<Utc>,
+    /// This replica's name (`PORTICO_REPLICA`, else host name and process id).
+    pub replica: String,
 }
 
 /// Shared state of the handlers.
@@ -69,18 +77,30 @@ pub(crate) struct AppState {
     pub board: Arc<StatusBoard>,
     /// Where ingested events go.
     pub pipeline: Arc<Pipeline>,
+    /// Recent events per second, for the status page.
+    pub rates: Arc<crate::rates::Rates>,
     /// Set once the first configurations are applied.
     pub ready: AtomicBool,
 }
 
+/// The stop of the transformer's server, which ends the streams of `GET /events` (they would
+/// otherwise hold the server's drain for its whole [`http1::DRAIN_TIMEOUT`]).
+#[derive(Clone)]
+struct ServerStop(CancellationToken);
+
 /// The router of the transformer's API, but for `POST /` (see [`serve_api`]).
-fn router(state: Arc<AppState>) -> Router {
+fn router(state: Arc<AppState>, stop: CancellationToken) -> Router {
     Router::new()
-        .route("/", any(ingest_method_not_allowed))
+        .route("/", get(page).fallback(ingest_method_not_allowed))
         .route("/healthz", get(healthz))
         .route("/readiness", get(readiness))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .route("/rates", get(rates))
+        .route("/events", get(events))
+        .route("/dead-letters", get(dead_letters))
+        .route("/dead-letters/redrive", post(redrive))
+        .layer(axum::Extension(ServerStop(stop)))
         .with_state(state)
 }
 
@@ -118,7 +138,7 @@ pub(crate) async fn serve_api(
     stop: CancellationToken,
 ) {
     let api = Arc::new(Api {
-        rest: TowerToHyperService::new(router(state.clone())),
+        rest: TowerToHyperService::new(router(state.clone(), stop.clone())),
         state,
         body_limit: ingest.body_limit,
         token: ingest.token,
@@ -144,29 +164,47 @@ struct Api {
 }
 
 impl Api {
+    /// The 401 answer to a request that changes something (`POST /`, a redrive) without the
+    /// ingest token, when the gateway has one.
+    fn unauthorized(&self, req: &http::Request<hyper::body::Incoming>) -> Option<Response> {
+        let token = self.token.as_ref()?;
+        let offered = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        if offered.is_some_and(|t| token.matches(t)) {
+            return None;
+        }
+        if req.uri().path() == "/" {
+            // Counted under one label: the `src` of an unauthenticated caller is not taken.
+            let m = self.state.pipeline.metrics();
+            m.reject(&m.for_src("_unauthenticated"), RejectReason::Unauthorized);
+        }
+        Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                format!(
+                    "{} {} needs `Authorization: Bearer <token>` with the gateway's ingest token\n",
+                    req.method(),
+                    req.uri().path()
+                ),
+            )
+                .into_response(),
+        )
+    }
+
     async fn handle(&self, req: http::Request<hyper::body::Incoming>) -> Response {
-        if req.method() != Method::POST || req.uri().path() != "/" {
+        let posted = req.method() == Method::POST && req.uri().path() == "/";
+        let write = req.method() != Method::GET && req.method() != Method::HEAD;
+        if write && let Some(refused) = self.unauthorized(&req) {
+            return refused;
+        }
+        if !posted {
             return match self.rest.call(req).await {
                 Ok(r) => r,
                 Err(never) => match never {},
             };
-        }
-        if let Some(token) = &self.token {
-            let offered = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-            if !offered.is_some_and(|t| token.matches(t)) {
-                // Counted under one label: the `src` of an unauthenticated caller is not taken.
-                let m = self.state.pipeline.metrics();
-                m.reject(&m.for_src("_unauthenticated"), RejectReason::Unauthorized);
-                return (
-                    StatusCode::UNAUTHORIZED,
-                    [(header::WWW_AUTHENTICATE, "Bearer")],
-                    "POST / needs `Authorization: Bearer <token>` with the gateway's ingest token\n",
-                )
-                    .into_response();
-            }
         }
         let (parts, body) = req.into_parts();
         match http1::read_body(&parts.headers, body, self.body_limit, self.body_timeout).await {
@@ -197,8 +235,8 @@ impl Api {
 async fn ingest_method_not_allowed() -> Response {
     (
         StatusCode::METHOD_NOT_ALLOWED,
-        [(header::ALLOW, "POST")],
-        "events are POSTed to /\n",
+        [(header::ALLOW, "GET, POST")],
+        "events are POSTed to /, and GET / is the status page\n",
     )
         .into_response()
 }
@@ -243,15 +281,156 @@ async fn status(State(s): State<Arc<AppState>>) -> Response {
     .into_response()
 }
 
-async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+/// The metrics in OpenMetrics when the scraper's `Accept` asks for it (as Prometheus does),
+/// in the Prometheus text format 0.0.4 otherwise.
+async fn metrics(State(s): State<Arc<AppState>>, headers: http::HeaderMap) -> Response {
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(crate::metrics::wants_openmetrics);
+    let m = s.pipeline.metrics();
+    let (content_type, body) = if openmetrics {
+        (crate::metrics::OPENMETRICS_CONTENT_TYPE, m.encode())
+    } else {
+        (
+            crate::metrics::PROMETHEUS_CONTENT_TYPE,
+            m.encode_prometheus(),
+        )
+    };
     (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        )],
-        s.pipeline.metrics().encode(),
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
     )
         .into_response()
+}
+
+/// What a status page may load and run: its own inline styles and script, data: images, and
+/// requests to its own server; nothing from anywhere else.
+pub(crate) const PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// An HTML page of this binary (its styles and script inline), with [`PAGE_CSP`].
+pub(crate) fn html_page(body: impl IntoResponse) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, PAGE_CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The status page: one HTML file, its styles and script inline.
+async fn page() -> Response {
+    html_page(STATUS_PAGE)
+}
+
+/// The status page's HTML.
+const STATUS_PAGE: &str = include_str!("../assets/status.html");
+
+async fn rates(State(s): State<Arc<AppState>>) -> Response {
+    axum::Json(s.rates.body()).into_response()
+}
+
+/// How often a follower of `GET /events` gets a comment line when no event comes, so that
+/// proxies keep the connection and the follower sees it is alive.
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+#[derive(serde::Deserialize)]
+struct EventsQuery {
+    /// Only events whose JSON holds this text.
+    filter: Option<String>,
+}
+
+/// Every event accepted from now on, as Server-Sent Events (`event: cloudevent`, the
+/// CloudEvent's JSON as `data`). A follower too slow for the flow is told how many it missed
+/// (`event: lagged`). The stream ends when the server stops.
+async fn events(
+    State(s): State<Arc<AppState>>,
+    axum::Extension(ServerStop(stop)): axum::Extension<ServerStop>,
+    axum::extract::Query(q): axum::extract::Query<EventsQuery>,
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    let filter = q.filter.filter(|f| !f.is_empty());
+    let rx = s.pipeline.follow();
+    let stream = futures::stream::unfold((rx, filter), |(mut rx, filter)| async move {
+        loop {
+            let event = match rx.recv().await {
+                Ok(json) if filter.as_deref().is_none_or(|f| json.contains(f)) => {
+                    Event::default().event("cloudevent").data(&*json)
+                }
+                Ok(_) => continue,
+                Err(RecvError::Lagged(n)) => Event::default().event("lagged").data(n.to_string()),
+                Err(RecvError::Closed) => return None,
+            };
+            return Some((Ok::<_, Infallible>(event), (rx, filter)));
+        }
+    });
+    let stream = futures::StreamExt::take_until(stream, stop.cancelled_owned());
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
+        .into_response()
+}
+
+/// An answer for a dead-letter request that cannot be done.
+fn redrive_error(e: crate::dispatch::redrive::RedriveError) -> Response {
+    use crate::dispatch::redrive::RedriveError;
+    let status = match e {
+        RedriveError::NoFile(_) => StatusCode::CONFLICT,
+        RedriveError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status, format!("{e}\n")).into_response()
+}
+
+async fn dead_letters(State(s): State<Arc<AppState>>) -> Response {
+    match s.pipeline.dispatcher().dead_letters().await {
+        Ok(listing) => axum::Json(listing).into_response(),
+        Err(e) => redrive_error(e),
+    }
+}
+
+/// What `POST /dead-letters/redrive` takes: `{"all": true}` or `{"ids": [...]}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedriveRequest {
+    #[serde(default)]
+    all: bool,
+    #[serde(default)]
+    ids: Vec<String>,
+}
+
+async fn redrive(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
+    use crate::dispatch::redrive::Which;
+    let request: RedriveRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return bad_request(format!(
+                "the body must be {{\"all\": true}} or {{\"ids\": [\"<event id>\", …]}}: {e}\n"
+            ));
+        }
+    };
+    let which = match (request.all, request.ids.is_empty()) {
+        (true, true) => Which::All,
+        (false, false) => Which::Ids(request.ids.into_iter().collect()),
+        (true, false) => return bad_request("give either `all` or `ids`, not both\n"),
+        (false, true) => return bad_request("give `\"all\": true` or the `ids` to redrive\n"),
+    };
+    match s.pipeline.dispatcher().redrive(&which).await {
+        Ok(report) => {
+            tracing::info!(
+                delivered = report.delivered.len(),
+                failed = report.failed.len(),
+                missing = report.missing.len(),
+                "dead letters redriven"
+            );
+            axum::Json(report).into_response()
+        }
+        Err(e) => redrive_error(e),
+    }
 }
 
 fn bad_request(reason: impl Into<String>) -> Response {

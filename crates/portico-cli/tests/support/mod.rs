@@ -100,6 +100,9 @@ impl Lines {
     }
 }
 
+/// The `Accept` header Prometheus scrapes with: OpenMetrics first, the text format 0.0.4 after.
+pub const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
 /// A running `portico` process.
 pub struct Portico {
     child: Child,
@@ -238,10 +241,11 @@ impl Portico {
             .expect("/status is JSON")
     }
 
-    /// `GET /metrics`: the Prometheus text.
+    /// `GET /metrics` as Prometheus asks for it: the OpenMetrics text.
     pub async fn metrics(&self) -> String {
         self.http
             .get(self.url("/metrics"))
+            .header("accept", PROMETHEUS_ACCEPT)
             .send()
             .await
             .expect("GET /metrics")

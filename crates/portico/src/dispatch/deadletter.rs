@@ -33,12 +33,21 @@ pub(crate) enum DeadLetter {
 }
 
 impl DeadLetter {
-    /// A file destination.
+    /// A file destination. Destinations of one file share one lock (watchers that share a
+    /// file, and a redrive rewriting it).
     pub(crate) fn file(path: PathBuf) -> DeadLetter {
-        DeadLetter::File {
-            path,
-            lock: Arc::new(Mutex::new(())),
-        }
+        static LOCKS: Mutex<Vec<(PathBuf, std::sync::Weak<Mutex<()>>)>> = Mutex::new(Vec::new());
+        let mut locks = LOCKS.lock().unwrap_or_else(|p| p.into_inner());
+        locks.retain(|(_, lock)| lock.strong_count() > 0);
+        let lock = match locks.iter().find_map(|(p, l)| (*p == path).then(|| l.upgrade())) {
+            Some(Some(lock)) => lock,
+            _ => {
+                let lock = Arc::new(Mutex::new(()));
+                locks.push((path.clone(), Arc::downgrade(&lock)));
+                lock
+            }
+        };
+        DeadLetter::File { path, lock }
     }
 
     /// What this destination is, for log lines.
@@ -91,7 +100,10 @@ impl DeadLetter {
         reason: &str,
     ) -> Result<(), DeliveryError> {
         let mut letter = event.clone();
-        for (name, value) in [("deadletterwatcher", watcher), ("deadletterreason", reason)] {
+        for (name, value) in [
+            (super::redrive::WATCHER_EXTENSION, watcher),
+            (super::redrive::REASON_EXTENSION, reason),
+        ] {
             if let Ok(n) = ExtensionName::new(name) {
                 letter
                     .extensions

@@ -22,6 +22,7 @@
 pub(crate) mod deadletter;
 pub(crate) mod http;
 pub(crate) mod outbox;
+pub(crate) mod redrive;
 pub(crate) mod stdout;
 
 use std::sync::Arc;
@@ -190,11 +191,27 @@ struct Queued {
 
 struct WatcherQueue {
     name: String,
+    /// How events reach it, its retries and its dead letters: what a redrive uses.
+    sender: Arc<dyn Sender>,
+    retry: RetryPolicy,
+    dead_letter: Arc<DeadLetter>,
     /// Its number of slots.
     size: usize,
     slots: Arc<Semaphore>,
     tx: async_channel::Sender<Queued>,
     metrics: WatcherMetrics,
+}
+
+/// One watcher's counters at one moment.
+pub(crate) struct WatcherCounters<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Events it took.
+    pub delivered: u64,
+    /// Events waiting or in flight.
+    pub queue_depth: i64,
+    /// Events sent to the dead letters.
+    pub dead_lettered: u64,
 }
 
 /// Fans accepted events out to every watcher.
@@ -318,6 +335,9 @@ impl Dispatcher {
             }
             queues.push(WatcherQueue {
                 name,
+                sender: w.sender,
+                retry: settings.retry.clone(),
+                dead_letter: w.dead_letter,
                 size: settings.queue_size.max(1),
                 slots,
                 tx,
@@ -365,6 +385,16 @@ impl Dispatcher {
     /// The watchers' names.
     pub(crate) fn watcher_names(&self) -> Vec<&str> {
         self.queues.iter().map(|q| q.name.as_str()).collect()
+    }
+
+    /// Each watcher's counters now, in watcher order.
+    pub(crate) fn watcher_counters(&self) -> impl Iterator<Item = WatcherCounters<'_>> {
+        self.queues.iter().map(|q| WatcherCounters {
+            name: &q.name,
+            delivered: q.metrics.delivered.get(),
+            queue_depth: q.metrics.queue_depth.get(),
+            dead_lettered: q.metrics.dead_lettered.get(),
+        })
     }
 
     /// Accepts an event for every watcher, or for none, waiting for room as `admission`

@@ -509,3 +509,97 @@ mod retry {
         assert_eq!(*s.0.lock().unwrap(), 1, "no attempt after the abort");
     }
 }
+
+/// Refuses every event for good (a 400) until it is switched on, then takes them in order.
+#[derive(Default)]
+struct Switch {
+    on: std::sync::atomic::AtomicBool,
+    took: Mutex<Vec<String>>,
+}
+impl Sender for Switch {
+    fn send<'a>(&'a self, e: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        let on = self.on.load(Ordering::SeqCst);
+        if on {
+            assert!(
+                !e.extensions.contains_key("deadletterwatcher")
+                    && !e.extensions.contains_key("deadletterreason"),
+                "a redriven event keeps the dead-letter extensions"
+            );
+            self.took.lock().unwrap().push(e.id.clone());
+        }
+        Box::pin(async move {
+            if on {
+                Ok(())
+            } else {
+                Err(DeliveryError::permanent("400 Bad Request"))
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_and_redriven_to_their_watcher_once_it_takes_them() {
+    use super::redrive::Which;
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join("dead.jsonl");
+    let switch = Arc::new(Switch::default());
+    let metrics = Metrics::new();
+    let d = Dispatcher::start_with(
+        vec![entry(switch.clone(), patient(), &dead)],
+        &metrics,
+        &Delivery::AtMostOnce,
+    )
+    .unwrap();
+    for i in 1..=3 {
+        d.accept(event(i), Admission::NoWait, None, Ack::OnAcceptance)
+            .await
+            .unwrap();
+    }
+    until(|| {
+        let text = std::fs::read_to_string(&dead).unwrap_or_default();
+        (text.lines().count() == 3).then_some(())
+    })
+    .await;
+    let listing = d.dead_letters().await.unwrap();
+    assert_eq!(listing.dead_letters.len(), 3);
+    assert_eq!(listing.dead_letters[0]["deadletterwatcher"], "w");
+    assert_eq!(listing.dead_letters[0]["deadletterreason"], "400 Bad Request");
+
+    // Still refused: nothing leaves the file, and the rest of that watcher is not tried.
+    let report = d.redrive(&Which::All).await.unwrap();
+    assert!(report.delivered.is_empty());
+    assert_eq!(report.failed.len(), 3);
+    assert!(report.failed[1].reason.contains("not tried"), "{report:?}");
+    assert_eq!(std::fs::read_to_string(&dead).unwrap().lines().count(), 3);
+
+    switch.on.store(true, Ordering::SeqCst);
+    let ids = ["id-2", "id-9"].map(String::from).into_iter().collect();
+    let report = d.redrive(&Which::Ids(ids)).await.unwrap();
+    assert_eq!(report.delivered, ["id-2"]);
+    assert_eq!(report.missing, ["id-9"]);
+    let left = std::fs::read_to_string(&dead).unwrap();
+    assert_eq!(left.lines().count(), 2);
+    assert!(!left.contains("\"id-2\""), "{left}");
+
+    let report = d.redrive(&Which::All).await.unwrap();
+    assert_eq!(report.delivered, ["id-1", "id-3"]);
+    assert_eq!(*switch.took.lock().unwrap(), ["id-2", "id-1", "id-3"]);
+    assert_eq!(std::fs::read_to_string(&dead).unwrap(), "");
+    assert!(d.dead_letters().await.unwrap().dead_letters.is_empty());
+}
+
+#[tokio::test]
+async fn dead_letters_that_go_only_to_the_log_cannot_be_listed() {
+    let metrics = Metrics::new();
+    let d = Dispatcher::start(
+        vec![(
+            "w".to_string(),
+            Arc::new(Takes::default()) as Arc<dyn Sender>,
+            QueueSettings::default(),
+        )],
+        &metrics,
+    );
+    let e = d.dead_letters().await.unwrap_err().to_string();
+    assert!(e.contains("no watcher of this gateway writes its dead letters to a file"), "{e}");
+    assert!(e.contains("log"), "{e}");
+}

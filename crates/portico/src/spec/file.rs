@@ -284,13 +284,28 @@ impl GatewayFile {
     pub(crate) fn parse_texts(texts: &[(PathBuf, String)]) -> Result<Vec<GatewayFile>, SpecErrors> {
         let mut checker = Checker::default();
         for (path, text) in texts {
-            match serde_saphyr::from_multiple::<Document>(text) {
+            match serde_saphyr::from_multiple_with_options::<Document>(text, yaml_options(text))
+            {
                 Ok(docs) => checker.read(path, docs),
                 Err(e) => checker.errors.push(parse_error(path, &e)),
             }
         }
         checker.pair(texts.iter().map(|(p, _)| p.clone()).collect())
     }
+}
+
+/// The parser's limits for a gateway file of `text`: as many nodes and events as a plain
+/// document of its size can hold (at least the parser's defaults), so that 100,000 and more
+/// configurations parse, while aliases cannot make a document bigger than one of its size
+/// written out: a small file that expands into millions of nodes (an alias bomb) is refused.
+fn yaml_options(text: &str) -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    // A node takes at least two bytes (`a\n`), an event at most as many.
+    budget.max_nodes = budget.max_nodes.max(text.len() / 2);
+    budget.max_events = budget.max_events.max(text.len());
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
 }
 
 /// A YAML error of `path` as a [`SpecError`]: the message, its place, and the lines around it.
@@ -683,6 +698,34 @@ data:
   a: |
     interval: 1s
 ";
+
+    #[test]
+    fn two_hundred_thousand_configurations_parse() {
+        let mut text = String::from(
+            "apiVersion: portico.dev/v1alpha1\nkind: Gateway\nmetadata: {name: big}\nspec: {type: calendar, configMap: big-cm}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: big-cm}\ndata:\n",
+        );
+        for i in 0..200_000 {
+            text.push_str(&format!("  c{i}: \"interval: 3600s\"\n"));
+        }
+        let f = parse(&text).unwrap();
+        assert_eq!(f.configurations.len(), 200_000);
+        assert_eq!(f.configurations.get("c199999").unwrap(), "interval: 3600s");
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused() {
+        // Nine levels of ten aliases each: 10^9 nodes from a few hundred bytes.
+        let mut text = String::from(
+            "apiVersion: portico.dev/v1alpha1\nkind: Gateway\nmetadata: {name: bomb}\nspec: {type: calendar, configMap: bomb-cm}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: bomb-cm}\nx0: &a0 [lol]\n",
+        );
+        for level in 1..=9 {
+            let refs = vec![format!("*a{}", level - 1); 10].join(", ");
+            text.push_str(&format!("x{level}: &a{level} [{refs}]\n"));
+        }
+        text.push_str("data: {}\n");
+        let errors = parse(&text).unwrap_err().to_string();
+        assert!(errors.contains("budget breached"), "{errors}");
+    }
 
     #[test]
     fn reads_a_gateway_and_its_configmap() {
