@@ -60,6 +60,7 @@ mod processor;
 pub mod proto;
 mod ratelog;
 mod rates;
+pub mod reference;
 mod runtime;
 pub mod secret;
 mod server;

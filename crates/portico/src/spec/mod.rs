@@ -757,7 +757,8 @@ pub(crate) enum DeliveryMode {
     AtMostOnce,
     /// `atLeastOnce`, except that sources which acknowledge their own messages one by one
     /// (the `nats` gateway's JetStream consumers, the `redis` gateway's Streams consumer
-    /// groups) ack each one only after every watcher took it (or it was dead-lettered), and
+    /// groups, the `artifact` gateway's SQS queue) ack each one only after every watcher took
+    /// it (or it was dead-lettered), and
     /// their events skip the outbox: the broker keeps them until then. Every other source goes
     /// through the outbox as in `atLeastOnce`.
     AckAfterDelivery,
