@@ -3,7 +3,7 @@
 //! the `resource` gateway) talk to this one over loopback through a real `kube::Client`.
 //!
 //! It serves the real REST paths and JSON of the API server for the kinds it knows
-//! (ConfigMaps, Secrets, Services, Events, Deployments, StatefulSets, `coordination.k8s.io/v1`
+//! (ConfigMaps, Secrets, Pods, Services, Events, Deployments, StatefulSets, `coordination.k8s.io/v1`
 //! Leases, Gateways of `portico.dev/v1alpha1` and of `argoproj.io/v1alpha1`, and one custom
 //! kind, `Widget` of `example.com/v1`):
 //!
@@ -16,6 +16,8 @@
 //! - get, create (with `generateName`), replace (with the `resourceVersion` conflict check),
 //!   patch (merge, strategic merge taken as merge, and server-side apply taken as a merge that
 //!   creates), delete, and the `status` subresource of the kinds that have one;
+//! - the pods' proxy subresource (`/api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy/…`),
+//!   forwarded to a backend a test registers ([`FakeKube::proxy_pod`]);
 //! - injected failures ([`FakeKube::fail_next`], e.g. `409 Conflict`) and a log of requests.
 //!
 //! Writes that change nothing do not bump the `resourceVersion` nor make a watch event, as on
@@ -86,6 +88,14 @@ pub const KINDS: &[KindInfo] = &[
         version: "v1",
         kind: "Service",
         plural: "services",
+        namespaced: true,
+        status: true,
+    },
+    KindInfo {
+        group: "",
+        version: "v1",
+        kind: "Pod",
+        plural: "pods",
         namespaced: true,
         status: true,
     },
@@ -212,6 +222,8 @@ struct Store {
     requests: Vec<RecordedRequest>,
     /// Answer every request but watches with `Connection: close`.
     no_keep_alive: bool,
+    /// Where the pod proxy sends a pod's port: (namespace, pod, port) → address.
+    pod_backends: BTreeMap<(String, String, u16), SocketAddr>,
 }
 
 struct Shared {
@@ -627,8 +639,8 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or_default().to_string();
-    let content_type = req
-        .headers()
+    let headers = req.headers().clone();
+    let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
@@ -637,7 +649,10 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         Ok(b) => b,
         Err(e) => return status_error(400, "BadRequest", format!("cannot read the body: {e}")),
     };
-    let mut response = answer(&shared, &method, &path, &query, &content_type, body);
+    let mut response = match pod_proxy_path(&path) {
+        Some(target) => proxy_to_pod(&shared, target, &method, &query, &headers, body).await,
+        None => answer(&shared, &method, &path, &query, &content_type, body),
+    };
     let mut store = shared.lock();
     if store.no_keep_alive && !query.contains("watch=") {
         response
@@ -653,6 +668,129 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     });
     drop(store);
     response
+}
+
+/// A request to a pod's proxy subresource: namespace, pod, port, and the path on the pod.
+struct PodProxy {
+    namespace: String,
+    pod: String,
+    port: u16,
+    path: String,
+}
+
+/// `/api/v1/namespaces/{ns}/pods/{[scheme:]name[:port]}/proxy[/{path}]`, the port 80 when
+/// not given (as the API server does).
+fn pod_proxy_path(path: &str) -> Option<PodProxy> {
+    let rest = path.strip_prefix("/api/v1/namespaces/")?;
+    let (namespace, rest) = rest.split_once('/')?;
+    let (target, rest) = rest.strip_prefix("pods/")?.split_once('/')?;
+    let on_pod = match rest.strip_prefix("proxy")? {
+        "" => "/",
+        p if p.starts_with('/') => p,
+        _ => return None,
+    };
+    let parts: Vec<&str> = target.split(':').collect();
+    let (pod, port) = match parts.as_slice() {
+        [name] => (*name, None),
+        [name, port] | [_, name, port] => (*name, Some(*port)),
+        _ => return None,
+    };
+    let port = match port {
+        None | Some("") => 80,
+        Some(p) => p.parse().ok()?,
+    };
+    Some(PodProxy {
+        namespace: namespace.to_string(),
+        pod: pod.to_string(),
+        port,
+        path: on_pod.to_string(),
+    })
+}
+
+/// The pod proxy: the request goes on to the backend registered for the pod's port
+/// ([`FakeKube::proxy_pod`]) and its answer comes back as it streams. As the API server does,
+/// the `Authorization` header (the client's credential for the API server) is not passed on.
+async fn proxy_to_pod(
+    shared: &Arc<Shared>,
+    target: PodProxy,
+    method: &Method,
+    query: &str,
+    headers: &http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let kind = kind_by_path("", "v1", "pods").expect("pods are served");
+    let backend = {
+        let store = shared.lock();
+        if !store
+            .objects
+            .contains_key(&Store::key(kind, &target.namespace, &target.pod))
+        {
+            return not_found(kind, &target.pod);
+        }
+        store
+            .pod_backends
+            .get(&(target.namespace.clone(), target.pod.clone(), target.port))
+            .copied()
+    };
+    let refused = |detail: String| {
+        status_error(
+            503,
+            "ServiceUnavailable",
+            format!("error trying to reach service: {detail}"),
+        )
+    };
+    let Some(addr) = backend else {
+        return refused(format!(
+            "dial tcp {}:{}: connect: connection refused",
+            target.pod, target.port
+        ));
+    };
+    let stream = match tokio::net::TcpStream::connect(addr).await {
+        Ok(s) => s,
+        Err(e) => return refused(format!("dial tcp {addr}: {e}")),
+    };
+    let (mut sender, connection) =
+        match hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await {
+            Ok(pair) => pair,
+            Err(e) => return refused(e.to_string()),
+        };
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let uri = if query.is_empty() {
+        target.path.clone()
+    } else {
+        format!("{}?{query}", target.path)
+    };
+    let mut request = http::Request::new(Body::from(body));
+    *request.method_mut() = method.clone();
+    *request.uri_mut() = match uri.parse() {
+        Ok(u) => u,
+        Err(e) => return status_error(400, "BadRequest", format!("bad proxied path: {e}")),
+    };
+    for (name, value) in headers {
+        if ![
+            header::AUTHORIZATION,
+            header::HOST,
+            header::CONNECTION,
+            header::TRANSFER_ENCODING,
+            header::CONTENT_LENGTH,
+        ]
+        .contains(name)
+        {
+            request.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    if let Ok(host) = http::HeaderValue::from_str(&addr.to_string()) {
+        request.headers_mut().insert(header::HOST, host);
+    }
+    match sender.send_request(request).await {
+        Ok(answer) => {
+            let (parts, body) = answer.into_parts();
+            Response::from_parts(parts, Body::new(body))
+        }
+        Err(e) => refused(e.to_string()),
+    }
 }
 
 fn answer(
@@ -1143,6 +1281,17 @@ impl FakeKube {
     /// clients keep no idle connection (for tests that count open sockets).
     pub fn disable_keep_alive(&self) {
         self.shared.lock().no_keep_alive = true;
+    }
+
+    /// Sends what the pod proxy gets for port `port` of pod `pod` in namespace `ns`
+    /// (`/api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy/…`) to `backend`, as the API server
+    /// would to the pod. The pod must exist (else 404); a port without a backend gets the
+    /// API server's 503.
+    pub fn proxy_pod(&self, ns: &str, pod: &str, port: u16, backend: SocketAddr) {
+        self.shared
+            .lock()
+            .pod_backends
+            .insert((ns.to_string(), pod.to_string(), port), backend);
     }
 
     /// Every request received so far.

@@ -126,7 +126,10 @@ async fn prometheus_scrapes_the_openmetrics_text_with_no_error() {
         .port();
     let _server = tokio::process::Command::new(&prometheus)
         .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", data.path().join("tsdb").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            data.path().join("tsdb").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -154,8 +157,13 @@ async fn prometheus_scrapes_the_openmetrics_text_with_no_error() {
     assert_eq!(target["lastError"], "", "{target}");
     // What it stored is what was counted.
     let value = eventually_async(WAIT, || async {
-        let v = get(api("query?query=portico_events_received_total%7Bsrc%3D%22s0%22%7D")).await?;
-        v["data"]["result"].get(0)?["value"][1].as_str().map(String::from)
+        let v = get(api(
+            "query?query=portico_events_received_total%7Bsrc%3D%22s0%22%7D",
+        ))
+        .await?;
+        v["data"]["result"].get(0)?["value"][1]
+            .as_str()
+            .map(String::from)
     })
     .await
     .expect("the sample is in prometheus");

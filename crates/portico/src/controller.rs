@@ -23,6 +23,10 @@
 //! `/var/run/portico` in every container, where the first `portico` to start writes the
 //! ingest token (`PORTICO_INGEST_TOKEN_FILE`) that the other containers send when they post
 //! events.
+//!
+//! With a page listener (`--port`, default 9301), the controller also serves `/` (a page of
+//! every Gateway it manages: phase, message and nodes by phase, as its watches see them),
+//! `/status` (the same as JSON) and `/healthz` (see [`page`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -46,7 +50,7 @@ use crate::spec::watchers::{Environment, resolve_watchers};
 use crate::spec::{Gateway, GatewayGroup, Problems, status_of};
 
 /// Label on a gateway's Deployment, pods and Service naming the gateway.
-const GATEWAY_LABEL: &str = "portico.dev/gateway";
+pub(crate) const GATEWAY_LABEL: &str = "portico.dev/gateway";
 /// Label Argo Events v0.6 put on a gateway's pods (its examples' Service selectors name it).
 const ARGO_GATEWAY_NAME_LABEL: &str = "gateway-name";
 /// Field manager of the controller's server-side applies.
@@ -407,10 +411,11 @@ fn error_policy(gateway: Arc<DynamicObject>, error: &ReconcileError, ctx: Arc<Co
 }
 
 /// Runs the controller until `shutdown` resolves: one for the Gateways of each group, both
-/// with the same instance id.
+/// with the same instance id; with `page`, serves the controller's status page on it.
 pub(crate) async fn run(
     client: Client,
     options: ControllerOptions,
+    page: Option<tokio::net::TcpListener>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     use futures::FutureExt;
@@ -420,21 +425,42 @@ pub(crate) async fn run(
         "controller starting"
     );
     let shutdown = shutdown.shared();
+    let controllers = GatewayGroup::ALL.map(|group| controller_of(client.clone(), &options, group));
+    let page_stop = tokio_util::sync::CancellationToken::new();
+    let page_task = page.map(|listener| {
+        let seen = page::Seen {
+            instance_id: options.instance_id.clone(),
+            namespace: options.namespace.clone(),
+            started_at: chrono::Utc::now(),
+            stores: controllers
+                .iter()
+                .map(|(controller, ctx)| (ctx.group, controller.store()))
+                .collect(),
+        };
+        tokio::spawn(crate::server::serve(
+            listener,
+            page::router(Arc::new(seen)),
+            crate::http1::Limits::default(),
+            page_stop.clone(),
+        ))
+    });
     futures::future::join_all(
-        GatewayGroup::ALL
-            .map(|group| run_group(client.clone(), options.clone(), group, shutdown.clone())),
+        controllers.map(|(controller, ctx)| drive(controller, ctx, shutdown.clone())),
     )
     .await;
+    page_stop.cancel();
+    if let Some(task) = page_task {
+        let _ = task.await;
+    }
     tracing::info!("controller stopped");
 }
 
-/// The controller of one group's Gateways.
-async fn run_group(
+/// The controller of one group's Gateways, and its context.
+fn controller_of(
     client: Client,
-    options: ControllerOptions,
+    options: &ControllerOptions,
     group: GatewayGroup,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
+) -> (Controller<DynamicObject>, Arc<Context>) {
     let selector = format!("{}={}", group.instance_label(), options.instance_id);
     let resource = group.api_resource();
     let (gateways, deployments, services) = match &options.namespace {
@@ -452,28 +478,256 @@ async fn run_group(
     let owned = watcher::Config::default().labels(&selector);
     let ctx = Arc::new(Context {
         client,
-        options,
+        options: options.clone(),
         group,
         failures: Mutex::new(HashMap::new()),
     });
-    Controller::new_with(
+    let controller = Controller::new_with(
         gateways,
         watcher::Config::default().labels(&selector),
         resource,
     )
     .owns(deployments, owned.clone())
-    .owns(services, owned)
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        match result {
-            Ok((object, _)) => {
-                tracing::debug!(group = group.group(), gateway = %object.name, "reconciled")
+    .owns(services, owned);
+    (controller, ctx)
+}
+
+/// Runs one group's controller until `shutdown` resolves.
+async fn drive(
+    controller: Controller<DynamicObject>,
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let group = ctx.group;
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => {
+                    tracing::debug!(group = group.group(), gateway = %object.name, "reconciled")
+                }
+                Err(e) => tracing::debug!(group = group.group(), "reconcile: {e}"),
             }
-            Err(e) => tracing::debug!(group = group.group(), "reconcile: {e}"),
+        })
+        .await;
+}
+
+/// Binds the controller's page address, saying which port it got (port 0 picks a free one).
+pub(crate) async fn bind_page(
+    addr: std::net::SocketAddr,
+) -> Result<tokio::net::TcpListener, crate::http1::ListenError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| crate::http1::ListenError { addr, source })?;
+    if let Ok(local) = listener.local_addr() {
+        tracing::info!(addr = %local, "controller page listening");
+    }
+    Ok(listener)
+}
+
+/// The controller's status page: every Gateway it manages, as its watches see them.
+mod page {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use axum::Router;
+    use axum::extract::State;
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::get;
+    use chrono::{DateTime, Utc};
+    use kube::ResourceExt;
+    use kube::api::DynamicObject;
+    use kube::runtime::reflector::Store;
+    use serde::Serialize;
+
+    use crate::spec::{GatewayGroup, status_of};
+
+    /// What the page shows, read at each request.
+    pub(super) struct Seen {
+        /// The controller's instance id.
+        pub instance_id: String,
+        /// The only namespace it watches, if one.
+        pub namespace: Option<String>,
+        /// When it started.
+        pub started_at: DateTime<Utc>,
+        /// The Gateways each group's watch holds.
+        pub stores: Vec<(GatewayGroup, Store<DynamicObject>)>,
+    }
+
+    /// `GET /status`.
+    #[derive(Debug, Serialize)]
+    #[serde(rename_all = "camelCase")]
+    pub(super) struct ControllerStatus {
+        /// The controller.
+        pub controller: ControllerInfo,
+        /// Every Gateway it manages, by namespace and name.
+        pub gateways: Vec<GatewaySummary>,
+    }
+
+    /// The controller on `GET /status`.
+    #[derive(Debug, Serialize)]
+    #[serde(rename_all = "camelCase")]
+    pub(super) struct ControllerInfo {
+        /// Its instance id.
+        pub instance_id: String,
+        /// The only namespace it watches (`null`: every namespace).
+        pub namespace: Option<String>,
+        /// When it started.
+        pub started_at: DateTime<Utc>,
+    }
+
+    /// One Gateway on `GET /status`.
+    #[derive(Debug, Serialize)]
+    #[serde(rename_all = "camelCase")]
+    pub(super) struct GatewaySummary {
+        /// `portico.dev` or `argoproj.io`.
+        pub group: &'static str,
+        /// Its namespace.
+        pub namespace: String,
+        /// Its name.
+        pub name: String,
+        /// `spec.type`.
+        #[serde(rename = "type")]
+        pub gateway_type: String,
+        /// `status.phase` (`Running`, `Error`), absent until the controller wrote one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub phase: Option<String>,
+        /// `status.message`.
+        pub message: String,
+        /// How many of its nodes (`status.nodes`) are in each phase.
+        pub nodes: BTreeMap<String, usize>,
+        /// How many nodes it has.
+        pub node_count: usize,
+    }
+
+    pub(super) fn router(seen: Arc<Seen>) -> Router {
+        Router::new()
+            .route("/", get(html))
+            .route("/status", get(json))
+            .route("/healthz", get(|| async { "ok" }))
+            .with_state(seen)
+    }
+
+    fn summary(group: GatewayGroup, g: &DynamicObject) -> GatewaySummary {
+        let status = status_of(g);
+        let mut nodes = BTreeMap::new();
+        for node in status.nodes.values() {
+            *nodes.entry(node.phase.clone()).or_insert(0) += 1;
         }
-    })
-    .await;
+        GatewaySummary {
+            group: group.group(),
+            namespace: g.namespace().unwrap_or_default(),
+            name: g.name_any(),
+            gateway_type: g.data["spec"]["type"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            phase: status.phase,
+            message: status.message.unwrap_or_default(),
+            node_count: status.nodes.len(),
+            nodes,
+        }
+    }
+
+    pub(super) fn status(seen: &Seen) -> ControllerStatus {
+        let mut gateways: Vec<GatewaySummary> = seen
+            .stores
+            .iter()
+            .flat_map(|(group, store)| store.state().into_iter().map(|g| summary(*group, &g)))
+            .collect();
+        gateways.sort_by(|a, b| {
+            (&a.namespace, &a.name, a.group).cmp(&(&b.namespace, &b.name, b.group))
+        });
+        ControllerStatus {
+            controller: ControllerInfo {
+                instance_id: seen.instance_id.clone(),
+                namespace: seen.namespace.clone(),
+                started_at: seen.started_at,
+            },
+            gateways,
+        }
+    }
+
+    async fn json(State(seen): State<Arc<Seen>>) -> Response {
+        axum::Json(status(&seen)).into_response()
+    }
+
+    async fn html(State(seen): State<Arc<Seen>>) -> Response {
+        crate::server::html_page(render(&status(&seen)))
+    }
+
+    /// `text` with the characters that mean something in HTML escaped.
+    pub(super) fn escape(text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        for c in text.chars() {
+            match c {
+                '&' => out.push_str("&amp;"),
+                '<' => out.push_str("&lt;"),
+                '>' => out.push_str("&gt;"),
+                '"' => out.push_str("&quot;"),
+                '\'' => out.push_str("&#39;"),
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    /// The page's HTML: the template with the summary and one row per Gateway, every text
+    /// escaped.
+    pub(super) fn render(s: &ControllerStatus) -> String {
+        use std::fmt::Write as _;
+        let mut by_phase: BTreeMap<&str, usize> = BTreeMap::new();
+        for g in &s.gateways {
+            *by_phase
+                .entry(g.phase.as_deref().unwrap_or("Pending"))
+                .or_insert(0) += 1;
+        }
+        let mut summary = format!(
+            "<span>instance <b>{}</b></span><span>namespace <b>{}</b></span><span>gateways <b id=\"gateway-count\">{}</b></span>",
+            escape(&s.controller.instance_id),
+            escape(s.controller.namespace.as_deref().unwrap_or("(all)")),
+            s.gateways.len()
+        );
+        for (phase, n) in &by_phase {
+            let _ = write!(summary, "<span>{} <b>{n}</b></span>", escape(phase));
+        }
+        let mut rows = String::new();
+        for g in &s.gateways {
+            let phase = g.phase.as_deref().unwrap_or("Pending");
+            let mut nodes = String::new();
+            for (p, n) in &g.nodes {
+                let _ = write!(
+                    nodes,
+                    "<span class=\"count\" data-phase=\"{p}\">{n} {p}</span> ",
+                    p = escape(p)
+                );
+            }
+            if g.node_count == 0 {
+                nodes.push_str("<span class=\"none\">none reported</span>");
+            }
+            let _ = write!(
+                rows,
+                "<tr data-gateway=\"{ns}/{name}\" data-phase=\"{ph}\" class=\"phase-{ph}\"><td class=\"name\">{ns}/{name}</td><td>{group}</td><td>{ty}</td><td><span class=\"phase\" data-phase=\"{ph}\">{ph}</span></td><td class=\"msg\">{msg}</td><td class=\"num\">{count}</td><td>{nodes}</td></tr>",
+                ns = escape(&g.namespace),
+                name = escape(&g.name),
+                group = escape(g.group),
+                ty = escape(&g.gateway_type),
+                ph = escape(phase),
+                msg = escape(&g.message),
+                count = g.node_count,
+            );
+        }
+        if s.gateways.is_empty() {
+            rows.push_str("<tr><td colspan=\"7\" class=\"none\">No Gateway labelled with this controller's instance id.</td></tr>");
+        }
+        TEMPLATE
+            .replace("<!--SUMMARY-->", &summary)
+            .replace("<!--ROWS-->", &rows)
+    }
+
+    /// The page, with `<!--SUMMARY-->` and `<!--ROWS-->` to fill.
+    const TEMPLATE: &str = include_str!("../assets/controller.html");
 }
 
 #[cfg(test)]

@@ -514,12 +514,30 @@ mod tests {
         m.for_src("s").received.inc();
         m.for_watcher("w").latency.observe(0.01);
         let text = m.encode_prometheus();
-        assert!(text.contains("# HELP portico_events_received_total Events produced"), "{text}");
-        assert!(text.contains("# TYPE portico_events_received_total counter"), "{text}");
-        assert!(text.contains("portico_events_received_total{src=\"s\"} 1"), "{text}");
-        assert!(text.contains("# TYPE portico_delivery_latency_seconds histogram"), "{text}");
-        assert!(text.contains("# TYPE portico_watcher_queue_depth gauge"), "{text}");
-        assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
+        assert!(
+            text.contains("# HELP portico_events_received_total Events produced"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE portico_events_received_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("portico_events_received_total{src=\"s\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE portico_delivery_latency_seconds histogram"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE portico_watcher_queue_depth gauge"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -4,18 +4,21 @@
 //! `portico run FILE` runs a gateway file on a laptop or in a pod; `portico validate FILE`
 //! checks one and lists every problem; `portico transformer FILE` runs only the transformer
 //! (for framework-independent gateways that post their own events); `portico controller` runs
-//! the Kubernetes controller; `portico crd` prints the Gateway CRD. The `portico` binary is
+//! the Kubernetes controller; `portico crd` prints the Gateway CRD. `portico status`, `tail`,
+//! `send` and `dead-letters` talk to a running gateway ([`client`]); `portico completions`
+//! prints a shell's completion script. The `portico` binary is
 //! [`main`] with the built-in gateways; a user gateway built on [`crate::run`] shares the
 //! flags of `run` ([`GatewayArgs`]) and the logging flags ([`LogArgs`]).
 
 mod args;
 mod child;
+mod client;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 pub use args::{GatewayArgs, LogArgs, LogFormat};
 
@@ -91,6 +94,13 @@ enum Command {
         /// `TRANSFORMER_PORT` given to the gateways' containers.
         #[arg(long, default_value_t = env::DEFAULT_TRANSFORMER_PORT)]
         transformer_port: u16,
+        /// Port of the controller's status page (`/`: every Gateway it manages; `/status`:
+        /// the same as JSON; `/healthz`); 0 picks a free one.
+        #[arg(long, env = "PORTICO_CONTROLLER_PORT", default_value_t = 9301)]
+        port: u16,
+        /// Address the controller's status page listens on.
+        #[arg(long, env = "PORTICO_CONTROLLER_ADDRESS", default_value = "127.0.0.1")]
+        listen: std::net::IpAddr,
     },
     /// Print the Gateway CustomResourceDefinitions (YAML) for `kubectl apply -f -`: Portico's
     /// (`gateways.portico.dev`) and, with the same schema, Argo Events v0.6's
@@ -100,12 +110,37 @@ enum Command {
         #[arg(long, value_parser = ["portico.dev", "argoproj.io"])]
         group: Option<String>,
     },
+    /// Show a running gateway: its watchers, its outbox, and each configuration's phase,
+    /// restarts and message (`GET /status`).
+    Status(client::StatusArgs),
+    /// Print the events a running gateway accepts, as they come.
+    Tail(client::TailArgs),
+    /// Post an event to a running gateway: a CloudEvent in JSON (`--json`, `--file`), a
+    /// batch of them, or one built from attribute flags (`--type T --source S …`).
+    Send(client::SendArgs),
+    /// List a running gateway's dead letters, or send them back through delivery.
+    #[command(subcommand)]
+    DeadLetters(client::DeadLetters),
+    /// Print the completion script of a shell: `portico completions bash >
+    /// /etc/bash_completion.d/portico`; zsh: a file `_portico` in a directory of `$fpath`;
+    /// fish: `~/.config/fish/completions/portico.fish`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// The `portico` command: parses the command line and runs what it says. Returns the process
 /// exit code.
 pub fn main(builtins: Builtins) -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Status(_) | Command::Tail(_) | Command::Send(_) | Command::DeadLetters(_)
+    ) {
+        cli.log.log = client::log_filter(&cli.log.log);
+    }
     cli.log.init();
     match cli.command {
         Command::Validate { files } => validate(&files, &builtins),
@@ -135,14 +170,19 @@ pub fn main(builtins: Builtins) -> ExitCode {
             instance_id,
             namespace,
             transformer_port,
+            port,
+            listen,
         } => {
             let mut options = crate::controller::ControllerOptions::new(instance_id);
             options.namespace = namespace;
             options.transformer_port = transformer_port;
             block_on_main(async move {
-                let (client, _) = crate::cluster::client().await?;
-                crate::controller::run(client, options, shutdown_signal()).await;
-                Ok::<(), crate::cluster::ClusterError>(())
+                let page = crate::controller::bind_page(std::net::SocketAddr::new(listen, port))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let (client, _) = crate::cluster::client().await.map_err(|e| e.to_string())?;
+                crate::controller::run(client, options, Some(page), shutdown_signal()).await;
+                Ok::<(), String>(())
             })
         }
         Command::Crd { group } => match crate::spec::crd_yaml(
@@ -160,6 +200,11 @@ pub fn main(builtins: Builtins) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Status(args) => client::status(args),
+        Command::Tail(args) => client::tail(args),
+        Command::Send(args) => client::send(args),
+        Command::DeadLetters(command) => client::dead_letters(command),
+        Command::Completions { shell } => client::completions(shell, Cli::command()),
     }
 }
 

@@ -39,7 +39,10 @@ impl DeadLetter {
         static LOCKS: Mutex<Vec<(PathBuf, std::sync::Weak<Mutex<()>>)>> = Mutex::new(Vec::new());
         let mut locks = LOCKS.lock().unwrap_or_else(|p| p.into_inner());
         locks.retain(|(_, lock)| lock.strong_count() > 0);
-        let lock = match locks.iter().find_map(|(p, l)| (*p == path).then(|| l.upgrade())) {
+        let lock = match locks
+            .iter()
+            .find_map(|(p, l)| (*p == path).then(|| l.upgrade()))
+        {
             Some(Some(lock)) => lock,
             _ => {
                 let lock = Arc::new(Mutex::new(()));

@@ -104,10 +104,13 @@ pub(crate) enum RedriveError {
     },
 }
 
+/// A dead-letter file and the lock its writers share.
+type LockedFile = (PathBuf, Arc<Mutex<()>>);
+
 impl Dispatcher {
     /// The dead-letter files of the watchers, each once, with the lock its writers share.
-    fn dead_letter_files(&self) -> Result<Vec<(PathBuf, Arc<Mutex<()>>)>, RedriveError> {
-        let mut files: Vec<(PathBuf, Arc<Mutex<()>>)> = Vec::new();
+    fn dead_letter_files(&self) -> Result<Vec<LockedFile>, RedriveError> {
+        let mut files: Vec<LockedFile> = Vec::new();
         let mut others = BTreeSet::new();
         for q in &self.queues {
             match &*q.dead_letter {
@@ -147,7 +150,9 @@ impl Dispatcher {
                     Err(_) => listing.unreadable += 1,
                 }
             }
-            listing.destinations.push(format!("file {}", path.display()));
+            listing
+                .destinations
+                .push(format!("file {}", path.display()));
         }
         Ok(listing)
     }
@@ -213,10 +218,8 @@ impl Dispatcher {
                         report.failed.push(failed(e.reason));
                     }
                     Err(_) => {
-                        let reason = format!(
-                            "not delivered within {}s",
-                            REDRIVE_EVENT_TIMEOUT.as_secs()
-                        );
+                        let reason =
+                            format!("not delivered within {}s", REDRIVE_EVENT_TIMEOUT.as_secs());
                         down.insert(watcher.clone(), reason.clone());
                         report.failed.push(failed(reason));
                     }

@@ -563,7 +563,10 @@ async fn dead_letters_are_listed_and_redriven_to_their_watcher_once_it_takes_the
     let listing = d.dead_letters().await.unwrap();
     assert_eq!(listing.dead_letters.len(), 3);
     assert_eq!(listing.dead_letters[0]["deadletterwatcher"], "w");
-    assert_eq!(listing.dead_letters[0]["deadletterreason"], "400 Bad Request");
+    assert_eq!(
+        listing.dead_letters[0]["deadletterreason"],
+        "400 Bad Request"
+    );
 
     // Still refused: nothing leaves the file, and the rest of that watcher is not tried.
     let report = d.redrive(&Which::All).await.unwrap();
@@ -600,6 +603,9 @@ async fn dead_letters_that_go_only_to_the_log_cannot_be_listed() {
         &metrics,
     );
     let e = d.dead_letters().await.unwrap_err().to_string();
-    assert!(e.contains("no watcher of this gateway writes its dead letters to a file"), "{e}");
+    assert!(
+        e.contains("no watcher of this gateway writes its dead letters to a file"),
+        "{e}"
+    );
     assert!(e.contains("log"), "{e}");
 }

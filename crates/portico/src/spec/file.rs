@@ -284,8 +284,7 @@ impl GatewayFile {
     pub(crate) fn parse_texts(texts: &[(PathBuf, String)]) -> Result<Vec<GatewayFile>, SpecErrors> {
         let mut checker = Checker::default();
         for (path, text) in texts {
-            match serde_saphyr::from_multiple_with_options::<Document>(text, yaml_options(text))
-            {
+            match serde_saphyr::from_multiple_with_options::<Document>(text, yaml_options(text)) {
                 Ok(docs) => checker.read(path, docs),
                 Err(e) => checker.errors.push(parse_error(path, &e)),
             }

@@ -87,7 +87,7 @@ async fn gateways_become_deployments_that_are_repaired_and_updated() {
     options.namespace = Some("ns".into());
     options.initial_backoff = Duration::from_millis(200);
     let shutdown = stop.clone();
-    let controller = tokio::spawn(run(fake.client(), options, async move {
+    let controller = tokio::spawn(run(fake.client(), options, None, async move {
         shutdown.cancelled().await
     }));
 
@@ -299,7 +299,7 @@ async fn argo_gateways_are_selected_by_their_own_instance_label() {
     let mut options = ControllerOptions::new("argo-events");
     options.namespace = Some("ns".into());
     let shutdown = stop.clone();
-    let controller = tokio::spawn(run(fake.client(), options, async move {
+    let controller = tokio::spawn(run(fake.client(), options, None, async move {
         shutdown.cancelled().await
     }));
 
@@ -386,4 +386,156 @@ async fn argo_gateways_are_selected_by_their_own_instance_label() {
         .await
         .expect("the controller stops")
         .expect("the controller task ends cleanly");
+}
+
+/// `GET path` of the controller's page: (status, content type, body).
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String, String) {
+    let r = reqwest::get(format!("http://{addr}{path}"))
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let status = r.status().as_u16();
+    let content_type = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (status, content_type, r.text().await.expect("a body"))
+}
+
+#[tokio::test]
+async fn the_controller_page_lists_every_gateway_it_manages() {
+    let fake = FakeKube::start().await;
+    // Its `type` is shown on the page, escaped.
+    fake.create(gateway(
+        "web",
+        "a",
+        json!({"type": "hook<b>&", "configMap": "web-cm", "deploySpec": pod("example/http:1")}),
+    ));
+    fake.create(gateway("broken", "a", json!({"type": "mine"})));
+    fake.create(gateway(
+        "theirs",
+        "b",
+        json!({"type": "mine", "deploySpec": pod("example/x:1")}),
+    ));
+    fake.create(argo_gateway("argo-hook", "a"));
+
+    let listener = crate::controller::bind_page("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("bind the page");
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let mut options = ControllerOptions::new("a");
+    options.namespace = Some("ns".into());
+    options.initial_backoff = Duration::from_millis(200);
+    let shutdown = stop.clone();
+    let controller = tokio::spawn(run(fake.client(), options, Some(listener), async move {
+        shutdown.cancelled().await
+    }));
+
+    // The gateway's own pod writes its nodes into the status (as crates/portico/src/kube_status.rs
+    // does); the controller's watch sees them.
+    fake.wait_for("web Running", WAIT, |f| {
+        let g = f.get(GW, "Gateway", "ns", "web")?;
+        (g["status"]["phase"] == "Running").then_some(())
+    })
+    .await;
+    fake.patch(
+        GW,
+        "Gateway",
+        "ns",
+        "web",
+        json!({"status": {"nodes": {
+            "1": {"id": "1", "name": "a", "phase": "Running"},
+            "2": {"id": "2", "name": "b", "phase": "Running"},
+            "3": {"id": "3", "name": "c", "phase": "Error", "message": "bad"},
+        }}}),
+    )
+    .unwrap();
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let status = loop {
+        let (code, content_type, body) = get(addr, "/status").await;
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            content_type.starts_with("application/json"),
+            "{content_type}"
+        );
+        let s: Value = serde_json::from_str(&body).expect("/status is JSON");
+        let by_name = |name: &str| {
+            s["gateways"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|g| g["name"] == name)
+                .cloned()
+        };
+        let settled = by_name("web").is_some_and(|g| g["nodeCount"] == 3)
+            && by_name("broken").is_some_and(|g| g["phase"] == "Error")
+            && by_name("argo-hook").is_some_and(|g| g["phase"] == "Running");
+        if settled {
+            break s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the page's /status did not settle: {s:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status["controller"]["instanceId"], "a");
+    assert_eq!(status["controller"]["namespace"], "ns");
+    let gateways = status["gateways"].as_array().unwrap();
+    let names: Vec<&str> = gateways
+        .iter()
+        .map(|g| g["name"].as_str().unwrap())
+        .collect();
+    // Sorted by namespace and name; another controller's Gateway is not there.
+    assert_eq!(names, ["argo-hook", "broken", "web"], "{status:#}");
+    let web = &gateways[2];
+    assert_eq!(web["group"], "portico.dev");
+    assert_eq!(web["namespace"], "ns");
+    assert_eq!(web["type"], "hook<b>&");
+    assert_eq!(web["phase"], "Running");
+    assert_eq!(web["nodes"], json!({"Error": 1, "Running": 2}));
+    assert_eq!(gateways[0]["group"], "argoproj.io");
+    assert!(
+        gateways[1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deploySpec"),
+        "{status:#}"
+    );
+
+    let (code, content_type, page) = get(addr, "/").await;
+    assert_eq!(code, 200);
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    for needle in [
+        "data-gateway=\"ns/web\"",
+        "data-gateway=\"ns/broken\"",
+        "data-gateway=\"ns/argo-hook\"",
+        "<span class=\"phase\" data-phase=\"Error\">Error</span>",
+        "<span class=\"count\" data-phase=\"Error\">1 Error</span>",
+        "<span class=\"count\" data-phase=\"Running\">2 Running</span>",
+        "hook&lt;b&gt;&amp;",
+        "<b id=\"gateway-count\">3</b>",
+    ] {
+        assert!(
+            page.contains(needle),
+            "{needle} is not in the page:\n{page}"
+        );
+    }
+    assert!(!page.contains("hook<b>"), "{page}");
+    assert!(!page.contains("theirs"), "{page}");
+    assert!(!page.contains("<!--ROWS-->"), "{page}");
+    assert_eq!(get(addr, "/healthz").await.2, "ok");
+
+    stop.cancel();
+    tokio::time::timeout(WAIT, controller)
+        .await
+        .expect("the controller stops")
+        .expect("the controller task ends cleanly");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the page stopped with the controller"
+    );
 }
