@@ -29,7 +29,8 @@
 //! - [`grpc_server`] and [`proto`]: a gateway written as a gRPC server, in Rust;
 //! - [`http1`]: the HTTP/1.1 serving path, for executors that take events over HTTP;
 //! - [`secret`]: secrets that never print, and where they are read from;
-//! - [`watcher`]: watchers of other kinds, behind a [`watcher::SenderFactory`];
+//! - [`watcher`]: watchers of other kinds, behind a [`watcher::SenderFactory`]; [`filter`]:
+//!   which events a watcher gets (CEL, or the CloudEvents Subscriptions API's dialects);
 //! - [`env`]: the environment contract of a gateway's processes; [`ingest`]: the format of
 //!   events posted to the transformer; [`cli`]: the `portico` command line.
 //!
@@ -50,6 +51,7 @@ pub mod env;
 mod error;
 mod event;
 mod executor;
+pub mod filter;
 pub mod grpc_server;
 pub mod http1;
 pub mod ingest;

@@ -5,6 +5,7 @@
 //! label set once (per configuration, per watcher) and keeps the handles.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use std::fmt::Write as _;
@@ -163,6 +164,10 @@ pub(crate) struct Metrics {
     pub src_retried: Family<SrcLabels, Counter>,
     /// Events sent to the dead-letter destination after every attempt or `maxAge`.
     pub dead_lettered: Family<WatcherLabels, Counter>,
+    /// Events a watcher's filter kept from it.
+    pub filtered: Family<WatcherLabels, Counter>,
+    /// Seconds a watcher's deliveries waited for its rate limit.
+    pub rate_limited: Family<WatcherLabels, Counter<f64, AtomicU64>>,
     /// The durable outbox: fsyncs, records appended, bytes on disk.
     pub outbox: OutboxMetrics,
 }
@@ -185,6 +190,8 @@ impl Metrics {
             src_failed: Family::default(),
             src_retried: Family::default(),
             dead_lettered: Family::default(),
+            filtered: Family::default(),
+            rate_limited: Family::default(),
             outbox: Default::default(),
             registry: Registry::default(),
             srcs: Mutex::new(Srcs::default()),
@@ -249,6 +256,16 @@ impl Metrics {
             "events_dead_lettered",
             "Events sent to the dead-letter destination after every attempt or maxAge",
             m.dead_lettered.clone(),
+        );
+        registry.register(
+            "events_filtered",
+            "Events a watcher's filter kept from it (not sent, not retried)",
+            m.filtered.clone(),
+        );
+        registry.register(
+            "watcher_rate_limited_seconds",
+            "Seconds a watcher's deliveries waited for its rate limit (rateLimit)",
+            m.rate_limited.clone(),
         );
         registry.register(
             "outbox_fsyncs",
@@ -362,6 +379,8 @@ impl Metrics {
             latency: self.delivery_latency.get_or_create(&labels).clone(),
             queue_depth: self.queue_depth.get_or_create(&labels).clone(),
             dead_lettered: self.dead_lettered.get_or_create(&labels).clone(),
+            filtered: self.filtered.get_or_create(&labels).clone(),
+            rate_limited: self.rate_limited.get_or_create(&labels).clone(),
         }
     }
 
@@ -437,6 +456,10 @@ pub(crate) struct WatcherMetrics {
     pub queue_depth: Gauge,
     /// Sent to the dead-letter destination.
     pub dead_lettered: Counter,
+    /// Kept from it by its filter.
+    pub filtered: Counter,
+    /// Seconds waited for its rate limit.
+    pub rate_limited: Counter<f64, AtomicU64>,
 }
 
 /// The media type of [`Metrics::encode`].

@@ -195,6 +195,8 @@ struct WatcherQueue {
     sender: Arc<dyn Sender>,
     retry: RetryPolicy,
     dead_letter: Arc<DeadLetter>,
+    /// Which events it gets (every one without).
+    filter: Option<Arc<crate::filter::Filter>>,
     /// Its number of slots.
     size: usize,
     slots: Arc<Semaphore>,
@@ -304,6 +306,8 @@ impl Dispatcher {
             let name = w.name;
             let (tx, rx) = async_channel::unbounded::<Queued>();
             let wm = metrics.for_watcher(&name);
+            // One limiter for all the watcher's senders.
+            let limiter = settings.rate_limit.as_ref().map(|r| Arc::new(r.limiter()));
             for _ in 0..settings.concurrency.max(1) {
                 let worker = Worker {
                     index,
@@ -314,6 +318,7 @@ impl Dispatcher {
                     abort: abort.clone(),
                     dead_letter: w.dead_letter.clone(),
                     outbox: outbox.clone(),
+                    limiter: limiter.clone(),
                 };
                 tasks.spawn(worker.run(rx.clone()));
             }
@@ -327,6 +332,7 @@ impl Dispatcher {
                         slots.clone(),
                         tx.clone(),
                         wm.clone(),
+                        settings.filter.clone(),
                         abort.clone(),
                     ));
                 } else {
@@ -338,6 +344,7 @@ impl Dispatcher {
                 sender: w.sender,
                 retry: settings.retry.clone(),
                 dead_letter: w.dead_letter,
+                filter: settings.filter.clone(),
                 size: settings.queue_size.max(1),
                 slots,
                 tx,
@@ -435,8 +442,13 @@ impl Dispatcher {
         src: Option<SrcDelivery>,
         tracker: Option<Arc<Tracker>>,
     ) -> Result<(), DispatchError> {
+        // A watcher whose filter the event does not pass gets no slot.
         let mut slots = Vec::with_capacity(self.queues.len());
         for q in &self.queues {
+            if q.filter.as_ref().is_some_and(|f| !f.passes(&event)) {
+                slots.push(None);
+                continue;
+            }
             let slot = match admission {
                 Admission::NoWait => match q.slots.clone().try_acquire_owned() {
                     Ok(p) => p,
@@ -472,7 +484,7 @@ impl Dispatcher {
                     acquired.map_err(|_| DispatchError::Stopped)?
                 }
             };
-            slots.push(slot);
+            slots.push(Some(slot));
         }
         let (seq, json) = match (&self.outbox, &tracker) {
             (Some(o), None) => {
@@ -484,7 +496,18 @@ impl Dispatcher {
         let event = Arc::new(event);
         let now = Instant::now();
         let accepted_ms = now_ms();
-        for (q, slot) in self.queues.iter().zip(slots) {
+        for (index, (q, slot)) in self.queues.iter().zip(slots).enumerate() {
+            let Some(slot) = slot else {
+                // Filtered out: this watcher is done with it at once.
+                q.metrics.filtered.inc();
+                if let (Some(o), Some(seq)) = (&self.outbox, seq) {
+                    o.done(index, seq);
+                }
+                if let Some(t) = &tracker {
+                    t.finished_one();
+                }
+                continue;
+            };
             let queued = Queued {
                 event: event.clone(),
                 src: src.clone(),
@@ -559,6 +582,7 @@ impl Dispatcher {
 }
 
 /// Queues, for watcher `index`, the outbox records it had not finished before the restart.
+#[allow(clippy::too_many_arguments)] // the parts of one watcher's queue, as start_parts has them
 async fn replay(
     outbox: Arc<Outbox>,
     index: usize,
@@ -566,6 +590,7 @@ async fn replay(
     slots: Arc<Semaphore>,
     tx: async_channel::Sender<Queued>,
     metrics: WatcherMetrics,
+    filter: Option<Arc<crate::filter::Filter>>,
     abort: CancellationToken,
 ) {
     let mut after = range.from;
@@ -577,6 +602,14 @@ async fn replay(
                 Ok(None) | Err(_) => break,
             };
         for record in batch {
+            // What the watcher's filter keeps from it now is done with, as when accepted.
+            if filter.as_ref().is_some_and(|f| !f.passes(&record.event)) {
+                outbox.replaying(index, record.seq);
+                outbox.done(index, record.seq);
+                after = record.seq + 1;
+                metrics.filtered.inc();
+                continue;
+            }
             let slot = tokio::select! {
                 _ = abort.cancelled() => return,
                 s = slots.clone().acquire_owned() => match s {
@@ -616,6 +649,8 @@ struct Worker {
     abort: CancellationToken,
     dead_letter: Arc<DeadLetter>,
     outbox: Option<Arc<Outbox>>,
+    /// The watcher's rate limit, shared by its senders.
+    limiter: Option<Arc<governor::DefaultDirectRateLimiter>>,
 }
 
 impl Worker {
@@ -633,6 +668,19 @@ impl Worker {
                     Err(_) => return,
                 },
             };
+            if let Some(limiter) = &self.limiter {
+                // The event waits here, holding its slot: past the limit the queue fills and
+                // pushes sources back, and nothing is dropped.
+                let since = Instant::now();
+                tokio::select! {
+                    biased;
+                    _ = &mut aborted => return,
+                    _ = limiter.until_ready() => {}
+                }
+                self.metrics
+                    .rate_limited
+                    .inc_by(since.elapsed().as_secs_f64());
+            }
             let done = self.deliver(&queued, aborted.as_mut()).await;
             if done {
                 if let (Some(o), Some(seq)) = (&self.outbox, queued.seq) {

@@ -380,6 +380,11 @@ pub struct NatsDispatch {
     /// the subject.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
+    /// Which events are sent: a filter, as a URL watcher's `filter` takes (a CEL expression
+    /// or a CloudEvents Subscriptions API filter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "filter_schema")]
+    pub filter: Option<crate::filter::FilterSpec>,
 }
 
 /// `dispatchMechanism: Kafka`: each CloudEvent is produced to a topic in binary mode (`ce_*`
@@ -395,6 +400,11 @@ pub struct KafkaDispatch {
     /// or `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// Which events are sent: a filter, as a URL watcher's `filter` takes (a CEL expression
+    /// or a CloudEvents Subscriptions API filter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "filter_schema")]
+    pub filter: Option<crate::filter::FilterSpec>,
 }
 
 /// Where events go.
@@ -478,6 +488,8 @@ pub(crate) const SETTINGS_KEYS: &[&str] = &[
     "bearerTokenFile",
     "bearerTokenEnv",
     "headers",
+    "filter",
+    "rateLimit",
 ];
 
 /// A watcher entry as written: its own keys (`own`) and its delivery settings. Every key must
@@ -720,6 +732,66 @@ pub(crate) struct WatcherSettings {
     /// environment variable is a secret: never shown.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderSetting>,
+    /// A watcher's own: which events it gets. A CEL expression over the CloudEvent (its
+    /// attributes and extensions by name, its data as `data`: `type == "order.created" &&
+    /// data.total > 100`), or a CloudEvents Subscriptions API filter (`{exact: {type:
+    /// order.created}}`, `prefix`, `suffix`, `all`, `any`, `not`). Events that do not pass
+    /// are not sent to it, and counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "filter_schema")]
+    pub filter: Option<crate::filter::FilterSpec>,
+    /// Deliveries per second at most (`{perSecond: 50, burst: 10}`). Events past it wait in
+    /// the watcher's queue, and sources are pushed back once that is full: none is dropped
+    /// because of the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSettings>,
+}
+
+/// A rate limit: so many per second on average, so many at once.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct RateLimitSettings {
+    /// How many per second on average (more than 0; `0.5` is one every two seconds).
+    pub per_second: f64,
+    /// How many may go at once after a quiet spell. Default: 1 (evenly paced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+impl RateLimitSettings {
+    /// What is wrong with it, if anything.
+    pub(crate) fn problem(&self) -> Option<String> {
+        if !(self.per_second.is_finite() && self.per_second > 0.0) {
+            return Some(format!(
+                "rateLimit.perSecond is {}: give a number above 0",
+                self.per_second
+            ));
+        }
+        if self.burst == Some(0) {
+            return Some("rateLimit.burst is 0: give at least 1".to_string());
+        }
+        None
+    }
+
+    /// Its limiter (call on a limit without [`RateLimitSettings::problem`]).
+    pub(crate) fn limiter(&self) -> governor::DefaultDirectRateLimiter {
+        let period = Duration::from_secs_f64(1.0 / self.per_second.max(f64::MIN_POSITIVE))
+            .max(Duration::from_nanos(1));
+        let burst =
+            std::num::NonZeroU32::new(self.burst.unwrap_or(1)).unwrap_or(std::num::NonZeroU32::MIN);
+        let quota = governor::Quota::with_period(period)
+            .expect("a period of at least 1 ns")
+            .allow_burst(burst);
+        governor::RateLimiter::direct(quota)
+    }
+}
+
+/// A filter's schema: a string or an object, kept as given (the gateway checks it).
+fn filter_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "A CEL expression over the CloudEvent, or a CloudEvents Subscriptions API filter (`{exact: {type: …}}`, `prefix`, `suffix`, `all`, `any`, `not`).",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
 }
 
 /// A header an HTTP watcher sends with every delivery: its value written out, or read from a

@@ -70,6 +70,10 @@ pub(crate) struct QueueSettings {
     pub concurrency: usize,
     /// Retries.
     pub retry: RetryPolicy,
+    /// Which events it gets (every one without).
+    pub filter: Option<std::sync::Arc<crate::filter::Filter>>,
+    /// Deliveries per second at most.
+    pub rate_limit: Option<super::RateLimitSettings>,
 }
 
 impl Default for QueueSettings {
@@ -78,6 +82,8 @@ impl Default for QueueSettings {
             queue_size: 4096,
             concurrency: 32,
             retry: RetryPolicy::default(),
+            filter: None,
+            rate_limit: None,
         }
     }
 }
@@ -221,6 +227,17 @@ fn queue_settings(gateway: &WatcherSettings, own: &WatcherSettings) -> QueueSett
             .or(gateway.concurrency)
             .unwrap_or(d.concurrency),
         retry,
+        // A filter that does not compile is reported by `settings_problems`.
+        filter: own
+            .filter
+            .as_ref()
+            .and_then(|spec| crate::filter::Filter::compile(spec).ok())
+            .map(std::sync::Arc::new),
+        rate_limit: own
+            .rate_limit
+            .clone()
+            .or_else(|| gateway.rate_limit.clone())
+            .filter(|r| r.problem().is_none()),
     }
 }
 
@@ -353,6 +370,30 @@ fn settings_problems(what: &str, own: &WatcherSettings, problems: &mut Vec<Strin
     if let Some(d) = &own.dead_letter {
         dead_letter_problems(&format!("{what}: deadLetter"), d, problems);
     }
+    if let Some(Err(e)) = own.filter.as_ref().map(crate::filter::Filter::compile) {
+        problems.push(format!("{what}: filter: {e}"));
+    }
+    if let Some(p) = own.rate_limit.as_ref().and_then(|r| r.problem()) {
+        problems.push(format!("{what}: {p}"));
+    }
+}
+
+/// The own settings of a bus watcher (NATS, Kafka): only its filter.
+fn bus_settings(filter: Option<&crate::filter::FilterSpec>) -> WatcherSettings {
+    WatcherSettings {
+        filter: filter.cloned(),
+        ..WatcherSettings::default()
+    }
+}
+
+fn bus_filter_problems(
+    what: &str,
+    filter: Option<&crate::filter::FilterSpec>,
+    problems: &mut Vec<String>,
+) {
+    if let Some(Err(e)) = filter.map(crate::filter::Filter::compile) {
+        problems.push(format!("{what}.filter: {e}"));
+    }
 }
 
 fn check_url(what: &str, url: &str) -> Result<(), String> {
@@ -400,6 +441,15 @@ pub(crate) fn resolve_watchers(
                 .into(),
         );
     }
+    if let Some(p) = defaults.rate_limit.as_ref().and_then(|r| r.problem()) {
+        problems.push(format!("delivery: {p}"));
+    }
+    if defaults.filter.is_some() {
+        problems.push(
+            "delivery: `filter` is a setting of one watcher: put it on each watcher it is for"
+                .into(),
+        );
+    }
     match (spec.dispatch_mechanism, &spec.nats, &spec.kafka) {
         (DispatchMechanism::Http, _, _) => {}
         (DispatchMechanism::Nats, Some(n), _) => {
@@ -412,10 +462,11 @@ pub(crate) fn resolve_watchers(
                     redact_url(&n.url)
                 ));
             }
+            bus_filter_problems("nats", n.filter.as_ref(), &mut problems);
             out.push(WatcherDef {
                 name: format!("nats:{}", n.subject),
                 target: Target::Nats(n.clone()),
-                queue: queue_settings(defaults, &WatcherSettings::default()),
+                queue: queue_settings(defaults, &bus_settings(n.filter.as_ref())),
                 dead_letter: defaults.dead_letter.clone(),
                 moved_from: None,
             });
@@ -427,10 +478,11 @@ pub(crate) fn resolve_watchers(
             if k.url.trim().is_empty() {
                 problems.push("kafka.url: give the bootstrap brokers (host:9092)".into());
             }
+            bus_filter_problems("kafka", k.filter.as_ref(), &mut problems);
             out.push(WatcherDef {
                 name: format!("kafka:{}", k.topic),
                 target: Target::Kafka(k.clone()),
-                queue: queue_settings(defaults, &WatcherSettings::default()),
+                queue: queue_settings(defaults, &bus_settings(k.filter.as_ref())),
                 dead_letter: defaults.dead_letter.clone(),
                 moved_from: None,
             });
@@ -644,6 +696,35 @@ mod tests {
                 ..Default::default()
             },
         }
+    }
+
+    #[test]
+    fn the_event_bus_takes_a_filter_and_a_bad_one_is_named() {
+        use crate::filter::FilterSpec;
+        let mut g = gateway(Default::default());
+        g.spec.dispatch_mechanism = DispatchMechanism::Nats;
+        g.spec.nats = Some(NatsDispatch {
+            url: "nats://127.0.0.1:4222".into(),
+            subject: "events".into(),
+            filter: Some(FilterSpec::Cel(r#"type == "a""#.into())),
+            ..Default::default()
+        });
+        let w = resolve_watchers(&g, &Environment::default()).unwrap();
+        let filter = w[0]
+            .queue
+            .filter
+            .as_ref()
+            .expect("the bus watcher's filter");
+        assert_eq!(filter.text(), r#"type == "a""#);
+
+        g.spec.nats.as_mut().unwrap().filter = Some(FilterSpec::Cel("type ==".into()));
+        let problems = resolve_watchers(&g, &Environment::default()).unwrap_err().0;
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("nats.filter: column ")),
+            "{problems:?}"
+        );
     }
 
     #[test]
