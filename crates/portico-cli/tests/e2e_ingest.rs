@@ -420,9 +420,11 @@ async fn metrics_parse_as_prometheus_text_and_count_what_was_sent() {
 
     let watcher = format!("watcher=url:{}", sink.url());
     let metrics = eventually_async(WAIT, || async {
+        // As Prometheus asks: OpenMetrics (the text format 0.0.4 is checked by e2e_metrics).
         let r = portico
             .http
             .get(portico.url("/metrics"))
+            .header("accept", support::PROMETHEUS_ACCEPT)
             .send()
             .await
             .ok()?;
