@@ -304,12 +304,12 @@ async fn an_event_older_than_max_age_goes_to_the_dead_letter_file() {
     );
 }
 
-#[tokio::test]
-async fn events_not_delivered_before_a_stop_are_replayed_at_the_next_start_with_their_ids() {
-    let dir = tempfile::tempdir().unwrap();
-    let dead = dir.path().join("dead.jsonl");
+/// An `atLeastOnce` delivery in `dir` whose outbox holds events 0..`n`, which its watcher `w`
+/// never took before the dispatcher stopped. Returns the delivery and the dead-letter file.
+async fn left_in_the_outbox(dir: &std::path::Path, n: usize) -> (Delivery, std::path::PathBuf) {
+    let dead = dir.join("dead.jsonl");
     let delivery = Delivery::AtLeastOnce(OutboxOptions {
-        dir: dir.path().join("outbox"),
+        dir: dir.join("outbox"),
         max_bytes: 1 << 20,
     });
     let d = Dispatcher::start_with(
@@ -318,14 +318,20 @@ async fn events_not_delivered_before_a_stop_are_replayed_at_the_next_start_with_
         &delivery,
     )
     .unwrap();
-    for i in 0..50 {
+    for i in 0..n {
         d.accept(event(i), Admission::NoWait, None, Ack::OnAcceptance)
             .await
             .unwrap();
     }
     d.drain(Duration::from_millis(50), &CancellationToken::new())
         .await;
-    drop(d);
+    (delivery, dead)
+}
+
+#[tokio::test]
+async fn events_not_delivered_before_a_stop_are_replayed_at_the_next_start_with_their_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let (delivery, dead) = left_in_the_outbox(dir.path(), 50).await;
 
     let takes = Arc::new(Takes::default());
     let d = Dispatcher::start_with(
@@ -656,25 +662,7 @@ async fn a_watcher_gets_only_what_its_filter_passes_and_is_done_with_the_rest_at
 #[tokio::test]
 async fn a_replay_applies_the_filter_again() {
     let dir = tempfile::tempdir().unwrap();
-    let dead = dir.path().join("dead.jsonl");
-    let delivery = Delivery::AtLeastOnce(OutboxOptions {
-        dir: dir.path().join("outbox"),
-        max_bytes: 1 << 20,
-    });
-    let d = Dispatcher::start_with(
-        vec![entry(Arc::new(Refuses), patient(), &dead)],
-        &Metrics::new(),
-        &delivery,
-    )
-    .unwrap();
-    for i in 0..5 {
-        d.accept(event(i), Admission::NoWait, None, Ack::OnAcceptance)
-            .await
-            .unwrap();
-    }
-    d.drain(Duration::from_millis(50), &CancellationToken::new())
-        .await;
-    drop(d);
+    let (delivery, dead) = left_in_the_outbox(dir.path(), 5).await;
 
     let takes = Arc::new(Takes::default());
     let d = Dispatcher::start_with(
