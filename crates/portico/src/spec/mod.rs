@@ -758,12 +758,15 @@ pub(crate) struct RateLimitSettings {
     pub burst: Option<u32>,
 }
 
+/// The slowest rate limit: one every 1,000 seconds.
+const MIN_PER_SECOND: f64 = 0.001;
+
 impl RateLimitSettings {
     /// What is wrong with it, if anything.
     pub(crate) fn problem(&self) -> Option<String> {
-        if !(self.per_second.is_finite() && self.per_second > 0.0) {
+        if !(self.per_second.is_finite() && self.per_second >= MIN_PER_SECOND) {
             return Some(format!(
-                "rateLimit.perSecond is {}: give a number above 0",
+                "rateLimit.perSecond is {}: give a number above 0, at least {MIN_PER_SECOND} (one every 1000 s)",
                 self.per_second
             ));
         }
@@ -773,9 +776,11 @@ impl RateLimitSettings {
         None
     }
 
-    /// Its limiter (call on a limit without [`RateLimitSettings::problem`]).
+    /// Its limiter (meant for a limit without a [`RateLimitSettings::problem`]; any other is
+    /// taken as the slowest).
     pub(crate) fn limiter(&self) -> governor::DefaultDirectRateLimiter {
-        let period = Duration::from_secs_f64(1.0 / self.per_second.max(f64::MIN_POSITIVE))
+        // At most 1,000 s: `from_secs_f64` cannot overflow.
+        let period = Duration::from_secs_f64(1.0 / self.per_second.max(MIN_PER_SECOND))
             .max(Duration::from_nanos(1));
         let burst =
             std::num::NonZeroU32::new(self.burst.unwrap_or(1)).unwrap_or(std::num::NonZeroU32::MIN);

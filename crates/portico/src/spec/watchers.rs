@@ -699,6 +699,27 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_limit_too_slow_or_not_a_number_is_a_problem_and_never_a_panic() {
+        use crate::spec::RateLimitSettings;
+        for per_second in [0.0, -1.0, 1e-300, f64::NAN, f64::INFINITY] {
+            let r = RateLimitSettings {
+                per_second,
+                burst: None,
+            };
+            let p = r.problem().expect("a problem");
+            assert!(p.contains("give a number above 0"), "{p}");
+            // Built anyway (it never is), it is the slowest limit.
+            let _ = r.limiter();
+        }
+        let ok = RateLimitSettings {
+            per_second: 0.001,
+            burst: Some(5),
+        };
+        assert_eq!(ok.problem(), None);
+        let _ = ok.limiter();
+    }
+
+    #[test]
     fn the_event_bus_takes_a_filter_and_a_bad_one_is_named() {
         use crate::filter::FilterSpec;
         let mut g = gateway(Default::default());
