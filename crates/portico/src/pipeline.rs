@@ -24,7 +24,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -104,6 +104,22 @@ pub(crate) struct Pipeline {
     /// Every accepted event in the JSON event format, for whoever follows them live (`GET
     /// /events`); written only while someone does.
     tail: broadcast::Sender<Arc<str>>,
+    /// How many follow them: read for every event, so an atomic rather than the channel's
+    /// own count (behind a lock).
+    followers: Arc<AtomicUsize>,
+}
+
+/// A follower of the accepted events ([`Pipeline::follow`]); counted while it lives.
+pub(crate) struct Follower {
+    /// The events.
+    pub rx: broadcast::Receiver<Arc<str>>,
+    followers: Arc<AtomicUsize>,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.followers.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Accepted events kept for a follower that reads slower than they come; past it, the
@@ -123,6 +139,7 @@ impl Pipeline {
             metrics,
             admission_wait_ms: AtomicU64::new(DEFAULT_ADMISSION_WAIT.as_millis() as u64),
             tail: broadcast::channel(TAIL_CAPACITY).0,
+            followers: Arc::default(),
         })
     }
 
@@ -145,8 +162,12 @@ impl Pipeline {
     }
 
     /// Follows every event accepted from now on, in the JSON event format.
-    pub(crate) fn follow(&self) -> broadcast::Receiver<Arc<str>> {
-        self.tail.subscribe()
+    pub(crate) fn follow(&self) -> Follower {
+        self.followers.fetch_add(1, Ordering::Relaxed);
+        Follower {
+            rx: self.tail.subscribe(),
+            followers: self.followers.clone(),
+        }
     }
 
     /// What `wait` means in this gateway, for a source that stops with `stop`.
@@ -192,7 +213,7 @@ impl Pipeline {
             },
         };
         // Encoded for followers only while there are some: the hot path pays a load.
-        let followed = (self.tail.receiver_count() > 0)
+        let followed = (self.followers.load(Ordering::Relaxed) > 0)
             .then(|| Arc::<str>::from(String::from_utf8_lossy(&event.to_json())));
         let accepted = self
             .dispatcher

@@ -356,10 +356,10 @@ async fn events(
     use axum::response::sse::{Event, KeepAlive, Sse};
     use tokio::sync::broadcast::error::RecvError;
     let filter = q.filter.filter(|f| !f.is_empty());
-    let rx = s.pipeline.follow();
-    let stream = futures::stream::unfold((rx, filter), |(mut rx, filter)| async move {
+    let follower = s.pipeline.follow();
+    let stream = futures::stream::unfold((follower, filter), |(mut f, filter)| async move {
         loop {
-            let event = match rx.recv().await {
+            let event = match f.rx.recv().await {
                 Ok(json) if filter.as_deref().is_none_or(|f| json.contains(f)) => {
                     Event::default().event("cloudevent").data(&*json)
                 }
@@ -367,7 +367,7 @@ async fn events(
                 Err(RecvError::Lagged(n)) => Event::default().event("lagged").data(n.to_string()),
                 Err(RecvError::Closed) => return None,
             };
-            return Some((Ok::<_, Infallible>(event), (rx, filter)));
+            return Some((Ok::<_, Infallible>(event), (f, filter)));
         }
     });
     let stream = futures::StreamExt::take_until(stream, stop.cancelled_owned());
