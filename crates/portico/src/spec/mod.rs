@@ -751,7 +751,7 @@ pub(crate) struct WatcherSettings {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct RateLimitSettings {
-    /// How many per second on average (more than 0; `0.5` is one every two seconds).
+    /// How many per second on average (at least 0.001; `0.5` is one every two seconds).
     pub per_second: f64,
     /// How many may go at once after a quiet spell. Default: 1 (evenly paced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
