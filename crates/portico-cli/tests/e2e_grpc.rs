@@ -36,13 +36,7 @@ fn example(path: &str) -> String {
         .into_owned()
 }
 
-/// A port nothing listens on now (bind port 0, read it, let it go).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+use support::free_port;
 
 /// Lines the Python example wrote to its `PORTICO_EXAMPLE_LOG` file.
 fn server_log(path: &Path) -> Vec<String> {

@@ -32,12 +32,7 @@ fn example() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/http-calendar/server.py")
 }
 
-/// A port nobody listens on now, for the user's server, which must be known before it starts
-/// (portico is told it in the gateway file).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+use support::free_port;
 
 /// The Python example server, killed on drop.
 struct UserServer {

@@ -14,13 +14,7 @@ use support::{
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// A port that was free a moment ago (bind 127.0.0.1:0, read it, drop the listener): a webhook
-/// configuration names its port, so port 0 cannot be used. Another process could take the
-/// port in between, which is acceptable in tests.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+use support::free_port;
 
 fn port_is_free(port: u16) -> bool {
     std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()

@@ -43,13 +43,7 @@ fn needed(var: &str, default: &str, what: &str) -> PathBuf {
     path
 }
 
-/// A free port on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
+use support::free_port;
 
 /// `chromedriver` in a process group of its own, so that it and the browsers it starts
 /// are all killed on drop, whatever happened to the test.

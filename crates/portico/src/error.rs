@@ -104,6 +104,12 @@ pub enum DispatchError {
     /// The configuration or the gateway is stopping.
     #[error("the configuration or the gateway is stopping; retry")]
     Stopped,
+    /// The configuration's `rateLimit` has no room before the caller's wait ends.
+    #[error("the configuration's rate limit is reached; retry in {}s", retry_after.as_secs().max(1))]
+    Limited {
+        /// When the limit lets the next event through.
+        retry_after: Duration,
+    },
 }
 
 impl DispatchError {
@@ -111,7 +117,9 @@ impl DispatchError {
     /// can help (`None` for an invalid event).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            DispatchError::Full { retry_after } => Some((*retry_after).max(Duration::from_secs(1))),
+            DispatchError::Full { retry_after } | DispatchError::Limited { retry_after } => {
+                Some((*retry_after).max(Duration::from_secs(1)))
+            }
             DispatchError::Disk(_) | DispatchError::Stopped => Some(Duration::from_secs(1)),
             DispatchError::Invalid(_) => None,
         }

@@ -371,9 +371,16 @@ impl ConfigContext {
         &self.inner.configuration.src
     }
 
-    /// The configuration value: YAML or JSON text.
+    /// The configuration value: YAML or JSON text, as written (with the `filter` and
+    /// `rateLimit` that Portico reads itself, if any; [`ConfigContext::parse`] skips them).
     pub fn config(&self) -> &str {
         &self.inner.configuration.value
+    }
+
+    /// The configuration value as a gRPC or HTTP style server gets it: without the keys
+    /// Portico reads itself.
+    pub(crate) fn config_for_server(&self) -> String {
+        crate::policy::without_reserved(self.config()).unwrap_or_else(|| self.config().to_string())
     }
 
     /// The whole configuration.

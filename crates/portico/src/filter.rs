@@ -20,6 +20,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::cloudevents::{CloudEvent, Data, ExtensionValue};
+use crate::event::Event;
 use crate::ratelog::Throttle;
 
 /// A filter as written in a gateway file: a CEL expression, or a Subscriptions API dialect.
@@ -122,56 +123,100 @@ impl Filter {
 
     /// Whether `event` passes: the expression is `true` for it.
     pub fn passes(&self, event: &CloudEvent) -> bool {
+        self.evaluate(&event.id, |bind| {
+            bind("specversion", text("1.0"));
+            bind("id", text(&event.id));
+            bind("source", text(&event.source));
+            bind("type", text(&event.ty));
+            if let Some(s) = &event.subject {
+                bind("subject", text(s));
+            }
+            if let Some(t) = &event.time {
+                bind("time", text(&crate::cloudevents::json::format_time(t)));
+            }
+            if let Some(ct) = &event.datacontenttype {
+                bind("datacontenttype", text(ct));
+            }
+            if let Some(ds) = &event.dataschema {
+                bind("dataschema", text(ds));
+            }
+            for (name, value) in &event.extensions {
+                let value = match value {
+                    ExtensionValue::String(s) => text(s),
+                    ExtensionValue::Boolean(b) => cel::Value::Bool(*b),
+                    ExtensionValue::Integer(i) => cel::Value::Int(*i),
+                };
+                bind(name.as_ref(), value);
+            }
+            if self.reads("data") {
+                let data = match &event.data {
+                    None => cel::Value::Null,
+                    Some(Data::Json(bytes)) => json_value(bytes),
+                    Some(Data::Text(s)) => text(s),
+                    Some(Data::Binary(b)) => cel::Value::Bytes(b.to_vec().into()),
+                };
+                bind("data", data);
+            }
+        })
+    }
+
+    /// Whether a raw event of a configuration passes (a configuration's own `filter`, before
+    /// the event becomes a CloudEvent): its payload is `body` (the JSON value when it is JSON,
+    /// a string when it is UTF-8 text, bytes otherwise), its content type `contenttype`, and
+    /// its extensions are variables by their own names and the map `extensions`.
+    pub(crate) fn passes_raw(&self, event: &Event) -> bool {
+        self.evaluate("(a raw event)", |bind| {
+            if let Some(ct) = &event.content_type {
+                bind("contenttype", text(ct));
+            }
+            if self.reads("extensions") {
+                let map: std::collections::HashMap<cel::objects::Key, cel::Value> = event
+                    .extensions
+                    .iter()
+                    .map(|(k, v)| (cel::objects::Key::from(k.as_str()), text(v)))
+                    .collect();
+                bind("extensions", cel::Value::Map(map.into()));
+            }
+            for (name, value) in &event.extensions {
+                bind(name, text(value));
+            }
+            if self.reads("body") {
+                let json = event
+                    .content_type
+                    .as_deref()
+                    .is_some_and(crate::cloudevents::is_json_content_type);
+                let body = if json {
+                    json_value(&event.payload)
+                } else {
+                    match std::str::from_utf8(&event.payload) {
+                        Ok(s) => text(s),
+                        Err(_) => cel::Value::Bytes(event.payload.to_vec().into()),
+                    }
+                };
+                bind("body", body);
+            }
+        })
+    }
+
+    /// Whether the expression reads variable `name`.
+    fn reads(&self, name: &str) -> bool {
+        self.variables.iter().any(|v| v == name)
+    }
+
+    /// Runs the expression with the variables `fill` binds (those it reads and `fill` does
+    /// not bind are `null`); `what` names the event in a log line.
+    fn evaluate(&self, what: &str, fill: impl FnOnce(&mut dyn FnMut(&str, cel::Value))) -> bool {
         let mut ctx = cel::Context::default();
         // Which of the variables it reads are bound, by their place in `variables`.
         let mut bound = vec![false; self.variables.len()];
-        let mut bind = |ctx: &mut cel::Context, name: &str, value: cel::Value| {
-            if let Some(i) = self.variables.iter().position(|v| v == name) {
+        fill(&mut |name: &str, value: cel::Value| {
+            if let Some(i) = self.variables.iter().position(|v| v == name)
+                && !bound[i]
+            {
                 ctx.add_variable_from_value(name.to_string(), value);
                 bound[i] = true;
             }
-        };
-        let text = |s: &str| cel::Value::String(s.to_string().into());
-        bind(&mut ctx, "specversion", text("1.0"));
-        bind(&mut ctx, "id", text(&event.id));
-        bind(&mut ctx, "source", text(&event.source));
-        bind(&mut ctx, "type", text(&event.ty));
-        if let Some(s) = &event.subject {
-            bind(&mut ctx, "subject", text(s));
-        }
-        if let Some(t) = &event.time {
-            bind(
-                &mut ctx,
-                "time",
-                text(&crate::cloudevents::json::format_time(t)),
-            );
-        }
-        if let Some(ct) = &event.datacontenttype {
-            bind(&mut ctx, "datacontenttype", text(ct));
-        }
-        if let Some(ds) = &event.dataschema {
-            bind(&mut ctx, "dataschema", text(ds));
-        }
-        for (name, value) in &event.extensions {
-            let value = match value {
-                ExtensionValue::String(s) => text(s),
-                ExtensionValue::Boolean(b) => cel::Value::Bool(*b),
-                ExtensionValue::Integer(i) => cel::Value::Int(*i),
-            };
-            bind(&mut ctx, name.as_ref(), value);
-        }
-        if self.variables.iter().any(|v| v == "data") {
-            let data = match &event.data {
-                None => cel::Value::Null,
-                Some(Data::Json(bytes)) => serde_json::from_slice::<serde_json::Value>(bytes)
-                    .ok()
-                    .and_then(|v| cel::to_value(v).ok())
-                    .unwrap_or(cel::Value::Null),
-                Some(Data::Text(s)) => text(s),
-                Some(Data::Binary(b)) => cel::Value::Bytes(b.to_vec().into()),
-            };
-            bind(&mut ctx, "data", data);
-        }
+        });
         for (name, bound) in self.variables.iter().zip(bound) {
             if !bound {
                 ctx.add_variable_from_value(name.clone(), cel::Value::Null);
@@ -180,25 +225,38 @@ impl Filter {
         match self.program.execute(&ctx) {
             Ok(cel::Value::Bool(b)) => b,
             Ok(other) => {
-                self.failed(event, &format!("it gave {other:?}, not a boolean"));
+                self.failed(what, &format!("it gave {other:?}, not a boolean"));
                 false
             }
             Err(e) => {
-                self.failed(event, &e.to_string());
+                self.failed(what, &e.to_string());
                 false
             }
         }
     }
 
-    fn failed(&self, event: &CloudEvent, why: &str) {
+    fn failed(&self, what: &str, why: &str) {
         static FAILED: Throttle = Throttle::new();
         if let Some(suppressed) = FAILED.check() {
             tracing::warn!(
-                filter = %self.text, id = %event.id, suppressed,
+                filter = %self.text, id = %what, suppressed,
                 "a filter could not be evaluated on an event, which did not pass: {why} (suppressed: how many such failures were not logged since the last line)"
             );
         }
     }
+}
+
+/// A CEL string.
+fn text(s: &str) -> cel::Value {
+    cel::Value::String(s.to_string().into())
+}
+
+/// A JSON document as a CEL value (`null` when it is not JSON).
+fn json_value(bytes: &[u8]) -> cel::Value {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| cel::to_value(v).ok())
+        .unwrap_or(cel::Value::Null)
 }
 
 impl Dialect {

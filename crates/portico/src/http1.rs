@@ -337,6 +337,7 @@ impl<F: Future> Future for Serving<F> {
 pub fn refusal<B: From<Bytes>>(e: &DispatchError) -> Response<B> {
     let status = match e {
         DispatchError::Invalid(_) => http::StatusCode::BAD_REQUEST,
+        DispatchError::Limited { .. } => http::StatusCode::TOO_MANY_REQUESTS,
         DispatchError::Full { .. } | DispatchError::Disk(_) | DispatchError::Stopped => {
             http::StatusCode::SERVICE_UNAVAILABLE
         }

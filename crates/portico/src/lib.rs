@@ -58,6 +58,7 @@ pub mod ingest;
 mod kube_status;
 mod metrics;
 mod pipeline;
+mod policy;
 mod processor;
 pub mod proto;
 mod ratelog;

@@ -60,17 +60,25 @@ pub enum RejectReason {
     /// `unauthorized`: a webhook delivery refused with 401 (bad or missing signature or
     /// token).
     Unauthorized,
+    /// `filtered`: the configuration's `filter` did not pass the event, which was not stored
+    /// (the source was told it was taken).
+    Filtered,
+    /// `limited`: the configuration's `rateLimit` had no room before an HTTP caller's wait
+    /// ended; the caller got 429 and `Retry-After`.
+    Limited,
 }
 
 impl RejectReason {
     /// Every reason, in the order the metrics list them.
-    pub const ALL: [RejectReason; 6] = [
+    pub const ALL: [RejectReason; 8] = [
         RejectReason::Full,
         RejectReason::Disk,
         RejectReason::Invalid,
         RejectReason::Stopped,
         RejectReason::Missed,
         RejectReason::Unauthorized,
+        RejectReason::Filtered,
+        RejectReason::Limited,
     ];
 
     /// The label value.
@@ -82,6 +90,8 @@ impl RejectReason {
             RejectReason::Stopped => "stopped",
             RejectReason::Missed => "missed",
             RejectReason::Unauthorized => "unauthorized",
+            RejectReason::Filtered => "filtered",
+            RejectReason::Limited => "limited",
         }
     }
 
@@ -92,6 +102,7 @@ impl RejectReason {
             DispatchError::Disk(_) => RejectReason::Disk,
             DispatchError::Invalid(_) => RejectReason::Invalid,
             DispatchError::Stopped => RejectReason::Stopped,
+            DispatchError::Limited { .. } => RejectReason::Limited,
         }
     }
 }
@@ -168,6 +179,8 @@ pub(crate) struct Metrics {
     pub filtered: Family<WatcherLabels, Counter>,
     /// Seconds a watcher's deliveries waited for its rate limit.
     pub rate_limited: Family<WatcherLabels, Counter<f64, AtomicU64>>,
+    /// Seconds a configuration's events waited for its rate limit.
+    pub src_rate_limited: Family<SrcLabels, Counter<f64, AtomicU64>>,
     /// The durable outbox: fsyncs, records appended, bytes on disk.
     pub outbox: OutboxMetrics,
 }
@@ -192,6 +205,7 @@ impl Metrics {
             dead_lettered: Family::default(),
             filtered: Family::default(),
             rate_limited: Family::default(),
+            src_rate_limited: Family::default(),
             outbox: Default::default(),
             registry: Registry::default(),
             srcs: Mutex::new(Srcs::default()),
@@ -266,6 +280,11 @@ impl Metrics {
             "watcher_rate_limited_seconds",
             "Seconds a watcher's deliveries waited for its rate limit (rateLimit)",
             m.rate_limited.clone(),
+        );
+        registry.register(
+            "src_rate_limited_seconds",
+            "Seconds a configuration's events waited for its rate limit (rateLimit)",
+            m.src_rate_limited.clone(),
         );
         registry.register(
             "outbox_fsyncs",
@@ -382,6 +401,15 @@ impl Metrics {
             filtered: self.filtered.get_or_create(&labels).clone(),
             rate_limited: self.rate_limited.get_or_create(&labels).clone(),
         }
+    }
+
+    /// Counts `seconds` that an event of `src` waited for the configuration's rate limit.
+    pub(crate) fn count_limited(&self, src: &SrcMetrics, seconds: f64) {
+        self.src_rate_limited
+            .get_or_create(&SrcLabels {
+                src: src.label.to_string(),
+            })
+            .inc_by(seconds);
     }
 
     /// Counts an event of `src` refused for `reason`.

@@ -36,6 +36,7 @@ use crate::dispatch::{Ack, Delivered, Dispatcher};
 use crate::error::{Admission, DispatchError};
 use crate::event::Event;
 use crate::metrics::{Metrics, RejectReason, SrcMetrics};
+use crate::policy::{Gate, Policies};
 
 /// How long HTTP callers (ingest API, webhooks, the HTTP style's `/event`) wait for room by
 /// default before they get 503.
@@ -107,6 +108,8 @@ pub(crate) struct Pipeline {
     /// How many follow them: read for every event, so an atomic rather than the channel's
     /// own count (behind a lock).
     followers: Arc<AtomicUsize>,
+    /// The configurations' own filters and rate limits.
+    policies: Policies,
 }
 
 /// A follower of the accepted events ([`Pipeline::follow`]); counted while it lives.
@@ -140,6 +143,7 @@ impl Pipeline {
             admission_wait_ms: AtomicU64::new(DEFAULT_ADMISSION_WAIT.as_millis() as u64),
             tail: broadcast::channel(TAIL_CAPACITY).0,
             followers: Arc::default(),
+            policies: Policies::default(),
         })
     }
 
@@ -154,6 +158,45 @@ impl Pipeline {
     /// The gateway's metrics.
     pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The configurations' filters and rate limits.
+    pub(crate) fn policies(&self) -> &Policies {
+        &self.policies
+    }
+
+    /// Applies configuration `src`'s filter and rate limit to a raw event before it is
+    /// submitted, waiting for the limit as `wait` says; counts what it filtered, refused and
+    /// waited. [`Gate::Filtered`]: the event is taken and goes no further.
+    pub(crate) async fn gate(
+        &self,
+        src: &SrcMetrics,
+        event: &Event,
+        wait: Wait,
+        stop: Option<&CancellationToken>,
+    ) -> Result<Gate, DispatchError> {
+        let admission_wait = Duration::from_millis(self.admission_wait_ms.load(Ordering::Relaxed));
+        match self
+            .policies
+            .gate(&src.src, event, wait, admission_wait, stop)
+            .await
+        {
+            Ok((gate, waited)) => {
+                if gate == Gate::Filtered {
+                    src.received.inc();
+                    self.metrics.reject(src, RejectReason::Filtered);
+                }
+                if !waited.is_zero() {
+                    self.metrics.count_limited(src, waited.as_secs_f64());
+                }
+                Ok(gate)
+            }
+            Err(e) => {
+                src.received.inc();
+                self.metrics.reject(src, RejectReason::of(&e));
+                Err(e)
+            }
+        }
     }
 
     /// The dispatcher.
@@ -255,6 +298,14 @@ impl Intake {
         how: Submit,
         stop: &CancellationToken,
     ) -> Result<Delivered, DispatchError> {
+        if self
+            .pipeline
+            .gate(&self.src, &event, how.wait, Some(stop))
+            .await?
+            == Gate::Filtered
+        {
+            return Ok(Delivered::now());
+        }
         let admission = self.pipeline.admission(how.wait, Some(stop));
         self.pipeline
             .submit(&self.src, Item::Raw(event), admission, how.ack)

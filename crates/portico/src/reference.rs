@@ -422,6 +422,12 @@ fn reject_reason_meaning(reason: RejectReason) -> &'static str {
             "refused with 401: a bad or missing webhook signature or token, or an ingest call \
              without the bearer token"
         }
+        RejectReason::Filtered => {
+            "the configuration's `filter` did not pass the event: taken from the source, never              stored"
+        }
+        RejectReason::Limited => {
+            "the configuration's `rateLimit` had no room within an HTTP caller's wait: answered              429 with `Retry-After`"
+        }
     }
 }
 

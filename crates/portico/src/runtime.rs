@@ -548,9 +548,14 @@ pub(crate) async fn run_gateway(
     }
     // Without a supervisor the configurations' keys are still the gateway's own sources: the
     // events posted for them are counted under their own labels.
+    let independent = supervisor.is_none();
     let own_labels = |map: &crate::spec::ConfigMapData| {
         for key in map.keys() {
             metrics.for_src(key);
+        }
+        // Their filters and rate limits apply to the events posted for them.
+        if independent {
+            pipeline.policies().apply(map);
         }
     };
     own_labels(&initial);

@@ -42,6 +42,7 @@ use crate::http1;
 use crate::ingest::Ingested;
 use crate::metrics::RejectReason;
 use crate::pipeline::{Item, Pipeline, Wait};
+use crate::policy::Gate;
 use crate::secret::LiveSecret;
 use crate::status::{Node, StatusBoard};
 
@@ -448,6 +449,11 @@ async fn ingest(s: &AppState, headers: &http::HeaderMap, body: Bytes) -> Respons
         Err(e) => bad_request(e.0),
         Ok(Ingested::Raw { src, event }) => {
             let src = pipeline.metrics().for_posted_src(&src);
+            match pipeline.gate(&src, &event, Wait::Briefly, None).await {
+                Ok(Gate::Pass) => {}
+                Ok(Gate::Filtered) => return StatusCode::OK.into_response(),
+                Err(e) => return refusal(&e),
+            }
             let admission = pipeline.admission(Wait::Briefly, None);
             match pipeline
                 .submit(&src, Item::Raw(event), admission, Ack::OnAcceptance)

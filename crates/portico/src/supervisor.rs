@@ -111,6 +111,7 @@ impl Supervisor {
 
     /// Brings what runs in line with `map`.
     pub async fn apply(&mut self, map: &ConfigMapData) {
+        self.gateway.pipeline().policies().apply(map);
         let stale: Vec<String> = self
             .running
             .iter()
@@ -162,6 +163,14 @@ impl Supervisor {
         let id = configuration.id;
         let src = configuration.src.clone();
         let ctx = ConfigContext::new(configuration, self.gateway.clone(), self.board.clone());
+        if let Some(problem) = self.gateway.pipeline().policies().problem(&src, id) {
+            self.board.set(id, &src, Phase::Error, problem);
+            return Running {
+                id,
+                ctx,
+                task: None,
+            };
+        }
         let checked =
             match std::panic::catch_unwind(AssertUnwindSafe(|| self.executor.dyn_validate(&ctx))) {
                 Ok(Ok(checked)) => checked,

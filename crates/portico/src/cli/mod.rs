@@ -341,6 +341,16 @@ fn validate_gateway(loaded: &GatewayFile, builtins: &Builtins) -> bool {
         Err(e) => Err(e),
     };
     let mut not_run = false;
+    // Portico's own keys (`filter`, `rateLimit`), whoever runs the configuration.
+    for (src, value) in &loaded.configurations {
+        if let Err(e) = crate::policy::ConfigPolicy::read(value) {
+            problems.push(format!(
+                "{}: configuration `{src}`: {}",
+                file.display(),
+                e.message()
+            ));
+        }
+    }
     match chosen {
         Err(e) => problems.push(format!("gateway `{}`: {e}", loaded.gateway.metadata.name)),
         Ok(Processor::Independent) => {

@@ -114,7 +114,7 @@ impl GrpcProcessor {
         pb::GatewayConfig {
             id: ctx.id().to_string(),
             src: ctx.src().to_string(),
-            config: ctx.config().to_string(),
+            config: ctx.config_for_server(),
             gateway: ctx.gateway().name().to_string(),
             namespace: ctx.gateway().namespace().to_string(),
         }

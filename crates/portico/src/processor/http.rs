@@ -434,7 +434,7 @@ impl HttpProcessor {
         let body = ConfigBody {
             id: Some(ctx.id().to_string()),
             src: Some(ctx.src().to_string()),
-            config: Some(ctx.config().to_string()),
+            config: Some(ctx.config_for_server()),
         };
         let answer = self
             .client

@@ -617,11 +617,32 @@ impl Checker {
 
 /// Parses one configuration's value (YAML or JSON text) into `T`; the error names the field
 /// (its path, when it is not at the top), the line and the column:
-/// `exchangeType: line 3 column 15: unknown variant …`.
+/// `exchangeType: line 3 column 15: unknown variant …`. The keys Portico reads itself
+/// (`filter`, `rateLimit`) are skipped at the top of the value, so that a type that refuses
+/// unknown fields takes them.
 pub(crate) fn parse_config<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    parse_value(text, true)
+}
+
+/// [`parse_config`] with every key, the reserved ones included.
+pub(crate) fn parse_value_as_written<T: serde::de::DeserializeOwned>(
+    text: &str,
+) -> Result<T, ConfigError> {
+    parse_value(text, false)
+}
+
+fn parse_value<T: serde::de::DeserializeOwned>(
+    text: &str,
+    skip_reserved: bool,
+) -> Result<T, ConfigError> {
     let mut path = String::new();
     serde_saphyr::with_deserializer_from_str(text, |de| {
-        serde_path_to_error::deserialize(de).map_err(|e| {
+        let parsed = if skip_reserved {
+            serde_path_to_error::deserialize(crate::policy::SkipReserved(de))
+        } else {
+            serde_path_to_error::deserialize(de)
+        };
+        parsed.map_err(|e| {
             path = e.path().to_string();
             e.into_inner()
         })

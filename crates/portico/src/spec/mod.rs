@@ -22,7 +22,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::env;
 
-pub(crate) use file::{GatewayFile, SpecErrors, parse_config};
+pub(crate) use file::{GatewayFile, SpecErrors, parse_config, parse_value_as_written};
 
 /// The API group of a Gateway: Portico's own, or Argo Events v0.6's (`argoproj.io`), whose
 /// objects a cluster moving from Argo keeps. Both have version `v1alpha1`, kind `Gateway` and
