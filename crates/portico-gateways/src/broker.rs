@@ -206,6 +206,13 @@ pub(crate) fn optional(value: Option<String>) -> Option<String> {
 /// A valid CloudEvent extension name made of `prefix` and a header name: lower-case,
 /// only a–z and 0–9, at most 20 characters (`X-Trace-Id` with prefix `h` ⇒ `hxtraceid`).
 pub(crate) fn header_extension(prefix: &str, name: &str) -> String {
+    // The W3C trace context keeps its own names: the CloudEvents distributed tracing
+    // extension.
+    for kept in ["traceparent", "tracestate"] {
+        if name.eq_ignore_ascii_case(kept) {
+            return kept.to_string();
+        }
+    }
     let mut out = String::with_capacity(20);
     out.push_str(prefix);
     out.extend(
@@ -229,6 +236,8 @@ mod tests {
     #[test]
     fn header_extensions_are_valid_names() {
         assert_eq!(header_extension("h", "X-Trace-Id"), "hxtraceid");
+        assert_eq!(header_extension("h", "traceparent"), "traceparent");
+        assert_eq!(header_extension("h", "TraceState"), "tracestate");
         assert_eq!(
             header_extension("h", "A-Very-Long-Header-Name-Indeed"),
             "haverylongheadername"

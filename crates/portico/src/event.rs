@@ -89,6 +89,51 @@ impl Event {
         self.extensions.push((name.into(), value.into()));
         self
     }
+
+    /// The same event with the W3C trace context it came with (a `traceparent` header, and
+    /// `tracestate` if any), carried as the CloudEvents distributed tracing extension. Values
+    /// that are not valid trace contexts are left out.
+    pub fn with_trace_context(
+        mut self,
+        traceparent: Option<&str>,
+        tracestate: Option<&str>,
+    ) -> Event {
+        if let Some(tp) = traceparent.filter(|tp| crate::trace::parse(tp, None).is_some()) {
+            self.extensions
+                .retain(|(k, _)| k != crate::trace::TRACEPARENT && k != crate::trace::TRACESTATE);
+            self.extensions
+                .push((crate::trace::TRACEPARENT.to_string(), tp.to_string()));
+            if let Some(ts) = tracestate.filter(|ts| !ts.is_empty()) {
+                self.extensions
+                    .push((crate::trace::TRACESTATE.to_string(), ts.to_string()));
+            }
+        }
+        self
+    }
+
+    /// The same event with the trace context of an HTTP request's `traceparent` and
+    /// `tracestate` headers, if it has one.
+    pub fn with_trace_headers(self, headers: &http::HeaderMap) -> Event {
+        let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        self.with_trace_context(
+            get(crate::trace::TRACEPARENT),
+            get(crate::trace::TRACESTATE),
+        )
+    }
+
+    /// The trace context the event carries, if any.
+    pub(crate) fn trace_context(&self) -> Option<opentelemetry::Context> {
+        let get = |name: &str| {
+            self.extensions
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        crate::trace::parse(
+            get(crate::trace::TRACEPARENT)?,
+            get(crate::trace::TRACESTATE),
+        )
+    }
 }
 
 impl From<Bytes> for Event {

@@ -72,6 +72,7 @@ mod spec;
 mod status;
 mod supervisor;
 pub mod testing;
+mod trace;
 mod wake;
 
 #[cfg(test)]

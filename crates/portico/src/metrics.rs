@@ -281,6 +281,17 @@ impl Metrics {
             "Seconds a watcher's deliveries waited for its rate limit (rateLimit)",
             m.rate_limited.clone(),
         );
+        let spans = crate::trace::counters();
+        registry.register(
+            "spans_exported",
+            "Trace spans the OpenTelemetry collector took (OTLP)",
+            spans.exported.clone(),
+        );
+        registry.register(
+            "spans_dropped",
+            "Trace spans dropped: the export queue was full, or the collector failed or refused them",
+            spans.dropped.clone(),
+        );
         registry.register(
             "src_rate_limited_seconds",
             "Seconds a configuration's events waited for its rate limit (rateLimit)",

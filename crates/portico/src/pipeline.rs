@@ -37,6 +37,9 @@ use crate::error::{Admission, DispatchError};
 use crate::event::Event;
 use crate::metrics::{Metrics, RejectReason, SrcMetrics};
 use crate::policy::{Gate, Policies};
+use crate::trace::Spanned;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 
 /// How long HTTP callers (ingest API, webhooks, the HTTP style's `/event`) wait for room by
 /// default before they get 503.
@@ -242,22 +245,44 @@ impl Pipeline {
         ack: Ack,
     ) -> Result<Delivered, DispatchError> {
         src.received.inc();
-        let event = match item {
-            Item::Made(ce) => ce,
-            Item::Raw(event) => match self.transformer.transform(&src.src, event) {
-                Ok(ce) => {
-                    src.transformed.inc();
-                    ce
-                }
-                Err(e) => {
-                    self.metrics.reject(src, RejectReason::of(&e));
-                    return Err(e);
-                }
-            },
+        let parent = match &item {
+            Item::Made(ce) => crate::trace::of_event(ce),
+            Item::Raw(event) => event.trace_context(),
         };
+        let receive = Spanned::start(
+            "receive",
+            SpanKind::Server,
+            parent.as_ref(),
+            vec![KeyValue::new("portico.src", src.src.to_string())],
+        );
+        let mut event = match item {
+            Item::Made(ce) => ce,
+            Item::Raw(event) => {
+                let transform = receive.child("transform");
+                match self.transformer.transform(&src.src, event) {
+                    Ok(ce) => {
+                        src.transformed.inc();
+                        ce
+                    }
+                    Err(e) => {
+                        transform.fail(&e.to_string());
+                        receive.fail(&e.to_string());
+                        self.metrics.reject(src, RejectReason::of(&e));
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        crate::trace::ensure_context(&mut event, &receive);
+        receive.set(KeyValue::new("cloudevents.event_id", event.id.clone()));
         // Encoded for followers only while there are some: the hot path pays a load.
         let followed = (self.followers.load(Ordering::Relaxed) > 0)
             .then(|| Arc::<str>::from(String::from_utf8_lossy(&event.to_json())));
+        let append = receive.child(if self.dispatcher.has_outbox() {
+            "outbox append"
+        } else {
+            "enqueue"
+        });
         let accepted = self
             .dispatcher
             .accept(event, admission, Some(src.delivery.clone()), ack)
@@ -268,7 +293,11 @@ impl Pipeline {
                     let _ = self.tail.send(json);
                 }
             }
-            Err(e) => self.metrics.reject(src, RejectReason::of(e)),
+            Err(e) => {
+                append.fail(&e.to_string());
+                receive.fail(&e.to_string());
+                self.metrics.reject(src, RejectReason::of(e))
+            }
         }
         accepted
     }

@@ -127,6 +127,9 @@ pub(crate) enum RunError {
     /// The gateway cannot reach its cluster.
     #[error("{0}")]
     Cluster(#[from] crate::cluster::ClusterError),
+    /// The OpenTelemetry environment variables do not make sense.
+    #[error("{0}")]
+    Trace(#[from] crate::trace::TraceSetupError),
     /// Neither a file nor a cluster says which gateway to run.
     #[error(
         "no gateway file given, and GATEWAY_NAMESPACE, GATEWAY_NAME and GATEWAY_PROCESSOR_CONFIG_MAP are not all set: give a FILE, or run in a cluster"
@@ -411,6 +414,9 @@ pub(crate) async fn run_gateway(
         gateway: gateway.metadata.name.clone(),
         source,
     })?;
+    if crate::trace::start_from_env(&gateway.metadata.name, gateway.namespace())? {
+        tracing::info!("exporting trace spans with OTLP (OTEL_EXPORTER_OTLP_* is set)");
+    }
     let metrics = Metrics::new();
     let mut env = Environment::from_process();
     env.sensor_url = opts.sensor_url.clone().or(env.sensor_url);
@@ -600,6 +606,7 @@ pub(crate) async fn run_gateway(
     if left == 0 {
         tracing::info!("every accepted event was delivered or given up on");
     }
+    crate::trace::flush(Duration::from_secs(5)).await;
     server_stop.cancel();
     let _ = server.await;
     if let Ok(Err(e)) = source.await {

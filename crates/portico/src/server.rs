@@ -448,6 +448,7 @@ async fn ingest(s: &AppState, headers: &http::HeaderMap, body: Bytes) -> Respons
     match crate::ingest::decode(headers, body) {
         Err(e) => bad_request(e.0),
         Ok(Ingested::Raw { src, event }) => {
+            let event = event.with_trace_headers(headers);
             let src = pipeline.metrics().for_posted_src(&src);
             match pipeline.gate(&src, &event, Wait::Briefly, None).await {
                 Ok(Gate::Pass) => {}
@@ -463,7 +464,17 @@ async fn ingest(s: &AppState, headers: &http::HeaderMap, body: Bytes) -> Respons
                 Err(e) => refusal(&e),
             }
         }
-        Ok(Ingested::CloudEvents(events)) => {
+        Ok(Ingested::CloudEvents(mut events)) => {
+            // The request's own trace context, for events that carry none.
+            if let Some(tp) = headers.get(crate::trace::TRACEPARENT) {
+                let tp = tp.to_str().unwrap_or_default();
+                let ts = headers
+                    .get(crate::trace::TRACESTATE)
+                    .and_then(|v| v.to_str().ok());
+                for ce in &mut events {
+                    crate::trace::adopt(ce, tp, ts);
+                }
+            }
             let total = events.len();
             // One wait for room for the whole batch.
             let admission = pipeline.admission(Wait::Briefly, None);

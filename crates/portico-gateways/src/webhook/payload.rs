@@ -108,6 +108,7 @@ pub fn event(
         },
         body.len() + body.len() / 3 + headers_len + 48,
     )
+    .map(|event| event.with_trace_headers(headers))
 }
 
 #[cfg(test)]

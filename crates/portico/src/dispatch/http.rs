@@ -499,6 +499,12 @@ impl HttpSender {
         if let Some(extra) = &self.extra {
             extra.add_to(&mut headers);
         }
+        // The context of this attempt's `deliver` span, when spans are recorded.
+        if let Some(tp) = crate::trace::current()
+            && let Ok(value) = HeaderValue::from_str(&tp)
+        {
+            headers.insert(crate::trace::TRACEPARENT, value);
+        }
         let status = match &self.transport {
             // Boxed: reqwest's future would make every `http://` event's future larger.
             Transport::Shared(client) => Box::pin(self.send_shared(client, headers, body)).await?,

@@ -384,6 +384,11 @@ impl Dispatcher {
         self.mode == Mode::AtMostOnce
     }
 
+    /// Whether accepted events are appended to a durable outbox.
+    pub(crate) fn has_outbox(&self) -> bool {
+        self.outbox.is_some()
+    }
+
     /// What `/status` shows of the outbox, when there is one.
     pub(crate) fn outbox_status(&self) -> Option<outbox::OutboxStatus> {
         self.outbox.as_ref().map(|o| o.status())
@@ -706,6 +711,7 @@ impl Worker {
             None => Duration::ZERO,
         };
         let attempt = deliver_with_retry(
+            &self.name,
             self.sender.as_ref(),
             event,
             queued.json.as_ref(),
@@ -718,7 +724,7 @@ impl Worker {
                     src.retried.inc();
                 }
                 tracing::debug!(
-                    watcher = %self.name, id = %event.id, reason = %e.reason,
+                    watcher = %self.name, id = %event.id, trace_id = %crate::trace::trace_id(event), reason = %e.reason,
                     retry_in_ms = wait.as_millis() as u64, "delivery failed; retrying"
                 );
             },
@@ -745,6 +751,7 @@ impl Worker {
                     self.metrics.failed.inc();
                     tracing::error!(
                         watcher = %self.name, id = %event.id, source = %event.source,
+                        trace_id = %crate::trace::trace_id(event),
                         reason = %e.reason, "event not delivered: abandoned at shutdown"
                     );
                 }
@@ -783,6 +790,7 @@ impl Worker {
         if let Some(suppressed) = SENT.check() {
             tracing::error!(
                 watcher = %self.name, id = %event.id, source = %event.source,
+                trace_id = %crate::trace::trace_id(event),
                 reason, dead_letter = %self.dead_letter.describe(), suppressed,
                 "event not delivered: sent to the dead-letter destination (suppressed: how many more were since the last line)"
             );
@@ -854,6 +862,7 @@ impl RetryPolicy {
 /// than registering a new one per event). `json`, the event's JSON event format when it is
 /// already written, goes to [`Sender::send_json`].
 pub(crate) async fn deliver_with_retry(
+    watcher: &str,
     sender: &dyn Sender,
     event: &CloudEvent,
     json: Option<&Bytes>,
@@ -882,11 +891,30 @@ pub(crate) async fn deliver_with_retry(
     // by its first attempt, which then costs no more than the attempt itself.
     let mut backoff = None;
     let mut last = None;
+    // Each attempt is a `deliver` span, child of the event's trace context, whose own context
+    // the sender passes on (an HTTP watcher gets it as `traceparent`).
+    let parent = crate::trace::of_event(event);
+    let mut attempts: i64 = 0;
     loop {
+        attempts += 1;
+        let span = crate::trace::Spanned::start(
+            "deliver",
+            opentelemetry::trace::SpanKind::Client,
+            parent.as_ref(),
+            vec![
+                opentelemetry::KeyValue::new("portico.watcher", watcher.to_string()),
+                opentelemetry::KeyValue::new("portico.attempt", attempts),
+                opentelemetry::KeyValue::new("cloudevents.event_id", event.id.clone()),
+            ],
+        );
         let attempt = match json {
             Some(json) => sender.send_json(event, json),
             None => sender.send(event),
         };
+        let attempt = opentelemetry::context::FutureExt::with_context(
+            attempt,
+            span.context().cloned().unwrap_or_default(),
+        );
         let failure = tokio::select! {
             biased;
             _ = &mut aborted => return Err(gone()),
@@ -896,6 +924,8 @@ pub(crate) async fn deliver_with_retry(
             },
             _ = &mut expired => return Err(too_old(last.as_ref())),
         };
+        span.fail(&failure.reason);
+        drop(span);
         if !failure.retryable {
             return Err(failure);
         }

@@ -197,6 +197,7 @@ impl Dispatcher {
                     continue;
                 };
                 let attempt = deliver_with_retry(
+                    &q.name,
                     &*q.sender,
                     &event,
                     None,

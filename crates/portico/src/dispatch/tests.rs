@@ -371,6 +371,7 @@ mod retry {
         on_retry: impl FnMut(&DeliveryError, Duration),
     ) -> Result<(), DeliveryError> {
         deliver_with_retry(
+            "test",
             sender,
             event,
             None,
@@ -479,6 +480,7 @@ mod retry {
             ..fast(5)
         };
         let r = deliver_with_retry(
+            "test",
             &s,
             &event(),
             None,

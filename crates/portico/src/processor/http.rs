@@ -297,7 +297,11 @@ fn json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Re
     })
 }
 
-async fn on_event(State(routes): State<Arc<Routes>>, body: Bytes) -> Response {
+async fn on_event(
+    State(routes): State<Arc<Routes>>,
+    headers: http::HeaderMap,
+    body: Bytes,
+) -> Response {
     let b: EventBody = match json(&body, "{\"src\", \"payload\": \"<base64>\"}") {
         Ok(b) => b,
         Err(r) => return r.into_response(),
@@ -319,7 +323,7 @@ async fn on_event(State(routes): State<Arc<Routes>>, body: Bytes) -> Response {
             }
         },
     };
-    let mut event = Event::new(payload);
+    let mut event = Event::new(payload).with_trace_headers(&headers);
     event.content_type = b.content_type;
     match ctx.submit(event, Submit::BRIEFLY).await {
         Ok(_) => StatusCode::OK.into_response(),
