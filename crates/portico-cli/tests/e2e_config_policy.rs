@@ -114,7 +114,7 @@ async fn a_configuration_filter_keeps_broker_messages_that_do_not_pass() {
     })
     .await
     .unwrap_or_else(|| panic!("{rejected} never appeared"));
-    let mut data: Vec<String> = sink.events().iter().map(|e| text_data(e)).collect();
+    let mut data: Vec<String> = sink.events().iter().map(text_data).collect();
     data.sort();
     assert_eq!(data, ["keep-a0", "keep-a1", "keep-a2"], "{events:?}");
     assert_eq!(portico.terminate().await, Some(0));

@@ -178,12 +178,11 @@ impl Pipeline {
         wait: Wait,
         stop: Option<&CancellationToken>,
     ) -> Result<Gate, DispatchError> {
-        let admission_wait = Duration::from_millis(self.admission_wait_ms.load(Ordering::Relaxed));
-        match self
-            .policies
-            .gate(&src.src, event, wait, admission_wait, stop)
-            .await
-        {
+        // An HTTP caller waits at most the admission wait; any other source until the limit
+        // lets the event through: a rate limit slows a source, it never drops its events.
+        let at_most = (wait == Wait::Briefly)
+            .then(|| Duration::from_millis(self.admission_wait_ms.load(Ordering::Relaxed)));
+        match self.policies.gate(&src.src, event, at_most, stop).await {
             Ok((gate, waited)) => {
                 if gate == Gate::Filtered {
                     src.received.inc();

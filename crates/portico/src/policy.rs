@@ -33,7 +33,6 @@ use crate::configuration::ConfigId;
 use crate::error::{ConfigError, DispatchError};
 use crate::event::Event;
 use crate::filter::{Filter, FilterSpec};
-use crate::pipeline::Wait;
 use crate::spec::{ConfigMapData, RateLimitSettings};
 
 /// The keys of a configuration's value that Portico reads itself.
@@ -241,14 +240,13 @@ impl Policies {
     }
 
     /// Applies the policy of configuration `src` to `event`: the filter, then the rate limit,
-    /// waiting for it as `wait` says (a wait ends when `stop` is cancelled). `admission_wait`
-    /// is how long an HTTP caller waits. Returns how long it waited.
+    /// waiting for it at most `at_most` (an HTTP caller's admission wait; `None`: until the
+    /// limit lets it through, or `stop` is cancelled). Returns how long it waited.
     pub(crate) async fn gate(
         &self,
         src: &str,
         event: &Event,
-        wait: Wait,
-        admission_wait: std::time::Duration,
+        at_most: Option<std::time::Duration>,
         stop: Option<&CancellationToken>,
     ) -> Result<(Gate, std::time::Duration), DispatchError> {
         let none = std::time::Duration::ZERO;
@@ -268,7 +266,7 @@ impl Policies {
         };
         let clock = governor::clock::DefaultClock::default();
         let needed = not_until.wait_time_from(governor::clock::Clock::now(&clock));
-        if wait == Wait::Briefly && needed > admission_wait {
+        if at_most.is_some_and(|max| needed > max) {
             return Err(DispatchError::Limited {
                 retry_after: needed,
             });
@@ -278,9 +276,9 @@ impl Policies {
         let stop = stop.unwrap_or(&never);
         // An HTTP caller waits at most the admission wait, however many others wait too.
         let give_up = async {
-            match wait {
-                Wait::Briefly => tokio::time::sleep(admission_wait).await,
-                _ => std::future::pending().await,
+            match at_most {
+                Some(max) => tokio::time::sleep(max).await,
+                None => std::future::pending().await,
             }
         };
         tokio::select! {
@@ -621,10 +619,9 @@ mod tests {
         assert!(p.problem("b", id("b")).unwrap().contains("column"));
         assert_eq!(p.problem("a", id("a")), None);
         let ev = |n: i64| Event::json(&serde_json::json!({ "n": n })).unwrap();
-        let wait = std::time::Duration::ZERO;
         let gate = |src: &'static str, e: Event| {
             let p = &p;
-            async move { p.gate(src, &e, Wait::ByMode, wait, None).await.unwrap().0 }
+            async move { p.gate(src, &e, None, None).await.unwrap().0 }
         };
         assert_eq!(gate("a", ev(2)).await, Gate::Pass);
         assert_eq!(gate("a", ev(1)).await, Gate::Filtered);
@@ -642,26 +639,20 @@ mod tests {
             .collect();
         p.apply(&map);
         let ev = Event::new(&b"x"[..]);
-        let brief = std::time::Duration::ZERO;
-        assert!(p.gate("a", &ev, Wait::Briefly, brief, None).await.is_ok());
+        let brief = Some(std::time::Duration::ZERO);
+        assert!(p.gate("a", &ev, brief, None).await.is_ok());
         // The next one is 50 ms away: an HTTP caller that may not wait is sent back.
-        let e = p
-            .gate("a", &ev, Wait::Briefly, brief, None)
-            .await
-            .unwrap_err();
+        let e = p.gate("a", &ev, brief, None).await.unwrap_err();
         assert!(matches!(e, DispatchError::Limited { .. }), "{e:?}");
         assert_eq!(e.retry_after(), Some(std::time::Duration::from_secs(1)));
         // Any other source waits for it.
-        let (gate, waited) = p.gate("a", &ev, Wait::ByMode, brief, None).await.unwrap();
+        let (gate, waited) = p.gate("a", &ev, None, None).await.unwrap();
         assert_eq!(gate, Gate::Pass);
         assert!(waited > std::time::Duration::ZERO);
         // A stopped source stops waiting.
         let stop = CancellationToken::new();
         stop.cancel();
-        let e = p
-            .gate("a", &ev, Wait::ByMode, brief, Some(&stop))
-            .await
-            .unwrap_err();
+        let e = p.gate("a", &ev, None, Some(&stop)).await.unwrap_err();
         assert_eq!(e, DispatchError::Stopped);
     }
 }

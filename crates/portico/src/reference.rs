@@ -292,6 +292,7 @@ fn families() -> Result<BTreeMap<String, Family>, String> {
     for reason in RejectReason::ALL {
         m.reject(&src, reason);
     }
+    m.count_limited(&src, 0.0);
     for phase in Phase::ALL {
         let _ = m.nodes.get_or_create(&PhaseLabels {
             phase: phase.as_str().to_string(),
@@ -423,10 +424,10 @@ fn reject_reason_meaning(reason: RejectReason) -> &'static str {
              without the bearer token"
         }
         RejectReason::Filtered => {
-            "the configuration's `filter` did not pass the event: taken from the source, never              stored"
+            "the configuration's `filter` did not pass the event: taken from the source, never stored"
         }
         RejectReason::Limited => {
-            "the configuration's `rateLimit` had no room within an HTTP caller's wait: answered              429 with `Retry-After`"
+            "the configuration's `rateLimit` had no room within an HTTP caller's wait: answered 429 with `Retry-After`"
         }
     }
 }

@@ -861,6 +861,7 @@ impl RetryPolicy {
 /// completes (a worker passes one cancellation future it keeps for all its deliveries, rather
 /// than registering a new one per event). `json`, the event's JSON event format when it is
 /// already written, goes to [`Sender::send_json`].
+#[allow(clippy::too_many_arguments)] // what one delivery needs; each caller has them apart
 pub(crate) async fn deliver_with_retry(
     watcher: &str,
     sender: &dyn Sender,
