@@ -280,3 +280,55 @@ async fn an_event_without_context_starts_a_trace_exported_over_http() {
     assert_eq!(by_name(&spans, "deliver").parent_span_id, receive.span_id);
     assert_eq!(portico.terminate().await, Some(0));
 }
+
+#[tokio::test]
+async fn the_ingest_api_keeps_the_context_events_come_with() {
+    let sink = Sink::start(Behaviour::Ok).await;
+    let (_dir, file) = GatewayFileBuilder::new("ingested", "independent-example")
+        .watchers(&[sink.url()])
+        .write();
+    let portico = Portico::run(&file).await;
+    let header = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let own = "00-11111111111111111111111111111111-2222222222222222-01";
+    let post = |body: String, content_type: &'static str| {
+        portico
+            .http
+            .post(portico.url("/"))
+            .header("content-type", content_type)
+            .header("traceparent", header)
+            .body(body)
+    };
+    // A raw event, and a CloudEvent without a context: the request's is kept.
+    let raw = r#"{"src": "a", "payload": "aGk="}"#.to_string();
+    assert_eq!(
+        post(raw, "application/json").send().await.unwrap().status(),
+        200
+    );
+    let bare = r#"{"specversion":"1.0","id":"bare","source":"/s","type":"t"}"#.to_string();
+    let r = post(bare, "application/cloudevents+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A CloudEvent with its own context keeps it.
+    let traced = format!(
+        r#"{{"specversion":"1.0","id":"traced","source":"/s","type":"t","traceparent":"{own}"}}"#
+    );
+    let r = post(traced, "application/cloudevents+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let events = sink.wait_for_events(3, WAIT).await;
+    let context_of = |pick: &dyn Fn(&serde_json::Value) -> bool| {
+        events
+            .iter()
+            .find(|e| pick(e))
+            .map(|e| e["traceparent"].as_str().unwrap_or_default().to_string())
+            .unwrap()
+    };
+    assert_eq!(context_of(&|e| e["source"] == "ingested/a"), header);
+    assert_eq!(context_of(&|e| e["id"] == "bare"), header);
+    assert_eq!(context_of(&|e| e["id"] == "traced"), own);
+    assert_eq!(portico.terminate().await, Some(0));
+}

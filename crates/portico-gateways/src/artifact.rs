@@ -558,6 +558,11 @@ impl ArtifactConfig {
 pub struct Artifact;
 
 impl ConfigExecutor for Artifact {
+    /// `filter` is its S3 event filter (`filter: {prefix, suffix}`), as in Argo Events v0.6.
+    fn own_keys(&self) -> &'static [&'static str] {
+        &["filter"]
+    }
+
     type Config = Settings;
 
     fn validate(&self, ctx: &ConfigContext) -> Result<Settings, ConfigError> {

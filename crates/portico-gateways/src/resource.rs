@@ -243,6 +243,11 @@ impl Seen {
 }
 
 impl ConfigExecutor for Resource {
+    /// `filter` is its label and field filter, as in Argo Events v0.6.
+    fn own_keys(&self) -> &'static [&'static str] {
+        &["filter"]
+    }
+
     type Config = ResourceConfig;
 
     fn validate(&self, ctx: &ConfigContext) -> Result<ResourceConfig, ConfigError> {

@@ -135,6 +135,11 @@ impl StorageGrid {
 }
 
 impl ConfigExecutor for StorageGrid {
+    /// `filter` is its object-name filter (`filter: {prefix, suffix}`), as in Argo Events v0.6.
+    fn own_keys(&self) -> &'static [&'static str] {
+        &["filter"]
+    }
+
     type Config = Settings;
 
     fn validate(&self, ctx: &ConfigContext) -> Result<Settings, ConfigError> {

@@ -34,6 +34,7 @@ async fn core_subscription_delivers_each_message_once_with_metadata() {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Content-Type", "text/plain");
         headers.insert("X-Trace-Id", format!("t{i}").as_str());
+        headers.insert("traceparent", traceparent(i).as_str());
         nc.publish_with_headers(format!("{subject}.a"), headers, format!("m{i}").into())
             .await
             .unwrap();
@@ -54,8 +55,15 @@ async fn core_subscription_delivers_each_message_once_with_metadata() {
             ext(e, "hxtraceid").as_deref(),
             Some(format!("t{i}").as_str())
         );
+        // The W3C trace context is kept as the distributed tracing extension.
+        assert_eq!(ext(e, "traceparent"), Some(traceparent(i)));
     }
     rig.supervisor.stop_all().await;
+}
+
+/// A valid W3C `traceparent` of its own for message `i`.
+fn traceparent(i: usize) -> String {
+    format!("00-{:032x}-{:016x}-01", i + 1, i + 1)
 }
 
 #[tokio::test]

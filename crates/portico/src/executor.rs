@@ -99,6 +99,14 @@ pub trait ConfigExecutor: Send + Sync + 'static {
         ctx.stop();
         std::future::ready(())
     }
+
+    /// The keys Portico reads in every configuration (`filter`, `rateLimit`) that this
+    /// gateway's configurations use for something of their own, and that Portico therefore
+    /// leaves to it (an S3 key filter named `filter`). Default: none. [`ConfigContext::parse`]
+    /// leaves a field of the parsed type to it by itself; this tells Portico not to read it.
+    fn own_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// A configuration value an executor has checked, kept by the supervisor to start the
@@ -124,6 +132,8 @@ pub trait DynConfigExecutor: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), ConfigError>>;
     /// See [`ConfigExecutor::stop_config`].
     fn dyn_stop<'a>(&'a self, ctx: &'a ConfigContext) -> BoxFuture<'a, ()>;
+    /// See [`ConfigExecutor::own_keys`].
+    fn dyn_own_keys(&self) -> &'static [&'static str];
 }
 
 impl<E: ConfigExecutor> DynConfigExecutor for E {
@@ -146,6 +156,10 @@ impl<E: ConfigExecutor> DynConfigExecutor for E {
 
     fn dyn_stop<'a>(&'a self, ctx: &'a ConfigContext) -> BoxFuture<'a, ()> {
         Box::pin(self.stop_config(ctx))
+    }
+
+    fn dyn_own_keys(&self) -> &'static [&'static str] {
+        self.own_keys()
     }
 }
 

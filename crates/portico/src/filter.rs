@@ -236,7 +236,8 @@ impl Filter {
     }
 
     fn failed(&self, what: &str, why: &str) {
-        static FAILED: Throttle = Throttle::new();
+        // Once a minute: a filter over a field some events lack fails on each of them.
+        static FAILED: Throttle = Throttle::every(std::time::Duration::from_secs(60));
         if let Some(suppressed) = FAILED.check() {
             tracing::warn!(
                 filter = %self.text, id = %what, suppressed,

@@ -41,7 +41,8 @@ pub(crate) const RESERVED_KEYS: [&str; 2] = ["filter", "rateLimit"];
 /// The reserved keys of one configuration, as written.
 #[derive(Debug, Default)]
 struct Reserved {
-    filter: Option<FilterSpec>,
+    /// As written: a gateway may read a `filter` of its own ([`ConfigPolicy::read`]).
+    filter: Option<serde_json::Value>,
     rate_limit: Option<RateLimitSettings>,
 }
 
@@ -138,18 +139,32 @@ impl fmt::Debug for ConfigPolicy {
 
 impl ConfigPolicy {
     /// The filter and rate limit of configuration value `value`, `None` when it has neither;
-    /// the error names the key, and for a filter the column of the expression.
-    pub(crate) fn read(value: &str) -> Result<Option<ConfigPolicy>, ConfigError> {
+    /// the error names the key, and for a filter the column of the expression. `own` are the
+    /// reserved keys the gateway reads itself (an `artifact` configuration's `filter` is its
+    /// S3 key filter): Portico leaves them alone.
+    pub(crate) fn read(value: &str, own: &[&str]) -> Result<Option<ConfigPolicy>, ConfigError> {
         // Most values have neither key: they are not parsed a second time.
         if !RESERVED_KEYS.iter().any(|k| value.contains(k)) {
             return Ok(None);
         }
         let reserved: Reserved = crate::spec::parse_value_as_written(value)?;
-        let filter = match &reserved.filter {
+        let filter = match reserved.filter.filter(|_| !own.contains(&"filter")) {
             None => None,
-            Some(spec) => Some(
-                Filter::compile(spec).map_err(|e| ConfigError::invalid(format!("filter: {e}")))?,
-            ),
+            Some(written) => {
+                let spec: FilterSpec = serde_json::from_value(written).map_err(|_| {
+                    ConfigError::invalid(
+                        "filter: expected a CEL expression (a string) or a Subscriptions API filter (`{exact: {type: …}}`, `prefix`, `suffix`, `all`, `any`, `not`)",
+                    )
+                })?;
+                Some(
+                    Filter::compile(&spec)
+                        .map_err(|e| ConfigError::invalid(format!("filter: {e}")))?,
+                )
+            }
+        };
+        let reserved = Reserved {
+            filter: None,
+            ..reserved
         };
         let limiter = match &reserved.rate_limit {
             None => None,
@@ -188,8 +203,9 @@ struct Entry {
 }
 
 impl Policies {
-    /// Reads the policies of `map`, again only for the values that changed.
-    pub(crate) fn apply(&self, map: &ConfigMapData) {
+    /// Reads the policies of `map`, again only for the values that changed; `own` are the
+    /// reserved keys the gateway reads itself.
+    pub(crate) fn apply(&self, map: &ConfigMapData, own: &[&str]) {
         let mut by_src = self.by_src.write().unwrap_or_else(|e| e.into_inner());
         by_src.retain(|src, _| map.contains_key(src));
         for (src, value) in map {
@@ -197,7 +213,7 @@ impl Policies {
             if by_src.get(src).is_some_and(|e| e.id == id) {
                 continue;
             }
-            let policy = ConfigPolicy::read(value)
+            let policy = ConfigPolicy::read(value, own)
                 .map(|p| p.map(Arc::new))
                 .map_err(|e| e.message().to_string());
             if let Err(problem) = &policy {
@@ -330,11 +346,11 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for SkipReserved<D> {
     type Error = D::Error;
 
     fn deserialize_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, D::Error> {
-        self.0.deserialize_any(SkipVisitor(v))
+        self.0.deserialize_any(SkipVisitor(v, &[]))
     }
 
     fn deserialize_map<V: Visitor<'de>>(self, v: V) -> Result<V::Value, D::Error> {
-        self.0.deserialize_map(SkipVisitor(v))
+        self.0.deserialize_map(SkipVisitor(v, &[]))
     }
 
     fn deserialize_struct<V: Visitor<'de>>(
@@ -343,7 +359,9 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for SkipReserved<D> {
         fields: &'static [&'static str],
         v: V,
     ) -> Result<V::Value, D::Error> {
-        self.0.deserialize_struct(name, fields, SkipVisitor(v))
+        // A field of the gateway's own type by a reserved name is the gateway's.
+        self.0
+            .deserialize_struct(name, fields, SkipVisitor(v, fields))
     }
 
     forward!(
@@ -415,8 +433,9 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for SkipReserved<D> {
     }
 }
 
-/// The visitor of the top value: a mapping is read without its reserved keys.
-struct SkipVisitor<V>(V);
+/// The visitor of the top value: a mapping is read without its reserved keys, but for the
+/// fields of the type it is read into.
+struct SkipVisitor<V>(V, &'static [&'static str]);
 
 macro_rules! forward_visit {
     ($($method:ident($ty:ty)),* $(,)?) => {
@@ -436,7 +455,7 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for SkipVisitor<V> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
-        self.0.visit_map(SkipMap(map))
+        self.0.visit_map(SkipMap(map, self.1))
     }
 
     forward_visit!(
@@ -480,8 +499,8 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for SkipVisitor<V> {
     }
 }
 
-/// A mapping without its reserved keys.
-struct SkipMap<A>(A);
+/// A mapping without its reserved keys (but for these fields).
+struct SkipMap<A>(A, &'static [&'static str]);
 
 impl<'de, A: MapAccess<'de>> MapAccess<'de> for SkipMap<A> {
     type Error = A::Error;
@@ -494,7 +513,7 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for SkipMap<A> {
             let Some(key) = self.0.next_key::<String>()? else {
                 return Ok(None);
             };
-            if RESERVED_KEYS.contains(&key.as_str()) {
+            if RESERVED_KEYS.contains(&key.as_str()) && !self.1.contains(&key.as_str()) {
                 self.0.next_value::<de::IgnoredAny>()?;
                 continue;
             }
@@ -542,29 +561,46 @@ mod tests {
         assert_eq!(got.port, 2);
     }
 
+    fn read(value: &str) -> Result<Option<ConfigPolicy>, ConfigError> {
+        ConfigPolicy::read(value, &[])
+    }
+
+    #[test]
+    fn a_gateway_keeps_a_filter_of_its_own() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct S3 {
+            filter: std::collections::BTreeMap<String, String>,
+        }
+        let v = "filter: {prefix: in/}\nrateLimit: {perSecond: 1}\n";
+        let got: S3 = crate::spec::parse_config(v).unwrap();
+        assert_eq!(got.filter["prefix"], "in/");
+        let p = ConfigPolicy::read(v, &["filter"]).unwrap().unwrap();
+        assert!(p.filter.is_none() && p.limiter.is_some());
+        // Where the filter is Portico's, it must be one.
+        let e = read(v).unwrap_err().to_string();
+        assert!(e.starts_with("filter: expected a CEL expression"), "{e}");
+    }
+
     #[test]
     fn policies_are_read_and_their_errors_say_where() {
-        assert!(ConfigPolicy::read("port: 1").unwrap().is_none());
-        assert!(ConfigPolicy::read("- a\n- b\n").unwrap().is_none());
-        assert!(ConfigPolicy::read("just text").unwrap().is_none());
-        let p = ConfigPolicy::read("filter: 'body.n > 1'\nrateLimit: {perSecond: 2, burst: 3}")
+        assert!(read("port: 1").unwrap().is_none());
+        assert!(read("- a\n- b\n").unwrap().is_none());
+        assert!(read("just text").unwrap().is_none());
+        let p = read("filter: 'body.n > 1'\nrateLimit: {perSecond: 2, burst: 3}")
             .unwrap()
             .unwrap();
         assert!(p.filter.is_some() && p.limiter.is_some());
-        let e = ConfigPolicy::read("port: 1\nfilter: 'body.n > > 1'")
+        let e = read("port: 1\nfilter: 'body.n > > 1'")
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("filter: column 10"), "{e}");
-        let e = ConfigPolicy::read("rateLimit: {perSecond: 0}")
-            .unwrap_err()
-            .to_string();
+        let e = read("rateLimit: {perSecond: 0}").unwrap_err().to_string();
         assert!(e.contains("rateLimit.perSecond"), "{e}");
-        let e = ConfigPolicy::read("rateLimit: {perSecnd: 1}")
-            .unwrap_err()
-            .to_string();
+        let e = read("rateLimit: {perSecnd: 1}").unwrap_err().to_string();
         assert!(e.contains("rateLimit") && e.contains("perSecnd"), "{e}");
         // The dialects too.
-        let p = ConfigPolicy::read("filter: {exact: {contenttype: application/json}}")
+        let p = read("filter: {exact: {contenttype: application/json}}")
             .unwrap()
             .unwrap();
         let json = Event::json(&serde_json::json!({"a": 1})).unwrap();
@@ -614,7 +650,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        p.apply(&map);
+        p.apply(&map, &[]);
         let id = |k: &str| ConfigId::of(k, &map[k]);
         assert!(p.problem("b", id("b")).unwrap().contains("column"));
         assert_eq!(p.problem("a", id("a")), None);
@@ -627,7 +663,7 @@ mod tests {
         assert_eq!(gate("a", ev(1)).await, Gate::Filtered);
         assert_eq!(gate("c", ev(1)).await, Gate::Pass);
         // Removed from the map: no policy.
-        p.apply(&ConfigMapData::new());
+        p.apply(&ConfigMapData::new(), &[]);
         assert_eq!(gate("a", ev(1)).await, Gate::Pass);
     }
 
@@ -637,7 +673,7 @@ mod tests {
         let map: ConfigMapData = [("a".to_string(), "rateLimit: {perSecond: 20}".to_string())]
             .into_iter()
             .collect();
-        p.apply(&map);
+        p.apply(&map, &[]);
         let ev = Event::new(&b"x"[..]);
         let brief = Some(std::time::Duration::ZERO);
         assert!(p.gate("a", &ev, brief, None).await.is_ok());

@@ -16,7 +16,10 @@ pub(crate) const EVERY: Duration = Duration::from_secs(10);
 ///     tracing::error!(suppressed, "…");
 /// }
 /// ```
-pub(crate) struct Throttle(Mutex<State>);
+pub(crate) struct Throttle {
+    every: Duration,
+    state: Mutex<State>,
+}
 
 struct State {
     last: Option<Instant>,
@@ -26,18 +29,26 @@ struct State {
 impl Throttle {
     /// A throttle that says the first error at once.
     pub(crate) const fn new() -> Throttle {
-        Throttle(Mutex::new(State {
-            last: None,
-            suppressed: 0,
-        }))
+        Throttle::every(EVERY)
+    }
+
+    /// A throttle that says an error at most once per `every`.
+    pub(crate) const fn every(every: Duration) -> Throttle {
+        Throttle {
+            every,
+            state: Mutex::new(State {
+                last: None,
+                suppressed: 0,
+            }),
+        }
     }
 
     /// `Some(how many were not said since the last one)` when this one should be said.
     pub(crate) fn check(&self) -> Option<u64> {
-        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         match s.last {
-            Some(t) if now.duration_since(t) < EVERY => {
+            Some(t) if now.duration_since(t) < self.every => {
                 s.suppressed += 1;
                 None
             }
@@ -65,8 +76,18 @@ mod tests {
         assert_eq!(t.check(), Some(0));
         assert_eq!(t.check(), None);
         assert_eq!(t.check(), None);
-        t.0.lock().unwrap().last = Some(Instant::now() - EVERY);
+        t.state.lock().unwrap().last = Some(Instant::now() - EVERY);
         assert_eq!(t.check(), Some(2));
         assert_eq!(t.check(), None);
+    }
+
+    #[test]
+    fn a_longer_period_holds_longer() {
+        let t = Throttle::every(Duration::from_secs(60));
+        assert_eq!(t.check(), Some(0));
+        t.state.lock().unwrap().last = Some(Instant::now() - EVERY);
+        assert_eq!(t.check(), None);
+        t.state.lock().unwrap().last = Some(Instant::now() - Duration::from_secs(60));
+        assert_eq!(t.check(), Some(1));
     }
 }

@@ -561,7 +561,7 @@ pub(crate) async fn run_gateway(
         }
         // Their filters and rate limits apply to the events posted for them.
         if independent {
-            pipeline.policies().apply(map);
+            pipeline.policies().apply(map, &[]);
         }
     };
     own_labels(&initial);

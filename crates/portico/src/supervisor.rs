@@ -111,7 +111,10 @@ impl Supervisor {
 
     /// Brings what runs in line with `map`.
     pub async fn apply(&mut self, map: &ConfigMapData) {
-        self.gateway.pipeline().policies().apply(map);
+        self.gateway
+            .pipeline()
+            .policies()
+            .apply(map, self.executor.dyn_own_keys());
         let stale: Vec<String> = self
             .running
             .iter()

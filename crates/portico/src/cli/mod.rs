@@ -342,8 +342,12 @@ fn validate_gateway(loaded: &GatewayFile, builtins: &Builtins) -> bool {
     };
     let mut not_run = false;
     // Portico's own keys (`filter`, `rateLimit`), whoever runs the configuration.
+    let own = match &chosen {
+        Ok(Processor::Core(executor)) => executor.dyn_own_keys(),
+        _ => &[],
+    };
     for (src, value) in &loaded.configurations {
-        if let Err(e) = crate::policy::ConfigPolicy::read(value) {
+        if let Err(e) = crate::policy::ConfigPolicy::read(value, own) {
             problems.push(format!(
                 "{}: configuration `{src}`: {}",
                 file.display(),
