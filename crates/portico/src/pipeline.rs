@@ -244,16 +244,15 @@ impl Pipeline {
         ack: Ack,
     ) -> Result<Delivered, DispatchError> {
         src.received.inc();
+        // Read only when spans are recorded: otherwise nothing is a child of it.
         let parent = match &item {
+            _ if !crate::trace::enabled() => None,
             Item::Made(ce) => crate::trace::of_event(ce),
             Item::Raw(event) => event.trace_context(),
         };
-        let receive = Spanned::start(
-            "receive",
-            SpanKind::Server,
-            parent.as_ref(),
-            vec![KeyValue::new("portico.src", src.src.to_string())],
-        );
+        let receive = Spanned::start("receive", SpanKind::Server, parent.as_ref(), || {
+            vec![KeyValue::new("portico.src", src.src.to_string())]
+        });
         let mut event = match item {
             Item::Made(ce) => ce,
             Item::Raw(event) => {
@@ -273,7 +272,9 @@ impl Pipeline {
             }
         };
         crate::trace::ensure_context(&mut event, &receive);
-        receive.set(KeyValue::new("cloudevents.event_id", event.id.clone()));
+        if crate::trace::enabled() {
+            receive.set(KeyValue::new("cloudevents.event_id", event.id.clone()));
+        }
         // Encoded for followers only while there are some: the hot path pays a load.
         let followed = (self.followers.load(Ordering::Relaxed) > 0)
             .then(|| Arc::<str>::from(String::from_utf8_lossy(&event.to_json())));

@@ -23,7 +23,6 @@
 //! runtime; what the queue cannot hold or the collector does not take is dropped and counted
 //! (`portico_spans_exported_total`, `portico_spans_dropped_total`), never waited for.
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -237,14 +236,37 @@ fn tracer() -> Option<&'static SdkTracer> {
     TRACING.get().map(|t| &t.tracer)
 }
 
+/// Whether spans are recorded (and exported).
+pub(crate) fn enabled() -> bool {
+    TRACING.get().is_some()
+}
+
+/// The two values the W3C trace context propagator reads, borrowed: nothing is copied.
+struct Carrier<'a> {
+    traceparent: &'a str,
+    tracestate: Option<&'a str>,
+}
+
+impl opentelemetry::propagation::Extractor for Carrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            TRACEPARENT => Some(self.traceparent),
+            TRACESTATE => self.tracestate,
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec![TRACEPARENT, TRACESTATE]
+    }
+}
+
 /// The trace context written in `traceparent` (and `tracestate`), if it is a valid one.
 pub(crate) fn parse(traceparent: &str, tracestate: Option<&str>) -> Option<Context> {
-    let mut carrier = HashMap::with_capacity(2);
-    carrier.insert(TRACEPARENT.to_string(), traceparent.to_string());
-    if let Some(state) = tracestate {
-        carrier.insert(TRACESTATE.to_string(), state.to_string());
-    }
-    let cx = TraceContextPropagator::new().extract(&carrier);
+    let cx = TraceContextPropagator::new().extract(&Carrier {
+        traceparent,
+        tracestate,
+    });
     cx.span().span_context().is_valid().then_some(cx)
 }
 
@@ -310,7 +332,7 @@ impl Spanned {
         name: &'static str,
         kind: SpanKind,
         parent: Option<&Context>,
-        attributes: Vec<KeyValue>,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Spanned {
         let Some(tracer) = tracer() else {
             return Spanned(None);
@@ -320,7 +342,7 @@ impl Spanned {
         let span = tracer
             .span_builder(name)
             .with_kind(kind)
-            .with_attributes(attributes)
+            .with_attributes(attributes())
             .start_with_context(tracer, parent);
         Spanned(Some(parent.with_span(span)))
     }
@@ -328,8 +350,16 @@ impl Spanned {
     /// A child span of this one.
     pub(crate) fn child(&self, name: &'static str) -> Spanned {
         match &self.0 {
-            Some(cx) => Spanned::start(name, SpanKind::Internal, Some(cx), Vec::new()),
+            Some(cx) => Spanned::start(name, SpanKind::Internal, Some(cx), Vec::new),
             None => Spanned(None),
+        }
+    }
+
+    /// Runs `work` in this span's context (what [`current`] reads), when it is recorded.
+    pub(crate) async fn around<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        match &self.0 {
+            Some(cx) => opentelemetry::context::FutureExt::with_context(work, cx.clone()).await,
+            None => work.await,
         }
     }
 

@@ -894,7 +894,9 @@ pub(crate) async fn deliver_with_retry(
     let mut last = None;
     // Each attempt is a `deliver` span, child of the event's trace context, whose own context
     // the sender passes on (an HTTP watcher gets it as `traceparent`).
-    let parent = crate::trace::of_event(event);
+    let parent = crate::trace::enabled()
+        .then(|| crate::trace::of_event(event))
+        .flatten();
     let mut attempts: i64 = 0;
     loop {
         attempts += 1;
@@ -902,24 +904,22 @@ pub(crate) async fn deliver_with_retry(
             "deliver",
             opentelemetry::trace::SpanKind::Client,
             parent.as_ref(),
-            vec![
-                opentelemetry::KeyValue::new("portico.watcher", watcher.to_string()),
-                opentelemetry::KeyValue::new("portico.attempt", attempts),
-                opentelemetry::KeyValue::new("cloudevents.event_id", event.id.clone()),
-            ],
+            || {
+                vec![
+                    opentelemetry::KeyValue::new("portico.watcher", watcher.to_string()),
+                    opentelemetry::KeyValue::new("portico.attempt", attempts),
+                    opentelemetry::KeyValue::new("cloudevents.event_id", event.id.clone()),
+                ]
+            },
         );
         let attempt = match json {
             Some(json) => sender.send_json(event, json),
             None => sender.send(event),
         };
-        let attempt = opentelemetry::context::FutureExt::with_context(
-            attempt,
-            span.context().cloned().unwrap_or_default(),
-        );
         let failure = tokio::select! {
             biased;
             _ = &mut aborted => return Err(gone()),
-            r = attempt => match r {
+            r = span.around(attempt) => match r {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             },
