@@ -28,6 +28,7 @@ const RULES: HookRules = HookRules {
     secret_required: true,
     takes_events: true,
     takes_register: true,
+    takes_tolerance: false,
 };
 
 const SIGNATURE: HeaderName = HeaderName::from_static("x-hub-signature-256");

@@ -38,6 +38,7 @@ const RULES: HookRules = HookRules {
     secret_required: true,
     takes_events: true,
     takes_register: true,
+    takes_tolerance: false,
 };
 
 const TOKEN: HeaderName = HeaderName::from_static("x-gitlab-token");
@@ -272,6 +273,7 @@ impl GitLabConfig {
             secret_env: self.secret_env,
             events: self.events,
             register: self.register,
+            tolerance: None,
         })
     }
 

@@ -6,6 +6,7 @@ pub mod file;
 pub mod github;
 pub mod gitlab;
 pub mod resource;
+pub mod saas;
 pub mod webhook;
 
 pub mod amqp;
@@ -39,6 +40,10 @@ pub const BUILTIN_TYPES: &[&str] = &[
     "redis",
     "artifact",
     "storagegrid",
+    "slack",
+    "stripe",
+    "bitbucket",
+    "gerrit",
 ];
 
 /// The executor of built-in gateway `gateway_type`, if there is one. Each call gives a new
@@ -58,6 +63,10 @@ pub fn builtin(gateway_type: &str) -> Option<SharedExecutor> {
         "redis" => Some(Arc::new(redis::Redis)),
         "artifact" => Some(Arc::new(artifact::Artifact)),
         "storagegrid" => Some(Arc::new(storagegrid::StorageGrid::default())),
+        "slack" => Some(Arc::new(saas::SaasHooks::new(saas::Provider::Slack))),
+        "stripe" => Some(Arc::new(saas::SaasHooks::new(saas::Provider::Stripe))),
+        "bitbucket" => Some(Arc::new(saas::SaasHooks::new(saas::Provider::Bitbucket))),
+        "gerrit" => Some(Arc::new(saas::SaasHooks::new(saas::Provider::Gerrit))),
         _ => None,
     }
 }

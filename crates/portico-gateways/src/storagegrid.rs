@@ -32,6 +32,7 @@ const RULES: HookRules = HookRules {
     secret_required: false,
     takes_events: false,
     takes_register: false,
+    takes_tolerance: false,
 };
 
 /// A `storagegrid` configuration: an endpoint StorageGRID's notifications are posted to.
@@ -110,6 +111,7 @@ impl StorageGridConfig {
             secret_env: None,
             events: None,
             register: None,
+            tolerance: None,
         }
         .check(RULES)?;
         let filters = Filters {

@@ -542,8 +542,84 @@ fn case(gateway_type: &str) -> Option<Case> {
             tansu: None,
             _dir: dir,
         },
+        "slack" | "stripe" | "bitbucket" | "gerrit" => saas_case(gateway_type, dir, &secret_line),
         _ => return None,
     })
+}
+
+/// A SaaS webhook type's case: a delivery signed (or authenticated) as its provider does,
+/// with an event type the changed configuration keeps.
+fn saas_case(gateway_type: &str, dir: tempfile::TempDir, secret_line: &str) -> Case {
+    use portico_gateways::saas::{sign_slack, sign_stripe, unix_now};
+    let secret = b"compliance-secret";
+    let (body, kept, headers): (&'static str, &str, Vec<(&'static str, String)>) =
+        match gateway_type {
+            "slack" => {
+                let body = r#"{"type": "event_callback", "event": {"type": "app_mention"}}"#;
+                let (ts, sig) = sign_slack(secret, unix_now(), body.as_bytes());
+                let headers = vec![
+                    ("x-slack-request-timestamp", ts),
+                    ("x-slack-signature", sig),
+                ];
+                (body, "app_mention", headers)
+            }
+            "stripe" => {
+                let body = r#"{"type": "invoice.paid"}"#;
+                let sig = sign_stripe(secret, unix_now(), body.as_bytes());
+                (body, "invoice.paid", vec![("stripe-signature", sig)])
+            }
+            "bitbucket" => {
+                let body = r#"{"push": {"changes": []}}"#;
+                let headers = vec![
+                    ("x-event-key", "repo:push".to_string()),
+                    ("x-hub-signature", sign_hmac_sha256(secret, body.as_bytes())),
+                ];
+                (body, "repo:push", headers)
+            }
+            _ => {
+                let body = r#"{"type": "change-merged"}"#;
+                let headers = vec![("authorization", "Bearer compliance-secret".to_string())];
+                (body, "change-merged", headers)
+            }
+        };
+    let mut junk = vec![
+        ("port: 8080\nendpoint: /x".to_string(), "secret"),
+        (
+            format!("port: 8080\nendpoint: x\n{secret_line}"),
+            "endpoint",
+        ),
+        (
+            format!("port: 8080\nendpoint: /x\n{secret_line}\nregister: {{}}"),
+            "register",
+        ),
+        ("bogusField: 1".to_string(), "bogusField"),
+        ("[not: yaml".to_string(), ""),
+    ];
+    if matches!(gateway_type, "slack" | "stripe") {
+        junk.push((
+            format!("port: 8080\nendpoint: /x\n{secret_line}\ntolerance: forever"),
+            "tolerance",
+        ));
+    } else {
+        junk.push((
+            format!("port: 8080\nendpoint: /x\n{secret_line}\ntolerance: 1m"),
+            "tolerance",
+        ));
+    }
+    let endpoint = format!("/{gateway_type}");
+    Case {
+        junk,
+        valid: hook_value(free_port(), &endpoint, secret_line),
+        changed: hook_value(
+            free_port(),
+            &endpoint,
+            &format!("{secret_line}\nevents: ['{kept}']"),
+        ),
+        trigger: Trigger::Post { headers, body },
+        kube: None,
+        tansu: None,
+        _dir: dir,
+    }
 }
 
 /// StorageGRID's SNS `Publish` of an S3 notification (`Message` URL-encoded JSON).

@@ -35,7 +35,8 @@ pub enum NumberOrText {
     Text(String),
 }
 
-/// A `webhook` configuration; `github` and `gitlab` configurations have the same fields.
+/// A `webhook` configuration; `github`, `gitlab`, `slack`, `stripe`, `bitbucket` and `gerrit`
+/// configurations have the same fields.
 ///
 /// Configurations that name the same port share one server; each endpoint and method belongs
 /// to exactly one configuration, whose `src` its events carry. The caller gets 200 only once
@@ -78,21 +79,31 @@ pub struct HookConfig {
     /// A file holding the secret (trailing newlines are not part of it). `webhook`: an
     /// optional HMAC secret, each delivery must then carry `X-Hub-Signature-256:
     /// sha256=<hex HMAC-SHA256 of the body>` or gets 401. `github`: the hook's secret,
-    /// required. `gitlab`: the hook's secret token (`X-Gitlab-Token`), required.
+    /// required. `gitlab`: the hook's secret token (`X-Gitlab-Token`), required. `slack`: the
+    /// app's signing secret; `stripe`: the endpoint's signing secret (`whsec_…`);
+    /// `bitbucket`: the webhook's secret; `gerrit`: the password (or bearer token) the
+    /// webhook's URL carries; each required.
     #[serde(default)]
     pub secret_file: Option<String>,
     /// An environment variable holding the secret, instead of `secretFile`.
     #[serde(default)]
     pub secret_env: Option<String>,
-    /// `github` and `gitlab` only: the event types to keep (`X-GitHub-Event`: `push`,
-    /// `pull_request`, …; `X-Gitlab-Event`: `Push Hook` or `push`, …); default all. Other
-    /// deliveries get 200 with the reason and make no event.
+    /// Every type but `webhook`: the event types to keep (`X-GitHub-Event`: `push`,
+    /// `pull_request`, …; `X-Gitlab-Event`: `Push Hook` or `push`, …; `X-Event-Key` for
+    /// `bitbucket`: `repo:push`, …; the body's `event.type` for `slack`, its `type` for
+    /// `stripe` and `gerrit`); default all. Other deliveries get 200 with the reason and make
+    /// no event.
     #[serde(default)]
     pub events: Option<Vec<String>>,
     /// `github` and `gitlab` only: register the hook through the forge's REST API, and keep
     /// it registered (see [`register`]).
     #[serde(default)]
     pub register: Option<register::RegisterConfig>,
+    /// `slack` and `stripe` only: how far a delivery's signed timestamp may be from now, like
+    /// `5m` (the default, what both providers recommend). Older (or replayed) deliveries get
+    /// 401.
+    #[serde(default)]
+    pub tolerance: Option<String>,
 }
 
 /// What a hook type requires of its configuration.
@@ -106,6 +117,8 @@ pub struct HookRules {
     pub takes_events: bool,
     /// `register` may be given.
     pub takes_register: bool,
+    /// `tolerance` may be given (signatures with a timestamp).
+    pub takes_tolerance: bool,
 }
 
 /// A checked hook configuration.
@@ -124,7 +137,12 @@ pub struct Hook {
     pub secret: Option<SecretSource>,
     /// Event types kept (empty: all).
     pub events: Vec<String>,
+    /// How far a signed timestamp may be from now.
+    pub tolerance: std::time::Duration,
 }
+
+/// Default of `tolerance`.
+pub const DEFAULT_TOLERANCE: std::time::Duration = std::time::Duration::from_secs(300);
 
 fn invalid(field: &str, what: impl std::fmt::Display) -> ConfigError {
     ConfigError::invalid(format!("{field}: {what}"))
@@ -244,6 +262,27 @@ impl HookConfig {
                 ),
             ));
         }
+        let tolerance = match config.tolerance.as_deref() {
+            Some(_) if !rules.takes_tolerance => {
+                return Err(invalid(
+                    "tolerance",
+                    format!(
+                        "a {} configuration has no signed timestamps (slack and stripe have)",
+                        rules.gateway_type
+                    ),
+                ));
+            }
+            None => DEFAULT_TOLERANCE,
+            Some(t) => humantime::parse_duration(t.trim())
+                .ok()
+                .filter(|d| !d.is_zero() && *d <= std::time::Duration::from_secs(86_400))
+                .ok_or_else(|| {
+                    invalid(
+                        "tolerance",
+                        format!("`{t}` is not a duration from 1s to 24h, like 5m"),
+                    )
+                })?,
+        };
         let listen = match (port, tls) {
             (Some(port), tls) => Some(Listen { port, tls }),
             (None, None) => None,
@@ -261,6 +300,7 @@ impl HookConfig {
             max_body,
             secret,
             events,
+            tolerance,
         })
     }
 }
@@ -426,6 +466,7 @@ const WEBHOOK: HookRules = HookRules {
     secret_required: false,
     takes_events: false,
     takes_register: false,
+    takes_tolerance: false,
 };
 
 /// The plain webhook's gate: everything, or only deliveries signed with its secret.
