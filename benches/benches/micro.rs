@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
-use portico::bench::{Outbox, Transformer};
+use portico::bench::{Outbox, Transformer, trace_context};
 use portico::cloudevents::CloudEvent;
 use portico::cloudevents::http::{encode_binary, encode_structured};
 use portico::testing::Harness;
@@ -143,6 +143,14 @@ fn transform_and_encode(c: &mut Criterion) {
         b.iter(|| {
             let ev = Event::new(payload.clone()).with_content_type("application/json");
             let ce = t.transform("config", ev).unwrap();
+            black_box(encode_structured(&ce))
+        })
+    });
+    g.bench_function("transform+trace+structured", |b| {
+        b.iter(|| {
+            let ev = Event::new(payload.clone()).with_content_type("application/json");
+            let mut ce = t.transform("config", ev).unwrap();
+            trace_context(&mut ce);
             black_box(encode_structured(&ce))
         })
     });

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{
-    SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, Tracer as _, TracerProvider as _,
+    SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -281,16 +281,18 @@ pub(crate) fn format(sc: &SpanContext) -> String {
 }
 
 /// A new trace context for an event that came without one: sampled, so that the watchers'
-/// own tracing records what follows.
+/// own tracing records what follows. Its ids are random UUIDs' hex (122 random bits, never
+/// zero): written straight into the string, with no formatting machinery.
 fn fresh() -> String {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    let trace: u128 = rng.random_range(1..=u128::MAX);
-    let span: u64 = rng.random_range(1..=u64::MAX);
-    format!(
-        "00-{trace:032x}-{span:016x}-{:02x}",
-        TraceFlags::SAMPLED.to_u8()
-    )
+    let mut out = String::with_capacity(55);
+    let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
+    out.push_str("00-");
+    out.push_str(uuid::Uuid::new_v4().simple().encode_lower(&mut buf));
+    out.push('-');
+    // The first 16 digits hold the version digit `4`: never all zeros.
+    out.push_str(&uuid::Uuid::new_v4().simple().encode_lower(&mut buf)[..16]);
+    out.push_str("-01");
+    out
 }
 
 /// The trace context a CloudEvent carries, if any.
