@@ -13,37 +13,28 @@
 //! taken as it is and mapped onto this one, plus the queue it lacks (see
 //! docs/migrating-from-argo.md).
 //!
-//! SQS is called through its JSON protocol (`X-Amz-Target: AmazonSQS.ReceiveMessage`,
-//! `application/x-amz-json-1.0`) with the gateway's HTTP client (`reqwest`), each request
-//! signed with Signature Version 4 by the `aws-sigv4` crate. The AWS SDK (`aws-sdk-sqs`) would
-//! do the same four calls, but brings its own runtime, HTTP stack and code generation, several
-//! times this crate's build on a small machine; the signing is the one part not written here.
+//! SQS is called through its JSON protocol with the gateway's HTTP client, each request signed
+//! with Signature Version 4: the client, the queue's and credentials' fields and where the
+//! credentials are read are shared with the `sqs` gateway (`aws.rs`).
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-use aws_sigv4::sign::v4;
-use aws_smithy_runtime_api::client::identity::Identity;
-use portico::secret::{redact_url, scrub};
-use portico::{
-    ConfigContext, ConfigError, ConfigErrorKind, ConfigExecutor, Event, RejectReason, Secret,
-    SecretSource, Submit,
-};
+use portico::{ConfigContext, ConfigError, ConfigExecutor, Event, RejectReason, Submit};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
+pub use crate::aws::SecretKeySelector;
+use crate::aws::{CredentialFields, CredentialSources, Queue, invalid, region_of_host};
 use crate::broker::{self, Progress, SessionError, SessionResult, accepted_ackable};
 use crate::s3event::{self, Filters, KeyFilter, RecordInfo};
+// The unit tests' names, from where they now live.
+#[cfg(test)]
+use {crate::aws::KeySource, portico::SecretSource};
 
-/// Default of `waitTime`, and SQS's longest long poll.
-const MAX_WAIT: Duration = Duration::from_secs(20);
 /// Messages taken per `ReceiveMessage` (SQS's most).
 const BATCH: u32 = 10;
-/// Longest text of an SQS answer kept in an error.
-const MAX_MESSAGE: usize = 300;
 
 /// An `artifact` configuration: the S3 event notifications a bucket sends to an SQS queue.
 ///
@@ -169,49 +160,6 @@ pub struct S3EventConfig {
     pub filter: Option<KeyFilter>,
 }
 
-/// A key of a Kubernetes Secret (Kubernetes' `SecretKeySelector`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SecretKeySelector {
-    /// The Secret's name, in the gateway's namespace.
-    pub name: String,
-    /// The key in the Secret's data.
-    pub key: String,
-    /// Accepted for Kubernetes' shape; the key is required all the same.
-    #[serde(default)]
-    pub optional: Option<bool>,
-}
-
-/// Where one credential is read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum KeySource {
-    /// A file or an environment variable.
-    Local(SecretSource),
-    /// A key of a Kubernetes Secret; `field` names the configuration field, for errors.
-    Kube {
-        field: &'static str,
-        selector: SecretKeySelector,
-    },
-}
-
-/// Where the credentials are read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct CredentialSources {
-    access: KeySource,
-    secret: KeySource,
-    /// The session token; `optional`: an unset variable means none.
-    token: Option<(SecretSource, bool)>,
-}
-
-/// Which queue to read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Queue {
-    /// Its URL.
-    Url(url::Url),
-    /// Its name, asked of the SQS API at this URL.
-    Name { name: String, endpoint: url::Url },
-}
-
 /// A checked `artifact` configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -222,36 +170,6 @@ pub struct Settings {
     wait: Duration,
     /// Said once at start.
     warnings: Vec<String>,
-}
-
-fn invalid(field: &str, what: impl std::fmt::Display) -> ConfigError {
-    ConfigError::invalid(format!("{field}: {what}"))
-}
-
-/// The region an AWS host names: `sqs.<region>.amazonaws.com`, `<region>.queue.amazonaws.com`,
-/// `s3.<region>.amazonaws.com`, `s3-<region>.amazonaws.com`.
-fn region_of_host(host: &str) -> Option<String> {
-    let base = host
-        .strip_suffix(".amazonaws.com")
-        .or_else(|| host.strip_suffix(".amazonaws.com.cn"))?;
-    let region = if let Some(r) = base.strip_prefix("sqs.") {
-        r
-    } else if let Some(r) = base.strip_suffix(".queue") {
-        r
-    } else if let Some(r) = base.strip_prefix("s3.") {
-        r.strip_prefix("dualstack.").unwrap_or(r)
-    } else {
-        base.strip_prefix("s3-")?
-    };
-    (!region.is_empty() && !region.contains('.')).then(|| region.to_string())
-}
-
-/// The region requests to an SQS API outside AWS are signed for when none is given.
-const LOCAL_REGION: &str = "us-east-1";
-
-/// Whether `host` is one of AWS's.
-fn is_aws_host(host: &str) -> bool {
-    host.ends_with(".amazonaws.com") || host.ends_with(".amazonaws.com.cn")
 }
 
 /// Whether `host` is AWS S3's (`s3.amazonaws.com`, `s3.<region>.amazonaws.com`, …).
@@ -287,37 +205,6 @@ fn sqs_endpoint_of_v06(
             .map_err(|e| invalid("s3EventConfig.region", format!("`{region}`: {e}")));
     }
     Ok(u)
-}
-
-fn key_source(
-    stem: &'static str,
-    file: Option<&str>,
-    env: Option<&str>,
-    selector: Option<SecretKeySelector>,
-) -> Result<Option<KeySource>, ConfigError> {
-    let local = SecretSource::from_fields(stem, file, env)?;
-    match (local, selector) {
-        (Some(_), Some(_)) => Err(invalid(
-            stem,
-            format!(
-                "both {stem} (a Kubernetes Secret) and {stem}File or {stem}Env are set: give one"
-            ),
-        )),
-        (Some(s), None) => Ok(Some(KeySource::Local(s))),
-        (None, Some(sel)) => {
-            if sel.name.trim().is_empty() {
-                return Err(invalid(&format!("{stem}.name"), "empty (required)"));
-            }
-            if sel.key.trim().is_empty() {
-                return Err(invalid(&format!("{stem}.key"), "empty (required)"));
-            }
-            Ok(Some(KeySource::Kube {
-                field: stem,
-                selector: sel,
-            }))
-        }
-        (None, None) => Ok(None),
-    }
 }
 
 impl ArtifactConfig {
@@ -381,85 +268,19 @@ impl ArtifactConfig {
                 (broker::optional(self.bucket), self.events, self.filter)
             }
         };
-        let queue = match (queue_url, queue_name) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "queue",
-                    "both queue and queueUrl are set: give one",
-                ));
-            }
-            (None, None) => {
-                return Err(invalid(
-                    "queueUrl",
-                    "missing: give the SQS queue the bucket's notifications go to, as `queueUrl: <its URL>` or `queue: <its name>`",
-                ));
-            }
-            (Some(u), None) => {
-                if endpoint.is_some() {
-                    return Err(invalid(
-                        "endpoint",
-                        "only with queue (a queue's name); queueUrl says where SQS is",
-                    ));
-                }
-                let u = broker::check_url("queueUrl", &u, &["http", "https"])?;
-                if u.path().trim_matches('/').is_empty() {
-                    return Err(invalid(
-                        "queueUrl",
-                        format!(
-                            "`{}` names no queue: expected like https://sqs.us-east-1.amazonaws.com/123456789012/NAME",
-                            redact_url(u.as_str())
-                        ),
-                    ));
-                }
-                Queue::Url(u)
-            }
-            (None, Some(name)) => {
-                if name.contains(['/', ' ']) {
-                    return Err(invalid(
-                        "queue",
-                        format!("`{name}` is not a queue name (give a URL as queueUrl)"),
-                    ));
-                }
-                let endpoint = match endpoint {
-                    Some(e) => broker::check_url("endpoint", &e, &["http", "https"])?,
-                    None => {
-                        let r = region.as_deref().ok_or_else(|| {
-                            invalid("region", "required with queue and no endpoint (the SQS API is then AWS's, sqs.<region>.amazonaws.com)")
-                        })?;
-                        url::Url::parse(&format!("https://sqs.{r}.amazonaws.com"))
-                            .map_err(|e| invalid("region", format!("`{r}`: {e}")))?
-                    }
-                };
-                Queue::Name { name, endpoint }
-            }
-        };
-        let host = match &queue {
-            Queue::Url(u) => u.host_str(),
-            Queue::Name { endpoint, .. } => endpoint.host_str(),
-        }
-        .unwrap_or_default()
-        .to_string();
         let region_field = if v06 {
             "s3EventConfig.region"
         } else {
             "region"
         };
-        let region = match region.or_else(|| region_of_host(&host)) {
-            Some(r) if r.contains(char::is_whitespace) => {
-                return Err(invalid(region_field, format!("`{r}` is not a region")));
-            }
-            Some(r) => r,
-            // A local SQS (moto, ElasticMQ, …) takes any region: requests are signed for one.
-            None if !is_aws_host(&host) => LOCAL_REGION.to_string(),
-            None => {
-                return Err(invalid(
-                    region_field,
-                    format!(
-                        "required: the SQS host `{host}` does not name its region (requests are signed for one)"
-                    ),
-                ));
-            }
-        };
+        let (queue, region) = crate::aws::check_queue(
+            queue_url,
+            queue_name,
+            endpoint,
+            region,
+            region_field,
+            "missing: give the SQS queue the bucket's notifications go to, as `queueUrl: <its URL>` or `queue: <its name>`",
+        )?;
         let filters = Filters {
             events: s3event::check_events("events", &events).map_err(|e| {
                 if v06 {
@@ -475,73 +296,18 @@ impl ArtifactConfig {
             bucket,
             key: filter.unwrap_or_default(),
         };
-        let access = key_source(
-            "accessKey",
-            self.access_key_file.as_deref(),
-            self.access_key_env.as_deref(),
-            self.access_key,
-        )?;
-        let secret = key_source(
-            "secretKey",
-            self.secret_key_file.as_deref(),
-            self.secret_key_env.as_deref(),
-            self.secret_key,
-        )?;
-        let token = SecretSource::from_fields(
-            "sessionToken",
-            self.session_token_file.as_deref(),
-            self.session_token_env.as_deref(),
-        )?;
-        let credentials = match (access, secret) {
-            (Some(access), Some(secret)) => CredentialSources {
-                access,
-                secret,
-                token: token.map(|t| (t, false)),
-            },
-            (None, None) => {
-                if token.is_some() {
-                    return Err(invalid(
-                        "sessionToken",
-                        "given without accessKey and secretKey: give all three, or none to use AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN",
-                    ));
-                }
-                CredentialSources {
-                    access: KeySource::Local(SecretSource::Env("AWS_ACCESS_KEY_ID".into())),
-                    secret: KeySource::Local(SecretSource::Env("AWS_SECRET_ACCESS_KEY".into())),
-                    token: Some((SecretSource::Env("AWS_SESSION_TOKEN".into()), true)),
-                }
-            }
-            (Some(_), None) => {
-                return Err(invalid(
-                    "secretKey",
-                    "missing: give secretKeyFile, secretKeyEnv or secretKey with the access key",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(invalid(
-                    "accessKey",
-                    "missing: give accessKeyFile, accessKeyEnv or accessKey with the secret key",
-                ));
-            }
-        };
-        let wait = match broker::optional(self.wait_time) {
-            None => MAX_WAIT,
-            Some(text) => {
-                let d = humantime::parse_duration(&text).map_err(|e| {
-                    invalid(
-                        "waitTime",
-                        format!("`{text}` is not a duration like `20s`: {e}"),
-                    )
-                })?;
-                if d < Duration::from_secs(1) || d > MAX_WAIT {
-                    return Err(invalid(
-                        "waitTime",
-                        format!("`{text}` is not from 1s to 20s (SQS's long poll)"),
-                    ));
-                }
-                Duration::from_secs(d.as_secs())
-            }
-        };
+        let credentials = CredentialFields {
+            access_key_file: self.access_key_file,
+            access_key_env: self.access_key_env,
+            access_key: self.access_key,
+            secret_key_file: self.secret_key_file,
+            secret_key_env: self.secret_key_env,
+            secret_key: self.secret_key,
+            session_token_file: self.session_token_file,
+            session_token_env: self.session_token_env,
+        }
+        .check()?;
+        let wait = crate::aws::check_wait_time(self.wait_time)?;
         Ok(Settings {
             queue,
             region,
@@ -573,205 +339,12 @@ impl ConfigExecutor for Artifact {
         for w in &s.warnings {
             ctx.warn(w.clone());
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(s.wait + Duration::from_secs(15))
-            .build()
-            .map_err(|e| ConfigError::failed(format!("cannot make an HTTP client: {e}")))?;
+        let http = crate::aws::http_client(s.wait)?;
         broker::run_sessions_until_they_stop(&ctx, |progress| {
             let (ctx, s, http) = (ctx.clone(), s.clone(), http.clone());
             async move { session(&ctx, &s, http, progress).await }
         })
         .await
-    }
-}
-
-/// A credential or Kubernetes error as a session error: invalid ends the configuration,
-/// failed is retried.
-fn session_error(e: ConfigError) -> SessionError {
-    match e.kind() {
-        ConfigErrorKind::Invalid => SessionError::Fatal(e),
-        _ => SessionError::Broker(e.message().to_string()),
-    }
-}
-
-async fn load_key(ctx: &ConfigContext, source: &KeySource) -> Result<Secret, ConfigError> {
-    match source {
-        KeySource::Local(s) => s.load(),
-        KeySource::Kube { field, selector } => {
-            let Some(client) = ctx.gateway().kube_client() else {
-                return Err(invalid(
-                    field,
-                    format!(
-                        "names key `{}` of Kubernetes Secret `{}`, which needs the gateway to run in a cluster or KUBECONFIG to be set; or give {field}File or {field}Env",
-                        selector.key, selector.name
-                    ),
-                ));
-            };
-            crate::kube_secret::read(
-                client,
-                ctx.gateway().namespace(),
-                &selector.name,
-                &selector.key,
-            )
-            .await
-            .map_err(|e| ConfigError::failed(format!("{field}: {e}")))
-        }
-    }
-}
-
-async fn credentials(
-    ctx: &ConfigContext,
-    c: &CredentialSources,
-) -> Result<Credentials, ConfigError> {
-    let access = load_key(ctx, &c.access).await?;
-    let secret = load_key(ctx, &c.secret).await?;
-    let token = match &c.token {
-        None => None,
-        Some((source, optional)) => match source.load() {
-            Ok(t) => Some(t),
-            Err(_) if *optional => None,
-            Err(e) => return Err(e),
-        },
-    };
-    let text = |s: &Secret, what: &str| s.expose_text(what).map(str::to_string);
-    Ok(Credentials::new(
-        text(&access, "accessKey")?,
-        text(&secret, "secretKey")?,
-        token
-            .as_ref()
-            .map(|t| text(t, "sessionToken"))
-            .transpose()?,
-        None,
-        "portico",
-    ))
-}
-
-/// An SQS client: one endpoint, one region, one set of credentials.
-struct Sqs {
-    http: reqwest::Client,
-    /// Where requests go: the endpoint's scheme, host and port, path `/`.
-    endpoint: String,
-    region: String,
-    identity: Identity,
-    /// The credentials' secrets, scrubbed out of every text SQS sends back.
-    secrets: Vec<Secret>,
-}
-
-/// An SQS call that did not succeed: the server is unreachable or refused it.
-#[derive(Debug)]
-struct SqsError(String);
-
-impl std::fmt::Display for SqsError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// The scheme, host and port of `u`, with path `/`: where SQS's JSON protocol is spoken.
-fn origin(u: &url::Url) -> String {
-    let mut o = u.clone();
-    o.set_path("/");
-    o.set_query(None);
-    o.set_fragment(None);
-    let _ = o.set_username("");
-    let _ = o.set_password(None);
-    o.to_string()
-}
-
-impl Sqs {
-    fn new(http: reqwest::Client, endpoint: &url::Url, region: &str, creds: Credentials) -> Sqs {
-        let mut secrets = vec![Secret::new(creds.secret_access_key())];
-        if let Some(t) = creds.session_token() {
-            secrets.push(Secret::new(t));
-        }
-        Sqs {
-            http,
-            endpoint: origin(endpoint),
-            region: region.to_string(),
-            identity: creds.into(),
-            secrets,
-        }
-    }
-
-    /// Calls `AmazonSQS.<action>` with a JSON `body`; the JSON answer.
-    async fn call(&self, action: &str, body: Value) -> Result<Value, SqsError> {
-        let body = serde_json::to_vec(&body).map_err(|e| SqsError(format!("{action}: {e}")))?;
-        let target = format!("AmazonSQS.{action}");
-        let headers = [
-            ("content-type", "application/x-amz-json-1.0"),
-            ("x-amz-target", target.as_str()),
-        ];
-        let params = v4::SigningParams::builder()
-            .identity(&self.identity)
-            .region(&self.region)
-            .name("sqs")
-            .time(SystemTime::now())
-            .settings(SigningSettings::default())
-            .build()
-            .map_err(|e| SqsError(format!("cannot sign {action}: {e}")))?
-            .into();
-        let signable = SignableRequest::new(
-            "POST",
-            self.endpoint.as_str(),
-            headers.iter().copied(),
-            SignableBody::Bytes(&body),
-        )
-        .map_err(|e| SqsError(format!("cannot sign {action}: {e}")))?;
-        let (instructions, _) = sign(signable, &params)
-            .map_err(|e| SqsError(format!("cannot sign {action}: {e}")))?
-            .into_parts();
-        let mut req = self.http.post(&self.endpoint);
-        for (name, value) in headers.iter().copied().chain(instructions.headers()) {
-            req = req.header(name, value);
-        }
-        let shown = redact_url(&self.endpoint);
-        let resp =
-            req.body(body).send().await.map_err(|e| {
-                SqsError(format!("SQS at {shown} cannot be reached ({action}): {e}"))
-            })?;
-        let status = resp.status();
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| SqsError(format!("SQS at {shown}: {action}: {e}")))?;
-        let secrets: Vec<&Secret> = self.secrets.iter().collect();
-        let mut short = scrub(&text, &secrets);
-        if short.len() > MAX_MESSAGE {
-            let mut end = MAX_MESSAGE;
-            while !short.is_char_boundary(end) {
-                end -= 1;
-            }
-            short.truncate(end);
-            short.push('…');
-        }
-        let json: Option<Value> = serde_json::from_str(&text).ok();
-        if status.is_success() {
-            return json.ok_or_else(|| {
-                SqsError(format!(
-                    "SQS at {shown} answered {action} with what is not JSON (is it an SQS API?): {short}"
-                ))
-            });
-        }
-        let Some(error) = json else {
-            return Err(SqsError(format!(
-                "SQS at {shown} refused {action} with {status} and no SQS error (is it an SQS API? MinIO, for one, has none): {short}"
-            )));
-        };
-        let kind = error
-            .get("__type")
-            .and_then(Value::as_str)
-            .map(|t| t.rsplit('#').next().unwrap_or(t))
-            .unwrap_or("error");
-        let message = error
-            .get("message")
-            .or_else(|| error.get("Message"))
-            .and_then(Value::as_str)
-            .map(|m| scrub(m, &secrets))
-            .unwrap_or_default();
-        Err(SqsError(format!(
-            "SQS at {shown} refused {action} with {status}: {kind}: {message}"
-        )))
     }
 }
 
@@ -781,34 +354,23 @@ async fn session(
     http: reqwest::Client,
     progress: Progress,
 ) -> SessionResult {
-    let creds = tokio::select! {
-        c = credentials(ctx, &s.credentials) => c.map_err(session_error)?,
-        _ = ctx.stopped() => return Ok(()),
+    let opened = crate::aws::open_queue(
+        ctx,
+        &s.queue,
+        &s.region,
+        &s.credentials,
+        http,
+        &["QueueArn"],
+    )
+    .await?;
+    let Some(crate::aws::OpenQueue {
+        sqs,
+        url: queue_url,
+        ..
+    }) = opened
+    else {
+        return Ok(());
     };
-    let (sqs, queue_url) = match &s.queue {
-        Queue::Url(u) => (Sqs::new(http, u, &s.region, creds), u.to_string()),
-        Queue::Name { name, endpoint } => {
-            let sqs = Sqs::new(http, endpoint, &s.region, creds);
-            let answer = tokio::select! {
-                a = sqs.call("GetQueueUrl", json!({"QueueName": name})) => a,
-                _ = ctx.stopped() => return Ok(()),
-            };
-            let answer = answer.map_err(|e| SessionError::Broker(e.to_string()))?;
-            let Some(u) = answer.get("QueueUrl").and_then(Value::as_str) else {
-                return Err(SessionError::Broker(format!(
-                    "SQS at {} gave no QueueUrl for queue `{name}`",
-                    redact_url(endpoint.as_str())
-                )));
-            };
-            (sqs, u.to_string())
-        }
-    };
-    // One call before Running: the queue exists and the credentials are taken.
-    let checked = tokio::select! {
-        a = sqs.call("GetQueueAttributes", json!({"QueueUrl": queue_url, "AttributeNames": ["QueueArn"]})) => a,
-        _ = ctx.stopped() => return Ok(()),
-    };
-    checked.map_err(|e| SessionError::Broker(e.to_string()))?;
     progress.running(ctx);
     let receive = json!({
         "QueueUrl": queue_url,

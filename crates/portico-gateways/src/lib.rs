@@ -5,12 +5,14 @@ pub mod calendar;
 pub mod file;
 pub mod github;
 pub mod gitlab;
+pub mod http_poll;
 pub mod resource;
 pub mod saas;
 pub mod webhook;
 
 pub mod amqp;
 pub mod artifact;
+mod aws;
 mod broker;
 pub mod kafka;
 mod kube_secret;
@@ -19,6 +21,7 @@ pub mod nats;
 pub mod redis;
 pub mod reference;
 pub mod s3event;
+pub mod sqs;
 pub mod storagegrid;
 
 use std::sync::Arc;
@@ -40,10 +43,12 @@ pub const BUILTIN_TYPES: &[&str] = &[
     "redis",
     "artifact",
     "storagegrid",
+    "sqs",
     "slack",
     "stripe",
     "bitbucket",
     "gerrit",
+    "http-poll",
 ];
 
 /// The executor of built-in gateway `gateway_type`, if there is one. Each call gives a new
@@ -63,10 +68,12 @@ pub fn builtin(gateway_type: &str) -> Option<SharedExecutor> {
         "redis" => Some(Arc::new(redis::Redis)),
         "artifact" => Some(Arc::new(artifact::Artifact)),
         "storagegrid" => Some(Arc::new(storagegrid::StorageGrid::default())),
+        "sqs" => Some(Arc::new(sqs::Sqs)),
         "slack" => Some(Arc::new(saas::SaasHooks::new(saas::Provider::Slack))),
         "stripe" => Some(Arc::new(saas::SaasHooks::new(saas::Provider::Stripe))),
         "bitbucket" => Some(Arc::new(saas::SaasHooks::new(saas::Provider::Bitbucket))),
         "gerrit" => Some(Arc::new(saas::SaasHooks::new(saas::Provider::Gerrit))),
+        "http-poll" => Some(Arc::new(http_poll::HttpPoll)),
         _ => None,
     }
 }

@@ -21,6 +21,8 @@ pub fn schema(gateway_type: &str) -> Option<schemars::Schema> {
         "redis" => schema_for!(crate::redis::RedisConfig),
         "artifact" => schema_for!(crate::artifact::ArtifactConfig),
         "storagegrid" => schema_for!(crate::storagegrid::StorageGridConfig),
+        "sqs" => schema_for!(crate::sqs::SqsConfig),
+        "http-poll" => schema_for!(crate::http_poll::HttpPollConfig),
         _ => return None,
     })
 }
@@ -54,7 +56,7 @@ fn intro(gateway_type: &str) -> Option<&'static str> {
             "Slack's Events API, on a `webhook` endpoint. Each request must carry \
              `X-Slack-Signature: v0=<hex HMAC-SHA256 of \"v0:<timestamp>:<body>\">` under the app's \
              signing secret and `X-Slack-Request-Timestamp` within `tolerance` of now; a stale \
-             timestamp or a signature already seen is refused as a replay (401, counted with \
+             timestamp or a signature already taken is refused as a replay (401, counted with \
              `reason=\"unauthorized\"`). Slack's URL verification is answered with its \
              challenge. `events` filters on the body's `event.type`."
         }
@@ -62,7 +64,7 @@ fn intro(gateway_type: &str) -> Option<&'static str> {
             "Stripe's webhook endpoints, on a `webhook` endpoint. Each delivery must carry \
              `Stripe-Signature: t=<timestamp>,v1=<hex HMAC-SHA256 of \"<timestamp>.<body>\">` (any \
              of several `v1`) under the endpoint's secret, with `t` within `tolerance` of now; a \
-             stale timestamp or a signature already seen is refused as a replay (401). `events` \
+             stale timestamp or a signature already taken is refused as a replay (401). `events` \
              filters on the body's `type`."
         }
         "bitbucket" => {

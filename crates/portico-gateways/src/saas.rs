@@ -16,8 +16,9 @@
 //! | `gerrit` | the secret as the password of HTTP basic authentication (`https://user:secret@host/…` in the webhook's URL) or as a bearer token | the body's `type` (`patchset-created`, `change-merged`, …) |
 //!
 //! `slack` and `stripe` sign a timestamp with the body: a delivery whose timestamp is more
-//! than `tolerance` (default 5 minutes) from now, or whose signature was already seen within
-//! that window, is refused as a replay. Both providers sign every retry afresh. Slack's URL
+//! than `tolerance` (default 5 minutes) from now, or whose signature was already taken within
+//! that window, is refused as a replay. A delivery the gateway did not take (503 when it is
+//! full) is not remembered, so the provider's retry of it goes through. Slack's URL
 //! verification (`{"type": "url_verification", "challenge": …}`, signed like any delivery) is
 //! answered with the challenge and makes no event.
 
@@ -136,6 +137,12 @@ impl Replays {
         }
         seen.insert(signature.to_string(), timestamp).is_none()
     }
+
+    /// Forgets `signature`: its delivery was not taken, and may come again.
+    fn forget(&self, signature: &str) {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        seen.remove(signature);
+    }
 }
 
 struct ProviderGate {
@@ -185,7 +192,9 @@ impl ProviderGate {
             ));
         }
         if !self.seen.first_time(signature, ts, now, window) {
-            return Err("this signature was already seen: refused as a replay".to_string());
+            return Err(
+                "a delivery with this signature was already taken: refused as a replay".to_string(),
+            );
         }
         Ok(())
     }
@@ -331,6 +340,17 @@ impl Gate for ProviderGate {
         &self.redacted
     }
 
+    fn not_taken(&self, headers: &HeaderMap) {
+        let signature = match self.provider {
+            Provider::Slack => header(headers, &SLACK_SIGNATURE),
+            Provider::Stripe => header(headers, &STRIPE_SIGNATURE),
+            Provider::Bitbucket | Provider::Gerrit => None,
+        };
+        if let Some(signature) = signature {
+            self.seen.forget(signature);
+        }
+    }
+
     fn event(&self, headers: &HeaderMap, body: &Bytes) -> Made {
         if self.provider == Provider::Slack
             && let Some(challenge) = slack_challenge(body)
@@ -420,7 +440,10 @@ mod tests {
             ("x-slack-signature", sig.clone()),
         ]);
         assert!(matches!(g.admit(&h, body), Verdict::Accept));
-        // The same request again: a replay.
+        // The same request again: a replay, unless the first was not taken.
+        assert!(unauthorized(g.admit(&h, body)).contains("replay"));
+        g.not_taken(&h);
+        assert!(matches!(g.admit(&h, body), Verdict::Accept));
         assert!(unauthorized(g.admit(&h, body)).contains("replay"));
         // Tampered, unsigned, old.
         assert!(unauthorized(g.admit(&h, b"{}")).contains("does not match"));

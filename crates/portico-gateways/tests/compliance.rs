@@ -11,6 +11,7 @@
 mod broker_support;
 mod common;
 mod moto_support;
+mod sqs_support;
 
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
@@ -49,6 +50,11 @@ enum Trigger {
     /// Put an object in the bucket named by the value's [`Value::topic`] on moto (S3 and
     /// SQS), whose notifications go to the configuration's queue.
     PutObject(Arc<Moto>),
+    /// Send one JSON message to the SQS queue whose URL is the value's [`Value::topic`] on
+    /// moto (in message group `compliance` for a FIFO queue).
+    SendMessage(Arc<Moto>),
+    /// Change the body the case's [`PollServer`] serves (the `http-poll` case polls it).
+    ChangeBody(Arc<PollServer>),
 }
 
 /// The broker a [`Trigger::Publish`] publishes to.
@@ -110,6 +116,119 @@ impl Drop for KubeFixture {
         if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
         }
+    }
+}
+
+/// The HTTP server the `http-poll` case polls, on a loopback port 0 and its own runtime (so
+/// that its tasks are not counted as the gateway's; its listener exists before the baseline
+/// of sockets, and the connections it accepts close when the gateway's client goes). It
+/// serves `{"version": n}` on every path, with `ETag: "n"`, and `304 Not Modified` to a
+/// matching `If-None-Match`; [`PollServer::change`] moves `n` on.
+struct PollServer {
+    rt: Option<tokio::runtime::Runtime>,
+    addr: std::net::SocketAddr,
+    version: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl PollServer {
+    fn start() -> Arc<PollServer> {
+        use axum::http::{HeaderMap, StatusCode, header};
+        use axum::response::IntoResponse;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let version = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let served = version.clone();
+        let app = axum::Router::new().fallback(axum::routing::get(move |headers: HeaderMap| {
+            let n = served.load(std::sync::atomic::Ordering::SeqCst);
+            let etag = format!("\"{n}\"");
+            async move {
+                if headers
+                    .get(header::IF_NONE_MATCH)
+                    .is_some_and(|h| h.as_bytes() == etag.as_bytes())
+                {
+                    return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+                }
+                let headers = [
+                    (header::CONTENT_TYPE, "application/json".to_string()),
+                    (header::ETAG, etag),
+                ];
+                (headers, format!("{{\"version\": {n}}}")).into_response()
+            }
+        }));
+        let addr = rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            addr
+        });
+        Arc::new(PollServer {
+            rt: Some(rt),
+            addr,
+            version,
+        })
+    }
+
+    /// A new body (and ETag) from now on.
+    fn change(&self) {
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for PollServer {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The `http-poll` case: a [`PollServer`] polled every second, whose body changes on each
+/// trigger.
+fn http_poll_case(dir: tempfile::TempDir) -> Case {
+    let server = PollServer::start();
+    let base = format!("url: http://{}", server.addr);
+    let secret = dir.path().join("secret");
+    Case {
+        junk: vec![
+            ("interval: 1s".into(), "url"),
+            ("url: ftp://127.0.0.1/x\ninterval: 1s".into(), "url"),
+            (format!("{base}/x"), "interval"),
+            (format!("{base}/x\ninterval: 10ms"), "interval"),
+            (format!("{base}/x\ninterval: 1s\ntimeout: never"), "timeout"),
+            (format!("{base}/x\ninterval: 1s\nemit: sometimes"), "emit"),
+            (
+                format!("{base}/x\ninterval: 1s\nheaders: {{'bad name': x}}"),
+                "headers",
+            ),
+            (
+                format!("{base}/x\ninterval: 1s\nauthHeader: X-Key"),
+                "authHeader",
+            ),
+            (
+                format!(
+                    "{base}/x\ninterval: 1s\nauthSecretFile: {}\nauthSecretEnv: X",
+                    secret.display()
+                ),
+                "authSecretEnv",
+            ),
+            ("bogusField: 1".to_string(), "bogusField"),
+            ("[not: yaml".to_string(), ""),
+        ],
+        valid: Value::plain(&format!("{base}/one\ninterval: 1s")),
+        changed: Value::plain(&format!(
+            "{base}/two\ninterval: 1s\ntimeout: 5s\nheaders: {{Accept: application/json}}\nauthHeader: X-Compliance-Token\nauthSecretFile: {}",
+            secret.display()
+        )),
+        trigger: Trigger::ChangeBody(server),
+        kube: None,
+        tansu: None,
+        _dir: dir,
     }
 }
 
@@ -518,6 +637,46 @@ fn case(gateway_type: &str) -> Option<Case> {
                 _dir: dir,
             }
         }
+        "sqs" => {
+            let moto = Moto::shared();
+            let access = dir.path().join("access");
+            std::fs::write(&access, "compliance\n").unwrap();
+            let keys = format!(
+                "accessKeyFile: {}\nsecretKeyFile: {}",
+                access.display(),
+                secret.display()
+            );
+            let one = sqs_support::create_queue(&moto, &moto_support::unique("compliance"), 30);
+            let fifo = format!("{}.fifo", moto_support::unique("compliance"));
+            let two = sqs_support::create_queue(&moto, &fifo, 30);
+            let q = "queueUrl: http://127.0.0.1:1/1/q";
+            Case {
+                junk: common_junk(vec![
+                    ("region: us-east-1".into(), "queueUrl"),
+                    ("queueUrl: ftp://127.0.0.1/q".into(), "queueUrl"),
+                    (format!("{q}\nqueue: q"), "queue"),
+                    (format!("{q}\nwaitTime: 1h"), "waitTime"),
+                    (format!("{q}\nmaxMessages: 11"), "maxMessages"),
+                    (format!("{q}\nvisibilityTimeout: 1d"), "visibilityTimeout"),
+                    (
+                        format!("{q}\nattributeNames: [Colour]"),
+                        "attributeNames[0]",
+                    ),
+                ]),
+                valid: Value::broker(format!("queueUrl: {one}\nwaitTime: 1s\n{keys}"), one),
+                changed: Value::broker(
+                    format!(
+                        "queue: {fifo}\nendpoint: {}\nwaitTime: 1s\nmaxMessages: 1\nvisibilityTimeout: 10s\n{keys}",
+                        moto.url
+                    ),
+                    two,
+                ),
+                trigger: Trigger::SendMessage(moto.clone()),
+                kube: None,
+                tansu: None,
+                _dir: dir,
+            }
+        }
         "storagegrid" => Case {
             junk: common_junk(vec![
                 ("endpoint: /x".into(), "port"),
@@ -543,6 +702,7 @@ fn case(gateway_type: &str) -> Option<Case> {
             _dir: dir,
         },
         "slack" | "stripe" | "bitbucket" | "gerrit" => saas_case(gateway_type, dir, &secret_line),
+        "http-poll" => http_poll_case(dir),
         _ => return None,
     })
 }
@@ -834,6 +994,15 @@ async fn trigger(case: &Case, value: &Value, n: u32) {
                 &[&format!("compliance-{n}.txt")],
             );
         }
+        Trigger::SendMessage(moto) => {
+            let url = value.topic.as_ref().unwrap();
+            let mut message = serde_json::json!({"body": PAYLOAD});
+            if url.ends_with(".fifo") {
+                message["group"] = "compliance".into();
+            }
+            sqs_support::send(moto, url, &serde_json::json!([message]));
+        }
+        Trigger::ChangeBody(server) => server.change(),
     }
 }
 

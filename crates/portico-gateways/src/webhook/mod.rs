@@ -207,19 +207,7 @@ impl HookConfig {
                 ));
             }
         };
-        let max_body = match &config.max_body_size {
-            None => DEFAULT_MAX_BODY,
-            Some(NumberOrText::Number(n)) => usize::try_from(*n).unwrap_or(usize::MAX),
-            Some(NumberOrText::Text(t)) => parse_size(t).ok_or_else(|| {
-                invalid(
-                    "maxBodySize",
-                    format!("`{t}` is not a size like 1048576, 512KiB, 4MiB or 1MB"),
-                )
-            })?,
-        };
-        if max_body == 0 {
-            return Err(invalid("maxBodySize", "must be more than 0"));
-        }
+        let max_body = max_body_size(config.max_body_size.as_ref())?;
         let secret = SecretSource::from_fields(
             "secret",
             config.secret_file.as_deref(),
@@ -303,6 +291,25 @@ impl HookConfig {
             tolerance,
         })
     }
+}
+
+/// Checks a `maxBodySize` field (bytes, or a size like `4MiB`): the largest body taken,
+/// [`DEFAULT_MAX_BODY`] when it is not given.
+pub fn max_body_size(field: Option<&NumberOrText>) -> Result<usize, ConfigError> {
+    let max_body = match field {
+        None => DEFAULT_MAX_BODY,
+        Some(NumberOrText::Number(n)) => usize::try_from(*n).unwrap_or(usize::MAX),
+        Some(NumberOrText::Text(t)) => parse_size(t).ok_or_else(|| {
+            invalid(
+                "maxBodySize",
+                format!("`{t}` is not a size like 1048576, 512KiB, 4MiB or 1MB"),
+            )
+        })?,
+    };
+    if max_body == 0 {
+        return Err(invalid("maxBodySize", "must be more than 0"));
+    }
+    Ok(max_body)
 }
 
 /// Parses `1048576`, `512KiB`, `4MiB`, `1GiB`, `10kB`, `1MB`, `1GB` (case-insensitive).

@@ -72,6 +72,11 @@ pub trait Gate: Send + Sync + 'static {
     /// Decides about a delivery from its headers and whole body.
     fn admit(&self, headers: &HeaderMap, body: &[u8]) -> Verdict;
 
+    /// Hears that an admitted delivery's event was not accepted (the caller got 503 or 400
+    /// and may send it again): a gate that remembers deliveries to refuse replays forgets
+    /// this one.
+    fn not_taken(&self, _headers: &HeaderMap) {}
+
     /// Headers never copied into the event (they carry a secret).
     fn redacted_headers(&self) -> &[HeaderName] {
         &[]
@@ -641,7 +646,10 @@ async fn handle(routes: &RouteTable, req: Request<Incoming>, body_timeout: Durat
             None => Response::new(Full::new(Bytes::new())),
             Some(reply) => reply.response(),
         },
-        Err(e) => http1::refusal(&e),
+        Err(e) => {
+            route.gate.not_taken(headers);
+            http1::refusal(&e)
+        }
     }
 }
 
