@@ -18,6 +18,7 @@ pub mod kafka;
 mod kube_secret;
 pub mod mqtt;
 pub mod nats;
+pub mod postgres;
 pub mod redis;
 pub mod reference;
 pub mod s3event;
@@ -40,6 +41,7 @@ pub const BUILTIN_TYPES: &[&str] = &[
     "kafka",
     "mqtt",
     "nats",
+    "postgres",
     "redis",
     "artifact",
     "storagegrid",
@@ -65,6 +67,7 @@ pub fn builtin(gateway_type: &str) -> Option<SharedExecutor> {
         "kafka" => Some(Arc::new(kafka::Kafka)),
         "mqtt" => Some(Arc::new(mqtt::Mqtt)),
         "nats" => Some(Arc::new(nats::Nats)),
+        "postgres" => Some(Arc::new(postgres::Postgres)),
         "redis" => Some(Arc::new(redis::Redis)),
         "artifact" => Some(Arc::new(artifact::Artifact)),
         "storagegrid" => Some(Arc::new(storagegrid::StorageGrid::default())),

@@ -18,6 +18,7 @@ pub fn schema(gateway_type: &str) -> Option<schemars::Schema> {
         "kafka" => schema_for!(crate::kafka::KafkaConfig),
         "mqtt" => schema_for!(crate::mqtt::MqttConfig),
         "nats" => schema_for!(crate::nats::NatsConfig),
+        "postgres" => schema_for!(crate::postgres::PostgresConfig),
         "redis" => schema_for!(crate::redis::RedisConfig),
         "artifact" => schema_for!(crate::artifact::ArtifactConfig),
         "storagegrid" => schema_for!(crate::storagegrid::StorageGridConfig),

@@ -5,8 +5,8 @@
 //! It walks [`BUILTIN_TYPES`]: a new built-in gateway fails here until it adds its [`Case`].
 //!
 //! The broker gateways use the machine's shared brokers (NATS 4222, Redis 6379, Mosquitto
-//! 1883, RabbitMQ 5672) with subjects, channels, topics and exchanges of their own (a uuid),
-//! and a private `tansu` for Kafka (see brokers_kafka.rs).
+//! 1883, RabbitMQ 5672, PostgreSQL 5432) with subjects, channels, topics and exchanges of their
+//! own (a uuid), and a private `tansu` for Kafka (see brokers_kafka.rs).
 
 mod broker_support;
 mod common;
@@ -55,6 +55,9 @@ enum Trigger {
     SendMessage(Arc<Moto>),
     /// Change the body the case's [`PollServer`] serves (the `http-poll` case polls it).
     ChangeBody(Arc<PollServer>),
+    /// `NOTIFY` the channel named by the value's [`Value::topic`] with [`PAYLOAD`], through a
+    /// PostgreSQL client of its own on [`CLIENTS`].
+    Notify,
 }
 
 /// The broker a [`Trigger::Publish`] publishes to.
@@ -75,6 +78,7 @@ const NATS_URL: &str = "nats://127.0.0.1:4222";
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
 const MQTT_URL: &str = "mqtt://127.0.0.1:1883";
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const POSTGRES_URL: &str = "postgres://root@127.0.0.1:5432/test";
 /// The gateway's AMQP URL, with a short heartbeat: lapin's heartbeat task (and the RPC task it
 /// keeps alive) notices a closed connection only when it next wakes up, one heartbeat
 /// interval later (RabbitMQ proposes 60 s). With 2 s they are gone well within the wait
@@ -489,6 +493,50 @@ fn case(gateway_type: &str) -> Option<Case> {
                 valid: Value::broker(format!("{url}\nchannels: ['{one}']"), one),
                 changed: Value::broker(format!("{url}\nchannels: ['{two}:*']"), format!("{two}:x")),
                 trigger: Trigger::Publish(Broker::Redis),
+                kube: None,
+                tansu: None,
+                _dir: dir,
+            }
+        }
+        "postgres" => {
+            let (one, two) = (unique("portico_compliance_"), unique("portico_compliance_"));
+            let url = format!("url: {POSTGRES_URL}");
+            Case {
+                junk: common_junk(vec![
+                    ("channels: [a]".into(), "url"),
+                    (
+                        "url: http://root@127.0.0.1/test\nchannels: [a]".into(),
+                        "url",
+                    ),
+                    (
+                        "url: postgres://127.0.0.1/test\nchannels: [a]".into(),
+                        "url",
+                    ),
+                    (
+                        "url: postgres://root:pw@127.0.0.1/test\nchannels: [a]".into(),
+                        "url",
+                    ),
+                    (url.clone(), "channels"),
+                    (format!("{url}\nchannels: []"), "channels"),
+                    (format!("{url}\nchannels: ['']"), "channels[0]"),
+                    (
+                        format!("{url}\nchannels: [a]\npasswordEnv: ''"),
+                        "passwordEnv",
+                    ),
+                    (
+                        format!("{url}\nchannels: [a]\npassword: {{name: s, key: ''}}"),
+                        "password.key",
+                    ),
+                ]),
+                valid: Value::broker(format!("{url}\nchannels: [{one}]"), one),
+                changed: Value::broker(
+                    format!(
+                        "url: postgres://postgres@127.0.0.1:5432/test\nchannels: [{two}, other_{two}]\n{}",
+                        secret_line.replace("secretFile", "passwordFile")
+                    ),
+                    two,
+                ),
+                trigger: Trigger::Notify,
                 kube: None,
                 tansu: None,
                 _dir: dir,
@@ -1003,6 +1051,25 @@ async fn trigger(case: &Case, value: &Value, n: u32) {
             sqs_support::send(moto, url, &serde_json::json!([message]));
         }
         Trigger::ChangeBody(server) => server.change(),
+        Trigger::Notify => {
+            let channel = value.topic.clone().unwrap();
+            on_clients_runtime(format!("postgres NOTIFY {channel}"), async move {
+                let (client, connection) = tokio_postgres::connect(
+                    "host=127.0.0.1 port=5432 user=postgres dbname=test",
+                    tokio_postgres::NoTls,
+                )
+                .await
+                .unwrap();
+                let driven = tokio::spawn(connection);
+                client
+                    .batch_execute(&format!("NOTIFY {channel}, '{PAYLOAD}'"))
+                    .await
+                    .unwrap();
+                drop(client);
+                let _ = driven.await;
+            })
+            .await
+        }
     }
 }
 
