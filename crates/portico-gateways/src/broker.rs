@@ -203,6 +203,65 @@ pub(crate) fn optional(value: Option<String>) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// TLS toward a broker: the CA that signs its certificate, and the client's own certificate
+/// and key when the broker asks for one (mutual TLS). The files are read at every connection,
+/// so renewed certificates are taken at the next reconnection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsConfig {
+    /// A PEM file of the CA certificates that sign the broker's certificate (default: the
+    /// client library's own roots).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// A PEM file of the client's certificate chain, for a broker that asks for one; with
+    /// `keyFile`.
+    #[serde(default)]
+    pub cert_file: Option<String>,
+    /// The PEM private key of `certFile`.
+    #[serde(default)]
+    pub key_file: Option<String>,
+}
+
+/// A checked `tls` block.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Tls {
+    /// The CA file, if any.
+    pub ca: Option<std::path::PathBuf>,
+    /// The client's certificate and key, if any.
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl TlsConfig {
+    /// Checks the block: the paths are absolute or relative to the working directory, and a
+    /// client certificate comes with its key. Errors name `tls.<field>`.
+    pub(crate) fn check(&self) -> Result<Tls, ConfigError> {
+        let path = |field: &str, v: &Option<String>| match v.as_deref().map(str::trim) {
+            None => Ok(None),
+            Some("") => Err(ConfigError::invalid(format!("tls.{field}: is empty"))),
+            Some(p) => Ok(Some(std::path::PathBuf::from(p))),
+        };
+        let ca = path("caFile", &self.ca_file)?;
+        let client = match (
+            path("certFile", &self.cert_file)?,
+            path("keyFile", &self.key_file)?,
+        ) {
+            (None, None) => None,
+            (Some(c), Some(k)) => Some((c, k)),
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "tls.keyFile: required with tls.certFile",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "tls.certFile: required with tls.keyFile",
+                ));
+            }
+        };
+        Ok(Tls { ca, client })
+    }
+}
+
 /// A valid CloudEvent extension name made of `prefix` and a header name: lower-case,
 /// only a–z and 0–9, at most 20 characters (`X-Trace-Id` with prefix `h` ⇒ `hxtraceid`).
 pub(crate) fn header_extension(prefix: &str, name: &str) -> String {

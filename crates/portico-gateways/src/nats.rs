@@ -7,7 +7,7 @@ use portico::secret::redact_url;
 use std::time::Duration;
 
 use futures::StreamExt;
-use portico::{ConfigContext, ConfigError, ConfigExecutor, Event, Submit};
+use portico::{ConfigContext, ConfigError, ConfigExecutor, Event, SecretSource, Submit};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -19,10 +19,16 @@ use crate::broker::{
 /// A `nats` configuration.
 ///
 /// Payload: the message body, untouched; `datacontenttype` from a `Content-Type` header.
-/// Extensions: `natssubject` (the message's subject; `subject` itself is a core attribute), one `h<name>` per other header (the name
-/// lower-cased with only a–z and 0–9 kept, at most 20 characters: `X-Trace-Id` ⇒
-/// `hxtraceid`; repeated values joined with `,`), and for JetStream `stream` and `streamseq`
-/// (the stream sequence number).
+/// Extensions: `natssubject` (the message's subject; `subject` itself is a core attribute),
+/// `traceparent` and `tracestate` from the headers of those names (the W3C trace context), one
+/// `h<name>` per other header (the name lower-cased with only a–z and 0–9 kept, at most 20
+/// characters: `X-Trace-Id` ⇒ `hxtraceid`; repeated values joined with `,`), and for JetStream
+/// `stream` and `streamseq` (the stream sequence number).
+///
+/// Security: `tls` (a CA, and a client certificate for mutual TLS; the files are read at
+/// every connection, so renewed certificates are taken at the next one), and one way to
+/// authenticate: `user` with a password, a token, a credentials file or an nkey seed, each
+/// from a file or an environment variable and never shown.
 ///
 /// Delivery: a core subscription is at-most-once, as NATS itself. A JetStream message is
 /// acknowledged only after its CloudEvent is accepted for delivery (written to the outbox), or,
@@ -52,6 +58,48 @@ pub struct NatsConfig {
     /// The durable consumer's name; required with `stream` (created when absent).
     #[serde(default)]
     pub durable: Option<String>,
+    /// TLS toward the server: its CA, and a client certificate for mutual TLS. Given, the
+    /// connection must be TLS (as with a `tls://` URL); a certificate the CA did not sign is
+    /// refused and the node says so.
+    #[serde(default)]
+    pub tls: Option<broker::TlsConfig>,
+    /// A user name, with `passwordFile` or `passwordEnv`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// A file holding the user's password.
+    #[serde(default)]
+    pub password_file: Option<String>,
+    /// An environment variable holding the user's password, instead of `passwordFile`.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// A file holding an authentication token, instead of a user.
+    #[serde(default)]
+    pub token_file: Option<String>,
+    /// An environment variable holding the token, instead of `tokenFile`.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// A NATS credentials file (a user JWT and its nkey seed, as `nsc` writes it), instead of
+    /// a user or a token.
+    #[serde(default)]
+    pub credentials_file: Option<String>,
+    /// A file holding an nkey seed (`SU…`), instead of a user or a token.
+    #[serde(default)]
+    pub nkey_file: Option<String>,
+}
+
+/// How a `nats` configuration authenticates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Auth {
+    /// As the server lets anyone.
+    Anonymous,
+    /// A user and its password.
+    User(String, SecretSource),
+    /// A token.
+    Token(SecretSource),
+    /// A credentials file.
+    Credentials(std::path::PathBuf),
+    /// An nkey seed.
+    Nkey(SecretSource),
 }
 
 /// A checked `nats` configuration.
@@ -61,6 +109,8 @@ pub struct Settings {
     subject: String,
     queue: Option<String>,
     jetstream: Option<(String, String)>,
+    tls: Option<broker::Tls>,
+    auth: Auth,
 }
 
 impl NatsConfig {
@@ -107,11 +157,59 @@ impl NatsConfig {
                 ));
             }
         };
+        let tls = self
+            .tls
+            .as_ref()
+            .map(broker::TlsConfig::check)
+            .transpose()?;
+        let password = SecretSource::from_fields(
+            "password",
+            self.password_file.as_deref(),
+            self.password_env.as_deref(),
+        )?;
+        let token = SecretSource::from_fields(
+            "token",
+            self.token_file.as_deref(),
+            self.token_env.as_deref(),
+        )?;
+        let credentials = broker::optional(self.credentials_file);
+        let nkey = broker::optional(self.nkey_file);
+        let user = broker::optional(self.user);
+        let given = [
+            user.is_some() || password.is_some(),
+            token.is_some(),
+            credentials.is_some(),
+            nkey.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return Err(ConfigError::invalid(
+                "user, tokenFile/tokenEnv, credentialsFile and nkeyFile are different ways to authenticate: give one",
+            ));
+        }
+        let auth = match (user, password, token, credentials, nkey) {
+            (Some(u), Some(p), ..) => Auth::User(u, p),
+            (Some(_), None, ..) => {
+                return Err(ConfigError::invalid(
+                    "passwordFile: missing (user needs passwordFile or passwordEnv)",
+                ));
+            }
+            (None, Some(_), ..) => {
+                return Err(ConfigError::invalid(
+                    "user: missing (a password goes with a user)",
+                ));
+            }
+            (None, None, Some(t), ..) => Auth::Token(t),
+            (None, None, None, Some(c), _) => Auth::Credentials(c.into()),
+            (None, None, None, None, Some(n)) => Auth::Nkey(SecretSource::File(n.into())),
+            (None, None, None, None, None) => Auth::Anonymous,
+        };
         Ok(Settings {
             urls,
             subject,
             queue,
             jetstream,
+            tls,
+            auth,
         })
     }
 }
@@ -167,6 +265,37 @@ async fn connect(
                 }
             }
         });
+    let mut options = options;
+    if let Some(tls) = &c.tls {
+        options = options.require_tls(true);
+        if let Some(ca) = &tls.ca {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &tls.client {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+    }
+    let text = |source: &SecretSource| -> Result<String, SessionError> {
+        let secret = source.load().map_err(|e| match e.kind() {
+            portico::ConfigErrorKind::Invalid => SessionError::Fatal(e),
+            _ => SessionError::Broker(e.message().to_string()),
+        })?;
+        String::from_utf8(secret.expose().to_vec()).map_err(|_| {
+            SessionError::Fatal(ConfigError::invalid("the NATS secret is not UTF-8 text"))
+        })
+    };
+    options = match &c.auth {
+        Auth::Anonymous => options,
+        Auth::User(user, password) => options.user_and_password(user.clone(), text(password)?),
+        Auth::Token(token) => options.token(text(token)?),
+        Auth::Nkey(seed) => options.nkey(text(seed)?.trim().to_string()),
+        Auth::Credentials(path) => options.credentials_file(path).await.map_err(|e| {
+            SessionError::broker(
+                format!("cannot read the NATS credentials file {}", path.display()),
+                e,
+            )
+        })?,
+    };
     let addrs: Vec<async_nats::ServerAddr> = c
         .urls
         .iter()

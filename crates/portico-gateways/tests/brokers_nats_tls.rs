@@ -1,0 +1,281 @@
+//! The `nats` gateway against private `nats-server`s with TLS and authentication, with
+//! certificates made at test time (rcgen): the right CA connects and messages flow, a wrong CA
+//! is refused with a node error that says why, mutual TLS with a client certificate, and a
+//! token and a user with a password (from files); a wrong token is refused, and no secret
+//! shows in the node's message.
+
+mod broker_support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker_support::{PrivateBroker, Rig, data, unique, wait_until};
+use portico::Phase;
+use portico_gateways::nats::Nats;
+
+/// A CA, and a certificate it signed for `localhost` and 127.0.0.1, written as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "portico test CA");
+        let ca = params.self_signed(&ca_key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        Pki { dir, ca, ca_key }
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A certificate for `names`, signed by the CA: (certificate file, key file).
+    fn issue(&self, name: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.ca, &self.ca_key)
+            .unwrap();
+        let (c, k) = (
+            self.dir.path().join(format!("{name}.pem")),
+            self.dir.path().join(format!("{name}-key.pem")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn rig() -> Rig {
+    Rig::new("natstls", "nats", Arc::new(Nats))
+}
+
+/// Runs configuration `c` and publishes one message to it over `client`; the message's event.
+async fn one_message(rig: &mut Rig, config: &str, client: &async_nats::Client, subject: &str) {
+    rig.apply(&[("c", config)]).await;
+    rig.wait_phase("c", Phase::Running).await;
+    client
+        .publish(subject.to_string(), "hello".into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let got = rig.exactly(1, Duration::from_millis(200)).await;
+    assert_eq!(data(&got[0]), "hello");
+    assert_eq!(got[0].source, "natstls/c");
+}
+
+/// Waits until node `c` is in `Error` with a message containing `needle`; the message.
+async fn error_saying(rig: &Rig, needle: &str) -> String {
+    wait_until(&format!("an Error node saying `{needle}`"), || async {
+        rig.node("c")
+            .filter(|n| n.phase == Phase::Error && n.message.contains(needle))
+            .map(|n| n.message)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn tls_with_the_right_ca_connects_and_a_wrong_ca_is_refused_clearly() {
+    let pki = Pki::new();
+    let (cert, key) = pki.issue("server", &["localhost", "127.0.0.1"]);
+    let server = PrivateBroker::start(
+        "nats-server",
+        &[
+            "-a",
+            "127.0.0.1",
+            "-p",
+            "{port}",
+            "--tls",
+            "--tlscert",
+            &path(&cert),
+            "--tlskey",
+            &path(&key),
+        ],
+    )
+    .await;
+    let url = format!("tls://127.0.0.1:{}", server.port);
+    let client = async_nats::ConnectOptions::new()
+        .add_root_certificates(pki.ca_file())
+        .require_tls(true)
+        .connect(url.as_str())
+        .await
+        .expect("the test's own client connects");
+    let subject = unique("portico.tls.");
+    let mut rig = rig();
+    let config = format!(
+        "url: {url}\nsubject: {subject}\ntls:\n  caFile: {}",
+        path(&pki.ca_file())
+    );
+    one_message(&mut rig, &config, &client, &subject).await;
+
+    // Another CA: the server's certificate is refused, and the node says why.
+    let other = Pki::new();
+    let config = format!(
+        "url: {url}\nsubject: {subject}\ntls:\n  caFile: {}",
+        path(&other.ca_file())
+    );
+    rig.apply(&[("c", &config)]).await;
+    let said = error_saying(&rig, "cannot connect to NATS").await;
+    assert!(
+        said.to_lowercase().contains("certificate") || said.to_lowercase().contains("tls"),
+        "{said}"
+    );
+    rig.supervisor.stop_all().await;
+}
+
+#[tokio::test]
+async fn mutual_tls_with_a_client_certificate() {
+    let pki = Pki::new();
+    let (cert, key) = pki.issue("server", &["localhost", "127.0.0.1"]);
+    let (client_cert, client_key) = pki.issue("client", &["portico-client"]);
+    let ca = path(&pki.ca_file());
+    let server = PrivateBroker::start(
+        "nats-server",
+        &[
+            "-a",
+            "127.0.0.1",
+            "-p",
+            "{port}",
+            "--tlsverify",
+            "--tlscert",
+            &path(&cert),
+            "--tlskey",
+            &path(&key),
+            "--tlscacert",
+            &ca,
+        ],
+    )
+    .await;
+    let url = format!("tls://127.0.0.1:{}", server.port);
+    let client = async_nats::ConnectOptions::new()
+        .add_root_certificates(pki.ca_file())
+        .add_client_certificate(client_cert.clone(), client_key.clone())
+        .require_tls(true)
+        .connect(url.as_str())
+        .await
+        .expect("the test's own client connects");
+    let subject = unique("portico.mtls.");
+    let mut rig = rig();
+    // Without the client certificate the server refuses the connection.
+    let without = format!("url: {url}\nsubject: {subject}\ntls:\n  caFile: {ca}");
+    rig.apply(&[("c", &without)]).await;
+    error_saying(&rig, "cannot connect to NATS").await;
+    let with = format!(
+        "url: {url}\nsubject: {subject}\ntls:\n  caFile: {ca}\n  certFile: {}\n  keyFile: {}",
+        path(&client_cert),
+        path(&client_key)
+    );
+    one_message(&mut rig, &with, &client, &subject).await;
+    rig.supervisor.stop_all().await;
+}
+
+#[tokio::test]
+async fn a_token_and_a_user_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let server = PrivateBroker::start(
+        "nats-server",
+        &["-a", "127.0.0.1", "-p", "{port}", "--auth", "s3cret-token"],
+    )
+    .await;
+    let url = format!("nats://127.0.0.1:{}", server.port);
+    let client = async_nats::ConnectOptions::new()
+        .token("s3cret-token".into())
+        .connect(url.as_str())
+        .await
+        .unwrap();
+    let subject = unique("portico.token.");
+    let mut rig = rig();
+    let config = format!(
+        "url: {url}\nsubject: {subject}\ntokenFile: {}",
+        path(&token_file)
+    );
+    one_message(&mut rig, &config, &client, &subject).await;
+    // A wrong token: refused, and the node's message never shows a token.
+    let wrong_file = dir.path().join("wrong");
+    std::fs::write(&wrong_file, "not-the-token").unwrap();
+    let config = format!(
+        "url: {url}\nsubject: {subject}\ntokenFile: {}",
+        path(&wrong_file)
+    );
+    rig.apply(&[("c", &config)]).await;
+    let said = error_saying(&rig, "cannot connect to NATS").await;
+    assert!(
+        !said.contains("not-the-token") && !said.contains("s3cret"),
+        "{said}"
+    );
+    rig.supervisor.stop_all().await;
+    drop(server);
+
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, "pa55\n").unwrap();
+    let server = PrivateBroker::start(
+        "nats-server",
+        &[
+            "-a",
+            "127.0.0.1",
+            "-p",
+            "{port}",
+            "--user",
+            "gateway",
+            "--pass",
+            "pa55",
+        ],
+    )
+    .await;
+    let url = format!("nats://127.0.0.1:{}", server.port);
+    let client = async_nats::ConnectOptions::new()
+        .user_and_password("gateway".into(), "pa55".into())
+        .connect(url.as_str())
+        .await
+        .unwrap();
+    let config = format!(
+        "url: {url}\nsubject: {subject}\nuser: gateway\npasswordFile: {}",
+        path(&password_file)
+    );
+    one_message(&mut rig, &config, &client, &subject).await;
+    rig.supervisor.stop_all().await;
+}
+
+#[test]
+fn settings_name_the_field() {
+    let check = |yaml: &str| {
+        portico::testing::parse_config::<portico_gateways::nats::NatsConfig>(yaml)
+            .and_then(|c| c.check())
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    let base = "url: nats://127.0.0.1:4222\nsubject: s\n";
+    assert!(
+        check(&format!("{base}tls: {{certFile: c}}"))
+            .unwrap_err()
+            .contains("tls.keyFile")
+    );
+    assert!(
+        check(&format!("{base}user: u"))
+            .unwrap_err()
+            .contains("passwordFile")
+    );
+    assert!(
+        check(&format!("{base}tokenFile: t\ncredentialsFile: c"))
+            .unwrap_err()
+            .contains("give one")
+    );
+    assert!(check(&format!("{base}tls: {{caFile: /ca.pem}}\ntokenEnv: T")).is_ok());
+}
