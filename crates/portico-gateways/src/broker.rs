@@ -262,6 +262,65 @@ impl TlsConfig {
     }
 }
 
+impl Tls {
+    /// A rustls client configuration (ring) from the files, read now: the CA's certificates
+    /// (Mozilla's roots without `caFile`), and the client's certificate and key if given.
+    /// Errors name the field and the file.
+    pub(crate) fn client_config(&self) -> Result<rustls::ClientConfig, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = |field: &str, path: &std::path::Path| {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    format!(
+                        "tls.{field}: cannot read PEM certificates from {}: {e}",
+                        path.display()
+                    )
+                })?;
+            if certs.is_empty() {
+                return Err(format!(
+                    "tls.{field}: {} holds no certificate",
+                    path.display()
+                ));
+            }
+            Ok(certs)
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca {
+            Some(ca) => {
+                for cert in chain("caFile", ca)? {
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("tls.caFile: {}: {e}", ca.display()))?;
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?
+        .with_root_certificates(roots);
+        match &self.client {
+            None => Ok(builder.with_no_client_auth()),
+            Some((cert, key_file)) => {
+                let certs = chain("certFile", cert)?;
+                let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| {
+                    format!(
+                        "tls.keyFile: cannot read a PEM private key from {}: {e}",
+                        key_file.display()
+                    )
+                })?;
+                builder
+                    .with_client_auth_cert(certs, key)
+                    .map_err(|e| format!("tls.certFile and tls.keyFile: {e}"))
+            }
+        }
+    }
+}
+
 /// A valid CloudEvent extension name made of `prefix` and a header name: lower-case,
 /// only a–z and 0–9, at most 20 characters (`X-Trace-Id` with prefix `h` ⇒ `hxtraceid`).
 pub(crate) fn header_extension(prefix: &str, name: &str) -> String {

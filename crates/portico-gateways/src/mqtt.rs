@@ -5,8 +5,12 @@
 use portico::secret::redact_url;
 use std::time::Duration;
 
-use portico::{ConfigContext, ConfigError, ConfigExecutor, Event};
-use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
+use portico::{ConfigContext, ConfigError, ConfigExecutor, Event, SecretSource};
+use std::sync::Arc;
+
+use rumqttc::{
+    AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -27,10 +31,16 @@ use crate::broker::{self, Progress, SessionError, SessionResult, accepted};
 ///
 /// A lost connection is reported on the node and re-established with capped backoff; the
 /// subscription is made again on every connection.
+///
+/// Security: TLS with `mqtts://` (or `ssl://`) or a `tls` block (a CA, and a client
+/// certificate for mutual TLS), and a `user` with its password from a file or an environment
+/// variable, never shown; the files are read at every connection, so renewed certificates and
+/// passwords are taken at the next one.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MqttConfig {
-    /// The broker: `mqtt://host[:port]` or `tcp://host[:port]` (port 1883 by default).
+    /// The broker: `mqtt://host[:port]` or `tcp://host[:port]` (port 1883 by default), or
+    /// over TLS `mqtts://host[:port]` or `ssl://host[:port]` (port 8883 by default).
     pub url: String,
     /// The topic filter; the wildcards `+` and `#` are allowed.
     pub topic: String,
@@ -40,6 +50,21 @@ pub struct MqttConfig {
     /// acknowledged only once its event is accepted).
     #[serde(default)]
     pub qos: Qos,
+    /// TLS toward the broker: its CA (Mozilla's roots by default), and a client certificate
+    /// for mutual TLS. Given, the connection is TLS whatever the URL's scheme; a certificate
+    /// the CA did not sign is refused and the node says so.
+    #[serde(default)]
+    pub tls: Option<broker::TlsConfig>,
+    /// A user name, with `passwordFile` or `passwordEnv` (or alone, for a broker that takes
+    /// a user without a password).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// A file holding the user's password.
+    #[serde(default)]
+    pub password_file: Option<String>,
+    /// An environment variable holding the user's password, instead of `passwordFile`.
+    #[serde(default)]
+    pub password_env: Option<String>,
 }
 
 /// The MQTT quality of service of the subscription.
@@ -75,15 +100,39 @@ pub struct Settings {
     topic: String,
     client_id: String,
     qos: QoS,
+    tls: Option<broker::Tls>,
+    user: Option<(String, Option<SecretSource>)>,
 }
 
 impl MqttConfig {
     /// Checks what the fields' types do not; errors name the field.
     pub fn check(self) -> Result<Settings, ConfigError> {
-        let u = broker::check_url("url", &self.url, &["mqtt", "tcp"])?;
+        let u = broker::check_url("url", &self.url, &["mqtt", "tcp", "mqtts", "ssl"])?;
+        let secure = matches!(u.scheme(), "mqtts" | "ssl");
+        let tls = match &self.tls {
+            Some(t) => Some(t.check()?),
+            None if secure => Some(broker::Tls::default()),
+            None => None,
+        };
+        let password = SecretSource::from_fields(
+            "password",
+            self.password_file.as_deref(),
+            self.password_env.as_deref(),
+        )?;
+        let user = match (broker::optional(self.user), password) {
+            (Some(u), p) => Some((u, p)),
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "user: missing (a password goes with a user)",
+                ));
+            }
+            (None, None) => None,
+        };
         Ok(Settings {
             host: u.host_str().unwrap_or_default().to_string(),
-            port: u.port().unwrap_or(1883),
+            port: u.port().unwrap_or(if secure { 8883 } else { 1883 }),
+            tls,
+            user,
             topic: broker::non_blank("topic", &self.topic)?.to_string(),
             client_id: broker::non_blank("clientId", &self.client_id)?.to_string(),
             qos: match self.qos {
@@ -117,6 +166,28 @@ async fn session(ctx: &ConfigContext, c: &Settings, progress: Progress) -> Sessi
         .set_keep_alive(Duration::from_secs(15))
         .set_clean_session(c.qos == QoS::AtMostOnce)
         .set_manual_acks(c.qos == QoS::AtLeastOnce);
+    // Read at every connection: renewed certificates and passwords are taken.
+    if let Some(tls) = &c.tls {
+        let config = tls.client_config().map_err(SessionError::Broker)?;
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(config),
+        )));
+    }
+    if let Some((user, password)) = &c.user {
+        let password = match password {
+            None => String::new(),
+            Some(source) => {
+                let secret = source.load().map_err(|e| match e.kind() {
+                    portico::ConfigErrorKind::Invalid => SessionError::Fatal(e),
+                    _ => SessionError::Broker(e.message().to_string()),
+                })?;
+                String::from_utf8(secret.expose().to_vec()).map_err(|_| {
+                    SessionError::Fatal(ConfigError::invalid("the MQTT password is not UTF-8 text"))
+                })?
+            }
+        };
+        options.set_credentials(user.clone(), password);
+    }
     let (client, mut events) = AsyncClient::new(options, 64);
     let result = async {
         loop {

@@ -210,18 +210,34 @@ impl PrivateBroker {
     /// Starts `program` with `args` (`{port}` and `{dir}` replaced by the port and a private
     /// temporary directory) and waits until the port accepts connections.
     pub async fn start(program: impl Into<PathBuf>, args: &[&str]) -> PrivateBroker {
+        Self::launch(program.into(), None, args).await
+    }
+
+    /// [`PrivateBroker::start`] with a configuration file first written to `{dir}/broker.conf`
+    /// from `config` (with `{port}` and `{dir}` replaced as in the arguments), for a broker
+    /// whose listeners are set in its file (Mosquitto).
+    pub async fn start_with_config(
+        program: impl Into<PathBuf>,
+        config: &str,
+        args: &[&str],
+    ) -> PrivateBroker {
+        Self::launch(program.into(), Some(config), args).await
+    }
+
+    async fn launch(program: PathBuf, config: Option<&str>, args: &[&str]) -> PrivateBroker {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let port = free_port();
-        let args = args
-            .iter()
-            .map(|a| {
-                a.replace("{port}", &port.to_string())
-                    .replace("{dir}", &dir.path().display().to_string())
-            })
-            .collect();
+        let fill = |a: &str| {
+            a.replace("{port}", &port.to_string())
+                .replace("{dir}", &dir.path().display().to_string())
+        };
+        if let Some(config) = config {
+            std::fs::write(dir.path().join("broker.conf"), fill(config)).expect("the config file");
+        }
+        let args = args.iter().map(|a| fill(a)).collect();
         let mut b = PrivateBroker {
             port,
-            program: program.into(),
+            program,
             args,
             child: None,
             _dir: dir,
@@ -266,4 +282,51 @@ impl Drop for PrivateBroker {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A CA, and a certificate it signed for `localhost` and 127.0.0.1, written as PEM files.
+pub struct Pki {
+    dir: tempfile::TempDir,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "portico test CA");
+        let ca = params.self_signed(&ca_key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        Pki { dir, ca, ca_key }
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A certificate for `names`, signed by the CA: (certificate file, key file).
+    pub fn issue(&self, name: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.ca, &self.ca_key)
+            .unwrap();
+        let (c, k) = (
+            self.dir.path().join(format!("{name}.pem")),
+            self.dir.path().join(format!("{name}-key.pem")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+}
+
+pub fn path(p: &std::path::Path) -> String {
+    p.display().to_string()
 }

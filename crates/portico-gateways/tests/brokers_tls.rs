@@ -1,65 +1,18 @@
-//! The `nats` gateway against private `nats-server`s with TLS and authentication, with
-//! certificates made at test time (rcgen): the right CA connects and messages flow, a wrong CA
-//! is refused with a node error that says why, mutual TLS with a client certificate, and a
-//! token and a user with a password (from files); a wrong token is refused, and no secret
-//! shows in the node's message.
+//! The broker gateways' TLS and authentication, against private brokers (`nats-server`,
+//! `mosquitto`) started with certificates made at test time (rcgen): the right CA connects
+//! and messages flow, a wrong CA is refused with a node error that says why, mutual TLS with
+//! a client certificate, and tokens and users with passwords from files; wrong credentials
+//! are refused, and no secret shows in the node's message.
 
 mod broker_support;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker_support::{PrivateBroker, Rig, data, unique, wait_until};
+use broker_support::{Pki, PrivateBroker, Rig, data, path, unique, wait_until};
 use portico::Phase;
+use portico_gateways::mqtt::Mqtt;
 use portico_gateways::nats::Nats;
-
-/// A CA, and a certificate it signed for `localhost` and 127.0.0.1, written as PEM files.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "portico test CA");
-        let ca = params.self_signed(&ca_key).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        Pki { dir, ca, ca_key }
-    }
-
-    fn ca_file(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-
-    /// A certificate for `names`, signed by the CA: (certificate file, key file).
-    fn issue(&self, name: &str, names: &[&str]) -> (PathBuf, PathBuf) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let cert = rcgen::CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &self.ca, &self.ca_key)
-            .unwrap();
-        let (c, k) = (
-            self.dir.path().join(format!("{name}.pem")),
-            self.dir.path().join(format!("{name}-key.pem")),
-        );
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        (c, k)
-    }
-}
-
-fn path(p: &Path) -> String {
-    p.display().to_string()
-}
 
 fn rig() -> Rig {
     Rig::new("natstls", "nats", Arc::new(Nats))
@@ -278,4 +231,123 @@ fn settings_name_the_field() {
             .contains("give one")
     );
     assert!(check(&format!("{base}tls: {{caFile: /ca.pem}}\ntokenEnv: T")).is_ok());
+}
+
+/// A private Mosquitto with a TLS listener (and, given `extra`, more of its configuration).
+async fn mosquitto_tls(pki: &Pki, extra: &str) -> PrivateBroker {
+    let (cert, key) = pki.issue("mosquitto", &["localhost", "127.0.0.1"]);
+    let config = format!(
+        "listener {{port}} 127.0.0.1\ncertfile {}\nkeyfile {}\n{extra}\n",
+        path(&cert),
+        path(&key)
+    );
+    PrivateBroker::start_with_config("mosquitto", &config, &["-c", "{dir}/broker.conf"]).await
+}
+
+/// Publishes `hello` to `topic` with `mosquitto_pub` over TLS, with `args` added.
+fn publish_tls(port: u16, pki: &Pki, topic: &str, args: &[&str]) {
+    let out = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args([
+            "--cafile",
+            &path(&pki.ca_file()),
+            "-t",
+            topic,
+            "-m",
+            "hello",
+        ])
+        .args(args)
+        .output()
+        .expect("mosquitto_pub (Debian package mosquitto-clients)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn mqtt_over_tls_with_a_password_and_a_wrong_ca_refused() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let passwords = dir.path().join("passwords");
+    let made = std::process::Command::new("mosquitto_passwd")
+        .args(["-b", "-c", &path(&passwords), "gateway", "pa55"])
+        .output()
+        .expect("mosquitto_passwd");
+    assert!(made.status.success());
+    let broker = mosquitto_tls(
+        &pki,
+        &format!("allow_anonymous false\npassword_file {}", path(&passwords)),
+    )
+    .await;
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, "pa55\n").unwrap();
+    let topic = unique("portico/tls/");
+    let mut rig = Rig::new("mqtttls", "mqtt", Arc::new(Mqtt));
+    let config = |ca: &Pki, password: &std::path::Path| {
+        format!(
+            "url: mqtts://127.0.0.1:{}\ntopic: '{topic}'\nclientId: {}\nqos: 1\nuser: gateway\npasswordFile: {}\ntls:\n  caFile: {}",
+            broker.port,
+            unique("tls"),
+            path(password),
+            path(&ca.ca_file())
+        )
+    };
+    rig.apply(&[("c", &config(&pki, &password_file))]).await;
+    rig.wait_phase("c", Phase::Running).await;
+    publish_tls(broker.port, &pki, &topic, &["-u", "gateway", "-P", "pa55"]);
+    let got = rig.exactly(1, Duration::from_millis(200)).await;
+    assert_eq!(data(&got[0]), "hello");
+
+    // A wrong password: refused, and not shown.
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "not-it").unwrap();
+    rig.apply(&[("c", &config(&pki, &wrong))]).await;
+    let said = error_saying(&rig, "MQTT broker").await;
+    assert!(!said.contains("not-it") && !said.contains("pa55"), "{said}");
+    // Another CA: the broker's certificate is refused.
+    let other = Pki::new();
+    rig.apply(&[("c", &config(&other, &password_file))]).await;
+    let said = error_saying(&rig, "MQTT broker").await;
+    assert!(
+        said.to_lowercase().contains("certificate") || said.to_lowercase().contains("tls"),
+        "{said}"
+    );
+    rig.supervisor.stop_all().await;
+}
+
+#[tokio::test]
+async fn mqtt_mutual_tls() {
+    let pki = Pki::new();
+    let broker = mosquitto_tls(
+        &pki,
+        &format!(
+            "allow_anonymous true\ncafile {}\nrequire_certificate true",
+            path(&pki.ca_file())
+        ),
+    )
+    .await;
+    let (cert, key) = pki.issue("client", &["portico-client"]);
+    let topic = unique("portico/mtls/");
+    let mut rig = Rig::new("mqttmtls", "mqtt", Arc::new(Mqtt));
+    let config = format!(
+        "url: mqtts://127.0.0.1:{}\ntopic: '{topic}'\nclientId: {}\nqos: 1\ntls:\n  caFile: {}\n  certFile: {}\n  keyFile: {}",
+        broker.port,
+        unique("mtls"),
+        path(&pki.ca_file()),
+        path(&cert),
+        path(&key)
+    );
+    rig.apply(&[("c", &config)]).await;
+    rig.wait_phase("c", Phase::Running).await;
+    publish_tls(
+        broker.port,
+        &pki,
+        &topic,
+        &["--cert", &path(&cert), "--key", &path(&key)],
+    );
+    let got = rig.exactly(1, Duration::from_millis(200)).await;
+    assert_eq!(data(&got[0]), "hello");
+    rig.supervisor.stop_all().await;
 }
