@@ -6,7 +6,7 @@ use portico::secret::redact_url;
 use std::time::Duration;
 
 use futures::StreamExt;
-use portico::{ConfigContext, ConfigError, ConfigExecutor, Delivered, Event, Submit};
+use portico::{ConfigContext, ConfigError, ConfigExecutor, Delivered, Event, SecretSource, Submit};
 use redis::AsyncCommands;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use schemars::JsonSchema;
@@ -27,6 +27,10 @@ use crate::broker::{self, Progress, SessionError, SessionResult, accepted, accep
 /// then new ones (`XREADGROUP … >`): at least once.
 ///
 /// A lost connection is reported on the node and re-established with capped backoff.
+///
+/// Security: TLS with a `rediss://` URL (a `tls` block names the CA, and a client certificate
+/// for mutual TLS), and an ACL `user` or the server's password from a file or an environment
+/// variable, never shown; all are read at every connection.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RedisConfig {
@@ -50,6 +54,21 @@ pub struct RedisConfig {
     /// (`XAUTOCLAIM`) at every connection; a duration like `30s` or `5m` (default `1m`).
     #[serde(default)]
     pub reclaim_after: Option<String>,
+    /// TLS toward the server (with a `rediss://` URL): its CA (Mozilla's roots by default),
+    /// and a client certificate for mutual TLS; read at every connection. A certificate the CA
+    /// did not sign is refused and the node says so.
+    #[serde(default)]
+    pub tls: Option<broker::TlsConfig>,
+    /// An ACL user, instead of one in the URL; with `passwordFile` or `passwordEnv`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// A file holding the password (of `user`, or the server's `requirepass`), instead of one
+    /// in the URL; read at every connection.
+    #[serde(default)]
+    pub password_file: Option<String>,
+    /// An environment variable holding the password, instead of `passwordFile`.
+    #[serde(default)]
+    pub password_env: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -67,17 +86,98 @@ enum Mode {
 #[derive(Debug, Clone)]
 pub struct Settings {
     url: String,
-    client: redis::Client,
+    info: redis::ConnectionInfo,
+    tls: Option<broker::Tls>,
+    user: Option<String>,
+    password: Option<SecretSource>,
     mode: Mode,
+}
+
+impl Settings {
+    /// A client, with the password and the TLS files read now.
+    fn client(&self) -> Result<redis::Client, SessionError> {
+        let mut redis = self.info.redis_settings().clone();
+        if let Some(user) = &self.user {
+            redis = redis.set_username(user);
+        }
+        if let Some(source) = &self.password {
+            let secret = source.load().map_err(|e| match e.kind() {
+                portico::ConfigErrorKind::Invalid => SessionError::Fatal(e),
+                _ => SessionError::Broker(e.message().to_string()),
+            })?;
+            let text = String::from_utf8(secret.expose().to_vec()).map_err(|_| {
+                SessionError::Fatal(ConfigError::invalid("the Redis password is not UTF-8 text"))
+            })?;
+            redis = redis.set_password(text);
+        }
+        let info = self.info.clone().set_redis_settings(redis);
+        let made = match &self.tls {
+            None => redis::Client::open(info),
+            Some(tls) => {
+                let read = |field: &str, p: &std::path::Path| {
+                    std::fs::read(p).map_err(|e| {
+                        SessionError::Broker(format!(
+                            "tls.{field}: cannot read {}: {e}",
+                            p.display()
+                        ))
+                    })
+                };
+                let root_cert = tls.ca.as_deref().map(|p| read("caFile", p)).transpose()?;
+                let client_tls = match &tls.client {
+                    None => None,
+                    Some((cert, key)) => Some(redis::ClientTlsConfig {
+                        client_cert: read("certFile", cert)?,
+                        client_key: read("keyFile", key)?,
+                    }),
+                };
+                redis::Client::build_with_tls(
+                    info,
+                    redis::TlsCertificates {
+                        client_tls,
+                        root_cert,
+                    },
+                )
+            }
+        };
+        made.map_err(|e| {
+            SessionError::broker(
+                format!("cannot set up Redis at {}", redact_url(&self.url)),
+                e,
+            )
+        })
+    }
 }
 
 impl RedisConfig {
     /// Checks what the fields' types do not; errors name the field.
     pub fn check(self) -> Result<Settings, ConfigError> {
         let url = self.url.trim().to_string();
-        broker::check_url("url", &url, &["redis", "rediss"])?;
-        let client = redis::Client::open(url.as_str())
+        let scheme = broker::check_url("url", &url, &["redis", "rediss"])?
+            .scheme()
+            .to_string();
+        let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
             .map_err(|e| ConfigError::invalid(format!("url: `{}`: {e}", redact_url(&url))))?;
+        let tls = self
+            .tls
+            .as_ref()
+            .map(broker::TlsConfig::check)
+            .transpose()?;
+        if tls.is_some() && scheme != "rediss" {
+            return Err(ConfigError::invalid(
+                "tls: needs a `rediss://` url (TLS), not `redis://`",
+            ));
+        }
+        let password = SecretSource::from_fields(
+            "password",
+            self.password_file.as_deref(),
+            self.password_env.as_deref(),
+        )?;
+        let user = broker::optional(self.user);
+        if user.is_some() && password.is_none() {
+            return Err(ConfigError::invalid(
+                "passwordFile: missing (user needs passwordFile or passwordEnv)",
+            ));
+        }
         let mode = match (broker::optional(self.stream), self.channels.is_empty()) {
             (Some(_), false) => {
                 return Err(ConfigError::invalid(
@@ -113,7 +213,14 @@ impl RedisConfig {
                 },
             },
         };
-        Ok(Settings { url, client, mode })
+        Ok(Settings {
+            url,
+            info,
+            tls,
+            user,
+            password,
+            mode,
+        })
     }
 }
 
@@ -129,14 +236,14 @@ impl ConfigExecutor for Redis {
     }
 
     async fn start_config(&self, ctx: ConfigContext, c: Settings) -> Result<(), ConfigError> {
-        let Settings { url, client, mode } = c;
+        let c = std::sync::Arc::new(c);
         broker::run_sessions(&ctx, |progress| {
-            let client = client.clone();
-            let mode = mode.clone();
+            let c = c.clone();
             let ctx = ctx.clone();
-            let url = url.clone();
             async move {
-                match mode {
+                let client = c.client()?;
+                let url = c.url.clone();
+                match c.mode.clone() {
                     Mode::PubSub(channels) => {
                         pubsub(&ctx, &client, &url, &channels, progress).await
                     }

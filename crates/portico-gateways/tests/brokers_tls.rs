@@ -351,3 +351,83 @@ async fn mqtt_mutual_tls() {
     assert_eq!(data(&got[0]), "hello");
     rig.supervisor.stop_all().await;
 }
+
+/// A private redis-server with TLS only (and, given `extra`, more arguments).
+async fn redis_tls(pki: &Pki, extra: &[&str]) -> PrivateBroker {
+    let (cert, key) = pki.issue("redis", &["localhost", "127.0.0.1"]);
+    let (cert, key) = (path(&cert), path(&key));
+    let mut args = vec![
+        "--port",
+        "0",
+        "--tls-port",
+        "{port}",
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-auth-clients",
+        "no",
+    ];
+    args.extend_from_slice(extra);
+    PrivateBroker::start("redis-server", &args).await
+}
+
+#[tokio::test]
+async fn redis_over_tls_with_an_acl_user() {
+    let pki = Pki::new();
+    let broker = redis_tls(
+        &pki,
+        &["--user", "gateway", "on", ">pa55", "~*", "&*", "+@all"],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, "pa55\n").unwrap();
+    let channel = unique("portico.tls.");
+    let mut rig = Rig::new(
+        "redistls",
+        "redis",
+        Arc::new(portico_gateways::redis::Redis),
+    );
+    let config = |ca: &Pki, password: &std::path::Path| {
+        format!(
+            "url: rediss://127.0.0.1:{}\nchannels: ['{channel}']\nuser: gateway\npasswordFile: {}\ntls:\n  caFile: {}",
+            broker.port,
+            path(password),
+            path(&ca.ca_file())
+        )
+    };
+    rig.apply(&[("c", &config(&pki, &password_file))]).await;
+    rig.wait_phase("c", Phase::Running).await;
+    let publish = std::process::Command::new("redis-cli")
+        .args(["-p", &broker.port.to_string(), "--tls", "--cacert"])
+        .arg(pki.ca_file())
+        .args(["--user", "gateway", "--pass", "pa55", "--no-auth-warning"])
+        .args(["PUBLISH", &channel, "hello"])
+        .output()
+        .expect("redis-cli");
+    assert!(publish.status.success());
+    let got = rig.exactly(1, Duration::from_millis(200)).await;
+    assert_eq!(data(&got[0]), "hello");
+
+    // A wrong password, then another CA: refused, the node says so, no secret shown.
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "not-it").unwrap();
+    rig.apply(&[("c", &config(&pki, &wrong))]).await;
+    let said = error_saying(&rig, "Redis").await;
+    assert!(!said.contains("not-it") && !said.contains("pa55"), "{said}");
+    let other = Pki::new();
+    rig.apply(&[("c", &config(&other, &password_file))]).await;
+    let said = error_saying(&rig, "Redis").await;
+    assert!(
+        said.to_lowercase().contains("certificate") || said.to_lowercase().contains("tls"),
+        "{said}"
+    );
+    rig.supervisor.stop_all().await;
+}
