@@ -22,6 +22,7 @@ pub mod postgres;
 pub mod redis;
 pub mod reference;
 pub mod s3event;
+pub mod sftp;
 pub mod sqs;
 pub mod storagegrid;
 
@@ -51,6 +52,7 @@ pub const BUILTIN_TYPES: &[&str] = &[
     "bitbucket",
     "gerrit",
     "http-poll",
+    "sftp",
 ];
 
 /// The executor of built-in gateway `gateway_type`, if there is one. Each call gives a new
@@ -77,6 +79,7 @@ pub fn builtin(gateway_type: &str) -> Option<SharedExecutor> {
         "bitbucket" => Some(Arc::new(saas::SaasHooks::new(saas::Provider::Bitbucket))),
         "gerrit" => Some(Arc::new(saas::SaasHooks::new(saas::Provider::Gerrit))),
         "http-poll" => Some(Arc::new(http_poll::HttpPoll)),
+        "sftp" => Some(Arc::new(sftp::Sftp)),
         _ => None,
     }
 }

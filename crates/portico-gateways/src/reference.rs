@@ -24,6 +24,7 @@ pub fn schema(gateway_type: &str) -> Option<schemars::Schema> {
         "storagegrid" => schema_for!(crate::storagegrid::StorageGridConfig),
         "sqs" => schema_for!(crate::sqs::SqsConfig),
         "http-poll" => schema_for!(crate::http_poll::HttpPollConfig),
+        "sftp" => schema_for!(crate::sftp::SftpConfig),
         _ => return None,
     })
 }

@@ -11,6 +11,7 @@
 mod broker_support;
 mod common;
 mod moto_support;
+mod sftp_support;
 mod sqs_support;
 
 use std::path::PathBuf;
@@ -58,6 +59,9 @@ enum Trigger {
     /// `NOTIFY` the channel named by the value's [`Value::topic`] with [`PAYLOAD`], through a
     /// PostgreSQL client of its own on [`CLIENTS`].
     Notify,
+    /// Write a JSON file (named after the round) into the directory of the case's private
+    /// `sshd`, which the `sftp` case lists.
+    WriteSftp(sftp_support::Sshd),
 }
 
 /// The broker a [`Trigger::Publish`] publishes to.
@@ -230,6 +234,49 @@ fn http_poll_case(dir: tempfile::TempDir) -> Case {
             secret.display()
         )),
         trigger: Trigger::ChangeBody(server),
+        kube: None,
+        tansu: None,
+        _dir: dir,
+    }
+}
+
+/// The `sftp` case: a private `sshd` (a child process, started before the baseline of tasks
+/// and sockets is taken; its sockets are not this process's) listed every second.
+fn sftp_case(dir: tempfile::TempDir) -> Case {
+    let sshd = sftp_support::Sshd::start();
+    let base = format!(
+        "address: 127.0.0.1:{}\nuser: {}\ndirectory: {}\nprivateKeyFile: {}\nhostKey: {}\ninterval: 1s",
+        sshd.port,
+        sshd.user,
+        sshd.files.display(),
+        sshd.client_key.display(),
+        sshd.host_key,
+    );
+    let state = |name: &str| format!("stateFile: {}", dir.path().join(name).display());
+    let key = format!("hostKey: {}", sshd.host_key);
+    Case {
+        junk: vec![
+            ("user: u\ndirectory: /d".into(), "address"),
+            (base.replace("127.0.0.1:", "127.0.0.1:x"), "address"),
+            (base.replace(&key, ""), "hostKey"),
+            (
+                base.replace(&key, "hostKey: ssh-ed25519 nonsense"),
+                "hostKey",
+            ),
+            (format!("{base}\ninterval: 10ms"), "interval"),
+            (format!("{base}\nafterAccept: move"), "moveTo"),
+            (format!("{base}\nafterAccept: shred"), "afterAccept"),
+            (format!("{base}\nmaxFileSize: huge"), "maxFileSize"),
+            (format!("{base}\npasswordEnv: P"), "password"),
+            ("bogusField: 1".to_string(), "bogusField"),
+            ("[not: yaml".to_string(), ""),
+        ],
+        valid: Value::plain(&format!("{base}\n{}", state("one.json"))),
+        changed: Value::plain(&format!(
+            "{base}\n{}\npattern: '*.json'\nafterAccept: delete",
+            state("two.json")
+        )),
+        trigger: Trigger::WriteSftp(sshd),
         kube: None,
         tansu: None,
         _dir: dir,
@@ -751,6 +798,7 @@ fn case(gateway_type: &str) -> Option<Case> {
         },
         "slack" | "stripe" | "bitbucket" | "gerrit" => saas_case(gateway_type, dir, &secret_line),
         "http-poll" => http_poll_case(dir),
+        "sftp" => sftp_case(dir),
         _ => return None,
     })
 }
@@ -1051,6 +1099,9 @@ async fn trigger(case: &Case, value: &Value, n: u32) {
             sqs_support::send(moto, url, &serde_json::json!([message]));
         }
         Trigger::ChangeBody(server) => server.change(),
+        Trigger::WriteSftp(sshd) => {
+            std::fs::write(sshd.files.join(format!("event-{n}.json")), PAYLOAD).unwrap();
+        }
         Trigger::Notify => {
             let channel = value.topic.clone().unwrap();
             on_clients_runtime(format!("postgres NOTIFY {channel}"), async move {
