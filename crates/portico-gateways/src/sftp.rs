@@ -610,7 +610,7 @@ impl client::Handler for Client {
         offered: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
         let PublicKeyOrCertificate::PublicKey { key, .. } = offered else {
-            *self.refused.lock().unwrap() =
+            *self.refused.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some("the server offered a certificate, not a host key".into());
             return Ok(false);
         };
@@ -645,7 +645,7 @@ impl client::Handler for Client {
             }
         };
         let ok = refusal.is_none();
-        *self.refused.lock().unwrap() = refusal;
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = refusal;
         Ok(ok)
     }
 }
@@ -703,7 +703,7 @@ async fn connect(s: &Settings) -> Result<Conn, String> {
     let mut handle = match connected {
         Ok(h) => h,
         Err(e) => {
-            if let Some(why) = refused.lock().unwrap().take() {
+            if let Some(why) = refused.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 return Err(why);
             }
             return Err(format!("cannot connect: {e}"));
@@ -819,7 +819,9 @@ impl Poller {
         if self.conn.is_none() {
             self.conn = Some(connect(s).await?);
         }
-        let conn = self.conn.as_ref().expect("connected");
+        let Some(conn) = self.conn.as_ref() else {
+            return Err(Failure::from(format!("SFTP {}: not connected", s.server())));
+        };
         let entries = conn
             .sftp
             .read_dir(s.directory.as_str())
@@ -891,7 +893,9 @@ impl Poller {
             self.save(s).await?;
             return Ok(true);
         }
-        let conn = self.conn.as_ref().expect("connected");
+        let Some(conn) = self.conn.as_ref() else {
+            return Err(Failure::from(format!("SFTP {}: not connected", s.server())));
+        };
         let content = conn
             .sftp
             .read(path.as_str())
