@@ -17,8 +17,6 @@ use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 use portico::secret::{redact_url, scrub};
 use portico::{ConfigContext, ConfigError, ConfigErrorKind, Secret, SecretSource};
-use schemars::JsonSchema;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::broker::{self, SessionError};
@@ -35,18 +33,7 @@ pub(crate) fn invalid(field: &str, what: impl std::fmt::Display) -> ConfigError 
     ConfigError::invalid(format!("{field}: {what}"))
 }
 
-/// A key of a Kubernetes Secret (Kubernetes' `SecretKeySelector`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SecretKeySelector {
-    /// The Secret's name, in the gateway's namespace.
-    pub name: String,
-    /// The key in the Secret's data.
-    pub key: String,
-    /// Accepted for Kubernetes' shape; the key is required all the same.
-    #[serde(default)]
-    pub optional: Option<bool>,
-}
+pub use crate::kube_secret::SecretKeySelector;
 
 /// Where one credential is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -326,23 +313,7 @@ async fn load_key(ctx: &ConfigContext, source: &KeySource) -> Result<Secret, Con
     match source {
         KeySource::Local(s) => s.load(),
         KeySource::Kube { field, selector } => {
-            let Some(client) = ctx.gateway().kube_client() else {
-                return Err(invalid(
-                    field,
-                    format!(
-                        "names key `{}` of Kubernetes Secret `{}`, which needs the gateway to run in a cluster or KUBECONFIG to be set; or give {field}File or {field}Env",
-                        selector.key, selector.name
-                    ),
-                ));
-            };
-            crate::kube_secret::read(
-                client,
-                ctx.gateway().namespace(),
-                &selector.name,
-                &selector.key,
-            )
-            .await
-            .map_err(|e| ConfigError::failed(format!("{field}: {e}")))
+            crate::kube_secret::read_selected(ctx, field, selector).await
         }
     }
 }

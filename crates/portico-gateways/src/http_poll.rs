@@ -35,17 +35,17 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use portico::Secret;
 use portico::secret::{LiveSecret, redact_url, scrub};
 use portico::{ConfigContext, ConfigError, ConfigErrorKind, ConfigExecutor, DispatchError, Event};
-use portico::{Secret, SecretSource};
 use reqwest::StatusCode;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::artifact::SecretKeySelector;
 use crate::broker;
+use crate::kube_secret::{SecretFrom, SecretKeySelector};
 use crate::webhook::{NumberOrText, max_body_size};
 
 /// The shortest `interval`.
@@ -145,32 +145,12 @@ pub enum Emit {
     Always,
 }
 
-/// Where the auth header's secret is read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum AuthSource {
-    /// A file or an environment variable.
-    Local(SecretSource),
-    /// A key of a Kubernetes Secret.
-    Kube(SecretKeySelector),
-}
-
-impl AuthSource {
-    /// The field the source was given in, for errors.
-    fn field(&self) -> &'static str {
-        match self {
-            AuthSource::Local(SecretSource::File(_)) => "authSecretFile",
-            AuthSource::Local(SecretSource::Env(_)) => "authSecretEnv",
-            AuthSource::Kube(_) => "authSecret",
-        }
-    }
-}
-
 /// A checked auth header.
 #[derive(Debug, Clone)]
 struct Auth {
     header: HeaderName,
     scheme: Option<String>,
-    source: AuthSource,
+    source: SecretFrom,
 }
 
 /// A checked `http-poll` configuration.
@@ -249,30 +229,12 @@ impl HttpPollConfig {
             return Err(invalid("timeout", "must be more than 0"));
         }
         let max_body = max_body_size(self.max_body_size.as_ref())?;
-        let local = SecretSource::from_fields(
+        let source = SecretFrom::from_fields(
             "authSecret",
             self.auth_secret_file.as_deref(),
             self.auth_secret_env.as_deref(),
+            self.auth_secret,
         )?;
-        let source = match (local, self.auth_secret) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "authSecret",
-                    "both authSecret (a Kubernetes Secret) and authSecretFile or authSecretEnv are set: give one",
-                ));
-            }
-            (Some(s), None) => Some(AuthSource::Local(s)),
-            (None, Some(sel)) => {
-                if sel.name.trim().is_empty() {
-                    return Err(invalid("authSecret.name", "empty (required)"));
-                }
-                if sel.key.trim().is_empty() {
-                    return Err(invalid("authSecret.key", "empty (required)"));
-                }
-                Some(AuthSource::Kube(sel))
-            }
-            (None, None) => None,
-        };
         let auth_header = broker::optional(self.auth_header);
         let auth_scheme = broker::optional(self.auth_scheme);
         let auth = match source {
@@ -491,15 +453,15 @@ fn client(s: &Settings) -> Result<reqwest::Client, ConfigError> {
 
 /// The auth header's value: the scheme, if any, and the secret; marked sensitive.
 fn header_value(auth: &Auth, secret: &Secret) -> Result<HeaderValue, ConfigError> {
-    let field = auth.source.field();
-    let text = secret.expose_text(field)?;
+    let field = auth.source.field("authSecret");
+    let text = secret.expose_text(&field)?;
     let full = match &auth.scheme {
         Some(s) => format!("{s} {text}"),
         None => text.to_string(),
     };
     let mut v = HeaderValue::from_str(&full).map_err(|_| {
         invalid(
-            field,
+            &field,
             "the secret cannot be a header value (it holds control characters or a line break)",
         )
     })?;
@@ -525,12 +487,12 @@ fn in_field(field: &str, e: &ConfigError) -> ConfigError {
 }
 
 impl AuthSecret {
-    async fn load(ctx: &ConfigContext, source: &AuthSource) -> Result<AuthSecret, ConfigError> {
+    async fn load(ctx: &ConfigContext, source: &SecretFrom) -> Result<AuthSecret, ConfigError> {
         match source {
-            AuthSource::Local(s) => LiveSecret::load(s.clone())
+            SecretFrom::Local(s) => LiveSecret::load(s.clone())
                 .map(AuthSecret::Live)
-                .map_err(|e| in_field(source.field(), &e)),
-            AuthSource::Kube(selector) => Ok(AuthSecret::Kube {
+                .map_err(|e| in_field(&source.field("authSecret"), &e)),
+            SecretFrom::Kube(selector) => Ok(AuthSecret::Kube {
                 value: read_kube(ctx, selector).await?,
                 stale: false,
             }),
@@ -556,9 +518,9 @@ impl AuthSecret {
     async fn refresh(
         &mut self,
         ctx: &ConfigContext,
-        source: &AuthSource,
+        source: &SecretFrom,
     ) -> Result<(), ConfigError> {
-        if let (AuthSecret::Kube { value, stale }, AuthSource::Kube(selector)) = (self, source)
+        if let (AuthSecret::Kube { value, stale }, SecretFrom::Kube(selector)) = (self, source)
             && *stale
         {
             *value = read_kube(ctx, selector).await?;
@@ -569,22 +531,7 @@ impl AuthSecret {
 }
 
 async fn read_kube(ctx: &ConfigContext, sel: &SecretKeySelector) -> Result<Secret, ConfigError> {
-    let Some(client) = ctx.gateway().kube_client() else {
-        return Err(invalid(
-            "authSecret",
-            format!(
-                "names key `{}` of Kubernetes Secret `{}`, which needs the gateway to run in a cluster or KUBECONFIG to be set; or give authSecretFile or authSecretEnv",
-                sel.key, sel.name
-            ),
-        ));
-    };
-    let namespace = match ctx.gateway().namespace() {
-        "" => client.default_namespace().to_string(),
-        ns => ns.to_string(),
-    };
-    crate::kube_secret::read(client, &namespace, &sel.name, &sel.key)
-        .await
-        .map_err(|e| ConfigError::failed(format!("authSecret: {e}")))
+    crate::kube_secret::read_selected(ctx, "authSecret", sel).await
 }
 
 /// A poll that did not succeed: why, and the status when the server answered.
@@ -898,7 +845,7 @@ mod tests {
         assert_eq!(auth.scheme.as_deref(), Some("Bearer"));
         assert_eq!(
             auth.source,
-            AuthSource::Local(SecretSource::Env("TOKEN".into()))
+            SecretFrom::Local(portico::SecretSource::Env("TOKEN".into()))
         );
     }
 
@@ -1009,7 +956,7 @@ mod tests {
         let auth = Auth {
             header: header::AUTHORIZATION,
             scheme: Some("Bearer".into()),
-            source: AuthSource::Local(SecretSource::Env("T".into())),
+            source: SecretFrom::Local(portico::SecretSource::Env("T".into())),
         };
         let v = header_value(&auth, &Secret::new("tok")).unwrap();
         assert_eq!(v, "Bearer tok");

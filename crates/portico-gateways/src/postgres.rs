@@ -17,8 +17,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use tokio_postgres::{AsyncMessage, NoTls, Notification};
 
-use crate::aws::SecretKeySelector;
 use crate::broker::{self, Progress, SessionError, SessionResult, accepted};
+use crate::kube_secret::{SecretFrom, SecretKeySelector};
 
 /// The longest name of a channel: PostgreSQL's identifiers (`NAMEDATALEN - 1` bytes).
 const MAX_CHANNEL: usize = 63;
@@ -72,13 +72,6 @@ pub struct PostgresConfig {
     pub password: Option<SecretKeySelector>,
 }
 
-/// Where the password is read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum PasswordSource {
-    Local(SecretSource),
-    Kube(SecretKeySelector),
-}
-
 /// A checked `postgres` configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -87,7 +80,7 @@ pub struct Settings {
     user: String,
     database: String,
     channels: Vec<String>,
-    password: Option<PasswordSource>,
+    password: Option<SecretFrom>,
 }
 
 fn invalid(field: &str, what: impl std::fmt::Display) -> ConfigError {
@@ -174,30 +167,12 @@ impl PostgresConfig {
             }
         }
 
-        let local = SecretSource::from_fields(
+        let password = SecretFrom::from_fields(
             "password",
             self.password_file.as_deref(),
             self.password_env.as_deref(),
+            self.password,
         )?;
-        let password = match (local, self.password) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "password",
-                    "both password (a Kubernetes Secret) and passwordFile or passwordEnv are set: give one",
-                ));
-            }
-            (Some(s), None) => Some(PasswordSource::Local(s)),
-            (None, Some(sel)) => {
-                if sel.name.trim().is_empty() {
-                    return Err(invalid("password.name", "empty (required)"));
-                }
-                if sel.key.trim().is_empty() {
-                    return Err(invalid("password.key", "empty (required)"));
-                }
-                Some(PasswordSource::Kube(sel))
-            }
-            (None, None) => None,
-        };
         Ok(Settings {
             host,
             port,
@@ -247,12 +222,9 @@ impl ConfigExecutor for Postgres {
 }
 
 /// The password, read again at every connection (a rotated Secret is picked up).
-async fn load_password(
-    ctx: &ConfigContext,
-    source: &PasswordSource,
-) -> Result<Secret, ConfigError> {
+async fn load_password(ctx: &ConfigContext, source: &SecretFrom) -> Result<Secret, ConfigError> {
     match source {
-        PasswordSource::Local(s) => s.load().map_err(|e| {
+        SecretFrom::Local(s) => s.load().map_err(|e| {
             let field = match s {
                 SecretSource::File(_) => "passwordFile",
                 SecretSource::Env(_) => "passwordEnv",
@@ -262,24 +234,7 @@ async fn load_password(
                 _ => ConfigError::failed(format!("{field}: {}", e.message())),
             }
         }),
-        PasswordSource::Kube(sel) => {
-            let Some(client) = ctx.gateway().kube_client() else {
-                return Err(invalid(
-                    "password",
-                    format!(
-                        "names key `{}` of Kubernetes Secret `{}`, which needs the gateway to run in a cluster or KUBECONFIG to be set; or give passwordFile or passwordEnv",
-                        sel.key, sel.name
-                    ),
-                ));
-            };
-            let namespace = match ctx.gateway().namespace() {
-                "" => client.default_namespace().to_string(),
-                ns => ns.to_string(),
-            };
-            crate::kube_secret::read(client, &namespace, &sel.name, &sel.key)
-                .await
-                .map_err(|e| ConfigError::failed(format!("password: {e}")))
-        }
+        SecretFrom::Kube(sel) => crate::kube_secret::read_selected(ctx, "password", sel).await,
     }
 }
 
