@@ -469,6 +469,15 @@ pub(crate) async fn run_gateway(
         rates: crate::rates::Rates::new(pipeline.clone()),
         ready: Default::default(),
     });
+    // The configurations' filters and rate limits hold from the first request the server
+    // takes (in a cluster, from the first ConfigMap read, before the gateway is ready).
+    if let Some(f) = &file {
+        let own = match &processor {
+            Processor::Core(executor) => executor.dyn_own_keys(),
+            _ => &[],
+        };
+        pipeline.policies().apply(&f.configurations, own);
+    }
     let listener = crate::server::bind(SocketAddr::new(opts.listen, opts.transformer_port)).await?;
     let server_stop = CancellationToken::new();
     tokio::spawn(state.rates.clone().run(server_stop.clone()));
