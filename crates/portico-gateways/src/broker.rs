@@ -14,7 +14,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use portico::{ConfigContext, ConfigError, Delivered, DispatchError};
+use portico::{ConfigContext, ConfigError, Delivered, DispatchError, SecretSource};
 
 /// The first wait before reconnecting.
 pub(crate) const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -201,6 +201,63 @@ pub(crate) fn optional(value: Option<String>) -> Option<String> {
     value
         .map(|v| v.trim().to_string())
         .filter(|v| !v.is_empty())
+}
+
+/// A broker credential (`field`: a password, a token), read at every connection so that a
+/// rotated one is taken: a file that cannot be read yet is retried with the session; an unset
+/// variable or text that is not UTF-8 ends the configuration.
+pub(crate) fn credential(source: &SecretSource, field: &str) -> Result<String, SessionError> {
+    let secret = source.load().map_err(|e| match e.kind() {
+        portico::ConfigErrorKind::Invalid => SessionError::Fatal(e),
+        _ => SessionError::Broker(e.message().to_string()),
+    })?;
+    secret
+        .expose_text(field)
+        .map(str::to_string)
+        .map_err(SessionError::Fatal)
+}
+
+/// What a polling gateway (`http-poll`, `sftp`) shows of itself: a failed poll makes the node
+/// `Error` with its reason (logged once per new reason, not at every poll), the next
+/// successful one `Running` again.
+#[derive(Debug, Default)]
+pub(crate) struct PollHealth {
+    /// Whether the node shows `Running` (since the last success).
+    running: bool,
+    /// The last failure logged.
+    last_failure: Option<String>,
+}
+
+impl PollHealth {
+    /// A poll failed with `text`; polling goes on every `interval`.
+    pub(crate) fn failed(&mut self, ctx: &ConfigContext, text: String, interval: Duration) {
+        if self.last_failure.as_deref() != Some(text.as_str()) {
+            tracing::warn!(
+                src = ctx.src(),
+                "{text}; polling goes on every {}",
+                humantime::format_duration(interval)
+            );
+            self.last_failure = Some(text.clone());
+        }
+        ctx.report_error(text);
+        self.running = false;
+    }
+
+    /// The node was set to `Error` by other means: the next success shows `Running` again.
+    pub(crate) fn errored(&mut self) {
+        self.running = false;
+    }
+
+    /// A poll succeeded.
+    pub(crate) fn succeeded(&mut self, ctx: &ConfigContext) {
+        if !self.running {
+            if self.last_failure.take().is_some() {
+                tracing::info!(src = ctx.src(), "polling works again");
+            }
+            ctx.running();
+            self.running = true;
+        }
+    }
 }
 
 /// TLS toward a broker: the CA that signs its certificate, and the client's own certificate

@@ -413,7 +413,7 @@ impl ConfigExecutor for HttpPoll {
                     continue;
                 }
             };
-            poller.succeeded(&ctx);
+            poller.health.succeeded(&ctx);
             if let Some(pending) = poller.keep(&s, answer)
                 && !poller.emit(&ctx, pending).await?
             {
@@ -692,10 +692,8 @@ struct Poller {
     last_modified: Option<String>,
     /// The SHA-256 of the last body emitted.
     hash: Option<[u8; 32]>,
-    /// Whether the node shows `Running` (since the last success).
-    running: bool,
-    /// The last failure logged, to log each new one once.
-    last_failure: Option<String>,
+    /// Error or Running.
+    health: broker::PollHealth,
 }
 
 /// What a poll remembers of the body it emits.
@@ -713,27 +711,8 @@ struct Pending {
 
 impl Poller {
     fn failed(&mut self, ctx: &ConfigContext, s: &Settings, reason: String) {
-        let text = format!("GET {}: {reason}", s.shown);
-        if self.last_failure.as_deref() != Some(text.as_str()) {
-            tracing::warn!(
-                src = ctx.src(),
-                "{text}; polling goes on every {}",
-                humantime::format_duration(s.interval)
-            );
-            self.last_failure = Some(text.clone());
-        }
-        ctx.report_error(text);
-        self.running = false;
-    }
-
-    fn succeeded(&mut self, ctx: &ConfigContext) {
-        if !self.running {
-            if self.last_failure.take().is_some() {
-                tracing::info!(src = ctx.src(), "polling works again");
-            }
-            ctx.running();
-            self.running = true;
-        }
+        self.health
+            .failed(ctx, format!("GET {}: {reason}", s.shown), s.interval);
     }
 
     /// The event `answer` makes, if any; when none, the state moves on now.
@@ -802,7 +781,7 @@ impl Poller {
                 ctx.report_error(format!(
                     "the gateway cannot store events ({why}); the next poll tries again"
                 ));
-                self.running = false;
+                self.health.errored();
                 Ok(true)
             }
             Err(e) => Err(e.into()),

@@ -176,15 +176,7 @@ async fn session(ctx: &ConfigContext, c: &Settings, progress: Progress) -> Sessi
     if let Some((user, password)) = &c.user {
         let password = match password {
             None => String::new(),
-            Some(source) => {
-                let secret = source.load().map_err(|e| match e.kind() {
-                    portico::ConfigErrorKind::Invalid => SessionError::Fatal(e),
-                    _ => SessionError::Broker(e.message().to_string()),
-                })?;
-                String::from_utf8(secret.expose().to_vec()).map_err(|_| {
-                    SessionError::Fatal(ConfigError::invalid("the MQTT password is not UTF-8 text"))
-                })?
-            }
+            Some(source) => broker::credential(source, "password")?,
         };
         options.set_credentials(user.clone(), password);
     }

@@ -275,20 +275,13 @@ async fn connect(
             options = options.add_client_certificate(cert.clone(), key.clone());
         }
     }
-    let text = |source: &SecretSource| -> Result<String, SessionError> {
-        let secret = source.load().map_err(|e| match e.kind() {
-            portico::ConfigErrorKind::Invalid => SessionError::Fatal(e),
-            _ => SessionError::Broker(e.message().to_string()),
-        })?;
-        String::from_utf8(secret.expose().to_vec()).map_err(|_| {
-            SessionError::Fatal(ConfigError::invalid("the NATS secret is not UTF-8 text"))
-        })
-    };
     options = match &c.auth {
         Auth::Anonymous => options,
-        Auth::User(user, password) => options.user_and_password(user.clone(), text(password)?),
-        Auth::Token(token) => options.token(text(token)?),
-        Auth::Nkey(seed) => options.nkey(text(seed)?.trim().to_string()),
+        Auth::User(user, password) => {
+            options.user_and_password(user.clone(), broker::credential(password, "password")?)
+        }
+        Auth::Token(token) => options.token(broker::credential(token, "token")?),
+        Auth::Nkey(seed) => options.nkey(broker::credential(seed, "nkeyFile")?.trim().to_string()),
         Auth::Credentials(path) => options.credentials_file(path).await.map_err(|e| {
             SessionError::broker(
                 format!("cannot read the NATS credentials file {}", path.display()),

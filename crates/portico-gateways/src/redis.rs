@@ -101,13 +101,7 @@ impl Settings {
             redis = redis.set_username(user);
         }
         if let Some(source) = &self.password {
-            let secret = source.load().map_err(|e| match e.kind() {
-                portico::ConfigErrorKind::Invalid => SessionError::Fatal(e),
-                _ => SessionError::Broker(e.message().to_string()),
-            })?;
-            let text = String::from_utf8(secret.expose().to_vec()).map_err(|_| {
-                SessionError::Fatal(ConfigError::invalid("the Redis password is not UTF-8 text"))
-            })?;
+            let text = broker::credential(source, "password")?;
             redis = redis.set_password(text);
         }
         let info = self.info.clone().set_redis_settings(redis);

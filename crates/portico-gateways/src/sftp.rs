@@ -31,6 +31,7 @@ use russh_sftp::client::SftpSession;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::broker;
 use crate::webhook::{NumberOrText, parse_size};
 
 /// The shortest `interval`.
@@ -465,8 +466,7 @@ impl ConfigExecutor for Sftp {
             listing: load_state(&ctx, &state_file, &s.listing_of()),
             state_file,
             conn: None,
-            running: false,
-            last_failure: None,
+            health: broker::PollHealth::default(),
         };
         let mut ticks = tokio::time::interval(s.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -480,7 +480,7 @@ impl ConfigExecutor for Sftp {
                 _ = ctx.stopped() => break Ok(()),
             };
             match outcome {
-                Ok(true) => poller.succeeded(&ctx),
+                Ok(true) => poller.health.succeeded(&ctx),
                 Ok(false) => break Ok(()),
                 Err(Failure::Fatal(e)) => break Err(e),
                 Err(Failure::Poll(reason)) => {
@@ -779,8 +779,7 @@ struct Poller {
     listing: BTreeMap<String, Seen>,
     state_file: PathBuf,
     conn: Option<Conn>,
-    running: bool,
-    last_failure: Option<String>,
+    health: broker::PollHealth,
 }
 
 /// A file to emit.
@@ -791,27 +790,8 @@ struct Changed {
 
 impl Poller {
     fn failed(&mut self, ctx: &ConfigContext, s: &Settings, reason: String) {
-        let text = format!("SFTP {}: {reason}", s.server());
-        if self.last_failure.as_deref() != Some(text.as_str()) {
-            tracing::warn!(
-                src = ctx.src(),
-                "{text}; polling goes on every {}",
-                humantime::format_duration(s.interval)
-            );
-            self.last_failure = Some(text.clone());
-        }
-        ctx.report_error(text);
-        self.running = false;
-    }
-
-    fn succeeded(&mut self, ctx: &ConfigContext) {
-        if !self.running {
-            if self.last_failure.take().is_some() {
-                tracing::info!(src = ctx.src(), "polling works again");
-            }
-            ctx.running();
-            self.running = true;
-        }
+        self.health
+            .failed(ctx, format!("SFTP {}: {reason}", s.server()), s.interval);
     }
 
     /// One poll: list, emit what changed. `Ok(false)`: the configuration is stopping.
