@@ -168,10 +168,27 @@ impl Pipeline {
         &self.policies
     }
 
+    /// Hands a raw event of configuration `src` over as `how` says: its configuration's filter
+    /// and rate limit first, then [`Pipeline::submit`]. A filtered event is taken: what it
+    /// returns is done at once. A wait ends when `stop`, if any, is cancelled.
+    pub(crate) async fn submit_raw(
+        &self,
+        src: &SrcMetrics,
+        event: Event,
+        how: Submit,
+        stop: Option<&CancellationToken>,
+    ) -> Result<Delivered, DispatchError> {
+        if self.gate(src, &event, how.wait, stop).await? == Gate::Filtered {
+            return Ok(Delivered::now());
+        }
+        let admission = self.admission(how.wait, stop);
+        self.submit(src, Item::Raw(event), admission, how.ack).await
+    }
+
     /// Applies configuration `src`'s filter and rate limit to a raw event before it is
     /// submitted, waiting for the limit as `wait` says; counts what it filtered, refused and
     /// waited. [`Gate::Filtered`]: the event is taken and goes no further.
-    pub(crate) async fn gate(
+    async fn gate(
         &self,
         src: &SrcMetrics,
         event: &Event,
@@ -327,17 +344,8 @@ impl Intake {
         how: Submit,
         stop: &CancellationToken,
     ) -> Result<Delivered, DispatchError> {
-        if self
-            .pipeline
-            .gate(&self.src, &event, how.wait, Some(stop))
-            .await?
-            == Gate::Filtered
-        {
-            return Ok(Delivered::now());
-        }
-        let admission = self.pipeline.admission(how.wait, Some(stop));
         self.pipeline
-            .submit(&self.src, Item::Raw(event), admission, how.ack)
+            .submit_raw(&self.src, event, how, Some(stop))
             .await
     }
 

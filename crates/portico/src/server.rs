@@ -42,7 +42,6 @@ use crate::http1;
 use crate::ingest::Ingested;
 use crate::metrics::RejectReason;
 use crate::pipeline::{Item, Pipeline, Wait};
-use crate::policy::Gate;
 use crate::secret::LiveSecret;
 use crate::status::{Node, StatusBoard};
 
@@ -450,14 +449,8 @@ async fn ingest(s: &AppState, headers: &http::HeaderMap, body: Bytes) -> Respons
         Ok(Ingested::Raw { src, event }) => {
             let event = event.with_trace_headers(headers);
             let src = pipeline.metrics().for_posted_src(&src);
-            match pipeline.gate(&src, &event, Wait::Briefly, None).await {
-                Ok(Gate::Pass) => {}
-                Ok(Gate::Filtered) => return StatusCode::OK.into_response(),
-                Err(e) => return refusal(&e),
-            }
-            let admission = pipeline.admission(Wait::Briefly, None);
             match pipeline
-                .submit(&src, Item::Raw(event), admission, Ack::OnAcceptance)
+                .submit_raw(&src, event, crate::pipeline::Submit::BRIEFLY, None)
                 .await
             {
                 Ok(_) => StatusCode::OK.into_response(),
