@@ -8,10 +8,12 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
+use lapin::tcp::{AMQPUriTcpExt, RustlsConnector, TLSConfig};
 use lapin::types::{AMQPValue, FieldTable};
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use portico::secret::redact_url;
-use portico::{ConfigContext, ConfigError, ConfigExecutor, Event};
+use portico::{ConfigContext, ConfigError, ConfigExecutor, Event, SecretSource};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -35,6 +37,12 @@ const PREFETCH: u16 = 32;
 /// A lost connection (broker down, connection closed by an operator) is reported on the node
 /// and re-established with capped backoff; the exchange, queue and binding are declared
 /// again on every connection.
+///
+/// Security: TLS with an `amqps://` URL (a `tls` block names the CA, a client certificate for
+/// mutual TLS, and the name the broker's certificate must carry), and a `user` with its
+/// password from a file or an environment variable instead of the URL's; the files are read at
+/// every connection, so renewed certificates and passwords are taken at the next one, and the
+/// password is never shown.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AmqpConfig {
@@ -53,6 +61,20 @@ pub struct AmqpConfig {
     /// of the gateway.
     #[serde(default)]
     pub queue: Option<String>,
+    /// TLS toward the broker, with an `amqps://` URL: its CA (Mozilla's roots by default), a
+    /// client certificate for mutual TLS, and `serverName`. A certificate the CA did not sign
+    /// is refused and the node says so.
+    #[serde(default)]
+    pub tls: Option<broker::TlsConfig>,
+    /// A user name, with `passwordFile` or `passwordEnv`, instead of the URL's.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// A file holding the user's password.
+    #[serde(default)]
+    pub password_file: Option<String>,
+    /// An environment variable holding the user's password, instead of `passwordFile`.
+    #[serde(default)]
+    pub password_env: Option<String>,
 }
 
 /// The type of an AMQP exchange.
@@ -73,19 +95,52 @@ pub enum ExchangeType {
 #[derive(Debug, Clone)]
 pub struct Settings {
     url: String,
+    uri: AMQPUri,
     exchange: String,
     kind: ExchangeKind,
     routing_key: String,
     queue: Option<String>,
+    tls: Option<broker::Tls>,
+    user: Option<(String, SecretSource)>,
 }
 
 impl AmqpConfig {
     /// Checks what the fields' types do not; errors name the field.
     pub fn check(self) -> Result<Settings, ConfigError> {
         broker::check_url("url", &self.url, &["amqp", "amqps"])?;
-        self.url
-            .parse::<lapin::uri::AMQPUri>()
+        let uri = self
+            .url
+            .parse::<AMQPUri>()
             .map_err(|e| ConfigError::invalid(format!("url: `{}`: {e}", redact_url(&self.url))))?;
+        let tls = match (&self.tls, &uri.scheme) {
+            (Some(t), AMQPScheme::AMQPS) => Some(t.check()?),
+            (None, AMQPScheme::AMQPS) => Some(broker::Tls::default()),
+            (Some(_), AMQPScheme::AMQP) => {
+                return Err(ConfigError::invalid(
+                    "tls: needs an `amqps://` url (TLS), not `amqp://`",
+                ));
+            }
+            (None, AMQPScheme::AMQP) => None,
+        };
+        let password = SecretSource::from_fields(
+            "password",
+            self.password_file.as_deref(),
+            self.password_env.as_deref(),
+        )?;
+        let user = match (broker::optional(self.user), password) {
+            (Some(u), Some(p)) => Some((u, p)),
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "passwordFile: missing (user needs passwordFile or passwordEnv)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "user: missing (a password goes with a user)",
+                ));
+            }
+            (None, None) => None,
+        };
         let kind = match self.exchange_type {
             ExchangeType::Direct => ExchangeKind::Direct,
             ExchangeType::Fanout => ExchangeKind::Fanout,
@@ -108,6 +163,9 @@ impl AmqpConfig {
             routing_key,
             queue: broker::optional(self.queue),
             url: self.url,
+            uri,
+            tls,
+            user,
         })
     }
 }
@@ -174,21 +232,62 @@ fn event_of(d: &lapin::message::Delivery) -> Event {
     event
 }
 
+/// Connects to the broker, over TLS with the `tls` block's files (read now) for `amqps://`,
+/// and with the password read now when `user` is given.
+async fn connect(c: &Settings, props: ConnectionProperties) -> Result<Connection, SessionError> {
+    let mut uri = c.uri.clone();
+    if let Some((user, source)) = &c.user {
+        uri.authority.userinfo.username = user.clone();
+        uri.authority.userinfo.password = broker::credential(source, "password")?;
+    }
+    let tls = match &c.tls {
+        None => None,
+        Some(tls) => {
+            // The URL's host is the name sent (SNI); `serverName`, if any, is checked by the
+            // configuration's verifier.
+            let config = tls.client_config().map_err(SessionError::Broker)?;
+            Some((RustlsConnector::from(config), uri.authority.host.clone()))
+        }
+    };
+    let runtime =
+        lapin::runtime::default_runtime().map_err(|e| SessionError::Broker(e.to_string()))?;
+    // lapin's own TLS takes a CA and a client identity but not a rustls configuration (no
+    // server name): the TCP connection is lapin's, the TLS on it rustls with ours.
+    let connected = Connection::connector(
+        uri,
+        runtime,
+        async move |mut uri: AMQPUri, runtime| {
+            uri.scheme = AMQPScheme::AMQP;
+            let stream = uri
+                .connect_with_config_async(TLSConfig::default(), &runtime)
+                .await?;
+            Ok(match &tls {
+                None => stream,
+                Some((connector, name)) => stream.into_rustls(connector, name).await?,
+            })
+        },
+        props,
+    )
+    .await;
+    connected.map_err(|e| SessionError::Broker(e.to_string()))
+}
+
 async fn setup(
     ctx: &ConfigContext,
     c: &Settings,
 ) -> Result<(Connection, Channel, lapin::Consumer), SessionError> {
     let name = format!("portico/{}/{}", ctx.gateway().name(), ctx.src());
-    let conn = Connection::connect(
-        &c.url,
+    let conn = connect(
+        c,
         ConnectionProperties::default().with_connection_name(name.into()),
     )
     .await
-    .map_err(|e| {
-        SessionError::broker(
-            format!("cannot connect to AMQP broker at {}", redact_url(&c.url)),
-            e,
-        )
+    .map_err(|e| match e {
+        SessionError::Broker(e) => SessionError::Broker(format!(
+            "cannot connect to AMQP broker at {}: {e}",
+            redact_url(&c.url)
+        )),
+        e => e,
     })?;
     let declared = async {
         let ch = conn.create_channel().await?;
@@ -344,5 +443,32 @@ mod tests {
         let e = check("url: amqp://x\nexchangeName: ' '\nexchangeType: topic\nroutingKey: k")
             .unwrap_err();
         assert!(e.message().starts_with("exchangeName:"), "{e}");
+    }
+
+    #[test]
+    fn security_settings_name_the_field() {
+        let base = "exchangeName: x\nexchangeType: fanout\n";
+        let tls = format!("url: amqps://10.0.0.5/%2f\n{base}");
+        assert!(
+            check(&format!(
+                "{tls}tls: {{caFile: /ca.pem, serverName: rabbit.internal}}"
+            ))
+            .is_ok()
+        );
+        let e = check(&format!("{tls}tls: {{serverName: 'not a name'}}")).unwrap_err();
+        assert!(e.message().starts_with("tls.serverName:"), "{e}");
+        let e = check(&format!(
+            "url: amqp://x/%2f\n{base}tls: {{caFile: /ca.pem}}"
+        ))
+        .unwrap_err();
+        assert!(
+            e.message().starts_with("tls:") && e.message().contains("amqps"),
+            "{e}"
+        );
+        let e = check(&format!("{tls}user: u")).unwrap_err();
+        assert!(e.message().starts_with("passwordFile:"), "{e}");
+        let e = check(&format!("{tls}passwordEnv: P")).unwrap_err();
+        assert!(e.message().starts_with("user:"), "{e}");
+        assert!(check(&format!("{tls}user: u\npasswordEnv: P")).is_ok());
     }
 }

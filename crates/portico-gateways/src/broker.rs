@@ -277,6 +277,10 @@ pub struct TlsConfig {
     /// The PEM private key of `certFile`.
     #[serde(default)]
     pub key_file: Option<String>,
+    /// The name the broker's certificate must carry, when it is not the URL's host (a broker
+    /// reached by IP address or through a tunnel, with a certificate for its DNS name).
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 /// A checked `tls` block.
@@ -286,6 +290,8 @@ pub(crate) struct Tls {
     pub ca: Option<std::path::PathBuf>,
     /// The client's certificate and key, if any.
     pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The name the broker's certificate is checked against instead of the URL's host.
+    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
 }
 
 impl TlsConfig {
@@ -315,14 +321,29 @@ impl TlsConfig {
                 ));
             }
         };
-        Ok(Tls { ca, client })
+        let server_name = match self.server_name.as_deref().map(str::trim) {
+            None => None,
+            Some(name) => Some(
+                rustls::pki_types::ServerName::try_from(name.to_string()).map_err(|_| {
+                    ConfigError::invalid(format!(
+                        "tls.serverName: `{name}` is not a DNS name or an IP address"
+                    ))
+                })?,
+            ),
+        };
+        Ok(Tls {
+            ca,
+            client,
+            server_name,
+        })
     }
 }
 
 impl Tls {
     /// A rustls client configuration (ring) from the files, read now: the CA's certificates
-    /// (Mozilla's roots without `caFile`), and the client's certificate and key if given.
-    /// Errors name the field and the file.
+    /// (Mozilla's roots without `caFile`), the client's certificate and key if given, and with
+    /// `serverName` a verifier that checks the broker's certificate against that name whatever
+    /// host the client connected to. Errors name the field and the file.
     pub(crate) fn client_config(&self) -> Result<rustls::ClientConfig, String> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -354,12 +375,27 @@ impl Tls {
             }
             None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
         }
-        let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("tls: {e}"))?
-        .with_root_certificates(roots);
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("tls: {e}"))?;
+        let builder = match &self.server_name {
+            None => builder.with_root_certificates(roots),
+            Some(name) => {
+                let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                    std::sync::Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .map_err(|e| format!("tls.caFile: {e}"))?;
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(std::sync::Arc::new(NamedVerifier {
+                        inner,
+                        name: name.clone(),
+                    }))
+            }
+        };
         match &self.client {
             None => Ok(builder.with_no_client_auth()),
             Some((cert, key_file)) => {
@@ -375,6 +411,50 @@ impl Tls {
                     .map_err(|e| format!("tls.certFile and tls.keyFile: {e}"))
             }
         }
+    }
+}
+
+/// The CA's usual checks of a broker's certificate, against `serverName` rather than the host
+/// the client connected to.
+#[derive(Debug)]
+struct NamedVerifier {
+    inner: std::sync::Arc<rustls::client::WebPkiServerVerifier>,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for NamedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _connected_to: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 

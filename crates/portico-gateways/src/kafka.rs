@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use portico::{ConfigContext, ConfigError, ConfigExecutor, Event};
+use portico::{ConfigContext, ConfigError, ConfigExecutor, Event, SecretSource};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
@@ -37,6 +37,12 @@ use crate::webhook::NumberOrText;
 /// A record's offset is stored for commit only after its CloudEvent is accepted for delivery
 /// (`enable.auto.offset.store=false`; stored offsets are committed every second and when the
 /// configuration stops): records not accepted before a stop are read again: at least once.
+///
+/// Security: TLS with a `tls` block (the CA, and a client certificate for mutual TLS), SASL
+/// with a `sasl` block (`PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`, a user and its password
+/// from a file or an environment variable, never shown), or both (SASL over TLS). The files
+/// and the password are read whenever the consumer is made: at the start, and after the
+/// brokers were lost or refused it.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KafkaConfig {
@@ -58,6 +64,54 @@ pub struct KafkaConfig {
     /// Where a group with no committed offset starts.
     #[serde(default)]
     pub start_offset: StartOffset,
+    /// TLS toward the brokers: their CA (the system's roots by default) and a client
+    /// certificate for mutual TLS. The brokers' certificates must name the hosts of `url`
+    /// (`serverName` is not supported by the Kafka client).
+    #[serde(default)]
+    pub tls: Option<broker::TlsConfig>,
+    /// SASL authentication, over TLS when `tls` is given.
+    #[serde(default)]
+    pub sasl: Option<SaslConfig>,
+}
+
+/// A `kafka` configuration's SASL authentication.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SaslConfig {
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub mechanism: SaslMechanism,
+    /// The user name.
+    pub user: String,
+    /// A file holding the user's password.
+    #[serde(default)]
+    pub password_file: Option<String>,
+    /// An environment variable holding the user's password, instead of `passwordFile`.
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+/// A SASL mechanism.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum SaslMechanism {
+    /// The user and password as they are (use it over TLS).
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// Salted challenge-response with SHA-256: the password never crosses the wire.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// Salted challenge-response with SHA-512.
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    fn name(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
 }
 
 /// Where a consumer group with no committed offset starts reading.
@@ -80,6 +134,8 @@ pub struct Settings {
     /// `None`: a partition read without a group (nothing committed).
     group: Option<String>,
     reset: &'static str,
+    tls: Option<broker::Tls>,
+    sasl: Option<(SaslMechanism, String, SecretSource)>,
 }
 
 impl KafkaConfig {
@@ -126,7 +182,34 @@ impl KafkaConfig {
                 "consumerGroup: missing (required unless `partition` is given)",
             ));
         }
+        let tls = self
+            .tls
+            .as_ref()
+            .map(broker::TlsConfig::check)
+            .transpose()?;
+        if tls.as_ref().is_some_and(|t| t.server_name.is_some()) {
+            return Err(ConfigError::invalid(
+                "tls.serverName: not supported by the kafka gateway (its client checks the certificates against the hosts of url)",
+            ));
+        }
+        let sasl = match self.sasl {
+            None => None,
+            Some(s) => {
+                let password = SecretSource::from_fields(
+                    "sasl.password",
+                    s.password_file.as_deref(),
+                    s.password_env.as_deref(),
+                )?
+                .ok_or_else(|| {
+                    ConfigError::invalid("sasl.passwordFile: missing (or sasl.passwordEnv)")
+                })?;
+                let user = broker::non_blank("sasl.user", &s.user)?.to_string();
+                Some((s.mechanism, user, password))
+            }
+        };
         Ok(Settings {
+            tls,
+            sasl,
             brokers: brokers.join(","),
             topic: broker::non_blank("topic", &self.topic)?.to_string(),
             partition,
@@ -166,26 +249,64 @@ struct Watch {
     ctx: ConfigContext,
     down: Arc<AtomicBool>,
     lost: Arc<tokio::sync::Notify>,
+    /// What the client said last of a lost or refused connection, for the node's message
+    /// when the brokers cannot be reached at all.
+    said: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl ClientContext for Watch {
     fn error(&self, error: KafkaError, reason: &str) {
-        let broker_down = matches!(
-            error.rdkafka_error_code(),
-            Some(
-                rdkafka::types::RDKafkaErrorCode::AllBrokersDown
-                    | rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure
-                    | rdkafka::types::RDKafkaErrorCode::Resolve
-            )
-        );
-        tracing::warn!(src = self.ctx.src(), "kafka: {error}: {reason}");
-        if broker_down {
-            self.down.store(true, Ordering::SeqCst);
-            self.lost.notify_one();
-            self.ctx
-                .report_error(format!("Kafka brokers unreachable: {reason}"));
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        let said = match error.rdkafka_error_code() {
+            Some(Code::AllBrokersDown | Code::BrokerTransportFailure | Code::Resolve) => {
+                format!("Kafka brokers unreachable: {reason}")
+            }
+            Some(Code::SSL) => format!("TLS with the Kafka brokers failed: {reason}"),
+            Some(Code::Authentication) => format!("Kafka refused the SASL login: {reason}"),
+            _ => {
+                tracing::warn!(src = self.ctx.src(), "kafka: {error}: {reason}");
+                return;
+            }
+        };
+        tracing::warn!(src = self.ctx.src(), "{said}");
+        self.down.store(true, Ordering::SeqCst);
+        self.lost.notify_one();
+        self.ctx.report_error(said.clone());
+        *self.said.lock().unwrap_or_else(|e| e.into_inner()) = Some(said);
+    }
+}
+
+/// The client settings of `tls` and `sasl`, with the password read now.
+fn security(c: &Settings, config: &mut ClientConfig) -> Result<(), SessionError> {
+    let protocol = match (&c.tls, &c.sasl) {
+        (None, None) => return Ok(()),
+        (Some(_), None) => "ssl",
+        (None, Some(_)) => "sasl_plaintext",
+        (Some(_), Some(_)) => "sasl_ssl",
+    };
+    config.set("security.protocol", protocol);
+    if let Some(tls) = &c.tls {
+        match &tls.ca {
+            Some(ca) => config.set("ssl.ca.location", ca.display().to_string()),
+            // The system's CA store, wherever this system keeps it.
+            None => config.set("ssl.ca.location", "probe"),
+        };
+        if let Some((cert, key)) = &tls.client {
+            config
+                .set("ssl.certificate.location", cert.display().to_string())
+                .set("ssl.key.location", key.display().to_string());
         }
     }
+    if let Some((mechanism, user, password)) = &c.sasl {
+        config
+            .set("sasl.mechanisms", mechanism.name())
+            .set("sasl.username", user)
+            .set(
+                "sasl.password",
+                broker::credential(password, "sasl.password")?,
+            );
+    }
+    Ok(())
 }
 
 impl ConsumerContext for Watch {}
@@ -222,8 +343,11 @@ fn event_of<M: Message>(m: &M) -> Event {
 async fn session(ctx: &ConfigContext, c: &Settings, progress: Progress) -> SessionResult {
     let down = Arc::new(AtomicBool::new(false));
     let lost = Arc::new(tokio::sync::Notify::new());
+    let said = Arc::new(std::sync::Mutex::new(None));
     let client_id = format!("portico-{}-{}", ctx.gateway().name(), ctx.src());
-    let consumer: StreamConsumer<Watch> = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    security(c, &mut config)?;
+    let consumer: StreamConsumer<Watch> = config
         .set("bootstrap.servers", &c.brokers)
         // Without a group of the configuration's, an id of its own that commits nothing.
         .set("group.id", c.group.as_deref().unwrap_or(&client_id))
@@ -242,8 +366,10 @@ async fn session(ctx: &ConfigContext, c: &Settings, progress: Progress) -> Sessi
             ctx: ctx.clone(),
             down: down.clone(),
             lost: lost.clone(),
+            said: said.clone(),
         })
-        .map_err(|e| SessionError::Fatal(ConfigError::invalid(format!("url: {e}"))))?;
+        // The url was checked: what fails here is what the client reads (the TLS files).
+        .map_err(|e| SessionError::broker("cannot make the Kafka consumer", e))?;
     let consumer = Arc::new(consumer);
     match c.partition {
         Some(p) => {
@@ -269,10 +395,14 @@ async fn session(ctx: &ConfigContext, c: &Settings, progress: Progress) -> Sessi
         _ = ctx.stopped() => return Ok(()),
     };
     reached.map_err(|e| {
-        SessionError::broker(
-            format!("cannot reach the Kafka brokers at {}", c.brokers),
-            e,
-        )
+        // A refused login or TLS handshake says more than the metadata request's timeout.
+        match said.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(said) => SessionError::Broker(said),
+            None => SessionError::broker(
+                format!("cannot reach the Kafka brokers at {}", c.brokers),
+                e,
+            ),
+        }
     })?;
     progress.running(ctx);
     let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -267,13 +267,9 @@ async fn connect(
         });
     let mut options = options;
     if let Some(tls) = &c.tls {
-        options = options.require_tls(true);
-        if let Some(ca) = &tls.ca {
-            options = options.add_root_certificates(ca.clone());
-        }
-        if let Some((cert, key)) = &tls.client {
-            options = options.add_client_certificate(cert.clone(), key.clone());
-        }
+        // Read at every connection: renewed certificates are taken.
+        let config = tls.client_config().map_err(SessionError::Broker)?;
+        options = options.require_tls(true).tls_client_config(config);
     }
     options = match &c.auth {
         Auth::Anonymous => options,

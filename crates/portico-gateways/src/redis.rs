@@ -156,6 +156,11 @@ impl RedisConfig {
             .as_ref()
             .map(broker::TlsConfig::check)
             .transpose()?;
+        if tls.as_ref().is_some_and(|t| t.server_name.is_some()) {
+            return Err(ConfigError::invalid(
+                "tls.serverName: not supported by the redis gateway (its client checks the certificate against the url's host)",
+            ));
+        }
         if tls.is_some() && scheme != "rediss" {
             return Err(ConfigError::invalid(
                 "tls: needs a `rediss://` url (TLS), not `redis://`",

@@ -7,7 +7,7 @@ mod broker_support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker_support::{PrivateBroker, Rig, WAIT, data, ext, unique, wait_until};
+use broker_support::{PrivateBroker, Rig, WAIT, data, ext, tansu, unique, wait_until};
 use portico::Phase;
 use portico_gateways::kafka::Kafka;
 use rdkafka::ClientConfig;
@@ -15,19 +15,6 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-
-fn tansu() -> String {
-    std::env::var("PORTICO_TANSU").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap_or_default();
-        let default = format!("{home}/.cargo/bin/tansu");
-        assert!(
-            std::path::Path::new(&default).exists(),
-            "the Kafka tests need the tansu broker: run scripts/test (it installs it), or \
-             `cargo install tansu --locked --features dynostore` and set PORTICO_TANSU"
-        );
-        default
-    })
-}
 
 async fn broker() -> PrivateBroker {
     PrivateBroker::start(

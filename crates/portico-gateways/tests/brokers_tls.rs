@@ -431,3 +431,196 @@ async fn redis_over_tls_with_an_acl_user() {
     );
     rig.supervisor.stop_all().await;
 }
+
+/// A private RabbitMQ node (its own node name, Erlang distribution port, database and logs in
+/// a temporary directory) with only a TLS listener, which asks for a client certificate
+/// signed by `pki`'s CA, and one user `gateway` with password `pa55`. RabbitMQ's start script
+/// forks the Erlang VM, so the node runs in a process group of its own, killed whole on drop.
+struct RabbitTls {
+    port: u16,
+    group: Option<std::process::Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl RabbitTls {
+    async fn start(pki: &Pki, cert_names: &[&str]) -> RabbitTls {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let port = broker_support::free_port();
+        let (cert, key) = pki.issue("rabbit", cert_names);
+        let conf = dir.path().join("rabbitmq.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listeners.tcp = none\nlisteners.ssl.default = 127.0.0.1:{port}\n\
+                 ssl_options.cacertfile = {}\nssl_options.certfile = {}\nssl_options.keyfile = {}\n\
+                 ssl_options.verify = verify_peer\nssl_options.fail_if_no_peer_cert = true\n\
+                 default_user = gateway\ndefault_pass = pa55\nloopback_users = none\n",
+                path(&pki.ca_file()),
+                path(&cert),
+                path(&key)
+            ),
+        )
+        .unwrap();
+        let plugins = dir.path().join("enabled_plugins");
+        std::fs::write(&plugins, "[].\n").unwrap();
+        let child = std::process::Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server")
+            .env("RABBITMQ_NODENAME", unique("portico") + "@localhost")
+            .env(
+                "RABBITMQ_DIST_PORT",
+                broker_support::free_port().to_string(),
+            )
+            .env("RABBITMQ_CONFIG_FILE", dir.path().join("rabbitmq"))
+            .env("RABBITMQ_MNESIA_BASE", dir.path().join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", dir.path().join("log"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", &plugins)
+            .env("RABBITMQ_PID_FILE", dir.path().join("pid"))
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("RabbitMQ (Debian package rabbitmq-server)");
+        let rabbit = RabbitTls {
+            port,
+            group: Some(child),
+            _dir: dir,
+        };
+        // An Erlang VM and RabbitMQ's boot: tens of seconds on a busy machine.
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "RabbitMQ did not listen on {port} within 180 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        rabbit
+    }
+}
+
+impl Drop for RabbitTls {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.group.take() {
+            let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
+            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Publishes `hello` to fanout exchange `exchange` over TLS with lapin's own TLS (not the
+/// gateway's code), presenting `client` as its certificate.
+async fn publish_amqps(
+    port: u16,
+    pki: &Pki,
+    client: (&std::path::Path, &std::path::Path),
+    exchange: &str,
+) {
+    use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
+    use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+    let tls = OwnedTLSConfig {
+        identity: Some(OwnedIdentity::PKCS8 {
+            pem: std::fs::read(client.0).unwrap(),
+            key: std::fs::read(client.1).unwrap(),
+        }),
+        cert_chain: Some(std::fs::read_to_string(pki.ca_file()).unwrap()),
+    };
+    let conn = lapin::Connection::connect_with_config(
+        &format!("amqps://gateway:pa55@localhost:{port}/%2f"),
+        lapin::ConnectionProperties::default(),
+        tls,
+        lapin::runtime::default_runtime().unwrap(),
+    )
+    .await
+    .expect("the test's own AMQP connection over TLS");
+    let ch = conn.create_channel().await.unwrap();
+    ch.exchange_declare(
+        exchange.into(),
+        lapin::ExchangeKind::Fanout,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    ch.basic_publish(
+        exchange.into(),
+        "".into(),
+        BasicPublishOptions::default(),
+        b"hello",
+        Default::default(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let _ = conn.close(200, "done".into()).await;
+}
+
+#[tokio::test]
+async fn amqp_over_mutual_tls_with_a_server_name_and_a_password_file() {
+    let pki = Pki::new();
+    // The broker's certificate names `rabbit.test` and `localhost`, not 127.0.0.1, which the
+    // gateway connects to: only `serverName` makes it acceptable.
+    let rabbit = RabbitTls::start(&pki, &["rabbit.test", "localhost"]).await;
+    let (cert, key) = pki.issue("client", &["portico-client"]);
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, "pa55\n").unwrap();
+    let exchange = unique("portico.tls.");
+    let mut rig = Rig::new("amqptls", "amqp", Arc::new(portico_gateways::amqp::Amqp));
+    let config = |ca: &Pki, password: &std::path::Path, server_name: &str| {
+        format!(
+            "url: amqps://127.0.0.1:{}/%2f\nexchangeName: {exchange}\nexchangeType: fanout\n\
+             user: gateway\npasswordFile: {}\ntls:\n  caFile: {}\n  certFile: {}\n  keyFile: {}\n{server_name}",
+            rabbit.port,
+            path(password),
+            path(&ca.ca_file()),
+            path(&cert),
+            path(&key)
+        )
+    };
+    rig.apply(&[(
+        "c",
+        &config(&pki, &password_file, "  serverName: rabbit.test"),
+    )])
+    .await;
+    // RabbitMQ may take a moment after listening before it takes logins.
+    wait_until("the amqp node Running", || async {
+        rig.node("c")
+            .filter(|n| n.phase == Phase::Running)
+            .map(|_| ())
+    })
+    .await;
+    publish_amqps(rabbit.port, &pki, (&cert, &key), &exchange).await;
+    let got = rig.exactly(1, Duration::from_millis(200)).await;
+    assert_eq!(data(&got[0]), "hello");
+
+    // Without the server name, the certificate does not match 127.0.0.1.
+    rig.apply(&[("c", &config(&pki, &password_file, ""))]).await;
+    let said = error_saying(&rig, "AMQP broker").await;
+    assert!(said.to_lowercase().contains("certificate"), "{said}");
+    // A wrong password: refused, and not shown.
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "not-it").unwrap();
+    rig.apply(&[("c", &config(&pki, &wrong, "  serverName: rabbit.test"))])
+        .await;
+    let said = error_saying(&rig, "AMQP broker").await;
+    assert!(!said.contains("not-it") && !said.contains("pa55"), "{said}");
+    // Another CA: the broker's certificate is refused.
+    let other = Pki::new();
+    rig.apply(&[(
+        "c",
+        &config(&other, &password_file, "  serverName: rabbit.test"),
+    )])
+    .await;
+    let said = error_saying(&rig, "AMQP broker").await;
+    assert!(said.to_lowercase().contains("certificate"), "{said}");
+    rig.supervisor.stop_all().await;
+}

@@ -197,6 +197,20 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// The tansu Kafka broker: `PORTICO_TANSU`, else `~/.cargo/bin/tansu`.
+pub fn tansu() -> String {
+    std::env::var("PORTICO_TANSU").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        let default = format!("{home}/.cargo/bin/tansu");
+        assert!(
+            std::path::Path::new(&default).exists(),
+            "the Kafka tests need the tansu broker: run scripts/test (it installs it), or \
+             `cargo install tansu --locked --features dynostore` and set PORTICO_TANSU"
+        );
+        default
+    })
+}
+
 /// A broker process of this test alone, on its own port; killed on drop.
 pub struct PrivateBroker {
     pub port: u16,

@@ -1,0 +1,274 @@
+//! The `kafka` gateway's SASL and TLS against the `tansu` Kafka broker with authentication
+//! on (`tansu broker --authentication`), its SCRAM users made by Confluent's official Python
+//! client (`confluent-kafka`, in the tests' venv).
+//!
+//! tansu 0.6 takes `--cert`/`--key` but does not terminate TLS itself, so the TLS tests put a
+//! TLS endpoint of the test's own (rustls, a certificate made at test time with rcgen) in
+//! front of it, which tansu advertises as its listener: the client's TLS handshake, CA check
+//! and SASL over TLS are real, the broker behind it too. tansu accepts any password for SASL
+//! `PLAIN`; SCRAM passwords are checked.
+
+mod broker_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker_support::{Pki, PrivateBroker, Rig, data, free_port, path, unique, wait_until};
+use portico::Phase;
+use portico_gateways::kafka::Kafka;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+/// A tansu broker that wants a SASL login, advertising `advertised` (a TLS endpoint in front
+/// of it) or its own port.
+async fn broker(advertised: Option<u16>) -> PrivateBroker {
+    let advertised = match advertised {
+        Some(p) => format!("tcp://127.0.0.1:{p}"),
+        None => "tcp://127.0.0.1:{port}".to_string(),
+    };
+    PrivateBroker::start(
+        broker_support::tansu(),
+        &[
+            "broker",
+            "--listener-url",
+            "tcp://127.0.0.1:{port}",
+            "--advertised-listener-url",
+            &advertised,
+            "--storage-engine",
+            "memory://tansu/",
+            "--authentication",
+        ],
+    )
+    .await
+}
+
+/// Adds SCRAM-SHA-256 user `user` with `password` (`kafka_scram.py`, run by the venv's
+/// Python), over a plain connection to the broker at `bootstrap`.
+fn add_scram_user(bootstrap: &str, user: &str, password: &str) {
+    let venv = std::env::var_os("PORTICO_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/portico/venv")
+        });
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/broker_support/kafka_scram.py");
+    let out = std::process::Command::new(venv.join("bin/python"))
+        .arg(script)
+        .args([bootstrap, user, password])
+        .output()
+        .expect("the venv's python (scripts/test makes it, with confluent-kafka)");
+    assert!(
+        out.status.success(),
+        "kafka_scram.py: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The test's own client settings: SASL PLAIN as `admin`, over TLS with `ca` when given.
+fn client(bootstrap: &str, ca: Option<&Pki>) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
+        .set("sasl.mechanisms", "PLAIN")
+        .set("sasl.username", "admin")
+        .set("sasl.password", "admin")
+        .set("message.timeout.ms", "10000");
+    match ca {
+        None => c.set("security.protocol", "sasl_plaintext"),
+        Some(pki) => c
+            .set("security.protocol", "sasl_ssl")
+            .set("ssl.ca.location", path(&pki.ca_file())),
+    };
+    c
+}
+
+async fn create_topic(config: &ClientConfig, topic: &str) {
+    let admin: AdminClient<DefaultClientContext> = config.create().expect("an admin client");
+    let t = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
+    wait_until(&format!("topic {topic} to be created"), || {
+        let admin = &admin;
+        let t = &t;
+        async move {
+            let r = admin.create_topics([t], &AdminOptions::new()).await.ok()?;
+            r.iter()
+                .all(|r| {
+                    r.is_ok()
+                        || matches!(
+                            r,
+                            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))
+                        )
+                })
+                .then_some(())
+        }
+    })
+    .await;
+}
+
+async fn produce(config: &ClientConfig, topic: &str, value: &str) {
+    let p: FutureProducer = config.create().expect("a producer");
+    p.send(
+        FutureRecord::<(), _>::to(topic).payload(value),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("record produced");
+}
+
+/// Waits until node `c` is in `Error` with a message containing `needle`; the message.
+async fn error_saying(rig: &Rig, needle: &str) -> String {
+    wait_until(&format!("an Error node saying `{needle}`"), || async {
+        rig.node("c")
+            .filter(|n| n.phase == Phase::Error && n.message.contains(needle))
+            .map(|n| n.message)
+    })
+    .await
+}
+
+/// A TLS endpoint on a free port (a certificate for 127.0.0.1 signed by `pki`'s CA) that
+/// forwards each connection to 127.0.0.1:`to`; runs until its task is aborted.
+fn tls_front(
+    pki: &Pki,
+    port: u16,
+    to: Arc<std::sync::atomic::AtomicU16>,
+) -> tokio::task::JoinHandle<()> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key) = pki.issue("kafka", &["localhost", "127.0.0.1"]);
+    let certs = CertificateDer::pem_file_iter(&cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let to = to.load(std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                // A client that refuses the certificate ends the handshake: nothing to do.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if let Ok(mut plain) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                }
+            });
+        }
+    })
+}
+
+fn config(bootstrap: &str, topic: &str, password: &std::path::Path, tls: &str) -> String {
+    format!(
+        "url: {bootstrap}\ntopic: {topic}\nconsumerGroup: {}\nstartOffset: oldest\n\
+         sasl:\n  mechanism: SCRAM-SHA-256\n  user: gateway\n  passwordFile: {}\n{tls}",
+        unique("g"),
+        path(password)
+    )
+}
+
+#[tokio::test]
+async fn scram_logs_in_and_a_wrong_password_is_refused_unshown() {
+    let b = broker(None).await;
+    let bootstrap = format!("127.0.0.1:{}", b.port);
+    add_scram_user(&bootstrap, "gateway", "pa55");
+    let topic = unique("secure");
+    let producer = client(&bootstrap, None);
+    create_topic(&producer, &topic).await;
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "pa55\n").unwrap();
+    let mut rig = Rig::new("kafkasasl", "kafka", Arc::new(Kafka));
+    rig.apply(&[("c", &config(&bootstrap, &topic, &password, ""))])
+        .await;
+    rig.wait_phase("c", Phase::Running).await;
+    produce(&producer, &topic, "hello").await;
+    let got = rig.exactly(1, Duration::from_millis(200)).await;
+    assert_eq!(data(&got[0]), "hello");
+
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "not-it").unwrap();
+    rig.apply(&[("c", &config(&bootstrap, &topic, &wrong, ""))])
+        .await;
+    let said = error_saying(&rig, "SASL").await;
+    assert!(!said.contains("not-it") && !said.contains("pa55"), "{said}");
+    rig.supervisor.stop_all().await;
+}
+
+#[tokio::test]
+async fn sasl_over_tls_with_the_right_ca_and_a_wrong_ca_refused() {
+    let pki = Pki::new();
+    let front = free_port();
+    let behind = Arc::new(std::sync::atomic::AtomicU16::new(0));
+    let b = broker(Some(front)).await;
+    behind.store(b.port, std::sync::atomic::Ordering::SeqCst);
+    let proxy = tls_front(&pki, front, behind);
+    add_scram_user(&format!("127.0.0.1:{}", b.port), "gateway", "pa55");
+    let bootstrap = format!("127.0.0.1:{front}");
+    let topic = unique("tls");
+    let producer = client(&bootstrap, Some(&pki));
+    create_topic(&producer, &topic).await;
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "pa55\n").unwrap();
+    let tls = |ca: &Pki| format!("tls:\n  caFile: {}", path(&ca.ca_file()));
+    let mut rig = Rig::new("kafkatls", "kafka", Arc::new(Kafka));
+    rig.apply(&[("c", &config(&bootstrap, &topic, &password, &tls(&pki)))])
+        .await;
+    rig.wait_phase("c", Phase::Running).await;
+    produce(&producer, &topic, "over tls").await;
+    let got = rig.exactly(1, Duration::from_millis(200)).await;
+    assert_eq!(data(&got[0]), "over tls");
+
+    let other = Pki::new();
+    rig.apply(&[("c", &config(&bootstrap, &topic, &password, &tls(&other)))])
+        .await;
+    let said = error_saying(&rig, "TLS").await;
+    assert!(said.contains("certificate"), "{said}");
+    rig.supervisor.stop_all().await;
+    proxy.abort();
+}
+
+#[test]
+fn settings_name_the_field() {
+    let check = |yaml: &str| {
+        portico::testing::parse_config::<portico_gateways::kafka::KafkaConfig>(yaml)
+            .and_then(|c| c.check())
+            .map(|_| ())
+            .map_err(|e| e.message().to_string())
+    };
+    let base = "url: 127.0.0.1:9092\ntopic: t\nconsumerGroup: g\n";
+    assert!(
+        check(&format!(
+            "{base}sasl: {{mechanism: PLAIN, user: u, passwordEnv: P}}"
+        ))
+        .is_ok()
+    );
+    let e = check(&format!("{base}sasl: {{mechanism: PLAIN, user: u}}")).unwrap_err();
+    assert!(e.starts_with("sasl.passwordFile"), "{e}");
+    let e = check(&format!(
+        "{base}sasl: {{mechanism: GSSAPI, user: u, passwordEnv: P}}"
+    ))
+    .unwrap_err();
+    assert!(e.contains("SCRAM-SHA-256"), "{e}");
+    let e = check(&format!("{base}tls: {{serverName: kafka.test}}")).unwrap_err();
+    assert!(e.starts_with("tls.serverName"), "{e}");
+    let e = check(&format!("{base}tls: {{certFile: /c.pem}}")).unwrap_err();
+    assert!(e.starts_with("tls.keyFile"), "{e}");
+}
