@@ -53,10 +53,10 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 /// a notification to the sessions listening at the moment its transaction commits and keeps it
 /// for no one else. A notification sent while the gateway is not listening (before it is
 /// `Running`, while it reconnects, while it is stopped) is lost; a notification the gateway
-/// received is accepted for delivery like any other event. Use a table (or logical
-/// replication) for what must not be lost.
+/// received is accepted for delivery like any other event. Use `replication` for
+/// row changes that must not be lost.
 ///
-/// With `replication`: see [`ReplicationConfig`] (below).
+/// With `replication`: see [`ReplicationConfig`](#replicationconfig) below.
 ///
 /// Connection: plain TCP (no TLS); the session's `application_name` is
 /// `portico/<gateway>/<configuration>` (PostgreSQL keeps its first 63 bytes), so the
@@ -99,7 +99,10 @@ pub struct PostgresConfig {
 /// when it is missing, unless `createSlot: false`) and the `publication` (creating it with
 /// `CREATE PUBLICATION … FOR TABLE` when it is missing and `tables` are given; an existing one
 /// is used as it is). The user needs the `REPLICATION` attribute (or to be a superuser), and to
-/// own the tables to create the publication. A slot keeps the WAL the gateway has not read:
+/// own the tables to create the publication. The publication must be older than the slot:
+/// `pgoutput` reads it as it was when each change was made, so a slot made before its
+/// publication fails with "publication … does not exist" (the gateway makes the publication
+/// first). A slot keeps the WAL the gateway has not read:
 /// drop a slot that is no longer used (`SELECT pg_drop_replication_slot('<slot>')`), or the
 /// server's disk fills up. A missing slot or publication, or another `wal_level`, puts the
 /// node in `Error` saying so, and the gateway tries again with backoff.
