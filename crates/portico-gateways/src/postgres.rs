@@ -2,8 +2,8 @@
 //! row changes of tables through logical replication, one event per row change.
 //!
 //! Its configuration, what its events carry and what PostgreSQL guarantees:
-//! [`PostgresConfig`] and [`ReplicationConfig`]; how the replication slot is read:
-//! [`replication`].
+//! [`PostgresConfig`] and [`ReplicationConfig`]; how the replication slot is read: the
+//! `replication` module (`pgoutput` decodes its messages).
 //!
 //! One `tokio-postgres` connection per configuration, set up without TLS; the gateway drives it
 //! itself ([`tokio_postgres::Connection::poll_message`]) in the configuration's task, so the
@@ -56,7 +56,7 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 /// received is accepted for delivery like any other event. Use `replication` for
 /// row changes that must not be lost.
 ///
-/// With `replication`: see [`ReplicationConfig`](#replicationconfig) below.
+/// With `replication`: see `ReplicationConfig` below.
 ///
 /// Connection: plain TCP (no TLS); the session's `application_name` is
 /// `portico/<gateway>/<configuration>` (PostgreSQL keeps its first 63 bytes), so the

@@ -638,6 +638,121 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn relation(oid: u32) -> Message {
+        Message::Relation(Relation {
+            oid,
+            schema: "public".into(),
+            name: format!("t{oid}"),
+            columns: vec![pgoutput::Column {
+                name: "id".into(),
+                type_oid: 23,
+                key: true,
+            }],
+        })
+    }
+
+    fn insert(oid: u32, id: &str) -> Message {
+        Message::Insert {
+            relation: oid,
+            new: vec![Value::Text(id.into())],
+        }
+    }
+
+    fn begin(lsn: u64) -> Message {
+        Message::Begin {
+            final_lsn: lsn,
+            timestamp: 0,
+            xid: 7,
+        }
+    }
+
+    fn commit(lsn: u64, end: u64) -> Message {
+        Message::Commit {
+            commit_lsn: lsn,
+            end_lsn: end,
+            timestamp: 0,
+        }
+    }
+
+    /// Committed transactions are handed over in order, once; a transaction without its
+    /// Commit (the peek ended in it) is not; relations are kept from one peek to the next.
+    #[tokio::test]
+    async fn transactions_are_handed_over_once_and_whole() {
+        let mut h = portico::testing::Harness::new("pg", "postgres");
+        let ctx = h.context("rows", "");
+        let mut reader = Reader {
+            ctx: &ctx,
+            database: "test",
+            relations: HashMap::new(),
+            handed: 0,
+            confirmed: 0x10,
+        };
+        let batch = vec![
+            // Before the slot's position: not again.
+            begin(0x8),
+            relation(1),
+            insert(1, "0"),
+            commit(0x8, 0x10),
+            begin(0x20),
+            insert(1, "1"),
+            Message::Skipped(b'Y'),
+            insert(1, "2"),
+            commit(0x20, 0x30),
+            begin(0x40),
+            insert(1, "3"),
+            commit(0x40, 0x50),
+            begin(0x60),
+            insert(1, "4"),
+        ];
+        let handed = reader.hand_over(batch.clone(), "s").await.unwrap().unwrap();
+        let ends: Vec<_> = handed
+            .pending
+            .iter()
+            .map(|(end, d)| (*end, d.len()))
+            .collect();
+        assert_eq!(ends, [(0x30, 2), (0x50, 1)]);
+        assert!(!handed.all_ended);
+        assert_eq!(reader.handed, 0x50);
+        let wait = Duration::from_secs(5);
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(h.next_event(wait).await.unwrap());
+        }
+        let ids: Vec<_> = got.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["0/20:0", "0/20:1", "0/40:0"]);
+        assert!(h.try_next_event().is_none());
+
+        // The same peek again (the slot did not move): nothing handed over twice, and the
+        // relation is known without its message.
+        let again: Vec<_> = batch.into_iter().skip(4).collect();
+        let handed = reader.hand_over(again, "s").await.unwrap().unwrap();
+        assert!(handed.pending.is_empty());
+        let handed = reader
+            .hand_over(vec![begin(0x60), insert(1, "4"), commit(0x60, 0x70)], "s")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(handed.pending.len(), 1);
+        assert!(handed.all_ended);
+        let e = h.next_event(wait).await.unwrap();
+        assert_eq!(e.id, "0/60:0");
+
+        for (batch, says) in [
+            (vec![insert(1, "5")], "a change outside a transaction"),
+            (vec![commit(0x80, 0x90)], "a Commit without its Begin"),
+            (
+                vec![begin(0x80), insert(2, "5")],
+                "a change of relation 2 before its Relation message",
+            ),
+        ] {
+            let Err(SessionError::Broker(e)) = reader.hand_over(batch, "s").await else {
+                panic!("no error: {says}")
+            };
+            assert!(e.contains(says), "{e}");
+        }
+        ctx.stop();
+    }
+
     #[test]
     fn column_values_by_type() {
         let cases = [
