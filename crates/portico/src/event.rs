@@ -20,18 +20,23 @@ pub struct Event {
     /// Transport metadata to carry as CloudEvent extensions (name → value). Names are
     /// made valid by the transformer (lower-case a–z and 0–9, at most 20 characters).
     pub extensions: Vec<(String, String)>,
+    /// The CloudEvent id, for a source whose events have one of their own that stays the same
+    /// when the source sends the event again (a position in a log); the transformer makes a
+    /// random UUID when `None`.
+    pub id: Option<String>,
     /// The payload as [`Event::json`] wrote it, kept so that the transformer can tell the
     /// payload is still that JSON (same bytes: `Bytes` cannot change) and not check it again.
     written_json: Option<Bytes>,
 }
 
-/// Two events are equal when their payload, content type, time and extensions are.
+/// Two events are equal when their payload, content type, time, extensions and id are.
 impl PartialEq for Event {
     fn eq(&self, other: &Event) -> bool {
         self.payload == other.payload
             && self.content_type == other.content_type
             && self.time == other.time
             && self.extensions == other.extensions
+            && self.id == other.id
     }
 }
 
@@ -81,6 +86,12 @@ impl Event {
     /// Sets when the event happened.
     pub fn with_time(mut self, time: DateTime<Utc>) -> Event {
         self.time = Some(time);
+        self
+    }
+
+    /// Sets the CloudEvent id (not empty), instead of a random one.
+    pub fn with_id(mut self, id: impl Into<String>) -> Event {
+        self.id = Some(id.into());
         self
     }
 

@@ -448,11 +448,18 @@ impl Transformer {
         source.push_str(&self.gateway);
         source.push('/');
         source.push_str(src);
-        let ce = CloudEvent {
-            id: uuid::Uuid::new_v4()
+        let id = match event.id {
+            Some(id) if id.is_empty() => {
+                return Err(DispatchError::Invalid("the event's id is empty".into()));
+            }
+            Some(id) => id,
+            None => uuid::Uuid::new_v4()
                 .hyphenated()
                 .encode_lower(&mut id)
                 .to_owned(),
+        };
+        let ce = CloudEvent {
+            id,
             source,
             ty: self.event_type.clone(),
             datacontenttype: event.content_type,
@@ -463,7 +470,7 @@ impl Transformer {
             data: Some(data),
         };
         // A key or content type from outside (the ingest API) may not make a valid event. The
-        // id is a UUID, and the rest was checked in `checked` (the event's own extensions above).
+        // id is a UUID or the source's own (checked not empty above), and the rest was checked in `checked` (the event's own extensions above).
         ce.validate_source_subject_content_type().map_err(invalid)?;
         Ok(ce)
     }
@@ -540,6 +547,18 @@ mod tests {
             Some(&ExtensionValue::String("x.y".into()))
         );
         a.validate().unwrap();
+    }
+
+    #[test]
+    fn an_id_of_the_source_is_kept_and_must_not_be_empty() {
+        let t = Transformer::new("pg", "postgres", "1.0");
+        let ev = Event::new(Bytes::from_static(b"x")).with_id("0/16B3748:0");
+        assert_eq!(t.transform("rows", ev.clone()).unwrap().id, "0/16B3748:0");
+        assert_eq!(t.transform("rows", ev).unwrap().id, "0/16B3748:0");
+        let e = t
+            .transform("rows", Event::new(Bytes::from_static(b"x")).with_id(""))
+            .unwrap_err();
+        assert!(e.to_string().contains("id is empty"), "{e}");
     }
 
     #[test]
