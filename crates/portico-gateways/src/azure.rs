@@ -21,8 +21,8 @@ use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use portico::secret::{redact_url, scrub};
 use portico::{ConfigContext, ConfigError, ConfigErrorKind, Secret, SecretSource};
+use reqwest::Method;
 use reqwest::header::HeaderMap;
-use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use sha2::Sha256;
 
@@ -355,8 +355,6 @@ pub(crate) struct Client {
 /// An Azure Storage call that did not succeed.
 #[derive(Debug)]
 pub(crate) struct AzureError {
-    /// The HTTP status, when Azure answered.
-    pub(crate) status: Option<StatusCode>,
     /// Azure's error code (`QueueNotFound`, `MessageNotFound`, …), when it gave one.
     pub(crate) code: Option<String>,
     text: String,
@@ -624,14 +622,12 @@ impl Client {
         let shown = self.shown();
         let what = format!("{method} {}", redact_url(self.url_of(segments).as_str()));
         let resp = req.send().await.map_err(|e| AzureError {
-            status: None,
             code: None,
             text: format!("Azure Storage at {shown} cannot be reached ({what}): {e}"),
         })?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let text = resp.text().await.map_err(|e| AzureError {
-            status: Some(status),
             code: None,
             text: format!("Azure Storage at {shown}: {what}: {e}"),
         })?;
@@ -658,7 +654,6 @@ impl Client {
         let message = short(&scrub(&message, &secrets));
         let code_text = code.clone().unwrap_or_else(|| "error".into());
         Err(AzureError {
-            status: Some(status),
             code,
             text: scrub(
                 &format!(
