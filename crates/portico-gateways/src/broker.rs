@@ -14,7 +14,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use portico::{ConfigContext, ConfigError, Delivered, DispatchError, SecretSource};
+use portico::{ConfigContext, ConfigError, Delivered, DispatchError, Event, SecretSource, Submit};
 
 /// The first wait before reconnecting.
 pub(crate) const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -66,6 +66,54 @@ pub(crate) fn accepted_ackable(
         ))),
         Err(e) => Err(SessionError::Fatal(e.into())),
     }
+}
+
+/// Why the messages of a batch after the first `done` are not done with.
+pub(crate) enum Rest {
+    /// They all are.
+    None,
+    /// The configuration or the gateway is stopping.
+    Stopping,
+    /// An event could not be accepted: the session ends with this.
+    Failed(SessionError),
+}
+
+/// Hands a batch's events over (`sqs`, `azure-queue`), in order, each once the one before was accepted; then, in
+/// `ackAfterDelivery`, waits for their delivery in order. How many from the first are done
+/// with, and why the others are not.
+pub(crate) async fn take_in_order(ctx: &ConfigContext, events: Vec<Event>) -> (usize, Rest) {
+    let mut pending = Vec::with_capacity(events.len());
+    let mut rest = Rest::None;
+    for event in events {
+        match accepted_ackable(ctx.submit(event, Submit::ACK_AFTER_DELIVERY).await) {
+            Ok(Some(delivered)) => pending.push(delivered),
+            Ok(None) => {
+                rest = Rest::Stopping;
+                break;
+            }
+            Err(e) => {
+                rest = Rest::Failed(e);
+                break;
+            }
+        }
+    }
+    let mut done = 0;
+    for delivered in pending {
+        let ok = delivered.is_done()
+            || matches!(rest, Rest::None)
+                && tokio::select! {
+                    ok = delivered.wait() => ok,
+                    _ = ctx.stopped() => false,
+                };
+        if !ok {
+            if matches!(rest, Rest::None) {
+                rest = Rest::Stopping;
+            }
+            break;
+        }
+        done += 1;
+    }
+    (done, rest)
 }
 
 /// Runs `session` again and again until the configuration stops: each broker loss is

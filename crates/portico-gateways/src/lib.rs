@@ -13,6 +13,9 @@ pub mod webhook;
 pub mod amqp;
 pub mod artifact;
 mod aws;
+mod azure;
+pub mod azure_blob;
+pub mod azure_queue;
 mod broker;
 pub mod kafka;
 mod kube_secret;
@@ -53,6 +56,8 @@ pub const BUILTIN_TYPES: &[&str] = &[
     "gerrit",
     "http-poll",
     "sftp",
+    "azure-queue",
+    "azure-blob",
 ];
 
 /// The executor of built-in gateway `gateway_type`, if there is one. Each call gives a new
@@ -80,6 +85,8 @@ pub fn builtin(gateway_type: &str) -> Option<SharedExecutor> {
         "gerrit" => Some(Arc::new(saas::SaasHooks::new(saas::Provider::Gerrit))),
         "http-poll" => Some(Arc::new(http_poll::HttpPoll)),
         "sftp" => Some(Arc::new(sftp::Sftp)),
+        "azure-queue" => Some(Arc::new(azure_queue::AzureQueue)),
+        "azure-blob" => Some(Arc::new(azure_blob::AzureBlob)),
         _ => None,
     }
 }

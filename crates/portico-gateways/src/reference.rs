@@ -25,6 +25,8 @@ pub fn schema(gateway_type: &str) -> Option<schemars::Schema> {
         "sqs" => schema_for!(crate::sqs::SqsConfig),
         "http-poll" => schema_for!(crate::http_poll::HttpPollConfig),
         "sftp" => schema_for!(crate::sftp::SftpConfig),
+        "azure-queue" => schema_for!(crate::azure_queue::AzureQueueConfig),
+        "azure-blob" => schema_for!(crate::azure_blob::AzureBlobConfig),
         _ => return None,
     })
 }

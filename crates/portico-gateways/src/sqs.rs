@@ -34,7 +34,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use portico::{ConfigContext, ConfigError, ConfigExecutor, Event, Submit};
+use portico::{ConfigContext, ConfigError, ConfigExecutor, Event};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -42,7 +42,7 @@ use serde_json::{Value, json};
 
 pub use crate::aws::SecretKeySelector;
 use crate::aws::{CredentialFields, CredentialSources, OpenQueue, Queue, SqsError, invalid};
-use crate::broker::{self, Progress, SessionError, SessionResult, accepted_ackable};
+use crate::broker::{self, Progress, Rest, SessionError, SessionResult, take_in_order};
 
 /// SQS's most messages per `ReceiveMessage`, and the default of `maxMessages`.
 const MAX_MESSAGES: u32 = 10;
@@ -432,61 +432,13 @@ async fn session(
         }
         // The batch's events are handed over while its messages are kept invisible.
         let (done, rest) = tokio::select! {
-            taken = take(ctx, events) => taken,
+            taken = take_in_order(ctx, events) => taken,
             never = keep_invisible(ctx, &open, &handles, visibility) => match never {},
         };
         if !settle(ctx, &open, &handles, done, rest).await? {
             return Ok(());
         }
     }
-}
-
-/// Why the messages of a batch after the first `done` are not done with.
-enum Rest {
-    /// They all are.
-    None,
-    /// The configuration or the gateway is stopping.
-    Stopping,
-    /// An event could not be accepted: the session ends with this.
-    Failed(SessionError),
-}
-
-/// Hands a batch's events over, in order, each once the one before was accepted; then, in
-/// `ackAfterDelivery`, waits for their delivery in order. How many from the first are done
-/// with, and why the others are not.
-async fn take(ctx: &ConfigContext, events: Vec<Event>) -> (usize, Rest) {
-    let mut pending = Vec::with_capacity(events.len());
-    let mut rest = Rest::None;
-    for event in events {
-        match accepted_ackable(ctx.submit(event, Submit::ACK_AFTER_DELIVERY).await) {
-            Ok(Some(delivered)) => pending.push(delivered),
-            Ok(None) => {
-                rest = Rest::Stopping;
-                break;
-            }
-            Err(e) => {
-                rest = Rest::Failed(e);
-                break;
-            }
-        }
-    }
-    let mut done = 0;
-    for delivered in pending {
-        let ok = delivered.is_done()
-            || matches!(rest, Rest::None)
-                && tokio::select! {
-                    ok = delivered.wait() => ok,
-                    _ = ctx.stopped() => false,
-                };
-        if !ok {
-            if matches!(rest, Rest::None) {
-                rest = Rest::Stopping;
-            }
-            break;
-        }
-        done += 1;
-    }
-    (done, rest)
 }
 
 /// Extends the visibility of `handles` by `visibility` every half of it, for as long as it is

@@ -8,6 +8,7 @@
 //! 1883, RabbitMQ 5672, PostgreSQL 5432) with subjects, channels, topics and exchanges of their
 //! own (a uuid), and a private `tansu` for Kafka (see brokers_kafka.rs).
 
+mod azurite_support;
 mod broker_support;
 mod common;
 mod moto_support;
@@ -62,6 +63,11 @@ enum Trigger {
     /// Write a JSON file (named after the round) into the directory of the case's private
     /// `sshd`, which the `sftp` case lists.
     WriteSftp(sftp_support::Sshd),
+    /// Send one JSON message to the Azurite queue named by the value's [`Value::topic`].
+    SendAzureMessage(Arc<azurite_support::Azurite>),
+    /// Upload a blob (named after the round) to the Azurite container named by the value's
+    /// [`Value::topic`].
+    PutBlob(Arc<azurite_support::Azurite>),
 }
 
 /// The broker a [`Trigger::Publish`] publishes to.
@@ -277,6 +283,98 @@ fn sftp_case(dir: tempfile::TempDir) -> Case {
             state("two.json")
         )),
         trigger: Trigger::WriteSftp(sshd),
+        kube: None,
+        tansu: None,
+        _dir: dir,
+    }
+}
+
+/// The `azure-queue` and `azure-blob` cases: Azurite (a child process, started before the
+/// baseline of tasks and sockets is taken), a queue or container per value.
+fn azure_case(gateway_type: &str, dir: tempfile::TempDir) -> Case {
+    let azurite = azurite_support::Azurite::shared();
+    let connection = dir.path().join("connection");
+    std::fs::write(&connection, azurite.connection_string()).unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, azurite_support::KEY).unwrap();
+    let blob = gateway_type == "azure-blob";
+    let (one, two) = (
+        azurite_support::unique("compliance"),
+        azurite_support::unique("compliance"),
+    );
+    for name in [&one, &two] {
+        if blob {
+            azurite.create_container(name);
+        } else {
+            azurite.create_queue(name);
+        }
+    }
+    let (field, endpoint) = if blob {
+        ("container", &azurite.blob_url)
+    } else {
+        ("queue", &azurite.queue_url)
+    };
+    let state = |name: &str| {
+        if blob {
+            format!("\nstateFile: {}", dir.path().join(name).display())
+        } else {
+            String::new()
+        }
+    };
+    let fast = if blob {
+        "interval: 1s"
+    } else {
+        "pollInterval: 100ms"
+    };
+    let mut junk = vec![
+        ("connectionStringEnv: X".to_string(), field),
+        (format!("{field}: Not_A_Name"), field),
+        (format!("{field}: abc\naccountKeyEnv: K"), "account"),
+        (format!("{field}: abc\naccount: abc"), "accountKey"),
+        (
+            format!("{field}: abc\naccountKeyEnv: K\nsasTokenEnv: S\naccount: abc"),
+            "sasToken",
+        ),
+        (
+            format!("{field}: abc\naccount: abc\naccountKeyEnv: K\nendpoint: ftp://x"),
+            "endpoint",
+        ),
+        ("bogusField: 1".to_string(), "bogusField"),
+        ("[not: yaml".to_string(), ""),
+    ];
+    if blob {
+        junk.push((format!("{field}: abc\ninterval: 10ms"), "interval"));
+        junk.push((format!("{field}: abc\nevents: [renamed]"), "renamed"));
+    } else {
+        junk.push((format!("{field}: abc\nmaxMessages: 33"), "maxMessages"));
+        junk.push((
+            format!("{field}: abc\nvisibilityTimeout: 8d"),
+            "visibilityTimeout",
+        ));
+    }
+    Case {
+        junk,
+        valid: Value::broker(
+            format!(
+                "{field}: {one}\n{fast}\nconnectionStringFile: {}{}",
+                connection.display(),
+                state("one.json")
+            ),
+            one,
+        ),
+        changed: Value::broker(
+            format!(
+                "{field}: {two}\n{fast}\nendpoint: {endpoint}\naccountKeyFile: {}{}",
+                key.display(),
+                state("two.json")
+            ),
+            two,
+        ),
+        trigger: if blob {
+            Trigger::PutBlob(azurite)
+        } else {
+            Trigger::SendAzureMessage(azurite)
+        },
         kube: None,
         tansu: None,
         _dir: dir,
@@ -799,6 +897,7 @@ fn case(gateway_type: &str) -> Option<Case> {
         "slack" | "stripe" | "bitbucket" | "gerrit" => saas_case(gateway_type, dir, &secret_line),
         "http-poll" => http_poll_case(dir),
         "sftp" => sftp_case(dir),
+        "azure-queue" | "azure-blob" => azure_case(gateway_type, dir),
         _ => return None,
     })
 }
@@ -1099,6 +1198,17 @@ async fn trigger(case: &Case, value: &Value, n: u32) {
             sqs_support::send(moto, url, &serde_json::json!([message]));
         }
         Trigger::ChangeBody(server) => server.change(),
+        Trigger::SendAzureMessage(azurite) => {
+            azurite.send(value.topic.as_ref().unwrap(), &[PAYLOAD], false);
+        }
+        Trigger::PutBlob(azurite) => {
+            azurite.put_blob(
+                value.topic.as_ref().unwrap(),
+                &format!("compliance-{n}.json"),
+                PAYLOAD,
+                "application/json",
+            );
+        }
         Trigger::WriteSftp(sshd) => {
             std::fs::write(sshd.files.join(format!("event-{n}.json")), PAYLOAD).unwrap();
         }
