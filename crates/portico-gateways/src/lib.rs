@@ -23,6 +23,7 @@ pub mod redis;
 pub mod reference;
 pub mod s3event;
 pub mod sftp;
+pub mod sns;
 pub mod sqs;
 pub mod storagegrid;
 
@@ -53,6 +54,7 @@ pub const BUILTIN_TYPES: &[&str] = &[
     "gerrit",
     "http-poll",
     "sftp",
+    "sns",
 ];
 
 /// The executor of built-in gateway `gateway_type`, if there is one. Each call gives a new
@@ -80,6 +82,7 @@ pub fn builtin(gateway_type: &str) -> Option<SharedExecutor> {
         "gerrit" => Some(Arc::new(saas::SaasHooks::new(saas::Provider::Gerrit))),
         "http-poll" => Some(Arc::new(http_poll::HttpPoll)),
         "sftp" => Some(Arc::new(sftp::Sftp)),
+        "sns" => Some(Arc::new(sns::Sns::default())),
         _ => None,
     }
 }

@@ -25,6 +25,7 @@ pub fn schema(gateway_type: &str) -> Option<schemars::Schema> {
         "sqs" => schema_for!(crate::sqs::SqsConfig),
         "http-poll" => schema_for!(crate::http_poll::HttpPollConfig),
         "sftp" => schema_for!(crate::sftp::SftpConfig),
+        "sns" => schema_for!(crate::sns::SnsConfig),
         _ => return None,
     })
 }
