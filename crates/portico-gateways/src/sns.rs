@@ -114,7 +114,7 @@ pub struct SnsConfig {
     /// `sns.*.amazonaws.com` and `sns.*.amazonaws.com.cn`): host names, compared without
     /// case, where a `*` label stands for exactly one label of letters, digits and `-`
     /// (`sns.*.amazonaws.com` takes `sns.us-east-1.amazonaws.com`, not
-    /// `sns.evil.example.amazonaws.com` nor `sns.us-east-1.amazonaws.com.example`); an IP
+    /// `sns.evil.example.amazonaws.com` nor `sns.us-east-1.amazonaws.com.example`); an IPv4
     /// address matches itself. The port is not part of the match. Nothing is fetched from,
     /// nor called on, another host.
     #[serde(default)]
@@ -248,7 +248,7 @@ impl SnsConfig {
                         invalid(
                             &format!("allowedHosts[{i}]"),
                             format!(
-                                "`{h}` is not a host name like sns.*.amazonaws.com (labels of letters, digits and -, or *), nor an IP address"
+                                "`{h}` is not a host name like sns.*.amazonaws.com (labels of letters, digits and -, or *), nor an IPv4 address"
                             ),
                         )
                     })
