@@ -523,7 +523,10 @@ async fn motos_sns_delivers_to_the_endpoint() {
     let moto = Moto::shared();
     let port = free_port();
     let mut rig = Rig::new("snsgw", "sns", Arc::new(Sns::default()));
-    // moto signs nothing (its signatures are placeholders): checked off, as for emulators.
+    // moto signs its notifications, but leaves `Subject` out of the string to sign and names
+    // a certificate on AWS's host that only its in-process mock serves: checked off, as for
+    // emulators. It posts no SubscriptionConfirmation (its subscriptions are confirmed at
+    // once), and no MessageAttributes to HTTP endpoints.
     rig.apply(&[("moto", &config(port, "/moto", "verifySignature: false"))])
         .await;
     let node = rig.wait_phase("moto", Phase::Running).await;
@@ -540,7 +543,7 @@ async fn motos_sns_delivers_to_the_endpoint() {
     .unwrap();
     let (moto2, arn2) = (moto.clone(), arn.clone());
     let id = tokio::task::spawn_blocking(move || {
-        let attributes = json!({"Order-Id": ["Number", "7"], "Author": ["String", "ana"]});
+        let attributes = json!({"Order-Id": ["Number", "7"]});
         sns_py(
             &moto2,
             &[
@@ -562,8 +565,12 @@ async fn motos_sns_delivers_to_the_endpoint() {
     assert_eq!(ext(&e, "topicarn").as_deref(), Some(arn.as_str()));
     assert_eq!(ext(&e, "messageid"), Some(id));
     assert_eq!(ext(&e, "snssubject").as_deref(), Some("Order placed"));
-    assert_eq!(ext(&e, "attrorderid").as_deref(), Some("7"));
-    assert_eq!(ext(&e, "attrauthor").as_deref(), Some("ana"));
+    assert_eq!(
+        e.time
+            .map(|t| t.timestamp() - chrono::Utc::now().timestamp())
+            .map(|d| d.abs() < 60),
+        Some(true)
+    );
     rig.supervisor.stop_all().await;
 }
 
