@@ -124,9 +124,10 @@ pub struct SnsConfig {
     #[serde(default)]
     pub allow_http: bool,
     /// Check every message's signature (default true). `false` takes messages without
-    /// checking them, for an SNS emulator that signs none (moto, LocalStack): anyone who
-    /// reaches the port can then post one (a warning says so, and `spec.security.requireAuth`
-    /// refuses the configuration).
+    /// checking them, for an SNS emulator whose signatures cannot be checked (moto leaves
+    /// `Subject` out of what it signs, and names certificates on AWS's host that only its
+    /// in-process mock serves): anyone who reaches the port can then post one (a warning says
+    /// so, and `spec.security.requireAuth` refuses the configuration).
     #[serde(default)]
     pub verify_signature: Option<bool>,
     /// A PEM certificate chain: with `serverKeyPath`, the port serves HTTPS (rustls), for an
