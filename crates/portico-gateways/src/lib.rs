@@ -26,6 +26,7 @@ pub mod redis;
 pub mod reference;
 pub mod s3event;
 pub mod sftp;
+pub mod sns;
 pub mod sqs;
 pub mod storagegrid;
 
@@ -58,6 +59,7 @@ pub const BUILTIN_TYPES: &[&str] = &[
     "sftp",
     "azure-queue",
     "azure-blob",
+    "sns",
 ];
 
 /// The executor of built-in gateway `gateway_type`, if there is one. Each call gives a new
@@ -87,6 +89,7 @@ pub fn builtin(gateway_type: &str) -> Option<SharedExecutor> {
         "sftp" => Some(Arc::new(sftp::Sftp)),
         "azure-queue" => Some(Arc::new(azure_queue::AzureQueue)),
         "azure-blob" => Some(Arc::new(azure_blob::AzureBlob)),
+        "sns" => Some(Arc::new(sns::Sns::default())),
         _ => None,
     }
 }

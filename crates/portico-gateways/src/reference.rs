@@ -27,6 +27,7 @@ pub fn schema(gateway_type: &str) -> Option<schemars::Schema> {
         "sftp" => schema_for!(crate::sftp::SftpConfig),
         "azure-queue" => schema_for!(crate::azure_queue::AzureQueueConfig),
         "azure-blob" => schema_for!(crate::azure_blob::AzureBlobConfig),
+        "sns" => schema_for!(crate::sns::SnsConfig),
         _ => return None,
     })
 }

@@ -582,7 +582,7 @@ async fn batch(
 }
 
 /// Whether `value` can be a CloudEvents string: no control characters or noncharacters.
-fn printable(value: &str) -> bool {
+pub(crate) fn printable(value: &str) -> bool {
     !value.chars().any(|c| {
         let cp = u32::from(c);
         c.is_control() || (0xFDD0..=0xFDEF).contains(&cp) || cp & 0xFFFE == 0xFFFE
@@ -590,7 +590,7 @@ fn printable(value: &str) -> bool {
 }
 
 /// Whether `value` is a media type like `application/json; charset=utf-8`.
-fn is_media_type(value: &str) -> bool {
+pub(crate) fn is_media_type(value: &str) -> bool {
     let printable_ascii = value
         .bytes()
         .all(|b| b == b'\t' || (b' '..=b'~').contains(&b));

@@ -895,6 +895,35 @@ fn case(gateway_type: &str) -> Option<Case> {
             _dir: dir,
         },
         "slack" | "stripe" | "bitbucket" | "gerrit" => saas_case(gateway_type, dir, &secret_line),
+        // Unsigned (an emulator's): the signatures are tested in sns.rs.
+        "sns" => Case {
+            junk: common_junk(vec![
+                ("port: 0\nendpoint: /x".into(), "port"),
+                ("port: 8080\nendpoint: x".into(), "endpoint"),
+                (
+                    "port: 8080\nendpoint: /x\ntopicArns: [orders]".into(),
+                    "topicArns[0]",
+                ),
+                (
+                    "port: 8080\nendpoint: /x\nallowedHosts: ['a b']".into(),
+                    "allowedHosts[0]",
+                ),
+                ("port: 8080\nendpoint: /x\nsecretEnv: S".into(), "secretEnv"),
+            ]),
+            valid: hook_value(free_port(), "/sns", "verifySignature: false"),
+            changed: hook_value(
+                free_port(),
+                "/changed",
+                "verifySignature: false\ntopicArns: ['arn:aws:sns:us-east-1:123456789012:compliance']",
+            ),
+            trigger: Trigger::Post {
+                headers: vec![("x-amz-sns-message-type", "Notification".to_string())],
+                body: SNS_NOTIFICATION,
+            },
+            kube: None,
+            tansu: None,
+            _dir: dir,
+        },
         "http-poll" => http_poll_case(dir),
         "sftp" => sftp_case(dir),
         "azure-queue" | "azure-blob" => azure_case(gateway_type, dir),
@@ -979,6 +1008,9 @@ fn saas_case(gateway_type: &str, dir: tempfile::TempDir, secret_line: &str) -> C
 
 /// StorageGRID's SNS `Publish` of an S3 notification (`Message` URL-encoded JSON).
 const STORAGEGRID_PUBLISH: &str = "Action=Publish&Message=%7B%22Records%22%3A%5B%7B%22eventName%22%3A%22ObjectCreated%3APut%22%2C%22s3%22%3A%7B%22bucket%22%3A%7B%22name%22%3A%22b%22%7D%2C%22object%22%3A%7B%22key%22%3A%22k%22%7D%7D%7D%5D%7D&TopicArn=urn%3Asgws%3Asns%3A%3Atopic&Version=2010-03-31";
+
+/// An SNS notification of topic `compliance`, unsigned.
+const SNS_NOTIFICATION: &str = r#"{"Type": "Notification", "MessageId": "c-1", "TopicArn": "arn:aws:sns:us-east-1:123456789012:compliance", "Message": "{\"compliance\": true}", "Timestamp": "2026-01-01T00:00:00.000Z"}"#;
 
 /// The tansu binary (`scripts/test` installs it and sets `PORTICO_TANSU`).
 fn tansu() -> String {

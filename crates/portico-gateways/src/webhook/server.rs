@@ -21,7 +21,7 @@
 //! | 408 | the body did not arrive within the body timeout (`--body-timeout`, default 60 s) |
 //! | 413 | the body is over the route's `maxBodySize` |
 //! | 400 | the event cannot be made valid |
-//! | 503 + `Retry-After` | the gateway is full, its outbox cannot write, or the configuration is stopping |
+//! | 503 + `Retry-After` | the gateway is full, its outbox cannot write, or the configuration is stopping; for a gate whose sender keeps its messages until answered ([`Gate::ack`] is [`Ack::AfterDelivery`]), in `ackAfterDelivery`, also when the event was not delivered to every watcher within [`DELIVERY_WAIT`] |
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -32,13 +32,14 @@ use std::time::Duration;
 use std::convert::Infallible;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header,
 };
 use portico::http1;
-use portico::{ConfigContext, ConfigError, ConfigId, Event, RejectReason, Submit};
+use portico::{Ack, ConfigContext, ConfigError, ConfigId, Event, RejectReason, Submit};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
@@ -52,6 +53,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const SHARED_WAIT: Duration = Duration::from_secs(5);
 /// How long attaching waits for a port that a stopping server of ours still holds.
 const REBIND_WAIT: Duration = Duration::from_secs(2);
+/// How long the caller of a gate whose [`Gate::ack`] is [`Ack::AfterDelivery`] waits, in
+/// `ackAfterDelivery`, for every watcher to take its event before it gets 503 (and sends it
+/// again): Amazon SNS, for one, gives an HTTP endpoint 15 s to answer.
+pub const DELIVERY_WAIT: Duration = Duration::from_secs(14);
 
 /// What a [`Gate`] decides about one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +99,21 @@ pub trait Gate: Send + Sync + 'static {
             )),
         }
     }
+
+    /// [`Gate::event`] for a gate that needs I/O to decide (a signing certificate to fetch, a
+    /// subscription to confirm): the server awaits this one, whose default is
+    /// [`Gate::event`].
+    fn make<'a>(&'a self, headers: &'a HeaderMap, body: &'a Bytes) -> BoxFuture<'a, Made> {
+        Box::pin(std::future::ready(self.event(headers, body)))
+    }
+
+    /// When the caller gets its 200: once the event is accepted ([`Ack::OnAcceptance`], the
+    /// default), or, for a sender that keeps a message and sends it again until it is
+    /// answered ([`Ack::AfterDelivery`]), in `ackAfterDelivery` only once every watcher took
+    /// the event (503 when that takes more than [`DELIVERY_WAIT`]).
+    fn ack(&self) -> Ack {
+        Ack::OnAcceptance
+    }
 }
 
 /// What [`Gate::event`] makes of a delivery.
@@ -105,6 +125,9 @@ pub enum Made {
     /// Make no event and answer with this (400 for a body the route cannot read, 200 for a
     /// delivery its filters do not keep).
     Answer(Reply),
+    /// Make no event and refuse the delivery with this answer (a 4xx), counted in
+    /// `portico_events_rejected_total` under this reason.
+    Refused(RejectReason, Reply),
 }
 
 /// An answer to the caller of a webhook-style route.
@@ -636,11 +659,40 @@ async fn handle(routes: &RouteTable, req: Request<Incoming>, body_timeout: Durat
         }
         Verdict::Ignore(why) => return text(StatusCode::OK, format!("ignored: {why}\n")),
     }
-    let (event, reply) = match route.gate.event(headers, &body) {
+    let (event, reply) = match route.gate.make(headers, &body).await {
         Made::Event(event, reply) => (event, reply),
         Made::Answer(reply) => return reply.response(),
+        Made::Refused(reason, reply) => {
+            route.ctx.count_rejected(reason, 1);
+            return reply.response();
+        }
     };
-    match route.ctx.submit(event, Submit::BRIEFLY).await {
+    let how = Submit {
+        ack: route.gate.ack(),
+        ..Submit::BRIEFLY
+    };
+    match route.ctx.submit(event, how).await {
+        Ok(delivered) if !delivered.is_done() => {
+            match tokio::time::timeout(DELIVERY_WAIT, delivered.wait()).await {
+                Ok(true) => match reply {
+                    None => Response::new(Full::new(Bytes::new())),
+                    Some(reply) => reply.response(),
+                },
+                _ => {
+                    route.gate.not_taken(headers);
+                    let mut r = text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "the event was not delivered to every watcher within {}s (ackAfterDelivery): send it again\n",
+                            DELIVERY_WAIT.as_secs()
+                        ),
+                    );
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    r
+                }
+            }
+        }
         // No body and no header to build: the answer to every event is the cheapest one.
         Ok(_) => match reply {
             None => Response::new(Full::new(Bytes::new())),

@@ -1,5 +1,7 @@
-//! The moto server the `artifact` tests use (S3 and SQS on one port, sending S3's event
-//! notifications to SQS queues), and what they do to it, through boto3 (`s3.py`).
+//! The moto server the `artifact`, `sqs` and `sns` tests use (S3, SQS and SNS on one port,
+//! sending S3's event notifications to SQS queues and SNS's messages to HTTP subscriptions),
+//! and what the `artifact` tests do to it, through boto3 (`s3.py`; the `sns` tests' is
+//! `sns.py`).
 //!
 //! `scripts/test` starts one moto server for every test and exports its URL as
 //! `PORTICO_MOTO_URL`; without it (a plain `cargo test`), each test process starts its own from
