@@ -77,7 +77,7 @@ impl BlobChange {
 /// `change` (`created`, `changed`, `deleted`), `container`, `blob` (its name), `etag`, and
 /// `eventid`: the same for the same change of the same blob version (a hash of the account,
 /// container, name, ETag and change), so an event emitted again after a restart can be told
-/// from a new one. The CloudEvent's own `id` and `source` are the gateway's, as for every type.
+/// from a new one; it is the CloudEvent's `id` too.
 ///
 /// Change detection: every `interval` the container is listed (blobs whose names start with
 /// `prefix`; not snapshots or versions) and each blob's ETag compared with the last listing;
@@ -597,15 +597,14 @@ fn blob_event(client: &Client, s: &Settings, change: BlobChange, name: &str, see
     {
         event = event.with_time(t);
     }
+    let id = event_id(client.account(), &s.container, name, &seen.etag, change);
     event
+        .with_id(id.as_str())
         .with_extension("change", change.as_str())
         .with_extension("container", s.container.as_str())
         .with_extension("blob", name)
         .with_extension("etag", seen.etag.as_str())
-        .with_extension(
-            "eventid",
-            event_id(client.account(), &s.container, name, &seen.etag, change),
-        )
+        .with_extension("eventid", id)
 }
 
 /// Reads the listing kept in `path` (empty when there is none, or it is of another listing).

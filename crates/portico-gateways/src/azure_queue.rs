@@ -75,7 +75,8 @@ pub enum MessageEncoding {
 /// text, else `application/octet-stream`. The event's time is the message's `InsertionTime`.
 /// Extensions: `messageid` (Azure's message id), `account`, `queue`, `dequeuecount` (more
 /// than 1 when the message comes again) and `expirationtime` (RFC 3339). The CloudEvent's
-/// own `id` and `source` are the gateway's, as for every type.
+/// `id` is the message id, the same when the message comes again, so that a watcher can tell a
+/// redelivery from a new message.
 ///
 /// Deletion: a message is deleted only once its event is accepted for delivery (written to
 /// the outbox), or, with `spec.delivery.mode: ackAfterDelivery`, once every watcher took it.
@@ -559,6 +560,9 @@ fn message_event(
         .and_then(crate::azure::parse_date)
     {
         event = event.with_time(time);
+    }
+    if !m.message_id.is_empty() {
+        event = event.with_id(m.message_id.as_str());
     }
     event = event
         .with_extension("messageid", m.message_id.as_str())

@@ -90,7 +90,8 @@ const MESSAGE_TYPE: HeaderName = HeaderName::from_static("x-amz-sns-message-type
 ///
 /// Payload: the notification's `Message`, untouched: `application/json` when it is JSON,
 /// `text/plain` otherwise (a `content-type` String message attribute says otherwise). Its
-/// time is the message's `Timestamp`. Extensions: `messageid` (SNS's `MessageId`),
+/// time is the message's `Timestamp`, its `id` the `MessageId` (the same when SNS sends the
+/// message again). Extensions: `messageid` (SNS's `MessageId`),
 /// `topicarn` (the topic's ARN), `snssubject` (the `Subject`, when given), and one
 /// `attr<name>` per String or Number message attribute (the name lower-cased with only a–z
 /// and 0–9 kept, at most 20 characters in all: `Order-Id` ⇒ `attrorderid`); a `traceparent`
@@ -749,6 +750,9 @@ pub fn notification_event(m: &Message) -> Event {
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
     {
         event = event.with_time(time.with_timezone(&chrono::Utc));
+    }
+    if let Some(id) = m.text("MessageId").filter(|v| !v.is_empty()) {
+        event = event.with_id(id);
     }
     // Last: an attribute's extension never takes the place of these.
     for (field, extension) in [

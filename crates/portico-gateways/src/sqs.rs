@@ -78,7 +78,9 @@ const SYSTEM_ATTRIBUTES: &[&str] = &[
 /// Payload: the message body, untouched. `datacontenttype`: a String message attribute
 /// named `content-type` (or `Content-Type`, `content_type`) when it holds a media type, else
 /// `application/json` when the body is one JSON value, else `text/plain`. The event's time is
-/// the message's `SentTimestamp`. Extensions: `messageid` (SQS's message id), `queue` (the
+/// the message's `SentTimestamp`, its `id` the message id (the same when the message comes
+/// again, so that a watcher can tell a redelivery from a new message). Extensions: `messageid`
+/// (SQS's message id), `queue` (the
 /// queue's name), `messagegroupid`, `sequencenumber` and `deduplicationid` (FIFO queues),
 /// `receivecount` (`ApproximateReceiveCount`: more than 1 when the message comes again),
 /// and one `attr<name>` per String or Number message attribute (the name lower-cased with
@@ -662,6 +664,9 @@ fn message_event(m: &Value, queue: &str) -> Option<(Handle, Event)> {
         event = event.with_time(time);
     }
     // Last: an attribute's extension never takes the place of these.
+    if !id.is_empty() {
+        event = event.with_id(id.as_str());
+    }
     event = event
         .with_extension("messageid", id.as_str())
         .with_extension("queue", queue);

@@ -81,6 +81,7 @@ async fn created_changed_and_deleted_blobs_become_events_and_a_restart_emits_onl
     );
     assert!(d["lastModified"].is_string(), "{d}");
     let first_id = ext(&created, "eventid").unwrap();
+    assert_eq!(created.id, first_id);
 
     let etag2 = azurite.put_blob(&container, "in/a b.txt", "hello again", "text/plain");
     assert_ne!(etag, etag2);

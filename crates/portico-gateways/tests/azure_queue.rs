@@ -74,6 +74,8 @@ async fn messages_become_events_with_their_extensions_and_are_deleted() {
             ext(e, "messageid").is_some_and(|id| !id.is_empty()),
             "{e:?}"
         );
+        // The CloudEvent's id is the message's, the same if it comes again.
+        assert_eq!(ext(e, "messageid").as_deref(), Some(e.id.as_str()));
         assert!(ext(e, "expirationtime").is_some(), "{e:?}");
         let time = e.time.unwrap();
         assert!(time >= before && time <= chrono::Utc::now(), "{time}");

@@ -318,6 +318,7 @@ async fn signed_messages_are_verified_confirmed_and_become_events() {
         Some("2026-03-04T05:06:07.890+00:00".to_string())
     );
     assert_eq!(ext(one, "messageid").as_deref(), Some("m-1"));
+    assert_eq!(one.id, "m-1");
     assert_eq!(ext(one, "topicarn").as_deref(), Some(TOPIC));
     assert_eq!(ext(one, "snssubject").as_deref(), Some("New order"));
     assert_eq!(ext(one, "attrorderid").as_deref(), Some("41"));

@@ -85,6 +85,8 @@ async fn messages_become_events_with_their_attributes_and_are_deleted() {
             ext(e, "messageid").is_some_and(|id| !id.is_empty()),
             "{e:?}"
         );
+        // The CloudEvent's id is the message's, the same if it comes again.
+        assert_eq!(ext(e, "messageid").as_deref(), Some(e.id.as_str()));
         assert_eq!(ext(e, "receivecount").as_deref(), Some("1"));
         // The time the message was sent.
         let time = e.time.unwrap();
