@@ -2,7 +2,8 @@
 //! `content-type`, the data as the value, per the CloudEvents Kafka binding), produced with
 //! `acks=all` by an idempotent producer, done when the broker acknowledges it. The record key
 //! is the event's `subject` by default (the configuration key, so that one configuration's
-//! events keep their order in a partition), or `source`, `id`, `type`, or none.
+//! events keep their order in a partition), or `source`, `id`, `type`, or none. TLS and SASL
+//! are the `kafka` gateway's (`tls` and `sasl` blocks), read when the producer is made.
 
 use portico::secret::redact_url;
 use std::time::Duration;
@@ -46,13 +47,29 @@ impl KafkaSender {
                 ));
             }
         };
-        let producer: FutureProducer = ClientConfig::new()
+        let failed = |e: String| format!("kafka producer for `{}`: {e}", redact_url(&settings.url));
+        let tls = settings
+            .tls
+            .as_ref()
+            .map(|t| t.check())
+            .transpose()
+            .map_err(|e| failed(e.to_string()))?;
+        let sasl = settings
+            .sasl
+            .as_ref()
+            .map(|s| s.check())
+            .transpose()
+            .map_err(|e| failed(e.to_string()))?;
+        let mut config = ClientConfig::new();
+        portico_gateways::kafka::secure(&mut config, tls.as_ref(), sasl.as_ref())
+            .map_err(|e| failed(e.to_string()))?;
+        let producer: FutureProducer = config
             .set("bootstrap.servers", &settings.url)
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", "30000")
             .create()
-            .map_err(|e| format!("kafka producer for `{}`: {e}", redact_url(&settings.url)))?;
+            .map_err(|e| failed(e.to_string()))?;
         Ok(KafkaSender {
             producer,
             topic: settings.topic.clone(),

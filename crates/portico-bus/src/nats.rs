@@ -4,7 +4,9 @@
 //! `concurrency` publishes are in flight at once (a window of acks, not one at a time).
 //!
 //! The connection is made on the first send and kept; a failed connect or publish is a
-//! retryable failure (the dispatcher's retries and the outbox take it from there).
+//! retryable failure (the dispatcher's retries and the outbox take it from there). TLS and
+//! credentials are the `nats` gateway's: a `tls` block, and a user and password, a token, a
+//! credentials file or an nkey seed, read when the connection is made.
 
 use async_nats::jetstream;
 use portico::cloudevents::CloudEvent;
@@ -31,9 +33,17 @@ impl JetStreamSender {
         self.context
             .get_or_try_init(|| async {
                 let s = &self.settings;
-                let client = async_nats::connect(&s.url).await.map_err(|e| {
+                // Checked when the gateway's spec was read; an error here is a file that
+                // could not be read, and a later send tries again.
+                let failed = |e: String| {
                     DeliveryError::retryable(format!("cannot connect to NATS at {}: {e}", redact_url(&s.url)))
-                })?;
+                };
+                let tls = s.tls.as_ref().map(|t| t.check()).transpose().map_err(|e| failed(e.to_string()))?;
+                let auth = s.auth().map_err(|e| failed(e.to_string()))?;
+                let options = portico_gateways::nats::secure(async_nats::ConnectOptions::new(), tls.as_ref(), &auth)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                let client = options.connect(&s.url).await.map_err(|e| failed(e.to_string()))?;
                 let js = jetstream::new(client);
                 if let Some(stream) = &s.stream {
                     js.get_or_create_stream(jetstream::stream::Config {

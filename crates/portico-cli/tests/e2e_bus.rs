@@ -244,3 +244,108 @@ async fn kafka_dispatch_produces_each_cloudevent_to_the_topic_in_binary_mode() {
     assert_eq!(ids.len(), N);
     assert_eq!(portico.terminate().await, Some(0));
 }
+
+/// A CA and a certificate it signed for 127.0.0.1, as PEM files in `dir`: (CA, cert, key).
+fn pki(dir: &std::path::Path) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let write = |name: &str, text: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    (
+        write("ca.pem", ca.pem()),
+        write("server.pem", cert.pem()),
+        write("server-key.pem", key.serialize_pem()),
+    )
+}
+
+#[tokio::test]
+async fn nats_dispatch_over_tls_with_a_user_whose_password_is_in_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = pki(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\n\
+             tls {{ cert_file: \"{cert}\"\n key_file: \"{key}\" }}\n\
+             authorization {{ user: gateway\n password: pa55 }}\n",
+            dir.path().join("js").display()
+        ),
+    )
+    .unwrap();
+    let _server = tokio::process::Command::new("nats-server")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("nats-server (Debian package nats-server)");
+    eventually_async(Duration::from_secs(20), || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await
+    .expect("nats-server listens");
+    let password = dir.path().join("password");
+    std::fs::write(&password, "pa55\n").unwrap();
+    let subject = format!("portico.tls.{}", unique());
+    let stream_name = format!("PORTICO_TLS_{}", unique());
+    let (_gdir, file) = GatewayFileBuilder::new("nt", "ingest")
+        .spec_lines(&format!(
+            "  dispatchMechanism: NATS\n  nats:\n    url: \"tls://127.0.0.1:{port}\"\n    subject: \"{subject}\"\n    stream: \"{stream_name}\"\n    user: gateway\n    passwordFile: \"{}\"\n    tls: {{caFile: \"{ca}\"}}\n",
+            password.display()
+        ))
+        .write();
+    let portico = Portico::run(&file).await;
+    const N: usize = 5;
+    for n in 0..N {
+        let r = portico
+            .http
+            .post(portico.url("/"))
+            .body(body(n))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "event {n}");
+    }
+    // Read back with a client of the test's own, over TLS with the same CA and user.
+    let client = async_nats::ConnectOptions::new()
+        .user_and_password("gateway".into(), "pa55".into())
+        .add_root_certificates(ca.into())
+        .require_tls(true)
+        .connect(format!("tls://127.0.0.1:{port}"))
+        .await
+        .expect("the test's own TLS connection");
+    let js = async_nats::jetstream::new(client);
+    let count = eventually_async(Duration::from_secs(20), || {
+        let js = js.clone();
+        let stream_name = stream_name.clone();
+        async move {
+            let mut s = js.get_stream(&stream_name).await.ok()?;
+            let count = s.info().await.ok()?.state.messages;
+            (count >= N as u64).then_some(count)
+        }
+    })
+    .await
+    .expect("every event in the stream, published over TLS");
+    assert_eq!(count, N as u64);
+    assert_eq!(portico.terminate().await, Some(0));
+}

@@ -10,6 +10,7 @@
 //! back. The backoff starts over after a session that got as far as running.
 
 use portico::secret::redact_url;
+pub use portico::security::{Tls, TlsConfig};
 use std::future::Future;
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ pub(crate) const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 /// Why a session ended other than by the configuration stopping.
 #[derive(Debug)]
-pub(crate) enum SessionError {
+pub enum SessionError {
     /// The broker is unreachable or dropped the connection: reconnect with backoff.
     Broker(String),
     /// Not recoverable by reconnecting (an event that cannot be made, …): end the
@@ -35,6 +36,15 @@ impl SessionError {
     /// A broker problem described as `what: error`.
     pub(crate) fn broker(what: impl std::fmt::Display, e: impl std::fmt::Display) -> SessionError {
         SessionError::Broker(format!("{what}: {e}"))
+    }
+}
+
+impl std::fmt::Display for SessionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionError::Broker(text) => f.write_str(text),
+            SessionError::Fatal(e) => write!(f, "{e}"),
+        }
     }
 }
 
@@ -305,204 +315,6 @@ impl PollHealth {
             ctx.running();
             self.running = true;
         }
-    }
-}
-
-/// TLS toward a broker: the CA that signs its certificate, and the client's own certificate
-/// and key when the broker asks for one (mutual TLS). The files are read at every connection,
-/// so renewed certificates are taken at the next reconnection.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TlsConfig {
-    /// A PEM file of the CA certificates that sign the broker's certificate (default: the
-    /// client library's own roots).
-    #[serde(default)]
-    pub ca_file: Option<String>,
-    /// A PEM file of the client's certificate chain, for a broker that asks for one; with
-    /// `keyFile`.
-    #[serde(default)]
-    pub cert_file: Option<String>,
-    /// The PEM private key of `certFile`.
-    #[serde(default)]
-    pub key_file: Option<String>,
-    /// The name the broker's certificate must carry, when it is not the URL's host (a broker
-    /// reached by IP address or through a tunnel, with a certificate for its DNS name).
-    #[serde(default)]
-    pub server_name: Option<String>,
-}
-
-/// A checked `tls` block.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Tls {
-    /// The CA file, if any.
-    pub ca: Option<std::path::PathBuf>,
-    /// The client's certificate and key, if any.
-    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
-    /// The name the broker's certificate is checked against instead of the URL's host.
-    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
-}
-
-impl TlsConfig {
-    /// Checks the block: the paths are absolute or relative to the working directory, and a
-    /// client certificate comes with its key. Errors name `tls.<field>`.
-    pub(crate) fn check(&self) -> Result<Tls, ConfigError> {
-        let path = |field: &str, v: &Option<String>| match v.as_deref().map(str::trim) {
-            None => Ok(None),
-            Some("") => Err(ConfigError::invalid(format!("tls.{field}: is empty"))),
-            Some(p) => Ok(Some(std::path::PathBuf::from(p))),
-        };
-        let ca = path("caFile", &self.ca_file)?;
-        let client = match (
-            path("certFile", &self.cert_file)?,
-            path("keyFile", &self.key_file)?,
-        ) {
-            (None, None) => None,
-            (Some(c), Some(k)) => Some((c, k)),
-            (Some(_), None) => {
-                return Err(ConfigError::invalid(
-                    "tls.keyFile: required with tls.certFile",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(ConfigError::invalid(
-                    "tls.certFile: required with tls.keyFile",
-                ));
-            }
-        };
-        let server_name = match self.server_name.as_deref().map(str::trim) {
-            None => None,
-            Some(name) => Some(
-                rustls::pki_types::ServerName::try_from(name.to_string()).map_err(|_| {
-                    ConfigError::invalid(format!(
-                        "tls.serverName: `{name}` is not a DNS name or an IP address"
-                    ))
-                })?,
-            ),
-        };
-        Ok(Tls {
-            ca,
-            client,
-            server_name,
-        })
-    }
-}
-
-impl Tls {
-    /// A rustls client configuration (ring) from the files, read now: the CA's certificates
-    /// (Mozilla's roots without `caFile`), the client's certificate and key if given, and with
-    /// `serverName` a verifier that checks the broker's certificate against that name whatever
-    /// host the client connected to. Errors name the field and the file.
-    pub(crate) fn client_config(&self) -> Result<rustls::ClientConfig, String> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let chain = |field: &str, path: &std::path::Path| {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| {
-                    format!(
-                        "tls.{field}: cannot read PEM certificates from {}: {e}",
-                        path.display()
-                    )
-                })?;
-            if certs.is_empty() {
-                return Err(format!(
-                    "tls.{field}: {} holds no certificate",
-                    path.display()
-                ));
-            }
-            Ok(certs)
-        };
-        let mut roots = rustls::RootCertStore::empty();
-        match &self.ca {
-            Some(ca) => {
-                for cert in chain("caFile", ca)? {
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("tls.caFile: {}: {e}", ca.display()))?;
-                }
-            }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        }
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("tls: {e}"))?;
-        let builder = match &self.server_name {
-            None => builder.with_root_certificates(roots),
-            Some(name) => {
-                let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
-                    std::sync::Arc::new(roots),
-                    provider,
-                )
-                .build()
-                .map_err(|e| format!("tls.caFile: {e}"))?;
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(std::sync::Arc::new(NamedVerifier {
-                        inner,
-                        name: name.clone(),
-                    }))
-            }
-        };
-        match &self.client {
-            None => Ok(builder.with_no_client_auth()),
-            Some((cert, key_file)) => {
-                let certs = chain("certFile", cert)?;
-                let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| {
-                    format!(
-                        "tls.keyFile: cannot read a PEM private key from {}: {e}",
-                        key_file.display()
-                    )
-                })?;
-                builder
-                    .with_client_auth_cert(certs, key)
-                    .map_err(|e| format!("tls.certFile and tls.keyFile: {e}"))
-            }
-        }
-    }
-}
-
-/// The CA's usual checks of a broker's certificate, against `serverName` rather than the host
-/// the client connected to.
-#[derive(Debug)]
-struct NamedVerifier {
-    inner: std::sync::Arc<rustls::client::WebPkiServerVerifier>,
-    name: rustls::pki_types::ServerName<'static>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for NamedVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &rustls::pki_types::CertificateDer<'_>,
-        intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _connected_to: &rustls::pki_types::ServerName<'_>,
-        ocsp_response: &[u8],
-        now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        self.inner
-            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
     }
 }
 

@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use portico::{ConfigContext, ConfigError, ConfigExecutor, Event, SecretSource};
+use portico::security::Sasl;
+use portico::{ConfigContext, ConfigError, ConfigExecutor, Event};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
@@ -71,47 +72,7 @@ pub struct KafkaConfig {
     pub tls: Option<broker::TlsConfig>,
     /// SASL authentication, over TLS when `tls` is given.
     #[serde(default)]
-    pub sasl: Option<SaslConfig>,
-}
-
-/// A `kafka` configuration's SASL authentication.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SaslConfig {
-    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
-    pub mechanism: SaslMechanism,
-    /// The user name.
-    pub user: String,
-    /// A file holding the user's password.
-    #[serde(default)]
-    pub password_file: Option<String>,
-    /// An environment variable holding the user's password, instead of `passwordFile`.
-    #[serde(default)]
-    pub password_env: Option<String>,
-}
-
-/// A SASL mechanism.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
-pub enum SaslMechanism {
-    /// The user and password as they are (use it over TLS).
-    #[serde(rename = "PLAIN")]
-    Plain,
-    /// Salted challenge-response with SHA-256: the password never crosses the wire.
-    #[serde(rename = "SCRAM-SHA-256")]
-    ScramSha256,
-    /// Salted challenge-response with SHA-512.
-    #[serde(rename = "SCRAM-SHA-512")]
-    ScramSha512,
-}
-
-impl SaslMechanism {
-    fn name(self) -> &'static str {
-        match self {
-            SaslMechanism::Plain => "PLAIN",
-            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
-            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
-        }
-    }
+    pub sasl: Option<portico::security::SaslConfig>,
 }
 
 /// Where a consumer group with no committed offset starts reading.
@@ -135,7 +96,7 @@ pub struct Settings {
     group: Option<String>,
     reset: &'static str,
     tls: Option<broker::Tls>,
-    sasl: Option<(SaslMechanism, String, SecretSource)>,
+    sasl: Option<Sasl>,
 }
 
 impl KafkaConfig {
@@ -192,21 +153,7 @@ impl KafkaConfig {
                 "tls.serverName: not supported by the kafka gateway (its client checks the certificates against the hosts of url)",
             ));
         }
-        let sasl = match self.sasl {
-            None => None,
-            Some(s) => {
-                let password = SecretSource::from_fields(
-                    "sasl.password",
-                    s.password_file.as_deref(),
-                    s.password_env.as_deref(),
-                )?
-                .ok_or_else(|| {
-                    ConfigError::invalid("sasl.passwordFile: missing (or sasl.passwordEnv)")
-                })?;
-                let user = broker::non_blank("sasl.user", &s.user)?.to_string();
-                Some((s.mechanism, user, password))
-            }
-        };
+        let sasl = self.sasl.as_ref().map(|s| s.check()).transpose()?;
         Ok(Settings {
             tls,
             sasl,
@@ -276,16 +223,23 @@ impl ClientContext for Watch {
     }
 }
 
-/// The client settings of `tls` and `sasl`, with the password read now.
-fn security(c: &Settings, config: &mut ClientConfig) -> Result<(), SessionError> {
-    let protocol = match (&c.tls, &c.sasl) {
+impl ConsumerContext for Watch {}
+
+/// Sets the client settings of `tls` and `sasl` on `config`, the password read now: for the
+/// `kafka` gateway and the Kafka event-bus watcher.
+pub fn secure(
+    config: &mut ClientConfig,
+    tls: Option<&broker::Tls>,
+    sasl: Option<&Sasl>,
+) -> Result<(), SessionError> {
+    let protocol = match (tls, sasl) {
         (None, None) => return Ok(()),
         (Some(_), None) => "ssl",
         (None, Some(_)) => "sasl_plaintext",
         (Some(_), Some(_)) => "sasl_ssl",
     };
     config.set("security.protocol", protocol);
-    if let Some(tls) = &c.tls {
+    if let Some(tls) = tls {
         match &tls.ca {
             Some(ca) => config.set("ssl.ca.location", ca.display().to_string()),
             // The system's CA store, wherever this system keeps it.
@@ -297,19 +251,17 @@ fn security(c: &Settings, config: &mut ClientConfig) -> Result<(), SessionError>
                 .set("ssl.key.location", key.display().to_string());
         }
     }
-    if let Some((mechanism, user, password)) = &c.sasl {
+    if let Some(sasl) = sasl {
         config
-            .set("sasl.mechanisms", mechanism.name())
-            .set("sasl.username", user)
+            .set("sasl.mechanisms", sasl.mechanism.name())
+            .set("sasl.username", &sasl.user)
             .set(
                 "sasl.password",
-                broker::credential(password, "sasl.password")?,
+                broker::credential(&sasl.password, "sasl.password")?,
             );
     }
     Ok(())
 }
-
-impl ConsumerContext for Watch {}
 
 fn event_of<M: Message>(m: &M) -> Event {
     let mut event = Event::new(m.payload().map(<[u8]>::to_vec).unwrap_or_default())
@@ -346,7 +298,7 @@ async fn session(ctx: &ConfigContext, c: &Settings, progress: Progress) -> Sessi
     let said = Arc::new(std::sync::Mutex::new(None));
     let client_id = format!("portico-{}-{}", ctx.gateway().name(), ctx.src());
     let mut config = ClientConfig::new();
-    security(c, &mut config)?;
+    secure(&mut config, c.tls.as_ref(), c.sasl.as_ref())?;
     let consumer: StreamConsumer<Watch> = config
         .set("bootstrap.servers", &c.brokers)
         // Without a group of the configuration's, an id of its own that commits nothing.

@@ -7,7 +7,8 @@ use portico::secret::redact_url;
 use std::time::Duration;
 
 use futures::StreamExt;
-use portico::{ConfigContext, ConfigError, ConfigExecutor, Event, SecretSource, Submit};
+use portico::security::{NatsAuth, NatsAuthFields};
+use portico::{ConfigContext, ConfigError, ConfigExecutor, Event, Submit};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -87,21 +88,6 @@ pub struct NatsConfig {
     pub nkey_file: Option<String>,
 }
 
-/// How a `nats` configuration authenticates.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Auth {
-    /// As the server lets anyone.
-    Anonymous,
-    /// A user and its password.
-    User(String, SecretSource),
-    /// A token.
-    Token(SecretSource),
-    /// A credentials file.
-    Credentials(std::path::PathBuf),
-    /// An nkey seed.
-    Nkey(SecretSource),
-}
-
 /// A checked `nats` configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -110,7 +96,7 @@ pub struct Settings {
     queue: Option<String>,
     jetstream: Option<(String, String)>,
     tls: Option<broker::Tls>,
-    auth: Auth,
+    auth: NatsAuth,
 }
 
 impl NatsConfig {
@@ -162,47 +148,16 @@ impl NatsConfig {
             .as_ref()
             .map(broker::TlsConfig::check)
             .transpose()?;
-        let password = SecretSource::from_fields(
-            "password",
-            self.password_file.as_deref(),
-            self.password_env.as_deref(),
-        )?;
-        let token = SecretSource::from_fields(
-            "token",
-            self.token_file.as_deref(),
-            self.token_env.as_deref(),
-        )?;
-        let credentials = broker::optional(self.credentials_file);
-        let nkey = broker::optional(self.nkey_file);
-        let user = broker::optional(self.user);
-        let given = [
-            user.is_some() || password.is_some(),
-            token.is_some(),
-            credentials.is_some(),
-            nkey.is_some(),
-        ];
-        if given.iter().filter(|g| **g).count() > 1 {
-            return Err(ConfigError::invalid(
-                "user, tokenFile/tokenEnv, credentialsFile and nkeyFile are different ways to authenticate: give one",
-            ));
+        let auth = NatsAuthFields {
+            user: self.user.as_deref(),
+            password_file: self.password_file.as_deref(),
+            password_env: self.password_env.as_deref(),
+            token_file: self.token_file.as_deref(),
+            token_env: self.token_env.as_deref(),
+            credentials_file: self.credentials_file.as_deref(),
+            nkey_file: self.nkey_file.as_deref(),
         }
-        let auth = match (user, password, token, credentials, nkey) {
-            (Some(u), Some(p), ..) => Auth::User(u, p),
-            (Some(_), None, ..) => {
-                return Err(ConfigError::invalid(
-                    "passwordFile: missing (user needs passwordFile or passwordEnv)",
-                ));
-            }
-            (None, Some(_), ..) => {
-                return Err(ConfigError::invalid(
-                    "user: missing (a password goes with a user)",
-                ));
-            }
-            (None, None, Some(t), ..) => Auth::Token(t),
-            (None, None, None, Some(c), _) => Auth::Credentials(c.into()),
-            (None, None, None, None, Some(n)) => Auth::Nkey(SecretSource::File(n.into())),
-            (None, None, None, None, None) => Auth::Anonymous,
-        };
+        .check()?;
         Ok(Settings {
             urls,
             subject,
@@ -228,6 +183,36 @@ impl ConfigExecutor for Nats {
     async fn start_config(&self, ctx: ConfigContext, c: Settings) -> Result<(), ConfigError> {
         broker::run_sessions_until_they_stop(&ctx, |progress| session(&ctx, &c, progress)).await
     }
+}
+
+/// `options` with TLS (the files read now) and the authentication (its secret read now): for
+/// the `nats` gateway and the NATS event-bus watcher.
+pub async fn secure(
+    options: async_nats::ConnectOptions,
+    tls: Option<&broker::Tls>,
+    auth: &NatsAuth,
+) -> Result<async_nats::ConnectOptions, broker::SessionError> {
+    let mut options = options;
+    if let Some(tls) = tls {
+        let config = tls.client_config().map_err(SessionError::Broker)?;
+        options = options.require_tls(true).tls_client_config(config);
+    }
+    Ok(match auth {
+        NatsAuth::Anonymous => options,
+        NatsAuth::User(user, password) => {
+            options.user_and_password(user.clone(), broker::credential(password, "password")?)
+        }
+        NatsAuth::Token(token) => options.token(broker::credential(token, "token")?),
+        NatsAuth::Nkey(seed) => {
+            options.nkey(broker::credential(seed, "nkeyFile")?.trim().to_string())
+        }
+        NatsAuth::Credentials(path) => options.credentials_file(path).await.map_err(|e| {
+            SessionError::broker(
+                format!("cannot read the NATS credentials file {}", path.display()),
+                e,
+            )
+        })?,
+    })
 }
 
 async fn connect(
@@ -265,26 +250,7 @@ async fn connect(
                 }
             }
         });
-    let mut options = options;
-    if let Some(tls) = &c.tls {
-        // Read at every connection: renewed certificates are taken.
-        let config = tls.client_config().map_err(SessionError::Broker)?;
-        options = options.require_tls(true).tls_client_config(config);
-    }
-    options = match &c.auth {
-        Auth::Anonymous => options,
-        Auth::User(user, password) => {
-            options.user_and_password(user.clone(), broker::credential(password, "password")?)
-        }
-        Auth::Token(token) => options.token(broker::credential(token, "token")?),
-        Auth::Nkey(seed) => options.nkey(broker::credential(seed, "nkeyFile")?.trim().to_string()),
-        Auth::Credentials(path) => options.credentials_file(path).await.map_err(|e| {
-            SessionError::broker(
-                format!("cannot read the NATS credentials file {}", path.display()),
-                e,
-            )
-        })?,
-    };
+    let options = secure(options, c.tls.as_ref(), &c.auth).await?;
     let addrs: Vec<async_nats::ServerAddr> = c
         .urls
         .iter()

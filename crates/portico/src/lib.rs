@@ -66,6 +66,7 @@ mod rates;
 pub mod reference;
 mod runtime;
 pub mod secret;
+pub mod security;
 mod server;
 mod source;
 mod spec;

@@ -385,6 +385,47 @@ pub struct NatsDispatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "filter_schema")]
     pub filter: Option<crate::filter::FilterSpec>,
+    /// TLS toward the server (as with a `tls://` URL): its CA, a client certificate for
+    /// mutual TLS, and `serverName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::security::TlsConfig>,
+    /// A user name, with `passwordFile` or `passwordEnv`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// A file holding the user's password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+    /// An environment variable holding the user's password, instead of `passwordFile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// A file holding an authentication token, instead of a user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
+    /// An environment variable holding the token, instead of `tokenFile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    /// A NATS credentials file (a user JWT and its nkey seed), instead of a user or a token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<String>,
+    /// A file holding an nkey seed (`SU…`), instead of a user or a token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nkey_file: Option<String>,
+}
+
+impl NatsDispatch {
+    /// The one way to authenticate the fields give.
+    pub fn auth(&self) -> Result<crate::security::NatsAuth, crate::ConfigError> {
+        crate::security::NatsAuthFields {
+            user: self.user.as_deref(),
+            password_file: self.password_file.as_deref(),
+            password_env: self.password_env.as_deref(),
+            token_file: self.token_file.as_deref(),
+            token_env: self.token_env.as_deref(),
+            credentials_file: self.credentials_file.as_deref(),
+            nkey_file: self.nkey_file.as_deref(),
+        }
+        .check()
+    }
 }
 
 /// `dispatchMechanism: Kafka`: each CloudEvent is produced to a topic in binary mode (`ce_*`
@@ -405,6 +446,13 @@ pub struct KafkaDispatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "filter_schema")]
     pub filter: Option<crate::filter::FilterSpec>,
+    /// TLS toward the brokers: their CA (the system's roots by default) and a client
+    /// certificate for mutual TLS (no `serverName`: the client checks the hosts of `url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::security::TlsConfig>,
+    /// SASL authentication (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`), over TLS with `tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<crate::security::SaslConfig>,
 }
 
 /// Where events go.

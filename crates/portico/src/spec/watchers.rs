@@ -463,6 +463,12 @@ pub(crate) fn resolve_watchers(
                 ));
             }
             bus_filter_problems("nats", n.filter.as_ref(), &mut problems);
+            if let Some(Err(e)) = n.tls.as_ref().map(|t| t.check()) {
+                problems.push(format!("nats.{e}"));
+            }
+            if let Err(e) = n.auth() {
+                problems.push(format!("nats.{e}"));
+            }
             out.push(WatcherDef {
                 name: format!("nats:{}", n.subject),
                 target: Target::Nats(n.clone()),
@@ -479,6 +485,16 @@ pub(crate) fn resolve_watchers(
                 problems.push("kafka.url: give the bootstrap brokers (host:9092)".into());
             }
             bus_filter_problems("kafka", k.filter.as_ref(), &mut problems);
+            match k.tls.as_ref().map(|t| t.check()) {
+                Some(Err(e)) => problems.push(format!("kafka.{e}")),
+                Some(Ok(t)) if t.server_name.is_some() => problems.push(
+                    "kafka.tls.serverName: not supported by the Kafka client (it checks the certificates against the hosts of url)".into(),
+                ),
+                _ => {}
+            }
+            if let Some(Err(e)) = k.sasl.as_ref().map(|s| s.check()) {
+                problems.push(format!("kafka.{e}"));
+            }
             out.push(WatcherDef {
                 name: format!("kafka:{}", k.topic),
                 target: Target::Kafka(k.clone()),
@@ -717,6 +733,73 @@ mod tests {
         };
         assert_eq!(ok.problem(), None);
         let _ = ok.limiter();
+    }
+
+    #[test]
+    fn the_event_bus_security_settings_are_checked_by_field() {
+        use crate::security::{SaslConfig, SaslMechanism, TlsConfig};
+        let mut g = gateway(Default::default());
+        g.spec.dispatch_mechanism = DispatchMechanism::Nats;
+        let nats = NatsDispatch {
+            url: "tls://127.0.0.1:4222".into(),
+            subject: "events".into(),
+            user: Some("gateway".into()),
+            password_file: Some("/run/password".into()),
+            tls: Some(TlsConfig {
+                ca_file: Some("/run/ca.pem".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        g.spec.nats = Some(nats.clone());
+        assert!(resolve_watchers(&g, &Environment::default()).is_ok());
+        g.spec.nats = Some(NatsDispatch {
+            password_file: None,
+            tls: Some(TlsConfig {
+                cert_file: Some("/run/cert.pem".into()),
+                ..Default::default()
+            }),
+            ..nats
+        });
+        let problems = resolve_watchers(&g, &Environment::default()).unwrap_err().0;
+        assert!(
+            problems.iter().any(|p| p.starts_with("nats.tls.keyFile:")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.starts_with("nats.passwordFile:")),
+            "{problems:?}"
+        );
+
+        g.spec.dispatch_mechanism = DispatchMechanism::Kafka;
+        g.spec.kafka = Some(KafkaDispatch {
+            url: "127.0.0.1:9092".into(),
+            topic: "events".into(),
+            sasl: Some(SaslConfig {
+                mechanism: SaslMechanism::ScramSha512,
+                user: "gateway".into(),
+                password_file: None,
+                password_env: None,
+            }),
+            tls: Some(TlsConfig {
+                server_name: Some("kafka.internal".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let problems = resolve_watchers(&g, &Environment::default()).unwrap_err().0;
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("kafka.sasl.passwordFile:")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("kafka.tls.serverName:")),
+            "{problems:?}"
+        );
     }
 
     #[test]
