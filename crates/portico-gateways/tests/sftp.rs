@@ -14,7 +14,7 @@ use portico::Phase;
 use portico::cloudevents::CloudEvent;
 use portico::testing::{Harness, Supervisor};
 use portico_gateways::builtin;
-use sftp_support::{Sshd, keygen};
+use sftp_support::{Sshd, keygen, keygen_of};
 
 const WAIT: Duration = Duration::from_secs(15);
 /// How long to listen for an event that must not come: more than two polls (`interval: 1s`).
@@ -138,6 +138,28 @@ async fn delete_after_accept_removes_the_file_and_a_pattern_filters() {
     quiet(&mut h, "a name the pattern does not take").await;
     assert!(sshd.files.join("skip.txt").exists());
     sup.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_and_ecdsa_client_keys_log_in() {
+    let sshd = Sshd::start();
+    std::fs::write(sshd.files.join("k.txt"), "keyed").unwrap();
+    for kind in ["rsa", "ecdsa"] {
+        let key = sshd.scratch().join(format!("{kind}_key"));
+        sshd.authorize(&keygen_of(kind, &key));
+        let mut h = Harness::new("sftp", "sftp");
+        let value = value(&sshd, "").replace(
+            &format!("privateKeyFile: {}", sshd.client_key.display()),
+            &format!("privateKeyFile: {}", key.display()),
+        );
+        assert!(value.contains(&format!("{kind}_key")), "{value}");
+        let value = value.replace("listing.json", &format!("{kind}.json"));
+        let mut sup = start(&h, &value).await;
+        phase(&h, Phase::Running, &sshd).await;
+        let ce = next(&mut h, &format!("the file, read with an {kind} key")).await;
+        assert_eq!(payload(&ce), "keyed");
+        sup.stop_all().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,8 +34,14 @@ pub struct Sshd {
 
 /// Makes an ed25519 key pair at `path` (and `path.pub`) with `ssh-keygen`.
 pub fn keygen(path: &Path) -> String {
+    keygen_of("ed25519", path)
+}
+
+/// Makes a key pair of type `kind` (`ed25519`, `rsa`, `ecdsa`) at `path` (and `path.pub`)
+/// with `ssh-keygen`; its public key line.
+pub fn keygen_of(kind: &str, path: &Path) -> String {
     let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "", "-f"])
+        .args(["-q", "-t", kind, "-N", "", "-C", "", "-f"])
         .arg(path)
         .output()
         .expect("ssh-keygen (Debian package openssh-client)");
@@ -106,6 +112,16 @@ impl Sshd {
         };
         sshd.start_again();
         sshd
+    }
+
+    /// Lets the holder of `public` (a public key line) log in too.
+    pub fn authorize(&self, public: &str) {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("authorized_keys"))
+            .unwrap();
+        writeln!(file, "{public}").unwrap();
     }
 
     /// A scratch directory of the server's (for state files, other keys).
