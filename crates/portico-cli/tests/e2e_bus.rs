@@ -101,6 +101,22 @@ async fn nats_dispatch_publishes_each_cloudevent_to_jetstream_in_binary_mode() {
     let _ = js.delete_stream(&stream_name).await;
 }
 
+/// The tansu Kafka broker: `PORTICO_TANSU`, else `~/.cargo/bin/tansu`.
+fn tansu_program() -> String {
+    std::env::var("PORTICO_TANSU").unwrap_or_else(|_| {
+        let default = format!(
+            "{}/.cargo/bin/tansu",
+            std::env::var("HOME").unwrap_or_default()
+        );
+        assert!(
+            std::path::Path::new(&default).exists(),
+            "the Kafka dispatch tests need the tansu broker: run scripts/test (it installs it), \
+             or `cargo install tansu --version 0.6.0 --locked --features dynostore,libsql` and set PORTICO_TANSU"
+        );
+        default
+    })
+}
+
 /// A private `tansu` Kafka broker (memory engine) on a free port, killed on drop.
 /// `scripts/test` installs tansu and sets `PORTICO_TANSU`.
 struct Tansu {
@@ -110,18 +126,7 @@ struct Tansu {
 
 impl Tansu {
     async fn start() -> Tansu {
-        let program = std::env::var("PORTICO_TANSU").unwrap_or_else(|_| {
-            let default = format!(
-                "{}/.cargo/bin/tansu",
-                std::env::var("HOME").unwrap_or_default()
-            );
-            assert!(
-                std::path::Path::new(&default).exists(),
-                "the Kafka dispatch test needs the tansu broker: run scripts/test (it installs it), \
-                 or `cargo install tansu --locked --features dynostore` and set PORTICO_TANSU"
-            );
-            default
-        });
+        let program = tansu_program();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -348,4 +353,118 @@ async fn nats_dispatch_over_tls_with_a_user_whose_password_is_in_a_file() {
     .expect("every event in the stream, published over TLS");
     assert_eq!(count, N as u64);
     assert_eq!(portico.terminate().await, Some(0));
+}
+
+#[tokio::test]
+async fn kafka_dispatch_logs_in_with_scram() {
+    use rdkafka::ClientConfig;
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+
+    // Two tansu brokers on one SQLite database: an open one (the user is made there, and the
+    // test reads there) and one that wants a SCRAM login, which the watcher produces to.
+    let dir = tempfile::tempdir().unwrap();
+    let tansu = tansu_program();
+    let start = |port: u16, guarded: bool| {
+        let listener = format!("tcp://127.0.0.1:{port}");
+        let mut c = tokio::process::Command::new(&tansu);
+        c.current_dir(dir.path())
+            .args(["broker", "--listener-url", &listener])
+            .args(["--advertised-listener-url", &listener])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if guarded {
+            c.arg("--authentication");
+        }
+        c.spawn().expect("start tansu")
+    };
+    let listening = |port: u16| async move {
+        eventually_async(Duration::from_secs(20), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await
+        .expect("tansu listens");
+    };
+    let (open_port, guarded_port) = (free_port(), free_port());
+    let _open = start(open_port, false);
+    listening(open_port).await;
+    let made = std::process::Command::new(&tansu)
+        .args(["user", "create", "--broker"])
+        .arg(format!("tcp://127.0.0.1:{open_port}"))
+        .args(["--mechanism", "scram512", "portico", "pa55"])
+        .output()
+        .expect("tansu user create");
+    assert!(made.status.success(), "{made:?}");
+    let _guarded = start(guarded_port, true);
+    listening(guarded_port).await;
+    let open = format!("127.0.0.1:{open_port}");
+    let topic = format!("portico-sasl-{}", unique());
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &open)
+        .create()
+        .unwrap();
+    let new_topic = NewTopic::new(&topic, 1, TopicReplication::Fixed(1));
+    eventually_async(Duration::from_secs(20), || {
+        let (admin, new_topic) = (&admin, &new_topic);
+        async move {
+            let r = admin
+                .create_topics([new_topic], &AdminOptions::new())
+                .await
+                .ok()?;
+            r.iter().all(|r| r.is_ok()).then_some(())
+        }
+    })
+    .await
+    .expect("the topic is created");
+
+    let password = dir.path().join("password");
+    std::fs::write(&password, "pa55\n").unwrap();
+    let (_gdir, file) = GatewayFileBuilder::new("ks", "ingest")
+        .spec_lines(&format!(
+            "  dispatchMechanism: Kafka\n  kafka:\n    url: \"127.0.0.1:{guarded_port}\"\n    topic: \"{topic}\"\n    sasl: {{mechanism: SCRAM-SHA-512, user: portico, passwordFile: \"{}\"}}\n",
+            password.display()
+        ))
+        .write();
+    let portico = Portico::run(&file).await;
+    const N: usize = 5;
+    for n in 0..N {
+        let r = portico
+            .http
+            .post(portico.url("/"))
+            .body(body(n))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "event {n}");
+    }
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &open)
+        .set("group.id", format!("portico-test-{}", unique()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    for n in 0..N {
+        tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{n} of {N} records read"))
+            .expect("a record");
+    }
+    assert_eq!(portico.terminate().await, Some(0));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -346,16 +346,20 @@ async fn session(ctx: &ConfigContext, c: &Settings, progress: Progress) -> Sessi
         r = probe(&consumer, &c.topic) => r,
         _ = ctx.stopped() => return Ok(()),
     };
-    reached.map_err(|e| {
-        // A refused login or TLS handshake says more than the metadata request's timeout.
-        match said.lock().unwrap_or_else(|e| e.into_inner()).take() {
+    if let Err(e) = reached {
+        // librdkafka hands its errors (a refused login, a failed TLS handshake) to the context
+        // only while the consumer is polled: poll it a moment so that the node can say why. A
+        // record it may return is not stored, so it is read again by the next session.
+        let _ = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;
+        let said = said.lock().unwrap_or_else(|e| e.into_inner()).take();
+        return Err(match said {
             Some(said) => SessionError::Broker(said),
             None => SessionError::broker(
                 format!("cannot reach the Kafka brokers at {}", c.brokers),
                 e,
             ),
-        }
-    })?;
+        });
+    }
     progress.running(ctx);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -1,12 +1,13 @@
 //! The `kafka` gateway's SASL and TLS against the `tansu` Kafka broker with authentication
-//! on (`tansu broker --authentication`), its SCRAM users made by Confluent's official Python
-//! client (`confluent-kafka`, in the tests' venv).
+//! on. tansu offers SCRAM (SHA-256 and SHA-512) and keeps its users in its storage, so each
+//! test runs two tansu brokers on one SQLite database: an open one, where `tansu user create`
+//! makes the SCRAM user and the test creates its topic and produces, and a guarded one
+//! (`--authentication`) that the gateway logs in to.
 //!
-//! tansu 0.6 takes `--cert`/`--key` but does not terminate TLS itself, so the TLS tests put a
+//! tansu 0.6 takes `--cert`/`--key` but does not terminate TLS itself, so the TLS test puts a
 //! TLS endpoint of the test's own (rustls, a certificate made at test time with rcgen) in
-//! front of it, which tansu advertises as its listener: the client's TLS handshake, CA check
-//! and SASL over TLS are real, the broker behind it too. tansu accepts any password for SASL
-//! `PLAIN`; SCRAM passwords are checked.
+//! front of the guarded broker, which advertises it as its listener: the client's TLS
+//! handshake, CA check and SCRAM over TLS are real, the broker behind it too.
 
 mod broker_support;
 
@@ -21,67 +22,71 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-/// A tansu broker that wants a SASL login, advertising `advertised` (a TLS endpoint in front
-/// of it) or its own port.
-async fn broker(advertised: Option<u16>) -> PrivateBroker {
-    let advertised = match advertised {
-        Some(p) => format!("tcp://127.0.0.1:{p}"),
-        None => "tcp://127.0.0.1:{port}".to_string(),
-    };
-    PrivateBroker::start(
-        broker_support::tansu(),
-        &[
-            "broker",
-            "--listener-url",
-            "tcp://127.0.0.1:{port}",
-            "--advertised-listener-url",
-            &advertised,
-            "--storage-engine",
-            "memory://tansu/",
-            "--authentication",
-        ],
-    )
-    .await
+/// Two tansu brokers on one SQLite database: `open` takes anyone, `guarded` wants a SCRAM
+/// login (and advertises `advertised`, a TLS endpoint in front of it, or its own port). User
+/// `gateway` with password `pa55` is made on the open one with `tansu user create`.
+struct Brokers {
+    open: PrivateBroker,
+    guarded: PrivateBroker,
+    _dir: tempfile::TempDir,
 }
 
-/// Adds SCRAM-SHA-256 user `user` with `password` (`kafka_scram.py`, run by the venv's
-/// Python), over a plain connection to the broker at `bootstrap`.
-fn add_scram_user(bootstrap: &str, user: &str, password: &str) {
-    let venv = std::env::var_os("PORTICO_VENV")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/portico/venv")
-        });
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/broker_support/kafka_scram.py");
-    let out = std::process::Command::new(venv.join("bin/python"))
-        .arg(script)
-        .args([bootstrap, user, password])
-        .output()
-        .expect("the venv's python (scripts/test makes it, with confluent-kafka)");
-    assert!(
-        out.status.success(),
-        "kafka_scram.py: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+impl Brokers {
+    async fn start(advertised: Option<u16>) -> Brokers {
+        let dir = tempfile::tempdir().unwrap();
+        let start = |args: Vec<String>| {
+            let dir = dir.path().to_path_buf();
+            async move {
+                let mut all = vec![
+                    "broker",
+                    "--listener-url",
+                    "tcp://127.0.0.1:{port}",
+                    "--storage-engine",
+                    "sqlite://tansu.db",
+                ];
+                all.extend(args.iter().map(String::as_str));
+                PrivateBroker::start_in(broker_support::tansu(), &dir, &all).await
+            }
+        };
+        let open = start(vec![
+            "--advertised-listener-url".into(),
+            "tcp://127.0.0.1:{port}".into(),
+        ])
+        .await;
+        let made = std::process::Command::new(broker_support::tansu())
+            .args(["user", "create", "--broker"])
+            .arg(format!("tcp://127.0.0.1:{}", open.port))
+            .args(["--mechanism", "scram256", "gateway", "pa55"])
+            .output()
+            .expect("tansu user create");
+        assert!(made.status.success(), "tansu user create: {made:?}");
+        let advertised = match advertised {
+            Some(p) => format!("tcp://127.0.0.1:{p}"),
+            None => "tcp://127.0.0.1:{port}".to_string(),
+        };
+        let guarded = start(vec![
+            "--advertised-listener-url".into(),
+            advertised,
+            "--authentication".into(),
+        ])
+        .await;
+        Brokers {
+            open,
+            guarded,
+            _dir: dir,
+        }
+    }
+
+    fn open(&self) -> String {
+        format!("127.0.0.1:{}", self.open.port)
+    }
 }
 
-/// The test's own client settings: SASL PLAIN as `admin`, over TLS with `ca` when given.
-fn client(bootstrap: &str, ca: Option<&Pki>) -> ClientConfig {
+/// The test's own client of the open broker.
+fn client(bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap)
-        .set("sasl.mechanisms", "PLAIN")
-        .set("sasl.username", "admin")
-        .set("sasl.password", "admin")
         .set("message.timeout.ms", "10000");
-    match ca {
-        None => c.set("security.protocol", "sasl_plaintext"),
-        Some(pki) => c
-            .set("security.protocol", "sasl_ssl")
-            .set("ssl.ca.location", path(&pki.ca_file())),
-    };
     c
 }
 
@@ -185,17 +190,16 @@ fn config(bootstrap: &str, topic: &str, password: &std::path::Path, tls: &str) -
 
 #[tokio::test]
 async fn scram_logs_in_and_a_wrong_password_is_refused_unshown() {
-    let b = broker(None).await;
-    let bootstrap = format!("127.0.0.1:{}", b.port);
-    add_scram_user(&bootstrap, "gateway", "pa55");
+    let b = Brokers::start(None).await;
     let topic = unique("secure");
-    let producer = client(&bootstrap, None);
+    let producer = client(&b.open());
     create_topic(&producer, &topic).await;
     let dir = tempfile::tempdir().unwrap();
     let password = dir.path().join("password");
     std::fs::write(&password, "pa55\n").unwrap();
+    let guarded = format!("127.0.0.1:{}", b.guarded.port);
     let mut rig = Rig::new("kafkasasl", "kafka", Arc::new(Kafka));
-    rig.apply(&[("c", &config(&bootstrap, &topic, &password, ""))])
+    rig.apply(&[("c", &config(&guarded, &topic, &password, ""))])
         .await;
     rig.wait_phase("c", Phase::Running).await;
     produce(&producer, &topic, "hello").await;
@@ -204,7 +208,7 @@ async fn scram_logs_in_and_a_wrong_password_is_refused_unshown() {
 
     let wrong = dir.path().join("wrong");
     std::fs::write(&wrong, "not-it").unwrap();
-    rig.apply(&[("c", &config(&bootstrap, &topic, &wrong, ""))])
+    rig.apply(&[("c", &config(&guarded, &topic, &wrong, ""))])
         .await;
     let said = error_saying(&rig, "SASL").await;
     assert!(!said.contains("not-it") && !said.contains("pa55"), "{said}");
@@ -212,21 +216,20 @@ async fn scram_logs_in_and_a_wrong_password_is_refused_unshown() {
 }
 
 #[tokio::test]
-async fn sasl_over_tls_with_the_right_ca_and_a_wrong_ca_refused() {
+async fn scram_over_tls_with_the_right_ca_and_a_wrong_ca_refused() {
     let pki = Pki::new();
     let front = free_port();
     let behind = Arc::new(std::sync::atomic::AtomicU16::new(0));
-    let b = broker(Some(front)).await;
-    behind.store(b.port, std::sync::atomic::Ordering::SeqCst);
+    let b = Brokers::start(Some(front)).await;
+    behind.store(b.guarded.port, std::sync::atomic::Ordering::SeqCst);
     let proxy = tls_front(&pki, front, behind);
-    add_scram_user(&format!("127.0.0.1:{}", b.port), "gateway", "pa55");
-    let bootstrap = format!("127.0.0.1:{front}");
     let topic = unique("tls");
-    let producer = client(&bootstrap, Some(&pki));
+    let producer = client(&b.open());
     create_topic(&producer, &topic).await;
     let dir = tempfile::tempdir().unwrap();
     let password = dir.path().join("password");
     std::fs::write(&password, "pa55\n").unwrap();
+    let bootstrap = format!("127.0.0.1:{front}");
     let tls = |ca: &Pki| format!("tls:\n  caFile: {}", path(&ca.ca_file()));
     let mut rig = Rig::new("kafkatls", "kafka", Arc::new(Kafka));
     rig.apply(&[("c", &config(&bootstrap, &topic, &password, &tls(&pki)))])

@@ -1020,7 +1020,7 @@ fn tansu() -> String {
         assert!(
             std::path::Path::new(&default).exists(),
             "the kafka compliance case needs the tansu broker: run scripts/test (it installs \
-             it), or `cargo install tansu --locked --features dynostore` and set PORTICO_TANSU"
+             it), or `cargo install tansu --version 0.6.0 --locked --features dynostore,libsql` and set PORTICO_TANSU"
         );
         default
     })

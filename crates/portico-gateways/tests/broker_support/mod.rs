@@ -205,7 +205,7 @@ pub fn tansu() -> String {
         assert!(
             std::path::Path::new(&default).exists(),
             "the Kafka tests need the tansu broker: run scripts/test (it installs it), or \
-             `cargo install tansu --locked --features dynostore` and set PORTICO_TANSU"
+             `cargo install tansu --version 0.6.0 --locked --features dynostore,libsql` and set PORTICO_TANSU"
         );
         default
     })
@@ -216,6 +216,8 @@ pub struct PrivateBroker {
     pub port: u16,
     program: PathBuf,
     args: Vec<String>,
+    /// The working directory it runs in, when not the test's.
+    cwd: Option<PathBuf>,
     child: Option<Child>,
     _dir: tempfile::TempDir,
 }
@@ -238,7 +240,25 @@ impl PrivateBroker {
         Self::launch(program.into(), Some(config), args).await
     }
 
+    /// [`PrivateBroker::start`] in working directory `cwd` (brokers that share files there).
+    pub async fn start_in(
+        program: impl Into<PathBuf>,
+        cwd: &std::path::Path,
+        args: &[&str],
+    ) -> PrivateBroker {
+        Self::launch_in(program.into(), None, args, Some(cwd.to_path_buf())).await
+    }
+
     async fn launch(program: PathBuf, config: Option<&str>, args: &[&str]) -> PrivateBroker {
+        Self::launch_in(program, config, args, None).await
+    }
+
+    async fn launch_in(
+        program: PathBuf,
+        config: Option<&str>,
+        args: &[&str],
+        cwd: Option<PathBuf>,
+    ) -> PrivateBroker {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let port = free_port();
         let fill = |a: &str| {
@@ -253,6 +273,7 @@ impl PrivateBroker {
             port,
             program,
             args,
+            cwd,
             child: None,
             _dir: dir,
         };
@@ -274,7 +295,11 @@ impl PrivateBroker {
         let program = self.program.display().to_string();
         let args = self.args.clone();
         let port = self.port;
-        let child = Command::new(&self.program)
+        let mut command = Command::new(&self.program);
+        if let Some(cwd) = &self.cwd {
+            command.current_dir(cwd);
+        }
+        let child = command
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
