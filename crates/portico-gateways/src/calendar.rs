@@ -55,7 +55,14 @@ impl Clock for SystemClock {
 
 /// A `calendar` configuration: a `schedule` or an `interval`.
 ///
-/// Payload: `{"eventTime": "<RFC 3339>", "userPayload": …}` as `application/json`.
+/// Payload: `{"eventTime": "<RFC 3339>", "userPayload": …}` as `application/json`, where
+/// `eventTime` is the time the tick was scheduled for (also the event's `time`). The event's
+/// `id` is the configuration's key and that time (`nightly@2026-01-02T03:00:00Z`): one tick has
+/// one id wherever and however often it is sent, so a watcher can drop a tick it already has.
+///
+/// An `interval` ticks at `anchor + k × interval`, counted from the Unix epoch unless the
+/// configuration names an `anchor`: every process that runs the configuration computes the
+/// same times (`interval: 1h` ticks on the hour, UTC), and a restart does not shift them.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CalendarConfig {
@@ -66,6 +73,10 @@ pub struct CalendarConfig {
     /// A fixed period instead of `schedule`: `10s`, `5m`, `1h30m`.
     #[serde(default)]
     pub interval: Option<String>,
+    /// With `interval`: the instant (RFC 3339) its ticks are counted from (default the Unix
+    /// epoch, `1970-01-01T00:00:00Z`).
+    #[serde(default)]
+    pub anchor: Option<String>,
     /// The IANA time zone the schedule and date-only exclusions are read in (default UTC).
     #[serde(default)]
     pub timezone: Option<String>,
@@ -107,6 +118,8 @@ enum Rule {
 #[derive(Debug, Clone)]
 pub struct Schedule {
     rule: Rule,
+    /// Where an interval's ticks are counted from.
+    anchor: DateTime<Utc>,
     tz: Tz,
     excluded_days: Vec<NaiveDate>,
     excluded_instants: Vec<DateTime<Utc>>,
@@ -174,8 +187,28 @@ impl Schedule {
                 Rule::Every(d)
             }
         };
+        let anchor = match config.anchor.as_deref().map(str::trim) {
+            None | Some("") => DateTime::<Utc>::UNIX_EPOCH,
+            Some(_) if matches!(rule, Rule::Cron(_)) => {
+                return Err(invalid(
+                    "anchor",
+                    "only for an `interval` (a cron schedule names its own times)",
+                ));
+            }
+            Some(text) => DateTime::parse_from_rfc3339(text)
+                .map_err(|e| {
+                    invalid(
+                        "anchor",
+                        format!(
+                            "`{text}` is not an RFC 3339 time like `2026-01-01T00:00:00Z`: {e}"
+                        ),
+                    )
+                })?
+                .with_timezone(&Utc),
+        };
         let mut s = Schedule {
             rule,
+            anchor,
             tz,
             excluded_days: Vec::new(),
             excluded_instants: Vec::new(),
@@ -269,9 +302,10 @@ impl Schedule {
                 .contains(&t.with_timezone(&self.tz).date_naive())
     }
 
-    /// The first due time strictly after `after`, skipping exclusions. `start` anchors an
-    /// interval (ticks at `start + k × interval`).
-    pub fn next_after(&self, start: DateTime<Utc>, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    /// The first due time strictly after `after`, skipping exclusions (an interval ticks at
+    /// `anchor + k × interval`).
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let start = self.anchor;
         let mut t = after;
         // Bounded: exclusions are finite, so a few thousand steps always get past them.
         for _ in 0..100_000 {
@@ -283,7 +317,9 @@ impl Schedule {
                 Rule::Every(d) => {
                     let step = i64::try_from(d.as_nanos()).ok()?;
                     let elapsed = (t - start).num_nanoseconds()?;
-                    let n = if elapsed < 0 { 0 } else { elapsed / step };
+                    // The first tick after `t`: floor division, so that an anchor in the future
+                    // counts back to the ticks before it.
+                    let n = elapsed.div_euclid(step);
                     start + chrono::Duration::nanoseconds(step.checked_mul(n.checked_add(1)?)?)
                 }
             };
@@ -335,11 +371,10 @@ impl ConfigExecutor for Calendar {
             schedule,
             user_payload,
         } = c;
-        let start = self.clock.now();
-        let mut last = start;
+        let mut last = self.clock.now();
         ctx.running();
         loop {
-            let Some(due) = schedule.next_after(start, last) else {
+            let Some(due) = schedule.next_after(last) else {
                 tracing::info!("the schedule has no further occurrence");
                 return Ok(());
             };
@@ -347,11 +382,13 @@ impl ConfigExecutor for Calendar {
                 _ = ctx.stopped() => return Ok(()),
                 _ = self.clock.sleep_until(due) => {}
             }
+            let at = due.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+            let id = format!("{}@{at}", ctx.src());
             let payload = serde_json::json!({
-                "eventTime": due.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                "eventTime": at,
                 "userPayload": user_payload,
             });
-            let event = Event::json(&payload)?.with_time(due);
+            let event = Event::json(&payload)?.with_time(due).with_id(id);
             match ctx.dispatch(event).await {
                 Ok(()) => {}
                 // atMostOnce: a full gateway refuses the tick at once (counted as
@@ -366,7 +403,7 @@ impl ConfigExecutor for Calendar {
             let now = self.clock.now();
             let mut missed = 0u64;
             last = due;
-            while let Some(next) = schedule.next_after(start, last) {
+            while let Some(next) = schedule.next_after(last) {
                 if next > now {
                     break;
                 }
@@ -400,11 +437,10 @@ mod tests {
     }
 
     fn next_n(s: &Schedule, start: &str, n: usize) -> Vec<String> {
-        let start = utc(start);
-        let mut t = start;
+        let mut t = utc(start);
         (0..n)
             .map(|_| {
-                t = s.next_after(start, t).unwrap();
+                t = s.next_after(t).unwrap();
                 t.to_rfc3339()
             })
             .collect()
@@ -430,8 +466,9 @@ mod tests {
     }
 
     #[test]
-    fn interval_ticks_from_the_start() {
+    fn interval_ticks_are_counted_from_the_epoch_or_the_anchor() {
         let s = Schedule::parse(&cfg("interval: 90s")).unwrap();
+        // 2026-01-01T00:00:00Z is 1767225600 s after the epoch, a multiple of 90 s.
         assert_eq!(
             next_n(&s, "2026-01-01T00:00:00Z", 3),
             [
@@ -440,12 +477,32 @@ mod tests {
                 "2026-01-01T00:04:30+00:00"
             ]
         );
-        // Anchored: asking from the middle of a period gives the end of that period.
-        let start = utc("2026-01-01T00:00:00Z");
+        // Whenever it is asked (a start, a restart, another replica), the same times.
         assert_eq!(
-            s.next_after(start, utc("2026-01-01T00:02:00Z")).unwrap(),
+            s.next_after(utc("2026-01-01T00:02:00Z")).unwrap(),
             utc("2026-01-01T00:03:00Z")
         );
+        assert_eq!(
+            next_n(&s, "2026-01-01T00:00:01Z", 1),
+            ["2026-01-01T00:01:30+00:00"]
+        );
+        // An hour ticks on the hour.
+        let s = Schedule::parse(&cfg("interval: 1h")).unwrap();
+        assert_eq!(
+            next_n(&s, "2026-03-04T05:06:07Z", 1),
+            ["2026-03-04T06:00:00+00:00"]
+        );
+        // An anchor, in the past or the future, shifts them.
+        let s = Schedule::parse(&cfg("interval: 1h\nanchor: '2030-01-01T00:20:00Z'")).unwrap();
+        assert_eq!(
+            next_n(&s, "2026-03-04T05:06:07Z", 2),
+            ["2026-03-04T05:20:00+00:00", "2026-03-04T06:20:00+00:00"]
+        );
+        let e = Schedule::parse(&cfg("interval: 1h\nanchor: soon")).unwrap_err();
+        assert!(e.message().starts_with("anchor:"), "{e}");
+        let e = Schedule::parse(&cfg("schedule: '@hourly'\nanchor: '2030-01-01T00:00:00Z'"))
+            .unwrap_err();
+        assert!(e.message().starts_with("anchor:"), "{e}");
     }
 
     #[test]
@@ -568,6 +625,8 @@ mod tests {
         let e = h.next_event(wait).await.unwrap();
         assert_eq!(time_of(&e), "2026-05-01T12:00:10Z");
         assert_eq!(e.time, Some(utc("2026-05-01T12:00:10Z")));
+        // One tick, one id: its configuration and its scheduled time.
+        assert_eq!(e.id, "c@2026-05-01T12:00:10Z");
 
         // A jump over two ticks: the first is sent, the one already past is missed, not queued.
         clock.advance(25);

@@ -92,6 +92,59 @@ async fn tls_with_the_right_ca_connects_and_a_wrong_ca_is_refused_clearly() {
 }
 
 #[tokio::test]
+async fn server_name_checks_the_certificate_against_another_name_than_the_host() {
+    let pki = Pki::new();
+    // A certificate for `nats.test` and `localhost`, not for 127.0.0.1.
+    let (cert, key) = pki.issue("server", &["nats.test", "localhost"]);
+    let server = PrivateBroker::start(
+        "nats-server",
+        &[
+            "-a",
+            "127.0.0.1",
+            "-p",
+            "{port}",
+            "--tls",
+            "--tlscert",
+            &path(&cert),
+            "--tlskey",
+            &path(&key),
+        ],
+    )
+    .await;
+    let client = async_nats::ConnectOptions::new()
+        .add_root_certificates(pki.ca_file())
+        .require_tls(true)
+        .connect(format!("tls://localhost:{}", server.port))
+        .await
+        .expect("the test's own client connects");
+    let subject = unique("portico.tls.");
+    let url = format!("tls://127.0.0.1:{}", server.port);
+    let config = |server_name: &str| {
+        format!(
+            "url: {url}\nsubject: {subject}\ntls:\n  caFile: {}\n{server_name}",
+            path(&pki.ca_file())
+        )
+    };
+    let mut rig = rig();
+    one_message(
+        &mut rig,
+        &config("  serverName: nats.test"),
+        &client,
+        &subject,
+    )
+    .await;
+
+    // Without it, 127.0.0.1 is not a name the certificate carries.
+    rig.apply(&[("c", &config(""))]).await;
+    let said = error_saying(&rig, "cannot connect to NATS").await;
+    assert!(
+        said.to_lowercase().contains("certificate") || said.to_lowercase().contains("tls"),
+        "{said}"
+    );
+    rig.supervisor.stop_all().await;
+}
+
+#[tokio::test]
 async fn mutual_tls_with_a_client_certificate() {
     let pki = Pki::new();
     let (cert, key) = pki.issue("server", &["localhost", "127.0.0.1"]);

@@ -32,10 +32,9 @@ impl GrpcGateway for GrpcCalendar {
     async fn run(&self, config: GatewayConfig, events: EventSender) -> Result<(), Status> {
         let (parsed, schedule) = schedule(&config)?;
         let user_payload = parsed.user_payload.unwrap_or(serde_json::Value::Null);
-        let start = Utc::now();
-        let mut last = start;
+        let mut last = Utc::now();
         loop {
-            let Some(next) = schedule.next_after(start, last) else {
+            let Some(next) = schedule.next_after(last) else {
                 // No due time is left (every one is excluded): the configuration is done.
                 return Ok(());
             };
