@@ -18,7 +18,7 @@
 //! it `Running` again.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use portico::{ConfigContext, ConfigError, ConfigExecutor, DispatchError, Event, Submit};
@@ -319,14 +319,6 @@ struct Seen {
     metadata: BTreeMap<String, String>,
 }
 
-/// The state file's content.
-#[derive(Serialize, Deserialize)]
-struct State {
-    /// `<endpoint>/<container>/<prefix>`: a listing of another container is not used.
-    listing: String,
-    blobs: BTreeMap<String, Seen>,
-}
-
 /// List Blobs' answer.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -413,7 +405,7 @@ impl Poller {
         let now = list(client, s).await?;
         let mut listing = match self.listing.take() {
             Some(l) => l,
-            None => load_state(ctx, &self.state_file, &listing_of),
+            None => crate::listing::load(ctx, &self.state_file, &listing_of, "blob"),
         };
         let outcome = self
             .changes(ctx, s, client, &listing_of, &mut listing, now)
@@ -496,7 +488,7 @@ impl Poller {
         listing_of: &str,
         listing: &BTreeMap<String, Seen>,
     ) -> Result<(), Failure> {
-        save_state(&self.state_file, listing_of, listing)
+        crate::listing::save(&self.state_file, listing_of, listing)
             .await
             .map_err(Failure::Poll)
     }
@@ -605,74 +597,6 @@ fn blob_event(client: &Client, s: &Settings, change: BlobChange, name: &str, see
         .with_extension("blob", name)
         .with_extension("etag", seen.etag.as_str())
         .with_extension("eventid", id)
-}
-
-/// Reads the listing kept in `path` (empty when there is none, or it is of another listing).
-fn load_state(ctx: &ConfigContext, path: &Path, listing: &str) -> BTreeMap<String, Seen> {
-    let text = match std::fs::read(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return BTreeMap::new(),
-        Err(e) => {
-            tracing::warn!(
-                src = ctx.src(),
-                "cannot read the state file {}: {e}; every blob is new",
-                path.display()
-            );
-            return BTreeMap::new();
-        }
-    };
-    match serde_json::from_slice::<State>(&text) {
-        Ok(state) if state.listing == listing => state.blobs,
-        Ok(state) => {
-            tracing::info!(
-                src = ctx.src(),
-                "the state file {} is of {}, not {listing}: every blob is new",
-                path.display(),
-                state.listing
-            );
-            BTreeMap::new()
-        }
-        Err(e) => {
-            tracing::warn!(
-                src = ctx.src(),
-                "the state file {} is not valid ({e}); every blob is new",
-                path.display()
-            );
-            BTreeMap::new()
-        }
-    }
-}
-
-/// Writes the listing to `path`: a new file, renamed over the old one.
-async fn save_state(
-    path: &Path,
-    listing: &str,
-    blobs: &BTreeMap<String, Seen>,
-) -> Result<(), String> {
-    let state = State {
-        listing: listing.to_string(),
-        blobs: blobs.clone(),
-    };
-    let bytes = serde_json::to_vec(&state).map_err(|e| e.to_string())?;
-    let target = path.to_path_buf();
-    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        let mut tmp = target.clone().into_os_string();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &target)
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| format!("cannot write the state file {}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ pub mod azure_queue;
 mod broker;
 pub mod kafka;
 mod kube_secret;
+mod listing;
 pub mod mqtt;
 pub mod nats;
 pub mod postgres;

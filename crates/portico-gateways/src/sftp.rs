@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -463,7 +463,7 @@ impl ConfigExecutor for Sftp {
             std::env::temp_dir().join(format!("portico-sftp-{}.json", ctx.id()))
         });
         let mut poller = Poller {
-            listing: load_state(&ctx, &state_file, &s.listing_of()),
+            listing: crate::listing::load(&ctx, &state_file, &s.listing_of(), "file"),
             state_file,
             conn: None,
             health: broker::PollHealth::default(),
@@ -501,82 +501,6 @@ impl ConfigExecutor for Sftp {
 struct Seen {
     size: u64,
     mtime: u32,
-}
-
-/// The state file's content.
-#[derive(Serialize, Deserialize)]
-struct State {
-    /// `user@host:port/directory`.
-    listing: String,
-    files: BTreeMap<String, Seen>,
-}
-
-/// Reads the listing kept in `path` (empty when there is none, or it is of another listing).
-fn load_state(ctx: &ConfigContext, path: &Path, listing: &str) -> BTreeMap<String, Seen> {
-    let text = match std::fs::read(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return BTreeMap::new(),
-        Err(e) => {
-            tracing::warn!(
-                src = ctx.src(),
-                "cannot read the state file {}: {e}; every file is new",
-                path.display()
-            );
-            return BTreeMap::new();
-        }
-    };
-    match serde_json::from_slice::<State>(&text) {
-        Ok(state) if state.listing == listing => state.files,
-        Ok(state) => {
-            tracing::info!(
-                src = ctx.src(),
-                "the state file {} is of {}, not {listing}: every file is new",
-                path.display(),
-                state.listing
-            );
-            BTreeMap::new()
-        }
-        Err(e) => {
-            tracing::warn!(
-                src = ctx.src(),
-                "the state file {} is not valid ({e}); every file is new",
-                path.display()
-            );
-            BTreeMap::new()
-        }
-    }
-}
-
-/// Writes the listing to `path`: a new file, renamed over the old one.
-async fn save_state(
-    path: &Path,
-    listing: &str,
-    files: &BTreeMap<String, Seen>,
-) -> Result<(), String> {
-    let state = State {
-        listing: listing.to_string(),
-        files: files.clone(),
-    };
-    let bytes = serde_json::to_vec(&state).map_err(|e| e.to_string())?;
-    let target = path.to_path_buf();
-    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        let mut tmp = target.clone().into_os_string();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &target)
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| format!("cannot write the state file {}: {e}", path.display()))
 }
 
 /// Why a poll ended early.
@@ -847,7 +771,7 @@ impl Poller {
     }
 
     async fn save(&self, s: &Settings) -> Result<(), Failure> {
-        save_state(&self.state_file, &s.listing_of(), &self.listing)
+        crate::listing::save(&self.state_file, &s.listing_of(), &self.listing)
             .await
             .map_err(Failure::Poll)
     }
@@ -980,29 +904,6 @@ mod tests {
         assert!(s.pattern.unwrap().is_match("a.csv"));
         assert_eq!(s.after, After::Move("/done".into()));
         assert_eq!(s.max_file_size, 1 << 20);
-    }
-
-    #[tokio::test]
-    async fn the_listing_is_kept_in_its_state_file_for_its_own_server_and_directory() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("deep/state.json");
-        let h = portico::testing::Harness::new("t", "sftp");
-        let ctx = h.context("c", "");
-        assert!(
-            load_state(&ctx, &path, "a@h:22/d").is_empty(),
-            "no file yet"
-        );
-        let mut files = BTreeMap::new();
-        files.insert("x.csv".to_string(), Seen { size: 3, mtime: 7 });
-        save_state(&path, "a@h:22/d", &files).await.unwrap();
-        assert_eq!(load_state(&ctx, &path, "a@h:22/d"), files);
-        assert!(
-            load_state(&ctx, &path, "a@h:22/other").is_empty(),
-            "another directory's listing is not used"
-        );
-        assert!(!dir.path().join("deep/state.json.tmp").exists());
-        std::fs::write(&path, "garbage").unwrap();
-        assert!(load_state(&ctx, &path, "a@h:22/d").is_empty());
     }
 
     #[test]
