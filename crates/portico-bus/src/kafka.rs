@@ -3,10 +3,14 @@
 //! `acks=all` by an idempotent producer, done when the broker acknowledges it. The record key
 //! is the event's `subject` by default (the configuration key, so that one configuration's
 //! events keep their order in a partition), or `source`, `id`, `type`, or none. TLS and SASL
-//! are the `kafka` gateway's (`tls` and `sasl` blocks), read when the producer is made.
+//! are the `kafka` gateway's (`tls` and `sasl` blocks), read when the producer is made; when a
+//! file of the `tls` block changes, the next send makes a new producer that uses it (records
+//! in flight finish on the old one).
 
 use portico::secret::redact_url;
-use std::time::Duration;
+use portico::security::{FILE_CHECK_EVERY, FileWatch};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use portico::cloudevents::CloudEvent;
 use portico::watcher::{BoxFuture, DeliveryError, KafkaDispatch, Sender};
@@ -27,9 +31,17 @@ enum Key {
 
 /// Produces CloudEvents to a Kafka topic.
 pub struct KafkaSender {
-    producer: FutureProducer,
+    settings: KafkaDispatch,
+    producer: Mutex<Producer>,
     topic: String,
     key: Key,
+}
+
+/// A producer made, and the TLS files as it read them.
+struct Producer {
+    producer: FutureProducer,
+    files: FileWatch,
+    checked: Instant,
 }
 
 impl KafkaSender {
@@ -47,35 +59,63 @@ impl KafkaSender {
                 ));
             }
         };
-        let failed = |e: String| format!("kafka producer for `{}`: {e}", redact_url(&settings.url));
-        let tls = settings
-            .tls
-            .as_ref()
-            .map(|t| t.check())
-            .transpose()
-            .map_err(|e| failed(e.to_string()))?;
-        let sasl = settings
-            .sasl
-            .as_ref()
-            .map(|s| s.check())
-            .transpose()
-            .map_err(|e| failed(e.to_string()))?;
-        let mut config = ClientConfig::new();
-        portico_gateways::kafka::secure(&mut config, tls.as_ref(), sasl.as_ref())
-            .map_err(|e| failed(e.to_string()))?;
-        let producer: FutureProducer = config
-            .set("bootstrap.servers", &settings.url)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("message.timeout.ms", "30000")
-            .create()
-            .map_err(|e| failed(e.to_string()))?;
         Ok(KafkaSender {
-            producer,
+            producer: Mutex::new(produce(settings)?),
+            settings: settings.clone(),
             topic: settings.topic.clone(),
             key,
         })
     }
+
+    /// The producer: made again when a TLS file changed since it was made (looked at no
+    /// more often than every [`FILE_CHECK_EVERY`]).
+    fn producer(&self) -> Result<FutureProducer, DeliveryError> {
+        let mut current = self
+            .producer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.checked.elapsed() >= FILE_CHECK_EVERY {
+            current.checked = Instant::now();
+            if let Some(changed) = current.files.changed() {
+                tracing::info!(file = %changed.display(), "a TLS file of the Kafka watcher changed; making a new producer to use it");
+                *current = produce(&self.settings).map_err(DeliveryError::retryable)?;
+            }
+        }
+        Ok(current.producer.clone())
+    }
+}
+
+/// A producer for `settings`, with the TLS files and secrets read now.
+fn produce(settings: &KafkaDispatch) -> Result<Producer, String> {
+    let failed = |e: String| format!("kafka producer for `{}`: {e}", redact_url(&settings.url));
+    let tls = settings
+        .tls
+        .as_ref()
+        .map(|t| t.check())
+        .transpose()
+        .map_err(|e| failed(e.to_string()))?;
+    let files = FileWatch::new(tls.as_ref().map(|t| t.files()).unwrap_or_default());
+    let sasl = settings
+        .sasl
+        .as_ref()
+        .map(|s| s.check())
+        .transpose()
+        .map_err(|e| failed(e.to_string()))?;
+    let mut config = ClientConfig::new();
+    portico_gateways::kafka::secure(&mut config, tls.as_ref(), sasl.as_ref())
+        .map_err(|e| failed(e.to_string()))?;
+    let producer: FutureProducer = config
+        .set("bootstrap.servers", &settings.url)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .map_err(|e| failed(e.to_string()))?;
+    Ok(Producer {
+        producer,
+        files,
+        checked: Instant::now(),
+    })
 }
 
 impl Sender for KafkaSender {
@@ -102,7 +142,7 @@ impl Sender for KafkaSender {
             if let Some(k) = key {
                 record = record.key(k);
             }
-            self.producer
+            self.producer()?
                 .send(record, Timeout::After(Duration::from_secs(30)))
                 .await
                 .map(|_| ())

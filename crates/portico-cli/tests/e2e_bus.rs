@@ -315,7 +315,7 @@ async fn nats_dispatch_over_tls_with_a_user_whose_password_is_in_a_file() {
     let stream_name = format!("PORTICO_TLS_{}", unique());
     let (_gdir, file) = GatewayFileBuilder::new("nt", "ingest")
         .spec_lines(&format!(
-            "  dispatchMechanism: NATS\n  nats:\n    url: \"tls://127.0.0.1:{port}\"\n    subject: \"{subject}\"\n    stream: \"{stream_name}\"\n    user: gateway\n    passwordFile: \"{}\"\n    tls: {{caFile: \"{ca}\"}}\n",
+            "  dispatchMechanism: NATS\n  nats:\n    url: \"tls://127.0.0.1:{port}\"\n    subject: \"{subject}\"\n    stream: \"{stream_name}\"\n    user: gateway\n    passwordFile: \"{}\"\n    tls: {{caFile: \"{ca}\"}}\n  delivery: {{retry: {{maxAttempts: 1000, initialBackoff: 50ms, maxBackoff: 200ms}}}}\n",
             password.display()
         ))
         .write();
@@ -334,7 +334,7 @@ async fn nats_dispatch_over_tls_with_a_user_whose_password_is_in_a_file() {
     // Read back with a client of the test's own, over TLS with the same CA and user.
     let client = async_nats::ConnectOptions::new()
         .user_and_password("gateway".into(), "pa55".into())
-        .add_root_certificates(ca.into())
+        .add_root_certificates(ca.clone().into())
         .require_tls(true)
         .connect(format!("tls://127.0.0.1:{port}"))
         .await
@@ -352,7 +352,61 @@ async fn nats_dispatch_over_tls_with_a_user_whose_password_is_in_a_file() {
     .await
     .expect("every event in the stream, published over TLS");
     assert_eq!(count, N as u64);
+
+    // The CA file is renewed with a CA that did not sign the server's certificate, while the
+    // watcher is connected: a send after that connects again and is refused, so deliveries
+    // are retried (events go on being posted until one is).
+    let right = std::fs::read(&ca).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let (other_ca, _, _) = pki(other.path());
+    std::fs::copy(&other_ca, format!("{ca}.next")).unwrap();
+    std::fs::rename(format!("{ca}.next"), &ca).unwrap();
+    let mut posted = N;
+    eventually_async(Duration::from_secs(30), || {
+        let (portico, n) = (&portico, posted);
+        posted += 1;
+        async move {
+            let r = portico
+                .http
+                .post(portico.url("/"))
+                .body(body(n))
+                .send()
+                .await
+                .expect("POST an event");
+            assert_eq!(r.status(), 200, "event {n}");
+            let retried = metric(portico, "portico_events_retried_total").await;
+            (retried > 0.0).then_some(())
+        }
+    })
+    .await
+    .expect("deliveries are retried once the watcher uses the new CA file");
+    // The right CA again: the events held back arrive, each once.
+    std::fs::write(format!("{ca}.next"), &right).unwrap();
+    std::fs::rename(format!("{ca}.next"), &ca).unwrap();
+    let count = eventually_async(Duration::from_secs(30), || {
+        let js = js.clone();
+        let stream_name = stream_name.clone();
+        async move {
+            let mut s = js.get_stream(&stream_name).await.ok()?;
+            let count = s.info().await.ok()?.state.messages;
+            (count >= posted as u64).then_some(count)
+        }
+    })
+    .await
+    .expect("every event in the stream once the CA file is right again");
+    assert_eq!(count, posted as u64);
     assert_eq!(portico.terminate().await, Some(0));
+}
+
+/// The sum of a metric's series.
+async fn metric(portico: &Portico, name: &str) -> f64 {
+    portico
+        .metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 #[tokio::test]

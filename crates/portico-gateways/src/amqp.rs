@@ -41,8 +41,8 @@ const PREFETCH: u16 = 32;
 /// Security: TLS with an `amqps://` URL (a `tls` block names the CA, a client certificate for
 /// mutual TLS, and the name the broker's certificate must carry), and a `user` with its
 /// password from a file or an environment variable instead of the URL's; the files are read at
-/// every connection, so renewed certificates and passwords are taken at the next one, and the
-/// password is never shown.
+/// every connection (a changed TLS file makes a new connection at once), and the password is
+/// never shown.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AmqpConfig {
@@ -191,7 +191,10 @@ impl ConfigExecutor for Amqp {
     }
 
     async fn start_config(&self, ctx: ConfigContext, c: Settings) -> Result<(), ConfigError> {
-        broker::run_sessions_until_they_stop(&ctx, |progress| session(&ctx, &c, progress)).await
+        broker::run_sessions_until_they_stop(&ctx, c.tls.as_ref(), |progress| {
+            session(&ctx, &c, progress)
+        })
+        .await
     }
 }
 

@@ -340,7 +340,7 @@ impl ConfigExecutor for Artifact {
             ctx.warn(w.clone());
         }
         let http = crate::aws::http_client(s.wait)?;
-        broker::run_sessions_until_they_stop(&ctx, |progress| {
+        broker::run_sessions_until_they_stop(&ctx, None, |progress| {
             let (ctx, s, http) = (ctx.clone(), s.clone(), http.clone());
             async move { session(&ctx, &s, http, progress).await }
         })

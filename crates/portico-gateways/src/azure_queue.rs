@@ -252,7 +252,7 @@ impl ConfigExecutor for AzureQueue {
 
     async fn start_config(&self, ctx: ConfigContext, s: Settings) -> Result<(), ConfigError> {
         let http = crate::azure::http_client()?;
-        broker::run_sessions_until_they_stop(&ctx, |progress| {
+        broker::run_sessions_until_they_stop(&ctx, None, |progress| {
             let (ctx, s, http) = (ctx.clone(), s.clone(), http.clone());
             async move { session(&ctx, &s, http, progress).await }
         })

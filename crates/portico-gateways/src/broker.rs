@@ -7,9 +7,12 @@
 //! ([`SessionError::Broker`]). [`run_sessions`] reports the loss on the node
 //! ([`ConfigContext::report_error`], phase `Error` with the reason), waits with capped
 //! exponential backoff and starts a new session, which calls `running()` again once it is
-//! back. The backoff starts over after a session that got as far as running.
+//! back. The backoff starts over after a session that got as far as running. When the
+//! configuration has a `tls` block, a session is also ended and a new one made at once when
+//! one of its files changes, so that renewed certificates are taken while connected.
 
 use portico::secret::redact_url;
+use portico::security::FileWatch;
 pub use portico::security::{Tls, TlsConfig};
 use std::future::Future;
 use std::time::Duration;
@@ -128,30 +131,36 @@ pub(crate) async fn take_in_order(ctx: &ConfigContext, events: Vec<Event>) -> (u
 
 /// Runs `session` again and again until the configuration stops: each broker loss is
 /// reported on the node and followed by a capped backoff. A session is dropped as soon as
-/// the configuration stops.
-pub(crate) async fn run_sessions<F, Fut>(ctx: &ConfigContext, session: F) -> Result<(), ConfigError>
-where
-    F: FnMut(Progress) -> Fut,
-    Fut: Future<Output = SessionResult>,
-{
-    sessions(ctx, false, session).await
-}
-
-/// [`run_sessions`] for sessions that watch [`ConfigContext::stopped`] themselves, to give
-/// back what they hold before returning `Ok(())` (AMQP requeues its unacknowledged messages).
-pub(crate) async fn run_sessions_until_they_stop<F, Fut>(
+/// the configuration stops, and when a file of `tls` changes (then a new one starts at once).
+pub(crate) async fn run_sessions<F, Fut>(
     ctx: &ConfigContext,
+    tls: Option<&Tls>,
     session: F,
 ) -> Result<(), ConfigError>
 where
     F: FnMut(Progress) -> Fut,
     Fut: Future<Output = SessionResult>,
 {
-    sessions(ctx, true, session).await
+    sessions(ctx, tls, false, session).await
+}
+
+/// [`run_sessions`] for sessions that watch [`ConfigContext::stopped`] themselves, to give
+/// back what they hold before returning `Ok(())` (AMQP requeues its unacknowledged messages).
+pub(crate) async fn run_sessions_until_they_stop<F, Fut>(
+    ctx: &ConfigContext,
+    tls: Option<&Tls>,
+    session: F,
+) -> Result<(), ConfigError>
+where
+    F: FnMut(Progress) -> Fut,
+    Fut: Future<Output = SessionResult>,
+{
+    sessions(ctx, tls, true, session).await
 }
 
 async fn sessions<F, Fut>(
     ctx: &ConfigContext,
+    tls: Option<&Tls>,
     own_stop: bool,
     mut session: F,
 ) -> Result<(), ConfigError>
@@ -170,12 +179,28 @@ where
             return Ok(());
         }
         let progress = Progress::default();
-        let outcome = if own_stop {
-            session(progress.clone()).await
-        } else {
-            tokio::select! {
-                r = session(progress.clone()) => r,
-                _ = ctx.stopped() => Ok(()),
+        // The TLS files as this session reads them.
+        let files = tls.map_or_else(|| FileWatch::new(Vec::new()), Tls::watch);
+        let run = async {
+            if own_stop {
+                session(progress.clone()).await
+            } else {
+                tokio::select! {
+                    r = session(progress.clone()) => r,
+                    _ = ctx.stopped() => Ok(()),
+                }
+            }
+        };
+        let outcome = tokio::select! {
+            r = run => r,
+            changed = files.wait() => {
+                tracing::info!(
+                    src = ctx.src(),
+                    file = %changed.display(),
+                    "a TLS file changed; connecting again to use it"
+                );
+                backoff = builder.build();
+                continue;
             }
         };
         match outcome {

@@ -187,7 +187,10 @@ impl ConfigExecutor for Kafka {
     }
 
     async fn start_config(&self, ctx: ConfigContext, c: Settings) -> Result<(), ConfigError> {
-        broker::run_sessions_until_they_stop(&ctx, |progress| session(&ctx, &c, progress)).await
+        broker::run_sessions_until_they_stop(&ctx, c.tls.as_ref(), |progress| {
+            session(&ctx, &c, progress)
+        })
+        .await
     }
 }
 

@@ -34,8 +34,8 @@ use crate::broker::{self, Progress, SessionError, SessionResult, accepted};
 ///
 /// Security: TLS with `mqtts://` (or `ssl://`) or a `tls` block (a CA, and a client
 /// certificate for mutual TLS), and a `user` with its password from a file or an environment
-/// variable, never shown; the files are read at every connection, so renewed certificates and
-/// passwords are taken at the next one.
+/// variable, never shown; the files are read at every connection (a changed TLS file makes a
+/// new connection at once).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MqttConfig {
@@ -156,7 +156,10 @@ impl ConfigExecutor for Mqtt {
     }
 
     async fn start_config(&self, ctx: ConfigContext, c: Settings) -> Result<(), ConfigError> {
-        broker::run_sessions_until_they_stop(&ctx, |progress| session(&ctx, &c, progress)).await
+        broker::run_sessions_until_they_stop(&ctx, c.tls.as_ref(), |progress| {
+            session(&ctx, &c, progress)
+        })
+        .await
     }
 }
 

@@ -27,7 +27,7 @@ use crate::broker::{
 /// `stream` and `streamseq` (the stream sequence number).
 ///
 /// Security: `tls` (a CA, and a client certificate for mutual TLS; the files are read at
-/// every connection, so renewed certificates are taken at the next one), and one way to
+/// every connection, and a changed one makes a new connection at once), and one way to
 /// authenticate: `user` with a password, a token, a credentials file or an nkey seed, each
 /// from a file or an environment variable and never shown.
 ///
@@ -181,7 +181,10 @@ impl ConfigExecutor for Nats {
     }
 
     async fn start_config(&self, ctx: ConfigContext, c: Settings) -> Result<(), ConfigError> {
-        broker::run_sessions_until_they_stop(&ctx, |progress| session(&ctx, &c, progress)).await
+        broker::run_sessions_until_they_stop(&ctx, c.tls.as_ref(), |progress| {
+            session(&ctx, &c, progress)
+        })
+        .await
     }
 }
 

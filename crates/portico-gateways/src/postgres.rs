@@ -417,14 +417,14 @@ impl ConfigExecutor for Postgres {
     async fn start_config(&self, ctx: ConfigContext, c: Settings) -> Result<(), ConfigError> {
         match &c.mode {
             Mode::Listen(channels) => {
-                broker::run_sessions_until_they_stop(&ctx, |progress| {
+                broker::run_sessions_until_they_stop(&ctx, None, |progress| {
                     session(&ctx, &c, channels, progress)
                 })
                 .await
             }
             Mode::Replicate(r) => {
                 let done = replication::Done::default();
-                broker::run_sessions(&ctx, |progress| {
+                broker::run_sessions(&ctx, None, |progress| {
                     replication_session(&ctx, &c, r, &done, progress)
                 })
                 .await

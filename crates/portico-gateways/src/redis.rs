@@ -236,7 +236,7 @@ impl ConfigExecutor for Redis {
 
     async fn start_config(&self, ctx: ConfigContext, c: Settings) -> Result<(), ConfigError> {
         let c = std::sync::Arc::new(c);
-        broker::run_sessions(&ctx, |progress| {
+        broker::run_sessions(&ctx, c.tls.as_ref(), |progress| {
             let c = c.clone();
             let ctx = ctx.clone();
             async move {

@@ -144,6 +144,69 @@ async fn server_name_checks_the_certificate_against_another_name_than_the_host()
     rig.supervisor.stop_all().await;
 }
 
+/// Replaces `path`'s contents the way a renewal does: a new file renamed over the old one.
+fn renew(path: &std::path::Path, contents: &[u8]) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, contents).unwrap();
+    std::fs::rename(&next, path).unwrap();
+}
+
+#[tokio::test]
+async fn a_changed_tls_file_is_taken_while_connected() {
+    let pki = Pki::new();
+    let (cert, key) = pki.issue("server", &["localhost", "127.0.0.1"]);
+    let server = PrivateBroker::start(
+        "nats-server",
+        &[
+            "-a",
+            "127.0.0.1",
+            "-p",
+            "{port}",
+            "--tls",
+            "--tlscert",
+            &path(&cert),
+            "--tlskey",
+            &path(&key),
+        ],
+    )
+    .await;
+    let url = format!("tls://127.0.0.1:{}", server.port);
+    let client = async_nats::ConnectOptions::new()
+        .add_root_certificates(pki.ca_file())
+        .require_tls(true)
+        .connect(url.as_str())
+        .await
+        .expect("the test's own client connects");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let right = std::fs::read(pki.ca_file()).unwrap();
+    std::fs::write(&ca, &right).unwrap();
+    let subject = unique("portico.renew.");
+    let mut rig = rig();
+    let config = format!(
+        "url: {url}\nsubject: {subject}\ntls:\n  caFile: {}",
+        path(&ca)
+    );
+    one_message(&mut rig, &config, &client, &subject).await;
+
+    // The server stays up; only the file changes. The gateway connects again with the new
+    // CA, which does not sign the server's certificate: the node says so.
+    renew(&ca, &std::fs::read(Pki::new().ca_file()).unwrap());
+    let said = error_saying(&rig, "cannot connect to NATS").await;
+    assert!(said.to_lowercase().contains("certificate"), "{said}");
+    // The right CA again: connected and consuming, without the configuration changing.
+    renew(&ca, &right);
+    rig.wait_phase("c", Phase::Running).await;
+    client
+        .publish(subject.clone(), "again".into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let got = rig.exactly(1, Duration::from_millis(200)).await;
+    assert_eq!(data(&got[0]), "again");
+    rig.supervisor.stop_all().await;
+}
+
 #[tokio::test]
 async fn mutual_tls_with_a_client_certificate() {
     let pki = Pki::new();

@@ -7,7 +7,8 @@ use crate::{ConfigError, SecretSource};
 
 /// TLS toward a broker: the CA that signs its certificate, and the client's own certificate
 /// and key when the broker asks for one (mutual TLS). The files are read at every connection,
-/// so renewed certificates are taken at the next reconnection.
+/// and a connection is made again when their contents change ([`Tls::watch`]), so renewed
+/// certificates are taken within seconds.
 #[derive(
     Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
 )]
@@ -87,6 +88,21 @@ impl TlsConfig {
 }
 
 impl Tls {
+    /// The files this block names (CA, certificate, key).
+    pub fn files(&self) -> Vec<std::path::PathBuf> {
+        let mut files: Vec<_> = self.ca.iter().cloned().collect();
+        if let Some((cert, key)) = &self.client {
+            files.push(cert.clone());
+            files.push(key.clone());
+        }
+        files
+    }
+
+    /// A watch on this block's files as they are now, to connect again when they change.
+    pub fn watch(&self) -> FileWatch {
+        FileWatch::new(self.files())
+    }
+
     /// A rustls client configuration (ring) from the files, read now: the CA's certificates
     /// (Mozilla's roots without `caFile`), the client's certificate and key if given, and with
     /// `serverName` a verifier that checks the broker's certificate against that name whatever
@@ -159,6 +175,64 @@ impl Tls {
             }
         }
     }
+}
+
+/// How often a [`FileWatch`] looks at its files.
+pub const FILE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Notices when files change: their contents (or that they cannot be read) against what they
+/// were when the watch was made. It reads the files again at each check, so it follows a
+/// Kubernetes Secret volume's symbolic links when they are swapped to the new version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileWatch {
+    files: Vec<(std::path::PathBuf, Option<u64>)>,
+}
+
+impl FileWatch {
+    /// A watch on `files` as they are now.
+    /// (Certificates and keys are small files: they are read in place, not on a blocking
+    /// thread.)
+    pub fn new(files: Vec<std::path::PathBuf>) -> FileWatch {
+        let files = files
+            .into_iter()
+            .map(|path| {
+                let seen = fingerprint(&path);
+                (path, seen)
+            })
+            .collect();
+        FileWatch { files }
+    }
+
+    /// Whether a file differs now from when the watch was made; the first that does.
+    pub fn changed(&self) -> Option<&std::path::Path> {
+        self.files
+            .iter()
+            .find(|(path, seen)| fingerprint(path) != *seen)
+            .map(|(path, _)| path.as_path())
+    }
+
+    /// Resolves when a file changes (looked at every [`FILE_CHECK_EVERY`]), with its path;
+    /// never when there are no files.
+    pub async fn wait(&self) -> &std::path::Path {
+        if self.files.is_empty() {
+            return std::future::pending().await;
+        }
+        loop {
+            tokio::time::sleep(FILE_CHECK_EVERY).await;
+            if let Some(path) = self.changed() {
+                return path;
+            }
+        }
+    }
+}
+
+/// A hash of a file's contents, `None` when it cannot be read.
+fn fingerprint(path: &std::path::Path) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let bytes = std::fs::read(path).ok()?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// The CA's usual checks of a broker's certificate, against `serverName` rather than the host
