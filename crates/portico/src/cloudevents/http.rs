@@ -56,7 +56,7 @@ pub fn structured_headers() -> HeaderMap {
 }
 
 /// Batched mode: the events as a JSON array, `Content-Type: application/cloudevents-batch+json`.
-pub fn encode_batch(evs: &[CloudEvent]) -> (HeaderMap, Bytes) {
+pub fn encode_batch<E: std::borrow::Borrow<CloudEvent>>(evs: &[E]) -> (HeaderMap, Bytes) {
     let mut headers = HeaderMap::with_capacity(1 + CLIENT_HEADERS);
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(BATCH_CONTENT_TYPE));
     (headers, Bytes::from(batch_to_json(evs)))

@@ -202,14 +202,19 @@ pub(crate) fn write_event(ev: &CloudEvent, out: &mut Vec<u8>) {
 }
 
 /// Encodes events as a JSON batch (`application/cloudevents-batch+json`): an array of events.
-pub fn batch_to_json(events: &[CloudEvent]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + events.iter().map(|e| size_hint(e) + 1).sum::<usize>());
+pub fn batch_to_json<E: std::borrow::Borrow<CloudEvent>>(events: &[E]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        2 + events
+            .iter()
+            .map(|e| size_hint(e.borrow()) + 1)
+            .sum::<usize>(),
+    );
     out.push(b'[');
     for (i, ev) in events.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        write_event(ev, &mut out);
+        write_event(ev.borrow(), &mut out);
     }
     out.push(b']');
     out

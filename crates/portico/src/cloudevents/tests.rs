@@ -522,7 +522,7 @@ fn batch_round_trip_and_error_index() {
     let evs = vec![sample(), second];
     let json = batch_to_json(&evs);
     assert_eq!(batch_from_json(&json).unwrap(), evs);
-    assert_eq!(batch_to_json(&[]), b"[]");
+    assert_eq!(batch_to_json::<CloudEvent>(&[]), b"[]");
     assert!(batch_from_json(b"[]").unwrap().is_empty());
     let bad = br#"[{"specversion":"1.0","id":"1","source":"s","type":"t"},{"specversion":"1.0","id":"2","type":"t"}]"#;
     assert_eq!(

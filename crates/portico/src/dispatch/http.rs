@@ -285,6 +285,8 @@ impl HttpSender {
         match self.encoding {
             Encoding::Structured => cloudevents::http::encode_structured(event),
             Encoding::Binary => cloudevents::http::encode_binary(event),
+            // Alone (a redrive): a batch of one.
+            Encoding::Batch => cloudevents::http::encode_batch(&[event]),
             Encoding::Legacy => {
                 let mut h = HeaderMap::new();
                 h.insert(
@@ -555,6 +557,20 @@ impl Sender for HttpSender {
     fn send<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(async move {
             let (headers, body) = self.encode(event);
+            self.post(headers, body).await
+        })
+    }
+
+    fn batches(&self) -> bool {
+        self.encoding == Encoding::Batch
+    }
+
+    fn send_batch<'a>(
+        &'a self,
+        events: &'a [&'a CloudEvent],
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        Box::pin(async move {
+            let (headers, body) = cloudevents::http::encode_batch(events);
             self.post(headers, body).await
         })
     }

@@ -39,7 +39,7 @@ use crate::cloudevents::CloudEvent;
 use crate::error::{Admission, BoxError, BoxFuture, DeliveryError, DispatchError};
 use crate::metrics::{Metrics, SrcDelivery, WatcherMetrics};
 use crate::ratelog::Throttle;
-use crate::spec::watchers::{QueueSettings, RetryPolicy, Target};
+use crate::spec::watchers::{Batching, QueueSettings, RetryPolicy, Target};
 
 pub(crate) use deadletter::DeadLetter;
 pub(crate) use outbox::{Outbox, OutboxOptions};
@@ -59,6 +59,26 @@ pub trait Sender: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), DeliveryError>> {
         let _ = json;
         self.send(event)
+    }
+
+    /// Whether this sender takes batches ([`Sender::send_batch`]): its watcher's queue is
+    /// then sent as batches, one at a time.
+    fn batches(&self) -> bool {
+        false
+    }
+
+    /// Delivers `events` as one batch, in their order: the answer is for all of them. By
+    /// default one by one, stopping at the first failure.
+    fn send_batch<'a>(
+        &'a self,
+        events: &'a [&'a CloudEvent],
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        Box::pin(async move {
+            for event in events {
+                self.send(event).await?;
+            }
+            Ok(())
+        })
     }
 }
 
@@ -308,7 +328,15 @@ impl Dispatcher {
             let wm = metrics.for_watcher(&name);
             // One limiter for all the watcher's senders.
             let limiter = settings.rate_limit.as_ref().map(|r| Arc::new(r.limiter()));
-            for _ in 0..settings.concurrency.max(1) {
+            // A watcher that takes batches has one in flight at a time: its order is kept,
+            // a failed batch included.
+            let batch = w.sender.batches().then_some(settings.batch);
+            let workers = if batch.is_some() {
+                1
+            } else {
+                settings.concurrency.max(1)
+            };
+            for _ in 0..workers {
                 let worker = Worker {
                     index,
                     name: name.clone(),
@@ -320,7 +348,10 @@ impl Dispatcher {
                     outbox: outbox.clone(),
                     limiter: limiter.clone(),
                 };
-                tasks.spawn(worker.run(rx.clone()));
+                match batch {
+                    None => tasks.spawn(worker.run(rx.clone())),
+                    Some(batching) => tasks.spawn(worker.run_batches(rx.clone(), batching)),
+                };
             }
             let slots = Arc::new(Semaphore::new(settings.queue_size.max(1)));
             if let (Some(o), Some(range)) = (&outbox, replays.get(index)) {
@@ -659,6 +690,144 @@ struct Worker {
 }
 
 impl Worker {
+    /// Sends the queue's events as batches of up to `batching.max_events`: a batch leaves
+    /// when it is full, or `batching.max_delay` after its first event came. Each batch is
+    /// delivered with retries as a whole, or dead-lettered event by event.
+    async fn run_batches(self, rx: async_channel::Receiver<Queued>, batching: Batching) {
+        let aborted = crate::wake::Quiet::new(self.abort.clone().cancelled_owned());
+        tokio::pin!(aborted);
+        let mut batch: Vec<Queued> = Vec::with_capacity(batching.max_events);
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = &mut aborted => return,
+                q = rx.recv() => match q {
+                    Ok(q) => q,
+                    Err(_) => return,
+                },
+            };
+            batch.push(first);
+            let due = tokio::time::Instant::now() + batching.max_delay;
+            while batch.len() < batching.max_events {
+                match rx.try_recv() {
+                    Ok(q) => batch.push(q),
+                    Err(async_channel::TryRecvError::Closed) => break,
+                    Err(async_channel::TryRecvError::Empty) => tokio::select! {
+                        biased;
+                        _ = &mut aborted => return,
+                        q = rx.recv() => match q {
+                            Ok(q) => batch.push(q),
+                            Err(_) => break,
+                        },
+                        _ = tokio::time::sleep_until(due) => break,
+                    },
+                }
+            }
+            if let Some(limiter) = &self.limiter {
+                let since = Instant::now();
+                for _ in 0..batch.len() {
+                    tokio::select! {
+                        biased;
+                        _ = &mut aborted => return,
+                        _ = limiter.until_ready() => {}
+                    }
+                }
+                self.metrics
+                    .rate_limited
+                    .inc_by(since.elapsed().as_secs_f64());
+            }
+            let done = self.deliver_batch(&batch, aborted.as_mut()).await;
+            for queued in batch.drain(..) {
+                if done {
+                    if let (Some(o), Some(seq)) = (&self.outbox, queued.seq) {
+                        o.done(self.index, seq);
+                    }
+                    if let Some(t) = &queued.tracker {
+                        t.finished_one();
+                    }
+                }
+                self.metrics.queue_depth.dec();
+            }
+        }
+    }
+
+    /// Delivers one batch, or dead-letters its events; false when neither happened
+    /// (shutdown).
+    async fn deliver_batch(
+        &self,
+        batch: &[Queued],
+        aborted: std::pin::Pin<&mut crate::wake::Quiet<WaitForCancellationFutureOwned>>,
+    ) -> bool {
+        let events: Vec<&CloudEvent> = batch.iter().map(|q| q.event.as_ref()).collect();
+        // The batch is as old as its oldest event.
+        let age = match self.retry.max_age {
+            Some(_) => {
+                let oldest = batch.iter().map(|q| q.accepted_ms).min().unwrap_or(0);
+                Duration::from_millis(now_ms().saturating_sub(oldest))
+            }
+            None => Duration::ZERO,
+        };
+        let attempt = retry(
+            &self.retry,
+            age,
+            aborted,
+            || self.sender.send_batch(&events),
+            |e, wait| {
+                self.metrics.retried.inc_by(batch.len() as u64);
+                for src in batch.iter().filter_map(|q| q.src.as_ref()) {
+                    src.retried.inc();
+                }
+                tracing::debug!(
+                    watcher = %self.name, events = batch.len(), first = %events[0].id,
+                    reason = %e.reason, retry_in_ms = wait.as_millis() as u64,
+                    "batch delivery failed; retrying"
+                );
+            },
+        )
+        .await;
+        match attempt {
+            Ok(()) => {
+                for queued in batch {
+                    self.metrics.delivered.inc();
+                    if let Some(src) = &queued.src {
+                        src.delivered.inc();
+                    }
+                    self.metrics
+                        .latency
+                        .observe(queued.accepted_at.elapsed().as_secs_f64());
+                }
+                true
+            }
+            Err(e) if self.abort.is_cancelled() => {
+                if self.outbox.is_some() {
+                    tracing::info!(
+                        watcher = %self.name, events = batch.len(),
+                        "shutting down: the batch stays in the outbox for the next start"
+                    );
+                } else {
+                    self.metrics.failed.inc_by(batch.len() as u64);
+                    tracing::error!(
+                        watcher = %self.name, events = batch.len(), first = %events[0].id,
+                        reason = %e.reason, "batch not delivered: abandoned at shutdown"
+                    );
+                }
+                false
+            }
+            Err(e) => {
+                for queued in batch {
+                    self.metrics.failed.inc();
+                    if let Some(src) = &queued.src {
+                        src.failed.inc();
+                    }
+                    if !self.dead_letter(&queued.event, &e.reason).await {
+                        return false;
+                    }
+                }
+                true
+            }
+        }
+    }
+
     async fn run(self, rx: async_channel::Receiver<Queued>) {
         // One wait for the abort, registered once for every delivery of this worker, and
         // polled only when the abort wakes the worker.
@@ -870,8 +1039,57 @@ pub(crate) async fn deliver_with_retry(
     policy: &RetryPolicy,
     age: Duration,
     aborted: impl Future<Output = ()>,
-    mut on_retry: impl FnMut(&DeliveryError, Duration),
+    on_retry: impl FnMut(&DeliveryError, Duration),
 ) -> Result<(), DeliveryError> {
+    // Each attempt is a `deliver` span, child of the event's trace context, whose own context
+    // the sender passes on (an HTTP watcher gets it as `traceparent`).
+    let parent = crate::trace::enabled()
+        .then(|| crate::trace::of_event(event))
+        .flatten();
+    let mut attempts: i64 = 0;
+    let attempt = || {
+        attempts += 1;
+        let span = crate::trace::Spanned::start(
+            "deliver",
+            opentelemetry::trace::SpanKind::Client,
+            parent.as_ref(),
+            || {
+                vec![
+                    opentelemetry::KeyValue::new("portico.watcher", watcher.to_string()),
+                    opentelemetry::KeyValue::new("portico.attempt", attempts),
+                    opentelemetry::KeyValue::new("cloudevents.event_id", event.id.clone()),
+                ]
+            },
+        );
+        let sent = match json {
+            Some(json) => sender.send_json(event, json),
+            None => sender.send(event),
+        };
+        async move {
+            let r = span.around(sent).await;
+            if let Err(e) = &r {
+                span.fail(&e.reason);
+            }
+            r
+        }
+    };
+    retry(policy, age, aborted, attempt, on_retry).await
+}
+
+/// Makes `attempt` until it succeeds, fails for good or runs out of attempts per `policy`;
+/// `on_retry` hears of every retry. For what was accepted `age` ago: with `policy.max_age`,
+/// retries stop once it is that old, and the last failure is returned. It gives up when
+/// `aborted` completes.
+pub(crate) async fn retry<Fut>(
+    policy: &RetryPolicy,
+    age: Duration,
+    aborted: impl Future<Output = ()>,
+    mut attempt: impl FnMut() -> Fut,
+    mut on_retry: impl FnMut(&DeliveryError, Duration),
+) -> Result<(), DeliveryError>
+where
+    Fut: Future<Output = Result<(), DeliveryError>>,
+{
     let expired = async {
         match policy.max_age {
             Some(max) => tokio::time::sleep(max.saturating_sub(age)).await,
@@ -892,41 +1110,16 @@ pub(crate) async fn deliver_with_retry(
     // by its first attempt, which then costs no more than the attempt itself.
     let mut backoff = None;
     let mut last = None;
-    // Each attempt is a `deliver` span, child of the event's trace context, whose own context
-    // the sender passes on (an HTTP watcher gets it as `traceparent`).
-    let parent = crate::trace::enabled()
-        .then(|| crate::trace::of_event(event))
-        .flatten();
-    let mut attempts: i64 = 0;
     loop {
-        attempts += 1;
-        let span = crate::trace::Spanned::start(
-            "deliver",
-            opentelemetry::trace::SpanKind::Client,
-            parent.as_ref(),
-            || {
-                vec![
-                    opentelemetry::KeyValue::new("portico.watcher", watcher.to_string()),
-                    opentelemetry::KeyValue::new("portico.attempt", attempts),
-                    opentelemetry::KeyValue::new("cloudevents.event_id", event.id.clone()),
-                ]
-            },
-        );
-        let attempt = match json {
-            Some(json) => sender.send_json(event, json),
-            None => sender.send(event),
-        };
         let failure = tokio::select! {
             biased;
             _ = &mut aborted => return Err(gone()),
-            r = span.around(attempt) => match r {
+            r = attempt() => match r {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             },
             _ = &mut expired => return Err(too_old(last.as_ref())),
         };
-        span.fail(&failure.reason);
-        drop(span);
         if !failure.retryable {
             return Err(failure);
         }

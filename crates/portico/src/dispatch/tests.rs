@@ -196,8 +196,7 @@ async fn a_bounded_admission_waits_for_room_then_says_full() {
         queue_size: 1,
         concurrency: 1,
         retry: patient(),
-        filter: None,
-        rate_limit: None,
+        ..QueueSettings::default()
     };
     let d = Dispatcher::start(
         vec![("w".into(), Arc::new(Gated(gate_rx)) as Arc<dyn Sender>, one)],
@@ -711,4 +710,133 @@ async fn a_rate_limited_watcher_takes_every_event_paced_not_dropped() {
             .await,
         0
     );
+}
+
+/// Takes batches: refuses (retryably) every `fail_every`-th attempt, and remembers each
+/// attempt's ids and whether it was taken.
+struct Batches {
+    fail_every: usize,
+    attempts: Mutex<Vec<(Vec<String>, bool)>>,
+}
+impl Sender for Batches {
+    fn send<'a>(&'a self, e: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        self.send_batch_owned(vec![e.id.clone()])
+    }
+    fn batches(&self) -> bool {
+        true
+    }
+    fn send_batch<'a>(
+        &'a self,
+        events: &'a [&'a CloudEvent],
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        self.send_batch_owned(events.iter().map(|e| e.id.clone()).collect())
+    }
+}
+impl Batches {
+    fn send_batch_owned(&self, ids: Vec<String>) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        let mut attempts = self.attempts.lock().unwrap();
+        let take = !(attempts.len() + 1).is_multiple_of(self.fail_every);
+        attempts.push((ids, take));
+        Box::pin(async move {
+            if take {
+                Ok(())
+            } else {
+                Err(DeliveryError::retryable("503"))
+            }
+        })
+    }
+}
+
+/// Accepts `n` events for a batch watcher (`max_events` a batch) under `delivery`; every
+/// attempt the watcher saw, once it took all `n`.
+async fn batched(delivery: Delivery, n: usize, max_events: usize) -> Vec<(Vec<String>, bool)> {
+    let dir = tempfile::tempdir().unwrap();
+    let delivery = match delivery {
+        Delivery::AtLeastOnce(_) => Delivery::AtLeastOnce(OutboxOptions {
+            dir: dir.path().join("outbox"),
+            max_bytes: 1 << 26,
+        }),
+        other => other,
+    };
+    let sender = Arc::new(Batches {
+        fail_every: 3,
+        attempts: Mutex::new(Vec::new()),
+    });
+    let mut w = entry(sender.clone(), patient(), &dir.path().join("dead.jsonl"));
+    w.queue.batch = crate::spec::watchers::Batching {
+        max_events,
+        max_delay: Duration::from_millis(2),
+    };
+    let metrics = Metrics::new();
+    let d = Dispatcher::start_with(vec![w], &metrics, &delivery).unwrap();
+    for i in 0..n {
+        d.accept(event(i), Admission::Wait(None), None, Ack::OnAcceptance)
+            .await
+            .unwrap();
+    }
+    until(|| (metrics.for_watcher("w").delivered.get() == n as u64).then_some(())).await;
+    assert_eq!(
+        d.drain(Duration::from_secs(5), &CancellationToken::new())
+            .await,
+        0
+    );
+    assert!(
+        !dir.path().join("dead.jsonl").exists(),
+        "nothing dead-lettered"
+    );
+    sender.attempts.lock().unwrap().clone()
+}
+
+/// What a batch watcher must see: batches of at most `max_events`; a refused batch tried
+/// again as it was, before anything after it; the batches taken hold every event once, in the
+/// order they were accepted.
+fn assert_batches_in_order(attempts: &[(Vec<String>, bool)], n: usize, max_events: usize) {
+    let mut taken = Vec::new();
+    for (i, (ids, took)) in attempts.iter().enumerate() {
+        assert!(
+            !ids.is_empty() && ids.len() <= max_events,
+            "batch {i}: {}",
+            ids.len()
+        );
+        if *took {
+            taken.extend(ids.iter().cloned());
+        } else {
+            assert_eq!(
+                &attempts[i + 1].0,
+                ids,
+                "a refused batch is sent again as it was"
+            );
+        }
+    }
+    let want: Vec<String> = (0..n).map(|i| format!("id-{i}")).collect();
+    assert_eq!(taken, want);
+    assert!(
+        attempts.len() < n,
+        "events went in batches ({} attempts for {n} events)",
+        attempts.len()
+    );
+}
+
+#[tokio::test]
+async fn a_batch_watcher_gets_batches_in_order_and_a_refused_one_again_whole() {
+    for delivery in [
+        Delivery::AtMostOnce,
+        Delivery::AtLeastOnce(OutboxOptions {
+            dir: std::path::PathBuf::new(),
+            max_bytes: 0,
+        }),
+    ] {
+        let attempts = batched(delivery.clone(), 2000, 50).await;
+        assert_batches_in_order(&attempts, 2000, 50);
+        assert!(
+            attempts.iter().any(|(_, took)| !took),
+            "{delivery:?}: some batches were refused"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_lone_event_leaves_after_max_delay_in_a_batch_of_one() {
+    let attempts = batched(Delivery::AtMostOnce, 1, 100).await;
+    assert_eq!(attempts, vec![(vec!["id-0".to_string()], true)]);
 }

@@ -528,6 +528,8 @@ pub(crate) const SETTINGS_KEYS: &[&str] = &[
     "timeout",
     "queueSize",
     "concurrency",
+    "maxEvents",
+    "maxDelay",
     "retry",
     "mode",
     "outbox",
@@ -708,7 +710,7 @@ impl JsonSchema for UrlWatcher {
         // A string or an object: not expressible as one structural schema, so the API server
         // keeps it as given and the gateway checks it when it reads its spec.
         schemars::json_schema!({
-            "description": "A URL (`http://…`), or `{url, encoding, timeout, queueSize, concurrency, retry}`.",
+            "description": "A URL (`http://…`), or `{url, encoding, timeout, queueSize, concurrency, maxEvents, maxDelay, retry, …}`.",
             "x-kubernetes-preserve-unknown-fields": true
         })
     }
@@ -725,6 +727,12 @@ pub enum Encoding {
     Binary,
     /// The original's CloudEvents 0.1 JSON, for old consumers.
     Legacy,
+    /// `application/cloudevents-batch+json`: up to `maxEvents` events in one request, sent
+    /// once `maxEvents` are waiting or `maxDelay` after the first. The watcher's answer is for
+    /// the whole batch; a failed batch is retried as it is, and the watcher has one batch in
+    /// flight at a time, so events arrive in the order they were accepted (`concurrency` does
+    /// not apply).
+    Batch,
 }
 
 /// Delivery settings: gateway-wide in `spec.delivery`, and per watcher, where every field
@@ -749,6 +757,18 @@ pub(crate) struct WatcherSettings {
     /// Deliveries in flight at once to this watcher.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<usize>,
+    /// With `encoding: batch`: the most events in one request (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_events: Option<usize>,
+    /// With `encoding: batch`: how long the first event of a batch waits for more before the
+    /// batch is sent (default `5ms`).
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub max_delay: Option<Duration>,
     /// Retry policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySettings>,

@@ -74,7 +74,30 @@ pub(crate) struct QueueSettings {
     pub filter: Option<std::sync::Arc<crate::filter::Filter>>,
     /// Deliveries per second at most.
     pub rate_limit: Option<super::RateLimitSettings>,
+    /// How batches are made, when its sender takes batches.
+    pub batch: Batching,
 }
+
+/// How a watcher that takes batches (`encoding: batch`) makes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Batching {
+    /// The most events in one batch.
+    pub max_events: usize,
+    /// How long the first event of a batch waits for more.
+    pub max_delay: Duration,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching {
+            max_events: 100,
+            max_delay: Duration::from_millis(5),
+        }
+    }
+}
+
+/// The most events a batch may be set to hold.
+const MAX_BATCH_EVENTS: usize = 10_000;
 
 impl Default for QueueSettings {
     fn default() -> Self {
@@ -84,6 +107,7 @@ impl Default for QueueSettings {
             retry: RetryPolicy::default(),
             filter: None,
             rate_limit: None,
+            batch: Batching::default(),
         }
     }
 }
@@ -238,6 +262,29 @@ fn queue_settings(gateway: &WatcherSettings, own: &WatcherSettings) -> QueueSett
             .clone()
             .or_else(|| gateway.rate_limit.clone())
             .filter(|r| r.problem().is_none()),
+        batch: Batching {
+            // Out of range is reported by `batch_problems`.
+            max_events: own
+                .max_events
+                .or(gateway.max_events)
+                .unwrap_or(d.batch.max_events)
+                .clamp(1, MAX_BATCH_EVENTS),
+            max_delay: own
+                .max_delay
+                .or(gateway.max_delay)
+                .unwrap_or(d.batch.max_delay),
+        },
+    }
+}
+
+/// What is wrong with the batch settings of `what`, if anything.
+fn batch_problems(what: &str, s: &WatcherSettings, problems: &mut Vec<String>) {
+    if let Some(n) = s.max_events
+        && !(1..=MAX_BATCH_EVENTS).contains(&n)
+    {
+        problems.push(format!(
+            "{what}: maxEvents is {n}: give 1 to {MAX_BATCH_EVENTS}"
+        ));
     }
 }
 
@@ -376,6 +423,7 @@ fn settings_problems(what: &str, own: &WatcherSettings, problems: &mut Vec<Strin
     if let Some(p) = own.rate_limit.as_ref().and_then(|r| r.problem()) {
         problems.push(format!("{what}: {p}"));
     }
+    batch_problems(what, own, problems);
 }
 
 /// The own settings of a bus watcher (NATS, Kafka): only its filter.
@@ -444,6 +492,7 @@ pub(crate) fn resolve_watchers(
     if let Some(p) = defaults.rate_limit.as_ref().and_then(|r| r.problem()) {
         problems.push(format!("delivery: {p}"));
     }
+    batch_problems("delivery", defaults, &mut problems);
     if defaults.filter.is_some() {
         problems.push(
             "delivery: `filter` is a setting of one watcher: put it on each watcher it is for"
