@@ -21,6 +21,10 @@
 #                one URL watcher: the sink), in atMostOnce and in atLeastOnce (outbox, fsync);
 #                baseline: src/bin/relay.rs ingest (parse, same CloudEvent, POST to the sink over
 #                dedicated keep-alive connections, 200 after the sink's 200)
+#   batch        wrk POSTs batches of 50 CloudEvents (the same 512-byte data each) to the
+#                ingest API of a gateway whose watcher has `encoding: batch` (the sink counts
+#                the events of each batch), in atMostOnce and atLeastOnce; figures per event;
+#                baseline: the relay (one request per event in, one out)
 #   webhook      wrk POSTs the 512-byte JSON to a `type: webhook` gateway (atMostOnce);
 #                baseline: relay webhook (same body, same {"header","body"} data)
 #   gRPC         one stream of 256-byte JSON events from a Rust gRPC server
@@ -252,22 +256,23 @@ wrk_run() {
     }' "$out")
 }
 
-# measure_http KEY PID URL LUA: warm-up, then one measured wrk run against the server PID;
-# records KEY.rps, KEY.p99, KEY.cpu (CPU-s per 100k delivered events), KEY.rss (mid-run).
+# measure_http KEY PID URL LUA [EVENTS]: warm-up, then one measured wrk run against the server
+# PID, each request carrying EVENTS events (default 1); records KEY.rps (events per second),
+# KEY.p99, KEY.cpu (CPU-s per 100k delivered events), KEY.rss (mid-run).
 measure_http() {
-  local key=$1 pid=$2 url=$3 lua=$4 n0 c0 n1 c1
+  local key=$1 pid=$2 url=$3 lua=$4 per=${5:-1} n0 c0 n1 c1
   if [ "$WARM" -gt 0 ]; then
     n0=$(sink_count)
     wrk_run "$url" "$lua" "$WARM"
-    wait_sink $((n0 + W_OK))
+    wait_sink $((n0 + W_OK * per))
   fi
   n0=$(sink_count); c0=$(cpu_ticks "$pid"); local f0; f0=$(foreign_ticks)
   wrk_run "$url" "$lua" "$SECS" "$pid"
   add "$key.foreign" "$(foreign_pct "$f0" "$SECS")"
-  wait_sink $((n0 + W_OK))
+  wait_sink $((n0 + W_OK * per))
   n1=$(sink_count); c1=$(cpu_ticks "$pid")
   local delivered=$((n1 - n0))
-  add "$key.rps" "$W_RPS"
+  add "$key.rps" "$(awk -v r="$W_RPS" -v p="$per" 'BEGIN {printf "%.0f", r * p}')"
   add "$key.p99" "$W_P99"
   add "$key.rss" "$(awk -v k="$W_RSS" 'BEGIN {printf "%.1f", k / 1024}')"
   add "$key.cpu" "$(awk -v c=$((c1 - c0)) -v t="$TCK" -v n="$delivered" 'BEGIN {printf "%.3f", (n > 0 ? c / t / n * 100000 : 0)}')"
@@ -374,6 +379,16 @@ wrk.method = "POST"
 wrk.body = '{"src":"bench","payload":"$b64","contentType":"application/json"}'
 wrk.headers["Content-Type"] = "application/json"
 LUA
+# A batch of BATCH CloudEvents with the same JSON data, for the batch scenarios.
+BATCH=50
+batch_body=$(for i in $(seq 1 "$BATCH"); do
+  printf '{"specversion":"1.0","id":"bench-%d","source":"bench","type":"bench","datacontenttype":"application/json","data":%s}\n' "$i" "$json"
+done | paste -sd, -)
+cat > "$dir/batch.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '[$batch_body]'
+wrk.headers["Content-Type"] = "application/cloudevents-batch+json"
+LUA
 cat > "$dir/webhook.lua" <<LUA
 wrk.method = "POST"
 wrk.body = '$json'
@@ -418,6 +433,19 @@ for rep in $(seq 1 "$REPS"); do
   add alo.fsyncs "$(awk -v f=$((f1 - f0)) -v a=$((a1 - a0)) 'BEGIN {printf "%.4f", (a > 0 ? f / a : 0)}')"
   stop alo
   rm -rf "$dir/outbox-$rep"
+
+  # Ingest → HTTP watcher taking batches.
+  batch_watcher=$(printf '  watchers:\n    urls:\n      - {url: "http://%s/", encoding: batch}' "$SINK")
+  gateway "$dir/amo_batch.yaml" bench bench "" atMostOnce "$batch_watcher"
+  start_gateway amo_batch "$dir/amo_batch.yaml"
+  measure_http amo_batch "${PID[amo_batch]}" "http://127.0.0.1:$port/" "$dir/batch.lua" "$BATCH"
+  stop amo_batch
+  gateway "$dir/alo_batch.yaml" bench bench "" atLeastOnce \
+    "    outbox: {path: \"$dir/outbox-batch-$rep\"}"$'\n'"$batch_watcher"
+  start_gateway alo_batch "$dir/alo_batch.yaml"
+  measure_http alo_batch "${PID[alo_batch]}" "http://127.0.0.1:$port/" "$dir/batch.lua" "$BATCH"
+  stop alo_batch
+  rm -rf "$dir/outbox-batch-$rep"
 
   # Webhook → HTTP watcher.
   start relay-webhook "$SERVER_CPU" "$bin/relay" webhook "$SINK"
@@ -520,6 +548,16 @@ table() {
   row "" "CPU-s per 100k events" "$(fmt alo.cpu 2)" "$(fmt relay.cpu 2)" "$(rfmt alo.cpu relay.cpu)" "≤ 1.5" "$(check "$r" '<=' 1.5)"
   row "" "refused (503) or failed, per s" "$(fmt alo.refused 0)" "$(fmt relay.refused 0)" "—" "—" "—"
   row "" "fsyncs per event" "$(fmt alo.fsyncs 4)" "—" "—" "—" "—"
+  for k in amo_batch alo_batch; do
+    local mode=atMostOnce
+    [ "$k" = alo_batch ] && mode="atLeastOnce (outbox)"
+    r=$(ratio "$k.rps" relay.rps)
+    row "ingest \`POST /\` batches of $BATCH → HTTP watcher, \`encoding: batch\`, $mode" "events/s" "$(fmt "$k.rps" 0)" "$(fmt relay.rps 0) relay" "$(rfmt "$k.rps" relay.rps)" "≥ 3" "$(check "$r" '>=' 3)"
+    row "" "p99 latency, ms" "$(fmt "$k.p99" 2)" "$(fmt relay.p99 2)" "$(rfmt "$k.p99" relay.p99)" "—" "—"
+    r=$(ratio "$k.cpu" relay.cpu)
+    row "" "CPU-s per 100k events" "$(fmt "$k.cpu" 2)" "$(fmt relay.cpu 2)" "$(rfmt "$k.cpu" relay.cpu)" "—" "—"
+    row "" "refused (503) or failed, per s" "$(fmt "$k.refused" 0)" "$(fmt relay.refused 0)" "—" "—" "—"
+  done
   r=$(ratio webhook.rps relay_webhook.rps)
   row "webhook → HTTP watcher, atMostOnce" "events/s" "$(fmt webhook.rps 0)" "$(fmt relay_webhook.rps 0) relay" "$(rfmt webhook.rps relay_webhook.rps)" "≥ 0.80" "$(check "$r" '>=' 0.8)"
   r=$(ratio webhook.p99 relay_webhook.p99)
@@ -544,7 +582,7 @@ table() {
   row "start-up" "start → $CONFIGS configurations Running, ms" "$(fmt mem.start_ms 0)" "—" "—" "≤ 1000 ms" "$(check "$(med mem.start_ms)" '<=' 1000)"
   row "reference" "POST → 200, no work (the sink), events/s" "—" "$(fmt ceiling.rps 0)" "—" "—" "—"
   local k all=""
-  for k in amo alo webhook grpc relay relay_webhook grpc_base ceiling; do all="$all ${R[$k.foreign]:-}"; done
+  for k in amo alo amo_batch alo_batch webhook grpc relay relay_webhook grpc_base ceiling; do all="$all ${R[$k.foreign]:-}"; done
   R[all.foreign]=$all
   row "noise" "CPU other processes took during the measured windows, % of one core" "$(fmt all.foreign 0)" "" "" "≈ 0" "$(check "$(med all.foreign)" '<=' 10)"
 }
@@ -556,7 +594,7 @@ if [ -n "$SMOKE" ]; then
   # Every figure must be there and above zero.
   bad=""
   for k in ceiling.rps relay.rps relay.cpu amo.rps amo.p99 amo.cpu amo.delivered amo.rss \
-    alo.rps alo.cpu alo.delivered alo.fsyncs relay_webhook.rps webhook.rps webhook.cpu webhook.delivered \
+    alo.rps alo.cpu alo.delivered alo.fsyncs amo_batch.rps amo_batch.delivered alo_batch.rps alo_batch.delivered relay_webhook.rps webhook.rps webhook.cpu webhook.delivered \
     grpc_base.rps grpc_base.cpu grpc.rps grpc.cpu mem.idle_rss mem.cal1_rss mem.calN_rss mem.start_ms sink.idle_rss; do
     awk -v v="$(med "$k")" 'BEGIN {exit !(v > 0)}' || bad="$bad $k"
   done

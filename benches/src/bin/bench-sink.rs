@@ -1,6 +1,8 @@
 //! The sink of the load benchmarks (`benches/load.sh`): a minimal hyper server that reads each
-//! request's body and answers 200 with an empty body, counting the requests that are not
-//! `GET`. `GET /count` answers the count. Portico and the baselines deliver to it, and it
+//! request's body and answers 200 with an empty body, counting the events it got: one per
+//! request that is not `GET`, or, for a batch (`application/cloudevents-batch+json`), the
+//! events of its JSON array (parsed, as a watcher that takes batches would). `GET /count`
+//! answers the count. Portico and the baselines deliver to it, and it
 //! is also the machine's ceiling: wrk against it is a "POST → 200" with no work.
 //!
 //!   bench-sink [PORT]     # 0 or nothing picks a free port; prints `listening 127.0.0.1:PORT`
@@ -31,9 +33,21 @@ async fn answer(
         };
         return Ok(Response::new(Full::new(Bytes::from(n))));
     }
+    let batch = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .is_some_and(|v| {
+            v.as_bytes()
+                .starts_with(b"application/cloudevents-batch+json")
+        });
     // Read the whole body, as a real watcher would.
-    let _ = req.into_body().collect().await;
-    count.fetch_add(1, Ordering::Relaxed);
+    let body = req.into_body().collect().await.map(|b| b.to_bytes());
+    let events = match body {
+        Ok(body) if batch => serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(&body)
+            .map_or(0, |events| events.len() as u64),
+        _ => 1,
+    };
+    count.fetch_add(events, Ordering::Relaxed);
     Ok(Response::new(Full::new(Bytes::new())))
 }
 

@@ -340,17 +340,9 @@ async fn nats_dispatch_over_tls_with_a_user_whose_password_is_in_a_file() {
         .await
         .expect("the test's own TLS connection");
     let js = async_nats::jetstream::new(client);
-    let count = eventually_async(Duration::from_secs(20), || {
-        let js = js.clone();
-        let stream_name = stream_name.clone();
-        async move {
-            let mut s = js.get_stream(&stream_name).await.ok()?;
-            let count = s.info().await.ok()?.state.messages;
-            (count >= N as u64).then_some(count)
-        }
-    })
-    .await
-    .expect("every event in the stream, published over TLS");
+    let count = stream_holds(&js, &stream_name, N)
+        .await
+        .expect("every event in the stream, published over TLS");
     assert_eq!(count, N as u64);
 
     // The CA file is renewed with a CA that did not sign the server's certificate, while the
@@ -383,19 +375,21 @@ async fn nats_dispatch_over_tls_with_a_user_whose_password_is_in_a_file() {
     // The right CA again: the events held back arrive, each once.
     std::fs::write(format!("{ca}.next"), &right).unwrap();
     std::fs::rename(format!("{ca}.next"), &ca).unwrap();
-    let count = eventually_async(Duration::from_secs(30), || {
-        let js = js.clone();
-        let stream_name = stream_name.clone();
-        async move {
-            let mut s = js.get_stream(&stream_name).await.ok()?;
-            let count = s.info().await.ok()?.state.messages;
-            (count >= posted as u64).then_some(count)
-        }
-    })
-    .await
-    .expect("every event in the stream once the CA file is right again");
+    let count = stream_holds(&js, &stream_name, posted)
+        .await
+        .expect("every event in the stream once the CA file is right again");
     assert_eq!(count, posted as u64);
     assert_eq!(portico.terminate().await, Some(0));
+}
+
+/// Waits until stream `name` holds at least `n` messages; how many it holds then.
+async fn stream_holds(js: &async_nats::jetstream::Context, name: &str, n: usize) -> Option<u64> {
+    eventually_async(Duration::from_secs(30), || async move {
+        let mut s = js.get_stream(name).await.ok()?;
+        let count = s.info().await.ok()?.state.messages;
+        (count >= n as u64).then_some(count)
+    })
+    .await
 }
 
 /// The sum of a metric's series.

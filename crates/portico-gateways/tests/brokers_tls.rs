@@ -42,9 +42,9 @@ async fn error_saying(rig: &Rig, needle: &str) -> String {
     .await
 }
 
-#[tokio::test]
-async fn tls_with_the_right_ca_connects_and_a_wrong_ca_is_refused_clearly() {
-    let pki = Pki::new();
+/// A private `nats-server` with TLS, its certificate signed by `pki`'s CA for localhost and
+/// 127.0.0.1: the server, its `tls://` URL, and the test's own client.
+async fn nats_tls(pki: &Pki) -> (PrivateBroker, String, async_nats::Client) {
     let (cert, key) = pki.issue("server", &["localhost", "127.0.0.1"]);
     let server = PrivateBroker::start(
         "nats-server",
@@ -68,6 +68,13 @@ async fn tls_with_the_right_ca_connects_and_a_wrong_ca_is_refused_clearly() {
         .connect(url.as_str())
         .await
         .expect("the test's own client connects");
+    (server, url, client)
+}
+
+#[tokio::test]
+async fn tls_with_the_right_ca_connects_and_a_wrong_ca_is_refused_clearly() {
+    let pki = Pki::new();
+    let (_server, url, client) = nats_tls(&pki).await;
     let subject = unique("portico.tls.");
     let mut rig = rig();
     let config = format!(
@@ -154,29 +161,7 @@ fn renew(path: &std::path::Path, contents: &[u8]) {
 #[tokio::test]
 async fn a_changed_tls_file_is_taken_while_connected() {
     let pki = Pki::new();
-    let (cert, key) = pki.issue("server", &["localhost", "127.0.0.1"]);
-    let server = PrivateBroker::start(
-        "nats-server",
-        &[
-            "-a",
-            "127.0.0.1",
-            "-p",
-            "{port}",
-            "--tls",
-            "--tlscert",
-            &path(&cert),
-            "--tlskey",
-            &path(&key),
-        ],
-    )
-    .await;
-    let url = format!("tls://127.0.0.1:{}", server.port);
-    let client = async_nats::ConnectOptions::new()
-        .add_root_certificates(pki.ca_file())
-        .require_tls(true)
-        .connect(url.as_str())
-        .await
-        .expect("the test's own client connects");
+    let (_server, url, client) = nats_tls(&pki).await;
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     let right = std::fs::read(pki.ca_file()).unwrap();

@@ -723,30 +723,12 @@ impl Worker {
                     },
                 }
             }
-            if let Some(limiter) = &self.limiter {
-                let since = Instant::now();
-                for _ in 0..batch.len() {
-                    tokio::select! {
-                        biased;
-                        _ = &mut aborted => return,
-                        _ = limiter.until_ready() => {}
-                    }
-                }
-                self.metrics
-                    .rate_limited
-                    .inc_by(since.elapsed().as_secs_f64());
+            if !self.paced(batch.len(), aborted.as_mut()).await {
+                return;
             }
             let done = self.deliver_batch(&batch, aborted.as_mut()).await;
             for queued in batch.drain(..) {
-                if done {
-                    if let (Some(o), Some(seq)) = (&self.outbox, queued.seq) {
-                        o.done(self.index, seq);
-                    }
-                    if let Some(t) = &queued.tracker {
-                        t.finished_one();
-                    }
-                }
-                self.metrics.queue_depth.dec();
+                self.finish(&queued, done);
             }
         }
     }
@@ -787,15 +769,7 @@ impl Worker {
         .await;
         match attempt {
             Ok(()) => {
-                for queued in batch {
-                    self.metrics.delivered.inc();
-                    if let Some(src) = &queued.src {
-                        src.delivered.inc();
-                    }
-                    self.metrics
-                        .latency
-                        .observe(queued.accepted_at.elapsed().as_secs_f64());
-                }
+                batch.iter().for_each(|q| self.delivered(q));
                 true
             }
             Err(e) if self.abort.is_cancelled() => {
@@ -842,30 +816,62 @@ impl Worker {
                     Err(_) => return,
                 },
             };
-            if let Some(limiter) = &self.limiter {
-                // The event waits here, holding its slot: past the limit the queue fills and
-                // pushes sources back, and nothing is dropped.
-                let since = Instant::now();
-                tokio::select! {
-                    biased;
-                    _ = &mut aborted => return,
-                    _ = limiter.until_ready() => {}
-                }
-                self.metrics
-                    .rate_limited
-                    .inc_by(since.elapsed().as_secs_f64());
+            if !self.paced(1, aborted.as_mut()).await {
+                return;
             }
             let done = self.deliver(&queued, aborted.as_mut()).await;
-            if done {
-                if let (Some(o), Some(seq)) = (&self.outbox, queued.seq) {
-                    o.done(self.index, seq);
-                }
-                if let Some(t) = &queued.tracker {
-                    t.finished_one();
-                }
-            }
-            self.metrics.queue_depth.dec();
+            self.finish(&queued, done);
         }
+    }
+
+    /// Waits for the watcher's rate limit to let `n` events go; false when aborted first.
+    /// The events wait holding their slots: past the limit the queue fills and pushes sources
+    /// back, and nothing is dropped.
+    async fn paced(
+        &self,
+        n: usize,
+        mut aborted: std::pin::Pin<&mut crate::wake::Quiet<WaitForCancellationFutureOwned>>,
+    ) -> bool {
+        let Some(limiter) = &self.limiter else {
+            return true;
+        };
+        let since = Instant::now();
+        for _ in 0..n {
+            tokio::select! {
+                biased;
+                _ = &mut aborted => return false,
+                _ = limiter.until_ready() => {}
+            }
+        }
+        self.metrics
+            .rate_limited
+            .inc_by(since.elapsed().as_secs_f64());
+        true
+    }
+
+    /// The watcher is through with `queued`: `done` (delivered or dead-lettered) moves its
+    /// outbox cursor and tells its tracker; either way its place in the queue is free.
+    fn finish(&self, queued: &Queued, done: bool) {
+        if done {
+            if let (Some(o), Some(seq)) = (&self.outbox, queued.seq) {
+                o.done(self.index, seq);
+            }
+            if let Some(t) = &queued.tracker {
+                t.finished_one();
+            }
+        }
+        self.metrics.queue_depth.dec();
+    }
+
+    /// Counts `queued` delivered.
+    fn delivered(&self, queued: &Queued) {
+        self.metrics.delivered.inc();
+        if let Some(src) = &queued.src {
+            src.delivered.inc();
+        }
+        self.metrics
+            .latency
+            .observe(queued.accepted_at.elapsed().as_secs_f64());
     }
 
     /// Delivers one event, or dead-letters it; false when neither happened (shutdown).
@@ -901,13 +907,7 @@ impl Worker {
         .await;
         match attempt {
             Ok(()) => {
-                self.metrics.delivered.inc();
-                if let Some(src) = &queued.src {
-                    src.delivered.inc();
-                }
-                self.metrics
-                    .latency
-                    .observe(queued.accepted_at.elapsed().as_secs_f64());
+                self.delivered(queued);
                 true
             }
             Err(e) if self.abort.is_cancelled() => {
