@@ -6,6 +6,7 @@
 //! The framework crate depends on no broker client; the `portico` binary registers
 //! [`factory`] beside its built-in gateways.
 
+pub mod coordination;
 pub mod kafka;
 pub mod nats;
 
@@ -29,6 +30,11 @@ impl SenderFactory for BusSenders {
             _ => None,
         }
     }
+}
+
+/// The factory of NATS key-value coordination stores.
+pub fn stores() -> Arc<dyn portico::coordination::StoreFactory> {
+    Arc::new(coordination::NatsStores)
 }
 
 /// The factory of NATS JetStream and Kafka senders.

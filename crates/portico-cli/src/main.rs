@@ -8,5 +8,6 @@ fn main() -> ExitCode {
         executor: portico_gateways::builtin,
         types: portico_gateways::BUILTIN_TYPES,
         senders: Some(portico_bus::factory()),
+        stores: Some(portico_bus::stores()),
     })
 }

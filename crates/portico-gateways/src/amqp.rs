@@ -12,6 +12,7 @@ use lapin::tcp::{AMQPUriTcpExt, RustlsConnector, TLSConfig};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use portico::Placement;
 use portico::secret::redact_url;
 use portico::{ConfigContext, ConfigError, ConfigExecutor, Event, SecretSource};
 use schemars::JsonSchema;
@@ -185,6 +186,15 @@ pub struct Amqp;
 
 impl ConfigExecutor for Amqp {
     type Config = Settings;
+
+    /// Consumers of a named queue share its messages; a queue of the gateway's own (server-named) gets every message on each replica.
+    fn placement(&self, c: &Settings) -> Placement {
+        if c.queue.is_some() {
+            Placement::Everywhere
+        } else {
+            Placement::Sharded
+        }
+    }
 
     fn validate(&self, ctx: &ConfigContext) -> Result<Settings, ConfigError> {
         ctx.parse::<AmqpConfig>()?.check()

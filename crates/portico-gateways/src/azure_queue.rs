@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use portico::Placement;
 use portico::{ConfigContext, ConfigError, ConfigExecutor, Event};
 use reqwest::Method;
 use schemars::JsonSchema;
@@ -245,6 +246,11 @@ pub struct AzureQueue;
 
 impl ConfigExecutor for AzureQueue {
     type Config = Settings;
+
+    /// Azure Storage shares a queue's messages out among its readers.
+    fn placement(&self, _: &Settings) -> Placement {
+        Placement::Everywhere
+    }
 
     fn validate(&self, ctx: &ConfigContext) -> Result<Settings, ConfigError> {
         ctx.parse::<AzureQueueConfig>()?.check()

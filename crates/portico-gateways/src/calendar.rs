@@ -89,23 +89,43 @@ pub struct CalendarConfig {
     /// Any JSON, copied into every event as `userPayload`.
     #[serde(default)]
     pub user_payload: Option<serde_json::Value>,
+    /// When the gateway's replicas share configurations: how far back a replica that takes
+    /// this configuration over fires the ticks that fell due while no replica ran it (default
+    /// `1h`; `0s` fires none). Older ones are counted as missed. A tick fired once is never
+    /// fired again by the next replica, which goes on from the last one fired.
+    #[serde(default)]
+    pub catch_up: Option<String>,
 }
 
 impl CalendarConfig {
     /// Checks the configuration and builds its schedule; errors name the field.
     pub fn check(self) -> Result<Settings, ConfigError> {
+        let catch_up = match self.catch_up.as_deref().map(str::trim) {
+            None => DEFAULT_CATCH_UP,
+            Some(t) => humantime::parse_duration(t).map_err(|e| {
+                invalid(
+                    "catchUp",
+                    format!("`{t}` is not a duration like `10m` or `1h`: {e}"),
+                )
+            })?,
+        };
         Ok(Settings {
             schedule: Schedule::parse(&self)?,
             user_payload: self.user_payload.unwrap_or(serde_json::Value::Null),
+            catch_up,
         })
     }
 }
+
+/// How far back ticks missed while no replica ran a configuration are fired.
+const DEFAULT_CATCH_UP: Duration = Duration::from_secs(3600);
 
 /// A checked `calendar` configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
     schedule: Schedule,
     user_payload: serde_json::Value,
+    catch_up: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -370,8 +390,10 @@ impl ConfigExecutor for Calendar {
         let Settings {
             schedule,
             user_payload,
+            catch_up,
         } = c;
-        let mut last = self.clock.now();
+        let started = self.clock.now();
+        let mut last = resume_from(&ctx, &schedule, started, catch_up);
         ctx.running();
         loop {
             let Some(due) = schedule.next_after(last) else {
@@ -399,12 +421,18 @@ impl ConfigExecutor for Calendar {
                 Err(DispatchError::Stopped) => return Ok(()),
                 Err(e) => return Err(e.into()),
             }
-            // Ticks that fell due while the event waited for room are missed, not queued.
+            ctx.set_checkpoint(at);
+            // Ticks that fell due while the event waited for room are missed, not queued
+            // (those due before the configuration started here are being caught up: they
+            // fire next).
             let now = self.clock.now();
             let mut missed = 0u64;
             last = due;
             while let Some(next) = schedule.next_after(last) {
                 if next > now {
+                    break;
+                }
+                if next <= started {
                     break;
                 }
                 missed += 1;
@@ -422,6 +450,47 @@ impl ConfigExecutor for Calendar {
             }
         }
     }
+}
+
+/// Where a configuration's schedule starts: now, or, when a replica ran it before
+/// ([`ConfigContext::checkpoint`]), the last tick fired there, so that the ticks that fell due
+/// since fire now; those older than `catch_up` are counted as missed.
+fn resume_from(
+    ctx: &ConfigContext,
+    schedule: &Schedule,
+    now: DateTime<Utc>,
+    catch_up: Duration,
+) -> DateTime<Utc> {
+    let Some(fired) = ctx
+        .checkpoint()
+        .and_then(|c| DateTime::parse_from_rfc3339(&c).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .filter(|t| *t < now)
+    else {
+        return now;
+    };
+    let floor = now - chrono::Duration::from_std(catch_up).unwrap_or(chrono::Duration::MAX);
+    if fired >= floor {
+        return fired;
+    }
+    let mut missed = 0u64;
+    let mut last = fired;
+    while let Some(next) = schedule.next_after(last) {
+        if next > floor || missed >= 1_000_000 {
+            break;
+        }
+        missed += 1;
+        last = next;
+    }
+    if missed > 0 {
+        ctx.count_rejected(RejectReason::Missed, missed);
+        tracing::warn!(
+            missed,
+            catch_up = %humantime::format_duration(catch_up),
+            "calendar ticks missed while no replica ran the configuration, older than catchUp (counted in portico_events_rejected_total{{reason=\"missed\"}})"
+        );
+    }
+    last
 }
 
 #[cfg(test)]
@@ -639,6 +708,56 @@ mod tests {
 
         ctx.stop();
         assert_eq!(run.await.unwrap(), Ok(()));
+    }
+
+    /// A configuration taken over from another replica fires the ticks that fell due since
+    /// the last one fired there, back to `catchUp`; older ones are counted as missed.
+    #[tokio::test]
+    async fn a_configuration_taken_over_fires_the_ticks_it_missed_back_to_catch_up() {
+        let t0 = utc("2026-05-01T12:00:00Z");
+        let times = |h: &mut portico::testing::Harness| {
+            let mut out = Vec::new();
+            while let Some(e) = h.try_next_event() {
+                out.push(e.id.clone());
+            }
+            out
+        };
+        for (catch_up, fired, expect, missed) in [
+            (
+                "1h",
+                "2026-05-01T11:59:30Z",
+                vec!["c@2026-05-01T11:59:40Z", "c@2026-05-01T11:59:50Z", "c@2026-05-01T12:00:00Z"],
+                0,
+            ),
+            (
+                "15s",
+                "2026-05-01T11:59:00Z",
+                vec!["c@2026-05-01T11:59:50Z", "c@2026-05-01T12:00:00Z"],
+                4,
+            ),
+        ] {
+            let clock = Arc::new(ManualClock(tokio::sync::watch::channel(t0).0));
+            let mut h = portico::testing::Harness::new("cal", "calendar");
+            let ctx = h.context("c", "interval: 10s");
+            ctx.set_checkpoint(fired);
+            let (ctx, run) = start(&h, &clock, &format!("interval: 10s\ncatchUp: {catch_up}")).await;
+            let mut got = Vec::new();
+            until("the caught-up ticks", || {
+                got.extend(times(&mut h));
+                got.len() >= expect.len()
+            })
+            .await;
+            assert_eq!(got, expect, "catchUp {catch_up}");
+            assert_eq!(rejected(&h, "missed"), missed);
+            // The last one fired is the checkpoint the next replica would start from.
+            assert_eq!(ctx.checkpoint().as_deref(), Some("2026-05-01T12:00:00Z"));
+            // Then the schedule goes on as usual.
+            clock.advance(10);
+            let e = h.next_event(Duration::from_secs(5)).await.unwrap();
+            assert_eq!(e.id, "c@2026-05-01T12:00:10Z");
+            ctx.stop();
+            assert_eq!(run.await.unwrap(), Ok(()));
+        }
     }
 
     fn rejected(h: &portico::testing::Harness, reason: &str) -> u64 {

@@ -24,6 +24,7 @@
 use std::sync::Arc;
 
 use hyper::http::{HeaderMap, HeaderName};
+use portico::Placement;
 use portico::{ConfigContext, ConfigError, ConfigExecutor, Secret, SecretSource};
 use reqwest::Url;
 use schemars::JsonSchema;
@@ -455,6 +456,11 @@ pub fn executor() -> GitLab {
 
 impl ConfigExecutor for GitLab {
     type Config = Checked;
+
+    /// Callers spread deliveries over the replicas.
+    fn placement(&self, _: &Checked) -> Placement {
+        Placement::Everywhere
+    }
 
     fn validate(&self, ctx: &ConfigContext) -> Result<Checked, ConfigError> {
         let checked = ctx.parse::<GitLabConfig>()?.check(&self.hooks)?;

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
+use portico::Placement;
 use portico::security::Sasl;
 use portico::{ConfigContext, ConfigError, ConfigExecutor, Event};
 use rdkafka::client::ClientContext;
@@ -175,6 +176,15 @@ pub struct Kafka;
 
 impl ConfigExecutor for Kafka {
     type Config = Settings;
+
+    /// A consumer group shares partitions out among the replicas; a partition read without a group would be read by each.
+    fn placement(&self, c: &Settings) -> Placement {
+        if c.group.is_some() {
+            Placement::Everywhere
+        } else {
+            Placement::Sharded
+        }
+    }
 
     fn validate(&self, ctx: &ConfigContext) -> Result<Settings, ConfigError> {
         let settings = ctx.parse::<KafkaConfig>()?.check()?;

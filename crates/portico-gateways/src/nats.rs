@@ -7,6 +7,7 @@ use portico::secret::redact_url;
 use std::time::Duration;
 
 use futures::StreamExt;
+use portico::Placement;
 use portico::security::{NatsAuth, NatsAuthFields};
 use portico::{ConfigContext, ConfigError, ConfigExecutor, Event, Submit};
 use schemars::JsonSchema;
@@ -175,6 +176,15 @@ pub struct Nats;
 
 impl ConfigExecutor for Nats {
     type Config = Settings;
+
+    /// A queue group or a durable JetStream consumer shares messages out among the replicas; a plain subscription would give each replica every message.
+    fn placement(&self, c: &Settings) -> Placement {
+        if c.queue.is_some() || c.jetstream.is_some() {
+            Placement::Everywhere
+        } else {
+            Placement::Sharded
+        }
+    }
 
     fn validate(&self, ctx: &ConfigContext) -> Result<Settings, ConfigError> {
         ctx.parse::<NatsConfig>()?.check()

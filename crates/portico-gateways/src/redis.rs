@@ -6,6 +6,7 @@ use portico::secret::redact_url;
 use std::time::Duration;
 
 use futures::StreamExt;
+use portico::Placement;
 use portico::{ConfigContext, ConfigError, ConfigExecutor, Delivered, Event, SecretSource, Submit};
 use redis::AsyncCommands;
 use redis::streams::{StreamReadOptions, StreamReadReply};
@@ -229,6 +230,14 @@ pub struct Redis;
 
 impl ConfigExecutor for Redis {
     type Config = Settings;
+
+    /// A Streams consumer group shares entries out among the replicas; Pub/Sub would give each replica every message.
+    fn placement(&self, c: &Settings) -> Placement {
+        match c.mode {
+            Mode::Stream { .. } => Placement::Everywhere,
+            Mode::PubSub(_) => Placement::Sharded,
+        }
+    }
 
     fn validate(&self, ctx: &ConfigContext) -> Result<Settings, ConfigError> {
         ctx.parse::<RedisConfig>()?.check()

@@ -30,6 +30,7 @@ use base64::Engine;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use hyper::http::{HeaderMap, HeaderName, StatusCode};
+use portico::Placement;
 use portico::{ConfigContext, ConfigError, ConfigExecutor, Secret};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
@@ -93,6 +94,11 @@ impl SaasHooks {
 
 impl ConfigExecutor for SaasHooks {
     type Config = Hook;
+
+    /// Callers spread deliveries over the replicas.
+    fn placement(&self, _: &Hook) -> Placement {
+        Placement::Everywhere
+    }
 
     fn validate(&self, ctx: &ConfigContext) -> Result<Hook, ConfigError> {
         ctx.parse::<HookConfig>()?.check(self.provider.rules())

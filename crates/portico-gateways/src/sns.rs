@@ -40,6 +40,7 @@ use base64::Engine;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use hyper::http::{HeaderMap, HeaderName, StatusCode};
+use portico::Placement;
 use portico::{Ack, ConfigContext, ConfigError, ConfigExecutor, Event, RejectReason};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -282,6 +283,11 @@ impl Sns {
 
 impl ConfigExecutor for Sns {
     type Config = Settings;
+
+    /// SNS spreads deliveries over the endpoints behind the subscription's URL.
+    fn placement(&self, _: &Settings) -> Placement {
+        Placement::Everywhere
+    }
 
     fn validate(&self, ctx: &ConfigContext) -> Result<Settings, ConfigError> {
         let s = ctx.parse::<SnsConfig>()?.check()?;

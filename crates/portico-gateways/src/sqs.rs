@@ -34,6 +34,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use portico::Placement;
 use portico::{ConfigContext, ConfigError, ConfigExecutor, Event};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -325,6 +326,11 @@ pub struct Sqs;
 
 impl ConfigExecutor for Sqs {
     type Config = Settings;
+
+    /// SQS shares a queue's messages out among its readers.
+    fn placement(&self, _: &Settings) -> Placement {
+        Placement::Everywhere
+    }
 
     fn validate(&self, ctx: &ConfigContext) -> Result<Settings, ConfigError> {
         ctx.parse::<SqsConfig>()?.check()

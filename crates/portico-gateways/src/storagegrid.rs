@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::http::{HeaderMap, StatusCode};
+use portico::Placement;
 use portico::{ConfigContext, ConfigError, ConfigExecutor, Event};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -143,6 +144,11 @@ impl ConfigExecutor for StorageGrid {
     }
 
     type Config = Settings;
+
+    /// StorageGRID spreads notifications over the replicas behind the URL.
+    fn placement(&self, _: &Settings) -> Placement {
+        Placement::Everywhere
+    }
 
     fn validate(&self, ctx: &ConfigContext) -> Result<Settings, ConfigError> {
         let s = ctx.parse::<StorageGridConfig>()?.check()?;

@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::configuration::{ConfigId, Configuration};
+pub use crate::coordination::Placement;
+use crate::coordination::{Checkpoints, DEFAULT_BUCKETS};
 use crate::dispatch::Delivered;
 use crate::error::{BoxFuture, ConfigError, DispatchError};
 use crate::event::Event;
@@ -107,6 +109,16 @@ pub trait ConfigExecutor: Send + Sync + 'static {
     fn own_keys(&self) -> &'static [&'static str] {
         &[]
     }
+
+    /// Where `config` runs when the gateway has several replicas: on the one replica that
+    /// holds its bucket ([`Placement::Sharded`], the default: a schedule, a watch, a
+    /// subscription every subscriber would receive), or on every replica
+    /// ([`Placement::Everywhere`]: a webhook that callers spread over the replicas, a
+    /// consumer group the broker shares out). `spec.placement` overrides it for a gateway.
+    fn placement(&self, config: &Self::Config) -> Placement {
+        let _ = config;
+        Placement::Sharded
+    }
 }
 
 /// A configuration value an executor has checked, kept by the supervisor to start the
@@ -134,6 +146,8 @@ pub trait DynConfigExecutor: Send + Sync + 'static {
     fn dyn_stop<'a>(&'a self, ctx: &'a ConfigContext) -> BoxFuture<'a, ()>;
     /// See [`ConfigExecutor::own_keys`].
     fn dyn_own_keys(&self) -> &'static [&'static str];
+    /// See [`ConfigExecutor::placement`]; `config` is what `dyn_validate` returned.
+    fn dyn_placement(&self, config: &Checked) -> Placement;
 }
 
 impl<E: ConfigExecutor> DynConfigExecutor for E {
@@ -161,6 +175,13 @@ impl<E: ConfigExecutor> DynConfigExecutor for E {
     fn dyn_own_keys(&self) -> &'static [&'static str] {
         self.own_keys()
     }
+
+    fn dyn_placement(&self, config: &Checked) -> Placement {
+        config
+            .0
+            .downcast_ref::<E::Config>()
+            .map_or(Placement::Sharded, |c| self.placement(c))
+    }
 }
 
 /// An executor shared by the supervisor and its configurations.
@@ -182,6 +203,7 @@ struct GatewayInner {
     span: tracing::Span,
     require_auth: bool,
     http_limits: crate::http1::Limits,
+    checkpoints: Arc<Checkpoints>,
 }
 
 impl fmt::Debug for GatewayConfig {
@@ -206,8 +228,23 @@ impl GatewayConfig {
                 span: tracing::info_span!("gateway", name = %name, namespace = %namespace),
                 require_auth: false,
                 http_limits: crate::http1::Limits::default(),
+                checkpoints: Arc::new(Checkpoints::new(DEFAULT_BUCKETS)),
             }),
         }
+    }
+
+    /// The same gateway, its configurations' checkpoints kept in `checkpoints` (shared with
+    /// the coordinator, which saves them with their buckets).
+    pub(crate) fn with_checkpoints(self, checkpoints: Arc<Checkpoints>) -> GatewayConfig {
+        let mut inner = (*self.inner).clone();
+        inner.checkpoints = checkpoints;
+        GatewayConfig {
+            inner: Arc::new(inner),
+        }
+    }
+
+    pub(crate) fn checkpoints(&self) -> &Arc<Checkpoints> {
+        &self.inner.checkpoints
     }
 
     /// The same gateway, refusing unauthenticated configurations when `require` is set
@@ -411,6 +448,27 @@ impl ConfigContext {
     /// The gateway.
     pub fn gateway(&self) -> &GatewayConfig {
         &self.inner.gateway
+    }
+
+    /// Where this configuration's source got to, as it last said with
+    /// [`ConfigContext::set_checkpoint`]: on this replica, or on the replica that ran it
+    /// before when the gateway's replicas share their configurations. `None` the first time,
+    /// and after the configuration's value changed.
+    pub fn checkpoint(&self) -> Option<String> {
+        self.inner
+            .gateway
+            .checkpoints()
+            .get(&self.inner.configuration.src)
+    }
+
+    /// Records where this configuration's source got to (a calendar's last fired tick, once
+    /// the event was accepted): the replica that runs the configuration next starts from it.
+    /// Keep it small; it is saved with the configuration's bucket every renewal.
+    pub fn set_checkpoint(&self, value: impl Into<String>) {
+        self.inner
+            .gateway
+            .checkpoints()
+            .set(&self.inner.configuration.src, value.into());
     }
 
     /// Tells the framework that the configuration runs (node `Running`). Call it again after

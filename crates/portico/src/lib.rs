@@ -46,6 +46,7 @@ pub mod cloudevents;
 mod cluster;
 mod configuration;
 mod controller;
+pub mod coordination;
 mod dispatch;
 pub mod env;
 mod error;
@@ -93,8 +94,8 @@ pub use dispatch::{Ack, Delivered};
 pub use error::{ConfigError, ConfigErrorKind, DispatchError};
 pub use event::Event;
 pub use executor::{
-    Checked, ConfigContext, ConfigExecutor, DynConfigExecutor, GatewayConfig, SharedExecutor,
-    StopReason,
+    Checked, ConfigContext, ConfigExecutor, DynConfigExecutor, GatewayConfig, Placement,
+    SharedExecutor, StopReason,
 };
 pub use metrics::RejectReason;
 pub use pipeline::{Submit, Wait};

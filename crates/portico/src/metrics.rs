@@ -183,6 +183,8 @@ pub(crate) struct Metrics {
     pub src_rate_limited: Family<SrcLabels, Counter<f64, AtomicU64>>,
     /// The durable outbox: fsyncs, records appended, bytes on disk.
     pub outbox: OutboxMetrics,
+    /// Replicas sharing configurations: requests, buckets held and moved, takeovers.
+    pub coordination: CoordinationMetrics,
 }
 
 impl Metrics {
@@ -207,6 +209,7 @@ impl Metrics {
             rate_limited: Family::default(),
             src_rate_limited: Family::default(),
             outbox: Default::default(),
+            coordination: Default::default(),
             registry: Registry::default(),
             srcs: Mutex::new(Srcs::default()),
         };
@@ -321,6 +324,26 @@ impl Metrics {
             "outbox_write_errors",
             "Batches of events the durable outbox could not write to its disk (their sources were answered 503)",
             m.outbox.write_errors.clone(),
+        );
+        registry.register(
+            "coordination_requests",
+            "Requests this replica made to the coordination store (member and bucket records)",
+            m.coordination.requests.clone(),
+        );
+        registry.register(
+            "coordination_buckets_held",
+            "Buckets of configurations this replica holds",
+            m.coordination.held.clone(),
+        );
+        registry.register(
+            "coordination_bucket_moves",
+            "Buckets this replica acquired, released (handed over) or lost (not renewed in time)",
+            m.coordination.moves.clone(),
+        );
+        registry.register(
+            "coordination_takeover_seconds",
+            "Seconds from the last renewal of a bucket by a replica that stopped to its takeover by this one",
+            m.coordination.takeover.clone(),
         );
         Arc::new(Metrics { registry, ..m })
     }
@@ -452,6 +475,45 @@ pub(crate) struct OutboxMetrics {
     pub write_errors: Counter,
     /// Records found damaged in the log (lost; their bytes quarantined).
     pub damaged_records: Counter,
+}
+
+/// Labels of a bucket move between replicas.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct MoveLabels {
+    /// `acquired`, `released` or `lost`.
+    pub kind: &'static str,
+}
+
+/// The metrics of replicas sharing configurations.
+#[derive(Debug, Clone)]
+pub(crate) struct CoordinationMetrics {
+    /// Requests to the coordination store.
+    pub requests: Counter,
+    /// Buckets this replica holds.
+    pub held: Gauge,
+    /// Buckets this replica took, released or lost.
+    pub moves: Family<MoveLabels, Counter>,
+    /// Seconds from the last renewal of a bucket by a replica that stopped to its takeover here.
+    pub takeover: Histogram,
+}
+
+impl Default for CoordinationMetrics {
+    fn default() -> Self {
+        CoordinationMetrics {
+            requests: Counter::default(),
+            held: Gauge::default(),
+            moves: Family::default(),
+            // 50 ms … ~100 s.
+            takeover: Histogram::new(exponential_buckets(0.05, 2.0, 12)),
+        }
+    }
+}
+
+impl CoordinationMetrics {
+    /// Counts a bucket move.
+    pub(crate) fn moved(&self, kind: &'static str) {
+        self.moves.get_or_create(&MoveLabels { kind }).inc();
+    }
 }
 
 /// Handles of one configuration's counters.

@@ -15,6 +15,9 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::coordination::{
+    Assignment, Checkpoints, Coordinator, Settings as CoordinationSettings, Store, StoreFactory,
+};
 use crate::dispatch::http::{HttpSender, LazyClient};
 use crate::dispatch::stdout::StdoutSender;
 use crate::dispatch::{
@@ -30,7 +33,7 @@ use crate::source::SourceEvent;
 use crate::spec::watchers::{Environment, Target, resolve_watchers};
 use crate::spec::{DeliveryMode, Encoding, Gateway, GatewayFile};
 use crate::status::{LogSink, StatusBoard, StatusSink};
-use crate::supervisor::Supervisor;
+use crate::supervisor::{Share, Supervisor};
 
 /// What runs a gateway's configurations.
 #[derive(Clone)]
@@ -93,6 +96,8 @@ pub(crate) struct RunOptions {
     pub gateway_url: Option<String>,
     /// Senders of NATS and Kafka watchers.
     pub senders: SenderFactories,
+    /// Coordination stores of replicas outside a cluster (NATS key-value).
+    pub stores: StoreFactories,
 }
 
 impl Default for RunOptions {
@@ -114,6 +119,7 @@ impl Default for RunOptions {
             sensor_url: None,
             gateway_url: None,
             senders: SenderFactories::default(),
+            stores: StoreFactories::default(),
         }
     }
 }
@@ -181,6 +187,14 @@ pub(crate) enum RunError {
     /// The ingest token cannot be read or made.
     #[error("ingest token: {0}")]
     IngestToken(String),
+    /// The replicas' coordination store cannot be set up.
+    #[error("gateway `{gateway}`: spec.coordination: {why}")]
+    Coordination {
+        /// The gateway.
+        gateway: String,
+        /// Why.
+        why: String,
+    },
 }
 
 /// The ingest API's token: read from `path`, or made there when the file does not exist
@@ -255,6 +269,63 @@ impl std::fmt::Debug for SenderFactories {
         } else {
             "SenderFactories(None)"
         })
+    }
+}
+
+/// The [`StoreFactory`] of coordination stores, if any (`portico-bus` in the `portico` binary).
+#[derive(Clone, Default)]
+pub(crate) struct StoreFactories(pub(crate) Option<Arc<dyn StoreFactory>>);
+
+impl std::fmt::Debug for StoreFactories {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "StoreFactories(Some)"
+        } else {
+            "StoreFactories(None)"
+        })
+    }
+}
+
+/// The store the replicas of `gateway` coordinate through, and its settings: the NATS
+/// key-value bucket `spec.coordination.nats` names; else, in a cluster with more than one
+/// replica (or a `coordination` block), the namespace's Leases; else none (one replica runs
+/// everything).
+async fn coordination_store(
+    gateway: &Gateway,
+    cluster: Option<&crate::cluster::Connected>,
+    stores: &StoreFactories,
+) -> Result<Option<(Arc<dyn Store>, CoordinationSettings)>, RunError> {
+    let spec = &gateway.spec;
+    let err = |why: String| RunError::Coordination {
+        gateway: gateway.metadata.name.clone(),
+        why,
+    };
+    let c = spec.coordination.clone().unwrap_or_default();
+    let settings = c.settings().map_err(err)?;
+    if let Some(nats) = &c.nats {
+        let Some(factory) = &stores.0 else {
+            return Err(err(
+                "this program has no NATS client (the `portico` binary has): use Leases in a cluster, or the `portico` binary".to_string(),
+            ));
+        };
+        let store = factory.nats(nats).await.map_err(|e| {
+            err(format!(
+                "NATS key-value bucket `{}` at {}: {e}",
+                nats.bucket, nats.url
+            ))
+        })?;
+        return Ok(Some((store, settings)));
+    }
+    match cluster {
+        Some(c) if spec.replicas.unwrap_or(1) > 1 || spec.coordination.is_some() => {
+            let store: Arc<dyn Store> = Arc::new(crate::coordination::leases::LeaseStore::new(
+                c.client.clone(),
+                gateway.namespace(),
+                &gateway.metadata.name,
+            ));
+            Ok(Some((store, settings)))
+        }
+        _ => Ok(None),
     }
 }
 
@@ -449,6 +520,27 @@ pub(crate) async fn run_gateway(
         status_writer = Some(task);
     }
     let board = Arc::new(StatusBoard::new(metrics.clone(), sinks));
+    let sharing = match &processor {
+        Processor::Independent => None,
+        _ => coordination_store(&gateway, cluster.as_ref(), &opts.stores).await?,
+    };
+    let replica = crate::env::replica();
+    let checkpoints = Arc::new(Checkpoints::new(
+        sharing
+            .as_ref()
+            .map_or(crate::coordination::DEFAULT_BUCKETS, |(_, s)| s.buckets),
+    ));
+    let (assign_tx, mut assign_rx) = mpsc::channel::<Assignment>(1);
+    let coordinator = sharing.as_ref().map(|(store, settings)| {
+        Coordinator::new(
+            store.clone(),
+            replica.clone(),
+            *settings,
+            checkpoints.clone(),
+            metrics.clone(),
+            assign_tx,
+        )
+    });
     let state = Arc::new(AppState {
         info: GatewayInfo {
             name: gateway.metadata.name.clone(),
@@ -462,12 +554,13 @@ pub(crate) async fn run_gateway(
                 .map(String::from)
                 .collect(),
             started_at: Utc::now(),
-            replica: crate::env::replica(),
+            replica,
         },
         board: board.clone(),
         pipeline: pipeline.clone(),
         rates: crate::rates::Rates::new(pipeline.clone()),
         ready: Default::default(),
+        coordination: coordinator.as_ref().map(Coordinator::view),
     });
     // The configurations' filters and rate limits hold from the first request the server
     // takes (in a cluster, from the first ConfigMap read, before the gateway is ready).
@@ -508,7 +601,8 @@ pub(crate) async fn run_gateway(
         pipeline.clone(),
     )
     .with_require_auth(gateway.spec.security.require_auth)
-    .with_http_limits(opts.http_limits);
+    .with_http_limits(opts.http_limits)
+    .with_checkpoints(checkpoints);
     let (initial, source) = match (file, &cluster) {
         (Some(file), _) => {
             // A gateway file outside a cluster: with KUBECONFIG set, executors get its client
@@ -558,9 +652,20 @@ pub(crate) async fn run_gateway(
         ),
         Processor::Independent => None,
     };
+    if let (Some(s), Some((_, settings))) = (supervisor.as_mut(), &sharing) {
+        // Until the coordinator holds buckets, only the configurations placed everywhere run.
+        s.set_share(Share {
+            buckets: settings.buckets,
+            held: Arc::default(),
+            placement: gateway.spec.placement,
+        });
+    }
     if let Some(s) = supervisor.as_mut() {
         s.apply(&initial).await;
     }
+    let coordinator_stop = CancellationToken::new();
+    let coordinator = coordinator.map(|c| tokio::spawn(c.run(coordinator_stop.clone())));
+    let mut current = initial.clone();
     // Without a supervisor the configurations' keys are still the gateway's own sources: the
     // events posted for them are counted under their own labels.
     let independent = supervisor.is_none();
@@ -585,9 +690,11 @@ pub(crate) async fn run_gateway(
                 Some(SourceEvent::Map(map)) => {
                     own_labels(&map);
                     if let Some(s) = supervisor.as_mut() { s.apply(&map).await; }
+                    current = map;
                 }
                 Some(SourceEvent::Gone) => {
                     if let Some(s) = supervisor.as_mut() { s.stop_all().await; }
+                    current = Default::default();
                 }
                 None => {
                     tracing::warn!("the configuration source ended; the configurations keep running");
@@ -595,6 +702,17 @@ pub(crate) async fn run_gateway(
                     break;
                 }
             },
+            Some(a) = assign_rx.recv() => {
+                if let (Some(s), Some((_, settings))) = (supervisor.as_mut(), &sharing) {
+                    s.set_share(Share {
+                        buckets: settings.buckets,
+                        held: a.held,
+                        placement: gateway.spec.placement,
+                    });
+                    s.apply(&current).await;
+                }
+                let _ = a.done.send(());
+            }
         }
     }
 
@@ -603,6 +721,12 @@ pub(crate) async fn run_gateway(
     source_stop.cancel();
     if let Some(s) = supervisor.as_mut() {
         s.stop_all().await;
+    }
+    // The configurations have stopped: the buckets can be released to the other replicas.
+    drop(assign_rx);
+    coordinator_stop.cancel();
+    if let Some(task) = coordinator {
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
     }
     status_stop.cancel();
     if let Some(task) = status_writer {

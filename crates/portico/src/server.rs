@@ -81,6 +81,8 @@ pub(crate) struct AppState {
     pub rates: Arc<crate::rates::Rates>,
     /// Set once the first configurations are applied.
     pub ready: AtomicBool,
+    /// Replicas sharing the configurations, as this one last saw them.
+    pub coordination: Option<crate::coordination::SharedView>,
 }
 
 /// The stop of the transformer's server, which ends the streams of `GET /events` (they would
@@ -270,6 +272,8 @@ struct StatusBody<'a> {
     nodes: Vec<Node>,
     #[serde(skip_serializing_if = "Option::is_none")]
     outbox: Option<OutboxStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    coordination: Option<crate::coordination::View>,
 }
 
 async fn status(State(s): State<Arc<AppState>>) -> Response {
@@ -277,6 +281,10 @@ async fn status(State(s): State<Arc<AppState>>) -> Response {
         gateway: &s.info,
         nodes: s.board.nodes(),
         outbox: s.pipeline.dispatcher().outbox_status(),
+        coordination: s
+            .coordination
+            .as_ref()
+            .map(|v| v.lock().unwrap_or_else(|p| p.into_inner()).clone()),
     })
     .into_response()
 }

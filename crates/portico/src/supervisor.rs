@@ -11,7 +11,7 @@
 //! through the context for a grace period, then drops whatever is left: a stopped
 //! configuration leaves nothing running.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use futures::FutureExt;
 use tokio::task::JoinHandle;
 
 use crate::configuration::{ConfigId, Configuration};
+use crate::coordination::{Placement, bucket_of};
 use crate::error::ConfigErrorKind;
 use crate::executor::{Checked, ConfigContext, GatewayConfig, SharedExecutor, StopReason};
 use crate::spec::ConfigMapData;
@@ -59,6 +60,27 @@ struct Running {
     id: ConfigId,
     ctx: ConfigContext,
     task: Option<JoinHandle<()>>,
+    /// Valid and sharded, but its bucket is another replica's: not started, no node.
+    parked: bool,
+}
+
+/// Which configurations run here when the gateway's replicas share them: the everywhere
+/// ones, and the sharded ones whose bucket this replica holds.
+#[derive(Debug, Clone)]
+pub(crate) struct Share {
+    /// Buckets configurations are hashed into.
+    pub buckets: u32,
+    /// The buckets held.
+    pub held: Arc<BTreeSet<u32>>,
+    /// `spec.placement`: every configuration placed so, whatever its executor says.
+    pub placement: Option<Placement>,
+}
+
+impl Share {
+    fn runs_here(&self, src: &str, placement: Placement) -> bool {
+        self.placement.unwrap_or(placement) == Placement::Everywhere
+            || self.held.contains(&bucket_of(src, self.buckets))
+    }
 }
 
 /// Runs the configurations of one gateway with one executor: starts, stops and restarts them
@@ -70,6 +92,9 @@ pub struct Supervisor {
     restart: RestartPolicy,
     grace: Duration,
     running: BTreeMap<String, Running>,
+    share: Option<Share>,
+    /// The placement of each configuration that validated, by id.
+    placements: BTreeMap<String, (ConfigId, Placement)>,
 }
 
 impl Supervisor {
@@ -86,6 +111,26 @@ impl Supervisor {
             restart: RestartPolicy::default(),
             grace: Duration::from_secs(10),
             running: BTreeMap::new(),
+            share: None,
+            placements: BTreeMap::new(),
+        }
+    }
+
+    /// Shares the configurations with other replicas: from now on only those `share` says
+    /// run here (apply the map again after changing it).
+    pub(crate) fn set_share(&mut self, share: Share) {
+        self.share = Some(share);
+    }
+
+    /// Whether configuration `src` (of id `id`) should run on this replica.
+    fn runs_here(&self, src: &str, id: ConfigId) -> bool {
+        let Some(share) = &self.share else {
+            return true;
+        };
+        match self.placements.get(src) {
+            Some((known, placement)) if *known == id => share.runs_here(src, *placement),
+            // Not validated yet: start_one decides.
+            _ => true,
         }
     }
 
@@ -118,17 +163,29 @@ impl Supervisor {
         let stale: Vec<String> = self
             .running
             .iter()
-            .filter(|(src, r)| map.get(*src).map(|v| ConfigId::of(src, v)) != Some(r.id))
+            .filter(|(src, r)| {
+                map.get(*src).map(|v| ConfigId::of(src, v)) != Some(r.id)
+                    || r.parked == self.runs_here(src, r.id)
+            })
             .map(|(src, _)| src.clone())
             .collect();
         let stopping: Vec<(Running, StopReason)> = stale
             .iter()
             .filter_map(|src| {
-                let reason = if map.contains_key(src) {
-                    StopReason::Replaced
-                } else {
-                    StopReason::Removed
+                let reason = match map.get(src) {
+                    None => StopReason::Removed,
+                    Some(v)
+                        if self.running.get(src).map(|r| r.id) != Some(ConfigId::of(src, v)) =>
+                    {
+                        StopReason::Replaced
+                    }
+                    // Still in the map: its bucket moved to another replica (or came here).
+                    Some(_) => StopReason::Shutdown,
                 };
+                if reason != StopReason::Shutdown {
+                    self.gateway.checkpoints().forget(src);
+                    self.placements.remove(src);
+                }
                 self.running.remove(src).map(|r| (r, reason))
             })
             .collect();
@@ -162,7 +219,7 @@ impl Supervisor {
         .await;
     }
 
-    fn start_one(&self, configuration: Configuration) -> Running {
+    fn start_one(&mut self, configuration: Configuration) -> Running {
         let id = configuration.id;
         let src = configuration.src.clone();
         let ctx = ConfigContext::new(configuration, self.gateway.clone(), self.board.clone());
@@ -172,6 +229,7 @@ impl Supervisor {
                 id,
                 ctx,
                 task: None,
+                parked: false,
             };
         }
         let checked =
@@ -184,6 +242,7 @@ impl Supervisor {
                         id,
                         ctx,
                         task: None,
+                        parked: false,
                     };
                 }
                 Err(panic) => {
@@ -200,9 +259,22 @@ impl Supervisor {
                         id,
                         ctx,
                         task: None,
+                        parked: false,
                     };
                 }
             };
+        let placement = self.executor.dyn_placement(&checked);
+        self.placements.insert(src.clone(), (id, placement));
+        if let Some(share) = &self.share
+            && !share.runs_here(&src, placement)
+        {
+            return Running {
+                id,
+                ctx,
+                task: None,
+                parked: true,
+            };
+        }
         for w in ctx.warnings() {
             tracing::warn!(src = %src, id = %id, "{w}");
         }
@@ -221,11 +293,12 @@ impl Supervisor {
             id,
             ctx,
             task: Some(task),
+            parked: false,
         }
     }
 
     async fn stop_one(&self, r: Running, reason: StopReason) {
-        let Running { id, ctx, task } = r;
+        let Running { id, ctx, task, .. } = r;
         if let Some(task) = task {
             ctx.stopping_because(reason);
             self.executor.dyn_stop(&ctx).await;

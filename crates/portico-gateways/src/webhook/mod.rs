@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use hmac::{Hmac, Mac};
 use hyper::http::{HeaderMap, HeaderName, Method};
+use portico::Placement;
 use portico::{ConfigContext, ConfigError, ConfigExecutor, Secret, SecretSource};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -507,6 +508,11 @@ impl Webhook {
 
 impl ConfigExecutor for Webhook {
     type Config = Hook;
+
+    /// Callers (or the load balancer in front) spread deliveries over the replicas.
+    fn placement(&self, _: &Hook) -> Placement {
+        Placement::Everywhere
+    }
 
     fn validate(&self, ctx: &ConfigContext) -> Result<Hook, ConfigError> {
         let hook = ctx.parse::<HookConfig>()?.check(WEBHOOK)?;

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use portico::Placement;
 use portico::secret::scrub;
 use portico::{
     ConfigContext, ConfigError, ConfigExecutor, GatewayConfig, Secret, SecretSource, StopReason,
@@ -659,6 +660,11 @@ impl ForgeHooks {
 
 impl ConfigExecutor for ForgeHooks {
     type Config = (Hook, Option<Register>);
+
+    /// Callers spread deliveries over the replicas; registering the hook again finds it there.
+    fn placement(&self, _: &(Hook, Option<Register>)) -> Placement {
+        Placement::Everywhere
+    }
 
     fn validate(&self, ctx: &ConfigContext) -> Result<(Hook, Option<Register>), ConfigError> {
         self.check(&ctx.parse()?)

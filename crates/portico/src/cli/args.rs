@@ -163,6 +163,7 @@ impl GatewayArgs {
             sensor_url: self.sensor_url.clone(),
             gateway_url: self.gateway_url.clone(),
             senders: Default::default(),
+            stores: Default::default(),
         }
     }
 }

@@ -46,6 +46,8 @@ pub struct Builtins {
     pub types: &'static [&'static str],
     /// The senders of NATS JetStream and Kafka watchers (`dispatchMechanism`).
     pub senders: Option<Arc<dyn SenderFactory>>,
+    /// The coordination stores of replicas outside a cluster (`spec.coordination.nats`).
+    pub stores: Option<Arc<dyn crate::coordination::StoreFactory>>,
 }
 
 #[derive(Debug, Parser)]
@@ -263,6 +265,7 @@ fn serve(
 ) -> ExitCode {
     let mut options = args.options();
     options.senders = crate::runtime::SenderFactories(builtins.senders.clone());
+    options.stores = crate::runtime::StoreFactories(builtins.stores.clone());
     block_on_main(async move { run_gateway(options, choose, Signals::install()).await })
 }
 

@@ -608,6 +608,17 @@ impl Checker {
                 ),
             );
         }
+        if let Some(c) = &spec.coordination
+            && let Err(e) = c.settings()
+        {
+            self.err(Some(at), format!("Gateway `{name}`: spec.{e}"));
+        }
+        if spec.replicas == Some(0) {
+            self.err(
+                Some(at),
+                format!("Gateway `{name}`: spec.replicas is 0: give 1 or more"),
+            );
+        }
         let problems = super::watchers::problems(spec);
         for p in problems {
             self.err(Some(at), format!("Gateway `{name}`: {p}"));

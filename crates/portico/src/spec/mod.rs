@@ -217,6 +217,100 @@ pub(crate) struct GatewaySpec {
     /// `rpcPort` or `httpServerPort`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processor_port: Option<Port>,
+    /// Replicas of the gateway (default 1). With more than one, the replicas share the
+    /// configurations: each sharded configuration runs on one replica at a time, the others
+    /// on every replica (`placement`). In a cluster they coordinate through Leases unless
+    /// `coordination` names a NATS server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// How the replicas share configurations. Outside a cluster, `coordination.nats` makes
+    /// every `portico run` of this gateway that names the same bucket one of its replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordination: Option<CoordinationSpec>,
+    /// Where every configuration runs when replicas share them, over its type's own
+    /// placement: `sharded` (on one replica at a time) or `everywhere`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<crate::coordination::Placement>,
+}
+
+/// `spec.coordination`: how a gateway's replicas share its configurations.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct CoordinationSpec {
+    /// A NATS JetStream key-value bucket holding the member and bucket records (the
+    /// default in a cluster is Leases in the gateway's namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<crate::coordination::NatsCoordination>,
+    /// Buckets the configurations are hashed into (default 32, 1–4096): the unit that moves
+    /// between replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<u32>,
+    /// How long a replica's hold on its buckets lasts after its last renewal (default `15s`):
+    /// a replica that dies is replaced within this and one renew period.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub lease_duration: Option<Duration>,
+    /// How often a replica renews its records (default `5s`; less than a third of
+    /// `leaseDuration`).
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub renew_period: Option<Duration>,
+}
+
+impl CoordinationSpec {
+    /// The settings it gives, or what is wrong with it.
+    pub(crate) fn settings(&self) -> Result<crate::coordination::Settings, String> {
+        let d = crate::coordination::Settings::default();
+        let s = crate::coordination::Settings {
+            buckets: self.buckets.unwrap_or(d.buckets),
+            lease: self.lease_duration.unwrap_or(d.lease),
+            renew: self.renew_period.unwrap_or(d.renew),
+        };
+        if !(1..=4096).contains(&s.buckets) {
+            return Err(format!(
+                "coordination.buckets is {}: give 1 to 4096",
+                s.buckets
+            ));
+        }
+        if s.renew < Duration::from_millis(100) {
+            return Err("coordination.renewPeriod is under 100ms".to_string());
+        }
+        if s.renew.saturating_mul(3) > s.lease {
+            return Err(format!(
+                "coordination.renewPeriod ({}) must be at most a third of leaseDuration ({}): a replica renews several times before its hold expires",
+                humantime::format_duration(s.renew),
+                humantime::format_duration(s.lease)
+            ));
+        }
+        if let Some(n) = &self.nats {
+            if n.bucket.is_empty()
+                || !n
+                    .bucket
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(format!(
+                    "coordination.nats.bucket `{}`: a key-value bucket's name is letters, digits, `-` and `_`",
+                    n.bucket
+                ));
+            }
+            if !n.url.starts_with("nats://") && !n.url.starts_with("tls://") {
+                return Err(format!(
+                    "coordination.nats.url `{}`: expected nats://host:port",
+                    n.url
+                ));
+            }
+        }
+        Ok(s)
+    }
 }
 
 impl GatewaySpec {
