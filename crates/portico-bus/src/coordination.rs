@@ -42,14 +42,26 @@ impl KvStore {
         let kv = match js.get_key_value(nats.bucket.as_str()).await {
             Ok(kv) => kv,
             Err(_) => {
-                js.create_key_value(kv::Config {
-                    bucket: nats.bucket.clone(),
-                    description: "Portico: replicas sharing a gateway's configurations".into(),
-                    history: 1,
+                // The stream a key-value bucket is, made directly: the client's own
+                // `create_key_value` first reads the account's limits, in a form servers
+                // before 2.10 do not answer in.
+                js.get_or_create_stream(jetstream::stream::Config {
+                    name: format!("KV_{}", nats.bucket),
+                    description: Some(
+                        "Portico: replicas sharing a gateway's configurations".into(),
+                    ),
+                    subjects: vec![format!("$KV.{}.>", nats.bucket)],
+                    max_messages_per_subject: 1,
                     max_age: RECORD_TTL,
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: true,
+                    discard: jetstream::stream::DiscardPolicy::New,
+                    num_replicas: 1,
                     ..Default::default()
                 })
-                .await?
+                .await?;
+                js.get_key_value(nats.bucket.as_str()).await?
             }
         };
         Ok(KvStore {

@@ -310,6 +310,12 @@ pub(crate) struct Coordinator {
     assigned: Arc<BTreeSet<u32>>,
     assign: mpsc::Sender<Assignment>,
     view: SharedView,
+    /// Each held bucket's checkpoints as they were at the previous round: a renewal saves
+    /// these, one renew period old, so that the ticks they cover have left this replica
+    /// (delivered) by the time another replica could take over from them. A replica that
+    /// dies costs the ticks of the last period or two again, under the same ids, never a
+    /// lost one.
+    previous: HashMap<u32, BTreeMap<String, String>>,
 }
 
 /// The runtime stopped listening: the replica is shutting down.
@@ -345,6 +351,7 @@ impl Coordinator {
             assigned: Arc::default(),
             assign,
             view,
+            previous: HashMap::new(),
         }
     }
 
@@ -440,6 +447,7 @@ impl Coordinator {
                     tracing::warn!(bucket = b, "cannot release the bucket: {e}");
                 }
                 self.checkpoints.drop_bucket(b);
+                self.previous.remove(&b);
                 self.metrics.coordination.moved("released");
             }
         }
@@ -459,7 +467,10 @@ impl Coordinator {
             };
             if let Some(h) = self.held.get(&b) {
                 let record = BucketRecord {
-                    checkpoints: self.checkpoints.of_bucket(b),
+                    checkpoints: self
+                        .previous
+                        .insert(b, self.checkpoints.of_bucket(b))
+                        .unwrap_or_default(),
                     ..record
                 };
                 self.metrics.coordination.requests.inc();
@@ -503,6 +514,7 @@ impl Coordinator {
             {
                 Ok(revision) => {
                     self.checkpoints.load(b, &record.checkpoints);
+                    self.previous.insert(b, record.checkpoints.clone());
                     self.held.insert(
                         b,
                         Held {
@@ -531,6 +543,7 @@ impl Coordinator {
             tracing::warn!(bucket = b, "bucket lost: stopping its configurations");
             self.held.remove(b);
             self.checkpoints.drop_bucket(*b);
+            self.previous.remove(b);
             self.metrics.coordination.moved("lost");
         }
         let held: BTreeSet<u32> = self.held.keys().copied().collect();
@@ -578,6 +591,7 @@ impl Coordinator {
             .collect();
         for b in &expiring {
             self.held.remove(b);
+            self.previous.remove(b);
             self.checkpoints.drop_bucket(*b);
             self.metrics.coordination.moved("lost");
         }

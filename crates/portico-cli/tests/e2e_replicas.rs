@@ -1,0 +1,238 @@
+//! End to end, replicas sharing a gateway's configurations: three real `portico` processes run
+//! one calendar gateway of 60 configurations firing every second, coordinating through the
+//! NATS key-value bucket of the server `scripts/test` starts on 127.0.0.1:4222
+//! (`PORTICO_NATS_URL` overrides it), and again as pods of a (fake) cluster through Leases.
+//! After 20 s one replica is killed with SIGKILL. Every scheduled time of every configuration
+//! must reach the watcher: in steady state each exactly once; around the kill, the only
+//! duplicates are the ticks in flight, under the same id. No configuration may ever run on two
+//! replicas at once (each replica's `/status`).
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use support::{Behaviour, Portico, Sink, eventually_async};
+
+const CONFIGS: usize = 60;
+const KILL_AFTER: Duration = Duration::from_secs(20);
+const RUN_FOR: Duration = Duration::from_secs(60);
+const LEASE: Duration = Duration::from_secs(3);
+const RENEW: Duration = Duration::from_secs(1);
+
+fn nats_url() -> String {
+    std::env::var("PORTICO_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_string())
+}
+
+fn configurations() -> BTreeMap<String, String> {
+    (0..CONFIGS)
+        .map(|i| (format!("c{i:02}"), "interval: 1s".to_string()))
+        .collect()
+}
+
+fn nats_coordination(bucket: &str) -> String {
+    format!(
+        "{{nats: {{url: \"{}\", bucket: {bucket}}}, buckets: 32, leaseDuration: {}s, renewPeriod: {}s}}",
+        nats_url(),
+        LEASE.as_secs(),
+        RENEW.as_secs()
+    )
+}
+
+/// The configurations each replica runs (its `Running` nodes), by replica.
+async fn running(replicas: &BTreeMap<String, Portico>) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out = BTreeMap::new();
+    for (name, p) in replicas {
+        let status = p.status().await;
+        let nodes = status["nodes"].as_array().cloned().unwrap_or_default();
+        out.insert(
+            name.clone(),
+            nodes
+                .iter()
+                .filter(|n| n["phase"] == "Running")
+                .filter_map(|n| n["name"].as_str().map(String::from))
+                .collect(),
+        );
+    }
+    out
+}
+
+/// Configurations running on two replicas in `snapshot`.
+fn doubled(snapshot: &BTreeMap<String, BTreeSet<String>>) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let mut twice = BTreeSet::new();
+    for set in snapshot.values() {
+        for c in set {
+            if !seen.insert(c.clone()) {
+                twice.insert(c.clone());
+            }
+        }
+    }
+    twice
+}
+
+/// Waits until `replicas` together run every configuration, each once; how long it took.
+async fn until_all_run(replicas: &BTreeMap<String, Portico>, within: Duration) -> Duration {
+    let start = Instant::now();
+    eventually_async(within, || async {
+        let r = running(replicas).await;
+        let all: BTreeSet<&String> = r.values().flatten().collect();
+        (all.len() == CONFIGS && doubled(&r).is_empty() && r.values().all(|s| !s.is_empty()))
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("the replicas did not share the configurations within {within:?}"));
+    start.elapsed()
+}
+
+/// Three replicas, one killed after 20 s, counted exactly at the watcher.
+async fn three_replicas(start: impl AsyncFn(&str) -> Portico, sink: &Sink, what: &str) {
+    let mut replicas = BTreeMap::new();
+    for name in ["r1", "r2", "r3"] {
+        replicas.insert(name.to_string(), start(name).await);
+    }
+    until_all_run(&replicas, Duration::from_secs(30)).await;
+    let steady_from = Utc::now();
+    let started = Instant::now();
+
+    // Watch every replica's /status until the end: a configuration found running on two
+    // replicas twice in a row (two reads a few milliseconds apart cannot both fall inside
+    // one hand-over, which takes a renew period) ran twice.
+    let mut doubles = Vec::new();
+    let mut killed: Option<(DateTime<Utc>, Duration)> = None;
+    while started.elapsed() < RUN_FOR {
+        let first = running(&replicas).await;
+        let again = running(&replicas).await;
+        let both: BTreeSet<_> = doubled(&first).intersection(&doubled(&again)).cloned().collect();
+        if !both.is_empty() {
+            doubles.push(both);
+        }
+        if killed.is_none() && started.elapsed() >= KILL_AFTER {
+            let victim = replicas.remove("r2").expect("r2");
+            let at = Utc::now();
+            victim.kill().await;
+            let took = until_all_run(&replicas, Duration::from_secs(20)).await;
+            println!(
+                "{what}: SIGKILL of r2: its configurations ran elsewhere {:.2} s later (lease {} s + renew {} s)",
+                took.as_secs_f64(),
+                LEASE.as_secs(),
+                RENEW.as_secs()
+            );
+            assert!(
+                took <= LEASE + RENEW * 2,
+                "{what}: failover took {took:?}"
+            );
+            killed = Some((at, took));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(doubles.is_empty(), "{what}: configurations ran on two replicas: {doubles:?}");
+    let stopped_at = Utc::now();
+    for (_, p) in replicas {
+        assert_eq!(p.terminate().await, Some(0), "{what}: a replica exited badly");
+    }
+
+    // Every scheduled second of every configuration, from the steady state to the stop.
+    let (kill_at, failover) = killed.expect("the kill happened");
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for e in sink.events() {
+        *seen.entry(e["id"].as_str().unwrap_or_default().to_string()).or_default() += 1;
+    }
+    let first = steady_from.timestamp() + 2;
+    let last = stopped_at.timestamp() - 3;
+    // Ticks in flight at the kill: those the killed replica fired since the checkpoint it last
+    // saved (up to two renew periods before the kill) and before its successor took over.
+    let in_flight = (kill_at.timestamp() - 2 * RENEW.as_secs() as i64 - 1)
+        ..=(kill_at.timestamp() + failover.as_secs() as i64 + 1);
+    let (mut missing, mut extra, mut in_flight_dups) = (Vec::new(), Vec::new(), 0);
+    for c in configurations().keys() {
+        for t in first..=last {
+            let at = DateTime::from_timestamp(t, 0).expect("a time");
+            let id = format!("{c}@{}", at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
+            match seen.get(&id).copied().unwrap_or(0) {
+                0 => missing.push(id),
+                1 => {}
+                n if in_flight.contains(&t) => in_flight_dups += n - 1,
+                n => extra.push(format!("{id} ×{n}")),
+            }
+        }
+    }
+    println!(
+        "{what}: {} ticks checked, {in_flight_dups} duplicates in flight at the kill (same id)",
+        CONFIGS as i64 * (last - first + 1)
+    );
+    assert!(missing.is_empty(), "{what}: ticks never delivered: {missing:?}");
+    assert!(extra.is_empty(), "{what}: ticks delivered twice in steady state: {extra:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_over_a_nats_key_value_bucket_lose_no_tick_when_one_is_killed() {
+    let sink = Sink::start(Behaviour::Ok).await;
+    let bucket = format!("portico-test-{}", std::process::id());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut text = format!(
+        "apiVersion: portico.dev/v1alpha1\nkind: Gateway\nmetadata:\n  name: shared\nspec:\n  type: calendar\n  configMap: shared-cm\n  coordination: {}\n  watchers:\n    urls: [\"{}\"]\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shared-cm\ndata:\n",
+        nats_coordination(&bucket),
+        sink.url()
+    );
+    for (k, v) in configurations() {
+        text.push_str(&format!("  {k}: \"{v}\"\n"));
+    }
+    let file = dir.path().join("gateway.yaml");
+    std::fs::write(&file, text).expect("write the gateway file");
+    let file = file.to_str().unwrap().to_string();
+    three_replicas(
+        async |name: &str| Portico::start(&["run", &file], &[("PORTICO_REPLICA", name)]).await,
+        &sink,
+        "NATS key-value",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_pods_over_leases_lose_no_tick_when_one_is_killed() {
+    let fake = fake_kube::FakeKube::start().await;
+    let sink = Sink::start(Behaviour::Ok).await;
+    let coordination = json!({"buckets": 32,
+        "leaseDuration": format!("{}s", LEASE.as_secs()),
+        "renewPeriod": format!("{}s", RENEW.as_secs())});
+    fake.create(json!({
+        "apiVersion": "portico.dev/v1alpha1", "kind": "Gateway",
+        "metadata": {"name": "shared", "namespace": "ns"},
+        "spec": {"type": "calendar", "configMap": "shared-cm", "replicas": 3,
+                 "coordination": coordination, "watchers": {"urls": [sink.url()]}},
+    }));
+    fake.create(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "shared-cm", "namespace": "ns"}, "data": configurations()}));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, fake.kubeconfig()).expect("write kubeconfig");
+    let kubeconfig = kubeconfig.to_str().unwrap().to_string();
+    three_replicas(
+        async |name: &str| {
+            Portico::start(
+                &["run"],
+                &[
+                    ("KUBECONFIG", &kubeconfig),
+                    ("GATEWAY_NAMESPACE", "ns"),
+                    ("GATEWAY_NAME", "shared"),
+                    ("GATEWAY_PROCESSOR_CONFIG_MAP", "shared-cm"),
+                    ("PORTICO_REPLICA", &format!("shared-{name}")),
+                ],
+            )
+            .await
+        },
+        &sink,
+        "Kubernetes Leases",
+    )
+    .await;
+    // The Leases are there: the buckets, released by the replicas that stopped.
+    let leases = fake.list("coordination.k8s.io/v1", "Lease", "ns");
+    let buckets = leases
+        .iter()
+        .filter(|l| l["metadata"]["labels"]["portico.dev/lease"] == "bucket")
+        .count();
+    assert_eq!(buckets, 32, "one Lease per bucket");
+}
