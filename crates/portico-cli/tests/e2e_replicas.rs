@@ -105,7 +105,10 @@ async fn three_replicas(start: impl AsyncFn(&str) -> Portico, sink: &Sink, what:
     while started.elapsed() < RUN_FOR {
         let first = running(&replicas).await;
         let again = running(&replicas).await;
-        let both: BTreeSet<_> = doubled(&first).intersection(&doubled(&again)).cloned().collect();
+        let both: BTreeSet<_> = doubled(&first)
+            .intersection(&doubled(&again))
+            .cloned()
+            .collect();
         if !both.is_empty() {
             doubles.push(both);
         }
@@ -120,25 +123,31 @@ async fn three_replicas(start: impl AsyncFn(&str) -> Portico, sink: &Sink, what:
                 LEASE.as_secs(),
                 RENEW.as_secs()
             );
-            assert!(
-                took <= LEASE + RENEW * 2,
-                "{what}: failover took {took:?}"
-            );
+            assert!(took <= LEASE + RENEW * 2, "{what}: failover took {took:?}");
             killed = Some((at, took));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(doubles.is_empty(), "{what}: configurations ran on two replicas: {doubles:?}");
+    assert!(
+        doubles.is_empty(),
+        "{what}: configurations ran on two replicas: {doubles:?}"
+    );
     let stopped_at = Utc::now();
     for (_, p) in replicas {
-        assert_eq!(p.terminate().await, Some(0), "{what}: a replica exited badly");
+        assert_eq!(
+            p.terminate().await,
+            Some(0),
+            "{what}: a replica exited badly"
+        );
     }
 
     // Every scheduled second of every configuration, from the steady state to the stop.
     let (kill_at, failover) = killed.expect("the kill happened");
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for e in sink.events() {
-        *seen.entry(e["id"].as_str().unwrap_or_default().to_string()).or_default() += 1;
+        *seen
+            .entry(e["id"].as_str().unwrap_or_default().to_string())
+            .or_default() += 1;
     }
     let first = steady_from.timestamp() + 2;
     let last = stopped_at.timestamp() - 3;
@@ -150,7 +159,10 @@ async fn three_replicas(start: impl AsyncFn(&str) -> Portico, sink: &Sink, what:
     for c in configurations().keys() {
         for t in first..=last {
             let at = DateTime::from_timestamp(t, 0).expect("a time");
-            let id = format!("{c}@{}", at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
+            let id = format!(
+                "{c}@{}",
+                at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+            );
             match seen.get(&id).copied().unwrap_or(0) {
                 0 => missing.push(id),
                 1 => {}
@@ -163,8 +175,14 @@ async fn three_replicas(start: impl AsyncFn(&str) -> Portico, sink: &Sink, what:
         "{what}: {} ticks checked, {in_flight_dups} duplicates in flight at the kill (same id)",
         CONFIGS as i64 * (last - first + 1)
     );
-    assert!(missing.is_empty(), "{what}: ticks never delivered: {missing:?}");
-    assert!(extra.is_empty(), "{what}: ticks delivered twice in steady state: {extra:?}");
+    assert!(
+        missing.is_empty(),
+        "{what}: ticks never delivered: {missing:?}"
+    );
+    assert!(
+        extra.is_empty(),
+        "{what}: ticks delivered twice in steady state: {extra:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

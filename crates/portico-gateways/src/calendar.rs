@@ -726,7 +726,11 @@ mod tests {
             (
                 "1h",
                 "2026-05-01T11:59:30Z",
-                vec!["c@2026-05-01T11:59:40Z", "c@2026-05-01T11:59:50Z", "c@2026-05-01T12:00:00Z"],
+                vec![
+                    "c@2026-05-01T11:59:40Z",
+                    "c@2026-05-01T11:59:50Z",
+                    "c@2026-05-01T12:00:00Z",
+                ],
                 0,
             ),
             (
@@ -740,7 +744,8 @@ mod tests {
             let mut h = portico::testing::Harness::new("cal", "calendar");
             let ctx = h.context("c", "interval: 10s");
             ctx.set_checkpoint(fired);
-            let (ctx, run) = start(&h, &clock, &format!("interval: 10s\ncatchUp: {catch_up}")).await;
+            let (ctx, run) =
+                start(&h, &clock, &format!("interval: 10s\ncatchUp: {catch_up}")).await;
             let mut got = Vec::new();
             until("the caught-up ticks", || {
                 got.extend(times(&mut h));

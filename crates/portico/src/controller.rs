@@ -35,7 +35,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    EmptyDirVolumeSource, EnvVar, PodTemplateSpec, Service, Volume, VolumeMount,
+    EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, PodTemplateSpec, Service,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
@@ -229,6 +230,20 @@ fn desired_of(
             value: Some(v.clone()),
             value_from: None,
         }));
+        // Each replica is named after its pod (the replicas sharing the configurations
+        // tell each other apart by it).
+        env.retain(|e| e.name != crate::env::PORTICO_REPLICA);
+        env.push(EnvVar {
+            name: crate::env::PORTICO_REPLICA.to_string(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    api_version: None,
+                    field_path: "metadata.name".to_string(),
+                }),
+                ..Default::default()
+            }),
+        });
         container.env = Some(env);
         let mounts = container.volume_mounts.get_or_insert_with(Vec::new);
         if !mounts.iter().any(|m| m.mount_path == run_dir) {
@@ -260,7 +275,7 @@ fn desired_of(
     let deployment = Deployment {
         metadata: meta(deployment_name(group, name)),
         spec: Some(DeploymentSpec {
-            replicas: Some(1),
+            replicas: Some(spec.replicas.unwrap_or(1).min(i32::MAX as u32) as i32),
             selector: LabelSelector {
                 match_labels: Some(BTreeMap::from([(GATEWAY_LABEL.to_string(), name.clone())])),
                 match_expressions: None,

@@ -70,7 +70,7 @@ async fn gateways_become_deployments_that_are_repaired_and_updated() {
     fake.create(gateway(
         "web",
         "a",
-        json!({"type": "mine", "configMap": "web-cm", "httpServerPort": 9696,
+        json!({"type": "mine", "configMap": "web-cm", "httpServerPort": 9696, "replicas": 3,
             "deploySpec": pod("example/http:1")}),
     ));
     // Another controller's.
@@ -105,7 +105,20 @@ async fn gateways_become_deployments_that_are_repaired_and_updated() {
     );
     let cs = containers(&d);
     assert_eq!(cs.len(), 2);
+    assert_eq!(
+        d["spec"]["replicas"], 1,
+        "one replica unless spec.replicas says"
+    );
     for c in &cs {
+        // Each replica is named after its pod.
+        let replica = c["env"]
+            .as_array()
+            .and_then(|e| e.iter().find(|v| v["name"] == "PORTICO_REPLICA"))
+            .unwrap_or_else(|| panic!("PORTICO_REPLICA in {c}"));
+        assert_eq!(
+            replica["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.name"
+        );
         let env = env_of(c);
         let want = [
             ("TRANSFORMER_PORT", "9300"),
@@ -136,6 +149,7 @@ async fn gateways_become_deployments_that_are_repaired_and_updated() {
     let d = fake
         .wait_for("the web Deployment", WAIT, |f| deployment(f, "web"))
         .await;
+    assert_eq!(d["spec"]["replicas"], 3, "spec.replicas");
     let env = env_of(&containers(&d)[0]);
     for (k, v) in [
         ("TRANSFORMER_PORT", "9300"),
