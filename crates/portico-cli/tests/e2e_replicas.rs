@@ -88,7 +88,12 @@ async fn until_all_run(replicas: &BTreeMap<String, Portico>, within: Duration) -
 }
 
 /// Three replicas, one killed after 20 s, counted exactly at the watcher.
-async fn three_replicas(start: impl AsyncFn(&str) -> Portico, sink: &Sink, what: &str) {
+async fn three_replicas(
+    start: impl AsyncFn(&str) -> Portico,
+    sink: &Sink,
+    what: &str,
+    after_failover: impl AsyncFn(&BTreeMap<String, BTreeSet<String>>),
+) {
     let mut replicas = BTreeMap::new();
     for name in ["r1", "r2", "r3"] {
         replicas.insert(name.to_string(), start(name).await);
@@ -125,6 +130,7 @@ async fn three_replicas(start: impl AsyncFn(&str) -> Portico, sink: &Sink, what:
             );
             assert!(took <= LEASE + RENEW * 2, "{what}: failover took {took:?}");
             killed = Some((at, took));
+            after_failover(&running(&replicas).await).await;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -205,6 +211,7 @@ async fn three_replicas_over_a_nats_key_value_bucket_lose_no_tick_when_one_is_ki
         async |name: &str| Portico::start(&["run", &file], &[("PORTICO_REPLICA", name)]).await,
         &sink,
         "NATS key-value",
+        async |_| {},
     )
     .await;
 }
@@ -244,6 +251,28 @@ async fn three_pods_over_leases_lose_no_tick_when_one_is_killed() {
         },
         &sink,
         "Kubernetes Leases",
+        async |running| {
+            // The Gateway's status.nodes name the replica that runs each configuration.
+            let runs: BTreeMap<&str, &str> = running
+                .iter()
+                .flat_map(|(r, cs)| cs.iter().map(move |c| (c.as_str(), r.as_str())))
+                .collect();
+            fake.wait_for("status.nodes naming their replicas", Duration::from_secs(20), |f| {
+                let g = f.get("portico.dev/v1alpha1", "Gateway", "ns", "shared")?;
+                let nodes = g["status"]["nodes"].as_object()?.clone();
+                let named: BTreeMap<String, String> = nodes
+                    .values()
+                    .filter(|n| n["phase"] == "Running")
+                    .filter_map(|n| {
+                        Some((n["name"].as_str()?.to_string(), n["replica"].as_str()?.to_string()))
+                    })
+                    .collect();
+                runs.iter()
+                    .all(|(c, r)| named.get(*c).map(String::as_str) == Some(&format!("shared-{r}")))
+                    .then_some(())
+            })
+            .await;
+        },
     )
     .await;
     // The Leases are there: the buckets, released by the replicas that stopped.
@@ -253,4 +282,75 @@ async fn three_pods_over_leases_lose_no_tick_when_one_is_killed() {
         .filter(|l| l["metadata"]["labels"]["portico.dev/lease"] == "bucket")
         .count();
     assert_eq!(buckets, 32, "one Lease per bucket");
+}
+
+/// A webhook runs on every replica (placement `everywhere`), whatever buckets each holds: each
+/// replica accepts the deliveries sent to it and delivers them. (On one machine each replica
+/// needs a port of its own, so each reads a file naming its own; in a cluster every pod has
+/// its own address and they share one file.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_webhook_accepts_and_delivers_on_every_replica() {
+    const EACH: usize = 40;
+    let sink = Sink::start(Behaviour::Ok).await;
+    let bucket = format!("portico-hooks-{}", std::process::id());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut replicas = Vec::new();
+    for name in ["r1", "r2", "r3"] {
+        let port = support::free_port();
+        let file = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &file,
+            format!(
+                "apiVersion: portico.dev/v1alpha1\nkind: Gateway\nmetadata:\n  name: hooks\nspec:\n  type: webhook\n  configMap: hooks-cm\n  coordination: {}\n  watchers:\n    urls: [\"{}\"]\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: hooks-cm\ndata:\n  push: \"{{port: {port}, endpoint: /push, method: POST}}\"\n",
+                nats_coordination(&bucket),
+                sink.url()
+            ),
+        )
+        .expect("write the gateway file");
+        let p = Portico::start(&["run", file.to_str().unwrap()], &[("PORTICO_REPLICA", name)]).await;
+        replicas.push((name, port, p));
+    }
+    // Every replica sees the three members, and runs the webhook.
+    for (name, _, p) in &replicas {
+        p.wait_for_phase("push", "Running", Duration::from_secs(20)).await;
+        eventually_async(Duration::from_secs(20), || async {
+            let s = p.status().await;
+            let members = s["coordination"]["members"].as_object()?.clone();
+            (members.len() == 3).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("{name}: the three members in /status"));
+    }
+    let http = reqwest::Client::new();
+    for (name, port, _) in &replicas {
+        for n in 0..EACH {
+            let r = http
+                .post(format!("http://127.0.0.1:{port}/push"))
+                .body(format!("{{\"replica\":\"{name}\",\"n\":{n}}}"))
+                .send()
+                .await
+                .expect("POST to the webhook");
+            assert_eq!(r.status(), 200, "{name}: delivery {n}");
+        }
+    }
+    let events = sink.wait_for_events(3 * EACH, Duration::from_secs(30)).await;
+    let mut by_replica: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    for e in &events {
+        let data = &e["data"]["body"];
+        by_replica
+            .entry(data["replica"].as_str().unwrap_or_default().to_string())
+            .or_default()
+            .insert(data["n"].as_u64().unwrap_or(u64::MAX));
+    }
+    for (name, _, _) in &replicas {
+        assert_eq!(
+            by_replica.get(*name).map(BTreeSet::len),
+            Some(EACH),
+            "every delivery sent to {name} arrived once"
+        );
+    }
+    assert_eq!(events.len(), 3 * EACH, "no event twice");
+    for (_, _, p) in replicas {
+        assert_eq!(p.terminate().await, Some(0));
+    }
 }

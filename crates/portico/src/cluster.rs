@@ -144,6 +144,7 @@ async fn connect_with(
             source,
         })?;
     gateway.metadata.namespace = Some(target.namespace.clone());
+    let replica = crate::env::replica();
     Ok(Connected {
         client,
         config,
@@ -152,7 +153,15 @@ async fn connect_with(
             namespace: target.namespace.clone(),
             name: target.gateway.clone(),
             uid: resource.metadata.uid.clone(),
-            previous_nodes: status_of(&resource).nodes.into_keys().collect(),
+            // Nodes an earlier run of this replica left (or a run before replicas wrote their
+            // names); another replica's nodes are its own to remove.
+            previous_nodes: status_of(&resource)
+                .nodes
+                .into_iter()
+                .filter(|(_, n)| n.replica.as_ref().is_none_or(|r| *r == replica))
+                .map(|(id, _)| id)
+                .collect(),
+            replica,
         },
         config_map: ConfigMapRef {
             namespace: target.namespace.clone(),

@@ -57,6 +57,8 @@ pub(crate) struct GatewayRef {
     pub name: String,
     /// UID, for the Events' `involvedObject`.
     pub uid: Option<String>,
+    /// This replica's name, written with each of its nodes.
+    pub replica: String,
     /// Ids of the nodes its status shows from an earlier run of the gateway: removed by the
     /// first write unless a configuration of this run has the same id.
     pub previous_nodes: Vec<String>,
@@ -91,11 +93,13 @@ impl Inner {
 /// Writes nodes into `Gateway.status.nodes` and transitions as Events.
 pub(crate) struct KubeStatusSink {
     inner: Arc<Inner>,
+    replica: String,
 }
 
 /// A node as `status.nodes` shows it.
-fn node_status(node: &Node) -> NodeStatus {
+fn node_status(node: &Node, replica: &str) -> NodeStatus {
     NodeStatus {
+        replica: Some(replica.to_string()),
         id: node.id.to_string(),
         name: node.name.clone(),
         phase: node.phase.as_str().to_string(),
@@ -132,7 +136,7 @@ impl StatusSink for KubeStatusSink {
                 };
                 (
                     node.id.to_string(),
-                    Some(node_status(node)),
+                    Some(node_status(node, &self.replica)),
                     Transition {
                         reason: node.phase.as_str(),
                         message,
@@ -191,6 +195,7 @@ impl KubeStatusSink {
         options: KubeStatusOptions,
         stop: CancellationToken,
     ) -> (Arc<KubeStatusSink>, tokio::task::JoinHandle<()>) {
+        let replica = gateway.replica.clone();
         let mut pending = Pending::default();
         for id in &gateway.previous_nodes {
             pending.nodes.insert(id.clone(), None);
@@ -214,7 +219,13 @@ impl KubeStatusSink {
             inner: inner.clone(),
         };
         let task = tokio::spawn(writer.run(stop));
-        (Arc::new(KubeStatusSink { inner }), task)
+        (
+            Arc::new(KubeStatusSink {
+                inner,
+                replica,
+            }),
+            task,
+        )
     }
 }
 

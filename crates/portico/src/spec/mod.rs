@@ -1130,6 +1130,9 @@ pub(crate) struct NodeStatus {
     /// How often the configuration was restarted after a failure.
     #[serde(default)]
     pub restarts: u32,
+    /// The replica that runs it (`PORTICO_REPLICA`, the pod's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 /// A `Gateway` resource.

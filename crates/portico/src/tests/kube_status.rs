@@ -55,6 +55,7 @@ async fn nodes_reach_status_and_events_and_conflicts_are_retried() {
             name: "gw".into(),
             uid: uid.clone(),
             previous_nodes: vec!["00000000000000aa".to_string()],
+            replica: "gw-0".into(),
         },
         KubeStatusOptions {
             coalesce: Duration::from_millis(200),
@@ -79,6 +80,7 @@ async fn nodes_reach_status_and_events_and_conflicts_are_retried() {
     assert_eq!(n["name"], "b");
     assert_eq!(n["message"], "boom");
     assert_eq!(node(&fake, a).expect("node a")["phase"], "Running");
+    assert_eq!(node(&fake, a).expect("node a")["replica"], "gw-0", "the replica that runs it");
     assert_eq!(status_writes(&fake), [200], "a burst is one status write");
     let gw = fake
         .get("portico.dev/v1alpha1", "Gateway", "ns", "gw")
