@@ -149,19 +149,32 @@ async fn three_replicas(
 
     // Every scheduled second of every configuration, from the steady state to the stop.
     let (kill_at, failover) = killed.expect("the kill happened");
+    // Ticks in flight at the kill: those the killed replica fired since the checkpoint it last
+    // saved (up to two renew periods before the kill) and before its successor took over.
+    let in_flight = (kill_at.timestamp() - 2 * RENEW.as_secs() as i64 - 1)
+        ..=(kill_at.timestamp() + failover.as_secs() as i64 + 1);
+    let dups = every_tick_once(sink, steady_from, stopped_at, in_flight, what);
+    println!("{what}: {dups} duplicates in flight at the kill (same id)");
+}
+
+/// Checks that every scheduled second of every configuration between `from` and `to` reached
+/// `sink` exactly once, or, within `tolerated`, at least once; returns the duplicates there.
+fn every_tick_once(
+    sink: &Sink,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    tolerated: std::ops::RangeInclusive<i64>,
+    what: &str,
+) -> usize {
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for e in sink.events() {
         *seen
             .entry(e["id"].as_str().unwrap_or_default().to_string())
             .or_default() += 1;
     }
-    let first = steady_from.timestamp() + 2;
-    let last = stopped_at.timestamp() - 3;
-    // Ticks in flight at the kill: those the killed replica fired since the checkpoint it last
-    // saved (up to two renew periods before the kill) and before its successor took over.
-    let in_flight = (kill_at.timestamp() - 2 * RENEW.as_secs() as i64 - 1)
-        ..=(kill_at.timestamp() + failover.as_secs() as i64 + 1);
-    let (mut missing, mut extra, mut in_flight_dups) = (Vec::new(), Vec::new(), 0);
+    let first = from.timestamp() + 2;
+    let last = to.timestamp() - 3;
+    let (mut missing, mut extra, mut dups) = (Vec::new(), Vec::new(), 0);
     for c in configurations().keys() {
         for t in first..=last {
             let at = DateTime::from_timestamp(t, 0).expect("a time");
@@ -172,23 +185,101 @@ async fn three_replicas(
             match seen.get(&id).copied().unwrap_or(0) {
                 0 => missing.push(id),
                 1 => {}
-                n if in_flight.contains(&t) => in_flight_dups += n - 1,
+                n if tolerated.contains(&t) => dups += n - 1,
                 n => extra.push(format!("{id} ×{n}")),
             }
         }
     }
     println!(
-        "{what}: {} ticks checked, {in_flight_dups} duplicates in flight at the kill (same id)",
+        "{what}: {} ticks checked",
         CONFIGS as i64 * (last - first + 1)
     );
     assert!(
         missing.is_empty(),
         "{what}: ticks never delivered: {missing:?}"
     );
+    assert!(extra.is_empty(), "{what}: ticks delivered twice: {extra:?}");
+    dups
+}
+
+/// Scaling 3 → 4 → 2 while firing: a joining replica takes its share, two leaving ones hand
+/// theirs over; no configuration ever runs on two replicas, and every tick arrives exactly
+/// once (hand-overs on join and on SIGTERM are clean: stop, save, release, take).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scaling_three_to_four_to_two_loses_and_doubles_nothing() {
+    let sink = Sink::start(Behaviour::Ok).await;
+    let bucket = format!("portico-scale-{}", std::process::id());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = calendar_file(dir.path(), "scaled", &nats_coordination(&bucket), &sink);
+    let start =
+        async |name: &str| Portico::start(&["run", &file], &[("PORTICO_REPLICA", name)]).await;
+    let mut replicas = BTreeMap::new();
+    for name in ["r1", "r2", "r3"] {
+        replicas.insert(name.to_string(), start(name).await);
+    }
+    until_all_run(&replicas, Duration::from_secs(30)).await;
+    let steady_from = Utc::now();
+    let started = Instant::now();
+    let (mut joined, mut left) = (false, false);
+    let mut doubles = Vec::new();
+    while started.elapsed() < Duration::from_secs(36) {
+        let first = running(&replicas).await;
+        let again = running(&replicas).await;
+        let both: BTreeSet<_> = doubled(&first)
+            .intersection(&doubled(&again))
+            .cloned()
+            .collect();
+        if !both.is_empty() {
+            doubles.push(both);
+        }
+        if !joined && started.elapsed() >= Duration::from_secs(8) {
+            replicas.insert("r4".to_string(), start("r4").await);
+            let took = until_all_run(&replicas, Duration::from_secs(20)).await;
+            println!(
+                "scale 3 -> 4: the new replica ran its share {:.2} s after it listened",
+                took.as_secs_f64()
+            );
+            joined = true;
+        }
+        if !left && started.elapsed() >= Duration::from_secs(20) {
+            let stopping = Instant::now();
+            for name in ["r1", "r2"] {
+                let p = replicas.remove(name).expect("a replica");
+                assert_eq!(p.terminate().await, Some(0), "{name} exited badly");
+            }
+            until_all_run(&replicas, Duration::from_secs(20)).await;
+            println!(
+                "scale 4 -> 2: the two replicas' configurations ran on the others {:.2} s after the first SIGTERM",
+                stopping.elapsed().as_secs_f64()
+            );
+            left = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(
-        extra.is_empty(),
-        "{what}: ticks delivered twice in steady state: {extra:?}"
+        doubles.is_empty(),
+        "configurations ran on two replicas: {doubles:?}"
     );
+    let stopped_at = Utc::now();
+    for (_, p) in replicas {
+        assert_eq!(p.terminate().await, Some(0));
+    }
+    every_tick_once(&sink, steady_from, stopped_at, 1..=0, "scale 3 -> 4 -> 2");
+}
+
+/// A calendar gateway of the test's configurations, coordinated as `coordination` says,
+/// written in `dir`; its path.
+fn calendar_file(dir: &std::path::Path, name: &str, coordination: &str, sink: &Sink) -> String {
+    let mut text = format!(
+        "apiVersion: portico.dev/v1alpha1\nkind: Gateway\nmetadata:\n  name: {name}\nspec:\n  type: calendar\n  configMap: {name}-cm\n  coordination: {coordination}\n  watchers:\n    urls: [\"{}\"]\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}-cm\ndata:\n",
+        sink.url()
+    );
+    for (k, v) in configurations() {
+        text.push_str(&format!("  {k}: \"{v}\"\n"));
+    }
+    let file = dir.join(format!("{name}.yaml"));
+    std::fs::write(&file, text).expect("write the gateway file");
+    file.to_str().unwrap().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -196,17 +287,7 @@ async fn three_replicas_over_a_nats_key_value_bucket_lose_no_tick_when_one_is_ki
     let sink = Sink::start(Behaviour::Ok).await;
     let bucket = format!("portico-test-{}", std::process::id());
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut text = format!(
-        "apiVersion: portico.dev/v1alpha1\nkind: Gateway\nmetadata:\n  name: shared\nspec:\n  type: calendar\n  configMap: shared-cm\n  coordination: {}\n  watchers:\n    urls: [\"{}\"]\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shared-cm\ndata:\n",
-        nats_coordination(&bucket),
-        sink.url()
-    );
-    for (k, v) in configurations() {
-        text.push_str(&format!("  {k}: \"{v}\"\n"));
-    }
-    let file = dir.path().join("gateway.yaml");
-    std::fs::write(&file, text).expect("write the gateway file");
-    let file = file.to_str().unwrap().to_string();
+    let file = calendar_file(dir.path(), "shared", &nats_coordination(&bucket), &sink);
     three_replicas(
         async |name: &str| Portico::start(&["run", &file], &[("PORTICO_REPLICA", name)]).await,
         &sink,
@@ -257,20 +338,29 @@ async fn three_pods_over_leases_lose_no_tick_when_one_is_killed() {
                 .iter()
                 .flat_map(|(r, cs)| cs.iter().map(move |c| (c.as_str(), r.as_str())))
                 .collect();
-            fake.wait_for("status.nodes naming their replicas", Duration::from_secs(20), |f| {
-                let g = f.get("portico.dev/v1alpha1", "Gateway", "ns", "shared")?;
-                let nodes = g["status"]["nodes"].as_object()?.clone();
-                let named: BTreeMap<String, String> = nodes
-                    .values()
-                    .filter(|n| n["phase"] == "Running")
-                    .filter_map(|n| {
-                        Some((n["name"].as_str()?.to_string(), n["replica"].as_str()?.to_string()))
-                    })
-                    .collect();
-                runs.iter()
-                    .all(|(c, r)| named.get(*c).map(String::as_str) == Some(&format!("shared-{r}")))
-                    .then_some(())
-            })
+            fake.wait_for(
+                "status.nodes naming their replicas",
+                Duration::from_secs(20),
+                |f| {
+                    let g = f.get("portico.dev/v1alpha1", "Gateway", "ns", "shared")?;
+                    let nodes = g["status"]["nodes"].as_object()?.clone();
+                    let named: BTreeMap<String, String> = nodes
+                        .values()
+                        .filter(|n| n["phase"] == "Running")
+                        .filter_map(|n| {
+                            Some((
+                                n["name"].as_str()?.to_string(),
+                                n["replica"].as_str()?.to_string(),
+                            ))
+                        })
+                        .collect();
+                    runs.iter()
+                        .all(|(c, r)| {
+                            named.get(*c).map(String::as_str) == Some(&format!("shared-{r}"))
+                        })
+                        .then_some(())
+                },
+            )
             .await;
         },
     )
@@ -307,12 +397,17 @@ async fn a_webhook_accepts_and_delivers_on_every_replica() {
             ),
         )
         .expect("write the gateway file");
-        let p = Portico::start(&["run", file.to_str().unwrap()], &[("PORTICO_REPLICA", name)]).await;
+        let p = Portico::start(
+            &["run", file.to_str().unwrap()],
+            &[("PORTICO_REPLICA", name)],
+        )
+        .await;
         replicas.push((name, port, p));
     }
     // Every replica sees the three members, and runs the webhook.
     for (name, _, p) in &replicas {
-        p.wait_for_phase("push", "Running", Duration::from_secs(20)).await;
+        p.wait_for_phase("push", "Running", Duration::from_secs(20))
+            .await;
         eventually_async(Duration::from_secs(20), || async {
             let s = p.status().await;
             let members = s["coordination"]["members"].as_object()?.clone();
@@ -333,7 +428,9 @@ async fn a_webhook_accepts_and_delivers_on_every_replica() {
             assert_eq!(r.status(), 200, "{name}: delivery {n}");
         }
     }
-    let events = sink.wait_for_events(3 * EACH, Duration::from_secs(30)).await;
+    let events = sink
+        .wait_for_events(3 * EACH, Duration::from_secs(30))
+        .await;
     let mut by_replica: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
     for e in &events {
         let data = &e["data"]["body"];

@@ -219,13 +219,7 @@ impl KubeStatusSink {
             inner: inner.clone(),
         };
         let task = tokio::spawn(writer.run(stop));
-        (
-            Arc::new(KubeStatusSink {
-                inner,
-                replica,
-            }),
-            task,
-        )
+        (Arc::new(KubeStatusSink { inner, replica }), task)
     }
 }
 

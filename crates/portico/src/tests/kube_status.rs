@@ -80,7 +80,11 @@ async fn nodes_reach_status_and_events_and_conflicts_are_retried() {
     assert_eq!(n["name"], "b");
     assert_eq!(n["message"], "boom");
     assert_eq!(node(&fake, a).expect("node a")["phase"], "Running");
-    assert_eq!(node(&fake, a).expect("node a")["replica"], "gw-0", "the replica that runs it");
+    assert_eq!(
+        node(&fake, a).expect("node a")["replica"],
+        "gw-0",
+        "the replica that runs it"
+    );
     assert_eq!(status_writes(&fake), [200], "a burst is one status write");
     let gw = fake
         .get("portico.dev/v1alpha1", "Gateway", "ns", "gw")
