@@ -22,7 +22,7 @@ use kube::{Api, Client};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::spec::{GatewayGroup, NodeStatus};
+use crate::spec::{GatewayGroup, MemberStatus, NodeStatus};
 use crate::status::{Node, NodeChange, Phase, StatusSink};
 
 /// Events waiting to be written beyond which the oldest are dropped (and counted in a log).
@@ -74,6 +74,8 @@ struct Transition {
 struct Pending {
     /// Newest state of each changed node by id; `None` removes it.
     nodes: BTreeMap<String, Option<NodeStatus>>,
+    /// Changed replicas by name; `None` removes one.
+    members: BTreeMap<String, Option<MemberStatus>>,
     events: VecDeque<Transition>,
     dropped_events: u64,
 }
@@ -187,6 +189,22 @@ fn backoff() -> ExponentialBuilder {
 }
 
 impl KubeStatusSink {
+    /// Queues changes of `status.members`: replicas and the buckets they hold (`None` removes
+    /// a replica that left or died).
+    pub(crate) fn set_members(&self, changes: BTreeMap<String, Option<Vec<u32>>>) {
+        if changes.is_empty() {
+            return;
+        }
+        {
+            let mut p = self.inner.lock();
+            for (name, buckets) in changes {
+                p.members
+                    .insert(name, buckets.map(|buckets| MemberStatus { buckets }));
+            }
+        }
+        self.inner.wake.notify_one();
+    }
+
     /// A sink for `gateway`, and its writer task, which ends (after a last write) when `stop`
     /// is cancelled.
     pub(crate) fn start(
@@ -249,15 +267,25 @@ impl Writer {
     }
 
     async fn flush(&self) {
-        let (nodes, events, dropped) = {
+        let (nodes, members, events, dropped) = {
             let mut p = self.inner.lock();
             let dropped = std::mem::take(&mut p.dropped_events);
             (
                 std::mem::take(&mut p.nodes),
+                std::mem::take(&mut p.members),
                 std::mem::take(&mut p.events),
                 dropped,
             )
         };
+        if !members.is_empty()
+            && let Err(e) = self.write_status("members", &members).await
+        {
+            tracing::warn!(gateway = %self.gateway.name, "cannot write the gateway's status.members (kept for the next write): {e}");
+            let mut p = self.inner.lock();
+            for (name, m) in members {
+                p.members.entry(name).or_insert(m);
+            }
+        }
         if dropped > 0 {
             tracing::warn!(
                 gateway = %self.gateway.name,
@@ -265,7 +293,7 @@ impl Writer {
             );
         }
         if !nodes.is_empty()
-            && let Err(e) = self.write_nodes(&nodes).await
+            && let Err(e) = self.write_status("nodes", &nodes).await
         {
             tracing::warn!(
                 gateway = %self.gateway.name, namespace = %self.gateway.namespace,
@@ -286,11 +314,13 @@ impl Writer {
         }
     }
 
-    async fn write_nodes(
+    /// Merges `entries` into `status.<field>` (`None` removes an entry).
+    async fn write_status<T: serde::Serialize>(
         &self,
-        nodes: &BTreeMap<String, Option<NodeStatus>>,
+        field: &str,
+        entries: &BTreeMap<String, Option<T>>,
     ) -> Result<(), kube::Error> {
-        let patch = serde_json::json!({ "status": { "nodes": nodes } });
+        let patch = serde_json::json!({ "status": { field: entries } });
         let params = PatchParams::default();
         (|| async {
             self.gateways

@@ -509,6 +509,7 @@ pub(crate) async fn run_gateway(
     let mut sinks: Vec<Arc<dyn StatusSink>> = vec![Arc::new(LogSink)];
     let status_stop = CancellationToken::new();
     let mut status_writer = None;
+    let mut kube_sink = None;
     if let Some(c) = &cluster {
         let (sink, task) = crate::kube_status::KubeStatusSink::start(
             c.client.clone(),
@@ -516,6 +517,7 @@ pub(crate) async fn run_gateway(
             Default::default(),
             status_stop.clone(),
         );
+        kube_sink = Some(sink.clone());
         sinks.push(sink);
         status_writer = Some(task);
     }
@@ -532,14 +534,19 @@ pub(crate) async fn run_gateway(
     ));
     let (assign_tx, mut assign_rx) = mpsc::channel::<Assignment>(1);
     let coordinator = sharing.as_ref().map(|(store, settings)| {
-        Coordinator::new(
+        let c = Coordinator::new(
             store.clone(),
             replica.clone(),
             *settings,
             checkpoints.clone(),
             metrics.clone(),
             assign_tx,
-        )
+        );
+        match kube_sink.clone() {
+            // In a cluster the Gateway's status.members shows who holds what.
+            Some(sink) => c.with_report(Box::new(move |changes| sink.set_members(changes))),
+            None => c,
+        }
     });
     let state = Arc::new(AppState {
         info: GatewayInfo {

@@ -316,7 +316,18 @@ pub(crate) struct Coordinator {
     /// dies costs the ticks of the last period or two again, under the same ids, never a
     /// lost one.
     previous: HashMap<u32, BTreeMap<String, String>>,
+    /// Told who holds what: this replica's buckets when they change, and replicas whose
+    /// records expired (`None`); the Gateway's `status.members` in a cluster.
+    report: Option<Report>,
+    /// This replica's buckets as last reported, and the replicas reported gone.
+    reported: (Option<Vec<u32>>, BTreeSet<String>),
 }
+
+/// Where changes of the members go ([`Coordinator::with_report`]).
+pub(crate) type Report = Box<dyn Fn(BTreeMap<String, Option<Vec<u32>>>) + Send + Sync>;
+
+/// Member records expired this many lease durations ago are removed by whoever sees them.
+const FORGET_AFTER_LEASES: i64 = 10;
 
 /// The runtime stopped listening: the replica is shutting down.
 struct Gone;
@@ -352,7 +363,15 @@ impl Coordinator {
             assign,
             view,
             previous: HashMap::new(),
+            report: None,
+            reported: Default::default(),
         }
+    }
+
+    /// Reports the members and their buckets to `report` as they change.
+    pub(crate) fn with_report(mut self, report: Report) -> Coordinator {
+        self.report = Some(report);
+        self
     }
 
     /// What `/status` shows.
@@ -412,11 +431,18 @@ impl Coordinator {
                 return self.failed(why).await;
             }
         };
-        let mut live: BTreeSet<String> = members
-            .into_iter()
-            .filter(|m| m.live(now))
-            .map(|m| m.name)
-            .collect();
+        let (live, dead): (Vec<MemberRecord>, Vec<MemberRecord>) =
+            members.into_iter().partition(|m| m.live(now));
+        let mut live: BTreeSet<String> = live.into_iter().map(|m| m.name).collect();
+        for d in &dead {
+            // Long gone (killed, never back under its name): its record goes.
+            if d.renewed_ms + d.lease_ms * FORGET_AFTER_LEASES < now && d.name != self.me {
+                self.metrics.coordination.requests.inc();
+                if let Err(e) = self.store.remove_member(&d.name).await {
+                    tracing::debug!(member = %d.name, "cannot remove an expired member record: {e}");
+                }
+            }
+        }
         live.insert(self.me.clone());
         let me_name = self.me.clone();
         let mine = |b: u32| owner(b, live.iter().map(String::as_str)) == Some(me_name.as_str());
@@ -561,7 +587,24 @@ impl Coordinator {
                 list.push(*b);
             }
         }
-        holders.insert(self.me.clone(), self.held.keys().copied().collect());
+        let mine: Vec<u32> = self.held.keys().copied().collect();
+        holders.insert(self.me.clone(), mine.clone());
+        if let Some(report) = &self.report {
+            let mut changes = BTreeMap::new();
+            if self.reported.0.as_ref() != Some(&mine) {
+                changes.insert(self.me.clone(), Some(mine.clone()));
+                self.reported.0 = Some(mine);
+            }
+            for d in dead {
+                if d.name != self.me && self.reported.1.insert(d.name.clone()) {
+                    changes.insert(d.name, None);
+                }
+            }
+            self.reported.1.retain(|n| !live.contains(n));
+            if !changes.is_empty() {
+                report(changes);
+            }
+        }
         let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
         view.members = holders;
         view.last_round = Some(chrono::Utc::now().to_rfc3339());
@@ -642,6 +685,9 @@ impl Coordinator {
         self.metrics.coordination.requests.inc();
         if let Err(e) = self.store.remove_member(&self.me).await {
             tracing::warn!("cannot remove this replica's member record: {e}");
+        }
+        if let Some(report) = &self.report {
+            report(BTreeMap::from([(self.me.clone(), None)]));
         }
         tracing::info!(replica = %self.me, "left the gateway's replicas: buckets released");
     }

@@ -1106,6 +1106,19 @@ pub(crate) struct GatewayStatus {
     /// The nodes of the gateway's configurations, by configuration id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub nodes: BTreeMap<String, NodeStatus>,
+    /// With several replicas: each live replica, by name, and the buckets of configurations
+    /// it holds.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub members: BTreeMap<String, MemberStatus>,
+}
+
+/// One replica as `Gateway.status.members` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct MemberStatus {
+    /// The buckets it holds (a configuration's bucket is a hash of its key).
+    #[serde(default)]
+    pub buckets: Vec<u32>,
 }
 
 /// One node as `Gateway.status.nodes` shows it.
