@@ -111,7 +111,13 @@ async fn a_second_sigterm_ends_the_drain_and_says_how_many_events_stay_in_the_ou
         before.elapsed() < Duration::from_secs(15),
         "the drain was not cut short"
     );
-    let left = logged(&p, "stay in the outbox");
+    // The process has exited; its last lines may still be on their way through the pipe.
+    let left = eventually(WAIT, || {
+        let l = logged(&p, "stay in the outbox");
+        (!l.is_empty()).then_some(l)
+    })
+    .await
+    .unwrap_or_default();
     assert_eq!(left.len(), 1, "{:?}", p.stderr.all());
     assert_eq!(left[0]["events"], 20);
     assert_eq!(left[0]["outbox"], outbox_dir);

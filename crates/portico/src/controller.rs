@@ -1,21 +1,24 @@
 //! The controller (`portico controller`): makes each Gateway labelled
-//! `portico.dev/controller-instance-id=<its id>` into a Deployment (and a Service when
-//! `serviceSpec` is given) and shows the gateway's phase. Argo Events v0.6's Gateways
+//! `portico.dev/controller-instance-id=<its id>` into a StatefulSet of `spec.replicas` pods with
+//! a headless Service (and a Service when `serviceSpec` is given) and shows the gateway's phase. Argo Events v0.6's Gateways
 //! (`argoproj.io/v1alpha1`, the same spec) are reconciled the same way when labelled
 //! `gateways.argoproj.io/gateway-controller-instanceid=<its id>`, as v0.6's controller selected
 //! them, so that a cluster moves from Argo Events by replacing its controller.
 //!
 //! Reconcile is a function of the Gateway and the world (kube-runtime's `Controller`): it
-//! computes the desired Deployment and Service, applies them with server-side apply (owned by
+//! computes the desired StatefulSet and Services, applies them with server-side apply (owned by
 //! the Gateway through a controller owner reference), and writes `status.phase` and
 //! `status.message` when they change. It runs on every change of the Gateway and of what it
-//! owns, so a deleted or edited Deployment or Service is put back (the original reconciled
+//! owns, so a deleted or edited StatefulSet or Service is put back (the original reconciled
 //! once and never again). A Gateway that fails validation gets phase `Error` with the reason
 //! and is requeued with capped exponential backoff.
 //!
-//! Names: the Deployment is `<gateway>-gateway` (`<gateway>-gateway-deployment` for an
-//! `argoproj.io` Gateway, v0.6's name), the Service `<gateway>-gateway-svc` (the address other
-//! gateways' watchers resolve to). The pods of an `argoproj.io` Gateway also carry the
+//! Names: the StatefulSet is `<gateway>-gateway` (`<gateway>-gateway-deployment` for an
+//! `argoproj.io` Gateway, the name of v0.6's Deployment), the headless Service
+//! `<gateway>-gateway-pods`, the Service `<gateway>-gateway-svc` (the address other gateways'
+//! watchers resolve to). Each replica's outbox is a volume at `/var/lib/portico/outbox`: a
+//! PersistentVolumeClaim per replica when `spec.delivery.outbox.storage` is set, an emptyDir
+//! (and a warning in the Gateway's status) otherwise. The pods of an `argoproj.io` Gateway also carry the
 //! Gateway's own labels and `gateway-name: <gateway>`, which v0.6's `serviceSpec` selectors
 //! name. Every container of `deploySpec` gets the
 //! environment of the gateway's style (docs/contract.md); a variable of the contract replaces
@@ -33,11 +36,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, PodTemplateSpec, Service,
-    Volume, VolumeMount,
+    EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -50,13 +55,13 @@ const RUN_VOLUME: &str = "portico-run";
 use crate::spec::watchers::{Environment, resolve_watchers};
 use crate::spec::{Gateway, GatewayGroup, Problems, status_of};
 
-/// Label on a gateway's Deployment, pods and Service naming the gateway.
+/// Label on a gateway's StatefulSet, pods and Services naming the gateway.
 pub(crate) const GATEWAY_LABEL: &str = "portico.dev/gateway";
 /// Label Argo Events v0.6 put on a gateway's pods (its examples' Service selectors name it).
 const ARGO_GATEWAY_NAME_LABEL: &str = "gateway-name";
 /// Field manager of the controller's server-side applies.
 const FIELD_MANAGER: &str = "portico-controller";
-/// Phase of a Gateway whose Deployment (and Service) are applied.
+/// Phase of a Gateway whose StatefulSet (and Services) are applied.
 const PHASE_RUNNING: &str = "Running";
 /// Phase of a Gateway that fails validation or cannot be applied.
 const PHASE_ERROR: &str = "Error";
@@ -116,14 +121,27 @@ struct Context {
 /// What a Gateway should become.
 #[derive(Debug, Clone, PartialEq)]
 struct Desired {
-    /// The Deployment.
-    pub deployment: Deployment,
+    /// The StatefulSet of its replicas.
+    pub workload: StatefulSet,
+    /// The headless Service that gives each replica a stable name.
+    pub headless: Service,
     /// The Service, when `serviceSpec` is set.
     pub service: Option<Service>,
+    /// What the Gateway's status should warn about.
+    pub warnings: Vec<String>,
 }
 
-/// Name of a gateway's Deployment.
-fn deployment_name(group: GatewayGroup, gateway: &str) -> String {
+/// The pod volume (and claim template) of the replicas' outboxes.
+const OUTBOX_VOLUME: &str = "outbox";
+/// Where the outbox volume is mounted in every container.
+const OUTBOX_MOUNT: &str = "/var/lib/portico/outbox";
+/// Seconds a replica has to stop: its configurations' grace (10 s), the drain of its outbox
+/// (10 s), releasing its buckets, with room to spare.
+const TERMINATION_GRACE_SECONDS: i64 = 45;
+
+/// Name of a gateway's StatefulSet (the name v0.6 gave its Deployment, for an `argoproj.io`
+/// Gateway).
+fn workload_name(group: GatewayGroup, gateway: &str) -> String {
     match group {
         GatewayGroup::Portico => format!("{gateway}-gateway"),
         GatewayGroup::Argo => format!("{gateway}-gateway-deployment"),
@@ -135,8 +153,13 @@ fn service_name(gateway: &str) -> String {
     format!("{gateway}-gateway-svc")
 }
 
-/// Checks a Gateway object for what the controller needs and computes its Deployment and
-/// Service.
+/// Name of a gateway's headless Service (`<pod>.<this>` is each replica's stable name).
+fn headless_name(gateway: &str) -> String {
+    format!("{gateway}-gateway-pods")
+}
+
+/// Checks a Gateway object for what the controller needs and computes its StatefulSet and
+/// Services.
 fn desired(
     object: &DynamicObject,
     group: GatewayGroup,
@@ -245,6 +268,13 @@ fn desired_of(
             }),
         });
         container.env = Some(env);
+        let env = container.env.get_or_insert_with(Vec::new);
+        env.retain(|e| e.name != crate::env::PORTICO_OUTBOX_DIR);
+        env.push(EnvVar {
+            name: crate::env::PORTICO_OUTBOX_DIR.to_string(),
+            value: Some(OUTBOX_MOUNT.to_string()),
+            value_from: None,
+        });
         let mounts = container.volume_mounts.get_or_insert_with(Vec::new);
         if !mounts.iter().any(|m| m.mount_path == run_dir) {
             mounts.push(VolumeMount {
@@ -253,8 +283,63 @@ fn desired_of(
                 ..Default::default()
             });
         }
+        if !mounts.iter().any(|m| m.mount_path == OUTBOX_MOUNT) {
+            mounts.push(VolumeMount {
+                name: OUTBOX_VOLUME.to_string(),
+                mount_path: OUTBOX_MOUNT.to_string(),
+                ..Default::default()
+            });
+        }
     }
+    pod.termination_grace_period_seconds = Some(
+        pod.termination_grace_period_seconds
+            .unwrap_or(TERMINATION_GRACE_SECONDS)
+            .max(TERMINATION_GRACE_SECONDS),
+    );
+    let mut warnings = Vec::new();
+    let storage = spec
+        .delivery
+        .outbox
+        .as_ref()
+        .and_then(|o| o.storage.clone());
+    let claims = match &storage {
+        Some(st) => Some(vec![PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some(OUTBOX_VOLUME.to_string()),
+                ..Default::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+                storage_class_name: st.storage_class_name.clone(),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([(
+                        "storage".to_string(),
+                        Quantity(st.size.clone()),
+                    )])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            status: None,
+        }]),
+        None => {
+            if spec.delivery.mode != Some(crate::spec::DeliveryMode::AtMostOnce) {
+                warnings.push(
+                    "spec.delivery.outbox.storage is not set: each replica's outbox is an emptyDir, lost with its pod (events it accepted but had not delivered go with it)"
+                        .to_string(),
+                );
+            }
+            None
+        }
+    };
     let volumes = pod.volumes.get_or_insert_with(Vec::new);
+    if claims.is_none() && !volumes.iter().any(|v| v.name == OUTBOX_VOLUME) {
+        volumes.push(Volume {
+            name: OUTBOX_VOLUME.to_string(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        });
+    }
     if !volumes.iter().any(|v| v.name == RUN_VOLUME) {
         volumes.push(Volume {
             name: RUN_VOLUME.to_string(),
@@ -272,10 +357,31 @@ fn desired_of(
         owner_references: Some(vec![owner.clone()]),
         ..Default::default()
     };
-    let deployment = Deployment {
-        metadata: meta(deployment_name(group, name)),
-        spec: Some(DeploymentSpec {
+    let selector = BTreeMap::from([(GATEWAY_LABEL.to_string(), name.clone())]);
+    let headless = Service {
+        metadata: meta(headless_name(name)),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_string()),
+            selector: Some(selector.clone()),
+            publish_not_ready_addresses: Some(true),
+            ports: Some(vec![ServicePort {
+                name: Some("transformer".to_string()),
+                port: i32::from(options.transformer_port),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let workload = StatefulSet {
+        metadata: meta(workload_name(group, name)),
+        spec: Some(StatefulSetSpec {
             replicas: Some(spec.replicas.unwrap_or(1).min(i32::MAX as u32) as i32),
+            service_name: Some(headless_name(name)),
+            // Replicas start and stop together: each takes its share of the buckets as it
+            // comes, and none waits for another to be ready.
+            pod_management_policy: Some("Parallel".to_string()),
+            volume_claim_templates: claims,
             selector: LabelSelector {
                 match_labels: Some(BTreeMap::from([(GATEWAY_LABEL.to_string(), name.clone())])),
                 match_expressions: None,
@@ -302,8 +408,10 @@ fn desired_of(
         }
     });
     Ok(Desired {
-        deployment,
+        workload,
+        headless,
         service,
+        warnings,
     })
 }
 
@@ -353,19 +461,37 @@ async fn reconcile(
         }
     };
     let apply = PatchParams::apply(FIELD_MANAGER).force();
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let deployment_name = deployment_name(ctx.group, &name);
-    if let Err(e) = deployments
-        .patch(&deployment_name, &apply, &Patch::Apply(&desired.deployment))
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    let headless_name = headless_name(&name);
+    if let Err(e) = services
+        .patch(&headless_name, &apply, &Patch::Apply(&desired.headless))
         .await
     {
-        let message = format!("cannot apply Deployment `{deployment_name}`: {e}");
+        let message = format!("cannot apply Service `{headless_name}`: {e}");
         set_status(&gateways, &gateway, PHASE_ERROR, &message).await?;
         return Err(e.into());
     }
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    let workloads: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let workload_name = workload_name(ctx.group, &name);
+    if let Err(e) = workloads
+        .patch(&workload_name, &apply, &Patch::Apply(&desired.workload))
+        .await
+    {
+        let message = format!("cannot apply StatefulSet `{workload_name}`: {e}");
+        set_status(&gateways, &gateway, PHASE_ERROR, &message).await?;
+        return Err(e.into());
+    }
     let service_name = service_name(&name);
-    let mut message = format!("Deployment `{deployment_name}` is up to date");
+    let replicas = desired
+        .workload
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
+    let mut message = format!(
+        "StatefulSet `{workload_name}` ({replicas} replica{}) and Service `{headless_name}` are up to date",
+        if replicas == 1 { "" } else { "s" }
+    );
     match &desired.service {
         Some(service) => {
             if let Err(e) = services
@@ -392,6 +518,9 @@ async fn reconcile(
                 }
             }
         }
+    }
+    for w in &desired.warnings {
+        message.push_str(&format!("; warning: {w}"));
     }
     set_status(&gateways, &gateway, PHASE_RUNNING, &message).await?;
     ctx.failures
@@ -478,15 +607,15 @@ fn controller_of(
 ) -> (Controller<DynamicObject>, Arc<Context>) {
     let selector = format!("{}={}", group.instance_label(), options.instance_id);
     let resource = group.api_resource();
-    let (gateways, deployments, services) = match &options.namespace {
+    let (gateways, workloads, services) = match &options.namespace {
         Some(ns) => (
             Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource),
-            Api::<Deployment>::namespaced(client.clone(), ns),
+            Api::<StatefulSet>::namespaced(client.clone(), ns),
             Api::<Service>::namespaced(client.clone(), ns),
         ),
         None => (
             Api::<DynamicObject>::all_with(client.clone(), &resource),
-            Api::<Deployment>::all(client.clone()),
+            Api::<StatefulSet>::all(client.clone()),
             Api::<Service>::all(client.clone()),
         ),
     };
@@ -502,7 +631,7 @@ fn controller_of(
         watcher::Config::default().labels(&selector),
         resource,
     )
-    .owns(deployments, owned.clone())
+    .owns(workloads, owned.clone())
     .owns(services, owned);
     (controller, ctx)
 }

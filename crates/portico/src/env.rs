@@ -90,3 +90,6 @@ pub fn replica() -> String {
 
 /// Names this replica of a gateway (see [`replica`]).
 pub const PORTICO_REPLICA: &str = "PORTICO_REPLICA";
+
+/// The directory of the durable outbox, over the gateway's `spec.delivery.outbox.path`.
+pub const PORTICO_OUTBOX_DIR: &str = "PORTICO_OUTBOX_DIR";

@@ -85,7 +85,8 @@ enum Command {
         gateway: GatewayArgs,
     },
     /// Run the Kubernetes controller: each Gateway labelled with its instance id becomes a
-    /// Deployment (and a Service when `serviceSpec` is set).
+    /// StatefulSet of `spec.replicas` pods with a headless Service (and a Service when
+    /// `serviceSpec` is set).
     Controller {
         /// Only Gateways labelled `portico.dev/controller-instance-id=<this>` are reconciled.
         #[arg(long, env = env::GATEWAY_CONTROLLER_INSTANCE_ID)]

@@ -185,10 +185,10 @@ pub(crate) struct GatewaySpec {
     /// `dispatchMechanism: Kafka`: the topic events are produced to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaDispatch>,
-    /// The pod of the gateway's Deployment (used by the controller, which adds the
+    /// The pod of the gateway's StatefulSet (used by the controller, which adds the
     /// gateway's environment (docs/contract.md) to every container). A Kubernetes PodSpec,
     /// kept open in the CRD's schema: the API server checks it when the controller applies
-    /// the Deployment.
+    /// the StatefulSet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "open_pod_spec")]
     pub deploy_spec: Option<PodSpec>,
@@ -788,7 +788,7 @@ fn open_object(description: &str) -> schemars::Schema {
 }
 
 fn open_pod_spec(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    open_object("A Kubernetes PodSpec: the pod of the gateway's Deployment.")
+    open_object("A Kubernetes PodSpec: the pod of the gateway's StatefulSet.")
 }
 
 fn open_service_spec(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -1015,6 +1015,22 @@ pub(crate) struct OutboxSettings {
     /// Bytes on disk past which sources are pushed back (503, no broker ack). Default 1 GiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bytes: Option<u64>,
+    /// In a cluster: a PersistentVolumeClaim per replica for its outbox (the controller's
+    /// StatefulSet makes them), so that a replica coming back under its name replays what it
+    /// had not delivered. Without it, each replica's outbox is an emptyDir, lost with its pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<OutboxStorage>,
+}
+
+/// `spec.delivery.outbox.storage`: the volume of each replica's outbox.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct OutboxStorage {
+    /// Its size, as a Kubernetes quantity (`1Gi`).
+    pub size: String,
+    /// Its StorageClass (the cluster's default when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
 }
 
 /// A dead-letter destination: a file (one CloudEvent in JSON a line) or a URL (the CloudEvent

@@ -1,6 +1,6 @@
 //! The controller against the fake API server (crates/fake-kube): a Gateway with the right
-//! instance id becomes a Deployment (and a Service) whose containers have the environment of
-//! the gateway environment (docs/contract.md) for its style; another id is ignored; a deleted Deployment comes back; an edited
+//! instance id becomes a StatefulSet (and Services) whose containers have the environment of
+//! the gateway environment (docs/contract.md) for its style; another id is ignored; a deleted StatefulSet comes back; an edited
 //! spec updates it; an invalid Gateway gets phase Error.
 
 use std::collections::BTreeMap;
@@ -31,7 +31,7 @@ fn pod(image: &str) -> Value {
 }
 
 fn deployment(fake: &FakeKube, name: &str) -> Option<Value> {
-    fake.get("apps/v1", "Deployment", "ns", &format!("{name}-gateway"))
+    fake.get("apps/v1", "StatefulSet", "ns", &format!("{name}-gateway"))
 }
 
 fn env_of(container: &Value) -> BTreeMap<String, String> {
@@ -71,6 +71,7 @@ async fn gateways_become_deployments_that_are_repaired_and_updated() {
         "web",
         "a",
         json!({"type": "mine", "configMap": "web-cm", "httpServerPort": 9696, "replicas": 3,
+            "delivery": {"outbox": {"storage": {"size": "2Gi", "storageClassName": "fast"}}},
             "deploySpec": pod("example/http:1")}),
     ));
     // Another controller's.
@@ -93,7 +94,7 @@ async fn gateways_become_deployments_that_are_repaired_and_updated() {
 
     // gRPC style: every variable of the gateway environment for that style, on every container.
     let d = fake
-        .wait_for("the grpc Deployment", WAIT, |f| deployment(f, "grpc"))
+        .wait_for("the grpc StatefulSet", WAIT, |f| deployment(f, "grpc"))
         .await;
     let owner = &d["metadata"]["ownerReferences"][0];
     assert_eq!(owner["kind"], "Gateway");
@@ -147,9 +148,29 @@ async fn gateways_become_deployments_that_are_repaired_and_updated() {
 
     // HTTP style.
     let d = fake
-        .wait_for("the web Deployment", WAIT, |f| deployment(f, "web"))
+        .wait_for("the web StatefulSet", WAIT, |f| deployment(f, "web"))
         .await;
     assert_eq!(d["spec"]["replicas"], 3, "spec.replicas");
+    // One PersistentVolumeClaim per replica for its outbox, mounted where PORTICO_OUTBOX_DIR
+    // says.
+    let claim = &d["spec"]["volumeClaimTemplates"][0];
+    assert_eq!(claim["metadata"]["name"], "outbox");
+    assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "2Gi");
+    assert_eq!(claim["spec"]["storageClassName"], "fast");
+    let c = &containers(&d)[0];
+    assert_eq!(env_of(c)["PORTICO_OUTBOX_DIR"], "/var/lib/portico/outbox");
+    assert!(
+        c["volumeMounts"].as_array().is_some_and(|m| m
+            .iter()
+            .any(|m| m["name"] == "outbox" && m["mountPath"] == "/var/lib/portico/outbox")),
+        "{c}"
+    );
+    assert!(
+        !d["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|v| v["name"] == "outbox")),
+        "the claim, not an emptyDir"
+    );
     let env = env_of(&containers(&d)[0]);
     for (k, v) in [
         ("TRANSFORMER_PORT", "9300"),
@@ -194,18 +215,20 @@ async fn gateways_become_deployments_that_are_repaired_and_updated() {
     let mut fixed = fake.get(GW, "Gateway", "ns", "broken").unwrap();
     fixed["spec"]["deploySpec"] = pod("example/fixed:1");
     fake.replace(fixed);
-    fake.wait_for("the fixed Deployment", WAIT, |f| deployment(f, "broken"))
+    fake.wait_for("the fixed StatefulSet", WAIT, |f| deployment(f, "broken"))
         .await;
 
-    // Deleting the Deployment makes the controller create it again.
-    fake.delete("apps/v1", "Deployment", "ns", "grpc-gateway")
-        .expect("the Deployment exists");
+    // Deleting the StatefulSet makes the controller create it again.
+    fake.delete("apps/v1", "StatefulSet", "ns", "grpc-gateway")
+        .expect("the StatefulSet exists");
     let d = fake
-        .wait_for("the grpc Deployment again", WAIT, |f| deployment(f, "grpc"))
+        .wait_for("the grpc StatefulSet again", WAIT, |f| {
+            deployment(f, "grpc")
+        })
         .await;
     assert_eq!(containers(&d)[0]["image"], "example/grpc:1");
 
-    // Drift: someone edits the Deployment; it is put back.
+    // Drift: someone edits the StatefulSet; it is put back.
     let mut drifted = d.clone();
     drifted["spec"]["template"]["spec"]["containers"][0]["image"] = json!("evil/image:6");
     fake.replace(drifted);
@@ -215,7 +238,7 @@ async fn gateways_become_deployments_that_are_repaired_and_updated() {
     })
     .await;
 
-    // Editing the Gateway's spec updates the Deployment.
+    // Editing the Gateway's spec updates the StatefulSet.
     fake.patch(
         GW,
         "Gateway",
@@ -224,7 +247,7 @@ async fn gateways_become_deployments_that_are_repaired_and_updated() {
         json!({"spec": {"rpcPort": "7070", "deploySpec": pod("example/grpc:2")}}),
     )
     .unwrap();
-    fake.wait_for("the updated Deployment", WAIT, |f| {
+    fake.wait_for("the updated StatefulSet", WAIT, |f| {
         let d = deployment(f, "grpc")?;
         let c = &containers(&d)[0];
         (c["image"] == "example/grpc:2"
@@ -319,10 +342,10 @@ async fn argo_gateways_are_selected_by_their_own_instance_label() {
 
     // v0.6's names: `<gateway>-gateway-deployment` and `<gateway>-gateway-svc`.
     let d = fake
-        .wait_for("the Argo gateway's Deployment", WAIT, |f| {
+        .wait_for("the Argo gateway's StatefulSet", WAIT, |f| {
             f.get(
                 "apps/v1",
-                "Deployment",
+                "StatefulSet",
                 "ns",
                 "webhook-gateway-gateway-deployment",
             )
@@ -364,15 +387,15 @@ async fn argo_gateways_are_selected_by_their_own_instance_label() {
     // Repaired like Portico's own.
     fake.delete(
         "apps/v1",
-        "Deployment",
+        "StatefulSet",
         "ns",
         "webhook-gateway-gateway-deployment",
     )
-    .expect("the Deployment exists");
-    fake.wait_for("the Argo Deployment again", WAIT, |f| {
+    .expect("the StatefulSet exists");
+    fake.wait_for("the Argo StatefulSet again", WAIT, |f| {
         f.get(
             "apps/v1",
-            "Deployment",
+            "StatefulSet",
             "ns",
             "webhook-gateway-gateway-deployment",
         )
@@ -390,7 +413,7 @@ async fn argo_gateways_are_selected_by_their_own_instance_label() {
         "mislabelled-gateway-deployment",
     ] {
         assert!(
-            fake.get("apps/v1", "Deployment", "ns", name).is_none(),
+            fake.get("apps/v1", "StatefulSet", "ns", name).is_none(),
             "{name}"
         );
     }
