@@ -73,6 +73,18 @@ fn doubled(snapshot: &BTreeMap<String, BTreeSet<String>>) -> BTreeSet<String> {
     twice
 }
 
+/// Configurations found running on two replicas twice in a row: two reads a few milliseconds
+/// apart cannot both fall inside one hand-over (it takes a renew period), so these ran twice.
+async fn doubled_now(replicas: &BTreeMap<String, Portico>) -> Option<BTreeSet<String>> {
+    let first = running(replicas).await;
+    let again = running(replicas).await;
+    let both: BTreeSet<_> = doubled(&first)
+        .intersection(&doubled(&again))
+        .cloned()
+        .collect();
+    (!both.is_empty()).then_some(both)
+}
+
 /// Waits until `replicas` together run every configuration, each once; how long it took.
 async fn until_all_run(replicas: &BTreeMap<String, Portico>, within: Duration) -> Duration {
     let start = Instant::now();
@@ -102,21 +114,11 @@ async fn three_replicas(
     let steady_from = Utc::now();
     let started = Instant::now();
 
-    // Watch every replica's /status until the end: a configuration found running on two
-    // replicas twice in a row (two reads a few milliseconds apart cannot both fall inside
-    // one hand-over, which takes a renew period) ran twice.
+    // Watch every replica's /status until the end.
     let mut doubles = Vec::new();
     let mut killed: Option<(DateTime<Utc>, Duration)> = None;
     while started.elapsed() < RUN_FOR {
-        let first = running(&replicas).await;
-        let again = running(&replicas).await;
-        let both: BTreeSet<_> = doubled(&first)
-            .intersection(&doubled(&again))
-            .cloned()
-            .collect();
-        if !both.is_empty() {
-            doubles.push(both);
-        }
+        doubles.extend(doubled_now(&replicas).await);
         if killed.is_none() && started.elapsed() >= KILL_AFTER {
             let victim = replicas.remove("r2").expect("r2");
             let at = Utc::now();
@@ -223,15 +225,7 @@ async fn scaling_three_to_four_to_two_loses_and_doubles_nothing() {
     let (mut joined, mut left) = (false, false);
     let mut doubles = Vec::new();
     while started.elapsed() < Duration::from_secs(36) {
-        let first = running(&replicas).await;
-        let again = running(&replicas).await;
-        let both: BTreeSet<_> = doubled(&first)
-            .intersection(&doubled(&again))
-            .cloned()
-            .collect();
-        if !both.is_empty() {
-            doubles.push(both);
-        }
+        doubles.extend(doubled_now(&replicas).await);
         if !joined && started.elapsed() >= Duration::from_secs(8) {
             replicas.insert("r4".to_string(), start("r4").await);
             let took = until_all_run(&replicas, Duration::from_secs(20)).await;

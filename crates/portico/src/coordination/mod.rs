@@ -461,17 +461,7 @@ impl Coordinator {
                 let Some(h) = self.held.remove(&b) else {
                     continue;
                 };
-                let record = BucketRecord {
-                    holder: None,
-                    renewed_ms: now,
-                    lease_ms: 0,
-                    checkpoints: self.checkpoints.of_bucket(b),
-                };
-                self.metrics.coordination.requests.inc();
-                if let Err(e) = self.store.write_bucket(b, &record, Some(&h.revision)).await {
-                    // Its hold expires by itself; the next holder waits for that.
-                    tracing::warn!(bucket = b, "cannot release the bucket: {e}");
-                }
+                self.release(b, &h, now).await;
                 self.checkpoints.drop_bucket(b);
                 self.previous.remove(&b);
                 self.metrics.coordination.moved("released");
@@ -666,21 +656,28 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Writes bucket `b` free, with its configurations' checkpoints as they are now (they have
+    /// stopped). If the write fails, the hold expires by itself and the next holder waits for
+    /// that.
+    async fn release(&self, b: u32, h: &Held, now: i64) {
+        let record = BucketRecord {
+            holder: None,
+            renewed_ms: now,
+            lease_ms: 0,
+            checkpoints: self.checkpoints.of_bucket(b),
+        };
+        self.metrics.coordination.requests.inc();
+        if let Err(e) = self.store.write_bucket(b, &record, Some(&h.revision)).await {
+            tracing::warn!(bucket = b, "cannot release the bucket: {e}");
+        }
+    }
+
     /// Releases every held bucket with its checkpoints and removes the member record.
     async fn leave(mut self) {
         let now = now_ms();
         let held = std::mem::take(&mut self.held);
         for (b, h) in held {
-            let record = BucketRecord {
-                holder: None,
-                renewed_ms: now,
-                lease_ms: 0,
-                checkpoints: self.checkpoints.of_bucket(b),
-            };
-            self.metrics.coordination.requests.inc();
-            if let Err(e) = self.store.write_bucket(b, &record, Some(&h.revision)).await {
-                tracing::warn!(bucket = b, "cannot release the bucket on the way out: {e}");
-            }
+            self.release(b, &h, now).await;
         }
         self.metrics.coordination.requests.inc();
         if let Err(e) = self.store.remove_member(&self.me).await {
