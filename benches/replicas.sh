@@ -12,6 +12,8 @@
 #
 #   benches/replicas.sh [N…]       # default 1000 10000; builds portico in release mode first
 #   benches/replicas.sh --smoke    # a few seconds, debug build: checks the script still works
+#   PROFILE=debug benches/replicas.sh [N…]   # the debug build (the figures are set by the
+#                                            # renew period more than by the build)
 #
 # LEASE and RENEW (default 3s and 1s) set spec.coordination's leaseDuration and renewPeriod.
 set -euo pipefail
@@ -27,19 +29,20 @@ if [ -n "$smoke" ]; then
   sizes=(50)
   cargo build -q -p portico-cli
 else
-  profile=release
+  profile="${PROFILE:-release}"
   [ ${#sizes[@]} -eq 0 ] && sizes=(1000 10000)
-  cargo build -q --release -p portico-cli
+  if [ "$profile" = release ]; then cargo build -q --release -p portico-cli; else cargo build -q -p portico-cli; fi
 fi
 bin="$CARGO_TARGET_DIR/$profile/portico"
 dir=$(mktemp -d)
 trap 'pkill -KILL -f "$dir/" 2>/dev/null || true; rm -rf "$dir"' EXIT
 
-PORTICO_BIN="$bin" BENCH_DIR="$dir" SMOKE="$smoke" LEASE="${LEASE:-3s}" RENEW="${RENEW:-1s}" \
+PORTICO_BIN="$bin" BENCH_DIR="$dir" SMOKE="$smoke" PROFILE="$profile" LEASE="${LEASE:-3s}" RENEW="${RENEW:-1s}" \
 NATS_URL="${PORTICO_NATS_URL:-nats://127.0.0.1:4222}" python3 - "${sizes[@]}" <<'EOF'
 import json, os, signal, socket, subprocess, sys, time, urllib.request
 
 bin, work, smoke = os.environ["PORTICO_BIN"], os.environ["BENCH_DIR"], bool(os.environ["SMOKE"])
+profile = os.environ["PROFILE"]
 lease, renew, nats = os.environ["LEASE"], os.environ["RENEW"], os.environ["NATS_URL"]
 window = 2 if smoke else 10
 
@@ -120,7 +123,7 @@ for n in map(int, sys.argv[1:]):
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         failover = until("the killed replica's share elsewhere", lambda: shared([v[1] for v in procs.values()], n))
-        print(f"| {n} | {'debug' if smoke else 'release'} | 3 (+1) | {lease} / {renew} | "
+        print(f"| {n} | {profile} | 3 (+1) | {lease} / {renew} | "
               f"{sum(rates) / len(rates):.1f} (min {min(rates):.1f}, max {max(rates):.1f}) | "
               f"{joined:.2f} s | {failover:.2f} s |")
     finally:
