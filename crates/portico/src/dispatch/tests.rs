@@ -593,9 +593,22 @@ async fn dead_letters_are_listed_and_redriven_to_their_watcher_once_it_takes_the
     assert_eq!(left.lines().count(), 2);
     assert!(!left.contains("\"id-2\""), "{left}");
 
+    // The watcher's workers take events concurrently, so the file's order is theirs; a
+    // redrive keeps the file's order.
+    let in_file: Vec<String> = left
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
     let report = d.redrive(&Which::All).await.unwrap();
-    assert_eq!(report.delivered, ["id-1", "id-3"]);
-    assert_eq!(*switch.took.lock().unwrap(), ["id-2", "id-1", "id-3"]);
+    assert_eq!(report.delivered, in_file);
+    let mut all = vec!["id-2".to_string()];
+    all.extend(in_file);
+    assert_eq!(*switch.took.lock().unwrap(), all);
     assert_eq!(std::fs::read_to_string(&dead).unwrap(), "");
     assert!(d.dead_letters().await.unwrap().dead_letters.is_empty());
 }
