@@ -8,7 +8,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use base64::Engine;
-use support::{GatewayFileBuilder, Portico, eventually_async};
+use support::{
+    GatewayFileBuilder, Portico, Tansu, create_kafka_topic, eventually_async, tansu_program,
+};
 
 fn nats_url() -> String {
     std::env::var("PORTICO_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_string())
@@ -101,98 +103,17 @@ async fn nats_dispatch_publishes_each_cloudevent_to_jetstream_in_binary_mode() {
     let _ = js.delete_stream(&stream_name).await;
 }
 
-/// The tansu Kafka broker: `PORTICO_TANSU`, else `~/.cargo/bin/tansu`.
-fn tansu_program() -> String {
-    std::env::var("PORTICO_TANSU").unwrap_or_else(|_| {
-        let default = format!(
-            "{}/.cargo/bin/tansu",
-            std::env::var("HOME").unwrap_or_default()
-        );
-        assert!(
-            std::path::Path::new(&default).exists(),
-            "the Kafka dispatch tests need the tansu broker: run scripts/test (it installs it), \
-             or `cargo install tansu --version 0.6.0 --locked --features dynostore,libsql` and set PORTICO_TANSU"
-        );
-        default
-    })
-}
-
-/// A private `tansu` Kafka broker (memory engine) on a free port, killed on drop.
-/// `scripts/test` installs tansu and sets `PORTICO_TANSU`.
-struct Tansu {
-    child: tokio::process::Child,
-    port: u16,
-}
-
-impl Tansu {
-    async fn start() -> Tansu {
-        let program = tansu_program();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let listener = format!("tcp://127.0.0.1:{port}");
-        let child = tokio::process::Command::new(program)
-            .args(["broker", "--listener-url", &listener])
-            .args(["--advertised-listener-url", &listener])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start tansu");
-        support::eventually_async(Duration::from_secs(20), || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(|_| ())
-        })
-        .await
-        .expect("tansu listens");
-        Tansu { child, port }
-    }
-
-    fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
-
 #[tokio::test]
 async fn kafka_dispatch_produces_each_cloudevent_to_the_topic_in_binary_mode() {
     use rdkafka::ClientConfig;
     use rdkafka::Message;
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::Headers;
 
     let broker = Tansu::start().await;
     let brokers = broker.brokers();
     let topic = format!("portico-bus-{}", unique());
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    let new_topic = NewTopic::new(&topic, 1, TopicReplication::Fixed(1));
-    eventually_async(Duration::from_secs(20), || {
-        let (admin, new_topic) = (&admin, &new_topic);
-        async move {
-            let r = admin
-                .create_topics([new_topic], &AdminOptions::new())
-                .await
-                .ok()?;
-            r.iter().all(|r| r.is_ok()).then_some(())
-        }
-    })
-    .await
-    .expect("the topic is created");
+    create_kafka_topic(&brokers, &topic, 1).await;
 
     let (_dir, file) = GatewayFileBuilder::new("kb", "ingest")
         .spec_lines(&format!(
@@ -406,8 +327,6 @@ async fn metric(portico: &Portico, name: &str) -> f64 {
 #[tokio::test]
 async fn kafka_dispatch_logs_in_with_scram() {
     use rdkafka::ClientConfig;
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
     use rdkafka::consumer::{Consumer, StreamConsumer};
 
     // Two tansu brokers on one SQLite database: an open one (the user is made there, and the
@@ -453,23 +372,7 @@ async fn kafka_dispatch_logs_in_with_scram() {
     listening(guarded_port).await;
     let open = format!("127.0.0.1:{open_port}");
     let topic = format!("portico-sasl-{}", unique());
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &open)
-        .create()
-        .unwrap();
-    let new_topic = NewTopic::new(&topic, 1, TopicReplication::Fixed(1));
-    eventually_async(Duration::from_secs(20), || {
-        let (admin, new_topic) = (&admin, &new_topic);
-        async move {
-            let r = admin
-                .create_topics([new_topic], &AdminOptions::new())
-                .await
-                .ok()?;
-            r.iter().all(|r| r.is_ok()).then_some(())
-        }
-    })
-    .await
-    .expect("the topic is created");
+    create_kafka_topic(&open, &topic, 1).await;
 
     let password = dir.path().join("password");
     std::fs::write(&password, "pa55\n").unwrap();

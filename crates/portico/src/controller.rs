@@ -383,7 +383,7 @@ fn desired_of(
             pod_management_policy: Some("Parallel".to_string()),
             volume_claim_templates: claims,
             selector: LabelSelector {
-                match_labels: Some(BTreeMap::from([(GATEWAY_LABEL.to_string(), name.clone())])),
+                match_labels: Some(selector.clone()),
                 match_expressions: None,
             },
             template: PodTemplateSpec {
@@ -399,7 +399,7 @@ fn desired_of(
     };
     let service = spec.service_spec.clone().map(|mut s| {
         if s.selector.as_ref().is_none_or(|sel| sel.is_empty()) {
-            s.selector = Some(BTreeMap::from([(GATEWAY_LABEL.to_string(), name.clone())]));
+            s.selector = Some(selector.clone());
         }
         Service {
             metadata: meta(service_name(name)),

@@ -659,13 +659,17 @@ pub(crate) async fn run_gateway(
         ),
         Processor::Independent => None,
     };
-    if let (Some(s), Some((_, settings))) = (supervisor.as_mut(), &sharing) {
-        // Until the coordinator holds buckets, only the configurations placed everywhere run.
-        s.set_share(Share {
+    // The share of the configurations this replica runs, holding `held` buckets.
+    let share = |held| {
+        sharing.as_ref().map(|(_, settings)| Share {
             buckets: settings.buckets,
-            held: Arc::default(),
+            held,
             placement: gateway.spec.placement,
-        });
+        })
+    };
+    if let (Some(s), Some(share)) = (supervisor.as_mut(), share(Arc::default())) {
+        // Until the coordinator holds buckets, only the configurations placed everywhere run.
+        s.set_share(share);
     }
     if let Some(s) = supervisor.as_mut() {
         s.apply(&initial).await;
@@ -710,12 +714,8 @@ pub(crate) async fn run_gateway(
                 }
             },
             Some(a) = assign_rx.recv() => {
-                if let (Some(s), Some((_, settings))) = (supervisor.as_mut(), &sharing) {
-                    s.set_share(Share {
-                        buckets: settings.buckets,
-                        held: a.held,
-                        placement: gateway.spec.placement,
-                    });
+                if let (Some(s), Some(share)) = (supervisor.as_mut(), share(a.held)) {
+                    s.set_share(share);
                     s.apply(&current).await;
                 }
                 let _ = a.done.send(());

@@ -602,3 +602,89 @@ pub fn replace_file(path: &Path, text: &str) {
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
+
+/// The tansu Kafka broker: `PORTICO_TANSU`, else `~/.cargo/bin/tansu`.
+pub fn tansu_program() -> String {
+    std::env::var("PORTICO_TANSU").unwrap_or_else(|_| {
+        let default = format!(
+            "{}/.cargo/bin/tansu",
+            std::env::var("HOME").unwrap_or_default()
+        );
+        assert!(
+            std::path::Path::new(&default).exists(),
+            "the Kafka dispatch tests need the tansu broker: run scripts/test (it installs it), \
+             or `cargo install tansu --version 0.6.0 --locked --features dynostore,libsql` and set PORTICO_TANSU"
+        );
+        default
+    })
+}
+
+/// A private `tansu` Kafka broker (memory engine) on a free port, killed on drop.
+/// `scripts/test` installs tansu and sets `PORTICO_TANSU`.
+pub struct Tansu {
+    child: tokio::process::Child,
+    pub port: u16,
+}
+
+impl Tansu {
+    pub async fn start() -> Tansu {
+        let program = tansu_program();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listener = format!("tcp://127.0.0.1:{port}");
+        let child = tokio::process::Command::new(program)
+            .args(["broker", "--listener-url", &listener])
+            .args(["--advertised-listener-url", &listener])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start tansu");
+        eventually_async(Duration::from_secs(20), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await
+        .expect("tansu listens");
+        Tansu { child, port }
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Creates the Kafka `topic` with `partitions` partitions at `brokers` (retrying while the
+/// broker starts up).
+pub async fn create_kafka_topic(brokers: &str, topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("a Kafka admin client");
+    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    eventually_async(Duration::from_secs(20), || {
+        let (admin, new_topic) = (&admin, &new_topic);
+        async move {
+            let r = admin
+                .create_topics([new_topic], &AdminOptions::new())
+                .await
+                .ok()?;
+            r.iter().all(|r| r.is_ok()).then_some(())
+        }
+    })
+    .await
+    .unwrap_or_else(|| panic!("the topic {topic} is created"));
+}
