@@ -30,6 +30,9 @@
 #   gRPC         one stream of 256-byte JSON events from a Rust gRPC server
 #                (src/bin/grpc_stream.rs server) through a gateway with rpcPort (atMostOnce);
 #                baseline: grpc_stream forward, a bare tonic client forwarding the stream
+#   open loop    after each ingest scenario, src/bin/open-loop.rs POSTs at half the events/s
+#                just measured, at fixed times whether or not answers come (no coordinated
+#                omission); the sink times each event from its scheduled time to its arrival
 #   memory       RSS idle (no configuration; one calendar configuration), with 1,000 calendar
 #                configurations, under the ingest load; time from start to 1,000 Running
 #
@@ -46,7 +49,7 @@ SMOKE="${PORTICO_BENCH_SMOKE:-}"
 for arg in "$@"; do
   case "$arg" in
     --smoke) SMOKE=1 ;;
-    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
     *) echo "benches/load.sh: unknown argument $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -281,6 +284,40 @@ measure_http() {
   say "$(printf '%-14s %7s 2xx/s  p99 %7s ms  delivered %8s  refused or failed %s' "$key" "$W_RPS" "$W_P99" "$delivered" "$W_ERR")"
 }
 
+# open_loop KEY URL [webhook]: src/bin/open-loop.rs POSTs to URL at half of KEY's events/s
+# in this repetition, for WARM s and then SECS s; records KEY.ol_rate, KEY.ol_p50, KEY.ol_p99,
+# KEY.ol_p999 (ms from each event's scheduled time to its arrival at the sink) and
+# KEY.ol_resp_p99 (ms from its scheduled time to the answer).
+open_loop() {
+  local key=$1 url=$2 kind=${3:-ingest} hostport path rate n0 out ok lat p50 p99 p999
+  hostport=${url#http://}; path="/${hostport#*/}"; hostport=${hostport%%/*}
+  rate=$(( ${R[$key.rps]##* } / 2 ))
+  [ "$rate" -gt 0 ] || die "open loop $key: no rate measured"
+  if [ "$WARM" -gt 0 ]; then
+    n0=$(sink_count)
+    out=$("${PIN_LOAD[@]}" "$bin/open-loop" "$hostport" "$path" "$rate" "$WARM" "$CONNS" "$kind") \
+      || die "open-loop failed against $url"
+    wait_sink $((n0 + $(awk '/^sent/ {print $4}' <<< "$out")))
+  fi
+  n0=$(sink_count)
+  curl -sf -o /dev/null "http://$SINK/latency/on"
+  local f0; f0=$(foreign_ticks)
+  out=$("${PIN_LOAD[@]}" "$bin/open-loop" "$hostport" "$path" "$rate" "$SECS" "$CONNS" "$kind") \
+    || die "open-loop failed against $url"
+  add "$key.ol_foreign" "$(foreign_pct "$f0" "$SECS")"
+  ok=$(awk '/^sent/ {print $4}' <<< "$out")
+  wait_sink $((n0 + ok))
+  lat=$(curl -sf "http://$SINK/latency")   # count p50 p99 p99.9 max, µs
+  add "$key.ol_rate" "$rate"
+  read -r _ p50 p99 p999 _ <<< "$lat"
+  add "$key.ol_p50" "$(awk -v v="$p50" 'BEGIN {printf "%.3f", v / 1000}')"
+  add "$key.ol_p99" "$(awk -v v="$p99" 'BEGIN {printf "%.3f", v / 1000}')"
+  add "$key.ol_p999" "$(awk -v v="$p999" 'BEGIN {printf "%.3f", v / 1000}')"
+  add "$key.ol_resp_p99" "$(awk '/^response_us/ {printf "%.3f", $4 / 1000}' <<< "$out")"
+  say "$(printf '%-14s open loop %6s/s  sent %s  timed %s  p50 %s µs  p99 %s µs  p99.9 %s µs' \
+    "$key" "$rate" "$ok" "${lat%% *}" "$p50" "$p99" "$p999")"
+}
+
 # measure_stream KEY NAME CMD…: starts the stream forwarder CMD (Portico or the baseline) on the
 # server CPU, waits until events flow, measures SECS, stops it; records KEY.rps and KEY.cpu.
 measure_stream() {
@@ -417,11 +454,13 @@ for rep in $(seq 1 "$REPS"); do
   start relay "$SERVER_CPU" "$bin/relay" ingest "$SINK"
   port=$(listening relay)
   measure_http relay "${PID[relay]}" "http://127.0.0.1:$port/" "$dir/ingest.lua"
+  open_loop relay "http://127.0.0.1:$port/"
   stop relay
 
   gateway "$dir/amo.yaml" bench bench "http://$SINK/" atMostOnce
   start_gateway amo "$dir/amo.yaml"
   measure_http amo "${PID[amo]}" "http://127.0.0.1:$port/" "$dir/ingest.lua"
+  open_loop amo "http://127.0.0.1:$port/"
   stop amo
 
   gateway "$dir/alo.yaml" bench bench "http://$SINK/" atLeastOnce \
@@ -431,6 +470,7 @@ for rep in $(seq 1 "$REPS"); do
   measure_http alo "${PID[alo]}" "http://127.0.0.1:$port/" "$dir/ingest.lua"
   f1=$(metric "$port" portico_outbox_fsyncs_total); a1=$(metric "$port" portico_outbox_appends_total)
   add alo.fsyncs "$(awk -v f=$((f1 - f0)) -v a=$((a1 - a0)) 'BEGIN {printf "%.4f", (a > 0 ? f / a : 0)}')"
+  open_loop alo "http://127.0.0.1:$port/"
   stop alo
   rm -rf "$dir/outbox-$rep"
 
@@ -569,6 +609,15 @@ table() {
   row "1 gRPC stream (256 B JSON) → HTTP watcher, atMostOnce" "events/s" "$(fmt grpc.rps 0)" "$(fmt grpc_base.rps 0) tonic forwarder" "$(rfmt grpc.rps grpc_base.rps)" "≥ 0.80" "$(check "$r" '>=' 0.8)"
   r=$(ratio grpc.cpu grpc_base.cpu)
   row "" "CPU-s per 100k events" "$(fmt grpc.cpu 2)" "$(fmt grpc_base.cpu 2)" "$(rfmt grpc.cpu grpc_base.cpu)" "≤ 1.5" "$(check "$r" '<=' 1.5)"
+  for k in amo alo; do
+    local mode=atMostOnce target=2
+    [ "$k" = alo ] && mode="atLeastOnce (outbox)" && target=4
+    row "open loop at half the maximum rate: ingest → HTTP watcher, $mode" "events/s sent" "$(fmt "$k.ol_rate" 0)" "$(fmt relay.ol_rate 0) relay" "—" "—" "—"
+    row "" "p50 scheduled → watcher, ms" "$(fmt "$k.ol_p50" 2)" "$(fmt relay.ol_p50 2)" "$(rfmt "$k.ol_p50" relay.ol_p50)" "—" "—"
+    row "" "p99 scheduled → watcher, ms" "$(fmt "$k.ol_p99" 2)" "$(fmt relay.ol_p99 2)" "$(rfmt "$k.ol_p99" relay.ol_p99)" "≤ $target ms" "$(check "$(med "$k.ol_p99")" '<=' "$target")"
+    row "" "p99.9 scheduled → watcher, ms" "$(fmt "$k.ol_p999" 2)" "$(fmt relay.ol_p999 2)" "$(rfmt "$k.ol_p999" relay.ol_p999)" "—" "—"
+    row "" "p99 scheduled → answer, ms" "$(fmt "$k.ol_resp_p99" 2)" "$(fmt relay.ol_resp_p99 2)" "$(rfmt "$k.ol_resp_p99" relay.ol_resp_p99)" "—" "—"
+  done
   row "memory" "RSS idle, no configuration, MB" "$(fmt mem.idle_rss 1)" "$(fmt sink.idle_rss 1) hyper server" "$(rfmt mem.idle_rss sink.idle_rss)" "≤ 10 MB" "$(check "$(med mem.idle_rss)" '<=' 10)"
   row "" "RSS idle, 1 calendar configuration, MB" "$(fmt mem.cal1_rss 1)" "—" "—" "≤ 10 MB" "$(check "$(med mem.cal1_rss)" '<=' 10)"
   row "" "RSS, $CONFIGS calendar configurations, MB" "$(fmt mem.calN_rss 1)" "—" "—" "≤ 30 MB" "$(check "$(med mem.calN_rss)" '<=' 30)"
@@ -582,7 +631,7 @@ table() {
   row "start-up" "start → $CONFIGS configurations Running, ms" "$(fmt mem.start_ms 0)" "—" "—" "≤ 1000 ms" "$(check "$(med mem.start_ms)" '<=' 1000)"
   row "reference" "POST → 200, no work (the sink), events/s" "—" "$(fmt ceiling.rps 0)" "—" "—" "—"
   local k all=""
-  for k in amo alo amo_batch alo_batch webhook grpc relay relay_webhook grpc_base ceiling; do all="$all ${R[$k.foreign]:-}"; done
+  for k in amo alo amo_batch alo_batch webhook grpc relay relay_webhook grpc_base ceiling; do all="$all ${R[$k.foreign]:-} ${R[$k.ol_foreign]:-}"; done
   R[all.foreign]=$all
   row "noise" "CPU other processes took during the measured windows, % of one core" "$(fmt all.foreign 0)" "" "" "≈ 0" "$(check "$(med all.foreign)" '<=' 10)"
 }
@@ -595,6 +644,7 @@ if [ -n "$SMOKE" ]; then
   bad=""
   for k in ceiling.rps relay.rps relay.cpu amo.rps amo.p99 amo.cpu amo.delivered amo.rss \
     alo.rps alo.cpu alo.delivered alo.fsyncs amo_batch.rps amo_batch.delivered alo_batch.rps alo_batch.delivered relay_webhook.rps webhook.rps webhook.cpu webhook.delivered \
+    relay.ol_p99 amo.ol_p99 alo.ol_p99 amo.ol_resp_p99 \
     grpc_base.rps grpc_base.cpu grpc.rps grpc.cpu mem.idle_rss mem.cal1_rss mem.calN_rss mem.start_ms sink.idle_rss; do
     awk -v v="$(med "$k")" 'BEGIN {exit !(v > 0)}' || bad="$bad $k"
   done
@@ -641,6 +691,12 @@ $result
 - **p99 latency**: wrk's 99th percentile of the whole request. Portico answers once the event is
   accepted (queued, or fsynced to the outbox in atLeastOnce); the relay answers after the sink's
   200, as the issue asks.
+- **open loop**: \`benches/src/bin/open-loop.rs\` sends at a fixed rate, half of the events/s
+  the same server reached in the closed-loop run just before, whether or not answers come (a
+  thread paces the schedule; 64 keep-alive connections send what is due, and what finds them
+  all busy waits, on the clock). Each event carries the time it was scheduled for; the sink
+  times it from then to its arrival, so a stall is charged to every event behind it (no
+  coordinated omission). Percentiles are nearest-rank over every event of the window.
 - **CPU-s per 100k events**: utime + stime of the server process (\`/proc/PID/stat\`) over the
   measured window and until the sink has every accepted event, per event the sink received.
 - **noise**: CPU used by processes outside the benchmark (other builds, tests) while a window

@@ -199,13 +199,31 @@ pub struct Forwarders {
 }
 
 impl Forwarders {
-    /// Starts `connections` forwarders POSTing to `http://sink/path`, with a queue of `queue`
-    /// bodies in front of them.
+    /// Starts `connections` forwarders POSTing structured CloudEvents to `http://sink/path`,
+    /// with a queue of `queue` bodies in front of them.
     pub fn start(sink: SocketAddr, path: &str, connections: usize, queue: usize) -> Forwarders {
+        Self::start_with(sink, path, STRUCTURED, connections, queue)
+    }
+
+    /// [`Forwarders::start`], the bodies sent as `content_type`.
+    pub fn start_with(
+        sink: SocketAddr,
+        path: &str,
+        content_type: &'static str,
+        connections: usize,
+        queue: usize,
+    ) -> Forwarders {
         let (tx, rx) = async_channel::bounded::<Job>(queue.max(1));
         let host = HeaderValue::from_str(&sink.to_string()).unwrap_or(HeaderValue::from_static(""));
+        let content_type = HeaderValue::from_static(content_type);
         for _ in 0..connections.max(1) {
-            tokio::spawn(forwarder(sink, path.to_string(), host.clone(), rx.clone()));
+            tokio::spawn(forwarder(
+                sink,
+                path.to_string(),
+                host.clone(),
+                content_type.clone(),
+                rx.clone(),
+            ));
         }
         Forwarders { tx }
     }
@@ -233,6 +251,7 @@ async fn forwarder(
     sink: SocketAddr,
     path: String,
     host: HeaderValue,
+    content_type: HeaderValue,
     jobs: async_channel::Receiver<Job>,
 ) {
     loop {
@@ -266,8 +285,7 @@ async fn forwarder(
                     *req.method_mut() = Method::POST;
                     *req.uri_mut() = path.parse().unwrap_or_default();
                     req.headers_mut().insert(HOST, host.clone());
-                    req.headers_mut()
-                        .insert(CONTENT_TYPE, HeaderValue::from_static(STRUCTURED));
+                    req.headers_mut().insert(CONTENT_TYPE, content_type.clone());
                     match sender.send_request(req).await {
                         Ok(res) => {
                             let good = res.status().is_success();
@@ -287,6 +305,23 @@ async fn forwarder(
             }
         }
     }
+}
+
+/// `count p50 p99 p99.9 max` of `latencies` (sorted here), nearest-rank percentiles.
+pub fn latency_summary(latencies: &mut [u64]) -> String {
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        let rank = (latencies.len() as f64 * q).ceil() as usize;
+        latencies.get(rank.saturating_sub(1)).copied().unwrap_or(0)
+    };
+    format!(
+        "{} {} {} {} {}",
+        latencies.len(),
+        at(0.50),
+        at(0.99),
+        at(0.999),
+        latencies.last().copied().unwrap_or(0)
+    )
 }
 
 /// Prints `listening ADDR` (what `benches/load.sh` waits for) and flushes it.

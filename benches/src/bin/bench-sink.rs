@@ -5,14 +5,19 @@
 //! answers the count. Portico and the baselines deliver to it, and it
 //! is also the machine's ceiling: wrk against it is a "POST → 200" with no work.
 //!
+//! For the open-loop scenario (`src/bin/open-loop.rs`) it also measures delivery latency:
+//! after `GET /latency/on`, each event whose body holds `"sent_ns":N` (the Unix time in
+//! nanoseconds the load generator scheduled it for) is timed from then to its arrival here;
+//! `GET /latency` answers `count p50 p99 p99.9 max` (µs), forgets them and stops timing.
+//!
 //!   bench-sink [PORT]     # 0 or nothing picks a free port; prints `listening 127.0.0.1:PORT`
 //!
 //! It runs on one thread: `load.sh` pins it beside the load generator, away from the server
 //! being measured.
 
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -21,15 +26,65 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 
+#[derive(Default)]
+struct Counts {
+    events: AtomicU64,
+    /// Timing arrivals (`GET /latency/on`).
+    timing: AtomicBool,
+    /// Microseconds from each timed event's scheduled time to its arrival.
+    latencies_us: Mutex<Vec<u64>>,
+}
+
+impl Counts {
+    /// `count p50 p99 p99.9 max` of the latencies so far (µs), which are then forgotten.
+    fn take_latencies(&self) -> String {
+        self.timing.store(false, Ordering::Relaxed);
+        let mut l =
+            std::mem::take(&mut *self.latencies_us.lock().unwrap_or_else(|p| p.into_inner()));
+        portico_benches::latency_summary(&mut l)
+    }
+
+    /// Times an event whose body names its scheduled time (`"sent_ns":N`).
+    fn time(&self, body: &[u8]) {
+        const KEY: &[u8] = b"\"sent_ns\":";
+        let Some(at) = body.windows(KEY.len()).position(|w| w == KEY) else {
+            return;
+        };
+        let digits = &body[at + KEY.len()..];
+        let end = digits
+            .iter()
+            .position(|b| !b.is_ascii_digit())
+            .unwrap_or(digits.len());
+        let Some(sent) = std::str::from_utf8(&digits[..end])
+            .ok()
+            .and_then(|d| d.parse::<u128>().ok())
+        else {
+            return;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let us = (now.saturating_sub(sent) / 1000) as u64;
+        self.latencies_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(us);
+    }
+}
+
 async fn answer(
-    count: Arc<AtomicU64>,
+    counts: Arc<Counts>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() == Method::GET {
-        let n = if req.uri().path() == "/count" {
-            count.load(Ordering::Relaxed).to_string()
-        } else {
-            String::new()
+        let n = match req.uri().path() {
+            "/count" => counts.events.load(Ordering::Relaxed).to_string(),
+            "/latency/on" => {
+                counts.timing.store(true, Ordering::Relaxed);
+                String::new()
+            }
+            "/latency" => counts.take_latencies(),
+            _ => String::new(),
         };
         return Ok(Response::new(Full::new(Bytes::from(n))));
     }
@@ -42,12 +97,17 @@ async fn answer(
         });
     // Read the whole body, as a real watcher would.
     let body = req.into_body().collect().await.map(|b| b.to_bytes());
-    let events = match body {
-        Ok(body) if batch => serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(&body)
+    let events = match &body {
+        Ok(body) if batch => serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(body)
             .map_or(0, |events| events.len() as u64),
         _ => 1,
     };
-    count.fetch_add(events, Ordering::Relaxed);
+    if let Ok(body) = &body
+        && counts.timing.load(Ordering::Relaxed)
+    {
+        counts.time(body);
+    }
+    counts.events.fetch_add(events, Ordering::Relaxed);
     Ok(Response::new(Full::new(Bytes::new())))
 }
 
@@ -61,7 +121,7 @@ async fn main() -> std::io::Result<()> {
         .unwrap_or(0);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     portico_benches::say_listening(listener.local_addr()?);
-    let count = Arc::new(AtomicU64::new(0));
+    let counts = Arc::new(Counts::default());
     loop {
         // An accept error (a connection reset before it was taken, no file descriptor left)
         // concerns one connection: keep serving.
@@ -74,12 +134,12 @@ async fn main() -> std::io::Result<()> {
             }
         };
         let _ = stream.set_nodelay(true);
-        let count = count.clone();
+        let counts = counts.clone();
         tokio::spawn(async move {
             let _ = http1::Builder::new()
                 .serve_connection(
                     TokioIo::new(stream),
-                    service_fn(move |req| answer(count.clone(), req)),
+                    service_fn(move |req| answer(counts.clone(), req)),
                 )
                 .await;
         });

@@ -1,0 +1,134 @@
+//! An open-loop load generator for `benches/load.sh`: POSTs events at a fixed rate, whether or
+//! not the server keeps up, and times each from the moment it was scheduled, so that a server
+//! that stalls is charged for every request that waited behind the stall (no coordinated
+//! omission: a closed-loop tool such as wrk sends less while the server is slow and so hides
+//! the stall).
+//!
+//!   open-loop HOST:PORT PATH RATE SECONDS [CONNECTIONS] [ingest|webhook]
+//!
+//! Each event carries `"sent_ns":N`, the Unix time in nanoseconds it was scheduled for, in a
+//! 512-byte JSON payload (the original ingest body by default, the bare JSON for a webhook), so
+//! that `bench-sink` times its arrival. A thread paces the schedule with `nanosleep` (tens of
+//! microseconds of jitter, where the runtime's timer has a millisecond); CONNECTIONS (64)
+//! keep-alive connections send what is due, and what finds them all busy waits its turn, on
+//! the clock. Prints `sent N ok K` and `response_us count p50 p99 p99.9 max` (scheduled →
+//! answer).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use portico_benches::{Forwarders, latency_summary, original_ingest_body};
+
+struct Args {
+    target: SocketAddr,
+    path: String,
+    rate: f64,
+    seconds: f64,
+    connections: usize,
+    webhook: bool,
+}
+
+fn args() -> Result<Args, String> {
+    let a: Vec<String> = std::env::args().skip(1).collect();
+    if a.len() < 4 {
+        return Err(
+            "usage: open-loop HOST:PORT PATH RATE SECONDS [CONNECTIONS] [ingest|webhook]".into(),
+        );
+    }
+    let number = |i: usize, what: &str| -> Result<f64, String> {
+        a[i].parse::<f64>()
+            .ok()
+            .filter(|v| *v > 0.0)
+            .ok_or_else(|| format!("{what}: `{}` is not a positive number", a[i]))
+    };
+    Ok(Args {
+        target: a[0]
+            .parse()
+            .map_err(|e| format!("HOST:PORT `{}`: {e}", a[0]))?,
+        path: a[1].clone(),
+        rate: number(2, "RATE")?,
+        seconds: number(3, "SECONDS")?,
+        connections: a.get(4).map_or(Ok(64.0), |_| number(4, "CONNECTIONS"))? as usize,
+        webhook: match a.get(5).map(String::as_str) {
+            None | Some("ingest") => false,
+            Some("webhook") => true,
+            Some(other) => return Err(format!("`{other}`: ingest or webhook")),
+        },
+    })
+}
+
+/// The body of the event scheduled at `sent_ns`: a 512-byte JSON payload naming it.
+fn body(sent_ns: u128, webhook: bool) -> Bytes {
+    let head = format!(r#"{{"sent_ns":{sent_ns},"pad":""#);
+    let pad = 512usize.saturating_sub(head.len() + 2);
+    let payload = format!("{head}{}\"}}", "x".repeat(pad));
+    if webhook {
+        Bytes::from(payload)
+    } else {
+        original_ingest_body("bench", payload.as_bytes())
+    }
+}
+
+fn main() -> Result<(), String> {
+    let args = args()?;
+    let total = (args.rate * args.seconds).round() as u64;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let (due_tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, u128)>();
+
+    // The pacer: hands each event over at its scheduled time, never waiting for an answer.
+    let rate = args.rate;
+    let pacer = std::thread::spawn(move || {
+        let start = Instant::now();
+        let epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        for i in 0..total {
+            let offset = Duration::from_secs_f64(i as f64 / rate);
+            let at = start + offset;
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            if due_tx.send((at, epoch + offset.as_nanos())).is_err() {
+                return;
+            }
+        }
+    });
+
+    let (ok, mut latencies) = runtime.block_on(async move {
+        let senders = Forwarders::start_with(
+            args.target,
+            &args.path,
+            "application/json",
+            args.connections,
+            total as usize,
+        );
+        let latencies = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
+        let ok = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut tasks = Vec::with_capacity(total as usize);
+        while let Some((at, sent_ns)) = due_rx.recv().await {
+            let (senders, latencies, ok) = (senders.clone(), latencies.clone(), ok.clone());
+            tasks.push(tokio::spawn(async move {
+                if senders.forward(body(sent_ns, args.webhook)).await {
+                    ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                let us = at.elapsed().as_micros() as u64;
+                latencies.lock().unwrap_or_else(|p| p.into_inner()).push(us);
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        let latencies = std::mem::take(&mut *latencies.lock().unwrap_or_else(|p| p.into_inner()));
+        (ok.load(std::sync::atomic::Ordering::Relaxed), latencies)
+    });
+    let _ = pacer.join();
+    println!("sent {total} ok {ok}");
+    println!("response_us {}", latency_summary(&mut latencies));
+    Ok(())
+}
