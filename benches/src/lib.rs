@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
 use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
@@ -202,28 +203,10 @@ impl Forwarders {
     /// Starts `connections` forwarders POSTing structured CloudEvents to `http://sink/path`,
     /// with a queue of `queue` bodies in front of them.
     pub fn start(sink: SocketAddr, path: &str, connections: usize, queue: usize) -> Forwarders {
-        Self::start_with(sink, path, STRUCTURED, connections, queue)
-    }
-
-    /// [`Forwarders::start`], the bodies sent as `content_type`.
-    pub fn start_with(
-        sink: SocketAddr,
-        path: &str,
-        content_type: &'static str,
-        connections: usize,
-        queue: usize,
-    ) -> Forwarders {
         let (tx, rx) = async_channel::bounded::<Job>(queue.max(1));
         let host = HeaderValue::from_str(&sink.to_string()).unwrap_or(HeaderValue::from_static(""));
-        let content_type = HeaderValue::from_static(content_type);
         for _ in 0..connections.max(1) {
-            tokio::spawn(forwarder(
-                sink,
-                path.to_string(),
-                host.clone(),
-                content_type.clone(),
-                rx.clone(),
-            ));
+            tokio::spawn(forwarder(sink, path.to_string(), host.clone(), rx.clone()));
         }
         Forwarders { tx }
     }
@@ -251,52 +234,14 @@ async fn forwarder(
     sink: SocketAddr,
     path: String,
     host: HeaderValue,
-    content_type: HeaderValue,
     jobs: async_channel::Receiver<Job>,
 ) {
+    let content_type = HeaderValue::from_static(STRUCTURED);
     loop {
-        let stream = match tokio::net::TcpStream::connect(sink).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("forwarder: cannot connect to {sink}: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let (mut sender, conn) =
-            match hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
-                .await
-            {
-                Ok(pair) => pair,
-                Err(e) => {
-                    eprintln!("forwarder: handshake with {sink}: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-        tokio::spawn(conn);
+        let mut sender = connect(sink).await;
         loop {
             let Ok(job) = jobs.recv().await else { return };
-            let ok = match sender.ready().await {
-                Err(_) => None,
-                Ok(()) => {
-                    let mut req = Request::new(Full::new(job.body));
-                    *req.method_mut() = Method::POST;
-                    *req.uri_mut() = path.parse().unwrap_or_default();
-                    req.headers_mut().insert(HOST, host.clone());
-                    req.headers_mut().insert(CONTENT_TYPE, content_type.clone());
-                    match sender.send_request(req).await {
-                        Ok(res) => {
-                            let good = res.status().is_success();
-                            // Read the answer's body so that the connection can be reused.
-                            let _ = res.into_body().collect().await;
-                            Some(good)
-                        }
-                        Err(_) => None,
-                    }
-                }
-            };
+            let ok = post(&mut sender, &path, &host, &content_type, job.body).await;
             if let Some(reply) = job.reply {
                 let _ = reply.send(ok.unwrap_or(false));
             }
@@ -305,6 +250,53 @@ async fn forwarder(
             }
         }
     }
+}
+
+/// An HTTP/1 keep-alive connection to `addr`, retried every 100 ms until it is made.
+pub async fn connect(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
+    loop {
+        let stream = match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("cannot connect to {addr}: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        match hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await {
+            Ok((sender, conn)) => {
+                tokio::spawn(conn);
+                return sender;
+            }
+            Err(e) => {
+                eprintln!("handshake with {addr}: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// POSTs `body` on `sender`'s connection and reads the answer: whether it was 2xx, or `None`
+/// when the connection broke.
+pub async fn post(
+    sender: &mut SendRequest<Full<Bytes>>,
+    path: &str,
+    host: &HeaderValue,
+    content_type: &HeaderValue,
+    body: Bytes,
+) -> Option<bool> {
+    sender.ready().await.ok()?;
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = path.parse().unwrap_or_default();
+    req.headers_mut().insert(HOST, host.clone());
+    req.headers_mut().insert(CONTENT_TYPE, content_type.clone());
+    let res = sender.send_request(req).await.ok()?;
+    let good = res.status().is_success();
+    // Read the answer's body so that the connection can be reused.
+    let _ = res.into_body().collect().await;
+    Some(good)
 }
 
 /// `count p50 p99 p99.9 max` of `latencies` (sorted here), nearest-rank percentiles.

@@ -10,16 +10,16 @@
 //! 512-byte JSON payload (the original ingest body by default, the bare JSON for a webhook), so
 //! that `bench-sink` times its arrival. A thread paces the schedule with `nanosleep` (tens of
 //! microseconds of jitter, where the runtime's timer has a millisecond); CONNECTIONS (64)
-//! keep-alive connections send what is due, and what finds them all busy waits its turn, on
-//! the clock. Prints `sent N ok K` and `response_us count p50 p99 p99.9 max` (scheduled →
+//! keep-alive connections, each taking the next event due, send them, and what finds them all
+//! busy waits its turn, on the clock. Prints `sent N ok K` and `response_us count p50 p99 p99.9 max` (scheduled →
 //! answer).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use portico_benches::{Forwarders, latency_summary, original_ingest_body};
+use hyper::header::HeaderValue;
+use portico_benches::{connect, latency_summary, original_ingest_body, post};
 
 struct Args {
     target: SocketAddr,
@@ -78,7 +78,8 @@ fn main() -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let (due_tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, u128)>();
+    // Events due: when each was scheduled, and that time as Unix nanoseconds.
+    let (due_tx, due_rx) = async_channel::unbounded::<(Instant, u128)>();
 
     // The pacer: hands each event over at its scheduled time, never waiting for an answer.
     let rate = args.rate;
@@ -94,38 +95,49 @@ fn main() -> Result<(), String> {
             if at > now {
                 std::thread::sleep(at - now);
             }
-            if due_tx.send((at, epoch + offset.as_nanos())).is_err() {
+            if due_tx.try_send((at, epoch + offset.as_nanos())).is_err() {
                 return;
             }
         }
     });
 
+    // Each connection takes the next event due, sends it and times it from its scheduled
+    // time; an event that finds every connection busy waits in the queue, on the clock.
     let (ok, mut latencies) = runtime.block_on(async move {
-        let senders = Forwarders::start_with(
-            args.target,
-            &args.path,
-            "application/json",
-            args.connections,
-            total as usize,
-        );
-        let latencies = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
-        let ok = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let mut tasks = Vec::with_capacity(total as usize);
-        while let Some((at, sent_ns)) = due_rx.recv().await {
-            let (senders, latencies, ok) = (senders.clone(), latencies.clone(), ok.clone());
-            tasks.push(tokio::spawn(async move {
-                if senders.forward(body(sent_ns, args.webhook)).await {
-                    ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let host =
+            HeaderValue::from_str(&args.target.to_string()).unwrap_or(HeaderValue::from_static(""));
+        let content_type = HeaderValue::from_static("application/json");
+        let mut connections = Vec::new();
+        for _ in 0..args.connections.max(1) {
+            let (rx, host, content_type, path) = (
+                due_rx.clone(),
+                host.clone(),
+                content_type.clone(),
+                args.path.clone(),
+            );
+            let (target, webhook) = (args.target, args.webhook);
+            connections.push(tokio::spawn(async move {
+                let (mut ok, mut latencies) = (0u64, Vec::new());
+                let mut sender = connect(target).await;
+                while let Ok((at, sent_ns)) = rx.recv().await {
+                    let body = body(sent_ns, webhook);
+                    match post(&mut sender, &path, &host, &content_type, body).await {
+                        Some(good) => ok += u64::from(good),
+                        None => sender = connect(target).await,
+                    }
+                    latencies.push(at.elapsed().as_micros() as u64);
                 }
-                let us = at.elapsed().as_micros() as u64;
-                latencies.lock().unwrap_or_else(|p| p.into_inner()).push(us);
+                (ok, latencies)
             }));
         }
-        for t in tasks {
-            let _ = t.await;
+        let (mut ok, mut latencies) = (0, Vec::with_capacity(total as usize));
+        for c in connections {
+            if let Ok((n, l)) = c.await {
+                ok += n;
+                latencies.extend(l);
+            }
         }
-        let latencies = std::mem::take(&mut *latencies.lock().unwrap_or_else(|p| p.into_inner()));
-        (ok.load(std::sync::atomic::Ordering::Relaxed), latencies)
+        (ok, latencies)
     });
     let _ = pacer.join();
     println!("sent {total} ok {ok}");
