@@ -1019,79 +1019,14 @@ async fn amqp_messages_reach_the_sensor() {
     assert_eq!(portico.terminate().await, Some(0));
 }
 
-/// A private `tansu` Kafka broker (memory engine) on a free port, killed on drop.
-struct Tansu {
-    child: tokio::process::Child,
-    port: u16,
-}
-
-impl Tansu {
-    async fn start() -> Tansu {
-        let program = std::env::var("PORTICO_TANSU").unwrap_or_else(|_| {
-            format!(
-                "{}/.cargo/bin/tansu",
-                std::env::var("HOME").unwrap_or_default()
-            )
-        });
-        assert!(
-            Path::new(&program).exists(),
-            "the kafka example needs the tansu broker: run scripts/test (it installs it), or set PORTICO_TANSU"
-        );
-        let port = free_port();
-        let listener = format!("tcp://127.0.0.1:{port}");
-        let child = tokio::process::Command::new(program)
-            .args(["broker", "--listener-url", &listener])
-            .args(["--advertised-listener-url", &listener])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start tansu");
-        eventually_async(WAIT, || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(drop)
-        })
-        .await
-        .expect("tansu listens");
-        Tansu { child, port }
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
-
 #[tokio::test]
 async fn kafka_with_a_partition_and_no_consumer_group_reaches_the_sensor() {
     use rdkafka::ClientConfig;
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
-    let broker = Tansu::start().await;
-    let brokers = format!("127.0.0.1:{}", broker.port);
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    let topic = NewTopic::new("foo", 1, TopicReplication::Fixed(1));
-    eventually_async(WAIT, || {
-        let (admin, topic) = (&admin, &topic);
-        async move {
-            let r = admin
-                .create_topics([topic], &AdminOptions::new())
-                .await
-                .ok()?;
-            r.iter().all(|r| r.is_ok()).then_some(())
-        }
-    })
-    .await
-    .expect("topic foo is created");
+    let broker = support::Tansu::start().await;
+    let brokers = broker.brokers();
+    support::create_kafka_topic(&brokers, "foo", 1).await;
 
     let example = Example::new("kafka", &[("${KAFKA_URL}", &brokers)]);
     let watcher = Watcher::start().await;

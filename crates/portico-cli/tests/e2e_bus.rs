@@ -222,14 +222,7 @@ async fn nats_dispatch_over_tls_with_a_user_whose_password_is_in_a_file() {
         .kill_on_drop(true)
         .spawn()
         .expect("nats-server (Debian package nats-server)");
-    eventually_async(Duration::from_secs(20), || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await
-    .expect("nats-server listens");
+    support::until_listening(port, "nats-server").await;
     let password = dir.path().join("password");
     std::fs::write(&password, "pa55\n").unwrap();
     let subject = format!("portico.tls.{}", unique());
@@ -348,16 +341,7 @@ async fn kafka_dispatch_logs_in_with_scram() {
         }
         c.spawn().expect("start tansu")
     };
-    let listening = |port: u16| async move {
-        eventually_async(Duration::from_secs(20), || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(|_| ())
-        })
-        .await
-        .expect("tansu listens");
-    };
+    let listening = |port: u16| support::until_listening(port, "tansu");
     let (open_port, guarded_port) = (free_port(), free_port());
     let _open = start(open_port, false);
     listening(open_port).await;

@@ -386,6 +386,38 @@ async fn three_pods_over_leases_lose_no_tick_when_one_is_killed() {
     assert_eq!(buckets, 32, "one Lease per bucket");
 }
 
+/// Starts replica `name` of gateway `gateway`: type `ty`, the one configuration `key: value`,
+/// the watcher `watcher` (a YAML flow item), coordinated over the NATS key-value bucket
+/// `bucket`, its file written in `dir`; `envs` besides `PORTICO_REPLICA`. Returns once the
+/// configuration runs there.
+#[allow(clippy::too_many_arguments)] // a gateway file's parts, named at each call
+async fn start_replica(
+    dir: &std::path::Path,
+    name: &str,
+    gateway: &str,
+    ty: &str,
+    (key, value): (&str, &str),
+    watcher: &str,
+    bucket: &str,
+    envs: &[(&str, &str)],
+) -> Portico {
+    let file = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: portico.dev/v1alpha1\nkind: Gateway\nmetadata:\n  name: {gateway}\nspec:\n  type: {ty}\n  configMap: {gateway}-cm\n  coordination: {}\n  watchers:\n    urls: [{watcher}]\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {gateway}-cm\ndata:\n  {key}: \"{value}\"\n",
+            nats_coordination(bucket),
+        ),
+    )
+    .expect("write the gateway file");
+    let mut all = vec![("PORTICO_REPLICA", name)];
+    all.extend_from_slice(envs);
+    let p = Portico::start(&["run", file.to_str().unwrap()], &all).await;
+    p.wait_for_phase(key, "Running", Duration::from_secs(30))
+        .await;
+    p
+}
+
 /// A webhook runs on every replica (placement `everywhere`), whatever buckets each holds: each
 /// replica accepts the deliveries sent to it and delivers them. (On one machine each replica
 /// needs a port of its own, so each reads a file naming its own; in a cluster every pod has
@@ -399,27 +431,24 @@ async fn a_webhook_accepts_and_delivers_on_every_replica() {
     let mut replicas = Vec::new();
     for name in ["r1", "r2", "r3"] {
         let port = support::free_port();
-        let file = dir.path().join(format!("{name}.yaml"));
-        std::fs::write(
-            &file,
-            format!(
-                "apiVersion: portico.dev/v1alpha1\nkind: Gateway\nmetadata:\n  name: hooks\nspec:\n  type: webhook\n  configMap: hooks-cm\n  coordination: {}\n  watchers:\n    urls: [\"{}\"]\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: hooks-cm\ndata:\n  push: \"{{port: {port}, endpoint: /push, method: POST}}\"\n",
-                nats_coordination(&bucket),
-                sink.url()
+        let p = start_replica(
+            dir.path(),
+            name,
+            "hooks",
+            "webhook",
+            (
+                "push",
+                &format!("{{port: {port}, endpoint: /push, method: POST}}"),
             ),
-        )
-        .expect("write the gateway file");
-        let p = Portico::start(
-            &["run", file.to_str().unwrap()],
-            &[("PORTICO_REPLICA", name)],
+            &format!("\"{}\"", sink.url()),
+            &bucket,
+            &[],
         )
         .await;
         replicas.push((name, port, p));
     }
-    // Every replica sees the three members, and runs the webhook.
+    // Every replica sees the three members.
     for (name, _, p) in &replicas {
-        p.wait_for_phase("push", "Running", Duration::from_secs(20))
-            .await;
         eventually_async(Duration::from_secs(20), || async {
             let s = p.status().await;
             let members = s["coordination"]["members"].as_object()?.clone();
@@ -477,28 +506,21 @@ async fn a_stopped_replica_drains_its_outbox_and_a_killed_one_replays_it_under_i
     let dir = tempfile::tempdir().expect("temp dir");
     let http = reqwest::Client::new();
     let start = async |name: &str, port: u16| {
-        let file = dir.path().join(format!("{name}.yaml"));
-        std::fs::write(
-            &file,
-            format!(
-                "apiVersion: portico.dev/v1alpha1\nkind: Gateway\nmetadata:\n  name: drained\nspec:\n  type: webhook\n  configMap: drained-cm\n  coordination: {}\n  watchers:\n    urls: [{{url: \"{}\", concurrency: 4}}]\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: drained-cm\ndata:\n  push: \"{{port: {port}, endpoint: /push, method: POST}}\"\n",
-                nats_coordination(&bucket),
-                sink.url()
-            ),
-        )
-        .expect("write the gateway file");
         let outbox = dir.path().join(format!("{name}-outbox"));
-        let p = Portico::start(
-            &["run", file.to_str().unwrap()],
-            &[
-                ("PORTICO_REPLICA", name),
-                ("PORTICO_OUTBOX_DIR", outbox.to_str().unwrap()),
-            ],
+        start_replica(
+            dir.path(),
+            name,
+            "drained",
+            "webhook",
+            (
+                "push",
+                &format!("{{port: {port}, endpoint: /push, method: POST}}"),
+            ),
+            &format!("{{url: \"{}\", concurrency: 4}}", sink.url()),
+            &bucket,
+            &[("PORTICO_OUTBOX_DIR", outbox.to_str().unwrap())],
         )
-        .await;
-        p.wait_for_phase("push", "Running", Duration::from_secs(20))
-            .await;
-        p
+        .await
     };
     let post = async |name: &str, port: u16| {
         for n in 0..EACH {
@@ -621,25 +643,22 @@ async fn a_kafka_consumer_group_spreads_over_three_replicas_and_loses_nothing_wh
 
     let bucket = format!("portico-kafka-{}", std::process::id());
     let dir = tempfile::tempdir().expect("temp dir");
+    let config = format!(
+        "{{url: '{brokers}', topic: {topic}, consumerGroup: orders-{bucket}, startOffset: oldest}}"
+    );
     let start = async |name: &str, sink: &Sink| {
-        let file = dir.path().join(format!("{name}.yaml"));
-        std::fs::write(
-            &file,
-            format!(
-                "apiVersion: portico.dev/v1alpha1\nkind: Gateway\nmetadata:\n  name: orders\nspec:\n  type: kafka\n  configMap: orders-cm\n  coordination: {}\n  watchers:\n    urls: [\"{}\"]\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: orders-cm\ndata:\n  orders: \"{{url: '{brokers}', topic: {topic}, consumerGroup: orders-{bucket}, startOffset: oldest}}\"\n",
-                nats_coordination(&bucket),
-                sink.url()
-            ),
+        let watcher = format!("\"{}\"", sink.url());
+        start_replica(
+            dir.path(),
+            name,
+            "orders",
+            "kafka",
+            ("orders", &config),
+            &watcher,
+            &bucket,
+            &[],
         )
-        .expect("write the gateway file");
-        let p = Portico::start(
-            &["run", file.to_str().unwrap()],
-            &[("PORTICO_REPLICA", name)],
-        )
-        .await;
-        p.wait_for_phase("orders", "Running", Duration::from_secs(30))
-            .await;
-        p
+        .await
     };
     let mut replicas = BTreeMap::new();
     for name in ["r1", "r2", "r3"] {

@@ -644,14 +644,7 @@ impl Tansu {
             .kill_on_drop(true)
             .spawn()
             .expect("start tansu");
-        eventually_async(Duration::from_secs(20), || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(|_| ())
-        })
-        .await
-        .expect("tansu listens");
+        until_listening(port, "tansu").await;
         Tansu { child, port }
     }
 
@@ -687,4 +680,16 @@ pub async fn create_kafka_topic(brokers: &str, topic: &str, partitions: i32) {
     })
     .await
     .unwrap_or_else(|| panic!("the topic {topic} is created"));
+}
+
+/// Waits until something listens on 127.0.0.1:`port` (`what`, for the failure).
+pub async fn until_listening(port: u16, what: &str) {
+    eventually_async(Duration::from_secs(20), || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(drop)
+    })
+    .await
+    .unwrap_or_else(|| panic!("{what} listens on port {port}"));
 }
