@@ -418,6 +418,21 @@ async fn start_replica(
     p
 }
 
+/// POSTs `{"replica": name, "n": 0…count-1}` to the webhook of replica `name` on `port`, each
+/// answered 200.
+async fn post_each(name: &str, port: u16, count: usize) {
+    let http = reqwest::Client::new();
+    for n in 0..count {
+        let r = http
+            .post(format!("http://127.0.0.1:{port}/push"))
+            .body(format!("{{\"replica\":\"{name}\",\"n\":{n}}}"))
+            .send()
+            .await
+            .expect("POST to the webhook");
+        assert_eq!(r.status(), 200, "{name}: delivery {n}");
+    }
+}
+
 /// A webhook runs on every replica (placement `everywhere`), whatever buckets each holds: each
 /// replica accepts the deliveries sent to it and delivers them. (On one machine each replica
 /// needs a port of its own, so each reads a file naming its own; in a cluster every pod has
@@ -457,17 +472,8 @@ async fn a_webhook_accepts_and_delivers_on_every_replica() {
         .await
         .unwrap_or_else(|| panic!("{name}: the three members in /status"));
     }
-    let http = reqwest::Client::new();
     for (name, port, _) in &replicas {
-        for n in 0..EACH {
-            let r = http
-                .post(format!("http://127.0.0.1:{port}/push"))
-                .body(format!("{{\"replica\":\"{name}\",\"n\":{n}}}"))
-                .send()
-                .await
-                .expect("POST to the webhook");
-            assert_eq!(r.status(), 200, "{name}: delivery {n}");
-        }
+        post_each(name, *port, EACH).await;
     }
     let events = sink
         .wait_for_events(3 * EACH, Duration::from_secs(30))
@@ -504,7 +510,6 @@ async fn a_stopped_replica_drains_its_outbox_and_a_killed_one_replays_it_under_i
     let sink = Sink::start(Behaviour::Slow(Duration::from_millis(100))).await;
     let bucket = format!("portico-drain-{}", std::process::id());
     let dir = tempfile::tempdir().expect("temp dir");
-    let http = reqwest::Client::new();
     let start = async |name: &str, port: u16| {
         let outbox = dir.path().join(format!("{name}-outbox"));
         start_replica(
@@ -522,17 +527,7 @@ async fn a_stopped_replica_drains_its_outbox_and_a_killed_one_replays_it_under_i
         )
         .await
     };
-    let post = async |name: &str, port: u16| {
-        for n in 0..EACH {
-            let r = http
-                .post(format!("http://127.0.0.1:{port}/push"))
-                .body(format!("{{\"replica\":\"{name}\",\"n\":{n}}}"))
-                .send()
-                .await
-                .expect("POST to the webhook");
-            assert_eq!(r.status(), 200, "{name}: delivery {n}");
-        }
-    };
+    let post = async |name: &str, port: u16| post_each(name, port, EACH).await;
     let arrived = |name: &str| -> BTreeMap<u64, usize> {
         let mut by_n = BTreeMap::new();
         for e in sink.events() {
