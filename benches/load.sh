@@ -284,25 +284,25 @@ measure_http() {
   say "$(printf '%-14s %7s 2xx/s  p99 %7s ms  delivered %8s  refused or failed %s' "$key" "$W_RPS" "$W_P99" "$delivered" "$W_ERR")"
 }
 
-# open_loop KEY URL [webhook]: src/bin/open-loop.rs POSTs to URL at half of KEY's events/s
+# open_loop KEY URL: src/bin/open-loop.rs POSTs to URL at half of KEY's events/s
 # in this repetition, for WARM s and then SECS s; records KEY.ol_rate, KEY.ol_p50, KEY.ol_p99,
 # KEY.ol_p999 (ms from each event's scheduled time to its arrival at the sink) and
 # KEY.ol_resp_p99 (ms from its scheduled time to the answer).
 open_loop() {
-  local key=$1 url=$2 kind=${3:-ingest} hostport path rate n0 out ok lat p50 p99 p999
+  local key=$1 url=$2 hostport path rate n0 out ok lat p50 p99 p999
   hostport=${url#http://}; path="/${hostport#*/}"; hostport=${hostport%%/*}
   rate=$(( ${R[$key.rps]##* } / 2 ))
   [ "$rate" -gt 0 ] || die "open loop $key: no rate measured"
   if [ "$WARM" -gt 0 ]; then
     n0=$(sink_count)
-    out=$("${PIN_LOAD[@]}" "$bin/open-loop" "$hostport" "$path" "$rate" "$WARM" "$CONNS" "$kind") \
+    out=$("${PIN_LOAD[@]}" "$bin/open-loop" "$hostport" "$path" "$rate" "$WARM" "$CONNS") \
       || die "open-loop failed against $url"
     wait_sink $((n0 + $(awk '/^sent/ {print $4}' <<< "$out")))
   fi
   n0=$(sink_count)
   curl -sf -o /dev/null "http://$SINK/latency/on"
   local f0; f0=$(foreign_ticks)
-  out=$("${PIN_LOAD[@]}" "$bin/open-loop" "$hostport" "$path" "$rate" "$SECS" "$CONNS" "$kind") \
+  out=$("${PIN_LOAD[@]}" "$bin/open-loop" "$hostport" "$path" "$rate" "$SECS" "$CONNS") \
     || die "open-loop failed against $url"
   add "$key.ol_foreign" "$(foreign_pct "$f0" "$SECS")"
   ok=$(awk '/^sent/ {print $4}' <<< "$out")

@@ -4,15 +4,14 @@
 //! omission: a closed-loop tool such as wrk sends less while the server is slow and so hides
 //! the stall).
 //!
-//!   open-loop HOST:PORT PATH RATE SECONDS [CONNECTIONS] [ingest|webhook]
+//!   open-loop HOST:PORT PATH RATE SECONDS [CONNECTIONS]
 //!
-//! Each event carries `"sent_ns":N`, the Unix time in nanoseconds it was scheduled for, in a
-//! 512-byte JSON payload (the original ingest body by default, the bare JSON for a webhook), so
-//! that `bench-sink` times its arrival. A thread paces the schedule with `nanosleep` (tens of
+//! Each event is an original ingest body whose 512-byte JSON payload carries `"sent_ns":N`,
+//! the Unix time in nanoseconds it was scheduled for, so that `bench-sink` times its arrival. A thread paces the schedule with `nanosleep` (tens of
 //! microseconds of jitter, where the runtime's timer has a millisecond); CONNECTIONS (64)
 //! keep-alive connections, each taking the next event due, send them, and what finds them all
-//! busy waits its turn, on the clock. Prints `sent N ok K` and `response_us count p50 p99 p99.9 max` (scheduled →
-//! answer).
+//! busy waits its turn, on the clock. Prints `sent N ok K` and
+//! `response_us count p50 p99 p99.9 max` (scheduled → answer).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,15 +26,12 @@ struct Args {
     rate: f64,
     seconds: f64,
     connections: usize,
-    webhook: bool,
 }
 
 fn args() -> Result<Args, String> {
     let a: Vec<String> = std::env::args().skip(1).collect();
     if a.len() < 4 {
-        return Err(
-            "usage: open-loop HOST:PORT PATH RATE SECONDS [CONNECTIONS] [ingest|webhook]".into(),
-        );
+        return Err("usage: open-loop HOST:PORT PATH RATE SECONDS [CONNECTIONS]".into());
     }
     let number = |i: usize, what: &str| -> Result<f64, String> {
         a[i].parse::<f64>()
@@ -51,24 +47,15 @@ fn args() -> Result<Args, String> {
         rate: number(2, "RATE")?,
         seconds: number(3, "SECONDS")?,
         connections: a.get(4).map_or(Ok(64.0), |_| number(4, "CONNECTIONS"))? as usize,
-        webhook: match a.get(5).map(String::as_str) {
-            None | Some("ingest") => false,
-            Some("webhook") => true,
-            Some(other) => return Err(format!("`{other}`: ingest or webhook")),
-        },
     })
 }
 
-/// The body of the event scheduled at `sent_ns`: a 512-byte JSON payload naming it.
-fn body(sent_ns: u128, webhook: bool) -> Bytes {
+/// The ingest body of the event scheduled at `sent_ns`: a 512-byte JSON payload naming it.
+fn body(sent_ns: u128) -> Bytes {
     let head = format!(r#"{{"sent_ns":{sent_ns},"pad":""#);
     let pad = 512usize.saturating_sub(head.len() + 2);
     let payload = format!("{head}{}\"}}", "x".repeat(pad));
-    if webhook {
-        Bytes::from(payload)
-    } else {
-        original_ingest_body("bench", payload.as_bytes())
-    }
+    original_ingest_body("bench", payload.as_bytes())
 }
 
 fn main() -> Result<(), String> {
@@ -115,12 +102,12 @@ fn main() -> Result<(), String> {
                 content_type.clone(),
                 args.path.clone(),
             );
-            let (target, webhook) = (args.target, args.webhook);
+            let target = args.target;
             connections.push(tokio::spawn(async move {
                 let (mut ok, mut latencies) = (0u64, Vec::new());
                 let mut sender = connect(target).await;
                 while let Ok((at, sent_ns)) = rx.recv().await {
-                    let body = body(sent_ns, webhook);
+                    let body = body(sent_ns);
                     match post(&mut sender, &path, &host, &content_type, body).await {
                         Some(good) => ok += u64::from(good),
                         None => sender = connect(target).await,

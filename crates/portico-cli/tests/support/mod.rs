@@ -612,7 +612,7 @@ pub fn tansu_program() -> String {
         );
         assert!(
             std::path::Path::new(&default).exists(),
-            "the Kafka dispatch tests need the tansu broker: run scripts/test (it installs it), \
+            "the Kafka tests need the tansu broker: run scripts/test (it installs it), \
              or `cargo install tansu --version 0.6.0 --locked --features dynostore,libsql` and set PORTICO_TANSU"
         );
         default
@@ -629,11 +629,7 @@ pub struct Tansu {
 impl Tansu {
     pub async fn start() -> Tansu {
         let program = tansu_program();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let listener = format!("tcp://127.0.0.1:{port}");
         let child = tokio::process::Command::new(program)
             .args(["broker", "--listener-url", &listener])
