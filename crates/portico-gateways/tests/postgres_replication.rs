@@ -6,6 +6,7 @@
 //! uuid), and drops them at the end even when it fails (a slot left behind keeps WAL).
 
 mod broker_support;
+mod postgres_support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,108 +15,13 @@ use broker_support::{Rig, ext, free_port, unique, wait_until};
 use portico::Phase;
 use portico::cloudevents::CloudEvent;
 use portico_gateways::postgres::Postgres;
+use postgres_support::{Names, URL, client, try_inserts_in_slot};
 use serde_json::{Value, json};
 
-const URL: &str = "postgres://root@127.0.0.1:5432/test";
 const SERVER: &str = "PostgreSQL at 127.0.0.1:5432/test";
-const CONNINFO: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
 
 fn rig(name: &str) -> Rig {
     Rig::new(name, "postgres", Arc::new(Postgres))
-}
-
-/// A client of the test's own; its connection is driven by a task that ends when the client
-/// is dropped.
-async fn client() -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(CONNINFO, tokio_postgres::NoTls)
-        .await
-        .expect("connect to PostgreSQL on 127.0.0.1:5432");
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
-}
-
-/// A test's table, publication and slot; dropped with it, even when the test fails (the
-/// slot's holder is terminated if need be).
-struct Names {
-    table: String,
-    publication: String,
-    slot: String,
-}
-
-impl Names {
-    fn new() -> Names {
-        let id = unique("");
-        Names {
-            table: format!("portico_rows_{id}"),
-            publication: format!("portico_pub_{id}"),
-            slot: format!("portico_slot_{id}"),
-        }
-    }
-}
-
-impl Drop for Names {
-    fn drop(&mut self) {
-        let (table, publication) = (self.table.clone(), self.publication.clone());
-        // The test's slot, and the copy or other slot a test may have made of its name.
-        let slots: Vec<String> = ["", "_c", "_x"]
-            .iter()
-            .map(|suffix| format!("{}{suffix}", self.slot))
-            .collect();
-        // Its own runtime on its own thread: the test's runtime may be gone or busy.
-        let cleaned = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            rt.block_on(async move {
-                let (c, connection) = tokio_postgres::connect(CONNINFO, tokio_postgres::NoTls)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-                for slot in &slots {
-                    loop {
-                        let exists = c
-                            .query_opt(
-                                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
-                                &[slot],
-                            )
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        let Some(row) = exists else { break };
-                        if let Some(pid) = row.get::<_, Option<i32>>(0) {
-                            let _ = c.execute("SELECT pg_terminate_backend($1)", &[&pid]).await;
-                        }
-                        match c
-                            .execute("SELECT pg_drop_replication_slot($1)", &[slot])
-                            .await
-                        {
-                            Ok(_) => break,
-                            Err(e) if tokio::time::Instant::now() > deadline => {
-                                return Err(format!("cannot drop slot {slot}: {e}"));
-                            }
-                            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                        }
-                    }
-                }
-                c.batch_execute(&format!(
-                    "DROP PUBLICATION IF EXISTS {publication}; DROP TABLE IF EXISTS {table}"
-                ))
-                .await
-                .map_err(|e| e.to_string())
-            })
-        })
-        .join();
-        match cleaned {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("cleanup: {e}"),
-            Err(_) => eprintln!("cleanup panicked"),
-        }
-    }
 }
 
 fn config(n: &Names) -> String {
@@ -138,22 +44,6 @@ async fn confirmed(c: &tokio_postgres::Client, slot: &str) -> String {
     .await
     .unwrap()
     .get(0)
-}
-
-/// How many inserts the slot still holds (peeked, so it does not move); an error while the
-/// gateway reads the slot at the same moment (the slot is busy).
-async fn try_inserts_in_slot(
-    c: &tokio_postgres::Client,
-    n: &Names,
-) -> Result<i64, tokio_postgres::Error> {
-    let row = c
-        .query_one(
-            "SELECT count(*) FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL, \
-             'proto_version', '1', 'publication_names', $2) WHERE get_byte(data, 0) = 73",
-            &[&n.slot, &n.publication],
-        )
-        .await?;
-    Ok(row.get(0))
 }
 
 async fn create_table(c: &tokio_postgres::Client, n: &Names) {

@@ -175,8 +175,12 @@ impl Azurite {
 
     /// Runs `storage.js` with these arguments; its output, trimmed.
     pub fn run(&self, args: &[&str]) -> String {
-        let script =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/azurite_support/storage.js");
+        // Beside this file, whichever crate's test includes it (`file!()` is relative to the
+        // workspace's root).
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(file!())
+            .with_file_name("storage.js");
         let out = Command::new("node")
             .arg(&script)
             .arg(self.connection_string())

@@ -11,7 +11,12 @@ use super::moto_support::{Moto, venv};
 
 /// Runs `sqs.py` against `moto` with these arguments; its output, trimmed.
 fn run(moto: &Moto, args: &[&str]) -> String {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/moto_support/sqs.py");
+    // Beside `moto_support/mod.rs`, whichever crate's test includes this file (`file!()` is
+    // relative to the workspace's root).
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(file!());
+    let script = here.with_file_name("../moto_support/sqs.py");
     let out = Command::new(venv().join("bin/python"))
         .arg(&script)
         .arg(&moto.url)
