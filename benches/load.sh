@@ -639,6 +639,15 @@ table() {
 result=$(table)
 printf '\n%s\n' "$result"
 
+# Many configurations in one process (benches/density.sh: its own table).
+if [ -n "$SMOKE" ]; then
+  density=$("$root/benches/density.sh" --smoke)
+else
+  # shellcheck disable=SC2086
+  density=$("$root/benches/density.sh" ${PORTICO_BENCH_DENSITY:-10000 100000})
+fi
+printf '\n%s\n' "$density"
+
 if [ -n "$SMOKE" ]; then
   # Every figure must be there and above zero.
   bad=""
@@ -660,6 +669,38 @@ commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 unchanged=(git -C "$root" diff --quiet HEAD -- .)
 case "$OUT" in /*) ;; *) unchanged+=(":(exclude)$OUT") ;; esac
 "${unchanged[@]}" 2>/dev/null || commit="$commit (with uncommitted changes)"
+DENSITY_TEXT=$(cat <<EOF
+## Density: many configurations in one process
+
+\`benches/density.sh\` runs a calendar gateway in a (fake) cluster: its ConfigMap of N
+configurations (\`interval: 1h\`) served by \`fake-kube\` over loopback, read through the real
+list and watch. Start → all Running is read off the log; idle CPU is the process's user +
+system CPU over 60 s from 10 s after all are Running (no tick falls in the window); RSS idle
+is read at the end of that window; one key changed is a merge patch of one key (5 times),
+timed in Portico from its log's "the configuration map changed" to that key's
+"configuration running", and end to end from the patch sent (which adds the fake API
+server's own work: at 100,000 keys, most of it). Plain release build.
+
+What each change bought, measured with \`heaptrack\` and \`benches/density.sh\`:
+
+- **The hand-over of a calendar tick is boxed** (\`calendar.rs\`): held inline, its state
+  (filter, rate limit, outbox append) made every waiting configuration's future 3.3 kB;
+  boxed, it exists only while a tick is handed over. Heap at 10,000 configurations
+  (file mode): 60.6 → 32.0 MB.
+- **One wall-clock checker instead of minute steps** (\`calendar.rs\`): each calendar slept
+  in steps of at most a minute so that a wall-clock jump would not make a tick late;
+  100,000 of them woke 1,667 times a second, 1.5–2.2 % of a core. Now each sleeps until
+  its tick (at most an hour), and one thread compares the wall clock with the monotonic
+  clock every 10 s and wakes them all when it jumped: 0.2–0.6 % of a core at 100,000.
+- **Free memory given back** (\`runtime.rs\`, \`malloc_trim\` 3 s and 30 s after a map is
+  applied): glibc keeps what the map's parsing and the first status write of every node
+  freed; at 10,000 configurations in a cluster, 82 → 62 MB.
+- **One walk of the map and what runs** (\`supervisor.rs\`) instead of two lookups per key,
+  and the metrics' labels registered under one lock that stops at the cap (\`metrics.rs\`)
+  instead of a counter set made and dropped for each key past it: a change of one key
+  among 100,000, in Portico, 131 → 71 ms (with other work on the machine).
+EOF
+)
 {
   cat <<EOF
 # Benchmarks
@@ -713,12 +754,17 @@ $result
   per watcher) and the delivery mode named in the row. The memory baseline is the sink, a
   minimal hyper server, idle.
 
+$DENSITY_TEXT
+
+$density
+
 ## Rerun
 
 \`\`\`sh
 apt-get install -y wrk                     # once
 benches/load.sh                            # this file; PORTICO_BENCH_SECONDS, _REPS, _PIN=0 … (see --help)
 benches/load.sh --smoke                    # a few seconds, debug builds: checks it still runs
+benches/density.sh [N…]                    # the density table alone (default 10000 100000)
 cargo bench -p portico-benches --bench micro   # criterion micro-benchmarks of the hot paths
 \`\`\`
 EOF

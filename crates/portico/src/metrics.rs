@@ -377,11 +377,31 @@ impl Metrics {
         self.src_metrics(src, MAX_POSTED_SRC_LABELS, true)
     }
 
+    /// Gives the configuration keys `keys` their own labels while there is room (as
+    /// [`Metrics::for_src`] would, under one lock, and stopping once the cap is reached).
+    pub(crate) fn own_srcs<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+        let mut srcs = self.srcs.lock().unwrap_or_else(|p| p.into_inner());
+        for key in keys {
+            if srcs.known.len() - srcs.posted >= MAX_SRC_LABELS {
+                return;
+            }
+            if !srcs.known.contains_key(key) {
+                self.make_src_metrics(&mut srcs, key, MAX_SRC_LABELS, false);
+            }
+        }
+    }
+
     fn src_metrics(&self, src: &str, cap: usize, posted: bool) -> SrcMetrics {
         let mut srcs = self.srcs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(m) = srcs.known.get(src) {
-            return m.clone();
+        match srcs.known.get(src) {
+            Some(m) => m.clone(),
+            None => self.make_src_metrics(&mut srcs, src, cap, posted),
         }
+    }
+
+    /// The counters of `src`, not known yet: kept in `srcs` with a label of its own while
+    /// fewer than `cap` such sources are, labelled [`OTHER_SRC`] after.
+    fn make_src_metrics(&self, srcs: &mut Srcs, src: &str, cap: usize, posted: bool) -> SrcMetrics {
         let count = if posted {
             srcs.posted
         } else {
