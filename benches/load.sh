@@ -699,6 +699,9 @@ What each change bought, measured with \`heaptrack\` and \`benches/density.sh\`:
   and the metrics' labels registered under one lock that stops at the cap (\`metrics.rs\`)
   instead of a counter set made and dropped for each key past it: a change of one key
   among 100,000, in Portico, 131 → 71 ms (with other work on the machine).
+- **The ConfigMap source keeps a digest of the map it sent**, not a copy, and hands the
+  watched object's map over without cloning it (\`source/configmap.rs\`): one copy of
+  every configuration less in memory and two clones less per change.
 EOF
 )
 {

@@ -180,12 +180,23 @@ async fn unaccepted_messages_are_requeued_at_stop_and_none_is_lost() {
     // event in its queue and, when the dispatcher's worker took that one before the next
     // arrived, one more in flight to the (down) watcher: one or two accepted, the rest back.
     rig.apply(&[]).await;
-    wait_until("the unaccepted messages requeued", || async {
-        (n - 2..n)
-            .contains(&ready(&conn, &queue).await)
-            .then_some(())
+    let accepted = rig.received("alo");
+    let seen = std::cell::Cell::new(u32::MAX);
+    let requeued = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            seen.set(ready(&conn, &queue).await);
+            if (n - 2..n).contains(&seen.get()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     })
     .await;
+    assert!(
+        requeued.is_ok(),
+        "the unaccepted messages were not requeued: {} ready of {n} (u32::MAX: the queue could not be read), {accepted} received by the gateway",
+        seen.get()
+    );
     rig.watcher_up(true);
     rig.apply(&[("alo", &c)]).await;
     let got = rig.until_all(&want).await;

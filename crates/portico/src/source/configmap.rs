@@ -27,8 +27,21 @@ pub(crate) struct ConfigMapRef {
 }
 
 /// The configurations of a ConfigMap: its `data` (`binaryData` is not a configuration).
-fn configurations(cm: &ConfigMap) -> ConfigMapData {
-    cm.data.clone().unwrap_or_default()
+fn configurations(cm: ConfigMap) -> ConfigMapData {
+    cm.data.unwrap_or_default()
+}
+
+/// A digest of `map`, to tell a changed map from the one already sent without keeping a copy
+/// (with 100,000 configurations, a copy is megabytes).
+fn digest(map: &ConfigMapData) -> u128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for (key, value) in map {
+        for text in [key, value] {
+            h.update(&(text.len() as u64).to_le_bytes());
+            h.update(text.as_bytes());
+        }
+    }
+    h.digest128()
 }
 
 /// Follows the ConfigMap `what` and sends its map to `tx` until `stop` is cancelled or the
@@ -43,8 +56,8 @@ pub(crate) async fn watch(
     let api: Api<ConfigMap> = Api::namespaced(client, &what.namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={}", what.name));
     let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
-    // What was last sent: `None` before anything, `Some(None)` after `Gone`.
-    let mut sent: Option<Option<ConfigMapData>> = None;
+    // The digest of what was last sent: `None` before anything, `Some(None)` after `Gone`.
+    let mut sent: Option<Option<u128>> = None;
     // The objects of a re-list in progress.
     let mut listing: Option<Option<ConfigMapData>> = None;
     loop {
@@ -66,7 +79,7 @@ pub(crate) async fn watch(
                 None
             }
             Some(Ok(watcher::Event::InitApply(cm))) => {
-                listing = Some(Some(configurations(&cm)));
+                listing = Some(Some(configurations(cm)));
                 None
             }
             Some(Ok(watcher::Event::InitDone)) => {
@@ -79,7 +92,7 @@ pub(crate) async fn watch(
                 }
                 Some(found)
             }
-            Some(Ok(watcher::Event::Apply(cm))) => Some(Some(configurations(&cm))),
+            Some(Ok(watcher::Event::Apply(cm))) => Some(Some(configurations(cm))),
             Some(Ok(watcher::Event::Delete(_))) => {
                 tracing::warn!(
                     configmap = %what.name, namespace = %what.namespace,
@@ -89,14 +102,15 @@ pub(crate) async fn watch(
             }
         };
         let Some(next) = next else { continue };
-        if sent.as_ref() == Some(&next) {
+        let next_digest = next.as_ref().map(digest);
+        if sent == Some(next_digest) {
             continue;
         }
-        let event = match &next {
-            Some(map) => SourceEvent::Map(map.clone()),
+        let event = match next {
+            Some(map) => SourceEvent::Map(map),
             None => SourceEvent::Gone,
         };
-        sent = Some(next);
+        sent = Some(next_digest);
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             r = tx.send(event) => if r.is_err() { return Ok(()) },
