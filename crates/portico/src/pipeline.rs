@@ -3,10 +3,12 @@
 //! watcher, and only then does the source hear "accepted": the moment it may acknowledge its
 //! own sender.
 //!
-//! There is one way in, [`Pipeline::submit`]: core executors reach it through their
-//! [`Intake`] (held by their `ConfigContext`), the ingest API, the gRPC and HTTP processors
-//! through the same call. What differs between sources is a parameter: how long the source may
-//! wait for room ([`Wait`]) and when it acknowledges its messages ([`Ack`]).
+//! Raw events come in one way, [`Pipeline::submit`]: core executors reach it through their
+//! [`Intake`] (held by their `ConfigContext`), the gRPC and HTTP processors through the same
+//! call. What differs between sources is a parameter: how long the source may wait for room
+//! ([`Wait`]) and when it acknowledges its messages ([`Ack`]). CloudEvents posted to the ingest
+//! API, already made, come in through [`Pipeline::submit_all`], in one outbox append per
+//! request.
 //!
 //! The CloudEvent every raw event becomes:
 //!
@@ -88,14 +90,6 @@ impl Submit {
         wait: Wait::UntilStopped,
         ack: Ack::OnAcceptance,
     };
-}
-
-/// What a source hands over.
-pub(crate) enum Item {
-    /// A raw event of the configuration, to become a CloudEvent.
-    Raw(Event),
-    /// A CloudEvent already made (posted to the ingest API), relayed with its own attributes.
-    Made(CloudEvent),
 }
 
 /// Transformer and dispatcher of one gateway.
@@ -182,7 +176,7 @@ impl Pipeline {
             return Ok(Delivered::now());
         }
         let admission = self.admission(how.wait, stop);
-        self.submit(src, Item::Raw(event), admission, how.ack).await
+        self.submit(src, event, admission, how.ack).await
     }
 
     /// Applies configuration `src`'s filter and rate limit to a raw event before it is
@@ -248,7 +242,7 @@ impl Pipeline {
         }
     }
 
-    /// Hands `item` of configuration `src` over: transforms a raw event, then waits (as
+    /// Hands `event` of configuration `src` over: makes it a CloudEvent, then waits (as
     /// `admission` says) until every watcher's queue took it, and in `atLeastOnce` until it is
     /// in the outbox on disk. What it returns resolves once the event is delivered when `ack`
     /// is [`Ack::AfterDelivery`] in `ackAfterDelivery`, at once otherwise. Every refusal is
@@ -256,67 +250,138 @@ impl Pipeline {
     pub(crate) async fn submit(
         &self,
         src: &SrcMetrics,
-        item: Item,
+        event: Event,
         admission: Admission<'_>,
         ack: Ack,
     ) -> Result<Delivered, DispatchError> {
-        src.received.inc();
-        // Read only when spans are recorded: otherwise nothing is a child of it.
-        let parent = match &item {
-            _ if !crate::trace::enabled() => None,
-            Item::Made(ce) => crate::trace::of_event(ce),
-            Item::Raw(event) => event.trace_context(),
-        };
-        let receive = Spanned::start("receive", SpanKind::Server, parent.as_ref(), || {
-            vec![KeyValue::new("portico.src", src.src.to_string())]
-        });
-        let mut event = match item {
-            Item::Made(ce) => ce,
-            Item::Raw(event) => {
-                let transform = receive.child("transform");
-                match self.transformer.transform(&src.src, event) {
-                    Ok(ce) => {
-                        src.transformed.inc();
-                        ce
-                    }
-                    Err(e) => {
-                        transform.fail(&e.to_string());
-                        receive.fail(&e.to_string());
-                        self.metrics.reject(src, RejectReason::of(&e));
-                        return Err(e);
-                    }
-                }
-            }
-        };
-        crate::trace::ensure_context(&mut event, &receive);
-        if crate::trace::enabled() {
-            receive.set(KeyValue::new("cloudevents.event_id", event.id.clone()));
-        }
-        // Encoded for followers only while there are some: the hot path pays a load.
-        let followed = (self.followers.load(Ordering::Relaxed) > 0)
-            .then(|| Arc::<str>::from(String::from_utf8_lossy(&event.to_json())));
-        let append = receive.child(if self.dispatcher.has_outbox() {
-            "outbox append"
-        } else {
-            "enqueue"
-        });
+        let (event, receive) = self.receive(src, event)?;
+        let followed = self.followed(&event);
+        let append = self.append_span(&receive);
         let accepted = self
             .dispatcher
             .accept(event, admission, Some(src.delivery.clone()), ack)
             .await;
-        match &accepted {
-            Ok(_) => {
+        self.settle(src, accepted.as_ref().err(), followed, &receive, &append);
+        accepted
+    }
+
+    /// [`Pipeline::submit`] for CloudEvents posted together (a batch), each counted under its
+    /// own source: accepted in their order, those that have room written to the outbox
+    /// together. Gives how many were accepted (a prefix of
+    /// `events`) and why the next one was not, if one was not.
+    pub(crate) async fn submit_all(
+        &self,
+        events: Vec<CloudEvent>,
+        admission: Admission<'_>,
+    ) -> (usize, Option<DispatchError>) {
+        let mut made = Vec::with_capacity(events.len());
+        let mut own = Vec::with_capacity(events.len());
+        for event in events {
+            let src = self.metrics.for_posted_src(&event.source);
+            let (event, receive) = self.receive_made(&src, event);
+            let followed = self.followed(&event);
+            let append = self.append_span(&receive);
+            made.push((event, Some(src.delivery.clone())));
+            own.push((src, followed, receive, append));
+        }
+        let (accepted, refused) = self.dispatcher.accept_all(made, admission).await;
+        for (i, (src, followed, receive, append)) in own.into_iter().enumerate() {
+            let failed = if i < accepted { None } else { refused.as_ref() };
+            self.settle(&src, failed, followed, &receive, &append);
+        }
+        (accepted, refused)
+    }
+
+    /// Counts `event` as received and makes it a CloudEvent with a trace context; the
+    /// "receive" span covers its way in.
+    fn receive(
+        &self,
+        src: &SrcMetrics,
+        event: Event,
+    ) -> Result<(CloudEvent, Spanned), DispatchError> {
+        src.received.inc();
+        // Read only when spans are recorded: otherwise nothing is a child of it.
+        let parent = crate::trace::enabled()
+            .then(|| event.trace_context())
+            .flatten();
+        let receive = self.receive_span(src, parent.as_ref());
+        let transform = receive.child("transform");
+        match self.transformer.transform(&src.src, event) {
+            Ok(ce) => {
+                src.transformed.inc();
+                Ok(self.traced(ce, receive))
+            }
+            Err(e) => {
+                transform.fail(&e.to_string());
+                receive.fail(&e.to_string());
+                self.metrics.reject(src, RejectReason::of(&e));
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Pipeline::receive`] of a CloudEvent already made, which cannot fail.
+    fn receive_made(&self, src: &SrcMetrics, ce: CloudEvent) -> (CloudEvent, Spanned) {
+        src.received.inc();
+        let parent = crate::trace::enabled()
+            .then(|| crate::trace::of_event(&ce))
+            .flatten();
+        let receive = self.receive_span(src, parent.as_ref());
+        self.traced(ce, receive)
+    }
+
+    fn receive_span(&self, src: &SrcMetrics, parent: Option<&opentelemetry::Context>) -> Spanned {
+        Spanned::start("receive", SpanKind::Server, parent, || {
+            vec![KeyValue::new("portico.src", src.src.to_string())]
+        })
+    }
+
+    /// Gives `event` the trace context of `receive` if it has none.
+    fn traced(&self, mut event: CloudEvent, receive: Spanned) -> (CloudEvent, Spanned) {
+        crate::trace::ensure_context(&mut event, &receive);
+        if crate::trace::enabled() {
+            receive.set(KeyValue::new("cloudevents.event_id", event.id.clone()));
+        }
+        (event, receive)
+    }
+
+    /// `event` in the JSON event format for the followers, while there are some: the hot path
+    /// pays a load.
+    fn followed(&self, event: &CloudEvent) -> Option<Arc<str>> {
+        (self.followers.load(Ordering::Relaxed) > 0)
+            .then(|| Arc::<str>::from(String::from_utf8_lossy(&event.to_json())))
+    }
+
+    fn append_span(&self, receive: &Spanned) -> Spanned {
+        receive.child(if self.dispatcher.has_outbox() {
+            "outbox append"
+        } else {
+            "enqueue"
+        })
+    }
+
+    /// After the dispatcher accepted an event (`failed`: or refused it): the followers see it,
+    /// or the refusal is counted by its reason and ends its spans.
+    fn settle(
+        &self,
+        src: &SrcMetrics,
+        failed: Option<&DispatchError>,
+        followed: Option<Arc<str>>,
+        receive: &Spanned,
+        append: &Spanned,
+    ) {
+        match failed {
+            None => {
                 if let Some(json) = followed {
                     let _ = self.tail.send(json);
                 }
             }
-            Err(e) => {
+            Some(e) => {
                 append.fail(&e.to_string());
                 receive.fail(&e.to_string());
                 self.metrics.reject(src, RejectReason::of(e))
             }
         }
-        accepted
     }
 }
 

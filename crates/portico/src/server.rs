@@ -35,13 +35,12 @@ use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::dispatch::Ack;
 use crate::dispatch::outbox::OutboxStatus;
 use crate::error::DispatchError;
 use crate::http1;
 use crate::ingest::Ingested;
 use crate::metrics::RejectReason;
-use crate::pipeline::{Item, Pipeline, Wait};
+use crate::pipeline::{Pipeline, Wait};
 use crate::secret::LiveSecret;
 use crate::status::{Node, StatusBoard};
 
@@ -479,21 +478,16 @@ async fn ingest(s: &AppState, headers: &http::HeaderMap, body: Bytes) -> Respons
             let total = events.len();
             // One wait for room for the whole batch.
             let admission = pipeline.admission(Wait::Briefly, None);
-            for (i, ce) in events.into_iter().enumerate() {
-                let src = pipeline.metrics().for_posted_src(&ce.source);
-                if let Err(e) = pipeline
-                    .submit(&src, Item::Made(ce), admission, Ack::OnAcceptance)
-                    .await
-                {
-                    let mut answer = refusal(&e);
-                    if total > 1 {
-                        // The events before this one were accepted and will be delivered.
-                        *answer.body_mut() = axum::body::Body::from(format!(
-                            "accepted {i} of {total} events of the batch; then: {e}\n"
-                        ));
-                    }
-                    return answer;
+            let (accepted, refused) = pipeline.submit_all(events, admission).await;
+            if let Some(e) = refused {
+                let mut answer = refusal(&e);
+                if total > 1 {
+                    // The events before this one were accepted and will be delivered.
+                    *answer.body_mut() = axum::body::Body::from(format!(
+                        "accepted {accepted} of {total} events of the batch; then: {e}\n"
+                    ));
                 }
+                return answer;
             }
             StatusCode::OK.into_response()
         }

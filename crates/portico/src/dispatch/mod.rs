@@ -209,6 +209,9 @@ struct Queued {
     _slot: OwnedSemaphorePermit,
 }
 
+/// An event's slot in each watcher's queue; `None` where the watcher's filter refused it.
+type Slots = Vec<Option<OwnedSemaphorePermit>>;
+
 struct WatcherQueue {
     name: String,
     /// How events reach it, its retries and its dead letters: what a redrive uses.
@@ -471,6 +474,81 @@ impl Dispatcher {
         Ok(Delivered { rx: Some(rx) })
     }
 
+    /// Accepts `events` (each with its configuration's counters) for every watcher, in their
+    /// order, as [`Dispatcher::accept`] does with [`Ack::OnAcceptance`]: what has room now goes
+    /// to the outbox in one append (one fsync for a request of many events); an event that
+    /// must wait for room waits once those before it are queued. Gives how many were accepted,
+    /// a prefix of `events`, and why the next one was not, if one was not.
+    pub(crate) async fn accept_all(
+        &self,
+        events: Vec<(CloudEvent, Option<SrcDelivery>)>,
+        admission: Admission<'_>,
+    ) -> (usize, Option<DispatchError>) {
+        let mut accepted = 0;
+        let mut events = events.into_iter();
+        let mut ready = Vec::new();
+        loop {
+            let mut waits = None;
+            for (event, src) in events.by_ref() {
+                match self.slots(&event, Admission::NoWait).await {
+                    Ok(slots) => ready.push((event, src, slots)),
+                    Err(DispatchError::Full { .. }) if !matches!(admission, Admission::NoWait) => {
+                        waits = Some((event, src));
+                        break;
+                    }
+                    Err(e) => {
+                        let (n, refused) = self
+                            .enqueue_all(std::mem::take(&mut ready), admission)
+                            .await;
+                        return (accepted + n, refused.or(Some(e)));
+                    }
+                }
+            }
+            let (n, refused) = self
+                .enqueue_all(std::mem::take(&mut ready), admission)
+                .await;
+            accepted += n;
+            if refused.is_some() {
+                return (accepted, refused);
+            }
+            let Some((event, src)) = waits else {
+                return (accepted, None);
+            };
+            match self.slots(&event, admission).await {
+                Ok(slots) => ready.push((event, src, slots)),
+                Err(e) => return (accepted, Some(e)),
+            }
+        }
+    }
+
+    /// Writes events that hold their slots to the outbox, if there is one, and queues them, in
+    /// order; gives how many were queued and why the next one was not.
+    async fn enqueue_all(
+        &self,
+        ready: Vec<(CloudEvent, Option<SrcDelivery>, Slots)>,
+        admission: Admission<'_>,
+    ) -> (usize, Option<DispatchError>) {
+        let Some(o) = &self.outbox else {
+            let n = ready.len();
+            for (i, (event, src, slots)) in ready.into_iter().enumerate() {
+                if let Err(e) = self.push(event, slots, None, None, src, None) {
+                    return (i, Some(e));
+                }
+            }
+            return (n, None);
+        };
+        let events: Vec<&CloudEvent> = ready.iter().map(|r| &r.0).collect();
+        let (written, refused) = o.append_all(&events, admission).await;
+        let n = written.len();
+        for (i, ((event, src, slots), (seq, json))) in ready.into_iter().zip(written).enumerate() {
+            // Only when stopping; the event is on disk for the next start.
+            if let Err(e) = self.push(event, slots, Some(seq), Some(json), src, None) {
+                return (i, Some(e));
+            }
+        }
+        (n, refused)
+    }
+
     async fn enqueue(
         &self,
         event: CloudEvent,
@@ -478,10 +556,27 @@ impl Dispatcher {
         src: Option<SrcDelivery>,
         tracker: Option<Arc<Tracker>>,
     ) -> Result<(), DispatchError> {
-        // A watcher whose filter the event does not pass gets no slot.
+        let slots = self.slots(&event, admission).await?;
+        let (seq, json) = match (&self.outbox, &tracker) {
+            (Some(o), None) => {
+                let (seq, json) = o.append(&event, admission).await?;
+                (Some(seq), Some(json))
+            }
+            _ => (None, None),
+        };
+        self.push(event, slots, seq, json, src, tracker)
+    }
+
+    /// Takes a slot for `event` in the queue of every watcher whose filter it passes (`None`
+    /// for the others), waiting for room as `admission` says.
+    async fn slots(
+        &self,
+        event: &CloudEvent,
+        admission: Admission<'_>,
+    ) -> Result<Slots, DispatchError> {
         let mut slots = Vec::with_capacity(self.queues.len());
         for q in &self.queues {
-            if q.filter.as_ref().is_some_and(|f| !f.passes(&event)) {
+            if q.filter.as_ref().is_some_and(|f| !f.passes(event)) {
                 slots.push(None);
                 continue;
             }
@@ -522,13 +617,20 @@ impl Dispatcher {
             };
             slots.push(Some(slot));
         }
-        let (seq, json) = match (&self.outbox, &tracker) {
-            (Some(o), None) => {
-                let (seq, json) = o.append(&event, admission).await?;
-                (Some(seq), Some(json))
-            }
-            _ => (None, None),
-        };
+        Ok(slots)
+    }
+
+    /// Queues an accepted event for every watcher it holds a slot of; a watcher it holds none
+    /// of (filtered out) is done with it at once.
+    fn push(
+        &self,
+        event: CloudEvent,
+        slots: Slots,
+        seq: Option<u64>,
+        json: Option<Bytes>,
+        src: Option<SrcDelivery>,
+        tracker: Option<Arc<Tracker>>,
+    ) -> Result<(), DispatchError> {
         let event = Arc::new(event);
         let now = Instant::now();
         let accepted_ms = now_ms();

@@ -219,6 +219,17 @@ impl Shared {
         // are broken mid-way), so a poisoned lock is taken over.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Records written that nobody will queue (their appenders went away, or heard of an
+    /// earlier failure only): no watcher waits for them.
+    fn forget(&self, seqs: &[u64]) {
+        let mut st = self.lock();
+        for seq in seqs {
+            for w in st.watchers.iter_mut() {
+                w.outstanding.remove(seq);
+            }
+        }
+    }
 }
 
 /// A durable outbox (see the module docs).

@@ -40,25 +40,94 @@ impl Outbox {
         event: &CloudEvent,
         admission: Admission<'_>,
     ) -> Result<(u64, Bytes), DispatchError> {
-        let json = Bytes::from(event.to_json());
-        let len = (HEADER + json.len()) as u64;
-        if len > self.shared.max_bytes {
-            return Err(DispatchError::Invalid(format!(
-                "the event takes {len} bytes, more than the whole outbox may hold ({} bytes): raise spec.delivery.outbox.maxBytes",
-                self.shared.max_bytes
-            )));
+        let (mut written, refused) = self.append_all(&[event], admission).await;
+        match (written.pop(), refused) {
+            (Some(w), _) => Ok(w),
+            (None, Some(e)) => Err(e),
+            (None, None) => Err(DispatchError::Stopped),
         }
-        let (reply, answer) = oneshot::channel();
-        let mut reply = Some(reply);
-        let mut lead = self.admit(len, &json, &mut reply);
-        while lead.is_none() {
+    }
+
+    /// [`Outbox::append`] for several events, in their order: they join the open batch
+    /// together, so a request of many events waits for one fsync, not one per event. Gives
+    /// the events written, a prefix of `events` in order, and why the next one was not, if
+    /// one was not.
+    pub(crate) async fn append_all(
+        &self,
+        events: &[&CloudEvent],
+        admission: Admission<'_>,
+    ) -> (Vec<(u64, Bytes)>, Option<DispatchError>) {
+        let mut leader = Leader {
+            outbox: self,
+            leading: false,
+        };
+        let mut answers = Vec::new();
+        let mut refused = None;
+        for event in events {
+            let json = Bytes::from(event.to_json());
+            let len = (HEADER + json.len()) as u64;
+            if len > self.shared.max_bytes {
+                refused = Some(DispatchError::Invalid(format!(
+                    "the event takes {len} bytes, more than the whole outbox may hold ({} bytes): raise spec.delivery.outbox.maxBytes",
+                    self.shared.max_bytes
+                )));
+                break;
+            }
+            let (reply, answer) = oneshot::channel();
+            let mut reply = Some(reply);
+            let lead = match self.admit(len, &json, &mut reply) {
+                Some(lead) => lead,
+                None => {
+                    // What this call added so far goes to the writer before it waits: the
+                    // room it waits for may depend on it.
+                    leader.lead().await;
+                    match self
+                        .admit_when_room(len, &json, &mut reply, admission)
+                        .await
+                    {
+                        Ok(lead) => lead,
+                        Err(e) => {
+                            refused = Some(e);
+                            break;
+                        }
+                    }
+                }
+            };
+            leader.leading |= lead;
+            answers.push((json, answer));
+        }
+        leader.lead().await;
+        let mut written = Vec::with_capacity(answers.len());
+        let mut failed = None;
+        for (json, answer) in answers {
+            match answer.await {
+                Ok(Ok(seq)) if failed.is_none() => written.push((seq, json)),
+                // Written in a later batch than one that failed: the caller hears of the
+                // prefix before the failure only, so nobody will queue this one.
+                Ok(Ok(seq)) => self.shared.forget(&[seq]),
+                // The writer logged and counted it, once for the whole batch.
+                Ok(Err(e)) => failed = failed.or(Some(DispatchError::Disk(e.to_string()))),
+                Err(_) => failed = failed.or(Some(DispatchError::Stopped)),
+            }
+        }
+        (written, failed.or(refused))
+    }
+
+    /// Waits, as `admission` says, until [`Outbox::admit`] finds room for `len` bytes.
+    async fn admit_when_room(
+        &self,
+        len: u64,
+        record: &Bytes,
+        reply: &mut Option<Reply>,
+        admission: Admission<'_>,
+    ) -> Result<bool, DispatchError> {
+        loop {
             let room = self.shared.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            // Checked again once enabled, so that room freed in between is not missed.
-            lead = self.admit(len, &json, &mut reply);
-            if lead.is_some() {
-                break;
+            // Checked once enabled, so that room freed in between is not missed.
+            if let Some(lead) = self.admit(len, record, reply) {
+                return Ok(lead);
             }
             match admission {
                 Admission::NoWait => {
@@ -79,19 +148,6 @@ impl Outbox {
                     }
                 }
             }
-        }
-        if lead == Some(true) {
-            let mut leader = Leader {
-                outbox: self,
-                handed: false,
-            };
-            leader.lead().await;
-        }
-        match answer.await {
-            Ok(Ok(seq)) => Ok((seq, json)),
-            // The writer logged and counted it, once for the whole batch.
-            Ok(Err(e)) => Err(DispatchError::Disk(e.to_string())),
-            Err(_) => Err(DispatchError::Stopped),
         }
     }
 
@@ -129,16 +185,20 @@ impl Outbox {
     }
 }
 
-/// The appender that leads the open batch (see the module docs). If its future is dropped
-/// before it has handed the batch over, it hands it over then: the batch's other appenders are
-/// still waiting.
+/// The appender that leads the open batch, while it does (see the module docs). If its
+/// future is dropped before it has handed the batch over, it hands it over then: the batch's
+/// other appenders are still waiting.
 struct Leader<'a> {
     outbox: &'a Outbox,
-    handed: bool,
+    leading: bool,
 }
 
 impl Leader<'_> {
+    /// Leads the open batch to the writer, if this appender leads it.
     async fn lead(&mut self) {
+        if !self.leading {
+            return;
+        }
         let shared = &self.outbox.shared;
         let mut seen = 0;
         let mut ticks = 0;
@@ -164,14 +224,14 @@ impl Leader<'_> {
             // The writer is busy: the batch keeps filling until it is free.
             free.await;
         }
-        self.handed = true;
+        self.leading = false;
         self.outbox.hand_over();
     }
 }
 
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
-        if !self.handed {
+        if self.leading {
             self.outbox.hand_over();
         }
     }
@@ -276,12 +336,7 @@ pub(super) fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Msg>) {
             if !gone.is_empty() {
                 // Their appenders went away (a client hung up) before hearing "accepted":
                 // nobody will queue these events, so no watcher holds them back.
-                let mut st = shared.lock();
-                for seq in &gone {
-                    for w in st.watchers.iter_mut() {
-                        w.outstanding.remove(seq);
-                    }
-                }
+                shared.forget(&gone);
             }
             if result.is_ok() {
                 roll_if_full(&shared, &mut active);
