@@ -21,6 +21,9 @@
 #
 #   benches/density.sh [N…]        # default 10000 100000; builds release binaries first
 #   benches/density.sh --smoke     # a few seconds, debug build: checks the script still works
+#
+# PORTICO=PATH measures that portico binary instead of the plain release build (load.sh passes
+# the shipped one, built by scripts/release), PORTICO_BUILD=NAME names it in the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/portico/target}"
@@ -41,8 +44,15 @@ fi
 dir=$(mktemp -d)
 trap 'pkill -KILL -f "$dir/" 2>/dev/null || true; rm -rf "$dir"' EXIT
 
-PORTICO_BIN="$CARGO_TARGET_DIR/$profile/portico" FAKE_KUBE="$CARGO_TARGET_DIR/$profile/fake-kube" \
-BENCH_DIR="$dir" SMOKE="$smoke" PROFILE="$profile" IDLE="${IDLE:-60}" python3 - "${sizes[@]}" <<'EOF'
+build_name=$profile
+portico="$CARGO_TARGET_DIR/$profile/portico"
+if [ -n "${PORTICO:-}" ]; then
+  portico=$PORTICO
+  build_name=${PORTICO_BUILD:-$PORTICO}
+fi
+
+PORTICO_BIN="$portico" FAKE_KUBE="$CARGO_TARGET_DIR/$profile/fake-kube" \
+BENCH_DIR="$dir" SMOKE="$smoke" PROFILE="$build_name" IDLE="${IDLE:-60}" python3 - "${sizes[@]}" <<'EOF'
 import json, os, queue, re, statistics, subprocess, sys, threading, time, urllib.request
 
 bin, fake_bin, work = os.environ["PORTICO_BIN"], os.environ["FAKE_KUBE"], os.environ["BENCH_DIR"]
@@ -81,7 +91,7 @@ def seconds_to_the_hour():
     now = time.time()
     return 3600 - now % 3600
 
-print("| configurations | profile | start → all Running | RSS idle | idle CPU (% of a core) | one key changed, in Portico: median / max | one key changed, end to end: median / max |")
+print("| configurations | build | start → all Running | RSS idle | idle CPU (% of a core) | one key changed, in Portico: median / max | one key changed, end to end: median / max |")
 print("|---|---|---|---|---|---|---|")
 try:
     for n in map(int, sys.argv[1:]):
