@@ -488,7 +488,7 @@ impl Dispatcher {
         let mut events = events.into_iter();
         let mut ready = Vec::new();
         loop {
-            let mut waits = None;
+            let (mut waits, mut refused) = (None, None);
             for (event, src) in events.by_ref() {
                 match self.slots(&event, Admission::NoWait).await {
                     Ok(slots) => ready.push((event, src, slots)),
@@ -497,19 +497,17 @@ impl Dispatcher {
                         break;
                     }
                     Err(e) => {
-                        let (n, refused) = self
-                            .enqueue_all(std::mem::take(&mut ready), admission)
-                            .await;
-                        return (accepted + n, refused.or(Some(e)));
+                        refused = Some(e);
+                        break;
                     }
                 }
             }
-            let (n, refused) = self
+            let (n, failed) = self
                 .enqueue_all(std::mem::take(&mut ready), admission)
                 .await;
             accepted += n;
-            if refused.is_some() {
-                return (accepted, refused);
+            if let Some(e) = failed.or(refused) {
+                return (accepted, Some(e));
             }
             let Some((event, src)) = waits else {
                 return (accepted, None);
