@@ -7,7 +7,8 @@
 //!
 //! For the open-loop scenario (`src/bin/open-loop.rs`) it also measures delivery latency:
 //! after `GET /latency/on`, each event whose body holds `"sent_ns":N` (the Unix time in
-//! nanoseconds the load generator scheduled it for) is timed from then to its arrival here;
+//! nanoseconds the load generator scheduled it for; every event of a batch) is timed from then
+//! to its arrival here;
 //! `GET /latency` answers `count p50 p99 p99.9 max` (µs), forgets them and stops timing.
 //!
 //!   bench-sink [PORT]     # 0 or nothing picks a free port; prints `listening 127.0.0.1:PORT`
@@ -44,31 +45,35 @@ impl Counts {
         portico_benches::latency_summary(&mut l)
     }
 
-    /// Times an event whose body names its scheduled time (`"sent_ns":N`).
+    /// Times each event of a body (one event, or a batch of them) that names its scheduled
+    /// time (`"sent_ns":N`).
     fn time(&self, body: &[u8]) {
         const KEY: &[u8] = b"\"sent_ns\":";
-        let Some(at) = body.windows(KEY.len()).position(|w| w == KEY) else {
-            return;
-        };
-        let digits = &body[at + KEY.len()..];
-        let end = digits
-            .iter()
-            .position(|b| !b.is_ascii_digit())
-            .unwrap_or(digits.len());
-        let Some(sent) = std::str::from_utf8(&digits[..end])
-            .ok()
-            .and_then(|d| d.parse::<u128>().ok())
-        else {
-            return;
-        };
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let us = (now.saturating_sub(sent) / 1000) as u64;
-        self.latencies_us
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(us);
+        let mut timed = Vec::new();
+        let mut rest = body;
+        while let Some(at) = rest.windows(KEY.len()).position(|w| w == KEY) {
+            rest = &rest[at + KEY.len()..];
+            let end = rest
+                .iter()
+                .position(|b| !b.is_ascii_digit())
+                .unwrap_or(rest.len());
+            if let Some(sent) = std::str::from_utf8(&rest[..end])
+                .ok()
+                .and_then(|d| d.parse::<u128>().ok())
+            {
+                timed.push((now.saturating_sub(sent) / 1000) as u64);
+            }
+            rest = &rest[end..];
+        }
+        if !timed.is_empty() {
+            self.latencies_us
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(timed);
+        }
     }
 }
 
