@@ -53,13 +53,6 @@ impl Brokers {
             "tcp://127.0.0.1:{port}".into(),
         ])
         .await;
-        let made = std::process::Command::new(broker_support::tansu())
-            .args(["user", "create", "--broker"])
-            .arg(format!("tcp://127.0.0.1:{}", open.port))
-            .args(["--mechanism", "scram256", "gateway", "pa55"])
-            .output()
-            .expect("tansu user create");
-        assert!(made.status.success(), "tansu user create: {made:?}");
         let advertised = match advertised {
             Some(p) => format!("tcp://127.0.0.1:{p}"),
             None => "tcp://127.0.0.1:{port}".to_string(),
@@ -69,6 +62,25 @@ impl Brokers {
             advertised,
             "--authentication".into(),
         ])
+        .await;
+        // `tansu user create` exits 0 even when the broker could not store the user (it does
+        // not read the error code of the answer; under load SQLite can be busy): the user is
+        // made until a SCRAM login to the guarded broker works.
+        let (open_port, guarded_port) = (open.port, guarded.port);
+        wait_until("the SCRAM user `gateway` to log in", || async move {
+            tokio::task::spawn_blocking(move || {
+                let made = std::process::Command::new(broker_support::tansu())
+                    .args(["user", "create", "--broker"])
+                    .arg(format!("tcp://127.0.0.1:{open_port}"))
+                    .args(["--mechanism", "scram256", "gateway", "pa55"])
+                    .output()
+                    .expect("tansu user create");
+                assert!(made.status.success(), "tansu user create: {made:?}");
+                logs_in(guarded_port).then_some(())
+            })
+            .await
+            .unwrap()
+        })
         .await;
         Brokers {
             open,
@@ -80,6 +92,25 @@ impl Brokers {
     fn open(&self) -> String {
         format!("127.0.0.1:{}", self.open.port)
     }
+}
+
+/// Whether user `gateway` (password `pa55`) logs in to the guarded broker on `port` with
+/// SCRAM-SHA-256: a metadata request, which the broker answers only after the login.
+fn logs_in(port: u16) -> bool {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = match client(&format!("127.0.0.1:{port}"))
+        .set("security.protocol", "SASL_PLAINTEXT")
+        .set("sasl.mechanism", "SCRAM-SHA-256")
+        .set("sasl.username", "gateway")
+        .set("sasl.password", "pa55")
+        .create()
+    {
+        Ok(c) => c,
+        Err(_) => return false,
+    };
+    consumer
+        .fetch_metadata(None, Duration::from_secs(5))
+        .is_ok()
 }
 
 /// The test's own client of the open broker.
