@@ -6,8 +6,8 @@ use bytes::Bytes;
 use chrono::{TimeZone, Utc};
 
 use super::http::{
-    Decoded, decode, encode_batch, encode_binary, encode_structured, percent_decode_header_value,
-    percent_encode_header_value,
+    Decoded, decode, encode_batch, encode_batch_json, encode_binary, encode_structured,
+    percent_decode_header_value, percent_encode_header_value,
 };
 use super::*;
 
@@ -685,6 +685,16 @@ fn decode_recognises_modes() {
         decode(&h, b).unwrap(),
         Some(Decoded::Batch(vec![sample(), sample()]))
     );
+    // Joined from the events' JSON (the outbox's records), the batch is the same bytes.
+    let mut other = sample();
+    other.id = "2".into();
+    other.data = Some(Data::Binary(Bytes::from_static(b"\x00\xff")));
+    let jsons = [sample().to_json(), other.to_json()];
+    assert_eq!(
+        encode_batch_json(&jsons),
+        encode_batch(&[sample(), other.clone()])
+    );
+    assert_eq!(encode_batch_json::<Vec<u8>>(&[]).1, &b"[]"[..]);
 
     let mut odd = HeaderMap::new();
     odd.insert(CONTENT_TYPE, HeaderValue::from_bytes(b"text/\xE9").unwrap());

@@ -575,6 +575,18 @@ impl Sender for HttpSender {
         })
     }
 
+    fn send_batch_json<'a>(
+        &'a self,
+        events: &'a [&'a CloudEvent],
+        jsons: &'a [&'a Bytes],
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        let _ = events;
+        Box::pin(async move {
+            let (headers, body) = cloudevents::http::encode_batch_json(jsons);
+            self.post(headers, body).await
+        })
+    }
+
     fn send_json<'a>(
         &'a self,
         event: &'a CloudEvent,

@@ -80,6 +80,19 @@ pub trait Sender: Send + Sync + 'static {
             Ok(())
         })
     }
+
+    /// [`Sender::send_batch`] for events whose JSON event format is already written (`jsons`,
+    /// by the outbox, one for each event): a sender that sends batches in that format may join
+    /// these bytes rather than encode the events again. By default it sends as
+    /// [`Sender::send_batch`] does.
+    fn send_batch_json<'a>(
+        &'a self,
+        events: &'a [&'a CloudEvent],
+        jsons: &'a [&'a Bytes],
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        let _ = jsons;
+        self.send_batch(events)
+    }
 }
 
 /// Makes the senders of watchers the framework crate has no client for (NATS JetStream,
@@ -841,6 +854,8 @@ impl Worker {
         aborted: std::pin::Pin<&mut crate::wake::Quiet<WaitForCancellationFutureOwned>>,
     ) -> bool {
         let events: Vec<&CloudEvent> = batch.iter().map(|q| q.event.as_ref()).collect();
+        // In atLeastOnce every event's JSON is the outbox's record.
+        let jsons: Option<Vec<&Bytes>> = batch.iter().map(|q| q.json.as_ref()).collect();
         // The batch is as old as its oldest event.
         let age = match self.retry.max_age {
             Some(_) => {
@@ -853,7 +868,10 @@ impl Worker {
             &self.retry,
             age,
             aborted,
-            || self.sender.send_batch(&events),
+            || match &jsons {
+                Some(jsons) => self.sender.send_batch_json(&events, jsons),
+                None => self.sender.send_batch(&events),
+            },
             |e, wait| {
                 self.metrics.retried.inc_by(batch.len() as u64);
                 for src in batch.iter().filter_map(|q| q.src.as_ref()) {
