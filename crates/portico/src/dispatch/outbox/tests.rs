@@ -130,6 +130,36 @@ async fn an_appender_that_went_away_holds_no_watcher_back() {
 }
 
 #[tokio::test]
+async fn an_appender_that_went_away_after_its_answer_holds_no_watcher_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open_a(dir.path(), 1 << 30, OutboxMetrics::default());
+    let (e0, e1, e2) = (event(0), event(1), event(2));
+    let mut lead = Box::pin(outbox.append(&e0, Admission::NoWait));
+    let both = [&e1, &e2];
+    let mut late = Box::pin(outbox.append_all(&both, Admission::NoWait));
+    assert!(futures::poll!(lead.as_mut()).is_pending());
+    assert!(futures::poll!(late.as_mut()).is_pending());
+    let (seq, _) = lead.await.unwrap();
+    assert_eq!(seq, 1);
+    outbox.done(0, seq);
+    // The writer has answered every appender of the batch once it is no longer writing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while outbox.shared.lock().writing {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the batch was not written"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Records 2 and 3 are written and answered, but their client hung up before its task
+    // read the answers: nobody will queue them, and they must not hold watcher a back.
+    drop(late);
+    assert_eq!(outbox.shared.lock().next_seq, 4, "all three were written");
+    assert_eq!(outbox.shared.lock().marks(), vec![4]);
+    outbox.close();
+}
+
+#[tokio::test]
 async fn a_finished_segment_is_written_over_as_a_later_one() {
     use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();

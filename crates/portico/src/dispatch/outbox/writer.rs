@@ -2,6 +2,7 @@
 //! the writer thread, which writes and fsyncs each batch once and answers every appender (see
 //! the module docs on group commit).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,7 +62,11 @@ impl Outbox {
             outbox: self,
             leading: false,
         };
-        let mut answers = Vec::new();
+        let mut claims = Claims {
+            outbox: self,
+            written: Vec::new(),
+            answers: VecDeque::new(),
+        };
         let mut refused = None;
         for event in events {
             let json = Bytes::from(event.to_json());
@@ -94,14 +99,17 @@ impl Outbox {
                 }
             };
             leader.leading |= lead;
-            answers.push((json, answer));
+            claims.answers.push_back((json, answer));
         }
         leader.lead().await;
-        let mut written = Vec::with_capacity(answers.len());
+        claims.written.reserve(claims.answers.len());
         let mut failed = None;
-        for (json, answer) in answers {
-            match answer.await {
-                Ok(Ok(seq)) if failed.is_none() => written.push((seq, json)),
+        while let Some((json, answer)) = claims.answers.front_mut() {
+            let answer = answer.await;
+            let json = std::mem::take(json);
+            claims.answers.pop_front();
+            match answer {
+                Ok(Ok(seq)) if failed.is_none() => claims.written.push((seq, json)),
                 // Written in a later batch than one that failed: the caller hears of the
                 // prefix before the failure only, so nobody will queue this one.
                 Ok(Ok(seq)) => self.shared.forget(&[seq]),
@@ -110,7 +118,7 @@ impl Outbox {
                 Err(_) => failed = failed.or(Some(DispatchError::Stopped)),
             }
         }
-        (written, failed.or(refused))
+        (std::mem::take(&mut claims.written), failed.or(refused))
     }
 
     /// Waits, as `admission` says, until [`Outbox::admit`] finds room for `len` bytes.
@@ -181,6 +189,36 @@ impl Outbox {
             let mut st = self.shared.lock();
             st.writing = false;
             st.reserved = st.reserved.saturating_sub(bytes);
+        }
+    }
+}
+
+/// The records one [`Outbox::append_all`] call added, until it returns them: if the call is
+/// dropped first (its client hung up), the records the writer wrote are forgotten, so that no
+/// watcher waits for events nobody will queue. The writer forgets those whose appender was
+/// gone when it answered; these are the others: answered, but not yet read, or read but not
+/// yet returned.
+struct Claims<'a> {
+    outbox: &'a Outbox,
+    /// Written, in order, for the caller to queue.
+    written: Vec<(u64, Bytes)>,
+    /// Waiting for the writer's answer, in order.
+    answers: VecDeque<(Bytes, oneshot::Receiver<Result<u64, Arc<OutboxError>>>)>,
+}
+
+impl Drop for Claims<'_> {
+    fn drop(&mut self) {
+        let mut seqs: Vec<u64> = self.written.iter().map(|(seq, _)| *seq).collect();
+        for (_, mut answer) in self.answers.drain(..) {
+            // Closed first: the writer cannot answer after this look, so a record is
+            // forgotten either here or by the writer, never by neither.
+            answer.close();
+            if let Ok(Ok(seq)) = answer.try_recv() {
+                seqs.push(seq);
+            }
+        }
+        if !seqs.is_empty() {
+            self.outbox.shared.forget(&seqs);
         }
     }
 }
