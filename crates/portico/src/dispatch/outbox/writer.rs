@@ -32,6 +32,9 @@ pub(super) enum Msg {
 /// An appender waiting for its sequence number.
 pub(super) type Reply = oneshot::Sender<Result<u64, Arc<OutboxError>>>;
 
+/// Where an appender hears its sequence number.
+type Answer = oneshot::Receiver<Result<u64, Arc<OutboxError>>>;
+
 impl Outbox {
     /// Writes `event` durably and gives its sequence number, once fsynced, with the event in
     /// the JSON event format as written (for structured-mode watchers to send as it is). Past
@@ -203,7 +206,7 @@ struct Claims<'a> {
     /// Written, in order, for the caller to queue.
     written: Vec<(u64, Bytes)>,
     /// Waiting for the writer's answer, in order.
-    answers: VecDeque<(Bytes, oneshot::Receiver<Result<u64, Arc<OutboxError>>>)>,
+    answers: VecDeque<(Bytes, Answer)>,
 }
 
 impl Drop for Claims<'_> {
