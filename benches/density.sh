@@ -5,12 +5,14 @@
 #
 # - start → all Running: from process start until the log has said "configuration running"
 #   for every configuration;
-# - idle CPU: user + system CPU of the process over IDLE seconds (default 60), from 10 s
-#   after all are Running (the first status write of every node done), with every
-#   configuration waiting for its next tick (the window never holds one: they fall on the
-#   hour);
-# - RSS idle, at the end of that window (the memory freed by the map's parsing and the
-#   status write has been given back: 3 s and 30 s after a map is applied);
+# - settling CPU: user + system CPU-seconds of the process from all Running until SETTLE
+#   seconds after (default 35): the first status write of every node, and the heap's free
+#   memory given back 3 s and 30 s after the map was applied (a one-off after each change);
+# - idle CPU: user + system CPU of the process over IDLE seconds (default 60) from there, in
+#   % of a core: what the configurations cost while every one waits for its next tick (the
+#   window never holds one: they fall on the hour);
+# - RSS idle, at the end of that window (what the map's parsing and the status write freed
+#   has been given back);
 # - one key changed: a merge patch of one key of the ConfigMap (its interval 1h ↔ 2h); 5
 #   changes, median and max of two times: in Portico, from the log's "the configuration map
 #   changed" (the watch delivered the new ConfigMap) to its "configuration running" of that
@@ -52,12 +54,13 @@ if [ -n "${PORTICO:-}" ]; then
 fi
 
 PORTICO_BIN="$portico" FAKE_KUBE="$CARGO_TARGET_DIR/$profile/fake-kube" \
-BENCH_DIR="$dir" SMOKE="$smoke" PROFILE="$build_name" IDLE="${IDLE:-60}" python3 - "${sizes[@]}" <<'EOF'
+BENCH_DIR="$dir" SMOKE="$smoke" PROFILE="$build_name" IDLE="${IDLE:-60}" SETTLE="${SETTLE:-35}" python3 - "${sizes[@]}" <<'EOF'
 import json, os, queue, re, statistics, subprocess, sys, threading, time, urllib.request
 
 bin, fake_bin, work = os.environ["PORTICO_BIN"], os.environ["FAKE_KUBE"], os.environ["BENCH_DIR"]
 smoke, profile = bool(os.environ["SMOKE"]), os.environ["PROFILE"]
 idle_window = 2 if smoke else int(os.environ["IDLE"])
+settle = 2 if smoke else int(os.environ["SETTLE"])
 ticks = os.sysconf("SC_CLK_TCK")
 running_line = re.compile(r'^(\S+)Z .*configuration running.*\bsrc=(\S+)')
 changed_line = re.compile(r'^(\S+)Z .*the configuration map changed')
@@ -91,8 +94,8 @@ def seconds_to_the_hour():
     now = time.time()
     return 3600 - now % 3600
 
-print("| configurations | build | start → all Running | RSS idle | idle CPU (% of a core) | one key changed, in Portico: median / max | one key changed, end to end: median / max |")
-print("|---|---|---|---|---|---|---|")
+print(f"| configurations | build | start → all Running | CPU settling (all Running → +{settle} s) | idle CPU (% of a core) | RSS idle | one key changed, in Portico: median / max | one key changed, end to end: median / max |")
+print("|---|---|---|---|---|---|---|---|")
 try:
     for n in map(int, sys.argv[1:]):
         ns = f"d{n}"
@@ -105,7 +108,7 @@ try:
             "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": cm, "namespace": ns},
             "data": {f"c{i:06d}": "interval: 1h" for i in range(n)}})
         # The ticks fall on the hour: keep the measurement out of the minute around it.
-        if seconds_to_the_hour() < idle_window + 120 and not smoke:
+        if seconds_to_the_hour() < settle + idle_window + 120 and not smoke:
             time.sleep(seconds_to_the_hour() + 30)
         lines = queue.Queue()
         start = time.monotonic()
@@ -139,10 +142,12 @@ try:
                 if (isinstance(want, int) and seen >= want) or src == want:
                     return at, logged
         try:
-            all_running = wait_running(n)[0] - start
-            # Settled: the first status write of every node (coalesced for 0.5 s) is done.
-            time.sleep(2 if smoke else 10)
+            running_at = wait_running(n)[0]
+            all_running = running_at - start
+            at_running = cpu_seconds(p.pid)
+            time.sleep(max(0, running_at + settle - time.monotonic()))
             before = cpu_seconds(p.pid)
+            settling = before - at_running
             t0 = time.monotonic()
             time.sleep(idle_window)
             idle = (cpu_seconds(p.pid) - before) / (time.monotonic() - t0) * 100
@@ -157,7 +162,7 @@ try:
                 end_to_end.append((at - sent) * 1000)
                 inside.append((logged - changed_at[-1]) * 1000)
                 time.sleep(0.5)
-            print(f"| {n} | {profile} | {all_running * 1000:.0f} ms | {rss:.1f} MB | {idle:.2f} | "
+            print(f"| {n} | {profile} | {all_running * 1000:.0f} ms | {settling:.2f} s | {idle:.2f} | {rss:.1f} MB | "
                   f"{statistics.median(inside):.1f} / {max(inside):.1f} ms | "
                   f"{statistics.median(end_to_end):.1f} / {max(end_to_end):.1f} ms |", flush=True)
         finally:

@@ -754,9 +754,12 @@ DENSITY_TEXT=$(cat <<EOF
 
 \`benches/density.sh\` runs a calendar gateway in a (fake) cluster: its ConfigMap of N
 configurations (\`interval: 1h\`) served by \`fake-kube\` over loopback, read through the real
-list and watch. Start → all Running is read off the log; idle CPU is the process's user +
-system CPU over 60 s from 10 s after all are Running (no tick falls in the window); RSS idle
-is read at the end of that window; one key changed is a merge patch of one key (5 times),
+list and watch. Start → all Running is read off the log; settling CPU is the process's user
++ system CPU-seconds from all Running until 35 s after: the first status write of every
+node, and the heap's free memory given back 3 s and 30 s after the map was applied (a
+one-off after each change); idle CPU is its CPU over the next 60 s, with every configuration
+waiting for its tick (none falls in the window); RSS idle is read at the end of that window;
+one key changed is a merge patch of one key (5 times),
 timed in Portico from its log's "the configuration map changed" to that key's
 "configuration running", and end to end from the patch sent (which adds the fake API
 server's own work: at 100,000 keys, most of it). The shipped build (\`scripts/release\`).

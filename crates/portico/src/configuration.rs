@@ -8,6 +8,8 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::spec::ConfigMapData;
+
 /// The stable id of a configuration: a hash of its key and value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConfigId(pub u64);
@@ -20,6 +22,43 @@ impl ConfigId {
         h.update(key.as_bytes());
         h.update(value.as_bytes());
         ConfigId(h.digest())
+    }
+}
+
+/// A map of configurations with the id of each entry, in the map's order: computed once,
+/// where the map is read, so that a change of one key among 100,000 is found by comparing
+/// ids, not by reading every key and value again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct IdentifiedMap {
+    map: ConfigMapData,
+    ids: Vec<ConfigId>,
+}
+
+impl IdentifiedMap {
+    /// `map` with the id of each entry.
+    pub(crate) fn new(map: ConfigMapData) -> IdentifiedMap {
+        let ids = map.iter().map(|(k, v)| ConfigId::of(k, v)).collect();
+        IdentifiedMap { map, ids }
+    }
+
+    /// The configurations, by key.
+    pub(crate) fn map(&self) -> &ConfigMapData {
+        &self.map
+    }
+
+    /// The id of each configuration, in the map's order.
+    pub(crate) fn ids(&self) -> &[ConfigId] {
+        &self.ids
+    }
+
+    /// A digest of the whole map (its ids in order), to tell a changed map from one already
+    /// seen without keeping a copy.
+    pub(crate) fn digest(&self) -> u128 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for id in &self.ids {
+            h.update(&id.0.to_le_bytes());
+        }
+        h.digest128()
     }
 }
 

@@ -202,6 +202,27 @@ struct Entry {
     policy: Result<Option<Arc<ConfigPolicy>>, String>,
 }
 
+/// Reads the policy of configuration `src` → `value` into `by_src`, unless it is there at
+/// this value already; logs what is wrong with it.
+fn read_into(by_src: &mut HashMap<String, Entry>, src: &str, value: &str, own: &[&str]) {
+    let id = ConfigId::of(src, value);
+    if by_src.get(src).is_some_and(|e| e.id == id) {
+        return;
+    }
+    let policy = ConfigPolicy::read(value, own)
+        .map(|p| p.map(Arc::new))
+        .map_err(|e| e.message().to_string());
+    if let Err(problem) = &policy {
+        tracing::error!(src = %src, id = %id, "{problem}");
+    }
+    // Configurations with neither key are not kept.
+    if matches!(policy, Ok(None)) {
+        by_src.remove(src);
+    } else {
+        by_src.insert(src.to_string(), Entry { id, policy });
+    }
+}
+
 impl Policies {
     /// Reads the policies of `map`, again only for the values that changed; `own` are the
     /// reserved keys the gateway reads itself.
@@ -209,22 +230,20 @@ impl Policies {
         let mut by_src = self.by_src.write().unwrap_or_else(|e| e.into_inner());
         by_src.retain(|src, _| map.contains_key(src));
         for (src, value) in map {
-            let id = ConfigId::of(src, value);
-            if by_src.get(src).is_some_and(|e| e.id == id) {
-                continue;
-            }
-            let policy = ConfigPolicy::read(value, own)
-                .map(|p| p.map(Arc::new))
-                .map_err(|e| e.message().to_string());
-            if let Err(problem) = &policy {
-                tracing::error!(src = %src, id = %id, "{problem}");
-            }
-            // Configurations with neither key are not kept.
-            if matches!(policy, Ok(None)) {
-                by_src.remove(src);
-            } else {
-                by_src.insert(src.clone(), Entry { id, policy });
-            }
+            read_into(&mut by_src, src, value, own);
+        }
+        self.any.store(!by_src.is_empty(), Ordering::Release);
+    }
+
+    /// [`Policies::apply`] for a change already found: the keys `gone` left the map, `changed`
+    /// are its new and changed entries, and every other key has the value it had.
+    pub(crate) fn update(&self, gone: &[&str], changed: &[(&String, &String)], own: &[&str]) {
+        let mut by_src = self.by_src.write().unwrap_or_else(|e| e.into_inner());
+        for src in gone {
+            by_src.remove(*src);
+        }
+        for (src, value) in changed {
+            read_into(&mut by_src, src, value, own);
         }
         self.any.store(!by_src.is_empty(), Ordering::Release);
     }

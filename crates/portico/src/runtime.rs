@@ -15,6 +15,7 @@ use chrono::Utc;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::configuration::IdentifiedMap;
 use crate::coordination::{
     Assignment, Checkpoints, Coordinator, Settings as CoordinationSettings, Store, StoreFactory,
 };
@@ -671,12 +672,12 @@ pub(crate) async fn run_gateway(
         // Until the coordinator holds buckets, only the configurations placed everywhere run.
         s.set_share(share);
     }
+    let mut current = IdentifiedMap::new(initial);
     if let Some(s) = supervisor.as_mut() {
-        s.apply(&initial).await;
+        s.apply_identified(&current).await;
     }
     let coordinator_stop = CancellationToken::new();
     let coordinator = coordinator.map(|c| tokio::spawn(c.run(coordinator_stop.clone())));
-    let mut current = initial.clone();
     // Without a supervisor the configurations' keys are still the gateway's own sources: the
     // events posted for them are counted under their own labels.
     let independent = supervisor.is_none();
@@ -687,7 +688,7 @@ pub(crate) async fn run_gateway(
             pipeline.policies().apply(map, &[]);
         }
     };
-    own_labels(&initial);
+    own_labels(current.map());
     state.ready.store(true, Ordering::Release);
     let trim = Arc::new(Notify::new());
     let trimmer = tokio::spawn(give_back_free_memory(trim.clone()));
@@ -701,11 +702,11 @@ pub(crate) async fn run_gateway(
             ev = rx.recv() => match ev {
                 Some(SourceEvent::Map(map)) => {
                     let received = std::time::Instant::now();
-                    tracing::info!(configurations = map.len(), "the configuration map changed");
-                    own_labels(&map);
-                    if let Some(s) = supervisor.as_mut() { s.apply(&map).await; }
+                    tracing::info!(configurations = map.map().len(), "the configuration map changed");
+                    own_labels(map.map());
+                    if let Some(s) = supervisor.as_mut() { s.apply_identified(&map).await; }
                     tracing::info!(
-                        configurations = map.len(),
+                        configurations = map.map().len(),
                         took_ms = received.elapsed().as_secs_f64() * 1e3,
                         "the configuration map was applied"
                     );
@@ -725,7 +726,7 @@ pub(crate) async fn run_gateway(
             Some(a) = assign_rx.recv() => {
                 if let (Some(s), Some(share)) = (supervisor.as_mut(), share(a.held)) {
                     s.set_share(share);
-                    s.apply(&current).await;
+                    s.apply_identified(&current).await;
                 }
                 let _ = a.done.send(());
             }

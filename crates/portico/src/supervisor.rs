@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use tokio::task::JoinHandle;
 
-use crate::configuration::{ConfigId, Configuration};
+use crate::configuration::{ConfigId, Configuration, IdentifiedMap};
 use crate::coordination::{Placement, bucket_of};
 use crate::error::ConfigErrorKind;
 use crate::executor::{Checked, ConfigContext, GatewayConfig, SharedExecutor, StopReason};
@@ -156,30 +156,45 @@ impl Supervisor {
 
     /// Brings what runs in line with `map`.
     pub async fn apply(&mut self, map: &ConfigMapData) {
-        self.gateway
-            .pipeline()
-            .policies()
-            .apply(map, self.executor.dyn_own_keys());
-        // One walk of the map and what runs, both ordered by key: a change of one key among
-        // 100,000 costs a comparison per key, not a lookup.
+        let ids: Vec<ConfigId> = map.iter().map(|(k, v)| ConfigId::of(k, v)).collect();
+        self.apply_with_ids(map, &ids).await;
+    }
+
+    /// [`Supervisor::apply`] with the ids the map was read with.
+    pub(crate) async fn apply_identified(&mut self, map: &IdentifiedMap) {
+        self.apply_with_ids(map.map(), map.ids()).await;
+    }
+
+    /// Brings what runs in line with `map`, whose entries have the ids `ids` (in its order).
+    async fn apply_with_ids(&mut self, map: &ConfigMapData, ids: &[ConfigId]) {
+        // One walk of the map and what runs, both ordered by key. A configuration whose id is
+        // that of the next one running is that one unchanged (the id is a hash of key and
+        // value): among 100,000, a change of one key costs a comparison of ids per key, and
+        // no key or value is read again.
         let mut stale: Vec<String> = Vec::new();
         let mut start: Vec<(&String, &String)> = Vec::new();
         let mut running = self.running.iter().peekable();
-        for (src, value) in map {
-            while let Some((gone, _)) = running.next_if(|(k, _)| *k < src) {
-                stale.push(gone.clone());
-            }
-            match running.next_if(|(k, _)| *k == src) {
-                Some((_, r)) => {
-                    if ConfigId::of(src, value) != r.id || r.parked == self.runs_here(src, r.id) {
-                        stale.push(src.clone());
-                        start.push((src, value));
+        for ((src, value), &id) in map.iter().zip(ids) {
+            let r = match running.next_if(|(_, r)| r.id == id) {
+                Some((_, r)) => Some(r),
+                None => {
+                    while let Some((gone, _)) = running.next_if(|(k, _)| *k < src) {
+                        stale.push(gone.clone());
                     }
+                    running.next_if(|(k, _)| *k == src).map(|(_, r)| r)
+                }
+            };
+            match r {
+                Some(r) if r.id == id && r.parked != self.runs_here(src, id) => {}
+                Some(_) => {
+                    stale.push(src.clone());
+                    start.push((src, value));
                 }
                 None => start.push((src, value)),
             }
         }
         stale.extend(running.map(|(gone, _)| gone.clone()));
+        let mut gone: Vec<&str> = Vec::new();
         let stopping: Vec<(Running, StopReason)> = stale
             .iter()
             .filter_map(|src| {
@@ -193,6 +208,9 @@ impl Supervisor {
                     // Still in the map: its bucket moved to another replica (or came here).
                     Some(_) => StopReason::Shutdown,
                 };
+                if reason == StopReason::Removed {
+                    gone.push(src);
+                }
                 if reason != StopReason::Shutdown {
                     self.gateway.checkpoints().forget(src);
                     self.placements.remove(src);
@@ -200,6 +218,12 @@ impl Supervisor {
                 self.running.remove(src).map(|r| (r, reason))
             })
             .collect();
+        // What runs had the policies of its value: only those of the keys gone, new or
+        // changed are read again.
+        self.gateway
+            .pipeline()
+            .policies()
+            .update(&gone, &start, self.executor.dyn_own_keys());
         futures::future::join_all(stopping.into_iter().map(|(r, why)| self.stop_one(r, why))).await;
         for (src, value) in start {
             let configuration = Configuration::new(src.clone(), value.clone());

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{SourceError, SourceEvent};
-use crate::spec::ConfigMapData;
+use crate::configuration::IdentifiedMap;
 
 /// Which ConfigMap to follow.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,21 +27,8 @@ pub(crate) struct ConfigMapRef {
 }
 
 /// The configurations of a ConfigMap: its `data` (`binaryData` is not a configuration).
-fn configurations(cm: ConfigMap) -> ConfigMapData {
-    cm.data.unwrap_or_default()
-}
-
-/// A digest of `map`, to tell a changed map from the one already sent without keeping a copy
-/// (with 100,000 configurations, a copy is megabytes).
-fn digest(map: &ConfigMapData) -> u128 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    for (key, value) in map {
-        for text in [key, value] {
-            h.update(&(text.len() as u64).to_le_bytes());
-            h.update(text.as_bytes());
-        }
-    }
-    h.digest128()
+fn configurations(cm: ConfigMap) -> IdentifiedMap {
+    IdentifiedMap::new(cm.data.unwrap_or_default())
 }
 
 /// Follows the ConfigMap `what` and sends its map to `tx` until `stop` is cancelled or the
@@ -59,13 +46,13 @@ pub(crate) async fn watch(
     // The digest of what was last sent: `None` before anything, `Some(None)` after `Gone`.
     let mut sent: Option<Option<u128>> = None;
     // The objects of a re-list in progress.
-    let mut listing: Option<Option<ConfigMapData>> = None;
+    let mut listing: Option<Option<IdentifiedMap>> = None;
     loop {
         let event = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             e = stream.next() => e,
         };
-        let next: Option<Option<ConfigMapData>> = match event {
+        let next: Option<Option<IdentifiedMap>> = match event {
             None => return Err(SourceError::Ended),
             Some(Err(e)) => {
                 tracing::warn!(
@@ -102,7 +89,7 @@ pub(crate) async fn watch(
             }
         };
         let Some(next) = next else { continue };
-        let next_digest = next.as_ref().map(digest);
+        let next_digest = next.as_ref().map(IdentifiedMap::digest);
         if sent == Some(next_digest) {
             continue;
         }

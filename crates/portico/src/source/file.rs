@@ -21,6 +21,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{SourceError, SourceEvent};
+use crate::configuration::IdentifiedMap;
 use crate::spec::GatewayFile;
 use crate::spec::file::{SpecErrors, expand, read_all};
 
@@ -147,7 +148,11 @@ pub(crate) async fn watch(
                         file = %path.display(), configurations = map.len(),
                         "gateway file changed"
                     );
-                    if tx.send(SourceEvent::Map(map)).await.is_err() {
+                    if tx
+                        .send(SourceEvent::Map(IdentifiedMap::new(map)))
+                        .await
+                        .is_err()
+                    {
                         return Ok(());
                     }
                 }

@@ -4,7 +4,7 @@
 pub(crate) mod configmap;
 pub(crate) mod file;
 
-use crate::spec::ConfigMapData;
+use crate::configuration::IdentifiedMap;
 
 /// Why a configuration source stopped.
 #[derive(Debug, thiserror::Error)]
@@ -25,8 +25,9 @@ pub(crate) enum SourceError {
 /// What a configuration source reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum SourceEvent {
-    /// The whole current map (not a delta): the supervisor diffs it against what runs.
-    Map(ConfigMapData),
+    /// The whole current map (not a delta), with the id of each entry: the supervisor diffs it
+    /// against what runs.
+    Map(IdentifiedMap),
     /// The map is gone (its ConfigMap was deleted): every configuration stops.
     Gone,
 }

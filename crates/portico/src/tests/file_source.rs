@@ -24,7 +24,7 @@ fn gateway(configs: &[(&str, &str)]) -> String {
 
 async fn next_map(rx: &mut mpsc::Receiver<SourceEvent>) -> Vec<String> {
     match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
-        Ok(Some(SourceEvent::Map(m))) => m.into_keys().collect(),
+        Ok(Some(SourceEvent::Map(m))) => m.map().keys().cloned().collect(),
         other => panic!("expected a new map, got {other:?}"),
     }
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::configuration::IdentifiedMap;
 use crate::source::SourceEvent;
 use crate::source::configmap::{ConfigMapRef, watch};
 use crate::testing::Harness;
@@ -66,12 +67,12 @@ async fn next(rx: &mut mpsc::Receiver<SourceEvent>) -> SourceEvent {
 }
 
 fn map(pairs: &[(&str, &str)]) -> SourceEvent {
-    SourceEvent::Map(
+    SourceEvent::Map(IdentifiedMap::new(
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
-    )
+    ))
 }
 
 fn lists(fake: &FakeKube) -> usize {
@@ -119,7 +120,7 @@ async fn add_update_delete_reach_the_supervisor_and_410_relists_without_restarts
     let SourceEvent::Map(m) = ev else {
         unreachable!()
     };
-    supervisor.apply(&m).await;
+    supervisor.apply_identified(&m).await;
     harness
         .wait_for_phase("a", Phase::Running, WAIT)
         .await
@@ -132,7 +133,7 @@ async fn add_update_delete_reach_the_supervisor_and_410_relists_without_restarts
     let SourceEvent::Map(m) = ev else {
         unreachable!()
     };
-    supervisor.apply(&m).await;
+    supervisor.apply_identified(&m).await;
     harness
         .wait_for_phase("b", Phase::Running, WAIT)
         .await
@@ -155,7 +156,7 @@ async fn add_update_delete_reach_the_supervisor_and_410_relists_without_restarts
     let SourceEvent::Map(m) = ev else {
         unreachable!()
     };
-    supervisor.apply(&m).await;
+    supervisor.apply_identified(&m).await;
     let b = harness
         .wait_for_phase("b", Phase::Running, WAIT)
         .await

@@ -155,6 +155,52 @@ async fn an_invalid_configuration_is_an_error_node_and_never_started() {
     sup.stop_all().await;
 }
 
+/// The supervisor reads again only the policies of keys new, changed or gone: these must
+/// still follow every change of the map.
+#[tokio::test]
+async fn policies_follow_each_change_of_the_map() {
+    let h = Harness::new("g", "scripted");
+    let exec = Arc::new(Scripted::default());
+    let mut sup = h.supervisor(exec.clone());
+    let zero = "mode: run\nrateLimit: {perSecond: 0}";
+    let fine = "mode: run\nrateLimit: {perSecond: 5}";
+    sup.apply(&map(&[("a", zero), ("b", "mode: run")])).await;
+    let a = h.wait_for_phase("a", Phase::Error, WAIT).await.unwrap();
+    assert!(
+        a.message.starts_with("rateLimit.perSecond is 0"),
+        "{}",
+        a.message
+    );
+    h.wait_for_phase("b", Phase::Running, WAIT).await.unwrap();
+    assert_eq!(exec.starts("a"), 0);
+
+    // The same map again: nothing changes, `a` stays refused.
+    sup.apply(&map(&[("a", zero), ("b", "mode: run")])).await;
+    assert_eq!(h.node("a").unwrap().phase, Phase::Error);
+
+    // `a` mended, `b` given a bad limit.
+    sup.apply(&map(&[("a", fine), ("b", zero)])).await;
+    h.wait_for_phase("a", Phase::Running, WAIT).await.unwrap();
+    let b = h.wait_for_phase("b", Phase::Error, WAIT).await.unwrap();
+    assert!(
+        b.message.starts_with("rateLimit.perSecond is 0"),
+        "{}",
+        b.message
+    );
+
+    // `b` removed and added again without a limit: its old policy went with it.
+    sup.apply(&map(&[("a", fine)])).await;
+    assert!(h.node("b").is_none());
+    sup.apply(&map(&[("a", fine), ("b", "mode: run")])).await;
+    h.wait_for_phase("b", Phase::Running, WAIT).await.unwrap();
+    assert_eq!(
+        exec.starts("a"),
+        1,
+        "`a` ran once, unchanged since it was mended"
+    );
+    sup.stop_all().await;
+}
+
 #[tokio::test]
 async fn a_failing_configuration_shows_why_and_is_restarted_with_backoff() {
     let h = Harness::new("g", "scripted");
