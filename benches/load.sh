@@ -801,8 +801,8 @@ What each change bought, measured with \`heaptrack\` and \`benches/density.sh\`:
   give-back 30 s after the map was applied takes about 0.15 CPU-seconds (\`perf\`: glibc's
   \`malloc_consolidate\` and \`malloc_trim\`, 65 % of the samples of the old idle window,
   which began 10 s after all were Running). It is a one-off after each change and is now
-  counted in settling; idle CPU starts after it: 0.13 % of a core at 100,000 (0.45 % with
-  the give-back inside the window).
+  counted in settling; idle CPU starts after it: 0.13 % of a core at 100,000 (with the
+  give-back inside the window: 1.03 % in the previous table, 0.45 % in a run beside a build).
 EOF
 )
 {
