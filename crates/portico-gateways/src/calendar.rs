@@ -482,30 +482,30 @@ impl ConfigExecutor for Calendar {
                 Err(e) => return Err(e.into()),
             }
             ctx.set_checkpoint(at);
-            // Ticks that fell due while the event waited for room are missed, not queued
-            // (those due before the configuration started here are being caught up: they
-            // fire next).
+            // Of the ticks that fell due while this one was handed over (it waited for room,
+            // or the clock jumped), the latest fires next, late; those before it are missed,
+            // not queued. Ticks due before the configuration started here are being caught
+            // up: they all fire.
             let now = self.clock.now();
             let mut missed = 0u64;
             last = due;
             while let Some(next) = schedule.next_after(last) {
-                if next > now {
+                if next > now || next <= started || missed >= 1_000_000 {
                     break;
                 }
-                if next <= started {
-                    break;
-                }
-                missed += 1;
-                last = next;
-                if missed >= 1_000_000 {
-                    break;
+                match schedule.next_after(next) {
+                    Some(later) if later <= now => {
+                        missed += 1;
+                        last = next;
+                    }
+                    _ => break,
                 }
             }
             if missed > 0 {
                 ctx.count_rejected(RejectReason::Missed, missed);
                 tracing::warn!(
                     missed,
-                    "calendar ticks missed while the gateway was full (counted in portico_events_rejected_total{{reason=\"missed\"}})"
+                    "calendar ticks missed: they fell due while an earlier tick waited for room (or the clock jumped); the latest fires late (counted in portico_events_rejected_total{{reason=\"missed\"}})"
                 );
             }
         }
@@ -757,14 +757,19 @@ mod tests {
         // One tick, one id: its configuration and its scheduled time.
         assert_eq!(e.id, "c@2026-05-01T12:00:10Z");
 
-        // A jump over two ticks: the first is sent, the one already past is missed, not queued.
-        clock.advance(25);
+        // A jump over three ticks: the one waited for is sent, then the latest of those that
+        // fell due meanwhile, late; the one between is missed, not queued.
+        clock.advance(35);
         let e = h.next_event(wait).await.unwrap();
         assert_eq!(time_of(&e), "2026-05-01T12:00:20Z");
-        clock.advance(10);
         let e = h.next_event(wait).await.unwrap();
         assert_eq!(time_of(&e), "2026-05-01T12:00:40Z");
+        until("1 missed tick counted", || rejected(&h, "missed") == 1).await;
+        clock.advance(10);
+        let e = h.next_event(wait).await.unwrap();
+        assert_eq!(time_of(&e), "2026-05-01T12:00:50Z");
         assert!(h.try_next_event().is_none());
+        assert_eq!(rejected(&h, "missed"), 1);
 
         ctx.stop();
         assert_eq!(run.await.unwrap(), Ok(()));
@@ -825,6 +830,44 @@ mod tests {
         }
     }
 
+    /// A tick that falls due while a configuration taken over still hands over the ticks it
+    /// caught up fires too: it is late, not missed.
+    #[tokio::test]
+    async fn a_tick_due_during_the_catch_up_fires_late() {
+        let clock = Arc::new(ManualClock(
+            tokio::sync::watch::channel(utc("2026-05-01T12:00:05Z")).0,
+        ));
+        let mut h = portico::testing::Harness::builder("cal", "calendar")
+            .queue_size(1)
+            .concurrency(1)
+            .build();
+        h.pause();
+        h.context("c", "interval: 10s")
+            .set_checkpoint("2026-05-01T11:59:30Z");
+        let (ctx, run) = start(&h, &clock, "interval: 10s").await;
+        // 11:59:40 takes the only slot; 11:59:50 waits for room while 12:00:10 falls due.
+        until("two caught-up ticks", || received(&h) == 2).await;
+        clock.advance(6);
+        h.resume();
+        let wait = Duration::from_secs(5);
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            got.push(h.next_event(wait).await.unwrap().id);
+        }
+        assert_eq!(
+            got,
+            [
+                "c@2026-05-01T11:59:40Z",
+                "c@2026-05-01T11:59:50Z",
+                "c@2026-05-01T12:00:00Z",
+                "c@2026-05-01T12:00:10Z"
+            ]
+        );
+        assert_eq!(rejected(&h, "missed"), 0);
+        ctx.stop();
+        assert_eq!(run.await.unwrap(), Ok(()));
+    }
+
     fn rejected(h: &portico::testing::Harness, reason: &str) -> u64 {
         h.metric(
             "portico_events_rejected_total",
@@ -847,8 +890,9 @@ mod tests {
         }
     }
 
-    /// atLeastOnce: a tick waits for room; the ticks that fall due meanwhile are counted as
-    /// missed (`portico_events_rejected_total{reason="missed"}`), not queued.
+    /// atLeastOnce: a tick waits for room; of the ticks that fall due meanwhile, the latest
+    /// fires late and the others are counted as missed
+    /// (`portico_events_rejected_total{reason="missed"}`), not queued.
     #[tokio::test]
     async fn ticks_that_fall_due_while_the_gateway_is_full_are_counted_as_missed() {
         let t0 = utc("2026-05-01T12:00:00Z");
@@ -864,16 +908,22 @@ mod tests {
         until("first tick", || received(&h) == 1).await;
         clock.advance(10);
         until("second tick", || received(&h) == 2).await;
-        // 12:00:30, :40, :50 fall due while the second waits.
+        // 12:00:30, :40, :50 fall due while the second waits: :50 fires late, the two
+        // before it are missed.
         clock.advance(30);
         h.resume();
         let wait = Duration::from_secs(5);
-        assert!(h.next_event(wait).await.is_some());
-        assert!(h.next_event(wait).await.is_some());
-        until("3 missed ticks counted", || rejected(&h, "missed") == 3).await;
+        let e = h.next_event(wait).await.unwrap();
+        assert_eq!(e.time, Some(utc("2026-05-01T12:00:10Z")));
+        let e = h.next_event(wait).await.unwrap();
+        assert_eq!(e.time, Some(utc("2026-05-01T12:00:20Z")));
+        let e = h.next_event(wait).await.unwrap();
+        assert_eq!(e.time, Some(utc("2026-05-01T12:00:50Z")));
+        until("2 missed ticks counted", || rejected(&h, "missed") == 2).await;
         clock.advance(10);
         let e = h.next_event(wait).await.unwrap();
         assert_eq!(e.time, Some(utc("2026-05-01T12:01:00Z")));
+        assert_eq!(rejected(&h, "missed"), 2);
         assert_eq!(rejected(&h, "full"), 0);
         ctx.stop();
         assert_eq!(run.await.unwrap(), Ok(()));
