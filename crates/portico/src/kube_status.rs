@@ -18,11 +18,13 @@ use backon::{ExponentialBuilder, Retryable};
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
-use kube::{Api, Client};
+use kube::{Api, Client, Resource};
+use serde::ser::{SerializeMap, SerializeStruct};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::spec::{GatewayGroup, MemberStatus, NodeStatus};
+use crate::ConfigId;
+use crate::spec::{GatewayGroup, MemberStatus};
 use crate::status::{Node, NodeChange, Phase, StatusSink};
 
 /// Events waiting to be written beyond which the oldest are dropped (and counted in a log).
@@ -64,16 +66,61 @@ pub(crate) struct GatewayRef {
     pub previous_nodes: Vec<String>,
 }
 
+/// A transition to record as an Event: the node as it became, or as it was when it left the
+/// map. Its text is made only when it is written (a map of 100,000 configurations makes
+/// 200,000 transitions, of which the newest 256 are kept).
 struct Transition {
-    reason: &'static str,
-    message: String,
-    warning: bool,
+    node: Arc<Node>,
+    removed: bool,
+}
+
+impl Transition {
+    fn reason(&self) -> &'static str {
+        if self.removed {
+            "Removed"
+        } else {
+            self.node.phase.as_str()
+        }
+    }
+
+    fn warning(&self) -> bool {
+        !self.removed && self.node.phase == Phase::Error
+    }
+
+    fn message(&self) -> String {
+        let node = &self.node;
+        if self.removed {
+            format!(
+                "configuration `{}` ({}) left the ConfigMap",
+                node.name, node.id
+            )
+        } else if node.message.is_empty() {
+            format!(
+                "configuration `{}` ({}) is {}",
+                node.name,
+                node.id,
+                node.phase.as_str()
+            )
+        } else {
+            format!(
+                "configuration `{}` ({}) is {}: {}",
+                node.name,
+                node.id,
+                node.phase.as_str(),
+                node.message
+            )
+        }
+    }
 }
 
 #[derive(Default)]
 struct Pending {
-    /// Newest state of each changed node by id; `None` removes it.
-    nodes: BTreeMap<String, Option<NodeStatus>>,
+    /// Newest state of each changed node by id; `None` removes it. The node is shared with
+    /// its transition, and turned into JSON only as the patch is written.
+    nodes: BTreeMap<ConfigId, Option<Arc<Node>>>,
+    /// Keys of `status.nodes` from an earlier run that are not configuration ids: removed by
+    /// the next write.
+    foreign: Vec<String>,
     /// Changed replicas by name; `None` removes one.
     members: BTreeMap<String, Option<MemberStatus>>,
     events: VecDeque<Transition>,
@@ -95,78 +142,93 @@ impl Inner {
 /// Writes nodes into `Gateway.status.nodes` and transitions as Events.
 pub(crate) struct KubeStatusSink {
     inner: Arc<Inner>,
-    replica: String,
 }
 
-/// A node as `status.nodes` shows it.
-fn node_status(node: &Node, replica: &str) -> NodeStatus {
-    NodeStatus {
-        replica: Some(replica.to_string()),
-        id: node.id.to_string(),
-        name: node.name.clone(),
-        phase: node.phase.as_str().to_string(),
-        message: node.message.clone(),
-        started_at: node
-            .started_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        updated_at: node
-            .updated_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        restarts: node.restarts,
+/// `{key: value}`: a JSON object of one member, written as it is serialized.
+struct Member<'a, T>(&'a str, &'a T);
+
+impl<T: serde::Serialize> serde::Serialize for Member<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry(self.0, self.1)?;
+        m.end()
+    }
+}
+
+/// The pending nodes as the merge patch's `status.nodes` (keyed by id, `null` removes one),
+/// written straight from the board's nodes.
+struct NodesPatch<'a> {
+    nodes: &'a BTreeMap<ConfigId, Option<Arc<Node>>>,
+    foreign: &'a [String],
+    replica: &'a str,
+}
+
+impl serde::Serialize for NodesPatch<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.nodes.len() + self.foreign.len()))?;
+        for id in self.foreign {
+            m.serialize_entry(id, &())?;
+        }
+        for (id, node) in self.nodes {
+            m.serialize_key(&Text(id))?;
+            match node {
+                Some(node) => m.serialize_value(&NodeJson {
+                    node,
+                    replica: self.replica,
+                })?,
+                None => m.serialize_value(&())?,
+            }
+        }
+        m.end()
+    }
+}
+
+/// A value written as its `Display` text.
+struct Text<T>(T);
+
+impl<T: std::fmt::Display> serde::Serialize for Text<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+/// A node as `status.nodes` shows it (the fields of `NodeStatus`).
+struct NodeJson<'a> {
+    node: &'a Node,
+    replica: &'a str,
+}
+
+impl serde::Serialize for NodeJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        const RFC3339: &str = "%Y-%m-%dT%H:%M:%SZ";
+        let n = self.node;
+        let mut st = s.serialize_struct("NodeStatus", 8)?;
+        st.serialize_field("id", &Text(n.id))?;
+        st.serialize_field("name", &n.name)?;
+        st.serialize_field("phase", n.phase.as_str())?;
+        st.serialize_field("message", &n.message)?;
+        st.serialize_field("startedAt", &Text(n.started_at.format(RFC3339)))?;
+        st.serialize_field("updatedAt", &Text(n.updated_at.format(RFC3339)))?;
+        st.serialize_field("restarts", &n.restarts)?;
+        st.serialize_field("replica", self.replica)?;
+        st.end()
     }
 }
 
 impl StatusSink for KubeStatusSink {
     fn node_changed(&self, change: &NodeChange) {
-        let (id, value, transition) = match change {
-            NodeChange::Updated { node, .. } => {
-                let message = if node.message.is_empty() {
-                    format!(
-                        "configuration `{}` ({}) is {}",
-                        node.name,
-                        node.id,
-                        node.phase.as_str()
-                    )
-                } else {
-                    format!(
-                        "configuration `{}` ({}) is {}: {}",
-                        node.name,
-                        node.id,
-                        node.phase.as_str(),
-                        node.message
-                    )
-                };
-                (
-                    node.id.to_string(),
-                    Some(node_status(node, &self.replica)),
-                    Transition {
-                        reason: node.phase.as_str(),
-                        message,
-                        warning: node.phase == Phase::Error,
-                    },
-                )
-            }
-            NodeChange::Removed { node } => (
-                node.id.to_string(),
-                None,
-                Transition {
-                    reason: "Removed",
-                    message: format!(
-                        "configuration `{}` ({}) left the ConfigMap",
-                        node.name, node.id
-                    ),
-                    warning: false,
-                },
-            ),
+        let (node, removed) = match change {
+            NodeChange::Updated { node, .. } => (Arc::new(node.clone()), false),
+            NodeChange::Removed { node } => (Arc::new(node.clone()), true),
         };
         {
             let mut p = self.inner.lock();
-            p.nodes.insert(id, value);
+            p.nodes.insert(node.id, (!removed).then(|| node.clone()));
             if p.events.len() >= MAX_PENDING_EVENTS {
                 p.events.pop_front();
                 p.dropped_events += 1;
             }
-            p.events.push_back(transition);
+            p.events.push_back(Transition { node, removed });
         }
         self.inner.wake.notify_one();
     }
@@ -213,10 +275,14 @@ impl KubeStatusSink {
         options: KubeStatusOptions,
         stop: CancellationToken,
     ) -> (Arc<KubeStatusSink>, tokio::task::JoinHandle<()>) {
-        let replica = gateway.replica.clone();
         let mut pending = Pending::default();
         for id in &gateway.previous_nodes {
-            pending.nodes.insert(id.clone(), None);
+            match u64::from_str_radix(id, 16) {
+                Ok(n) if id.len() == 16 => {
+                    pending.nodes.insert(ConfigId(n), None);
+                }
+                _ => pending.foreign.push(id.clone()),
+            }
         }
         let inner = Arc::new(Inner {
             pending: Mutex::new(pending),
@@ -226,23 +292,25 @@ impl KubeStatusSink {
             inner.wake.notify_one();
         }
         let writer = Writer {
-            gateways: Api::namespaced_with(
-                client.clone(),
-                &gateway.namespace,
+            gateways: kube::core::Request::new(DynamicObject::url_path(
                 &gateway.group.api_resource(),
-            ),
-            events: Api::namespaced(client, &gateway.namespace),
+                Some(&gateway.namespace),
+            )),
+            events: Api::namespaced(client.clone(), &gateway.namespace),
+            client,
             gateway,
             options,
             inner: inner.clone(),
         };
         let task = tokio::spawn(writer.run(stop));
-        (Arc::new(KubeStatusSink { inner, replica }), task)
+        (Arc::new(KubeStatusSink { inner }), task)
     }
 }
 
 struct Writer {
-    gateways: Api<DynamicObject>,
+    client: Client,
+    /// Requests of the gateways' collection in the namespace.
+    gateways: kube::core::Request,
     events: Api<Event>,
     gateway: GatewayRef,
     options: KubeStatusOptions,
@@ -267,18 +335,19 @@ impl Writer {
     }
 
     async fn flush(&self) {
-        let (nodes, members, events, dropped) = {
+        let (nodes, foreign, members, events, dropped) = {
             let mut p = self.inner.lock();
             let dropped = std::mem::take(&mut p.dropped_events);
             (
                 std::mem::take(&mut p.nodes),
+                std::mem::take(&mut p.foreign),
                 std::mem::take(&mut p.members),
                 std::mem::take(&mut p.events),
                 dropped,
             )
         };
         if !members.is_empty()
-            && let Err(e) = self.write_status("members", &members).await
+            && let Err(e) = self.write_status(&Member("members", &members)).await
         {
             tracing::warn!(gateway = %self.gateway.name, "cannot write the gateway's status.members (kept for the next write): {e}");
             let mut p = self.inner.lock();
@@ -292,8 +361,13 @@ impl Writer {
                 "{dropped} node transition(s) were too many to record as Kubernetes Events"
             );
         }
-        if !nodes.is_empty()
-            && let Err(e) = self.write_status("nodes", &nodes).await
+        let patch = NodesPatch {
+            nodes: &nodes,
+            foreign: &foreign,
+            replica: &self.gateway.replica,
+        };
+        if !(nodes.is_empty() && foreign.is_empty())
+            && let Err(e) = self.write_status(&Member("nodes", &patch)).await
         {
             tracing::warn!(
                 gateway = %self.gateway.name, namespace = %self.gateway.namespace,
@@ -303,30 +377,36 @@ impl Writer {
             for (id, node) in nodes {
                 p.nodes.entry(id).or_insert(node);
             }
+            p.foreign.extend(foreign);
         }
         for t in events {
             if let Err(e) = self.record(&t).await {
                 tracing::warn!(
-                    gateway = %self.gateway.name, reason = t.reason,
+                    gateway = %self.gateway.name, reason = t.reason(),
                     "cannot record a Kubernetes Event: {e}"
                 );
             }
         }
     }
 
-    /// Merges `entries` into `status.<field>` (`None` removes an entry).
-    async fn write_status<T: serde::Serialize>(
-        &self,
-        field: &str,
-        entries: &BTreeMap<String, Option<T>>,
-    ) -> Result<(), kube::Error> {
-        let patch = serde_json::json!({ "status": { field: entries } });
+    /// Merges `status` into the Gateway's status subresource. The patch is serialized
+    /// straight from the pending changes, and the object the API server answers with (the
+    /// whole Gateway, all of its nodes) is read and dropped, not parsed.
+    async fn write_status<T: serde::Serialize>(&self, status: &T) -> Result<(), kube::Error> {
+        let patch = Member("status", status);
         let params = PatchParams::default();
         (|| async {
-            self.gateways
-                .patch_status(&self.gateway.name, &params, &Patch::Merge(&patch))
-                .await
-                .map(|_| ())
+            let request = self
+                .gateways
+                .patch_subresource("status", &self.gateway.name, &params, &Patch::Merge(&patch))
+                .map_err(kube::Error::BuildRequest)?;
+            let answer = self.client.request_stream(request).await?;
+            // The write took effect once the server answered 2xx; the rest of the body only
+            // frees the connection for the next request.
+            if let Err(e) = futures::io::copy_buf(answer, &mut futures::io::sink()).await {
+                tracing::debug!(gateway = %self.gateway.name, "reading the status write's answer: {e}");
+            }
+            Ok(())
         })
         .retry(backoff())
         .when(transient)
@@ -352,9 +432,9 @@ impl Writer {
                 uid: self.gateway.uid.clone(),
                 ..Default::default()
             },
-            reason: Some(t.reason.to_string()),
-            message: Some(t.message.clone()),
-            type_: Some(if t.warning { "Warning" } else { "Normal" }.to_string()),
+            reason: Some(t.reason().to_string()),
+            message: Some(t.message()),
+            type_: Some(if t.warning() { "Warning" } else { "Normal" }.to_string()),
             source: Some(EventSource {
                 component: Some(self.options.component.clone()),
                 host: None,

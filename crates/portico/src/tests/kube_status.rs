@@ -41,8 +41,9 @@ async fn nodes_reach_status_and_events_and_conflicts_are_retried() {
         "apiVersion": "portico.dev/v1alpha1", "kind": "Gateway",
         "metadata": {"name": "gw", "namespace": "ns"},
         "spec": {"type": "calendar"},
-        "status": {"phase": "Running", "nodes": {"00000000000000aa": {
-            "id": "00000000000000aa", "name": "old", "phase": "Running"}}},
+        "status": {"phase": "Running", "nodes": {
+            "00000000000000aa": {"id": "00000000000000aa", "name": "old", "phase": "Running"},
+            "legacy": {"id": "legacy", "name": "older", "phase": "Running"}}},
     }));
     let uid = gw["metadata"]["uid"].as_str().map(String::from);
 
@@ -54,7 +55,7 @@ async fn nodes_reach_status_and_events_and_conflicts_are_retried() {
             namespace: "ns".into(),
             name: "gw".into(),
             uid: uid.clone(),
-            previous_nodes: vec!["00000000000000aa".to_string()],
+            previous_nodes: vec!["00000000000000aa".to_string(), "legacy".to_string()],
             replica: "gw-0".into(),
         },
         KubeStatusOptions {
@@ -79,6 +80,23 @@ async fn nodes_reach_status_and_events_and_conflicts_are_retried() {
         .await;
     assert_eq!(n["name"], "b");
     assert_eq!(n["message"], "boom");
+    // Every field of a node, as the Gateway's schema has them.
+    let shown: crate::spec::NodeStatus = serde_json::from_value(n.clone()).expect("a node");
+    assert_eq!(shown.id, b.to_string());
+    assert_eq!((shown.phase.as_str(), shown.restarts), ("Error", 0));
+    for t in [&shown.started_at, &shown.updated_at] {
+        let at = chrono::DateTime::parse_from_rfc3339(t).expect("an RFC 3339 time");
+        assert_eq!(
+            *t,
+            at.to_utc()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        assert!(
+            (chrono::Utc::now() - at.to_utc()).num_seconds().abs() < 60,
+            "{t}"
+        );
+    }
+    assert_eq!(n.as_object().map(|o| o.len()), Some(8), "{n}");
     assert_eq!(node(&fake, a).expect("node a")["phase"], "Running");
     assert_eq!(
         node(&fake, a).expect("node a")["replica"],
@@ -89,10 +107,12 @@ async fn nodes_reach_status_and_events_and_conflicts_are_retried() {
     let gw = fake
         .get("portico.dev/v1alpha1", "Gateway", "ns", "gw")
         .unwrap();
-    assert!(
-        gw["status"]["nodes"].get("00000000000000aa").is_none(),
-        "a node of an earlier run is removed: {gw}"
-    );
+    for earlier in ["00000000000000aa", "legacy"] {
+        assert!(
+            gw["status"]["nodes"].get(earlier).is_none(),
+            "a node of an earlier run is removed: {gw}"
+        );
+    }
     assert_eq!(
         gw["status"]["phase"], "Running",
         "the controller's fields are kept"
