@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use support::{
-    GatewayFileBuilder, Portico, Tansu, create_kafka_topic, eventually_async, tansu_program,
+    GatewayFileBuilder, Portico, Tansu, create_kafka_topic, eventually_async, free_port,
+    tansu_program,
 };
 
 fn nats_url() -> String {
@@ -394,12 +395,4 @@ async fn kafka_dispatch_logs_in_with_scram() {
             .expect("a record");
     }
     assert_eq!(portico.terminate().await, Some(0));
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

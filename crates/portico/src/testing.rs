@@ -311,3 +311,51 @@ impl Harness {
             .sum()
     }
 }
+
+/// A port that was free a moment ago, for a test whose configuration or server must name its
+/// port before anything listens on it (a webhook configuration, a user server's port that
+/// Portico is told of). A port the kernel hands out for a bind to port 0 could go to another
+/// test's server in between; this one is picked at random below the kernel's ephemeral
+/// range (`net.ipv4.ip_local_port_range`), where only another pick like it could land.
+pub fn free_port() -> u16 {
+    use std::hash::BuildHasher;
+    const LOWEST: u16 = 10_000;
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_from > LOWEST + 1000 {
+        let random = std::collections::hash_map::RandomState::new();
+        let span = u64::from(ephemeral_from - LOWEST);
+        for attempt in 0..100u32 {
+            let port = LOWEST + (random.hash_one(attempt) % span) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod port_tests {
+    #[test]
+    fn a_free_port_is_below_the_ephemeral_range_and_can_be_bound() {
+        let ephemeral_from: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| r.split_whitespace().next()?.parse().ok())
+            .unwrap_or(32768);
+        let ports: Vec<u16> = (0..20).map(|_| super::free_port()).collect();
+        for &port in &ports {
+            if ephemeral_from > 11_000 {
+                assert!((10_000..ephemeral_from).contains(&port), "{port}");
+            }
+            std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port is free");
+        }
+        // Picked at random: twenty picks are not all one port.
+        assert!(ports.iter().any(|&p| p != ports[0]), "{ports:?}");
+    }
+}

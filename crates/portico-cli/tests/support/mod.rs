@@ -21,13 +21,7 @@ use axum::http::{HeaderMap, StatusCode};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// A port that was free a moment ago (bind 127.0.0.1:0, read it, drop the listener), for
-/// what must name its port in a file (a webhook configuration, a server's `--port`). Another
-/// process could take it in between, which is acceptable in tests.
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+pub use portico::testing::free_port;
 
 /// The `portico` binary cargo built for these tests.
 pub fn portico_bin() -> PathBuf {

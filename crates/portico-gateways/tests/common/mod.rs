@@ -7,13 +7,8 @@ use std::time::Duration;
 
 use portico::cloudevents::CloudEvent;
 
-/// A port that was free a moment ago: bind 127.0.0.1:0, read the port, drop the listener.
-/// A webhook configuration names its port, so port 0 cannot be used; another process could
-/// take the port in between, which is acceptable in tests.
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
-}
+#[allow(unused_imports)] // not every test binary that includes this module uses it
+pub use portico::testing::free_port;
 
 /// True when `port` can be bound on all interfaces (nobody holds it).
 pub fn port_is_free(port: u16) -> bool {
