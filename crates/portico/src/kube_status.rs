@@ -19,12 +19,12 @@ use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource};
-use serde::ser::{SerializeMap, SerializeStruct};
+use serde::ser::SerializeMap;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::ConfigId;
-use crate::spec::{GatewayGroup, MemberStatus};
+use crate::spec::{GatewayGroup, MemberStatus, NodeStatus};
 use crate::status::{Node, NodeChange, Phase, StatusSink};
 
 /// Events waiting to be written beyond which the oldest are dropped (and counted in a log).
@@ -155,8 +155,8 @@ impl<T: serde::Serialize> serde::Serialize for Member<'_, T> {
     }
 }
 
-/// The pending nodes as the merge patch's `status.nodes` (keyed by id, `null` removes one),
-/// written straight from the board's nodes.
+/// The pending nodes as the merge patch's `status.nodes` (keyed by id, `null` removes one).
+/// Each node's JSON is made as it is written, so that waiting nodes hold no copy of it.
 struct NodesPatch<'a> {
     nodes: &'a BTreeMap<ConfigId, Option<Arc<Node>>>,
     foreign: &'a [String],
@@ -170,57 +170,38 @@ impl serde::Serialize for NodesPatch<'_> {
             m.serialize_entry(id, &())?;
         }
         for (id, node) in self.nodes {
-            m.serialize_key(&Text(id))?;
-            match node {
-                Some(node) => m.serialize_value(&NodeJson {
-                    node,
-                    replica: self.replica,
-                })?,
-                None => m.serialize_value(&())?,
-            }
+            let node = node.as_deref().map(|n| node_status(n, self.replica));
+            m.serialize_entry(&id.to_string(), &node)?;
         }
         m.end()
     }
 }
 
-/// A value written as its `Display` text.
-struct Text<T>(T);
-
-impl<T: std::fmt::Display> serde::Serialize for Text<T> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
-    }
-}
-
-/// A node as `status.nodes` shows it (the fields of `NodeStatus`).
-struct NodeJson<'a> {
-    node: &'a Node,
-    replica: &'a str,
-}
-
-impl serde::Serialize for NodeJson<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        const RFC3339: &str = "%Y-%m-%dT%H:%M:%SZ";
-        let n = self.node;
-        let mut st = s.serialize_struct("NodeStatus", 8)?;
-        st.serialize_field("id", &Text(n.id))?;
-        st.serialize_field("name", &n.name)?;
-        st.serialize_field("phase", n.phase.as_str())?;
-        st.serialize_field("message", &n.message)?;
-        st.serialize_field("startedAt", &Text(n.started_at.format(RFC3339)))?;
-        st.serialize_field("updatedAt", &Text(n.updated_at.format(RFC3339)))?;
-        st.serialize_field("restarts", &n.restarts)?;
-        st.serialize_field("replica", self.replica)?;
-        st.end()
+/// A node as `status.nodes` shows it.
+fn node_status(node: &Node, replica: &str) -> NodeStatus {
+    NodeStatus {
+        replica: Some(replica.to_string()),
+        id: node.id.to_string(),
+        name: node.name.clone(),
+        phase: node.phase.as_str().to_string(),
+        message: node.message.clone(),
+        started_at: node
+            .started_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        updated_at: node
+            .updated_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        restarts: node.restarts,
     }
 }
 
 impl StatusSink for KubeStatusSink {
     fn node_changed(&self, change: &NodeChange) {
         let (node, removed) = match change {
-            NodeChange::Updated { node, .. } => (Arc::new(node.clone()), false),
-            NodeChange::Removed { node } => (Arc::new(node.clone()), true),
+            NodeChange::Updated { node, .. } => (node, false),
+            NodeChange::Removed { node } => (node, true),
         };
+        let node = Arc::new(node.clone());
         {
             let mut p = self.inner.lock();
             p.nodes.insert(node.id, (!removed).then(|| node.clone()));
