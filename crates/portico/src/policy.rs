@@ -202,10 +202,13 @@ struct Entry {
     policy: Result<Option<Arc<ConfigPolicy>>, String>,
 }
 
-/// Reads the policy of configuration `src` → `value` into `by_src`, unless it is there at
-/// this value already; logs what is wrong with it.
-fn read_into(by_src: &mut HashMap<String, Entry>, src: &str, value: &str, own: &[&str]) {
-    let id = ConfigId::of(src, value);
+/// Reads the policy of configuration `src` → `value` (whose id is `id`) into `by_src`,
+/// unless it is there at this value already; logs what is wrong with it.
+fn read_into(
+    by_src: &mut HashMap<String, Entry>,
+    (src, value, id): (&str, &str, ConfigId),
+    own: &[&str],
+) {
     if by_src.get(src).is_some_and(|e| e.id == id) {
         return;
     }
@@ -230,20 +233,26 @@ impl Policies {
         let mut by_src = self.by_src.write().unwrap_or_else(|e| e.into_inner());
         by_src.retain(|src, _| map.contains_key(src));
         for (src, value) in map {
-            read_into(&mut by_src, src, value, own);
+            read_into(&mut by_src, (src, value, ConfigId::of(src, value)), own);
         }
         self.any.store(!by_src.is_empty(), Ordering::Release);
     }
 
     /// [`Policies::apply`] for a change already found: the keys `gone` left the map, `changed`
-    /// are its new and changed entries, and every other key has the value it had.
-    pub(crate) fn update(&self, gone: &[&str], changed: &[(&String, &String)], own: &[&str]) {
+    /// are its new and changed entries (with their ids), and every other key has the value it
+    /// had.
+    pub(crate) fn update(
+        &self,
+        gone: &[&str],
+        changed: &[(&String, &String, ConfigId)],
+        own: &[&str],
+    ) {
         let mut by_src = self.by_src.write().unwrap_or_else(|e| e.into_inner());
         for src in gone {
             by_src.remove(*src);
         }
-        for (src, value) in changed {
-            read_into(&mut by_src, src, value, own);
+        for &(src, value, id) in changed {
+            read_into(&mut by_src, (src, value, id), own);
         }
         self.any.store(!by_src.is_empty(), Ordering::Release);
     }

@@ -172,7 +172,7 @@ impl Supervisor {
         // value): among 100,000, a change of one key costs a comparison of ids per key, and
         // no key or value is read again.
         let mut stale: Vec<String> = Vec::new();
-        let mut start: Vec<(&String, &String)> = Vec::new();
+        let mut start: Vec<(&String, &String, ConfigId)> = Vec::new();
         let mut running = self.running.iter().peekable();
         for ((src, value), &id) in map.iter().zip(ids) {
             let r = match running.next_if(|(_, r)| r.id == id) {
@@ -188,9 +188,9 @@ impl Supervisor {
                 Some(r) if r.id == id && r.parked != self.runs_here(src, id) => {}
                 Some(_) => {
                     stale.push(src.clone());
-                    start.push((src, value));
+                    start.push((src, value, id));
                 }
-                None => start.push((src, value)),
+                None => start.push((src, value, id)),
             }
         }
         stale.extend(running.map(|(gone, _)| gone.clone()));
@@ -225,8 +225,12 @@ impl Supervisor {
             .policies()
             .update(&gone, &start, self.executor.dyn_own_keys());
         futures::future::join_all(stopping.into_iter().map(|(r, why)| self.stop_one(r, why))).await;
-        for (src, value) in start {
-            let configuration = Configuration::new(src.clone(), value.clone());
+        for (src, value, id) in start {
+            let configuration = Configuration {
+                id,
+                src: src.clone(),
+                value: value.clone(),
+            };
             let r = self.start_one(configuration);
             self.running.insert(src.clone(), r);
         }
