@@ -6,8 +6,6 @@
 //! [`decode`] tells which, and says what was wrong with a bad body; `server.rs` turns that into
 //! 200/400/503. The fuzz targets (`fuzz/`) call these functions directly.
 
-use std::borrow::Cow;
-
 use base64::Engine;
 use bytes::Bytes;
 use http::HeaderMap;
@@ -15,6 +13,7 @@ use serde::Deserialize;
 
 use crate::cloudevents::CloudEvent;
 use crate::cloudevents::http::Decoded;
+use crate::cloudevents::json::Str;
 use crate::event::Event;
 
 /// What one ingest request carries.
@@ -42,37 +41,24 @@ pub struct IngestError(pub String);
 #[serde(rename_all = "camelCase")]
 struct OriginalEvent<'a> {
     #[serde(borrow)]
-    src: Option<Cow<'a, str>>,
+    src: Option<Str<'a>>,
     #[serde(default, borrow)]
-    payload: Option<Cow<'a, str>>,
+    payload: Option<Str<'a>>,
     /// Not in the original: what the payload is, when the caller knows.
     #[serde(default, borrow)]
-    content_type: Option<Cow<'a, str>>,
+    content_type: Option<Str<'a>>,
 }
 
 /// Decodes a request to `POST /`: CloudEvents in any HTTP mode when the headers say so,
-/// else the original JSON.
+/// else the original JSON. The decoder checks CloudEvents as it reads them (every attribute,
+/// and `data` as JSON where it is JSON), so they are not checked again here.
 pub fn decode(headers: &HeaderMap, body: Bytes) -> Result<Ingested, IngestError> {
     match crate::cloudevents::http::decode(headers, body.clone()) {
-        Ok(Some(Decoded::Single(ev))) => validate_all(vec![ev]),
-        Ok(Some(Decoded::Batch(evs))) => validate_all(evs),
+        Ok(Some(Decoded::Single(ev))) => Ok(Ingested::CloudEvents(vec![ev])),
+        Ok(Some(Decoded::Batch(evs))) => Ok(Ingested::CloudEvents(evs)),
         Ok(None) => decode_original(&body),
         Err(e) => Err(IngestError(format!("not a valid CloudEvent: {e}"))),
     }
-}
-
-fn validate_all(events: Vec<CloudEvent>) -> Result<Ingested, IngestError> {
-    let many = events.len() > 1;
-    for (i, ev) in events.iter().enumerate() {
-        if let Err(e) = ev.validate() {
-            return Err(IngestError(if many {
-                format!("event {i} of the batch is not a valid CloudEvent: {e}")
-            } else {
-                format!("not a valid CloudEvent: {e}")
-            }));
-        }
-    }
-    Ok(Ingested::CloudEvents(events))
 }
 
 /// Decodes the original's `{"src", "payload": "<base64>"}` (with an optional `contentType`).
@@ -82,19 +68,19 @@ pub fn decode_original(body: &[u8]) -> Result<Ingested, IngestError> {
             "body is not the expected JSON {{\"src\", \"payload\": \"<base64>\"}}: {e}"
         ))
     })?;
-    let Some(src) = original.src.filter(|s| !s.trim().is_empty()) else {
+    let Some(Str(src)) = original.src.filter(|s| !s.0.trim().is_empty()) else {
         return Err(IngestError(
             "`src` is missing or empty: it names the configuration the event comes from".into(),
         ));
     };
-    let payload = match original.payload.as_deref() {
+    let payload = match original.payload.as_ref().map(|p| p.0.as_ref()) {
         None => Vec::new(),
         Some(p) => base64::engine::general_purpose::STANDARD
             .decode(p)
             .map_err(|e| IngestError(format!("`payload` is not valid base64: {e}")))?,
     };
     let mut event = Event::new(payload);
-    event.content_type = original.content_type.map(Cow::into_owned);
+    event.content_type = original.content_type.map(|Str(ct)| ct.into_owned());
     Ok(Ingested::Raw {
         src: src.into_owned(),
         event,
@@ -126,6 +112,22 @@ mod tests {
         };
         assert_eq!(src, "a");
         assert_eq!(&event.payload[..], b"hi");
+    }
+
+    #[test]
+    fn escaped_strings_of_the_original_json_are_decoded() {
+        let got = decode_original(
+            br#"{"src":"a\u0062","payload":"aGk\u003d","contentType":"text\/plain"}"#,
+        )
+        .unwrap();
+        let Ingested::Raw { src, event } = got else {
+            panic!("raw expected")
+        };
+        assert_eq!(src, "ab");
+        assert_eq!(&event.payload[..], b"hi");
+        assert_eq!(event.content_type.as_deref(), Some("text/plain"));
+        let e = decode_original(br#"{"src":7}"#).unwrap_err();
+        assert!(e.0.contains("expected a string"), "{e}");
     }
 
     #[test]

@@ -437,7 +437,7 @@ pub(crate) struct Transformer {
 }
 
 /// The name of the extension that carries `spec.eventVersion`.
-const EVENT_TYPE_VERSION: &str = "eventtypeversion";
+const EVENT_TYPE_VERSION: ExtensionName = ExtensionName::known("eventtypeversion");
 
 impl Transformer {
     /// A transformer for gateway `gateway` of type `event_type` and version `event_version`.
@@ -465,9 +465,9 @@ impl Transformer {
     /// (and a valid id, source and subject) must be valid.
     fn checked(mut self) -> Self {
         let mut probe = CloudEvent::new("probe", "probe/probe", self.event_type.clone());
-        if let Ok(name) = ExtensionName::new(EVENT_TYPE_VERSION) {
-            probe.extensions.insert(name, self.event_version.clone());
-        }
+        probe
+            .extensions
+            .insert(EVENT_TYPE_VERSION, self.event_version.clone());
         for (name, value) in &self.overrides {
             probe.extensions.insert(name.clone(), value.clone());
         }
@@ -482,9 +482,7 @@ impl Transformer {
         }
         let written_json = event.is_written_json();
         let mut extensions = BTreeMap::new();
-        if let Ok(name) = ExtensionName::new(EVENT_TYPE_VERSION) {
-            extensions.insert(name, self.event_version.clone());
-        }
+        extensions.insert(EVENT_TYPE_VERSION, self.event_version.clone());
         for (name, value) in event.extensions {
             let Some(valid) = ExtensionName::new(&name)
                 .ok()
@@ -582,6 +580,16 @@ pub(crate) fn parse_overrides(
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    #[test]
+    fn the_extension_names_the_gateway_sets_are_valid() {
+        for name in [
+            EVENT_TYPE_VERSION,
+            ExtensionName::known(crate::trace::TRACEPARENT),
+        ] {
+            assert_eq!(ExtensionName::new(name.as_str()).unwrap(), name);
+        }
+    }
 
     #[test]
     fn builds_the_attributes_of_spec_6() {

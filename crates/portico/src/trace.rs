@@ -408,15 +408,16 @@ pub(crate) fn ensure_context(ce: &mut CloudEvent, receive: &Spanned) {
         return;
     }
     // One that is not a valid trace context (a broker header's garbage) is replaced.
-    ce.extensions
-        .retain(|k, _| k.as_str() != TRACEPARENT && k.as_str() != TRACESTATE);
+    ce.extensions.remove(TRACEPARENT);
+    ce.extensions.remove(TRACESTATE);
     let value = match receive.context() {
         Some(cx) => format(cx.span().span_context()),
         None => fresh(),
     };
-    if let Ok(name) = ExtensionName::new(TRACEPARENT) {
-        ce.extensions.insert(name, ExtensionValue::String(value));
-    }
+    ce.extensions.insert(
+        ExtensionName::known(TRACEPARENT),
+        ExtensionValue::String(value),
+    );
 }
 
 #[cfg(test)]

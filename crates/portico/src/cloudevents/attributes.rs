@@ -1,7 +1,7 @@
 //! Attribute rules of CloudEvents 1.0: extension names and values, and the checks on core
 //! attribute values (non-empty strings, URI-references, absolute URIs, media types).
 
-use std::borrow::Borrow;
+use std::borrow::{Borrow, Cow};
 use std::fmt;
 
 use super::Error;
@@ -27,9 +27,15 @@ const MAX_NAME_LEN: usize = 20;
 /// The name of an extension attribute: 1 to 20 characters of `a-z` and `0-9`, and not a core
 /// attribute name. Holding one proves the name is valid.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ExtensionName(String);
+pub struct ExtensionName(Cow<'static, str>);
 
 impl ExtensionName {
+    /// A name the gateway itself sets on events (`traceparent`, `eventtypeversion`): made
+    /// without a check or a copy, so `name` must be valid (tests check each one).
+    pub(crate) const fn known(name: &'static str) -> ExtensionName {
+        ExtensionName(Cow::Borrowed(name))
+    }
+
     /// Checks `name` against the CloudEvents 1.0 rules.
     pub fn new(name: &str) -> Result<ExtensionName, Error> {
         let invalid = |reason| Error::InvalidExtensionName {
@@ -51,7 +57,7 @@ impl ExtensionName {
         if RESERVED_NAMES.contains(&name) {
             return Err(invalid("it is the name of a core attribute"));
         }
-        Ok(ExtensionName(name.to_owned()))
+        Ok(ExtensionName(Cow::Owned(name.to_owned())))
     }
 
     /// Makes an extension name out of foreign metadata (for example a broker header

@@ -149,7 +149,8 @@ pub fn encode_binary(ev: &CloudEvent) -> (HeaderMap, Bytes) {
 ///
 /// In binary mode the body's kind follows `Content-Type`: JSON that parses for a JSON type, text
 /// for a `text/*` type when it is UTF-8, bytes otherwise (and when there is no `Content-Type`); an
-/// empty body is no data. Extension values arrive as strings.
+/// empty body is no data. Extension values arrive as strings. The events it gives pass
+/// [`CloudEvent::validate`]: it checks each as it reads it.
 pub fn decode(headers: &HeaderMap, body: Bytes) -> Result<Option<Decoded>, Error> {
     // A Content-Type that is not printable ASCII is no CloudEvents format; it only matters below
     // if the request turns out to be in binary mode.

@@ -231,12 +231,16 @@ pub fn batch_from_json_bytes(bytes: &Bytes) -> Result<Vec<CloudEvent>, Error> {
 }
 
 fn read_batch(bytes: &[u8], owner: Option<&Bytes>) -> Result<Vec<CloudEvent>, Error> {
-    let items: Vec<&RawValue> = serde_json::from_slice(bytes).map_err(Error::Json)?;
+    // One pass over the text: every item's members are read straight out of the array.
+    let items = match serde_json::from_slice::<Vec<Members>>(bytes) {
+        Ok(items) => items,
+        Err(e) => return Err(batch_error(bytes, owner, e)),
+    };
     items
         .into_iter()
         .enumerate()
-        .map(|(index, raw)| {
-            read_event(raw.get().as_bytes(), owner).map_err(|e| Error::BatchItem {
+        .map(|(index, members)| {
+            event_of(members, owner).map_err(|e| Error::BatchItem {
                 index,
                 source: Box::new(e),
             })
@@ -244,30 +248,49 @@ fn read_batch(bytes: &[u8], owner: Option<&Bytes>) -> Result<Vec<CloudEvent>, Er
         .collect()
 }
 
-/// An object member name, borrowed from the input when it has no escapes.
-struct Key<'a>(Cow<'a, str>);
+/// Why a batch that did not parse as an array of objects (`parsed`) is wrong: found by reading
+/// it again item by item, which names the item at fault (a second pass, only for a bad batch).
+fn batch_error(bytes: &[u8], owner: Option<&Bytes>, parsed: serde_json::Error) -> Error {
+    let items = match serde_json::from_slice::<Vec<&RawValue>>(bytes) {
+        Ok(items) => items,
+        Err(e) => return Error::Json(e),
+    };
+    for (index, raw) in items.into_iter().enumerate() {
+        if let Err(e) = read_event(raw.get().as_bytes(), owner) {
+            return Error::BatchItem {
+                index,
+                source: Box::new(e),
+            };
+        }
+    }
+    Error::Json(parsed)
+}
 
-impl<'de> de::Deserialize<'de> for Key<'de> {
+/// A JSON string, borrowed from the input when it has no escapes (serde's own `Cow<str>`
+/// always copies, and `#[serde(borrow)]` does not reach one inside an `Option`).
+pub(crate) struct Str<'a>(pub(crate) Cow<'a, str>);
+
+impl<'de: 'a, 'a> de::Deserialize<'de> for Str<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
+        struct StrVisitor<'a>(std::marker::PhantomData<Str<'a>>);
+        impl<'de: 'a, 'a> Visitor<'de> for StrVisitor<'a> {
+            type Value = Str<'a>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an attribute name")
+                f.write_str("a string")
             }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(v)))
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Str<'a>, E> {
+                Ok(Str(Cow::Borrowed(v)))
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Str<'a>, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
             }
         }
-        d.deserialize_str(KeyVisitor)
+        d.deserialize_str(StrVisitor(std::marker::PhantomData))
     }
 }
 
 /// The members of one JSON object, in order, with their values as raw JSON.
-struct Members<'a>(Vec<(Key<'a>, &'a RawValue)>);
+struct Members<'a>(Vec<(Str<'a>, &'a RawValue)>);
 
 impl<'de> de::Deserialize<'de> for Members<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -279,7 +302,7 @@ impl<'de> de::Deserialize<'de> for Members<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
                 let mut members = Vec::with_capacity(map.size_hint().unwrap_or(12));
-                while let Some(entry) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                while let Some(entry) = map.next_entry::<Str<'de>, &'de RawValue>()? {
                     members.push(entry);
                 }
                 Ok(Members(members))
@@ -296,6 +319,12 @@ impl<'de> de::Deserialize<'de> for Members<'de> {
 
 /// A string attribute: `None` for JSON `null` (the format treats it as absent).
 fn string_attr(name: &str, raw: &RawValue) -> Result<Option<String>, Error> {
+    str_attr(name, raw).map(|s| s.map(Cow::into_owned))
+}
+
+/// [`string_attr`], borrowed from the input when it holds no escapes: for what is only
+/// compared or parsed (`specversion`, `time`, `data_base64`).
+fn str_attr<'a>(name: &str, raw: &'a RawValue) -> Result<Option<Cow<'a, str>>, Error> {
     let text = raw.get();
     if text == "null" {
         return Ok(None);
@@ -306,8 +335,12 @@ fn string_attr(name: &str, raw: &RawValue) -> Result<Option<String>, Error> {
             reason: format!("it must be a JSON string, found `{}`", abbreviate(text)),
         });
     }
+    // The parser checked the raw string already: without escapes, its text is the value.
+    if !text.contains('\\') {
+        return Ok(Some(Cow::Borrowed(&text[1..text.len() - 1])));
+    }
     serde_json::from_str::<String>(text)
-        .map(Some)
+        .map(|s| Some(Cow::Owned(s)))
         .map_err(|e| Error::InvalidAttribute {
             name: name.to_owned(),
             reason: e.to_string(),
@@ -393,7 +426,12 @@ fn raw_bytes(raw: &RawValue, owner: Option<&Bytes>) -> Bytes {
 /// Decodes one event in the JSON format from `input`; `owner`, when given, is a `Bytes` that
 /// `input` lies in, so that JSON data can share it instead of being copied.
 pub(crate) fn read_event(input: &[u8], owner: Option<&Bytes>) -> Result<CloudEvent, Error> {
-    let Members(members) = serde_json::from_slice(input).map_err(Error::Json)?;
+    event_of(serde_json::from_slice(input).map_err(Error::Json)?, owner)
+}
+
+/// The event the members of one JSON object make, checked as [`CloudEvent::validate`] checks
+/// it (`data` was parsed as JSON with the object).
+fn event_of(Members(members): Members<'_>, owner: Option<&Bytes>) -> Result<CloudEvent, Error> {
     let mut seen = Seen::default();
     let mut specversion = None;
     let mut ev = CloudEvent::new(String::new(), String::new(), String::new());
@@ -401,11 +439,11 @@ pub(crate) fn read_event(input: &[u8], owner: Option<&Bytes>) -> Result<CloudEve
     let mut time = None;
     let mut data = None;
     let mut data_base64 = None;
-    for (Key(key), raw) in members {
+    for (Str(key), raw) in members {
         match key.as_ref() {
             "specversion" => {
                 seen.mark(0, &key)?;
-                specversion = string_attr(&key, raw)?;
+                specversion = str_attr(&key, raw)?;
             }
             "id" => {
                 seen.mark(1, &key)?;
@@ -433,7 +471,7 @@ pub(crate) fn read_event(input: &[u8], owner: Option<&Bytes>) -> Result<CloudEve
             }
             "time" => {
                 seen.mark(7, &key)?;
-                time = string_attr(&key, raw)?;
+                time = str_attr(&key, raw)?;
             }
             "data" => {
                 seen.mark(8, &key)?;
@@ -441,7 +479,7 @@ pub(crate) fn read_event(input: &[u8], owner: Option<&Bytes>) -> Result<CloudEve
             }
             "data_base64" => {
                 seen.mark(9, &key)?;
-                data_base64 = string_attr(&key, raw)?;
+                data_base64 = str_attr(&key, raw)?;
             }
             other => {
                 let name = ExtensionName::new(other)?;

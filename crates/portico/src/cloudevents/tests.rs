@@ -530,6 +530,63 @@ fn batch_round_trip_and_error_index() {
         "event at index 1 of the batch: attribute `source` is missing"
     );
     assert!(matches!(batch_from_json(b"{}"), Err(Error::Json(_))));
+    // An item that is no object, or JSON that breaks off, is named as before the one-pass read.
+    let not_object = br#"[{"specversion":"1.0","id":"1","source":"s","type":"t"},7]"#;
+    let e = batch_from_json(not_object).unwrap_err();
+    assert!(
+        matches!(&e, Error::BatchItem { index: 1, source } if matches!(**source, Error::Json(_))),
+        "{e}"
+    );
+    assert!(matches!(
+        batch_from_json(br#"[{"specversion":"1.0""#),
+        Err(Error::Json(_))
+    ));
+}
+
+#[test]
+fn a_batch_is_read_in_one_pass_and_its_data_shares_the_body() {
+    let evs = vec![sample(), sample()];
+    let body = Bytes::from(batch_to_json(&evs));
+    let got = crate::cloudevents::json::batch_from_json_bytes(&body).unwrap();
+    assert_eq!(got, evs);
+    for ev in &got {
+        let Some(Data::Json(data)) = &ev.data else {
+            panic!("json data expected")
+        };
+        let start = data.as_ptr() as usize - body.as_ptr() as usize;
+        assert!(
+            start + data.len() <= body.len(),
+            "data is a slice of the body"
+        );
+        // What the decoder gives is valid as a whole, data included.
+        ev.validate().unwrap();
+    }
+}
+
+#[test]
+fn string_attributes_are_read_with_and_without_escapes() {
+    let ev = CloudEvent::from_json(
+        br#"{"specversion":"1.0","id":"a\"b","source":"s\u00e9","type":"t","subject":"plain"}"#,
+    )
+    .unwrap();
+    assert_eq!((ev.id.as_str(), ev.source.as_str()), ("a\"b", "s\u{e9}"));
+    assert_eq!(ev.subject.as_deref(), Some("plain"));
+    // A raw control character is no JSON string, escaped or not.
+    let raw = b"{\"specversion\":\"1.0\",\"id\":\"a\x01\",\"source\":\"s\",\"type\":\"t\"}";
+    assert!(matches!(CloudEvent::from_json(raw), Err(Error::Json(_))));
+}
+
+#[test]
+fn json_strings_are_borrowed_unless_they_hold_escapes() {
+    use crate::cloudevents::json::Str;
+    use std::borrow::Cow;
+    let Str(plain) = serde_json::from_str::<Str>(r#""abc""#).unwrap();
+    assert!(matches!(plain, Cow::Borrowed("abc")));
+    let Str(escaped) = serde_json::from_str::<Str>(r#""a\u0062c\n""#).unwrap();
+    assert!(matches!(escaped, Cow::Owned(ref s) if s == "abc\n"));
+    let inside: Option<Str> = serde_json::from_str(r#""x""#).unwrap();
+    assert!(matches!(inside, Some(Str(Cow::Borrowed("x")))));
+    assert!(serde_json::from_str::<Str>("1").is_err());
 }
 
 // ---- HTTP binding ----
