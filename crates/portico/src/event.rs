@@ -125,10 +125,10 @@ impl Event {
     /// The same event with the trace context of an HTTP request's `traceparent` and
     /// `tracestate` headers, if it has one.
     pub fn with_trace_headers(self, headers: &http::HeaderMap) -> Event {
-        let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let get = |name| headers.get(name).and_then(|v| v.to_str().ok());
         self.with_trace_context(
-            get(crate::trace::TRACEPARENT),
-            get(crate::trace::TRACESTATE),
+            get(&crate::trace::TRACEPARENT_HEADER),
+            get(&crate::trace::TRACESTATE_HEADER),
         )
     }
 

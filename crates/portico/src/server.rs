@@ -466,10 +466,10 @@ async fn ingest(s: &AppState, headers: &http::HeaderMap, body: Bytes) -> Respons
         }
         Ok(Ingested::CloudEvents(mut events)) => {
             // The request's own trace context, for events that carry none.
-            if let Some(tp) = headers.get(crate::trace::TRACEPARENT) {
+            if let Some(tp) = headers.get(&crate::trace::TRACEPARENT_HEADER) {
                 let tp = tp.to_str().unwrap_or_default();
                 let ts = headers
-                    .get(crate::trace::TRACESTATE)
+                    .get(&crate::trace::TRACESTATE_HEADER)
                     .and_then(|v| v.to_str().ok());
                 for ce in &mut events {
                     crate::trace::adopt(ce, tp, ts);

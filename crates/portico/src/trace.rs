@@ -44,6 +44,10 @@ use crate::ratelog::Throttle;
 pub(crate) const TRACEPARENT: &str = "traceparent";
 /// See [`TRACEPARENT`].
 pub(crate) const TRACESTATE: &str = "tracestate";
+/// [`TRACEPARENT`] as a header name, made once: a lookup by text parses the name each time.
+pub(crate) static TRACEPARENT_HEADER: http::HeaderName = http::HeaderName::from_static(TRACEPARENT);
+/// [`TRACESTATE`] as a header name.
+pub(crate) static TRACESTATE_HEADER: http::HeaderName = http::HeaderName::from_static(TRACESTATE);
 
 /// The process's exporting tracer, once started.
 struct Tracing {

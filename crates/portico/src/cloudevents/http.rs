@@ -172,7 +172,8 @@ pub fn decode(headers: &HeaderMap, body: Bytes) -> Result<Option<Decoded>, Error
             return Err(Error::UnsupportedFormat(ct.to_owned()));
         }
     }
-    if !headers.contains_key("ce-specversion") {
+    static SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
+    if !headers.contains_key(&SPECVERSION) {
         return Ok(None);
     }
     let content_type = content_type.transpose().map_err(|_| Error::InvalidHeader {

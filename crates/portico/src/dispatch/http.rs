@@ -505,7 +505,7 @@ impl HttpSender {
         if let Some(tp) = crate::trace::current()
             && let Ok(value) = HeaderValue::from_str(&tp)
         {
-            headers.insert(crate::trace::TRACEPARENT, value);
+            headers.insert(crate::trace::TRACEPARENT_HEADER.clone(), value);
         }
         let status = match &self.transport {
             // Boxed: reqwest's future would make every `http://` event's future larger.
