@@ -739,8 +739,9 @@ DURABLE_TEXT=$(cat <<EOF
   4.80 → 4.19, 4.92 → 4.35 µs (−11 to −13 %). For single events, the original JSON's
   strings are now borrowed from the body (serde's \`Cow\` inside an \`Option\` always copied)
   and the names the gateway sets on every event (\`eventtypeversion\`, \`traceparent\` and the
-  trace headers) are made once: 54,418 → 53,409 instructions per event in atMostOnce
-  (−1.9 %), which seven paired runs of events/s do not tell apart from noise.
+  trace headers) are made once: 54,418 → 52,704 instructions per event in atMostOnce
+  (−3.2 %); seven paired runs of events/s, made before the header names were, did not
+  tell the change apart from noise.
 - **A batch of atLeastOnce events is sent as the outbox wrote it**
   (\`Sender::send_batch_json\`): the watcher's batch body joins the events' JSON records,
   which the outbox wrote anyway, instead of encoding every event again. Three paired 5 s runs
