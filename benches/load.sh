@@ -829,7 +829,7 @@ What each change bought, measured with \`heaptrack\` and \`benches/density.sh\`:
   peak, 611.7 MB, is not explained yet); VmHWM 622.4–751.8 → 360.4–376.1 MB.
   \`MALLOC_ARENA_MAX=1\` or \`2\` changed neither (350.7–357.5 MB, 4 runs). \`density.sh\` of the
   shipped build, run beside a CI run (its times are not comparable): RSS idle 53.3 MB at
-  10,000 configurations and 355.2 MB at 100,000 (the table below, before: 56.6 and 418.8).
+  10,000 configurations and 355.2 MB at 100,000 (before: 56.6 and 418.8).
 - **Settling is measured apart from idle** (\`density.sh\`): at 100,000 configurations the
   give-back 30 s after the map was applied takes about 0.15 CPU-seconds (\`perf\`: glibc's
   \`malloc_consolidate\` and \`malloc_trim\`, 65 % of the samples of the old idle window,
