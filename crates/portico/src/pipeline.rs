@@ -586,6 +586,7 @@ mod tests {
         for name in [
             EVENT_TYPE_VERSION,
             ExtensionName::known(crate::trace::TRACEPARENT),
+            ExtensionName::known(crate::trace::TRACESTATE),
         ] {
             assert_eq!(ExtensionName::new(name.as_str()).unwrap(), name);
         }

@@ -392,15 +392,15 @@ impl Spanned {
 /// Gives `ce` the trace context of the request it came in (`traceparent`, `tracestate`) if
 /// it has none of its own and that one is valid.
 pub(crate) fn adopt(ce: &mut CloudEvent, traceparent: &str, tracestate: Option<&str>) {
-    let has = ce.extensions.keys().any(|k| k.as_str() == TRACEPARENT);
-    if has || parse(traceparent, None).is_none() {
+    if ce.extensions.contains_key(TRACEPARENT) || parse(traceparent, None).is_none() {
         return;
     }
     for (name, value) in [(TRACEPARENT, Some(traceparent)), (TRACESTATE, tracestate)] {
-        if let (Ok(name), Some(value)) = (ExtensionName::new(name), value.filter(|v| !v.is_empty()))
-        {
-            ce.extensions
-                .insert(name, ExtensionValue::String(value.to_string()));
+        if let Some(value) = value.filter(|v| !v.is_empty()) {
+            ce.extensions.insert(
+                ExtensionName::known(name),
+                ExtensionValue::String(value.to_string()),
+            );
         }
     }
 }
