@@ -591,19 +591,18 @@ impl Dispatcher {
                 slots.push(None);
                 continue;
             }
-            let slot = match admission {
-                Admission::NoWait => match q.slots.clone().try_acquire_owned() {
-                    Ok(p) => p,
-                    Err(tokio::sync::TryAcquireError::NoPermits) => {
-                        return Err(DispatchError::Full {
-                            retry_after: Duration::from_secs(1),
-                        });
-                    }
-                    Err(tokio::sync::TryAcquireError::Closed) => {
-                        return Err(DispatchError::Stopped);
-                    }
-                },
-                Admission::Until(deadline) => {
+            // A free slot is taken at once, whatever the admission: the wait and its timer are
+            // made only when the queue is full.
+            use tokio::sync::TryAcquireError::{Closed, NoPermits};
+            let slot = match (q.slots.clone().try_acquire_owned(), admission) {
+                (Ok(p), _) => p,
+                (Err(Closed), _) => return Err(DispatchError::Stopped),
+                (Err(NoPermits), Admission::NoWait) => {
+                    return Err(DispatchError::Full {
+                        retry_after: Duration::from_secs(1),
+                    });
+                }
+                (Err(NoPermits), Admission::Until(deadline)) => {
                     match tokio::time::timeout_at(deadline, q.slots.clone().acquire_owned()).await {
                         Ok(Ok(p)) => p,
                         Ok(Err(_)) => return Err(DispatchError::Stopped),
@@ -614,7 +613,7 @@ impl Dispatcher {
                         }
                     }
                 }
-                Admission::Wait(stop) => {
+                (Err(NoPermits), Admission::Wait(stop)) => {
                     let acquire = q.slots.clone().acquire_owned();
                     let acquired = match stop {
                         Some(token) => tokio::select! {
