@@ -411,17 +411,17 @@ impl Metrics {
         let labels = SrcLabels {
             src: if room { src } else { OTHER_SRC }.to_string(),
         };
-        let m = SrcMetrics(Arc::new(SrcCounters {
+        let m = Arc::new(SrcCounters {
             src: Arc::from(src),
             label: Arc::from(labels.src.as_str()),
             received: self.received.get_or_create(&labels).clone(),
             transformed: self.transformed.get_or_create(&labels).clone(),
-            delivery: SrcDelivery(Arc::new(DeliveryCounters {
+            delivery: Arc::new(DeliveryCounters {
                 delivered: self.src_delivered.get_or_create(&labels).clone(),
                 failed: self.src_failed.get_or_create(&labels).clone(),
                 retried: self.src_retried.get_or_create(&labels).clone(),
-            })),
-        }));
+            }),
+        });
         if room {
             srcs.known.insert(src.to_string(), m.clone());
             if posted {
@@ -538,16 +538,7 @@ impl CoordinationMetrics {
 
 /// Handles of one configuration's counters, shared: handing them to each of its events (and
 /// its delivery counters to each queued event) takes one reference count, not one per counter.
-#[derive(Debug, Clone)]
-pub(crate) struct SrcMetrics(Arc<SrcCounters>);
-
-impl std::ops::Deref for SrcMetrics {
-    type Target = SrcCounters;
-
-    fn deref(&self) -> &SrcCounters {
-        &self.0
-    }
-}
+pub(crate) type SrcMetrics = Arc<SrcCounters>;
 
 /// One configuration's counters (see [`SrcMetrics`]).
 #[derive(Debug)]
@@ -565,16 +556,7 @@ pub(crate) struct SrcCounters {
 }
 
 /// Handles of one configuration's delivery counters, carried with each of its queued events.
-#[derive(Debug, Clone)]
-pub(crate) struct SrcDelivery(Arc<DeliveryCounters>);
-
-impl std::ops::Deref for SrcDelivery {
-    type Target = DeliveryCounters;
-
-    fn deref(&self) -> &DeliveryCounters {
-        &self.0
-    }
-}
+pub(crate) type SrcDelivery = Arc<DeliveryCounters>;
 
 /// One configuration's delivery counters (see [`SrcDelivery`]).
 #[derive(Debug)]
