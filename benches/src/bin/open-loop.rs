@@ -10,8 +10,10 @@
 //! the Unix time in nanoseconds it was scheduled for, so that `bench-sink` times its arrival. A thread paces the schedule with `nanosleep` (tens of
 //! microseconds of jitter, where the runtime's timer has a millisecond); CONNECTIONS (64)
 //! keep-alive connections, each taking the next event due, send them, and what finds them all
-//! busy waits its turn, on the clock. Prints `sent N ok K` and
-//! `response_us count p50 p99 p99.9 max` (scheduled → answer).
+//! busy waits its turn, on the clock. Prints `sent N ok K`,
+//! `response_us count p50 p99 p99.9 max` (scheduled → answer) and `pacer_late_us` with the same
+//! figures for how late the pacer handed each event over: the generator's own delays (its core
+//! taken by another program, or the machine's), which the other figures include.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -75,6 +77,7 @@ fn main() -> Result<(), String> {
         let epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
+        let mut late = Vec::with_capacity(total as usize);
         for i in 0..total {
             let offset = Duration::from_secs_f64(i as f64 / rate);
             let at = start + offset;
@@ -82,10 +85,12 @@ fn main() -> Result<(), String> {
             if at > now {
                 std::thread::sleep(at - now);
             }
+            late.push(at.elapsed().as_micros() as u64);
             if due_tx.try_send((at, epoch + offset.as_nanos())).is_err() {
-                return;
+                break;
             }
         }
+        late
     });
 
     // Each connection takes the next event due, sends it and times it from its scheduled
@@ -126,8 +131,9 @@ fn main() -> Result<(), String> {
         }
         (ok, latencies)
     });
-    let _ = pacer.join();
+    let mut late = pacer.join().unwrap_or_default();
     println!("sent {total} ok {ok}");
     println!("response_us {}", latency_summary(&mut latencies));
+    println!("pacer_late_us {}", latency_summary(&mut late));
     Ok(())
 }
