@@ -445,7 +445,7 @@ memory() {
   stop "$key-cal1"
   port=$(free_port)
   t0=$(date +%s%N)
-  start "$key-calN" "$SERVER_CPU" "$exe" run "$dir/calN.yaml" --transformer-port "$port" --log warn
+  start "$key-calN" "$SERVER_CPU" "${as_shipped[@]}" "$exe" run "$dir/calN.yaml" --transformer-port "$port" --log warn
   until_running "$key-calN" "$CONFIGS"
   t1=$(date +%s%N)
   add "$key.start_ms" $(( (t1 - t0) / 1000000 ))
