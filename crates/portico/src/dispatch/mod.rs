@@ -532,8 +532,9 @@ impl Dispatcher {
         }
     }
 
-    /// Writes events that hold their slots to the outbox, if there is one, and queues them, in
-    /// order; gives how many were queued and why the next one was not.
+    /// Queues events that hold their slots, in order, and writes them to the outbox if there
+    /// is one; gives how many were queued (and, with an outbox, are on disk) and why the next
+    /// one was not.
     async fn enqueue_all(
         &self,
         ready: Vec<(CloudEvent, Option<SrcDelivery>, Slots)>,
@@ -548,16 +549,26 @@ impl Dispatcher {
             }
             return (n, None);
         };
-        let events: Vec<&CloudEvent> = ready.iter().map(|r| &r.0).collect();
-        let (written, refused) = o.append_all(&events, admission).await;
-        let n = written.len();
-        for (i, ((event, src, slots), (seq, json))) in ready.into_iter().zip(written).enumerate() {
-            // Only when stopping; the event is on disk for the next start.
-            if let Err(e) = self.push(event, slots, Some(seq), Some(json), src, None) {
-                return (i, Some(e));
+        // Each event is queued as soon as its record has a place in the log: the watchers
+        // deliver it while the writer writes and fsyncs (see the outbox's module docs).
+        let mut commit = o.commit();
+        let mut queued = 0;
+        let mut refused = None;
+        for (event, src, slots) in ready {
+            let json = Bytes::from(event.to_json());
+            let pushed = match commit.add(json.clone(), admission).await {
+                // Fails only when stopping; the record is written for the next start.
+                Ok(seq) => self.push(event, slots, Some(seq), Some(json), src, None),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = pushed {
+                refused = Some(e);
+                break;
             }
+            queued += 1;
         }
-        (n, refused)
+        let (durable, failed) = commit.durable().await;
+        (queued.min(durable), failed.or(refused))
     }
 
     async fn enqueue(
@@ -568,14 +579,17 @@ impl Dispatcher {
         tracker: Option<Arc<Tracker>>,
     ) -> Result<(), DispatchError> {
         let slots = self.slots(&event, admission).await?;
-        let (seq, json) = match (&self.outbox, &tracker) {
-            (Some(o), None) => {
-                let (seq, json) = o.append(&event, admission).await?;
-                (Some(seq), Some(json))
-            }
-            _ => (None, None),
+        let Some(o) = self.outbox.as_ref().filter(|_| tracker.is_none()) else {
+            return self.push(event, slots, None, None, src, tracker);
         };
-        self.push(event, slots, seq, json, src, tracker)
+        let json = Bytes::from(event.to_json());
+        let mut commit = o.commit();
+        let seq = commit.add(json.clone(), admission).await?;
+        self.push(event, slots, Some(seq), Some(json), src, None)?;
+        match commit.durable().await {
+            (_, Some(e)) => Err(e),
+            (_, None) => Ok(()),
+        }
     }
 
     /// Takes a slot for `event` in the queue of every watcher whose filter it passes (`None`

@@ -941,3 +941,27 @@ async fn events_accepted_together_without_room_are_a_prefix_and_the_rest_is_refu
         0
     );
 }
+
+#[tokio::test]
+async fn an_event_is_queued_before_its_record_is_on_disk_and_delivered_if_its_source_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let takes = Arc::new(Takes::default());
+    let d = one_at_a_time(dir.path(), 10, takes.clone(), &metrics);
+    let mut accept = Box::pin(d.accept(event(0), Admission::NoWait, None, Ack::OnAcceptance));
+    assert!(
+        futures::poll!(accept.as_mut()).is_pending(),
+        "accept waits for the disk"
+    );
+    // The client hung up while its record was being written: the event was queued already,
+    // so it is delivered and written all the same.
+    drop(accept);
+    until(|| (takes.0.lock().unwrap().len() == 1).then_some(())).await;
+    assert_eq!(*takes.0.lock().unwrap(), ids(0..1));
+    until(|| (metrics.outbox.appends.get() == 1).then_some(())).await;
+    assert_eq!(
+        d.drain(Duration::from_secs(5), &CancellationToken::new())
+            .await,
+        0
+    );
+}

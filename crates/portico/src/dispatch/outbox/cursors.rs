@@ -42,7 +42,9 @@ pub(super) struct WatcherCursor {
 
 impl State {
     pub(super) fn mark(&self, w: &WatcherCursor) -> u64 {
-        let mut m = self.next_seq;
+        // Never past what is on disk: an event delivered before its record was written is
+        // sent again if the process stops before the write.
+        let mut m = self.durable;
         if let Some(&s) = w.outstanding.first() {
             m = m.min(s);
         }

@@ -18,7 +18,7 @@ pub(super) fn run(shared: &Shared) -> Result<(), OutboxError> {
     let (marks, names, doomed) = {
         let mut st = shared.lock();
         let marks = st.marks();
-        let low = marks.iter().copied().min().unwrap_or(st.next_seq);
+        let low = marks.iter().copied().min().unwrap_or(st.durable);
         let mut doomed = Vec::new();
         // Never the active (last) segment.
         while st.segments.len() > 1 {

@@ -45,6 +45,17 @@
 //! A request of many events (a batch posted to the ingest API) adds all its records to the
 //! open batch before it waits, so it waits for one fsync, not one per event.
 //!
+//! # Delivery starts before the fsync
+//!
+//! A record gets its sequence number when it joins the open batch, and its appender queues
+//! the event for the watchers at once: they deliver it while the writer writes and fsyncs,
+//! and the source hears "accepted" only once the record is on disk. The fsync's wait is thus
+//! spent on deliveries, not on an idle core (with 64 clients on one core the whole batch
+//! waited for it before). A watcher's low-water mark never passes the last record on disk,
+//! so a watcher that delivered an event before it was written is sent it again after a
+//! crash: at-least-once, as always. If the batch cannot be written, its sources hear the
+//! error (503), and the events already on their way are delivered all the same.
+//!
 //! # Reusing segments
 //!
 //! Appending to a file makes every `fdatasync` write the inode too (its size changed) and
@@ -185,15 +196,19 @@ pub(crate) struct OutboxStatus {
 
 struct State {
     segments: Vec<Segment>,
+    /// The sequence number the next record to join a batch gets.
     next_seq: u64,
+    /// One past the last record on disk (written and fsynced): no low-water mark passes it.
+    durable: u64,
     /// Bytes of every segment on disk.
     bytes: u64,
     /// Bytes of appends accepted but not yet written.
     reserved: u64,
     watchers: Vec<WatcherCursor>,
     saved_marks: Vec<u64>,
-    /// The open batch: records accepted for the next group commit, with their appenders.
-    open: Vec<(Bytes, Reply)>,
+    /// The open batch: records accepted for the next group commit (sequence number, record),
+    /// with their appenders.
+    open: Vec<(u64, Bytes, Reply)>,
     /// An appender leads the open batch (see the module docs).
     led: bool,
     /// The writer has a batch it has not answered yet.
@@ -202,6 +217,18 @@ struct State {
     spare: Option<PathBuf>,
     /// Why the last batch failed, until one is written.
     last_error: Option<String>,
+}
+
+impl State {
+    /// Records that will not be written (their batch failed, or the writer has stopped): no
+    /// watcher waits for them.
+    fn forget(&mut self, seqs: &[u64]) {
+        for seq in seqs {
+            for w in self.watchers.iter_mut() {
+                w.outstanding.remove(seq);
+            }
+        }
+    }
 }
 
 struct Shared {
@@ -220,17 +247,6 @@ impl Shared {
         // A panic while holding the lock leaves consistent data (no multi-step invariants
         // are broken mid-way), so a poisoned lock is taken over.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Records written that nobody will queue (their appenders went away, or heard of an
-    /// earlier failure only): no watcher waits for them.
-    fn forget(&self, seqs: &[u64]) {
-        let mut st = self.lock();
-        for seq in seqs {
-            for w in st.watchers.iter_mut() {
-                w.outstanding.remove(seq);
-            }
-        }
     }
 }
 
@@ -305,6 +321,7 @@ impl Outbox {
             state: Mutex::new(State {
                 segments,
                 next_seq,
+                durable: next_seq,
                 bytes,
                 reserved: 0,
                 watchers: cursors,

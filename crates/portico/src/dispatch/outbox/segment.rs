@@ -215,9 +215,10 @@ pub(super) fn open_active(shared: &Shared) -> Result<Active, OutboxError> {
 }
 
 pub(super) fn roll_if_full(shared: &Shared, active: &mut Option<Active>) {
+    // The next record the writer writes is past the last one on disk.
     let (bytes, next_seq) = {
         let st = shared.lock();
-        (st.segments.last().map_or(0, |s| s.bytes), st.next_seq)
+        (st.segments.last().map_or(0, |s| s.bytes), st.durable)
     };
     if bytes < shared.segment_bytes || active.as_ref().is_some_and(|a| a.first == next_seq) {
         return;

@@ -1,5 +1,5 @@
 //! The outbox's promises: group commit, replay after reopen, torn tails cut, reused
-//! segments, the size bound, and appenders that went away.
+//! segments, the size bound, marks that wait for the disk, and appenders that went away.
 
 use std::collections::BTreeSet;
 use std::fs::{self, OpenOptions};
@@ -96,67 +96,64 @@ async fn a_dropped_leader_still_hands_its_batch_to_the_writer() {
     outbox.close();
 }
 
+fn record(i: usize) -> bytes::Bytes {
+    bytes::Bytes::from(event(i).to_json())
+}
+
 #[tokio::test]
-async fn an_appender_that_went_away_holds_no_watcher_back() {
+async fn a_mark_never_passes_the_last_record_on_disk() {
     let dir = tempfile::tempdir().unwrap();
     let outbox = open_a(dir.path(), 1 << 30, OutboxMetrics::default());
-    let e0 = event(0);
-    let e1 = event(1);
-    let mut lead = Box::pin(outbox.append(&e0, Admission::NoWait));
-    let mut gone = Box::pin(outbox.append(&e1, Admission::NoWait));
-    assert!(futures::poll!(lead.as_mut()).is_pending());
-    assert!(futures::poll!(gone.as_mut()).is_pending());
-    // Its client hung up: the record is in the batch, but nobody will queue the event.
-    drop(gone);
-    let (seq, _) = lead.await.unwrap();
+    let mut commit = outbox.commit();
+    let seq = commit.add(record(0), Admission::NoWait).await.unwrap();
     assert_eq!(seq, 1);
+    // Its watcher delivered it before the writer had the batch (it is not handed over yet).
     outbox.done(0, seq);
     assert_eq!(
-        outbox.shared.lock().next_seq,
-        3,
-        "both records were written"
+        outbox.shared.lock().marks(),
+        vec![1],
+        "a mark passed a record not yet on disk"
     );
-    // The writer lets go of record 2 once it has found its appender gone.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while outbox.shared.lock().marks() != vec![3] {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "record 2 holds watcher a back: {:?}",
-            outbox.shared.lock().marks()
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let (written, failed) = commit.durable().await;
+    assert_eq!(written, 1);
+    assert!(failed.is_none(), "{failed:?}");
+    assert_eq!(outbox.shared.lock().marks(), vec![2]);
     outbox.close();
 }
 
 #[tokio::test]
-async fn an_appender_that_went_away_after_its_answer_holds_no_watcher_back() {
+async fn a_record_whose_appender_went_away_is_written_and_waited_for() {
     let dir = tempfile::tempdir().unwrap();
-    let outbox = open_a(dir.path(), 1 << 30, OutboxMetrics::default());
-    let (e0, e1, e2) = (event(0), event(1), event(2));
-    let mut lead = Box::pin(outbox.append(&e0, Admission::NoWait));
-    let both = [&e1, &e2];
-    let mut late = Box::pin(outbox.append_all(&both, Admission::NoWait));
-    assert!(futures::poll!(lead.as_mut()).is_pending());
-    assert!(futures::poll!(late.as_mut()).is_pending());
-    let (seq, _) = lead.await.unwrap();
-    assert_eq!(seq, 1);
-    outbox.done(0, seq);
-    // The writer has answered every appender of the batch once it is no longer writing.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while outbox.shared.lock().writing {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the batch was not written"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    // Records 2 and 3 are written and answered, but their client hung up before its task
-    // read the answers: nobody will queue them, and they must not hold watcher a back.
-    drop(late);
-    assert_eq!(outbox.shared.lock().next_seq, 4, "all three were written");
-    assert_eq!(outbox.shared.lock().marks(), vec![4]);
+    let (outbox, _) = Outbox::open(
+        &opts(dir.path(), 1 << 30),
+        &["a".to_string()],
+        OutboxMetrics::default(),
+    )
+    .unwrap();
+    let mut lead = outbox.commit();
+    assert_eq!(lead.add(record(0), Admission::NoWait).await.unwrap(), 1);
+    let mut gone = outbox.commit();
+    assert_eq!(gone.add(record(1), Admission::NoWait).await.unwrap(), 2);
+    // Its client hung up after its event was queued: the record is written all the same,
+    // and the watcher waits for it until it has delivered it.
+    drop(gone);
+    assert_eq!(lead.durable().await.0, 1);
+    outbox.done(0, 1);
+    assert_eq!(outbox.shared.lock().marks(), vec![2]);
+    // Stopped before it was delivered: the next start replays it.
     outbox.close();
+    drop(outbox);
+    let (reopened, replays) = Outbox::open(
+        &opts(dir.path(), 1 << 30),
+        &["a".to_string()],
+        OutboxMetrics::default(),
+    )
+    .unwrap();
+    assert_eq!(replays, vec![ReplayRange { from: 2, to: 3 }]);
+    let all = replay_all(&reopened, replays[0]);
+    assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2]);
+    assert_eq!(all[0].event.id, "id-1");
+    reopened.close();
 }
 
 #[tokio::test]

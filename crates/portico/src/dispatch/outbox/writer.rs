@@ -2,7 +2,6 @@
 //! the writer thread, which writes and fsyncs each batch once and answers every appender (see
 //! the module docs on group commit).
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,6 @@ use tokio::task::yield_now;
 use super::record::{HEADER, header};
 use super::segment::{open_active, roll_if_full};
 use super::{Outbox, OutboxError, Shared, housekeeping, io, now_ms};
-use crate::cloudevents::CloudEvent;
 use crate::error::{Admission, DispatchError};
 use crate::ratelog::Throttle;
 
@@ -23,105 +21,45 @@ const MAX_TICKS: u32 = 16;
 
 /// What the writer thread is asked to do.
 pub(super) enum Msg {
-    /// Events in the JSON event format, one record each, with their appenders.
-    Batch(Vec<(Bytes, Reply)>),
+    /// Records in sequence order (sequence number, the event in the JSON event format), with
+    /// their appenders.
+    Batch(Vec<(u64, Bytes, Reply)>),
     /// Save the cursors and let finished segments go.
     Housekeep,
 }
 
-/// An appender waiting for its sequence number.
-pub(super) type Reply = oneshot::Sender<Result<u64, Arc<OutboxError>>>;
+/// An appender waiting to hear that its record is on disk.
+pub(super) type Reply = oneshot::Sender<Result<(), Arc<OutboxError>>>;
 
-/// Where an appender hears its sequence number.
-type Answer = oneshot::Receiver<Result<u64, Arc<OutboxError>>>;
+/// Where an appender hears it.
+type Answer = oneshot::Receiver<Result<(), Arc<OutboxError>>>;
 
 impl Outbox {
-    /// Writes `event` durably and gives its sequence number, once fsynced, with the event in
-    /// the JSON event format as written (for structured-mode watchers to send as it is). Past
-    /// the size bound, fails with `Full` or waits, as `admission` says.
-    pub(crate) async fn append(
-        &self,
-        event: &CloudEvent,
-        admission: Admission<'_>,
-    ) -> Result<(u64, Bytes), DispatchError> {
-        let (mut written, refused) = self.append_all(&[event], admission).await;
-        match (written.pop(), refused) {
-            (Some(w), _) => Ok(w),
-            (None, Some(e)) => Err(e),
-            (None, None) => Err(DispatchError::Stopped),
+    /// Starts appends that reach the disk together (see [`Commit`]).
+    pub(crate) fn commit(&self) -> Commit<'_> {
+        Commit {
+            outbox: self,
+            leading: false,
+            answers: Vec::new(),
         }
     }
 
-    /// [`Outbox::append`] for several events, in their order: they join the open batch
-    /// together, so a request of many events waits for one fsync, not one per event. Gives
-    /// the events written, a prefix of `events` in order, and why the next one was not, if
-    /// one was not.
-    pub(crate) async fn append_all(
+    /// Writes `event` durably and gives its sequence number, once fsynced, with the event in
+    /// the JSON event format as written. Past the size bound, fails with `Full` or waits, as
+    /// `admission` says.
+    #[cfg(any(test, feature = "bench"))]
+    pub(crate) async fn append(
         &self,
-        events: &[&CloudEvent],
+        event: &crate::cloudevents::CloudEvent,
         admission: Admission<'_>,
-    ) -> (Vec<(u64, Bytes)>, Option<DispatchError>) {
-        let mut leader = Leader {
-            outbox: self,
-            leading: false,
-        };
-        let mut claims = Claims {
-            outbox: self,
-            written: Vec::new(),
-            answers: VecDeque::new(),
-        };
-        let mut refused = None;
-        for event in events {
-            let json = Bytes::from(event.to_json());
-            let len = (HEADER + json.len()) as u64;
-            if len > self.shared.max_bytes {
-                refused = Some(DispatchError::Invalid(format!(
-                    "the event takes {len} bytes, more than the whole outbox may hold ({} bytes): raise spec.delivery.outbox.maxBytes",
-                    self.shared.max_bytes
-                )));
-                break;
-            }
-            let (reply, answer) = oneshot::channel();
-            let mut reply = Some(reply);
-            let lead = match self.admit(len, &json, &mut reply) {
-                Some(lead) => lead,
-                None => {
-                    // What this call added so far goes to the writer before it waits: the
-                    // room it waits for may depend on it.
-                    leader.lead().await;
-                    match self
-                        .admit_when_room(len, &json, &mut reply, admission)
-                        .await
-                    {
-                        Ok(lead) => lead,
-                        Err(e) => {
-                            refused = Some(e);
-                            break;
-                        }
-                    }
-                }
-            };
-            leader.leading |= lead;
-            claims.answers.push_back((json, answer));
+    ) -> Result<(u64, Bytes), DispatchError> {
+        let json = Bytes::from(event.to_json());
+        let mut commit = self.commit();
+        let seq = commit.add(json.clone(), admission).await?;
+        match commit.durable().await {
+            (_, Some(e)) => Err(e),
+            (_, None) => Ok((seq, json)),
         }
-        leader.lead().await;
-        claims.written.reserve(claims.answers.len());
-        let mut failed = None;
-        while let Some((json, answer)) = claims.answers.front_mut() {
-            let answer = answer.await;
-            let json = std::mem::take(json);
-            claims.answers.pop_front();
-            match answer {
-                Ok(Ok(seq)) if failed.is_none() => claims.written.push((seq, json)),
-                // Written in a later batch than one that failed: the caller hears of the
-                // prefix before the failure only, so nobody will queue this one.
-                Ok(Ok(seq)) => self.shared.forget(&[seq]),
-                // The writer logged and counted it, once for the whole batch.
-                Ok(Err(e)) => failed = failed.or(Some(DispatchError::Disk(e.to_string()))),
-                Err(_) => failed = failed.or(Some(DispatchError::Stopped)),
-            }
-        }
-        (std::mem::take(&mut claims.written), failed.or(refused))
     }
 
     /// Waits, as `admission` says, until [`Outbox::admit`] finds room for `len` bytes.
@@ -131,14 +69,14 @@ impl Outbox {
         record: &Bytes,
         reply: &mut Option<Reply>,
         admission: Admission<'_>,
-    ) -> Result<bool, DispatchError> {
+    ) -> Result<(u64, bool), DispatchError> {
         loop {
             let room = self.shared.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
             // Checked once enabled, so that room freed in between is not missed.
-            if let Some(lead) = self.admit(len, record, reply) {
-                return Ok(lead);
+            if let Some(admitted) = self.admit(len, record, reply) {
+                return Ok(admitted);
             }
             match admission {
                 Admission::NoWait => {
@@ -162,79 +100,114 @@ impl Outbox {
         }
     }
 
-    /// Reserves `len` bytes and adds `record` to the open batch, if there is room: then says
-    /// whether this appender leads the batch. Without room, leaves `reply` where it is.
-    fn admit(&self, len: u64, record: &Bytes, reply: &mut Option<Reply>) -> Option<bool> {
+    /// Reserves `len` bytes and adds `record` to the open batch, if there is room: then gives
+    /// its sequence number (every watcher now waits for it) and whether this appender leads
+    /// the batch. Without room, leaves `reply` where it is.
+    fn admit(&self, len: u64, record: &Bytes, reply: &mut Option<Reply>) -> Option<(u64, bool)> {
         let mut st = self.shared.lock();
         if st.bytes + st.reserved + len > self.shared.max_bytes {
             return None;
         }
         let reply = reply.take()?;
         st.reserved += len;
-        st.open.push((record.clone(), reply));
-        Some(!std::mem::replace(&mut st.led, true))
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        for w in st.watchers.iter_mut() {
+            w.outstanding.insert(seq);
+        }
+        st.open.push((seq, record.clone(), reply));
+        Some((seq, !std::mem::replace(&mut st.led, true)))
     }
 
-    /// Hands the open batch to the writer. If the writer has stopped, its appenders hear
-    /// `Stopped` (their replies are dropped).
+    /// Hands the open batch to the writer: under the lock, so that batches reach it in the
+    /// order of their sequence numbers. If the writer has stopped, the batch's records are
+    /// not written: no watcher waits for them, and their appenders hear `Stopped` (their
+    /// replies are dropped).
     fn hand_over(&self) {
-        let batch = {
-            let mut st = self.shared.lock();
-            st.led = false;
-            st.writing = true;
-            std::mem::take(&mut st.open)
-        };
-        let bytes: u64 = batch.iter().map(|(r, _)| (HEADER + r.len()) as u64).sum();
+        let mut st = self.shared.lock();
+        st.led = false;
+        let batch = std::mem::take(&mut st.open);
+        let bytes: u64 = batch
+            .iter()
+            .map(|(_, r, _)| (HEADER + r.len()) as u64)
+            .sum();
+        let seqs: Vec<u64> = batch.iter().map(|(seq, _, _)| *seq).collect();
+        st.writing = true;
         let sent = self
             .sender()
             .is_some_and(|tx| tx.send(Msg::Batch(batch)).is_ok());
         if !sent {
-            let mut st = self.shared.lock();
             st.writing = false;
             st.reserved = st.reserved.saturating_sub(bytes);
+            st.forget(&seqs);
         }
     }
 }
 
-/// The records one [`Outbox::append_all`] call added, until it returns them: if the call is
-/// dropped first (its client hung up), the records the writer wrote are forgotten, so that no
-/// watcher waits for events nobody will queue. The writer forgets those whose appender was
-/// gone when it answered; these are the others: answered, but not yet read, or read but not
-/// yet returned.
-struct Claims<'a> {
+/// Appends that reach the disk in one fsync when they can: [`Commit::add`] gives each record
+/// its sequence number at once, and the caller queues the event for its watchers there and
+/// then, so that they deliver it while the writer writes and fsyncs; [`Commit::durable`]
+/// waits until the records are on disk, which is when the source may hear "accepted".
+///
+/// If the commit is dropped while it leads the open batch (its client went away), it hands
+/// the batch over then: the batch's other appenders are waiting.
+pub(crate) struct Commit<'a> {
     outbox: &'a Outbox,
-    /// Written, in order, for the caller to queue.
-    written: Vec<(u64, Bytes)>,
-    /// Waiting for the writer's answer, in order.
-    answers: VecDeque<(Bytes, Answer)>,
+    /// This appender leads the open batch (see the module docs).
+    leading: bool,
+    /// Where the writer answers each record added, in order.
+    answers: Vec<Answer>,
 }
 
-impl Drop for Claims<'_> {
-    fn drop(&mut self) {
-        let mut seqs: Vec<u64> = self.written.iter().map(|(seq, _)| *seq).collect();
-        for (_, mut answer) in self.answers.drain(..) {
-            // Closed first: the writer cannot answer after this look, so a record is
-            // forgotten either here or by the writer, never by neither.
-            answer.close();
-            if let Ok(Ok(seq)) = answer.try_recv() {
-                seqs.push(seq);
+impl Commit<'_> {
+    /// Adds `record` (an event in the JSON event format) to the open batch and gives its
+    /// sequence number. Past the size bound, fails with `Full` or waits, as `admission` says;
+    /// what this commit added before goes to the writer first, as the room it waits for may
+    /// depend on it.
+    pub(crate) async fn add(
+        &mut self,
+        record: Bytes,
+        admission: Admission<'_>,
+    ) -> Result<u64, DispatchError> {
+        let max = self.outbox.shared.max_bytes;
+        let len = (HEADER + record.len()) as u64;
+        if len > max {
+            return Err(DispatchError::Invalid(format!(
+                "the event takes {len} bytes, more than the whole outbox may hold ({max} bytes): raise spec.delivery.outbox.maxBytes"
+            )));
+        }
+        let (reply, answer) = oneshot::channel();
+        let mut reply = Some(reply);
+        let (seq, lead) = match self.outbox.admit(len, &record, &mut reply) {
+            Some(admitted) => admitted,
+            None => {
+                self.lead().await;
+                self.outbox
+                    .admit_when_room(len, &record, &mut reply, admission)
+                    .await?
+            }
+        };
+        self.leading |= lead;
+        self.answers.push(answer);
+        Ok(seq)
+    }
+
+    /// Waits until the records added are on disk. Gives how many of them, in order, are, and
+    /// why the next one is not, if one is not.
+    pub(crate) async fn durable(mut self) -> (usize, Option<DispatchError>) {
+        self.lead().await;
+        let mut written = 0;
+        for answer in std::mem::take(&mut self.answers) {
+            match answer.await {
+                Ok(Ok(())) => written += 1,
+                // The writer logged and counted it, once for the whole batch.
+                Ok(Err(e)) => return (written, Some(DispatchError::Disk(e.to_string()))),
+                Err(_) => return (written, Some(DispatchError::Stopped)),
             }
         }
-        if !seqs.is_empty() {
-            self.outbox.shared.forget(&seqs);
-        }
+        (written, None)
     }
-}
 
-/// The appender that leads the open batch, while it does (see the module docs). If its
-/// future is dropped before it has handed the batch over, it hands it over then: the batch's
-/// other appenders are still waiting.
-struct Leader<'a> {
-    outbox: &'a Outbox,
-    leading: bool,
-}
-
-impl Leader<'_> {
     /// Leads the open batch to the writer, if this appender leads it.
     async fn lead(&mut self) {
         if !self.leading {
@@ -270,7 +243,7 @@ impl Leader<'_> {
     }
 }
 
-impl Drop for Leader<'_> {
+impl Drop for Commit<'_> {
     fn drop(&mut self) {
         if self.leading {
             self.outbox.hand_over();
@@ -287,7 +260,8 @@ pub(super) fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Msg>) {
         }
     };
     let mut buf = Vec::with_capacity(1 << 20);
-    let mut replies: Vec<(Reply, u64, u64)> = Vec::new();
+    let mut replies: Vec<Reply> = Vec::new();
+    let mut seqs: Vec<u64> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while let Ok(m) = rx.try_recv() {
@@ -295,24 +269,18 @@ pub(super) fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Msg>) {
         }
         buf.clear();
         replies.clear();
+        seqs.clear();
         let mut housekeep = false;
-        {
-            let mut st = shared.lock();
-            for msg in batch {
-                match msg {
-                    Msg::Housekeep => housekeep = true,
-                    Msg::Batch(records) => {
-                        let ms = now_ms();
-                        for (record, reply) in records {
-                            let seq = st.next_seq;
-                            st.next_seq += 1;
-                            for w in st.watchers.iter_mut() {
-                                w.outstanding.insert(seq);
-                            }
-                            buf.extend_from_slice(&header(seq, ms, &record));
-                            buf.extend_from_slice(&record);
-                            replies.push((reply, seq, (HEADER + record.len()) as u64));
-                        }
+        for msg in batch {
+            match msg {
+                Msg::Housekeep => housekeep = true,
+                Msg::Batch(records) => {
+                    let ms = now_ms();
+                    for (seq, record, reply) in records {
+                        buf.extend_from_slice(&header(seq, ms, &record));
+                        buf.extend_from_slice(&record);
+                        replies.push(reply);
+                        seqs.push(seq);
                     }
                 }
             }
@@ -324,7 +292,7 @@ pub(super) fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Msg>) {
                     .map_err(|e| Arc::new(io("write", &a.path, e))),
                 None => Err(Arc::new(OutboxError::NoActiveSegment)),
             };
-            let total: u64 = replies.iter().map(|r| r.2).sum();
+            let total = buf.len() as u64;
             {
                 let mut st = shared.lock();
                 st.reserved = st.reserved.saturating_sub(total);
@@ -332,7 +300,8 @@ pub(super) fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Msg>) {
                     Ok(()) => {
                         st.last_error = None;
                         st.bytes += total;
-                        let last = replies.last().map(|r| r.1);
+                        let last = seqs.last().copied();
+                        st.durable = last.map_or(st.durable, |l| l + 1);
                         if let Some(seg) = st.segments.last_mut() {
                             seg.bytes += total;
                             seg.last = last.or(seg.last);
@@ -350,12 +319,9 @@ pub(super) fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Msg>) {
                         }
                         shared.metrics.write_errors.inc();
                         st.last_error = Some(e.to_string());
-                        // Not written: nobody will deliver these sequence numbers.
-                        for (_, seq, _) in &replies {
-                            for w in st.watchers.iter_mut() {
-                                w.outstanding.remove(seq);
-                            }
-                        }
+                        // Not written: no watcher waits for these sequence numbers (the
+                        // events already on their way are delivered all the same).
+                        st.forget(&seqs);
                         // Cut whatever part was written, so the log stays whole.
                         if let Some(a) = active.as_mut() {
                             let _ = a.truncate();
@@ -368,16 +334,9 @@ pub(super) fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Msg>) {
                 shared.metrics.fsyncs.inc();
                 shared.metrics.appends.inc_by(replies.len() as u64);
             }
-            let mut gone = Vec::new();
-            for (reply, seq, _) in replies.drain(..) {
-                if reply.send(result.clone().map(|()| seq)).is_err() && result.is_ok() {
-                    gone.push(seq);
-                }
-            }
-            if !gone.is_empty() {
-                // Their appenders went away (a client hung up) before hearing "accepted":
-                // nobody will queue these events, so no watcher holds them back.
-                shared.forget(&gone);
+            // An appender that went away (its client hung up) had queued its event already.
+            for reply in replies.drain(..) {
+                let _ = reply.send(result.clone());
             }
             if result.is_ok() {
                 roll_if_full(&shared, &mut active);
