@@ -126,20 +126,20 @@ impl Outbox {
     fn hand_over(&self) {
         let mut st = self.shared.lock();
         st.led = false;
-        let batch = std::mem::take(&mut st.open);
-        let bytes: u64 = batch
-            .iter()
-            .map(|(_, r, _)| (HEADER + r.len()) as u64)
-            .sum();
-        let seqs: Vec<u64> = batch.iter().map(|(seq, _, _)| *seq).collect();
-        st.writing = true;
-        let sent = self
-            .sender()
-            .is_some_and(|tx| tx.send(Msg::Batch(batch)).is_ok());
-        if !sent {
-            st.writing = false;
-            st.reserved = st.reserved.saturating_sub(bytes);
-            st.forget(&seqs);
+        let batch = Msg::Batch(std::mem::take(&mut st.open));
+        let unsent = match self.sender() {
+            Some(tx) => tx.send(batch).err().map(|e| e.0),
+            None => Some(batch),
+        };
+        match unsent {
+            None => st.writing = true,
+            Some(Msg::Batch(records)) => {
+                for (seq, record, _) in &records {
+                    st.reserved = st.reserved.saturating_sub((HEADER + record.len()) as u64);
+                    st.forget(&[*seq]);
+                }
+            }
+            Some(Msg::Housekeep) => {}
         }
     }
 }
