@@ -6,7 +6,6 @@
 //! [`decode`] tells which, and says what was wrong with a bad body; `server.rs` turns that into
 //! 200/400/503. The fuzz targets (`fuzz/`) call these functions directly.
 
-use base64::Engine;
 use bytes::Bytes;
 use http::HeaderMap;
 use serde::Deserialize;
@@ -75,8 +74,7 @@ pub fn decode_original(body: &[u8]) -> Result<Ingested, IngestError> {
     };
     let payload = match original.payload.as_ref().map(|p| p.0.as_ref()) {
         None => Vec::new(),
-        Some(p) => base64::engine::general_purpose::STANDARD
-            .decode(p)
+        Some(p) => crate::cloudevents::decode_base64(p.as_bytes())
             .map_err(|e| IngestError(format!("`payload` is not valid base64: {e}")))?,
     };
     let mut event = Event::new(payload);

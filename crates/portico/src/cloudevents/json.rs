@@ -507,8 +507,7 @@ fn event_of(Members(members): Members<'_>, owner: Option<&Bytes>) -> Result<Clou
     ev.data = match (data, data_base64) {
         (Some(_), Some(_)) => return Err(Error::BothDataAndDataBase64),
         (None, Some(b64)) => Some(Data::Binary(
-            BASE64
-                .decode(b64.as_bytes())
+            super::decode_base64(b64.as_bytes())
                 .map_err(|e| Error::InvalidBase64(e.to_string()))?
                 .into(),
         )),

@@ -21,7 +21,6 @@
 
 use std::borrow::Cow;
 
-use base64::Engine;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -144,7 +143,7 @@ fn webhook(data: &[u8]) -> Option<Vec<u8>> {
             .map(String::into_bytes),
         "base64" => {
             let text: String = serde_json::from_str(d.body.get()).ok()?;
-            base64::engine::general_purpose::STANDARD.decode(text).ok()
+            super::decode_base64(text.as_bytes()).ok()
         }
         _ => None,
     }

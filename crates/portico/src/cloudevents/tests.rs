@@ -367,6 +367,31 @@ fn from_json_rejects_bad_base64() {
 }
 
 #[test]
+fn base64_decodes_every_length_exactly_as_the_crate_does() {
+    use base64::Engine;
+    let engine = base64::engine::general_purpose::STANDARD;
+    for len in 0..70 {
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+        let text = engine.encode(&bytes);
+        let decoded = decode_base64(text.as_bytes()).expect("valid base64");
+        assert_eq!(decoded, bytes, "length {len}");
+        // No room left over: the payload becomes the event's data as it is.
+        assert!(
+            decoded.capacity() <= len + 3,
+            "length {len}: {}",
+            decoded.capacity()
+        );
+    }
+    for bad in ["AA=", "A", "not base64!", "AA==AA==", "YQ"] {
+        assert_eq!(
+            decode_base64(bad.as_bytes()).is_err(),
+            engine.decode(bad).is_err(),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
 fn from_json_rejects_bad_time_naming_the_attribute() {
     let e = err_text(CloudEvent::from_json(
         br#"{"specversion":"1.0","id":"1","source":"s","type":"t","time":"yesterday"}"#,

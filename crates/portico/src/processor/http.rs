@@ -33,7 +33,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use backon::BackoffBuilder;
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -312,7 +311,7 @@ async fn on_event(
     };
     let payload = match b.payload.as_deref() {
         None => Vec::new(),
-        Some(p) => match base64::engine::general_purpose::STANDARD.decode(p) {
+        Some(p) => match crate::cloudevents::decode_base64(p.as_bytes()) {
             Ok(bytes) => bytes,
             Err(e) => {
                 return reply(
