@@ -214,9 +214,8 @@ pub fn is_json_content_type(ct: &str) -> bool {
 /// Decodes standard base64 (padded), as `data_base64` and the original ingest `payload` are.
 ///
 /// The buffer is taken with `Vec::with_capacity`, where the base64 crate's `decode` takes a
-/// zeroed one (`calloc`): glibc serves `calloc` outside its per-thread cache, from memory that
-/// is seldom in the CPU's cache, and zeroes all of it first. On the ingest path that was about
-/// a fifth of the last-level cache write misses of an event (BENCHMARKS.md).
+/// zeroed one from `calloc`, which glibc serves outside its per-thread cache, the slow way
+/// through its shared bins (BENCHMARKS.md has what it costs an event).
 pub(crate) fn decode_base64(text: &[u8]) -> Result<Vec<u8>, base64::DecodeError> {
     use base64::Engine;
     let mut out = Vec::with_capacity(base64::decoded_len_estimate(text.len()));

@@ -496,8 +496,18 @@ fn retryable_status(status: StatusCode) -> bool {
 }
 
 impl HttpSender {
-    /// One attempt with this request head and body.
-    async fn post(&self, mut headers: HeaderMap, body: Bytes) -> Result<(), DeliveryError> {
+    /// One attempt with this request head and body: the head is completed here, when the
+    /// attempt starts (in its `deliver` span), and [`HttpSender::attempt`] sends it.
+    ///
+    /// Not an `async fn`: one that changes a parameter keeps two copies of it in its future
+    /// (the parameter and the variable it becomes), and 96 bytes more put the future of every
+    /// event's delivery (boxed, see [`Sender::send`]) over the largest block glibc keeps in its
+    /// per-thread cache (1,032 bytes), so that each delivery's allocation went the slow way.
+    fn post(
+        &self,
+        mut headers: HeaderMap,
+        body: Bytes,
+    ) -> impl Future<Output = Result<(), DeliveryError>> + '_ {
         if let Some(extra) = &self.extra {
             extra.add_to(&mut headers);
         }
@@ -507,6 +517,10 @@ impl HttpSender {
         {
             headers.insert(crate::trace::TRACEPARENT_HEADER.clone(), value);
         }
+        self.attempt(headers, body)
+    }
+
+    async fn attempt(&self, headers: HeaderMap, body: Bytes) -> Result<(), DeliveryError> {
         let status = match &self.transport {
             // Boxed: reqwest's future would make every `http://` event's future larger.
             Transport::Shared(client) => Box::pin(self.send_shared(client, headers, body)).await?,
@@ -593,9 +607,11 @@ impl Sender for HttpSender {
         json: &'a Bytes,
     ) -> BoxFuture<'a, Result<(), DeliveryError>> {
         match self.encoding {
-            Encoding::Structured => {
-                Box::pin(self.post(cloudevents::http::structured_headers(), json.clone()))
-            }
+            // The head is completed when the future is first polled, in the attempt's span.
+            Encoding::Structured => Box::pin(async move {
+                self.post(cloudevents::http::structured_headers(), json.clone())
+                    .await
+            }),
             _ => self.send(event),
         }
     }
