@@ -832,6 +832,12 @@ DURABLE_TEXT=$(cat <<EOF
   write misses 201 → 193 → 195 (these two move by about 10 % between runs of one build, with
   the order the threads run in). Timed runs on the machine of that session varied by up to
   25 % between runs of one build, so these two have no events/s figure of their own.
+- **An accepted event is moved once** (`pipeline.rs`, `dispatch/mod.rs`): the CloudEvent
+  (about 220 bytes) went by value from the transformer through the calls that queue it,
+  each of which copied it, and was put in its `Arc` only at the end; it is now shared as soon
+  as it is made, and the trace context is set on it in place. Callgrind, per event, as in the
+  point above: `memcpy` calls on the way in 12 → 7, instructions in `memcpy` 2,961 → 2,700,
+  in all 49,008 → 48,718 (−0.6 %); L1 data write misses 186 → 181 (within their noise).
 - **Allocations.** heaptrack under the atLeastOnce ingest load counts about 35 allocation
   calls per event (the ingest body's strings and base64 data, the CloudEvent and its
   \`eventtypeversion\` extension, the JSON record, the append's reply channel, header maps

@@ -257,9 +257,11 @@ impl Pipeline {
         let (event, receive) = self.receive(src, event)?;
         let followed = self.followed(&event);
         let append = self.append_span(&receive);
+        // Shared from here on (the watchers' queues hold it), so that it is not moved again
+        // by value down the calls that queue it.
         let accepted = self
             .dispatcher
-            .accept(event, admission, Some(src.delivery.clone()), ack)
+            .accept(Arc::new(event), admission, Some(src.delivery.clone()), ack)
             .await;
         self.settle(src, accepted.as_ref().err(), followed, &receive, &append);
         accepted
@@ -307,9 +309,10 @@ impl Pipeline {
         let receive = self.receive_span(src, parent.as_ref());
         let transform = receive.child("transform");
         match self.transformer.transform(&src.src, event) {
-            Ok(ce) => {
+            Ok(mut ce) => {
                 src.transformed.inc();
-                Ok(self.traced(ce, receive))
+                self.traced(&mut ce, &receive);
+                Ok((ce, receive))
             }
             Err(e) => {
                 transform.fail(&e.to_string());
@@ -321,13 +324,14 @@ impl Pipeline {
     }
 
     /// [`Pipeline::receive`] of a CloudEvent already made, which cannot fail.
-    fn receive_made(&self, src: &SrcMetrics, ce: CloudEvent) -> (CloudEvent, Spanned) {
+    fn receive_made(&self, src: &SrcMetrics, mut ce: CloudEvent) -> (CloudEvent, Spanned) {
         src.received.inc();
         let parent = crate::trace::enabled()
             .then(|| crate::trace::of_event(&ce))
             .flatten();
         let receive = self.receive_span(src, parent.as_ref());
-        self.traced(ce, receive)
+        self.traced(&mut ce, &receive);
+        (ce, receive)
     }
 
     fn receive_span(&self, src: &SrcMetrics, parent: Option<&opentelemetry::Context>) -> Spanned {
@@ -337,12 +341,11 @@ impl Pipeline {
     }
 
     /// Gives `event` the trace context of `receive` if it has none.
-    fn traced(&self, mut event: CloudEvent, receive: Spanned) -> (CloudEvent, Spanned) {
-        crate::trace::ensure_context(&mut event, &receive);
+    fn traced(&self, event: &mut CloudEvent, receive: &Spanned) {
+        crate::trace::ensure_context(event, receive);
         if crate::trace::enabled() {
             receive.set(KeyValue::new("cloudevents.event_id", event.id.clone()));
         }
-        (event, receive)
     }
 
     /// `event` in the JSON event format for the followers, while there are some: the hot path

@@ -465,7 +465,7 @@ impl Dispatcher {
     /// every watcher took it or dead-lettered it; otherwise it is done at once.
     pub(crate) async fn accept(
         &self,
-        event: CloudEvent,
+        event: Arc<CloudEvent>,
         admission: Admission<'_>,
         src: Option<SrcDelivery>,
         ack: Ack,
@@ -543,7 +543,7 @@ impl Dispatcher {
         let Some(o) = &self.outbox else {
             let n = ready.len();
             for (i, (event, src, slots)) in ready.into_iter().enumerate() {
-                if let Err(e) = self.push(event, slots, None, None, src, None) {
+                if let Err(e) = self.push(Arc::new(event), slots, None, None, src, None) {
                     return (i, Some(e));
                 }
             }
@@ -558,7 +558,7 @@ impl Dispatcher {
             let json = Bytes::from(event.to_json());
             let pushed = match commit.add(json.clone(), admission).await {
                 // Fails only when stopping; the record is written for the next start.
-                Ok(seq) => self.push(event, slots, Some(seq), Some(json), src, None),
+                Ok(seq) => self.push(Arc::new(event), slots, Some(seq), Some(json), src, None),
                 Err(e) => Err(e),
             };
             if let Err(e) = pushed {
@@ -573,7 +573,7 @@ impl Dispatcher {
 
     async fn enqueue(
         &self,
-        event: CloudEvent,
+        event: Arc<CloudEvent>,
         admission: Admission<'_>,
         src: Option<SrcDelivery>,
         tracker: Option<Arc<Tracker>>,
@@ -648,14 +648,13 @@ impl Dispatcher {
     /// of (filtered out) is done with it at once.
     fn push(
         &self,
-        event: CloudEvent,
+        event: Arc<CloudEvent>,
         slots: Slots,
         seq: Option<u64>,
         json: Option<Bytes>,
         src: Option<SrcDelivery>,
         tracker: Option<Arc<Tracker>>,
     ) -> Result<(), DispatchError> {
-        let event = Arc::new(event);
         let now = Instant::now();
         let accepted_ms = now_ms();
         for (index, (q, slot)) in self.queues.iter().zip(slots).enumerate() {

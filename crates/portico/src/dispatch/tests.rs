@@ -107,7 +107,7 @@ async fn ack_after_delivery_resolves_once_every_watcher_took_the_event() {
     .unwrap();
     assert!(!d.never_waits());
     let delivered = d
-        .accept(event(1), Admission::NoWait, None, Ack::AfterDelivery)
+        .accept(event(1).into(), Admission::NoWait, None, Ack::AfterDelivery)
         .await
         .unwrap();
     assert!(!delivered.is_done());
@@ -125,7 +125,7 @@ async fn ack_after_delivery_resolves_once_every_watcher_took_the_event() {
     // The broker keeps the event until the ack: nothing went to the outbox.
     assert_eq!(metrics.outbox.appends.get(), 0);
     // An event of a source that cannot ack still goes through the outbox.
-    d.accept(event(2), Admission::NoWait, None, Ack::OnAcceptance)
+    d.accept(event(2).into(), Admission::NoWait, None, Ack::OnAcceptance)
         .await
         .unwrap();
     assert_eq!(metrics.outbox.appends.get(), 1);
@@ -156,7 +156,7 @@ async fn ack_after_delivery_counts_a_dead_letter_as_done_and_a_shutdown_as_not()
     )
     .unwrap();
     let delivered = d
-        .accept(event(1), Admission::NoWait, None, Ack::AfterDelivery)
+        .accept(event(1).into(), Admission::NoWait, None, Ack::AfterDelivery)
         .await
         .unwrap();
     assert!(delivered.wait().await);
@@ -180,7 +180,7 @@ async fn ack_after_delivery_counts_a_dead_letter_as_done_and_a_shutdown_as_not()
     )
     .unwrap();
     let delivered = d
-        .accept(event(2), Admission::NoWait, None, Ack::AfterDelivery)
+        .accept(event(2).into(), Admission::NoWait, None, Ack::AfterDelivery)
         .await
         .unwrap();
     d.drain(Duration::from_millis(50), &CancellationToken::new())
@@ -202,15 +202,20 @@ async fn a_bounded_admission_waits_for_room_then_says_full() {
         vec![("w".into(), Arc::new(Gated(gate_rx)) as Arc<dyn Sender>, one)],
         &metrics,
     );
-    d.accept(event(1), Admission::NoWait, None, Ack::OnAcceptance)
+    d.accept(event(1).into(), Admission::NoWait, None, Ack::OnAcceptance)
         .await
         .unwrap();
     // Full, and nothing frees a slot: refused when the wait is over, not before.
     let start = Instant::now();
     let until = tokio::time::Instant::now() + Duration::from_millis(100);
     assert!(matches!(
-        d.accept(event(2), Admission::Until(until), None, Ack::OnAcceptance)
-            .await,
+        d.accept(
+            event(2).into(),
+            Admission::Until(until),
+            None,
+            Ack::OnAcceptance
+        )
+        .await,
         Err(DispatchError::Full { .. })
     ));
     assert!(start.elapsed() >= Duration::from_millis(100));
@@ -221,9 +226,14 @@ async fn a_bounded_admission_waits_for_room_then_says_full() {
         gate
     });
     let until = tokio::time::Instant::now() + Duration::from_secs(10);
-    d.accept(event(3), Admission::Until(until), None, Ack::OnAcceptance)
-        .await
-        .unwrap();
+    d.accept(
+        event(3).into(),
+        Admission::Until(until),
+        None,
+        Ack::OnAcceptance,
+    )
+    .await
+    .unwrap();
     let _gate = opener.await.unwrap();
     assert_eq!(
         d.drain(Duration::from_secs(5), &CancellationToken::new())
@@ -247,7 +257,7 @@ async fn tracked_events_are_done_at_once_in_the_other_modes() {
     )
     .unwrap();
     let delivered = d
-        .accept(event(1), Admission::NoWait, None, Ack::AfterDelivery)
+        .accept(event(1).into(), Admission::NoWait, None, Ack::AfterDelivery)
         .await
         .unwrap();
     assert!(delivered.is_done());
@@ -274,7 +284,7 @@ async fn an_event_older_than_max_age_goes_to_the_dead_letter_file() {
         }),
     )
     .unwrap();
-    d.accept(event(1), Admission::NoWait, None, Ack::OnAcceptance)
+    d.accept(event(1).into(), Admission::NoWait, None, Ack::OnAcceptance)
         .await
         .unwrap();
     let line = until(|| {
@@ -318,7 +328,7 @@ async fn left_in_the_outbox(dir: &std::path::Path, n: usize) -> (Delivery, std::
     )
     .unwrap();
     for i in 0..n {
-        d.accept(event(i), Admission::NoWait, None, Ack::OnAcceptance)
+        d.accept(event(i).into(), Admission::NoWait, None, Ack::OnAcceptance)
             .await
             .unwrap();
     }
@@ -560,7 +570,7 @@ async fn dead_letters_are_listed_and_redriven_to_their_watcher_once_it_takes_the
     )
     .unwrap();
     for i in 1..=3 {
-        d.accept(event(i), Admission::NoWait, None, Ack::OnAcceptance)
+        d.accept(event(i).into(), Admission::NoWait, None, Ack::OnAcceptance)
             .await
             .unwrap();
     }
@@ -656,7 +666,7 @@ async fn a_watcher_gets_only_what_its_filter_passes_and_is_done_with_the_rest_at
     )
     .unwrap();
     for i in 0..5 {
-        d.accept(event(i), Admission::NoWait, None, Ack::OnAcceptance)
+        d.accept(event(i).into(), Admission::NoWait, None, Ack::OnAcceptance)
             .await
             .unwrap();
     }
@@ -708,7 +718,7 @@ async fn a_rate_limited_watcher_takes_every_event_paced_not_dropped() {
     let d = Dispatcher::start_with(vec![limited], &metrics, &Delivery::AtMostOnce).unwrap();
     let started = Instant::now();
     for i in 0..20 {
-        d.accept(event(i), Admission::NoWait, None, Ack::OnAcceptance)
+        d.accept(event(i).into(), Admission::NoWait, None, Ack::OnAcceptance)
             .await
             .unwrap();
     }
@@ -783,9 +793,14 @@ async fn batched(delivery: Delivery, n: usize, max_events: usize) -> Vec<(Vec<St
     let metrics = Metrics::new();
     let d = Dispatcher::start_with(vec![w], &metrics, &delivery).unwrap();
     for i in 0..n {
-        d.accept(event(i), Admission::Wait(None), None, Ack::OnAcceptance)
-            .await
-            .unwrap();
+        d.accept(
+            event(i).into(),
+            Admission::Wait(None),
+            None,
+            Ack::OnAcceptance,
+        )
+        .await
+        .unwrap();
     }
     until(|| (metrics.for_watcher("w").delivered.get() == n as u64).then_some(())).await;
     assert_eq!(
@@ -948,7 +963,8 @@ async fn an_event_is_queued_before_its_record_is_on_disk_and_delivered_if_its_so
     let metrics = Metrics::new();
     let takes = Arc::new(Takes::default());
     let d = one_at_a_time(dir.path(), 10, takes.clone(), &metrics);
-    let mut accept = Box::pin(d.accept(event(0), Admission::NoWait, None, Ack::OnAcceptance));
+    let mut accept =
+        Box::pin(d.accept(event(0).into(), Admission::NoWait, None, Ack::OnAcceptance));
     assert!(
         futures::poll!(accept.as_mut()).is_pending(),
         "accept waits for the disk"
