@@ -818,13 +818,13 @@ DURABLE_TEXT=$(cat <<EOF
   relay, alternating with the new build in the same way (three pairs): 50,809, 42,613, 48,356
   events/s against 30,482, 33,888, 37,523, a median ratio of 0.78: most of the atLeastOnce gap
   is CPU per event, not the disk.
-- **Two allocations that missed glibc's per-thread cache** (`cloudevents/mod.rs`,
-  `dispatch/http.rs`). The base64 crate's `decode` returns a zeroed `Vec`, which it takes
-  from `calloc`, and glibc serves `calloc` outside its per-thread cache: an ingest payload is
-  now decoded into a `Vec::with_capacity` (`decode_vec`). The boxed future of every HTTP
+- **Two allocations that missed glibc's per-thread cache** (\`cloudevents/mod.rs\`,
+  \`dispatch/http.rs\`). The base64 crate's \`decode\` returns a zeroed \`Vec\`, which it takes
+  from \`calloc\`, and glibc serves \`calloc\` outside its per-thread cache: an ingest payload is
+  now decoded into a \`Vec::with_capacity\` (\`decode_vec\`). The boxed future of every HTTP
   delivery was 1,104 bytes, over the 1,032 of the largest block that cache keeps, because the
-  `async fn` that completes the request head changed its `headers` parameter and so held it
-  twice; the head is now completed in a plain function that returns the `async` part (1,008
+  \`async fn\` that completes the request head changed its \`headers\` parameter and so held it
+  twice; the head is now completed in a plain function that returns the \`async\` part (1,008
   bytes). Callgrind with its cache simulation, per event, of 6,000 atMostOnce ingest events
   sent at 4,000/s (faster than the server under callgrind takes them, so that up to 64 are in
   flight as under load), before → base64 → both: instructions 49,325 → 49,221 → 49,034, of
@@ -832,11 +832,11 @@ DURABLE_TEXT=$(cat <<EOF
   write misses 201 → 193 → 195 (these two move by about 10 % between runs of one build, with
   the order the threads run in). Timed runs on the machine of that session varied by up to
   25 % between runs of one build, so these two have no events/s figure of their own.
-- **An accepted event is moved once** (`pipeline.rs`, `dispatch/mod.rs`): the CloudEvent
+- **An accepted event is moved once** (\`pipeline.rs\`, \`dispatch/mod.rs\`): the CloudEvent
   (about 220 bytes) went by value from the transformer through the calls that queue it,
-  each of which copied it, and was put in its `Arc` only at the end; it is now shared as soon
+  each of which copied it, and was put in its \`Arc\` only at the end; it is now shared as soon
   as it is made, and the trace context is set on it in place. Callgrind, per event, as in the
-  point above: `memcpy` calls on the way in 12 → 7, instructions in `memcpy` 2,961 → 2,700,
+  point above: \`memcpy\` calls on the way in 12 → 7, instructions in \`memcpy\` 2,961 → 2,700,
   in all 49,008 → 48,718 (−0.6 %); L1 data write misses 186 → 181 (within their noise).
 - **Allocations.** heaptrack under the atLeastOnce ingest load counts about 35 allocation
   calls per event (the ingest body's strings and base64 data, the CloudEvent and its
