@@ -883,7 +883,7 @@ CPU per event went from 18.3 to 21.9 µs between repetitions):
 | queueSize 128 | 115 (109–128) | 49195 (46174–50444) | 0.92 (0.88–1.11) | 20.08 (19.61–21.39) |
 | queueSize 64 | 58 (0–64) | 46301 (45349–50653) | 0.92 (0.84–1.13) | 21.15 (19.45–21.70) |
 
-An earlier run of three repetitions: 24.23, 22.34, 20.89, 20.97 and 22.66 µs per event for
+An earlier run of three repetitions: 24.23, 22.34, 20.89, 20.97 and 19.69 µs per event for
 the same sizes in the same order. \`perf\` (CPU-clock samples with call graphs, one 6 s run
 each, 4,096 against 128) puts the difference in what touches the waited event: of the 7.9 µs
 per event between the two (call graphs slow both), 1.5 µs are glibc's \`malloc\` and \`free\` of
