@@ -52,11 +52,15 @@ tunables=$(sed -n 's/^ENV GLIBC_TUNABLES=//p' "$root/deploy/Dockerfile")
 TCK=$(getconf CLK_TCK)
 
 dir=$(mktemp -d)
-pids=()
+# Every process this script starts is one of its background jobs.
 cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  local jobs
+  jobs=$(jobs -p)
+  if [ -n "$jobs" ]; then
+    # shellcheck disable=SC2086
+    kill $jobs 2>/dev/null || true
+    wait 2>/dev/null || true
+  fi
   rm -rf "$dir"
 }
 trap cleanup EXIT
@@ -85,7 +89,6 @@ wrk.headers["Content-Type"] = "application/json"
 LUA
 
 taskset -c 1 "$bin/bench-sink" 0 > "$dir/sink.out" 2>&1 &
-pids+=($!)
 until_ok "the sink did not start" has_listened sink
 SINK=$(listening sink)
 
@@ -118,7 +121,7 @@ stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 for rep in $(seq 1 "$REPS"); do
   echo "==> repetition $rep of $REPS" >&2
   taskset -c 0 "$bin/relay" ingest "$SINK" > "$dir/relay.out" 2>&1 &
-  relay=$!; pids+=("$relay")
+  relay=$!
   until_ok "the relay did not start" has_listened relay
   measure relay "$relay" "http://$(listening relay)/"
   stop "$relay"
@@ -128,7 +131,7 @@ for rep in $(seq 1 "$REPS"); do
       "$SINK" "$size" > "$dir/gateway.yaml"
     env "GLIBC_TUNABLES=$tunables" taskset -c 0 "$bin/portico" run "$dir/gateway.yaml" \
       --transformer-port "$port" --log warn > "$dir/portico.out" 2>&1 &
-    gw=$!; pids+=("$gw")
+    gw=$!
     until_ok "the gateway did not become ready: $(cat "$dir/portico.out")" \
       curl -sf "http://127.0.0.1:$port/readiness"
     measure "q$size" "$gw" "http://127.0.0.1:$port/" "http://127.0.0.1:$port/metrics"
