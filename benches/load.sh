@@ -176,6 +176,9 @@ listening() {
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# now_ns: the machine's monotonic clock in nanoseconds, which times every window (no change of
+# the wall clock moves it).
+now_ns() { python3 -c 'import time; print(time.monotonic_ns())'; }
 
 # ready NAME PORT: waits until the gateway NAME answers 200 on /readiness.
 ready() {
@@ -351,10 +354,10 @@ measure_stream() {
     sleep 0.02
   done
   if [ "$WARM" -gt 0 ]; then sleep "$WARM"; fi
-  n0=$(sink_count); c0=$(cpu_ticks "$pid"); t0=$(date +%s%N); local f0; f0=$(foreign_ticks)
+  n0=$(sink_count); c0=$(cpu_ticks "$pid"); t0=$(now_ns); local f0; f0=$(foreign_ticks)
   sleep "$SECS"
   add "$key.foreign" "$(foreign_pct "$f0" "$SECS")"
-  n1=$(sink_count); c1=$(cpu_ticks "$pid"); t1=$(date +%s%N)
+  n1=$(sink_count); c1=$(cpu_ticks "$pid"); t1=$(now_ns)
   local rss; rss=$(rss_kb "$pid")
   stop "$name"
   local n=$((n1 - n0))
@@ -444,10 +447,10 @@ memory() {
   add "$key.cal1_rss" "$(awk -v k="$(rss_kb "${PID[$key-cal1]}")" 'BEGIN {printf "%.1f", k / 1024}')"
   stop "$key-cal1"
   port=$(free_port)
-  t0=$(date +%s%N)
+  t0=$(now_ns)
   start "$key-calN" "$SERVER_CPU" "${as_shipped[@]}" "$exe" run "$dir/calN.yaml" --transformer-port "$port" --log warn
   until_running "$key-calN" "$CONFIGS"
-  t1=$(date +%s%N)
+  t1=$(now_ns)
   add "$key.start_ms" $(( (t1 - t0) / 1000000 ))
   add "$key.calN_rss" "$(awk -v k="$(rss_kb "${PID[$key-calN]}")" 'BEGIN {printf "%.1f", k / 1024}')"
   stop "$key-calN"

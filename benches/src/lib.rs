@@ -316,6 +316,16 @@ pub fn latency_summary(latencies: &mut [u64]) -> String {
     )
 }
 
+/// Now on the machine's monotonic clock (`CLOCK_MONOTONIC`), in nanoseconds. Every process
+/// reads the same clock and no change of the wall clock moves it, so the open-loop generator
+/// stamps each event with it and the sink times the event's arrival on it.
+pub fn monotonic_ns() -> u128 {
+    use nix::time::{ClockId, clock_gettime};
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        t.tv_sec() as u128 * 1_000_000_000 + t.tv_nsec() as u128
+    })
+}
+
 /// Prints `listening ADDR` (what `benches/load.sh` waits for) and flushes it.
 pub fn say_listening(addr: SocketAddr) {
     use std::io::Write;
@@ -327,6 +337,22 @@ pub fn say_listening(addr: SocketAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_monotonic_clock_is_the_one_instant_reads() {
+        let before = std::time::Instant::now();
+        let a = monotonic_ns();
+        let after = std::time::Instant::now();
+        while after.elapsed() < Duration::from_millis(2) {
+            std::hint::spin_loop();
+        }
+        let b = monotonic_ns();
+        let outer = before.elapsed().as_nanos();
+        // On one clock, [a, b] lies inside [before, now] and covers [after, loop's end].
+        assert!(a > 0);
+        assert!(b - a >= 2_000_000, "{a} -> {b}");
+        assert!(b - a <= outer, "{a} -> {b}, {outer} ns by Instant");
+    }
 
     #[test]
     fn the_baseline_makes_the_cloudevent_portico_makes() {

@@ -6,9 +6,9 @@
 //! is also the machine's ceiling: wrk against it is a "POST → 200" with no work.
 //!
 //! For the open-loop scenario (`src/bin/open-loop.rs`) it also measures delivery latency:
-//! after `GET /latency/on`, each event whose body holds `"sent_ns":N` (the Unix time in
-//! nanoseconds the load generator scheduled it for; every event of a batch) is timed from then
-//! to its arrival here;
+//! after `GET /latency/on`, each event whose body holds `"sent_ns":N` (the time the load
+//! generator scheduled it for, in nanoseconds on the machine's monotonic clock; every event of
+//! a batch) is timed from then to its arrival here;
 //! `GET /latency` answers `count p50 p99 p99.9 max` (µs), forgets them and stops timing.
 //!
 //!   bench-sink [PORT]     # 0 or nothing picks a free port; prints `listening 127.0.0.1:PORT`
@@ -49,9 +49,7 @@ impl Counts {
     /// time (`"sent_ns":N`).
     fn time(&self, body: &[u8]) {
         const KEY: &[u8] = b"\"sent_ns\":";
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
+        let now = portico_benches::monotonic_ns();
         let mut timed = Vec::new();
         let mut rest = body;
         while let Some(at) = rest.windows(KEY.len()).position(|w| w == KEY) {

@@ -7,8 +7,10 @@
 //!   open-loop HOST:PORT PATH RATE SECONDS [CONNECTIONS]
 //!
 //! Each event is an original ingest body whose 512-byte JSON payload carries `"sent_ns":N`,
-//! the Unix time in nanoseconds it was scheduled for, so that `bench-sink` times its arrival. A thread paces the schedule with `nanosleep` (tens of
-//! microseconds of jitter, where the runtime's timer has a millisecond); CONNECTIONS (64)
+//! the time it was scheduled for on the machine's monotonic clock (nanoseconds), so that
+//! `bench-sink` times its arrival on the same clock. A thread paces the schedule with
+//! `nanosleep` (tens of microseconds of jitter, where the runtime's timer has a millisecond);
+//! CONNECTIONS (64)
 //! keep-alive connections, each taking the next event due, send them, and what finds them all
 //! busy waits its turn, on the clock. Prints `sent N ok K`,
 //! `response_us count p50 p99 p99.9 max` (scheduled → answer) and `pacer_late_us` with the same
@@ -16,11 +18,11 @@
 //! taken by another program, or the machine's), which the other figures include.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::header::HeaderValue;
-use portico_benches::{connect, latency_summary, original_ingest_body, post};
+use portico_benches::{connect, latency_summary, monotonic_ns, original_ingest_body, post};
 
 struct Args {
     target: SocketAddr,
@@ -67,16 +69,14 @@ fn main() -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    // Events due: when each was scheduled, and that time as Unix nanoseconds.
+    // Events due: when each was scheduled, and that time on the monotonic clock (ns).
     let (due_tx, due_rx) = async_channel::unbounded::<(Instant, u128)>();
 
     // The pacer: hands each event over at its scheduled time, never waiting for an answer.
     let rate = args.rate;
     let pacer = std::thread::spawn(move || {
         let start = Instant::now();
-        let epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
+        let clock = monotonic_ns();
         let mut late = Vec::with_capacity(total as usize);
         for i in 0..total {
             let offset = Duration::from_secs_f64(i as f64 / rate);
@@ -86,7 +86,7 @@ fn main() -> Result<(), String> {
                 std::thread::sleep(at - now);
             }
             late.push(at.elapsed().as_micros() as u64);
-            if due_tx.try_send((at, epoch + offset.as_nanos())).is_err() {
+            if due_tx.try_send((at, clock + offset.as_nanos())).is_err() {
                 break;
             }
         }
