@@ -350,6 +350,13 @@ mod tests {
         let outer = before.elapsed().as_nanos();
         // On one clock, [a, b] lies inside [before, now] and covers [after, loop's end].
         assert!(a > 0);
+        // It counts from boot, as /proc/uptime does (which adds time suspended), not from 1970.
+        let uptime = std::fs::read_to_string("/proc/uptime").unwrap();
+        let uptime: f64 = uptime.split(' ').next().unwrap().parse().unwrap();
+        assert!(
+            a as f64 / 1e9 <= uptime + 1.0,
+            "{a} ns against {uptime} s up"
+        );
         assert!(b - a >= 2_000_000, "{a} -> {b}");
         assert!(b - a <= outer, "{a} -> {b}, {outer} ns by Instant");
     }
