@@ -72,6 +72,9 @@ async fn appends_ready_in_the_same_tick_share_one_fsync() {
     // An idle outbox commits a lone append at once, in a batch of its own.
     outbox.append(&event(100), Admission::NoWait).await.unwrap();
     assert_eq!(metrics.fsyncs.get(), 2);
+    // Each commit's time is observed once, and it took some.
+    assert_eq!(metrics.commit_seconds.count(), 2);
+    assert!(metrics.commit_seconds.sum() > 0.0);
     outbox.close();
 }
 

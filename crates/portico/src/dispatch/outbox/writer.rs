@@ -3,7 +3,7 @@
 //! the module docs on group commit).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -286,12 +286,14 @@ pub(super) fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Msg>) {
             }
         }
         if !replies.is_empty() {
+            let started = Instant::now();
             let result = match active.as_mut() {
                 Some(a) => a
                     .append(&buf)
                     .map_err(|e| Arc::new(io("write", &a.path, e))),
                 None => Err(Arc::new(OutboxError::NoActiveSegment)),
             };
+            let took = started.elapsed();
             let total = buf.len() as u64;
             {
                 let mut st = shared.lock();
@@ -332,6 +334,7 @@ pub(super) fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Msg>) {
             }
             if result.is_ok() {
                 shared.metrics.fsyncs.inc();
+                shared.metrics.commit_seconds.observe(took.as_secs_f64());
                 shared.metrics.appends.inc_by(replies.len() as u64);
             }
             // An appender that went away (its client hung up) had queued its event already.
