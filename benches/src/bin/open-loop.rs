@@ -10,9 +10,8 @@
 //! the time it was scheduled for on the machine's monotonic clock (nanoseconds), so that
 //! `bench-sink` times its arrival on the same clock. A thread paces the schedule with
 //! `nanosleep` (tens of microseconds of jitter, where the runtime's timer has a millisecond);
-//! CONNECTIONS (64)
-//! keep-alive connections, each taking the next event due, send them, and what finds them all
-//! busy waits its turn, on the clock. Prints `sent N ok K`,
+//! CONNECTIONS (64) keep-alive connections, each taking the next event due, send them, and
+//! what finds them all busy waits its turn, on the clock. Prints `sent N ok K`,
 //! `response_us count p50 p99 p99.9 max` (scheduled → answer) and `pacer_late_us` with the same
 //! figures for how late the pacer handed each event over: the generator's own delays (its core
 //! taken by another program, or the machine's), which the other figures include.
